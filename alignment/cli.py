@@ -1,0 +1,125 @@
+"""The `align` command line.
+
+Every user error ends as one line naming the file, line and field, with exit status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from alignment.errors import AlignError
+
+
+def _add_launch_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="the phase recipe (YAML)")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.lr=1e-4")
+    p.add_argument("--deepspeed", help="zero1, zero2, zero3, zero3_offload or a DeepSpeed JSON config")
+    p.add_argument("--num-processes", type=int, default=None, help="processes per node (DeepSpeed launcher)")
+    p.add_argument("--hostfile", help="DeepSpeed hostfile for several nodes ('host slots=N' per line)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="align", description="SFT, reward modeling, PPO and DPO recipes.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run a pipeline recipe (several phases) or a single phase recipe")
+    p.add_argument("recipe")
+    p.add_argument("overrides", nargs="*")
+
+    p = sub.add_parser("sft", help="supervised fine-tuning")
+    _add_launch_options(p)
+
+    p = sub.add_parser("data", help="data tools")
+    dsub = p.add_subparsers(dest="data_command", required=True)
+    v = dsub.add_parser("validate", help="check a data file and print a summary")
+    v.add_argument("file")
+    v.add_argument("--kind", required=True, choices=["sft", "preference", "ranked", "unpaired", "prompts"])
+    v.add_argument("--model", default="smollm2-135m-instruct", help="tokenizer for length statistics")
+
+    p = sub.add_parser("eval", help="generate on held-out prompts and check the domain policies")
+    p.add_argument("--model", required=True, action="append", help="model to evaluate (repeatable)")
+    p.add_argument("--baseline", help="a baseline model shown first in the table")
+    p.add_argument("--prompts", required=True)
+    p.add_argument("--policies", required=True, help="policies YAML (see recipes/quickstart/policies.yaml)")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--out", help="write results as JSON here")
+
+    p = sub.add_parser("quickstart", help="same as `align run recipes/quickstart/pipeline.yaml`")
+    p.add_argument("overrides", nargs="*")
+
+    p = sub.add_parser("model", help="the embedded default model")
+    msub = p.add_subparsers(dest="model_command", required=True)
+    i = msub.add_parser("install", help="convert the embedded model into the user cache (once)")
+    i.add_argument("--force", action="store_true")
+    return parser
+
+
+def _phase(args: argparse.Namespace, argv: list[str]) -> int:
+    from alignment.config import PHASE_CONFIGS, load_config
+
+    wants_launcher = (args.num_processes or 1) > 1 or args.hostfile or args.deepspeed
+    if wants_launcher and not os.environ.get("ALIGN_WORKER"):
+        from alignment import distributed
+
+        if args.deepspeed:
+            distributed.resolve_config_path(args.deepspeed)  # fail before starting processes
+        load_config(PHASE_CONFIGS[args.command], args.config, args.overrides)  # validate once, early
+        return distributed.launch(argv, args.num_processes or 1, args.hostfile)
+    overrides = list(args.overrides)
+    if args.deepspeed:
+        overrides.append(f"deepspeed={args.deepspeed}")
+    cfg = load_config(PHASE_CONFIGS[args.command], args.config, overrides)
+    if args.command == "sft":
+        from alignment.sft import run_sft
+
+        run_sft(cfg)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command in ("sft",):
+            return _phase(args, argv)
+        if args.command == "run":
+            from alignment.pipeline import run_recipe
+
+            return run_recipe(args.recipe, args.overrides)
+        if args.command == "quickstart":
+            from alignment.pipeline import QUICKSTART, run_recipe
+
+            return run_recipe(str(QUICKSTART), args.overrides)
+        if args.command == "data":
+            from alignment.data.summary import validate_command
+
+            return validate_command(args.file, args.kind, args.model)
+        if args.command == "eval":
+            from alignment.evaluation.adherence import eval_command
+
+            models = ([args.baseline] if args.baseline else []) + args.model
+            return eval_command(models, args.prompts, args.policies, args.max_new_tokens, args.batch_size,
+                                args.out)
+        if args.command == "model":
+            from alignment.models import ensure_default_model
+
+            print(ensure_default_model(force=args.force))
+            return 0
+    except AlignError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume from the last checkpoint", file=sys.stderr)
+        return 130
+    return 0
+
+
+def entry() -> None:
+    raise SystemExit(main())
+
+
+if __name__ == "__main__":
+    entry()

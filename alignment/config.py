@@ -1,0 +1,407 @@
+"""Strict YAML recipes into typed dataclasses.
+
+A recipe is YAML; each phase has one dataclass (``SFTConfig`` and, later, ``RMConfig``, ``DPOConfig``,
+``PPOConfig``) built from shared sections (``DataConfig``, ``LoRAConfig``, ``TrainConfig``,
+``TrackingConfig``). Loading is strict, as in nanoGPT's ``configurator.py``: an unknown key is an error
+that names the key, its line and the nearest valid key; a value of the wrong type is an error that names
+the field, its line and the expected type. ``key=value`` overrides use dotted paths
+(``train.lr=1e-4``). The code never rewrites a value behind the user's back: the resolved config that a
+run writes next to its outputs is exactly what it ran with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args, get_origin
+
+import yaml
+
+from alignment.errors import AlignError
+
+T = TypeVar("T")
+
+
+# --------------------------------------------------------------------------------------------------
+# Shared sections
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class DataConfig:
+    """Where the examples come from and how they are prepared."""
+
+    train: str = ""
+    """Training data: a JSONL, JSON, CSV or Parquet file, or a saved `datasets` directory."""
+    validation: str | None = None
+    """Validation data; when empty, `split` carves it out of `train`."""
+    split: dict[str, float] = field(default_factory=lambda: {"train": 0.95, "validation": 0.05})
+    """Ratios used to split `train` when `validation` is not given; deterministic by `train.seed`."""
+    dedup: Literal["exact", "whitespace", "none"] = "whitespace"
+    """Drop repeated examples: exactly equal, equal after collapsing whitespace, or keep all."""
+    max_length: int = 1024
+    """Tokens per example; longer examples are truncated and the count is reported."""
+    packing: bool = False
+    """Concatenate examples into rows of `max_length` tokens (attention kept within each example
+    through position ids, i.e. padding-free batching) instead of padding each batch."""
+
+    def __post_init__(self) -> None:
+        if self.max_length < 8:
+            raise AlignError("must be at least 8 tokens", field="data.max_length")
+
+
+@dataclass
+class LoRAConfig:
+    """Low-rank adapters (PEFT). Off means full fine-tuning."""
+
+    enabled: bool = False
+    r: int = 16
+    """Rank of the update matrices."""
+    alpha: int = 32
+    """Scaling numerator: the update is scaled by alpha / r."""
+    dropout: float = 0.05
+    target_modules: list[str] | str = "all-linear"
+    """Module names to adapt, or "all-linear" (every linear layer but the output head)."""
+    save_merged: bool = False
+    """Also write the adapter merged into the base weights under `<output>/merged`."""
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, checkpoints and evaluation cadence."""
+
+    epochs: float = 1.0
+    max_steps: int = -1
+    """Optimizer steps to run; -1 means `epochs` passes over the training data."""
+    batch_size: int = 8
+    """Examples per process per micro-batch."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step. Global batch = batch_size * grad_accum * processes."""
+    lr: float = 2.0e-5
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.05
+    scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    max_grad_norm: float = 1.0
+    bf16: Literal["auto", "true", "false"] = "auto"
+    """bf16 autocast: "auto" uses it where the hardware has fast bf16 (measured at start-up)."""
+    gradient_checkpointing: bool = False
+    seed: int = 42
+    log_every: int = 1
+    eval_every: int = 50
+    """Validation loss every N optimizer steps (0: only at the end)."""
+    save_every: int = 100
+    """Checkpoint every N optimizer steps (0: only the final model)."""
+    keep_checkpoints: int = 2
+    resume: Literal["auto", "never"] | str = "auto"
+    """"auto" continues from the last checkpoint in the output directory, "never" starts fresh,
+    or a path to a checkpoint directory."""
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "grad_accum", "log_every"):
+            if getattr(self, name) < 1:
+                raise AlignError("must be at least 1", field=f"train.{name}")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise AlignError("must be -1 (use epochs) or a positive number of steps", field="train.max_steps")
+        if self.max_steps == -1 and self.epochs <= 0:
+            raise AlignError("must be positive when train.max_steps is -1", field="train.epochs")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise AlignError("must be in [0, 1)", field="train.warmup_ratio")
+        if self.lr <= 0:
+            raise AlignError("must be positive", field="train.lr")
+
+
+@dataclass
+class TrackingConfig:
+    """Where metrics go besides `metrics.jsonl` (always written)."""
+
+    backends: list[Literal["wandb", "tensorboard", "none"]] = field(default_factory=lambda: ["wandb"])
+    """wandb runs online when a key is configured (WANDB_API_KEY or `wandb login`), else offline."""
+    project: str = "alignment"
+    run_name: str | None = None
+    """Defaults to the output directory's run and phase names."""
+
+
+@dataclass
+class SFTConfig:
+    """Supervised fine-tuning on curated conversations (`align sft`)."""
+
+    phase: Literal["sft"] = "sft"
+    """Which phase this recipe is for; lets `align run RECIPE.yaml` pick it."""
+    model: str = "smollm2-135m-instruct"
+    """A local Hugging Face model directory or the alias of the embedded default model."""
+    output_dir: str = "runs/sft"
+    data: DataConfig = field(default_factory=DataConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    deepspeed: str | None = None
+    """ZeRO config by name (zero1, zero2, zero3, zero3_offload) or path; usually set by `--deepspeed`."""
+
+    def __post_init__(self) -> None:
+        if not self.data.train:
+            raise AlignError("is required: the training data file", field="data.train")
+
+
+PHASE_CONFIGS: dict[str, type] = {"sft": SFTConfig}
+
+
+# --------------------------------------------------------------------------------------------------
+# YAML with line numbers
+# --------------------------------------------------------------------------------------------------
+def load_yaml(path: str | Path) -> tuple[dict[str, Any], dict[str, int]]:
+    """Read a YAML mapping and the line of every key, as ``{"train.lr": 12}``."""
+    path = Path(path)
+    if not path.is_file():
+        raise AlignError("file not found", file=path)
+    text = path.read_text(encoding="utf-8")
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise AlignError(f"invalid YAML: {problem}", file=path, line=line) from None
+    if data is None:
+        return {}, {}
+    if not isinstance(data, dict):
+        raise AlignError("a recipe must be a mapping of keys to values", file=path, line=1)
+    lines: dict[str, int] = {}
+    _record_lines(node, "", lines)
+    return data, lines
+
+
+def _record_lines(node: yaml.Node, prefix: str, lines: dict[str, int]) -> None:
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = f"{prefix}{key_node.value}"
+            lines[key] = key_node.start_mark.line + 1
+            _record_lines(value_node, key + ".", lines)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            key = f"{prefix.rstrip('.')}[{i}]"
+            lines[key] = item.start_mark.line + 1
+            _record_lines(item, key + ".", lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# Strict conversion into dataclasses
+# --------------------------------------------------------------------------------------------------
+class _Source:
+    """Where values came from, to name the file and line in errors."""
+
+    def __init__(self, file: str | None, lines: dict[str, int] | None = None, overrides: set[str] | None = None):
+        self.file = file
+        self.lines = lines or {}
+        self.overrides = overrides or set()
+
+    def error(self, message: str, key: str) -> AlignError:
+        if key in self.overrides:
+            return AlignError(f"{message} (from the command-line override)", field=key)
+        line = self.lines.get(key)
+        if line is None:  # an error on a whole section: point at the nearest parent key
+            parent = key
+            while "." in parent and line is None:
+                parent = parent.rsplit(".", 1)[0]
+                line = self.lines.get(parent)
+        return AlignError(message, file=self.file, line=line, field=key)
+
+
+def build(cls: type[T], data: dict[str, Any], source: _Source | None = None, prefix: str = "") -> T:
+    """Build dataclass ``cls`` from ``data``, failing on unknown keys and wrong types."""
+    source = source or _Source(None)
+    if not isinstance(data, dict):
+        raise source.error(f"expected a mapping, got {type(data).__name__}", prefix.rstrip(".") or "<root>")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {', '.join(names)}"
+            raise source.error(f"unknown key '{key}'{hint}", dotted)
+        kwargs[key] = _coerce(value, hints[key], source, dotted)
+    try:
+        return cls(**kwargs)
+    except AlignError as exc:
+        # __post_init__ names a field relative to the phase; attach the file and line.
+        if exc.file is None and exc.field is not None:
+            raise source.error(exc.message, exc.field) from None
+        raise
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return " or ".join(repr(a) for a in get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in get_args(tp))
+    if origin is list:
+        return f"a list of {_type_name(get_args(tp)[0])}"
+    if origin is dict:
+        return "a mapping"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, source: _Source, key: str) -> Any:
+    origin = get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if value is None:
+            return tp()
+        return build(tp, value, source, key + ".")
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in get_args(tp):
+            try:
+                return _coerce(value, option, source, key)
+            except AlignError as exc:
+                errors.append(exc)
+        raise source.error(f"expected {_type_name(tp)}, got {value!r}", key)
+    if origin is Literal:
+        allowed = get_args(tp)
+        # YAML reads true/false as booleans; accept them for "true"/"false" literals.
+        candidate = str(value).lower() if isinstance(value, bool) else value
+        if candidate in allowed:
+            return candidate
+        close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise source.error(f"expected one of {', '.join(repr(a) for a in allowed)}, got {value!r}{hint}", key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise source.error(f"expected {_type_name(tp)}, got {value!r}", key)
+        (item_tp,) = get_args(tp)
+        return [_coerce(v, item_tp, source, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise source.error(f"expected a mapping, got {value!r}", key)
+        key_tp, val_tp = get_args(tp)
+        return {_coerce(k, key_tp, source, key): _coerce(v, val_tp, source, f"{key}.{k}") for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is type(None):
+        if value is None:
+            return None
+        raise source.error(f"expected null, got {value!r}", key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise source.error(f"expected true or false, got {value!r}", key)
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise source.error(f"expected an integer, got {value!r}", key)
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "5e-5" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise source.error(f"expected a number, got {value!r}", key)
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise source.error(f"expected a string, got {value!r}", key)
+    raise TypeError(f"unsupported config type {tp!r} for {key}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Overrides, loading and saving
+# --------------------------------------------------------------------------------------------------
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["train.lr=1e-4", "lora.enabled=true"]`` into ``{"train.lr": 1e-4, ...}`` (values as YAML)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise AlignError(f"override '{item}' must look like key=value, e.g. train.lr=1e-4")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise AlignError(f"override '{item}' has no key")
+        try:
+            out[key] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            out[key] = raw
+    return out
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Set dotted keys in a nested dict (a copy); unknown keys are caught later by :func:`build`."""
+    import copy
+
+    data = copy.deepcopy(data)
+    for dotted, value in overrides.items():
+        node = data
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise AlignError(f"cannot set '{dotted}': '{part}' is not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def load_config(
+    cls: type[T], path: str | Path | None, overrides: list[str] | dict[str, Any] | None = None
+) -> T:
+    """Load a phase recipe strictly, apply dotted overrides, and resolve relative data paths.
+
+    Relative data and model paths in a recipe are taken relative to the recipe file's folder when
+    such a file exists there, else relative to the working directory.
+    """
+    data: dict[str, Any] = {}
+    lines: dict[str, int] = {}
+    if path is not None:
+        data, lines = load_yaml(path)
+    if isinstance(overrides, list):
+        overrides = parse_overrides(overrides)
+    overrides = overrides or {}
+    data = apply_overrides(data, overrides)
+    source = _Source(str(path) if path is not None else None, lines, set(overrides))
+    config = build(cls, data, source)
+    if path is not None:
+        _resolve_paths(config, Path(path).parent)
+    return config
+
+
+_PATH_FIELDS = ("data.train", "data.validation", "data.eval_prompts", "model", "ref_model", "reward_model")
+
+
+def _resolve_paths(config: Any, base: Path) -> None:
+    for dotted in _PATH_FIELDS:
+        *parents, name = dotted.split(".")
+        node = config
+        for p in parents:
+            node = getattr(node, p, None)
+        value = getattr(node, name, None) if node is not None else None
+        if not isinstance(value, str) or not value or Path(value).is_absolute() or value.startswith("@"):
+            continue
+        candidate = base / value
+        if candidate.exists() and not Path(value).exists():
+            setattr(node, name, str(candidate))
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def save_config(config: Any, path: str | Path) -> None:
+    """Write the resolved config (every field, defaults included) as YAML."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(config), sort_keys=False), encoding="utf-8")
+    tmp.replace(path)

@@ -1,0 +1,111 @@
+"""Deterministic train/validation(/test) splits.
+
+Why hash rows instead of shuffling (``Dataset.train_test_split``): a shuffle assigns a row by its
+position, so appending a day of new feedback reshuffles every old row and validation scores stop being
+comparable across runs. Here each row's split depends only on its own content and the seed: the row's
+canonical JSON is hashed with blake2b (not Python's ``hash``, which changes with PYTHONHASHSEED) to a
+number in [0, 1), and the ratios cut [0, 1) into intervals. Consequences, all intended:
+
+- same data + same seed -> same split, on any machine and in any process;
+- adding rows never moves existing ones;
+- identical rows always land in the same split, so exact duplicates cannot leak across it;
+- split sizes match the ratios only on average (binomially), which matters only for tiny datasets.
+
+For a tiny dataset where a split would come out empty, the row whose hash lies nearest that split's
+interval is moved into it, so every split has a row whenever there are at least as many rows as splits.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import datasets
+
+from alignment.data.io import iter_records
+from alignment.errors import AlignError
+
+DEFAULT_NAMES = ("train", "validation", "test")
+TOLERANCE = 1e-6
+
+
+def split_dataset(
+    ds: datasets.Dataset,
+    ratios: Mapping[str, float] | tuple[float, ...],
+    seed: int,
+    key: Callable[[dict[str, Any]], str] | None = None,
+) -> dict[str, datasets.Dataset]:
+    """Split ``ds`` by ``ratios`` (``{"train": 0.9, "validation": 0.1}``, or ``(0.8, 0.1, 0.1)`` for
+    train/validation/test). Rows keep their order within each split, and their ``__line__``.
+
+    ``key`` maps a record to the text that is hashed; the default is the whole record without
+    ``__line__``. Pass e.g. ``lambda r: json.dumps(r["prompt"])`` to keep every record of a prompt in
+    one split.
+    """
+    named = _check_ratios(ratios)
+    names = list(named)
+    uppers = list(_cumulative(named.values()))  # interval j is [uppers[j-1], uppers[j])
+    positions = [_position(key(r) if key else _canonical(r), seed) for _, r in iter_records(ds)]
+    assigned = [min(bisect.bisect_right(uppers, u), len(names) - 1) for u in positions]
+    if len(positions) >= len(names):
+        _fill_empty(assigned, positions, uppers)
+    return {name: ds.select([i for i, a in enumerate(assigned) if a == j]) for j, name in enumerate(names)}
+
+
+def _check_ratios(ratios: Mapping[str, float] | tuple[float, ...]) -> dict[str, float]:
+    """Positive ratios that sum to 1, as {split name: ratio}."""
+    if isinstance(ratios, Mapping):
+        named = dict(ratios)
+    elif isinstance(ratios, (tuple, list)) and 1 <= len(ratios) <= len(DEFAULT_NAMES):
+        named = dict(zip(DEFAULT_NAMES, ratios, strict=False))  # (0.9, 0.1): train + validation
+    else:
+        raise AlignError(
+            f"expected ratios like {{train: 0.9, validation: 0.1}} or up to 3 numbers, got {ratios!r}",
+            field="split",
+        )
+    if not named:
+        raise AlignError("needs at least one split", field="split")
+    for name, ratio in named.items():
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio):
+            raise AlignError(f"ratio for '{name}' must be a number, got {ratio!r}", field="split")
+        if ratio <= 0:
+            raise AlignError(f"ratio for '{name}' must be positive, got {ratio}", field="split")
+    total = sum(named.values())
+    if abs(total - 1) > TOLERANCE:
+        raise AlignError(f"ratios must sum to 1, these sum to {total:g}", field="split")
+    return named
+
+
+def _cumulative(ratios: Any) -> list[float]:
+    uppers, total = [], 0.0
+    for ratio in ratios:
+        total += ratio
+        uppers.append(total)
+    uppers[-1] = 1.0  # absorb rounding: every u in [0, 1) falls in some interval
+    return uppers
+
+
+def _canonical(record: dict[str, Any]) -> str:
+    return json.dumps(record, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+def _position(text: str, seed: int) -> float:
+    """A reproducible number in [0, 1) for ``text`` under ``seed``."""
+    digest = hashlib.blake2b(f"{seed}\x00{text}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def _fill_empty(assigned: list[int], positions: list[float], uppers: list[float]) -> None:
+    """Move into each empty split the row nearest its interval, taken from a split that can spare one."""
+    for j in range(len(uppers)):
+        if j in assigned:
+            continue
+        lower, upper = (uppers[j - 1] if j else 0.0), uppers[j]
+        counts = [assigned.count(s) for s in range(len(uppers))]
+        spare = [i for i, s in enumerate(assigned) if counts[s] > 1]
+        nearest = min(spare, key=lambda i: (max(lower - positions[i], positions[i] - upper, 0.0), i))
+        assigned[nearest] = j

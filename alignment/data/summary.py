@@ -1,0 +1,74 @@
+"""`align data validate FILE --kind K`: the errors, or a summary worth reading before training.
+
+The summary gives rows, the recognised format, token-length percentiles with the model's tokenizer
+(the chat template applied, as training sees it) and duplicate counts, so a truncation or a
+de-duplication surprise shows up before a run, not after.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from alignment.data.dedup import count_duplicates
+from alignment.data.formats import load_dataset_file, to_conversation
+from alignment.data.io import LINE_COLUMN
+
+
+def _texts(record: dict[str, Any], kind: str) -> list[list[dict[str, str]] | str]:
+    """The sequences training would tokenize for one normalised record."""
+    if kind == "sft":
+        return [record["messages"]] if "messages" in record else [record["text"]]
+    if kind == "preference":
+        return [record["prompt"] + record["chosen"], record["prompt"] + record["rejected"]]
+    if kind == "ranked":
+        return [record["prompt"] + r for r in record["responses"]]
+    if kind == "unpaired":
+        return [record["prompt"] + record["completion"]]
+    return [record["prompt"]]
+
+
+def percentiles(values: list[int], qs: tuple[int, ...] = (50, 90, 95, 99, 100)) -> dict[int, int]:
+    """Nearest-rank percentiles (no interpolation: every value shown is a real length)."""
+    ordered = sorted(values)
+    out = {}
+    for q in qs:
+        rank = max(1, -(-q * len(ordered) // 100))  # ceil(q/100 * n)
+        out[q] = ordered[rank - 1]
+    return out
+
+
+def summarise(path: str, kind: str, model: str | None) -> dict[str, Any]:
+    ds, info = load_dataset_file(path, kind)
+    summary: dict[str, Any] = {
+        "file": path, "rows": len(ds), "kind": kind, "variant": info.variant,
+        "columns": [c for c in ds.column_names if c != LINE_COLUMN],
+        "exact_duplicates": count_duplicates(ds, kind, info.variant, "exact"),
+        "whitespace_duplicates": count_duplicates(ds, kind, info.variant, "whitespace"),
+    }
+    if model:
+        from alignment.modeling import load_tokenizer
+
+        tokenizer = load_tokenizer(model)
+        lengths = []
+        for record in ds:
+            for seq in _texts(to_conversation(record, kind, info.variant), kind):
+                if isinstance(seq, str):
+                    lengths.append(len(tokenizer(seq, add_special_tokens=False)["input_ids"]))
+                else:
+                    add_prompt = seq[-1]["role"] != "assistant"
+                    text = tokenizer.apply_chat_template(seq, tokenize=False, add_generation_prompt=add_prompt)
+                    lengths.append(len(tokenizer(text, add_special_tokens=False)["input_ids"]))
+        summary["token_lengths"] = percentiles(lengths) if lengths else {}
+    return summary
+
+
+def validate_command(path: str, kind: str, model: str | None) -> int:
+    s = summarise(path, kind, model)
+    print(f"{s['file']}: OK, {s['rows']} rows, {s['kind']} data ({s['variant']})")
+    print(f"  columns: {', '.join(s['columns'])}")
+    print(f"  duplicates: {s['exact_duplicates']} exact, {s['whitespace_duplicates']} up to whitespace")
+    if s.get("token_lengths"):
+        p = s["token_lengths"]
+        shown = ", ".join(f"p{q} {v}" for q, v in p.items() if q != 100)
+        print(f"  tokens per sequence ({model}): {shown}, max {p[100]}")
+    return 0

@@ -1,0 +1,1 @@
+"""Evaluation: measure how well a model's answers follow the domain's policies."""

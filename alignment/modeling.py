@@ -1,0 +1,123 @@
+"""Loading and saving models: aliases, phase output folders, LoRA adapters, merged weights.
+
+Anything `align` accepts as a model: the embedded model's alias, a Hugging Face model directory, a
+LoRA adapter directory (its base model is read from ``adapter_config.json``), or a phase output
+folder such as ``runs/quickstart/sft`` (its ``model/`` subfolder).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from alignment.config import LoRAConfig
+from alignment.errors import AlignError
+
+
+def resolve_model(name_or_path: str | Path) -> Path:
+    """A directory holding ``config.json`` or ``adapter_config.json`` for any accepted model name."""
+    path = Path(name_or_path)
+    for candidate in (path / "model", path):
+        if (candidate / "config.json").exists() or (candidate / "adapter_config.json").exists():
+            return candidate
+    from alignment.models import resolve_model_path
+
+    return Path(resolve_model_path(str(name_or_path)))
+
+
+def is_adapter(path: Path) -> bool:
+    return (path / "adapter_config.json").exists() and not (path / "config.json").exists()
+
+
+def load_tokenizer(path: str | Path) -> Any:
+    from transformers import AutoTokenizer
+
+    path = resolve_model(path)
+    if is_adapter(path) and not (path / "tokenizer_config.json").exists():
+        path = Path(json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"])
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    if tokenizer.pad_token_id is None:
+        # Padding positions never carry labels (labels come from the assistant mask), so reusing EOS
+        # as the pad token cannot teach the model to skip EOS.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(path: str | Path, *, trainable_adapter: bool = False, dtype: torch.dtype = torch.float32,
+                   merge_adapter: bool = False) -> torch.nn.Module:
+    """Load a causal LM; an adapter directory loads its base and the adapter on top of it."""
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model(path)
+    if is_adapter(path):
+        from peft import PeftModel
+
+        base_path = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
+        base = AutoModelForCausalLM.from_pretrained(str(resolve_model(base_path)), dtype=dtype)
+        model = PeftModel.from_pretrained(base, str(path), is_trainable=trainable_adapter)
+        return model.merge_and_unload() if merge_adapter else model
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+    if getattr(model.config, "quantization_config", None) is not None:
+        raise AlignError(
+            "this model is quantized and cannot be trained; save it without its quantization config first",
+            file=path / "config.json", field="quantization_config",
+        )
+    return model
+
+
+def apply_lora(model: torch.nn.Module, cfg: LoRAConfig) -> torch.nn.Module:
+    """Wrap ``model`` with trainable LoRA adapters (PEFT) unless it already carries one."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if isinstance(model, PeftModel):
+        return model
+    lora = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                      target_modules=cfg.target_modules, task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
+
+
+def save_model(model: torch.nn.Module, state_dict: dict[str, torch.Tensor] | None, tokenizer: Any,
+               out_dir: Path, merged_dir: Path | None = None) -> None:
+    """Write a Hugging Face directory atomically (a temporary folder renamed into place).
+
+    ``state_dict`` carries the full weights gathered from ZeRO-3 shards when the live parameters
+    are partitioned. LoRA models write the adapter; ``merged_dir`` also gets merged full weights.
+    """
+    from peft import PeftModel
+
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    if isinstance(model, PeftModel):
+        adapter_state = None
+        if state_dict is not None:
+            from peft import get_peft_model_state_dict
+
+            adapter_state = get_peft_model_state_dict(model, state_dict=state_dict)
+        model.save_pretrained(str(tmp), state_dict=adapter_state, safe_serialization=True)
+    else:
+        model.save_pretrained(str(tmp), state_dict=state_dict, safe_serialization=True)
+    tokenizer.save_pretrained(str(tmp))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+    if merged_dir is not None and isinstance(model, PeftModel):
+        merged = load_causal_lm(out_dir, merge_adapter=True)
+        mtmp = merged_dir.with_name(merged_dir.name + ".tmp")
+        shutil.rmtree(mtmp, ignore_errors=True)
+        merged.save_pretrained(str(mtmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(mtmp))
+        shutil.rmtree(merged_dir, ignore_errors=True)
+        mtmp.rename(merged_dir)
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts, ZeRO-3 partitioned parameters counted at full size."""
+    trainable = total = 0
+    for p in model.parameters():
+        n = getattr(p, "ds_numel", p.numel())
+        total += n
+        trainable += n if p.requires_grad else 0
+    return trainable, total

@@ -1,0 +1,250 @@
+"""Pipeline recipes: phases in order, each consuming the previous outputs, skipped when complete.
+
+A phase is complete when its folder holds ``complete.json`` with the fingerprint of the resolved
+config it ran (and of the phases it consumed). Re-running a pipeline skips complete phases; a phase
+killed half-way has no marker, runs again, and its trainer resumes from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from alignment import distributed
+from alignment.config import (
+    PHASE_CONFIGS,
+    _Source,
+    build,
+    load_config,
+    load_yaml,
+    parse_overrides,
+    save_config,
+    to_dict,
+)
+from alignment.errors import AlignError
+
+QUICKSTART = Path(__file__).resolve().parents[1] / "recipes" / "quickstart" / "pipeline.yaml"
+TRAINING_PHASES = tuple(PHASE_CONFIGS)
+
+
+@dataclass
+class PhaseStep:
+    """One phase of a pipeline."""
+
+    name: str
+    """Folder under the pipeline's output_dir; later phases refer to its model as "@<name>"."""
+    kind: Literal["sft", "eval"]
+    recipe: str | None = None
+    """The phase recipe, relative to the pipeline file (training phases)."""
+    overrides: dict[str, Any] = field(default_factory=dict)
+    """Dotted keys set on top of the phase recipe, e.g. {"train.max_steps": 20}."""
+
+
+@dataclass
+class EvaluationConfig:
+    """Policy adherence on held-out prompts (the `eval` phase)."""
+
+    prompts: str = ""
+    policies: str = ""
+    max_new_tokens: int = 128
+    batch_size: int = 16
+
+
+@dataclass
+class PipelineConfig:
+    """Phases run in order; each training phase starts from the previous training phase's model."""
+
+    name: str = "pipeline"
+    output_dir: str = "runs/pipeline"
+    model: str = "smollm2-135m-instruct"
+    """The base model: the first training phase starts from it, and `eval` reports it as "base"."""
+    deepspeed: str | None = None
+    num_processes: int = 1
+    phases: list[PhaseStep] = field(default_factory=list)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+
+    def __post_init__(self) -> None:
+        names = [p.name for p in self.phases]
+        if not names:
+            raise AlignError("a pipeline needs at least one phase", field="phases")
+        for i, p in enumerate(self.phases):
+            if names.count(p.name) > 1:
+                raise AlignError(f"phase name '{p.name}' is used twice", field=f"phases[{i}].name")
+            if p.kind in TRAINING_PHASES and not p.recipe:
+                raise AlignError("a training phase needs a recipe file", field=f"phases[{i}].recipe")
+            if p.kind == "eval" and not (self.evaluation.prompts and self.evaluation.policies):
+                raise AlignError("an eval phase needs evaluation.prompts and evaluation.policies",
+                                 field="evaluation")
+
+
+def _fingerprint(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _is_complete(phase_dir: Path, fingerprint: str) -> bool:
+    marker = phase_dir / "complete.json"
+    return marker.exists() and json.loads(marker.read_text()).get("fingerprint") == fingerprint
+
+
+def _mark_complete(phase_dir: Path, fingerprint: str, seconds: float) -> None:
+    phase_dir.mkdir(parents=True, exist_ok=True)
+    (phase_dir / "complete.json").write_text(json.dumps({"fingerprint": fingerprint, "seconds": seconds}))
+
+
+def _resolve_reference(value: str, outputs: dict[str, str]) -> str:
+    if isinstance(value, str) and value.startswith("@"):
+        if value[1:] not in outputs:
+            raise AlignError(f"'{value}' refers to no earlier training phase ({', '.join(outputs) or 'none'})",
+                             field="model")
+        return outputs[value[1:]]
+    return value
+
+
+def load_pipeline(path: str | Path, overrides: list[str]) -> PipelineConfig:
+    from alignment.config import apply_overrides
+
+    data, lines = load_yaml(path)
+    parsed = parse_overrides(overrides)
+    data = apply_overrides(data, parsed)
+    cfg = build(PipelineConfig, data, _Source(str(path), lines, set(parsed)))
+    base = Path(path).parent
+    for key in ("prompts", "policies"):
+        value = getattr(cfg.evaluation, key)
+        if value and not Path(value).is_absolute() and (base / value).exists():
+            setattr(cfg.evaluation, key, str(base / value))
+    for step in cfg.phases:
+        if step.recipe and not Path(step.recipe).is_absolute():
+            step.recipe = str(base / step.recipe)
+    return cfg
+
+
+def run_recipe(path: str, overrides: list[str]) -> int:
+    """`align run`: a pipeline (has `phases`) or a single phase recipe (has `phase: <kind>`)."""
+    data, _ = load_yaml(path)
+    if "phases" in data:
+        run_pipeline(load_pipeline(path, overrides))
+        return 0
+    kind = data.get("phase")
+    if kind not in PHASE_CONFIGS:
+        raise AlignError(f"a recipe for `align run` needs 'phases' (a pipeline) or 'phase: "
+                         f"{'|'.join(PHASE_CONFIGS)}'", file=path, field="phase")
+    cfg = load_config(PHASE_CONFIGS[kind], path, overrides)
+    _run_training_phase(kind, cfg, deepspeed=cfg.deepspeed, num_processes=1)
+    return 0
+
+
+def _run_training_phase(kind: str, cfg: Any, deepspeed: str | None, num_processes: int) -> None:
+    if deepspeed or num_processes > 1:
+        launch_file = Path(cfg.output_dir) / "launch.yaml"
+        save_config(cfg, launch_file)
+        argv = [kind, "--config", str(launch_file), "--num-processes", str(num_processes)]
+        if deepspeed:
+            argv += ["--deepspeed", deepspeed]
+        code = distributed.launch(argv, num_processes, None)
+        if code != 0:
+            raise AlignError(f"phase '{kind}' failed on {num_processes} processes (exit {code}); "
+                             "re-run to resume from its last checkpoint")
+        return
+    if kind == "sft":
+        from alignment.sft import run_sft
+
+        run_sft(cfg)
+
+
+def run_pipeline(cfg: PipelineConfig) -> dict[str, float]:
+    """Run every phase not yet complete; returns wall seconds per phase (0 for skipped ones)."""
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "pipeline.yaml")
+    outputs: dict[str, str] = {}  # training phase name -> its model folder
+    fingerprints: list[str] = []
+    timings: dict[str, float] = {}
+    current_model = cfg.model
+    for step in cfg.phases:
+        phase_dir = out / step.name
+        start = time.perf_counter()
+        if step.kind in PHASE_CONFIGS:
+            phase_overrides = {"model": current_model, **step.overrides, "output_dir": str(phase_dir)}
+            phase_overrides["model"] = _resolve_reference(phase_overrides["model"], outputs)
+            phase_cfg = load_config(PHASE_CONFIGS[step.kind], step.recipe, phase_overrides)
+            fingerprint = _fingerprint([fingerprints, to_dict(phase_cfg), cfg.deepspeed, cfg.num_processes])
+            if _is_complete(phase_dir, fingerprint):
+                print(f"[pipeline] {step.name}: complete, skipped")
+                timings[step.name] = 0.0
+            else:
+                _warn_if_changed(phase_dir, phase_cfg)
+                print(f"[pipeline] {step.name}: {step.kind} from {phase_cfg.model}")
+                _run_training_phase(step.kind, phase_cfg, cfg.deepspeed, cfg.num_processes)
+                timings[step.name] = time.perf_counter() - start
+                _mark_complete(phase_dir, fingerprint, timings[step.name])
+            outputs[step.name] = str(phase_dir / "model")
+            current_model = outputs[step.name]
+        else:
+            models = {"base": cfg.model, **outputs}
+            fingerprint = _fingerprint([fingerprints, to_dict(cfg.evaluation), models])
+            if _is_complete(phase_dir, fingerprint):
+                print(f"[pipeline] {step.name}: complete, skipped")
+                timings[step.name] = 0.0
+            else:
+                _run_eval_phase(cfg, phase_dir, models)
+                timings[step.name] = time.perf_counter() - start
+                _mark_complete(phase_dir, fingerprint, timings[step.name])
+        fingerprints.append(fingerprint)
+    from alignment.report import write_report
+
+    report = write_report(out, cfg, timings)
+    for name, seconds in timings.items():
+        print(f"[pipeline] {name}: {seconds:.0f} s" + (" (skipped: already complete)" if seconds == 0 else ""))
+    print(f"[pipeline] report: {report}")
+    return timings
+
+
+def _warn_if_changed(phase_dir: Path, phase_cfg: Any) -> None:
+    """Checkpoints written under another config must not be resumed as if nothing changed."""
+    previous = phase_dir / "config.yaml"
+    if not previous.exists() or not (phase_dir / "checkpoints").exists():
+        return
+    import yaml
+
+    old = yaml.safe_load(previous.read_text())
+    if old != json.loads(json.dumps(to_dict(phase_cfg))):
+        print(f"[pipeline] {phase_dir.name}: the recipe changed since its checkpoints were written; "
+              "starting this phase afresh")
+        phase_cfg.train.resume = "never"
+
+
+def _run_eval_phase(cfg: PipelineConfig, phase_dir: Path, models: dict[str, str]) -> None:
+    from alignment.evaluation.adherence import evaluate_model, format_table, load_prompts
+    from alignment.evaluation.policies import load_policies
+
+    policies = load_policies(cfg.evaluation.policies)
+    prompts = load_prompts(cfg.evaluation.prompts)
+    phase_dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for label, model in models.items():
+        cache = phase_dir / f"{label}.json"
+        key = _fingerprint([to_dict(cfg.evaluation), model, _model_stamp(model)])
+        if cache.exists() and json.loads(cache.read_text()).get("key") == key:
+            result = json.loads(cache.read_text())
+        else:
+            print(f"[pipeline] eval: {label} ({model})")
+            result = evaluate_model(model, prompts, policies, max_new_tokens=cfg.evaluation.max_new_tokens,
+                                    batch_size=cfg.evaluation.batch_size, label=label)
+            result["key"] = key
+            cache.write_text(json.dumps(result, indent=2))
+        results.append(result)
+    table = format_table(results, policies)
+    (phase_dir / "results.json").write_text(json.dumps({"results": results}, indent=2))
+    (phase_dir / "table.txt").write_text(table + "\n")
+    print(f"\nPolicy adherence on {len(prompts)} held-out prompts:\n{table}\n")
+
+
+def _model_stamp(model: str) -> float:
+    """When a model folder last changed, so a retrained phase is evaluated again."""
+    path = Path(model)
+    files = list(path.glob("*.safetensors")) if path.is_dir() else []
+    return max((f.stat().st_mtime for f in files), default=0.0)

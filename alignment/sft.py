@@ -1,0 +1,284 @@
+"""Supervised fine-tuning (`align sft`): setup, one step, the loop, save.
+
+Loss is the mean negative log-likelihood over assistant tokens of the whole optimizer step (all
+micro-batches and all processes together), so gradient accumulation and the number of processes do
+not change what is optimised: each micro-batch contributes ``sum_nll * world / tokens_in_step``
+(DeepSpeed and DDP average gradients over processes, which divides by ``world`` again).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from alignment import distributed as dist
+from alignment.config import SFTConfig, save_config, to_dict
+from alignment.data.chat import IGNORE_INDEX, Tokenized, check_stop_tokens, tokenize_sft
+from alignment.modeling import apply_lora, count_parameters, load_causal_lm, load_tokenizer, save_model
+from alignment.tracking import MetricsLogger
+from alignment.training import (
+    Engine,
+    Schedule,
+    find_resume_checkpoint,
+    iterate_steps,
+    prune_checkpoints,
+    set_seed,
+    use_bf16,
+)
+
+
+# --------------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------------
+def load_sft_records(cfg: SFTConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+    """Train and validation records in normalised form, plus what preparation did (for the log)."""
+    from alignment.data import deduplicate, load_dataset_file, split_dataset, to_conversation
+
+    ds, info = load_dataset_file(cfg.data.train, "sft")
+    ds, removed = deduplicate(ds, "sft", info.variant, cfg.data.dedup)
+    report: dict[str, Any] = {"format": info.variant, "duplicates_removed": removed}
+    if cfg.data.validation:
+        val_ds, val_info = load_dataset_file(cfg.data.validation, "sft")
+        train = [to_conversation(r, "sft", info.variant) for r in ds]
+        val = [to_conversation(r, "sft", val_info.variant) for r in val_ds]
+    else:
+        parts = split_dataset(ds, cfg.data.split, cfg.train.seed)
+        train = [to_conversation(r, "sft", info.variant) for r in parts["train"]]
+        val = [to_conversation(r, "sft", info.variant) for r in parts.get("validation", [])]
+    return train, val, report
+
+
+def pack(examples: list[Tokenized], max_length: int) -> list[Tokenized]:
+    """Concatenate examples into rows of at most ``max_length`` tokens (first fit, in order).
+
+    Each packed example keeps its own positions (see :func:`collate`), which transformers reads as
+    separate sequences, so no example attends to another: padding-free batching.
+    """
+    rows: list[list[Tokenized]] = []
+    room: list[int] = []
+    for ex in examples:
+        n = len(ex.input_ids)
+        for i, free in enumerate(room):
+            if n <= free:
+                rows[i].append(ex)
+                room[i] -= n
+                break
+        else:
+            rows.append([ex])
+            room.append(max_length - n)
+    packed = []
+    for row in rows:
+        ids, labels, positions = [], [], []
+        for ex in row:
+            ids += ex.input_ids
+            labels += [IGNORE_INDEX] + ex.labels[1:]  # never predict an example from the previous one
+            positions += list(range(len(ex.input_ids)))
+        packed.append(_Packed(ids, labels, False, positions))
+    return packed
+
+
+@dataclass
+class _Packed(Tokenized):
+    position_ids: list[int] | None = None
+
+
+def collate(examples: list[Tokenized], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a micro-batch. Packed rows carry position ids and no attention mask."""
+    width = max(len(ex.input_ids) for ex in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)  # (B, T)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)  # (B, T)
+    packed = isinstance(examples[0], _Packed)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)  # (B, T)
+    positions = torch.zeros((len(examples), width), dtype=torch.long)  # (B, T)
+    for i, ex in enumerate(examples):
+        n = len(ex.input_ids)
+        ids[i, :n] = torch.tensor(ex.input_ids)
+        labels[i, :n] = torch.tensor(ex.labels)
+        mask[i, :n] = 1
+        if packed:
+            positions[i, :n] = torch.tensor(ex.position_ids)
+            positions[i, n:] = torch.arange(width - n)  # padding forms its own block
+    if packed:
+        return {"input_ids": ids, "labels": labels, "position_ids": positions}
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+# --------------------------------------------------------------------------------------------------
+# One step
+# --------------------------------------------------------------------------------------------------
+def token_nll(engine: Engine, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-example summed next-token NLL over labelled tokens, and per-example token counts."""
+    labels = batch.pop("labels")
+    logits = engine.forward(**batch, use_cache=False).logits  # (B, T, V)
+    shift_logits = logits[:, :-1].float()  # (B, T-1, V)
+    shift_labels = labels[:, 1:].to(shift_logits.device)  # (B, T-1)
+    nll = F.cross_entropy(shift_logits.transpose(1, 2), shift_labels, ignore_index=IGNORE_INDEX,
+                          reduction="none")  # (B, T-1)
+    return nll.sum(dim=1), (shift_labels != IGNORE_INDEX).sum(dim=1)  # (B,), (B,)
+
+
+def _real_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """Tokens processed: padding excluded (packed rows are full but for a short tail, counted)."""
+    if "attention_mask" in batch:
+        return int(batch["attention_mask"].sum())
+    return int(batch["input_ids"].numel())
+
+
+def count_targets(batch: dict[str, torch.Tensor]) -> int:
+    return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+
+
+def train_step(engine: Engine, micro_batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+    """One optimizer step over this process's micro-batches; the loss is the global token mean."""
+    world = dist.world_size()
+    local_tokens = sum(count_targets(b) for b in micro_batches)
+    (global_tokens,) = dist.all_reduce_sum([float(local_tokens)])
+    total_nll = 0.0
+    device = dist.device()
+    for batch in micro_batches:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        nll = token_nll(engine, batch)[0].sum()
+        engine.backward(nll * world / max(global_tokens, 1.0))
+        total_nll += float(nll.detach())
+    lr = engine.lr()  # the rate this step applies
+    grad_norm = engine.step()
+    (global_nll,) = dist.all_reduce_sum([total_nll])
+    return {"train/loss": global_nll / max(global_tokens, 1.0), "train/grad_norm": grad_norm,
+            "train/tokens": global_tokens, "train/lr": lr}
+
+
+@torch.no_grad()
+def evaluate(engine: Engine, examples: list[Tokenized], batch_size: int, pad_id: int) -> float:
+    """Token-mean validation loss over all processes."""
+    if not examples:
+        return float("nan")
+    engine.eval()
+    # Every process runs the same number of forwards (ZeRO-3 gathers parameters collectively);
+    # a process with fewer examples repeats one with weight 0.
+    world, rank = dist.world_size(), dist.rank()
+    per_rank = math.ceil(len(examples) / world)
+    mine = [(examples[i], 1.0) for i in range(rank, len(examples), world)]
+    mine += [(examples[0], 0.0)] * (per_rank - len(mine))
+    nll_sum = tokens = 0.0
+    device = dist.device()
+    for i in range(0, per_rank, batch_size):
+        chunk = mine[i : i + batch_size]
+        batch = {k: v.to(device) for k, v in collate([ex for ex, _ in chunk], pad_id).items()}
+        weights = torch.tensor([w for _, w in chunk], device=device)  # (B,)
+        nll, n = token_nll(engine, batch)
+        nll_sum += float((weights * nll).sum())
+        tokens += float((weights * n).sum())
+    engine.train()
+    nll_sum, tokens = dist.all_reduce_sum([nll_sum, tokens])
+    return nll_sum / max(tokens, 1.0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Setup, loop, save
+# --------------------------------------------------------------------------------------------------
+def run_sft(cfg: SFTConfig) -> Path:
+    """Train and save; returns the model directory. Safe to re-run: resumes from the last checkpoint."""
+    dist.init_process_group()
+    out = Path(cfg.output_dir)
+    main = dist.is_main()
+    log = print if main else (lambda *a, **k: None)
+    set_seed(cfg.train.seed)
+
+    # --- data -------------------------------------------------------------------------------
+    tokenizer = load_tokenizer(cfg.model)
+    train_records, val_records, prep = load_sft_records(cfg)
+    train_examples, stats = tokenize_sft(tokenizer, train_records, cfg.data.max_length)
+    val_examples, _ = tokenize_sft(tokenizer, val_records, cfg.data.max_length)
+    log(f"[sft] data: {prep['format']} format, {prep['duplicates_removed']} duplicates removed; "
+        f"train {stats.summary(cfg.data.max_length)}; validation {len(val_examples)} examples")
+    if not train_examples:
+        from alignment.errors import AlignError
+
+        raise AlignError("no training example has an assistant token to learn from", file=cfg.data.train)
+    if cfg.data.packing:
+        train_examples = pack(train_examples, cfg.data.max_length)
+        log(f"[sft] packing: {stats.examples - stats.dropped_no_target} examples into {len(train_examples)} rows")
+
+    # --- model ------------------------------------------------------------------------------
+    model = load_causal_lm(cfg.model, trainable_adapter=cfg.lora.enabled)
+    stop = check_stop_tokens(tokenizer, getattr(model, "generation_config", None))
+    if not stop.ok:
+        end = tokenizer.convert_ids_to_tokens(stop.end_of_turn_id) if stop.end_of_turn_id is not None else None
+        log(f"[sft] WARNING: the chat template ends an assistant turn with {end!r} but generation stops on "
+            f"{stop.eos_ids}; adding it to the saved generation_config's eos_token_id so the model stops")
+        if stop.end_of_turn_id is not None:
+            model.generation_config.eos_token_id = stop.eos_ids + [stop.end_of_turn_id]
+    for note in stop.notes:
+        log(f"[sft] pre-flight: {note}")
+    if cfg.lora.enabled:
+        model = apply_lora(model, cfg.lora)
+    if cfg.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if cfg.lora.enabled:
+            model.enable_input_require_grads()
+    trainable, total = count_parameters(model)
+    bf16 = use_bf16(cfg.train.bf16)
+
+    schedule = Schedule.create(len(train_examples), cfg.train, dist.world_size())
+    ds_config = None
+    if cfg.deepspeed:
+        ds_config = dist.fill_auto(dist.load_config(cfg.deepspeed), micro_batch=cfg.train.batch_size,
+                                   grad_accum=cfg.train.grad_accum, max_grad_norm=cfg.train.max_grad_norm,
+                                   bf16_weights=bf16 and torch.cuda.is_available())
+    engine = Engine(model, cfg.train, schedule.total_steps, bf16, ds_config)
+    log(f"[sft] model {cfg.model}: {trainable:,} trainable of {total:,} parameters; bf16={bf16}; "
+        f"processes={dist.world_size()}; deepspeed={cfg.deepspeed or 'off'}; steps={schedule.total_steps}")
+
+    start_step = 0
+    resume_from = find_resume_checkpoint(out, cfg.train.resume)
+    if resume_from is not None:
+        start_step = engine.load_checkpoint(resume_from)["step"]
+        log(f"[sft] resumed from {resume_from} at step {start_step}")
+    if main:
+        save_config(cfg, out / "config.yaml")
+    run_name = cfg.tracking.run_name or "/".join(out.parts[-2:])
+    tracker = MetricsLogger(out, cfg.tracking.backends, cfg.tracking.project, run_name, to_dict(cfg),
+                            enabled=main, resume_step=start_step)
+
+    # --- loop -------------------------------------------------------------------------------
+    engine.train()
+    window_tokens, window_start = 0.0, time.perf_counter()
+    step = start_step
+    for step in iterate_steps(start_step, schedule.total_steps, "sft"):
+        batches = [collate([train_examples[i] for i in idx], tokenizer.pad_token_id)
+                   for idx in schedule.micro_batches(step, dist.rank())]
+        metrics = train_step(engine, batches)
+        window_tokens += sum(_real_tokens(b) for b in batches) * dist.world_size()
+        done = step + 1
+        if not math.isfinite(metrics["train/loss"]):
+            raise FloatingPointError(f"loss became {metrics['train/loss']} at step {done}; lower train.lr")
+        if done % cfg.train.log_every == 0 or done == schedule.total_steps:
+            elapsed = time.perf_counter() - window_start
+            metrics.update({"train/epoch": schedule.epoch_of(done),
+                            "perf/tokens_per_second": window_tokens / max(elapsed, 1e-9)})
+            tracker.log(metrics, done)
+            window_tokens, window_start = 0.0, time.perf_counter()
+        if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done != schedule.total_steps:
+            tracker.log({"eval/loss": evaluate(engine, val_examples, cfg.train.batch_size,
+                                               tokenizer.pad_token_id)}, done)
+        if cfg.train.save_every and done % cfg.train.save_every == 0 and done != schedule.total_steps:
+            engine.save_checkpoint(out / "checkpoints" / f"step-{done}", {"step": done})
+            prune_checkpoints(out, cfg.train.keep_checkpoints)
+
+    # --- save -------------------------------------------------------------------------------
+    final = {"eval/loss": evaluate(engine, val_examples, cfg.train.batch_size, tokenizer.pad_token_id)}
+    tracker.log(final, schedule.total_steps)
+    state = engine.full_state_dict()
+    if main:
+        save_model(engine.module, state, tokenizer, out / "model",
+                   out / "merged" if cfg.lora.enabled and cfg.lora.save_merged else None)
+        log(f"[sft] saved {out / 'model'}; validation loss {final['eval/loss']:.4f}")
+    dist.barrier()
+    tracker.close()
+    return out / "model"

@@ -1,0 +1,314 @@
+"""Pieces every training phase shares: precision choice, optimizer and schedule, data order,
+the engine (plain torch or DeepSpeed ZeRO), and checkpoints that resume exactly.
+
+The data order is a pure function of (seed, step): epoch ``e`` uses a permutation drawn from a
+generator seeded with ``seed + e``, and step ``s`` reads a fixed slice of it. Resuming therefore
+needs only the step number, and a resumed run reads exactly the batches the uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from alignment import distributed as dist
+from alignment.config import TrainConfig
+
+# --------------------------------------------------------------------------------------------------
+# Precision
+# --------------------------------------------------------------------------------------------------
+_BF16_MEASURED: bool | None = None
+
+
+def bf16_is_fast() -> bool:
+    """Measure whether bf16 matmuls beat fp32 on this CPU (fast bf16 units), once per process."""
+    global _BF16_MEASURED
+    if _BF16_MEASURED is None:
+        a = torch.randn(512, 512)
+        times = {}
+        for dtype in (torch.float32, torch.bfloat16):
+            x = a.to(dtype)
+            x @ x  # warm-up
+            start = time.perf_counter()
+            for _ in range(8):
+                x @ x
+            times[dtype] = time.perf_counter() - start
+        _BF16_MEASURED = times[torch.bfloat16] * 1.25 < times[torch.float32]
+    return _BF16_MEASURED
+
+
+def use_bf16(setting: str) -> bool:
+    if setting == "true":
+        return True
+    if setting == "false":
+        return False
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return bf16_is_fast()
+
+
+def autocast(enabled: bool) -> Any:
+    device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# --------------------------------------------------------------------------------------------------
+# Optimizer and schedule
+# --------------------------------------------------------------------------------------------------
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW on trainable parameters; no weight decay on biases and norms (1-D tensors)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
+
+
+def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
+    """Multiplier of the peak learning rate at ``step`` (linear warm-up, then cosine/linear/constant)."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if kind == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    if kind == "linear":
+        return 1.0 - progress
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@dataclass
+class Schedule:
+    """How many steps a run has and which examples each micro-batch of each step reads."""
+
+    num_examples: int
+    batch_size: int  # per process per micro-batch
+    grad_accum: int
+    world: int
+    seed: int
+    total_steps: int
+    steps_per_epoch: int
+
+    @classmethod
+    def create(cls, num_examples: int, cfg: TrainConfig, world: int) -> Schedule:
+        per_step = cfg.batch_size * cfg.grad_accum * world
+        steps_per_epoch = max(1, math.ceil(num_examples / per_step))
+        total = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.epochs * steps_per_epoch))
+        return cls(num_examples, cfg.batch_size, cfg.grad_accum, world, cfg.seed, total, steps_per_epoch)
+
+    def _order(self, epoch: int) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed + epoch)
+        order = torch.randperm(self.num_examples, generator=g).tolist()
+        need = self.steps_per_epoch * self.batch_size * self.grad_accum * self.world
+        while len(order) < need:  # wrap around so every process gets full micro-batches
+            order += order[: need - len(order)]
+        return order
+
+    def micro_batches(self, step: int, rank: int) -> list[list[int]]:
+        """Example indices of each micro-batch that process ``rank`` runs at optimizer step ``step``."""
+        epoch, offset = divmod(step, self.steps_per_epoch)
+        order = self._order(epoch)
+        per_step = self.batch_size * self.grad_accum * self.world
+        chunk = order[offset * per_step : (offset + 1) * per_step]
+        mine = chunk[rank :: self.world]
+        return [mine[i * self.batch_size : (i + 1) * self.batch_size] for i in range(self.grad_accum)]
+
+    def epoch_of(self, step: int) -> float:
+        return step / self.steps_per_epoch
+
+
+# --------------------------------------------------------------------------------------------------
+# Engine: plain torch or DeepSpeed, one interface
+# --------------------------------------------------------------------------------------------------
+class Engine:
+    """Owns the model, optimizer and LR schedule; hides whether DeepSpeed runs them.
+
+    ``backward`` takes a loss already normalised for the whole optimizer step (see the phases'
+    loss normalisation), so neither path divides by the accumulation count again.
+    """
+
+    def __init__(self, model: torch.nn.Module, cfg: TrainConfig, total_steps: int, bf16: bool,
+                 deepspeed_config: dict[str, Any] | None) -> None:
+        self.cfg = cfg
+        self.total_steps = total_steps
+        self.bf16 = bf16
+        self.deepspeed = deepspeed_config is not None
+        optimizer = build_optimizer(model, cfg)
+        warmup = int(cfg.warmup_ratio * total_steps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: lr_factor(s, total_steps, warmup, cfg.scheduler)
+        )
+        if self.deepspeed:
+            import deepspeed
+
+            # The loss is pre-normalised per optimizer step, so undo DeepSpeed's own 1/accumulation.
+            self.ds, self.optimizer, _, self.scheduler = deepspeed.initialize(
+                model=model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config
+            )
+            self.model = self.ds.module
+            self._autocast = bf16 and not self.ds.bfloat16_enabled()
+        else:
+            self.ds = None
+            self.model = model.to(dist.device())
+            self.optimizer, self.scheduler = optimizer, scheduler
+            self._autocast = bf16
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.model
+
+    def autocast(self) -> Any:
+        return autocast(self._autocast)
+
+    def forward(self, **batch: Any) -> Any:
+        with self.autocast():
+            return (self.ds if self.ds is not None else self.model)(**batch)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Backward for one micro-batch; call :meth:`step` after the last micro-batch of a step."""
+        if self.ds is not None:
+            # DeepSpeed divides by gradient_accumulation_steps; our loss is already per-step.
+            self.ds.backward(loss * self.cfg.grad_accum)
+            if not self.ds.is_gradient_accumulation_boundary():
+                self.ds.step()  # only counts the micro-step; the update happens at the boundary
+        else:
+            loss.backward()
+
+    def step(self) -> float:
+        """Finish an optimizer step; returns the gradient norm before clipping."""
+        if self.ds is not None:
+            self.ds.step()
+            norm = self.ds.get_global_grad_norm()
+            return float(norm) if norm is not None else float("nan")
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(norm)
+
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def train(self) -> None:
+        self.model.train()
+
+    def eval(self) -> None:
+        self.model.eval()
+
+    # ---------------------------------------------------------------------------------------------
+    # Checkpoints
+    # ---------------------------------------------------------------------------------------------
+    def save_checkpoint(self, directory: Path, state: dict[str, Any]) -> None:
+        """Write ``directory`` atomically: model, optimizer, schedule, RNG per rank, trainer state."""
+        tmp = directory.with_name(directory.name + ".tmp")
+        if dist.is_main() and tmp.exists():
+            shutil.rmtree(tmp)
+        dist.barrier()
+        tmp.mkdir(parents=True, exist_ok=True)
+        if self.ds is not None:
+            self.ds.save_checkpoint(str(tmp), tag="ds", client_state={})
+        elif dist.is_main():
+            torch.save({"model": {k: v for k, v in self.model.state_dict().items()},
+                        "optimizer": self.optimizer.state_dict(),
+                        "scheduler": self.scheduler.state_dict()}, tmp / "engine.pt")
+        torch.save(_rng_state(), tmp / f"rng_rank{dist.rank()}.pt")
+        dist.barrier()
+        if dist.is_main():
+            (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
+            tmp.rename(directory)
+        dist.barrier()
+
+    def load_checkpoint(self, directory: Path) -> dict[str, Any]:
+        if self.ds is not None:
+            self.ds.load_checkpoint(str(directory), tag="ds", load_optimizer_states=True,
+                                    load_lr_scheduler_states=True)
+        else:
+            blob = torch.load(directory / "engine.pt", map_location=dist.device(), weights_only=False)
+            self.model.load_state_dict(blob["model"])
+            self.optimizer.load_state_dict(blob["optimizer"])
+            self.scheduler.load_state_dict(blob["scheduler"])
+        rng_file = directory / f"rng_rank{dist.rank()}.pt"
+        if rng_file.exists():
+            _set_rng_state(torch.load(rng_file, weights_only=False))
+        return json.loads((directory / "trainer_state.json").read_text())
+
+    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """The whole model's weights on rank 0 (gathered from ZeRO-3 shards); None elsewhere."""
+        if self.ds is not None and self.ds.zero_optimization_stage() == 3:
+            import deepspeed
+
+            params = list(self.model.parameters())
+            with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+                if dist.is_main():
+                    return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+            return None
+        if not dist.is_main():
+            return None
+        return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+
+
+def _rng_state() -> dict[str, Any]:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoints(output_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (``*.tmp`` leftovers of a killed save are ignored)."""
+    found = [p for p in Path(output_dir).glob("checkpoints/step-*") if p.is_dir() and not p.name.endswith(".tmp")
+             and (p / "trainer_state.json").exists()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def find_resume_checkpoint(output_dir: Path, resume: str) -> Path | None:
+    if resume == "never":
+        return None
+    if resume == "auto":
+        found = checkpoints(output_dir)
+        return found[-1] if found else None
+    path = Path(resume)
+    if not (path / "trainer_state.json").exists():
+        from alignment.errors import AlignError
+
+        raise AlignError(f"'{resume}' is not a checkpoint directory (no trainer_state.json)", field="train.resume")
+    return path
+
+
+def prune_checkpoints(output_dir: Path, keep: int) -> None:
+    if not dist.is_main() or keep <= 0:
+        return
+    for old in checkpoints(output_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def iterate_steps(start: int, total: int, desc: str) -> Iterator[int]:
+    """Optimizer steps with a progress bar on rank 0."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(range(start, total), initial=start, total=total, desc=desc, disable=not dist.is_main(),
+               dynamic_ncols=True)
+    yield from bar
