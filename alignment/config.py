@@ -198,7 +198,7 @@ class _Source:
         self.overrides = overrides or set()
 
     def error(self, message: str, key: str) -> AlignError:
-        if key in self.overrides:
+        if any(key == o or key.startswith(o + ".") or key.startswith(o + "[") for o in self.overrides):
             return AlignError(f"{message} (from the command-line override)", field=key)
         line = self.lines.get(key)
         if line is None:  # an error on a whole section: point at the nearest parent key
@@ -390,7 +390,7 @@ def _resolve_paths(config: Any, base: Path) -> None:
         if not isinstance(value, str) or not value or Path(value).is_absolute() or value.startswith("@"):
             continue
         candidate = base / value
-        if candidate.exists() and not Path(value).exists():
+        if candidate.exists():
             setattr(node, name, str(candidate))
 
 
