@@ -66,7 +66,9 @@ def _phase(args: argparse.Namespace, argv: list[str]) -> int:
 
         if args.deepspeed:
             distributed.resolve_config_path(args.deepspeed)  # fail before starting processes
-        load_config(PHASE_CONFIGS[args.command], args.config, args.overrides)  # validate once, early
+        # Validate the recipe and the data once, here, so a mistake is one message rather than one per process.
+        cfg = load_config(PHASE_CONFIGS[args.command], args.config, args.overrides)
+        _preflight(args.command, cfg)
         return distributed.launch(argv, args.num_processes or 1, args.hostfile)
     overrides = list(args.overrides)
     if args.deepspeed:
@@ -77,6 +79,17 @@ def _phase(args: argparse.Namespace, argv: list[str]) -> int:
 
         run_sft(cfg)
     return 0
+
+
+def _preflight(command: str, cfg: object) -> None:
+    from alignment.data import load_dataset_file
+    from alignment.modeling import resolve_model
+
+    resolve_model(cfg.model)
+    if command == "sft":
+        load_dataset_file(cfg.data.train, "sft")
+        if cfg.data.validation:
+            load_dataset_file(cfg.data.validation, "sft")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -10,10 +11,17 @@ from tqdm.auto import tqdm
 from alignment.training import autocast, use_bf16
 
 
+@dataclass
+class Answer:
+    text: str
+    num_tokens: int  # generated tokens, the stop token included
+    finished: bool  # stopped on an end-of-turn token rather than at max_new_tokens
+
+
 @torch.no_grad()
 def generate(model: Any, tokenizer: Any, prompts: list[list[dict[str, str]]], *, max_new_tokens: int = 128,
              batch_size: int = 16, temperature: float = 0.0, top_p: float = 1.0, bf16: str = "auto",
-             seed: int = 0, desc: str = "generate") -> list[str]:
+             seed: int = 0, desc: str = "generate") -> list[Answer]:
     """Answers to chat prompts (message lists ending with a user turn), in prompt order.
 
     Prompts are sorted by length so each batch pads little, then answers are put back in order.
@@ -24,7 +32,9 @@ def generate(model: Any, tokenizer: Any, prompts: list[list[dict[str, str]]], *,
     tokenizer.padding_side = "left"
     texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    answers: list[str] = [""] * len(texts)
+    answers: list[Answer] = [Answer("", 0, False)] * len(texts)
+    eos = model.generation_config.eos_token_id
+    stop_ids = torch.tensor(eos if isinstance(eos, list) else [eos if eos is not None else tokenizer.eos_token_id])
     torch.manual_seed(seed)
     sampling = temperature > 0
     with autocast(use_bf16(bf16)):
@@ -37,6 +47,11 @@ def generate(model: Any, tokenizer: Any, prompts: list[list[dict[str, str]]], *,
                                  top_k=None, pad_token_id=tokenizer.pad_token_id)
             new = out[:, enc["input_ids"].shape[1]:]  # (B, new_tokens)
             for row, i in enumerate(idx):
-                answers[i] = tokenizer.decode(new[row], skip_special_tokens=True).strip()
+                ids = new[row]
+                ids = ids[ids != tokenizer.pad_token_id] if tokenizer.pad_token_id not in stop_ids else ids
+                hits = torch.isin(ids, stop_ids.to(ids.device)).nonzero()
+                n = int(hits[0]) + 1 if len(hits) else len(ids)
+                text = tokenizer.decode(ids[:n], skip_special_tokens=True).strip()
+                answers[i] = Answer(text, n, bool(len(hits)))
     tokenizer.padding_side = "right"
     return answers

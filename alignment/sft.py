@@ -25,6 +25,7 @@ from alignment.tracking import MetricsLogger
 from alignment.training import (
     Engine,
     Schedule,
+    clear_checkpoints,
     find_resume_checkpoint,
     iterate_steps,
     prune_checkpoints,
@@ -240,6 +241,8 @@ def run_sft(cfg: SFTConfig) -> Path:
     if resume_from is not None:
         start_step = engine.load_checkpoint(resume_from)["step"]
         log(f"[sft] resumed from {resume_from} at step {start_step}")
+    else:
+        clear_checkpoints(out)
     if main:
         save_config(cfg, out / "config.yaml")
     run_name = cfg.tracking.run_name or "/".join(out.parts[-2:])

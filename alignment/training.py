@@ -232,6 +232,8 @@ class Engine:
         dist.barrier()
         if dist.is_main():
             (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
+            if directory.exists():
+                shutil.rmtree(directory)
             tmp.rename(directory)
         dist.barrier()
 
@@ -296,6 +298,15 @@ def find_resume_checkpoint(output_dir: Path, resume: str) -> Path | None:
 
         raise AlignError(f"'{resume}' is not a checkpoint directory (no trainer_state.json)", field="train.resume")
     return path
+
+
+def clear_checkpoints(output_dir: Path) -> None:
+    """A run that starts from step 0 replaces an earlier run's checkpoints, so `resume: auto` can never
+    later pick up a checkpoint of a different run."""
+    if dist.is_main() and (Path(output_dir) / "checkpoints").exists():
+        print(f"[train] starting afresh: removing earlier checkpoints in {output_dir}/checkpoints")
+        shutil.rmtree(Path(output_dir) / "checkpoints")
+    dist.barrier()
 
 
 def prune_checkpoints(output_dir: Path, keep: int) -> None:

@@ -141,3 +141,23 @@ def test_deepspeed_two_processes(tmp_path, tiny_model_dir, sft_file, stage):
     assert (out / "checkpoints" / "step-2" / "ds").is_dir()
     losses = [r["train/loss"] for r in read_metrics(out / "metrics.jsonl") if "train/loss" in r]
     assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
+
+
+def test_tracking_wandb_offline_and_tensorboard(tmp_path, tiny_model_dir, sft_file, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    out = tmp_path / "tracked"
+    recipe = _recipe(tmp_path, tiny_model_dir, sft_file, out, max_steps=2)
+    assert main(["sft", "--config", str(recipe), "tracking.backends=[wandb, tensorboard]"]) == 0
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb")), "an offline run that `wandb sync` can upload"
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_multiprocess_launch_validates_data_first(tmp_path, tiny_model_dir, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
+    recipe = _recipe(tmp_path, tiny_model_dir, bad, tmp_path / "out")
+    assert main(["sft", "--config", str(recipe), "--deepspeed", "zero2", "--num-processes", "2"]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}:1" in err and "assistant" in err
+    assert not (tmp_path / "out").exists()

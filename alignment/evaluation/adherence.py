@@ -33,16 +33,17 @@ def evaluate_model(model_path: str, prompts: list[list[dict[str, str]]], policie
     start = time.perf_counter()
     tokenizer = load_tokenizer(model_path)
     model = load_causal_lm(model_path, merge_adapter=True)
-    answers = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                       desc=f"eval {label or model_path}")
-    lengths = [len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers]
+    generated = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                         desc=f"eval {label or model_path}")
+    answers = [g.text for g in generated]
+    lengths = [g.num_tokens for g in generated]
     rates = adherence(answers, policies)
     return {
         "model": str(model_path),
         "label": label or str(model_path),
         "adherence": rates,
         "mean_length_tokens": sum(lengths) / len(lengths),
-        "unfinished": sum(1 for n in lengths if n >= max_new_tokens - 1),
+        "unfinished": sum(1 for g in generated if not g.finished),
         "seconds": time.perf_counter() - start,
         "answers": [
             {"prompt": p[-1]["content"], "answer": a, "checks": check_answer(a, policies)}
