@@ -30,6 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sft", help="supervised fine-tuning")
     _add_launch_options(p)
+    p = sub.add_parser("rm", help="reward modeling (Bradley-Terry) with held-out diagnostics")
+    _add_launch_options(p)
+    p = sub.add_parser("dpo", help="direct preference optimisation (DPO, IPO, SimPO)")
+    _add_launch_options(p)
 
     p = sub.add_parser("data", help="data tools")
     dsub = p.add_subparsers(dest="data_command", required=True)
@@ -74,10 +78,9 @@ def _phase(args: argparse.Namespace, argv: list[str]) -> int:
     if args.deepspeed:
         overrides.append(f"deepspeed={args.deepspeed}")
     cfg = load_config(PHASE_CONFIGS[args.command], args.config, overrides)
-    if args.command == "sft":
-        from alignment.sft import run_sft
+    from alignment.pipeline import run_phase
 
-        run_sft(cfg)
+    run_phase(args.command, cfg)
     return 0
 
 
@@ -90,13 +93,19 @@ def _preflight(command: str, cfg: object) -> None:
         load_dataset_file(cfg.data.train, "sft")
         if cfg.data.validation:
             load_dataset_file(cfg.data.validation, "sft")
+    else:
+        from alignment.data.preferences import load_preference_examples
+
+        for path in filter(None, (cfg.data.train, cfg.data.validation)):
+            load_preference_examples(path, kind=None if cfg.data.kind == "auto" else cfg.data.kind,
+                                     pair_policy=cfg.data.pair_policy)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
-        if args.command in ("sft",):
+        if args.command in ("sft", "rm", "dpo"):
             return _phase(args, argv)
         if args.command == "run":
             from alignment.pipeline import run_recipe

@@ -144,7 +144,92 @@ class SFTConfig:
             raise AlignError("is required: the training data file", field="data.train")
 
 
-PHASE_CONFIGS: dict[str, type] = {"sft": SFTConfig}
+@dataclass
+class PreferenceDataConfig:
+    """Preference pairs: from preference, ranked or unpaired data."""
+
+    train: str = ""
+    """Preference (prompt/chosen/rejected), ranked (prompt/responses/ranks) or unpaired (label) data."""
+    validation: str | None = None
+    split: dict[str, float] = field(default_factory=lambda: {"train": 0.9, "validation": 0.1})
+    """Ratios used when `validation` is not given; all pairs of one prompt land in the same split."""
+    kind: Literal["auto", "preference", "ranked", "unpaired"] = "auto"
+    pair_policy: Literal["all", "best-vs-rest", "adjacent"] = "all"
+    """How a ranking of N responses becomes pairs (ties never make a pair)."""
+    dedup: Literal["exact", "whitespace", "none"] = "whitespace"
+    max_length: int = 1024
+    """Tokens per prompt + response; longer ones are truncated and counted."""
+
+    def __post_init__(self) -> None:
+        if self.max_length < 8:
+            raise AlignError("must be at least 8 tokens", field="data.max_length")
+
+
+@dataclass
+class RMConfig:
+    """Reward modeling with the Bradley-Terry pairwise loss (`align rm`)."""
+
+    phase: Literal["rm"] = "rm"
+    model: str = "smollm2-135m-instruct"
+    """The SFT model or any causal LM directory; a one-score head is added on top."""
+    output_dir: str = "runs/rm"
+    data: PreferenceDataConfig = field(default_factory=PreferenceDataConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1.0e-5))
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    deepspeed: str | None = None
+    use_margin: bool = False
+    """Subtract each pair's margin inside the loss (Llama 2): from a `margin` column or the rank gap."""
+    center_coef: float = 0.0
+    """Weight of the reward-centering penalty mean((r_c + r_r)^2) (Eisenstein et al. 2023); 0 disables."""
+
+    def __post_init__(self) -> None:
+        if not self.data.train:
+            raise AlignError("is required: the preference data file", field="data.train")
+        if self.center_coef < 0:
+            raise AlignError("must be >= 0", field="center_coef")
+
+
+@dataclass
+class DPOConfig:
+    """Direct preference optimisation on preference pairs (`align dpo`)."""
+
+    phase: Literal["dpo"] = "dpo"
+    model: str = "smollm2-135m-instruct"
+    """The starting policy, usually the SFT model."""
+    ref_model: str | None = None
+    """The reference; defaults to the starting model. With LoRA the reference is the same model with
+    its adapter disabled, so no second copy is held."""
+    output_dir: str = "runs/dpo"
+    data: PreferenceDataConfig = field(default_factory=PreferenceDataConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1.0e-6))
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    deepspeed: str | None = None
+    loss: Literal["sigmoid", "ipo", "simpo"] = "sigmoid"
+    """sigmoid: DPO (Rafailov et al. 2023); ipo: IPO (Azar et al. 2023); simpo: reference-free SimPO
+    (Meng et al. 2024)."""
+    beta: float = 0.1
+    """Strength of the KL leash (DPO/IPO) or reward scale (SimPO, where ~2.0 is typical)."""
+    label_smoothing: float = 0.0
+    """Conservative DPO (cDPO): the probability that a preference label is flipped."""
+    simpo_gamma: float = 1.0
+    """SimPO's target reward margin."""
+    precompute_ref: bool = False
+    """Compute the reference log-probabilities once before training and free the reference model."""
+
+    def __post_init__(self) -> None:
+        if not self.data.train:
+            raise AlignError("is required: the preference data file", field="data.train")
+        if self.beta <= 0:
+            raise AlignError("must be positive", field="beta")
+        if not 0.0 <= self.label_smoothing < 0.5:
+            raise AlignError("must be in [0, 0.5)", field="label_smoothing")
+        if self.label_smoothing and self.loss != "sigmoid":
+            raise AlignError("applies to loss: sigmoid only", field="label_smoothing")
+
+
+PHASE_CONFIGS: dict[str, type] = {"sft": SFTConfig, "rm": RMConfig, "dpo": DPOConfig}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -69,37 +69,65 @@ def load_causal_lm(path: str | Path, *, trainable_adapter: bool = False, dtype: 
     return model
 
 
-def apply_lora(model: torch.nn.Module, cfg: LoRAConfig) -> torch.nn.Module:
-    """Wrap ``model`` with trainable LoRA adapters (PEFT) unless it already carries one."""
+def apply_lora(model: torch.nn.Module, cfg: LoRAConfig, task_type: str = "CAUSAL_LM") -> torch.nn.Module:
+    """Wrap ``model`` with trainable LoRA adapters (PEFT) unless it already carries one.
+
+    For a reward model (``task_type="SEQ_CLS"``) PEFT also trains the new score head in full.
+    """
     from peft import LoraConfig, PeftModel, get_peft_model
 
     if isinstance(model, PeftModel):
         return model
     lora = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                      target_modules=cfg.target_modules, task_type="CAUSAL_LM")
+                      target_modules=cfg.target_modules, task_type=task_type)
     return get_peft_model(model, lora)
 
 
-def save_model(model: torch.nn.Module, state_dict: dict[str, torch.Tensor] | None, tokenizer: Any,
-               out_dir: Path, merged_dir: Path | None = None) -> None:
+def is_reward_model(path: Path) -> bool:
+    config = path / "config.json"
+    if not config.exists():
+        return False
+    archs = json.loads(config.read_text()).get("architectures") or []
+    return any(a.endswith("ForSequenceClassification") for a in archs)
+
+
+def load_reward_model(path: str | Path, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """A one-score sequence classifier: a trained reward model as is, or a causal LM (or adapter,
+    merged first) with a new score head on its backbone."""
+    from transformers import AutoModelForSequenceClassification
+
+    path = resolve_model(path)
+    if is_adapter(path):
+        adapter_cfg = json.loads((path / "adapter_config.json").read_text())
+        if adapter_cfg.get("task_type") == "SEQ_CLS":
+            from peft import PeftModel
+
+            base = AutoModelForSequenceClassification.from_pretrained(
+                str(resolve_model(adapter_cfg["base_model_name_or_path"])), num_labels=1, dtype=dtype)
+            return PeftModel.from_pretrained(base, str(path)).merge_and_unload()
+        causal = load_causal_lm(path, merge_adapter=True, dtype=dtype)
+        model = AutoModelForSequenceClassification.from_config(causal.config, num_labels=1, dtype=dtype)
+        missing, _ = model.load_state_dict(causal.state_dict(), strict=False)
+        assert all("score" in k for k in missing), missing
+        return model
+    model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1, dtype=dtype)
+    if getattr(model.config, "quantization_config", None) is not None:
+        raise AlignError("this model is quantized and cannot be trained", file=path / "config.json",
+                         field="quantization_config")
+    return model
+
+
+def save_model(model: torch.nn.Module, tokenizer: Any, out_dir: Path, merged_dir: Path | None = None) -> None:
     """Write a Hugging Face directory atomically (a temporary folder renamed into place).
 
-    ``state_dict`` carries the full weights gathered from ZeRO-3 shards when the live parameters
-    are partitioned. LoRA models write the adapter; ``merged_dir`` also gets merged full weights.
+    Under ZeRO-3 call it inside ``Engine.gathered()``. LoRA models write the adapter; ``merged_dir``
+    also gets merged full weights.
     """
     from peft import PeftModel
 
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    if isinstance(model, PeftModel):
-        adapter_state = None
-        if state_dict is not None:
-            from peft import get_peft_model_state_dict
-
-            adapter_state = get_peft_model_state_dict(model, state_dict=state_dict)
-        model.save_pretrained(str(tmp), state_dict=adapter_state, safe_serialization=True)
-    else:
-        model.save_pretrained(str(tmp), state_dict=state_dict, safe_serialization=True)
+    model.save_pretrained(str(tmp), safe_serialization=True)
     tokenizer.save_pretrained(str(tmp))
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)

@@ -37,7 +37,7 @@ class PhaseStep:
 
     name: str
     """Folder under the pipeline's output_dir; later phases refer to its model as "@<name>"."""
-    kind: Literal["sft", "eval"]
+    kind: Literal["sft", "rm", "dpo", "eval"]
     recipe: str | None = None
     """The phase recipe, relative to the pipeline file (training phases)."""
     overrides: dict[str, Any] = field(default_factory=dict)
@@ -149,10 +149,23 @@ def _run_training_phase(kind: str, cfg: Any, deepspeed: str | None, num_processe
             raise AlignError(f"phase '{kind}' failed on {num_processes} processes (exit {code}); "
                              "re-run to resume from its last checkpoint")
         return
+    run_phase(kind, cfg)
+
+
+def run_phase(kind: str, cfg: Any) -> None:
+    """Run one training phase in this process."""
     if kind == "sft":
         from alignment.sft import run_sft
 
         run_sft(cfg)
+    elif kind == "rm":
+        from alignment.rm import run_rm
+
+        run_rm(cfg)
+    elif kind == "dpo":
+        from alignment.dpo import run_dpo
+
+        run_dpo(cfg)
 
 
 def run_pipeline(cfg: PipelineConfig) -> dict[str, float]:

@@ -53,12 +53,12 @@ def _adherence_plot(results: list[dict[str, Any]], names: list[str]) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 3.2))
+    fig, ax = plt.subplots(figsize=(max(7, 1.8 * len(names)), 3.4))
     width = 0.8 / max(len(results), 1)
     for i, r in enumerate(results):
         xs = [j + i * width for j in range(len(names))]
         ax.bar(xs, [100 * r["adherence"][n] for n in names], width=width, label=r["label"])
-    ax.set_xticks([j + width * (len(results) - 1) / 2 for j in range(len(names))], names)
+    ax.set_xticks([j + width * (len(results) - 1) / 2 for j in range(len(names))], names, rotation=12)
     ax.set_ylabel("% of answers passing")
     ax.set_ylim(0, 100)
     ax.set_title("Policy adherence on held-out prompts")

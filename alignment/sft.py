@@ -277,11 +277,11 @@ def run_sft(cfg: SFTConfig) -> Path:
     # --- save -------------------------------------------------------------------------------
     final = {"eval/loss": evaluate(engine, val_examples, cfg.train.batch_size, tokenizer.pad_token_id)}
     tracker.log(final, schedule.total_steps)
-    state = engine.full_state_dict()
-    if main:
-        save_model(engine.module, state, tokenizer, out / "model",
-                   out / "merged" if cfg.lora.enabled and cfg.lora.save_merged else None)
-        log(f"[sft] saved {out / 'model'}; validation loss {final['eval/loss']:.4f}")
+    with engine.gathered():
+        if main:
+            save_model(engine.module, tokenizer, out / "model",
+                       out / "merged" if cfg.lora.enabled and cfg.lora.save_merged else None)
+            log(f"[sft] saved {out / 'model'}; validation loss {final['eval/loss']:.4f}")
     dist.barrier()
     tracker.close()
     return out / "model"

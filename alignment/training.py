@@ -251,19 +251,16 @@ class Engine:
             _set_rng_state(torch.load(rng_file, weights_only=False))
         return json.loads((directory / "trainer_state.json").read_text())
 
-    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
-        """The whole model's weights on rank 0 (gathered from ZeRO-3 shards); None elsewhere."""
+    def gathered(self) -> Any:
+        """Context in which every parameter is whole on every rank (ZeRO-3 shards gathered), so the
+        model can be saved or copied as a normal module; a no-op otherwise."""
         if self.ds is not None and self.ds.zero_optimization_stage() == 3:
             import deepspeed
 
-            params = list(self.model.parameters())
-            with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
-                if dist.is_main():
-                    return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
-            return None
-        if not dist.is_main():
-            return None
-        return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+            return deepspeed.zero.GatheredParameters(list(self.model.parameters()), modifier_rank=None)
+        import contextlib
+
+        return contextlib.nullcontext()
 
 
 def _rng_state() -> dict[str, Any]:

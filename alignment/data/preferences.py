@@ -1,0 +1,136 @@
+"""Preference pairs for reward modeling and DPO, from any source that yields them.
+
+Sources: preference data (``prompt`` + ``chosen`` + ``rejected``), ranked data (turned into pairs by
+:func:`alignment.data.pairs.ranking_to_pairs` with the recipe's policy), and unpaired data whose
+negative examples (``label: false``) become the rejected side when a good answer (``label: true``)
+exists for the same prompt.
+
+Tokenization renders ``prompt + response`` with the chat template and labels only the response turns
+(their end-of-turn token included), so DPO's log-probabilities and the reward model's last token
+are both taken from what the model would generate.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from alignment.data.chat import IGNORE_INDEX, assistant_spans
+from alignment.errors import AlignError
+
+Messages = list[dict[str, str]]
+
+
+@dataclass
+class PreferenceExample:
+    """One comparison: the same prompt, a better and a worse response."""
+
+    prompt: Messages
+    chosen: Messages
+    rejected: Messages
+    margin: float | None = None  # how much better, when the data says (e.g. a rank gap)
+
+
+@dataclass
+class TokenizedPair:
+    chosen_ids: list[int]  # (Tc,) prompt + chosen, chat template applied
+    chosen_labels: list[int]  # (Tc,) response tokens, IGNORE_INDEX on the prompt
+    rejected_ids: list[int]  # (Tr,)
+    rejected_labels: list[int]  # (Tr,)
+    margin: float | None = None
+    truncated: bool = False
+
+
+def _key(messages: Messages) -> str:
+    return json.dumps([(m["role"], m["content"]) for m in messages])
+
+
+def load_preference_examples(path: str, *, kind: str | None = None, pair_policy: str = "all",
+                             dedup: str = "whitespace") -> tuple[list[PreferenceExample], dict[str, Any]]:
+    """Pairs from a preference, ranked or unpaired file (the kind is detected when not given)."""
+    from alignment.data import deduplicate, load_dataset_file, load_records, to_conversation
+    from alignment.data.pairs import ranking_to_pairs
+
+    if kind is None:
+        columns = set(load_records(path).column_names)
+        kind = ("ranked" if {"responses", "ranks"} <= columns else
+                "unpaired" if "label" in columns else "preference")
+    ds, info = load_dataset_file(path, kind)
+    ds, removed = deduplicate(ds, kind, info.variant, dedup)
+    records = [to_conversation(r, kind, info.variant) for r in ds]
+    examples: list[PreferenceExample] = []
+    if kind == "preference":
+        margins = ds["margin"] if "margin" in ds.column_names else [None] * len(records)
+        examples = [PreferenceExample(r["prompt"], r["chosen"], r["rejected"],
+                                      float(m) if m is not None else None) for r, m in zip(records, margins)]
+    elif kind == "ranked":
+        for r in records:
+            for pair in ranking_to_pairs(r["responses"], r["ranks"], pair_policy):
+                examples.append(PreferenceExample(r["prompt"], pair.chosen, pair.rejected,
+                                                  float(pair.rejected_rank - pair.chosen_rank)))
+    elif kind == "unpaired":
+        examples = unpaired_to_pairs(records)
+    else:
+        raise AlignError(f"'{kind}' data holds no preferences", file=path)
+    if not examples:
+        raise AlignError(f"no preference pairs could be made from this {kind} data", file=path)
+    return examples, {"kind": kind, "variant": info.variant, "duplicates_removed": removed,
+                      "rows": len(records), "pairs": len(examples)}
+
+
+def unpaired_to_pairs(records: list[dict[str, Any]]) -> list[PreferenceExample]:
+    """Every negative example (label false) against every good answer (label true) to the same prompt.
+
+    A negative example whose prompt has no good answer makes no pair here (KTO can still use it).
+    """
+    good: dict[str, list[Messages]] = {}
+    bad: dict[str, list[Messages]] = {}
+    prompts: dict[str, Messages] = {}
+    for r in records:
+        k = _key(r["prompt"])
+        prompts[k] = r["prompt"]
+        (good if r["label"] else bad).setdefault(k, []).append(r["completion"])
+    return [PreferenceExample(prompts[k], g, b) for k in prompts for g in good.get(k, []) for b in bad.get(k, [])]
+
+
+def tokenize_response(tokenizer: Any, prompt: Messages, response: Messages, max_length: int) -> tuple[
+        list[int], list[int], bool]:
+    """Ids of ``prompt + response`` and labels on the response turns only; truncated to max_length."""
+    messages = prompt + response
+    text, spans = assistant_spans(tokenizer, messages)
+    n_prompt_assistant = sum(1 for m in prompt if m["role"] == "assistant")
+    spans = spans[n_prompt_assistant:]  # earlier assistant turns are context, not the response
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    labels = [IGNORE_INDEX] * len(ids)
+    for t, (start, _end) in enumerate(offsets):
+        if any(a <= start < b for a, b in spans):
+            labels[t] = ids[t]
+    truncated = len(ids) > max_length
+    return ids[:max_length], labels[:max_length], truncated
+
+
+def tokenize_pairs(tokenizer: Any, examples: list[PreferenceExample], max_length: int) -> tuple[
+        list[TokenizedPair], dict[str, int]]:
+    """Tokenize every pair; pairs left without a response token on either side are dropped (counted)."""
+    out: list[TokenizedPair] = []
+    stats = {"pairs": len(examples), "truncated": 0, "dropped": 0}
+    for ex in examples:
+        c_ids, c_labels, c_trunc = tokenize_response(tokenizer, ex.prompt, ex.chosen, max_length)
+        r_ids, r_labels, r_trunc = tokenize_response(tokenizer, ex.prompt, ex.rejected, max_length)
+        stats["truncated"] += int(c_trunc or r_trunc)
+        if all(x == IGNORE_INDEX for x in c_labels) or all(x == IGNORE_INDEX for x in r_labels):
+            stats["dropped"] += 1
+            continue
+        out.append(TokenizedPair(c_ids, c_labels, r_ids, r_labels, ex.margin, c_trunc or r_trunc))
+    return out, stats
+
+
+def describe(stats: dict[str, int], max_length: int) -> str:
+    text = f"{stats['pairs']} pairs"
+    if stats["truncated"]:
+        text += f"; {stats['truncated']} truncated to max_length={max_length}"
+    if stats["dropped"]:
+        text += f"; {stats['dropped']} dropped (no response token left after truncation)"
+    return text

@@ -1,0 +1,331 @@
+"""Direct preference optimisation (`align dpo`): setup, one step, the loop, save.
+
+The reference model, cheapest first:
+- reference-free losses (SimPO) need none;
+- ``precompute_ref``: reference log-probabilities of every pair computed once before training (with
+  the starting policy itself when the reference is the starting model), cached in the output folder
+  so a resumed run reuses them; nothing extra in memory while training;
+- LoRA: the same model with its adapter disabled; no second copy;
+- otherwise a frozen copy (under ZeRO-3 sharded like the policy, as TRL's ``prepare_deepspeed`` does).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from alignment import distributed as dist
+from alignment.config import DPOConfig, save_config, to_dict
+from alignment.data.preferences import TokenizedPair, describe, tokenize_pairs
+from alignment.losses import PREFERENCE_LOSSES, preference_metrics, sequence_logps
+from alignment.modeling import apply_lora, count_parameters, load_causal_lm, load_tokenizer, save_model
+from alignment.rm import collate_pairs, load_pairs
+from alignment.tracking import MetricsLogger
+from alignment.training import (
+    Engine,
+    Schedule,
+    clear_checkpoints,
+    find_resume_checkpoint,
+    iterate_steps,
+    prune_checkpoints,
+    set_seed,
+    use_bf16,
+)
+
+
+def build_loss(cfg: DPOConfig) -> Any:
+    if cfg.loss == "sigmoid":
+        return PREFERENCE_LOSSES["sigmoid"](beta=cfg.beta, label_smoothing=cfg.label_smoothing)
+    if cfg.loss == "simpo":
+        return PREFERENCE_LOSSES["simpo"](beta=cfg.beta, gamma=cfg.simpo_gamma)
+    return PREFERENCE_LOSSES[cfg.loss](beta=cfg.beta)
+
+
+# --------------------------------------------------------------------------------------------------
+# Log-probabilities
+# --------------------------------------------------------------------------------------------------
+def batch_logps(model: Any, batch: dict[str, torch.Tensor], average: bool, autocast: Any) -> tuple[
+        torch.Tensor, torch.Tensor]:
+    """(B,) chosen and (B,) rejected response log-probs (summed, or per-token means when ``average``)."""
+    device = dist.device()
+    ids, mask, labels = (batch[k].to(device) for k in ("input_ids", "attention_mask", "labels"))
+    with autocast:
+        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits  # (2B, T, V)
+    logps, counts = sequence_logps(logits[:, :-1], labels[:, 1:])  # (2B,), (2B,)
+    if average:
+        logps = logps / counts.clamp(min=1)
+    half = logps.shape[0] // 2
+    return logps[:half], logps[half:]
+
+
+class Reference:
+    """Reference log-probs, from a cache, the adapter-disabled policy, or a frozen copy."""
+
+    def __init__(self, engine: Engine, frozen: torch.nn.Module | None, use_adapter_off: bool,
+                 average: bool) -> None:
+        self.engine, self.frozen, self.adapter_off, self.average = engine, frozen, use_adapter_off, average
+        self.cache: dict[int, tuple[float, float]] = {}
+
+    @torch.no_grad()
+    def logps(self, batch: dict[str, torch.Tensor], keys: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if keys is not None and self.cache and all(k in self.cache for k in keys):
+            c = torch.tensor([self.cache[k][0] for k in keys], device=dist.device())
+            r = torch.tensor([self.cache[k][1] for k in keys], device=dist.device())
+            return c, r
+        if self.frozen is not None:
+            return batch_logps(self.frozen, batch, self.average, self.engine.autocast())
+        ctx = self.engine.module.disable_adapter() if self.adapter_off else contextlib.nullcontext()
+        was_training = self.engine.module.training
+        self.engine.eval()
+        with ctx:
+            out = batch_logps(self.engine.ds or self.engine.module, batch, self.average, self.engine.autocast())
+        if was_training:
+            self.engine.train()
+        return out
+
+
+def precompute(reference: Reference, pairs: list[TokenizedPair], batch_size: int, pad: int) -> dict[int, tuple[
+        float, float]]:
+    """Reference log-probs of every pair, split across processes and summed back (every rank runs
+    the same number of forwards, so ZeRO-3 gathers stay in step)."""
+    world, rank = dist.world_size(), dist.rank()
+    per_rank = math.ceil(len(pairs) / world)
+    chosen, rejected = [0.0] * len(pairs), [0.0] * len(pairs)
+    mine = list(range(rank, len(pairs), world))
+    mine += [-1] * (per_rank - len(mine))
+    from tqdm.auto import tqdm
+
+    for start in tqdm(range(0, per_rank, batch_size), desc="reference log-probs", disable=not dist.is_main()):
+        idx = mine[start : start + batch_size]
+        c, r = reference.logps(collate_pairs([pairs[i if i >= 0 else 0] for i in idx], pad))
+        for j, i in enumerate(idx):
+            if i >= 0:
+                chosen[i], rejected[i] = float(c[j]), float(r[j])
+    chosen, rejected = dist.all_reduce_sum(chosen), dist.all_reduce_sum(rejected)
+    return {i: (chosen[i], rejected[i]) for i in range(len(pairs))}
+
+
+# --------------------------------------------------------------------------------------------------
+# One step
+# --------------------------------------------------------------------------------------------------
+def train_step(engine: Engine, reference: Reference | None, loss_fn: Any, micro_batches: list[dict[str, Any]],
+               keys: list[list[int]]) -> dict[str, float]:
+    """One optimizer step; the loss is the mean over every pair of the step."""
+    sums: dict[str, float] = {}
+    for batch, batch_keys in zip(micro_batches, keys):
+        policy_c, policy_r = batch_logps(engine.ds or engine.module, batch, loss_fn.average_logps, engine.autocast())
+        ref_c = ref_r = None
+        if reference is not None:
+            ref_c, ref_r = reference.logps(batch, batch_keys)
+        out = loss_fn(policy_c, policy_r, ref_c, ref_r)
+        engine.backward(out.loss / len(micro_batches))
+        metrics = {"train/loss": float(out.loss.detach()), **preference_metrics(out, policy_c.detach(),
+                                                                                 policy_r.detach())}
+        for k, v in metrics.items():
+            sums[k] = sums.get(k, 0.0) + v
+    lr = engine.lr()
+    grad_norm = engine.step()
+    n = len(micro_batches) * dist.world_size()
+    totals = dist.all_reduce_sum(list(sums.values()))
+    return {**{k: v / n for k, v in zip(sums, totals)}, "train/grad_norm": grad_norm, "train/lr": lr}
+
+
+@torch.no_grad()
+def evaluate(engine: Engine, reference: Reference | None, loss_fn: Any, pairs: list[TokenizedPair],
+             keys: list[int], batch_size: int, pad: int) -> dict[str, float]:
+    """Held-out preference metrics (same names, `eval/` prefix), over all processes."""
+    if not pairs:
+        return {}
+    engine.eval()
+    world, rank = dist.world_size(), dist.rank()
+    per_rank = math.ceil(len(pairs) / world)
+    mine = list(range(rank, len(pairs), world))
+    weights = [1.0] * len(mine) + [0.0] * (per_rank - len(mine))
+    mine += [0] * (per_rank - len(mine))
+    sums: dict[str, float] = {}
+    for start in range(0, per_rank, batch_size):
+        idx, w = mine[start : start + batch_size], weights[start : start + batch_size]
+        batch = collate_pairs([pairs[i] for i in idx], pad)
+        policy_c, policy_r = batch_logps(engine.ds or engine.module, batch, loss_fn.average_logps, engine.autocast())
+        ref_c = ref_r = None
+        if reference is not None:
+            ref_c, ref_r = reference.logps(batch, [keys[i] for i in idx])
+        out = loss_fn(policy_c, policy_r, ref_c, ref_r)
+        weight = torch.tensor(w)
+        per_pair = {"loss": out.losses, "rewards/chosen": out.chosen_rewards,
+                    "rewards/rejected": out.rejected_rewards,
+                    "rewards/accuracies": (out.chosen_rewards > out.rejected_rewards).float(),
+                    "logps/chosen": policy_c, "logps/rejected": policy_r}
+        for k, v in per_pair.items():
+            sums[k] = sums.get(k, 0.0) + float((v.detach().float().cpu() * weight).sum())
+        sums["n"] = sums.get("n", 0.0) + float(weight.sum())
+    engine.train()
+    totals = dict(zip(sums, dist.all_reduce_sum(list(sums.values()))))
+    n = totals.pop("n")
+    result = {f"eval/{k}": v / n for k, v in totals.items()}
+    result["eval/rewards/margins"] = result["eval/rewards/chosen"] - result["eval/rewards/rejected"]
+    return result
+
+
+class LikelihoodWatch:
+    """Warn once when chosen log-probs fall while margins rise: DPO is then pushing both responses
+    down, the rejected faster, a failure users report (Pal et al. 2024, "Smaug"; Razin et al. 2024)."""
+
+    def __init__(self, total_steps: int) -> None:
+        self.first: tuple[float, float] | None = None
+        self.min_step = max(3, total_steps // 10)
+        self.warned = False
+
+    def update(self, step: int, metrics: dict[str, float]) -> str | None:
+        chosen, margin = metrics["logps/chosen"], metrics["rewards/margins"]
+        if self.first is None:
+            self.first = (chosen, margin)
+            return None
+        if self.warned or step < self.min_step:
+            return None
+        if chosen < self.first[0] - 1.0 and margin > self.first[1]:
+            self.warned = True
+            return (f"chosen log-probs fell from {self.first[0]:.2f} to {chosen:.2f} while margins rose from "
+                    f"{self.first[1]:.3f} to {margin:.3f}: DPO is lowering the chosen answers too. Consider a lower "
+                    "train.lr, a higher beta, or loss: ipo.")
+        return None
+
+
+# --------------------------------------------------------------------------------------------------
+# Setup, loop, save
+# --------------------------------------------------------------------------------------------------
+def run_dpo(cfg: DPOConfig) -> Path:
+    dist.init_process_group()
+    out = Path(cfg.output_dir)
+    main = dist.is_main()
+    log = print if main else (lambda *a, **k: None)
+    set_seed(cfg.train.seed)
+    loss_fn = build_loss(cfg)
+
+    tokenizer = load_tokenizer(cfg.model)
+    train_ex, val_ex, info = load_pairs(cfg)
+    train_pairs, stats = tokenize_pairs(tokenizer, train_ex, cfg.data.max_length)
+    val_pairs, _ = tokenize_pairs(tokenizer, val_ex, cfg.data.max_length)
+    log(f"[dpo] data: {info['kind']} ({info['variant']}), {info['rows']} rows -> {info['pairs']} pairs; "
+        f"train {describe(stats, cfg.data.max_length)}; validation {len(val_pairs)} pairs; loss {cfg.loss}, "
+        f"beta {cfg.beta}")
+
+    model = load_causal_lm(cfg.model, trainable_adapter=cfg.lora.enabled)
+    if cfg.lora.enabled:
+        model = apply_lora(model, cfg.lora)
+    if cfg.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if cfg.lora.enabled:
+            model.enable_input_require_grads()
+    separate_ref = cfg.ref_model is not None and cfg.ref_model != cfg.model
+    frozen = None
+    if loss_fn.needs_reference and (separate_ref or not cfg.lora.enabled) and not (
+            cfg.precompute_ref and not separate_ref):
+        frozen = load_causal_lm(cfg.ref_model or cfg.model, merge_adapter=True).eval().requires_grad_(False)
+    trainable, total = count_parameters(model)
+    bf16 = use_bf16(cfg.train.bf16)
+    schedule = Schedule.create(len(train_pairs), cfg.train, dist.world_size())
+    ds_config = None
+    if cfg.deepspeed:
+        ds_config = dist.fill_auto(dist.load_config(cfg.deepspeed), micro_batch=cfg.train.batch_size,
+                                   grad_accum=cfg.train.grad_accum, max_grad_norm=cfg.train.max_grad_norm,
+                                   bf16_weights=bf16 and torch.cuda.is_available())
+    engine = Engine(model, cfg.train, schedule.total_steps, bf16, ds_config)
+    if frozen is not None:
+        frozen = _place_reference(frozen, ds_config)
+    reference = Reference(engine, frozen, cfg.lora.enabled and not separate_ref, loss_fn.average_logps) \
+        if loss_fn.needs_reference else None
+    where = ("none (reference-free)" if reference is None else "precomputed" if cfg.precompute_ref else
+             "adapter disabled" if frozen is None else "frozen copy")
+    log(f"[dpo] model {cfg.model}: {trainable:,} trainable of {total:,} parameters; reference: {where}; "
+        f"bf16={bf16}; processes={dist.world_size()}; deepspeed={cfg.deepspeed or 'off'}; steps={schedule.total_steps}")
+
+    start_step = 0
+    resume_from = find_resume_checkpoint(out, cfg.train.resume)
+    pad = tokenizer.pad_token_id
+    val_keys = [len(train_pairs) + i for i in range(len(val_pairs))]
+    if reference is not None and cfg.precompute_ref:
+        cache_file = out / "reference_logps.pt"
+        if resume_from is not None and cache_file.exists():
+            reference.cache = torch.load(cache_file)
+        else:
+            # Before any update: the policy is still the reference (or the frozen copy is).
+            reference.cache = precompute(reference, train_pairs + val_pairs, cfg.train.batch_size, pad)
+            if main:
+                out.mkdir(parents=True, exist_ok=True)
+                torch.save(reference.cache, cache_file)
+        if frozen is not None:
+            reference.frozen = frozen = None  # free the copy
+    if resume_from is not None:
+        start_step = engine.load_checkpoint(resume_from)["step"]
+        log(f"[dpo] resumed from {resume_from} at step {start_step}")
+    else:
+        clear_checkpoints(out)
+    if main:
+        save_config(cfg, out / "config.yaml")
+    run_name = cfg.tracking.run_name or "/".join(out.parts[-2:])
+    tracker = MetricsLogger(out, cfg.tracking.backends, cfg.tracking.project, run_name, to_dict(cfg),
+                            enabled=main, resume_step=start_step)
+    watch = LikelihoodWatch(schedule.total_steps)
+
+    engine.train()
+    window_start, window_pairs = time.perf_counter(), 0
+    for step in iterate_steps(start_step, schedule.total_steps, "dpo"):
+        idx_lists = schedule.micro_batches(step, dist.rank())
+        batches = [collate_pairs([train_pairs[i] for i in idx], pad) for idx in idx_lists]
+        metrics = train_step(engine, reference, loss_fn, batches, idx_lists)
+        window_pairs += sum(len(idx) for idx in idx_lists) * dist.world_size()
+        done = step + 1
+        if not math.isfinite(metrics["train/loss"]):
+            raise FloatingPointError(f"loss became {metrics['train/loss']} at step {done}; lower train.lr")
+        warning = watch.update(done, metrics)
+        if warning:
+            log(f"[dpo] WARNING at step {done}: {warning}")
+            metrics["warnings/chosen_logps_falling"] = 1.0
+        if done % cfg.train.log_every == 0 or done == schedule.total_steps:
+            elapsed = time.perf_counter() - window_start
+            metrics.update({"train/epoch": schedule.epoch_of(done), "perf/pairs_per_second": window_pairs / elapsed})
+            tracker.log(metrics, done)
+            window_start, window_pairs = time.perf_counter(), 0
+        if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done != schedule.total_steps:
+            tracker.log(evaluate(engine, reference, loss_fn, val_pairs, val_keys, cfg.train.batch_size, pad), done)
+        if cfg.train.save_every and done % cfg.train.save_every == 0 and done != schedule.total_steps:
+            engine.save_checkpoint(out / "checkpoints" / f"step-{done}", {"step": done})
+            prune_checkpoints(out, cfg.train.keep_checkpoints)
+
+    final = evaluate(engine, reference, loss_fn, val_pairs, val_keys, cfg.train.batch_size, pad)
+    tracker.log(final, schedule.total_steps)
+    with engine.gathered():
+        if main:
+            save_model(engine.module, tokenizer, out / "model",
+                       out / "merged" if cfg.lora.enabled and cfg.lora.save_merged else None)
+    if main and final:
+        log(f"[dpo] held-out: accuracy {final['eval/rewards/accuracies']:.3f}, margin "
+            f"{final['eval/rewards/margins']:+.3f}, logps chosen {final['eval/logps/chosen']:.2f} / rejected "
+            f"{final['eval/logps/rejected']:.2f}")
+    log(f"[dpo] saved {out / 'model'}")
+    dist.barrier()
+    tracker.close()
+    return out / "model"
+
+
+def _place_reference(model: torch.nn.Module, ds_config: dict[str, Any] | None) -> torch.nn.Module:
+    """Put the frozen reference where the policy runs; under ZeRO-3 shard it the same way."""
+    if ds_config is not None and ds_config.get("zero_optimization", {}).get("stage") == 3:
+        import deepspeed
+
+        config = copy.deepcopy(ds_config)
+        config["zero_optimization"] = {"stage": 3,
+                                       "stage3_param_persistence_threshold": 1e4 * model.config.hidden_size}
+        config.pop("optimizer", None)
+        config.pop("scheduler", None)
+        engine, *_ = deepspeed.initialize(model=model, config=config)
+        engine.eval()
+        return engine
+    return model.to(dist.device())

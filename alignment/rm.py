@@ -1,0 +1,267 @@
+"""Reward modeling (`align rm`): setup, one step, the loop, save, diagnose.
+
+A one-score head on the SFT model (or any causal LM), trained with the pairwise Bradley-Terry loss
+on preference pairs. After training, the held-out diagnostics (accuracy, score distributions, length
+bias, calibration) end in a plain verdict, and the score mean and std on the training responses are
+saved next to the model for PPO's reward normalisation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from alignment import distributed as dist
+from alignment.config import RMConfig, save_config, to_dict
+from alignment.data.chat import IGNORE_INDEX
+from alignment.data.preferences import (
+    PreferenceExample,
+    TokenizedPair,
+    describe,
+    load_preference_examples,
+    tokenize_pairs,
+)
+from alignment.evaluation.rm_diagnostics import diagnose, verdict
+from alignment.losses import bradley_terry_loss, reward_model_metrics
+from alignment.modeling import apply_lora, count_parameters, load_reward_model, load_tokenizer, save_model
+from alignment.reward import LastTokenScores, save_reward_stats
+from alignment.tracking import MetricsLogger
+from alignment.training import (
+    Engine,
+    Schedule,
+    clear_checkpoints,
+    find_resume_checkpoint,
+    iterate_steps,
+    prune_checkpoints,
+    set_seed,
+    use_bf16,
+)
+
+
+# --------------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------------
+def split_pairs(examples: list[PreferenceExample], ratios: dict[str, float], seed: int) -> dict[str, list]:
+    """Deterministic split that keeps every pair of one prompt in the same split (no prompt leaks)."""
+    import datasets
+
+    from alignment.data import split_dataset
+
+    keys = [json.dumps(ex.prompt) for ex in examples]
+    ds = datasets.Dataset.from_dict({"i": list(range(len(examples))), "prompt": keys})
+    parts = split_dataset(ds, ratios, seed, key=lambda r: r["prompt"])
+    return {name: [examples[i] for i in part["i"]] for name, part in parts.items()}
+
+
+def load_pairs(cfg: RMConfig) -> tuple[list[PreferenceExample], list[PreferenceExample], dict[str, Any]]:
+    kind = None if cfg.data.kind == "auto" else cfg.data.kind
+    train, info = load_preference_examples(cfg.data.train, kind=kind, pair_policy=cfg.data.pair_policy,
+                                           dedup=cfg.data.dedup)
+    if cfg.data.validation:
+        val, _ = load_preference_examples(cfg.data.validation, kind=kind, pair_policy=cfg.data.pair_policy,
+                                          dedup=cfg.data.dedup)
+    else:
+        parts = split_pairs(train, cfg.data.split, cfg.train.seed)
+        train, val = parts["train"], parts.get("validation", [])
+    return train, val, info
+
+
+def collate_pairs(pairs: list[TokenizedPair], pad_id: int) -> dict[str, torch.Tensor]:
+    """Chosen rows first, then rejected rows, right-padded into one (2B, T) batch."""
+    seqs = [p.chosen_ids for p in pairs] + [p.rejected_ids for p in pairs]
+    labels = [p.chosen_labels for p in pairs] + [p.rejected_labels for p in pairs]
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)  # (2B, T)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)  # (2B, T)
+    lab = torch.full((len(seqs), width), IGNORE_INDEX, dtype=torch.long)  # (2B, T)
+    for i, (s, lb) in enumerate(zip(seqs, labels)):
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+        lab[i, : len(lb)] = torch.tensor(lb)
+    margins = torch.tensor([p.margin if p.margin is not None else 0.0 for p in pairs])  # (B,)
+    return {"input_ids": ids, "attention_mask": mask, "labels": lab, "margin": margins}
+
+
+# --------------------------------------------------------------------------------------------------
+# One step
+# --------------------------------------------------------------------------------------------------
+def pair_scores(engine: Engine, scorer: LastTokenScores, batch: dict[str, torch.Tensor]) -> tuple[
+        torch.Tensor, torch.Tensor]:
+    """(B,) chosen and (B,) rejected scores from one forward over the (2B, T) batch."""
+    device = dist.device()
+    ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+    engine.forward(input_ids=ids, attention_mask=mask, use_cache=False)
+    scores = scorer.take(mask)  # (2B,)
+    half = scores.shape[0] // 2
+    return scores[:half], scores[half:]
+
+
+def train_step(engine: Engine, scorer: LastTokenScores, micro_batches: list[dict[str, torch.Tensor]],
+               cfg: RMConfig) -> dict[str, float]:
+    """One optimizer step; the loss is the mean over every pair of the step (all micro-batches)."""
+    sums = {"loss": 0.0, "rewards/chosen": 0.0, "rewards/rejected": 0.0, "rewards/accuracies": 0.0}
+    for batch in micro_batches:
+        chosen, rejected = pair_scores(engine, scorer, batch)
+        margin = batch["margin"].to(chosen.device) if cfg.use_margin else None
+        loss = bradley_terry_loss(chosen, rejected, margin=margin, center_coef=cfg.center_coef)
+        engine.backward(loss / len(micro_batches))
+        sums["loss"] += float(loss.detach())
+        m = reward_model_metrics(chosen.detach(), rejected.detach())
+        for key in ("rewards/chosen", "rewards/rejected", "rewards/accuracies"):
+            sums[key] += m[key]
+    lr = engine.lr()
+    grad_norm = engine.step()
+    n = len(micro_batches) * dist.world_size()
+    totals = dist.all_reduce_sum(list(sums.values()))
+    out = {("train/" + k if k == "loss" else k): v / n for k, v in zip(sums, totals)}
+    out["rewards/margins"] = out["rewards/chosen"] - out["rewards/rejected"]
+    return {**out, "train/grad_norm": grad_norm, "train/lr": lr}
+
+
+@torch.no_grad()
+def score_pairs(engine: Engine, scorer: LastTokenScores, pairs: list[TokenizedPair], batch_size: int,
+                pad_id: int) -> tuple[list[float], list[float]]:
+    """Scores of every pair, computed across processes (each rank a slice; every rank runs the same
+    number of forwards so ZeRO-3's collective parameter gathers stay in step)."""
+    if not pairs:
+        return [], []
+    engine.eval()
+    world, rank = dist.world_size(), dist.rank()
+    per_rank = math.ceil(len(pairs) / world)
+    chosen = [0.0] * len(pairs)
+    rejected = [0.0] * len(pairs)
+    mine = list(range(rank, len(pairs), world))
+    mine += [-1] * (per_rank - len(mine))  # -1: a padding forward whose result is dropped
+    for start in range(0, per_rank, batch_size):
+        idx = mine[start : start + batch_size]
+        batch = collate_pairs([pairs[i if i >= 0 else 0] for i in idx], pad_id)
+        c, r = pair_scores(engine, scorer, batch)
+        for j, i in enumerate(idx):
+            if i >= 0:
+                chosen[i], rejected[i] = float(c[j]), float(r[j])
+    engine.train()
+    return dist.all_reduce_sum(chosen), dist.all_reduce_sum(rejected)
+
+
+def _response_length(labels: list[int]) -> int:
+    return sum(1 for x in labels if x != IGNORE_INDEX)
+
+
+# --------------------------------------------------------------------------------------------------
+# Setup, loop, save, diagnose
+# --------------------------------------------------------------------------------------------------
+def run_rm(cfg: RMConfig) -> Path:
+    dist.init_process_group()
+    out = Path(cfg.output_dir)
+    main = dist.is_main()
+    log = print if main else (lambda *a, **k: None)
+    set_seed(cfg.train.seed)
+
+    tokenizer = load_tokenizer(cfg.model)
+    train_ex, val_ex, info = load_pairs(cfg)
+    train_pairs, train_stats = tokenize_pairs(tokenizer, train_ex, cfg.data.max_length)
+    val_pairs, _ = tokenize_pairs(tokenizer, val_ex, cfg.data.max_length)
+    log(f"[rm] data: {info['kind']} ({info['variant']}), {info['rows']} rows -> {info['pairs']} pairs, "
+        f"{info['duplicates_removed']} duplicates removed; train {describe(train_stats, cfg.data.max_length)}; "
+        f"validation {len(val_pairs)} pairs")
+
+    model = load_reward_model(cfg.model)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if cfg.lora.enabled:
+        model = apply_lora(model, cfg.lora, task_type="SEQ_CLS")
+    if cfg.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    trainable, total = count_parameters(model)
+    bf16 = use_bf16(cfg.train.bf16)
+    schedule = Schedule.create(len(train_pairs), cfg.train, dist.world_size())
+    ds_config = None
+    if cfg.deepspeed:
+        ds_config = dist.fill_auto(dist.load_config(cfg.deepspeed), micro_batch=cfg.train.batch_size,
+                                   grad_accum=cfg.train.grad_accum, max_grad_norm=cfg.train.max_grad_norm,
+                                   bf16_weights=bf16 and torch.cuda.is_available())
+    engine = Engine(model, cfg.train, schedule.total_steps, bf16, ds_config)
+    scorer = LastTokenScores(engine.module)
+    log(f"[rm] model {cfg.model}: {trainable:,} trainable of {total:,} parameters; bf16={bf16}; "
+        f"processes={dist.world_size()}; deepspeed={cfg.deepspeed or 'off'}; steps={schedule.total_steps}")
+
+    start_step = 0
+    resume_from = find_resume_checkpoint(out, cfg.train.resume)
+    if resume_from is not None:
+        start_step = engine.load_checkpoint(resume_from)["step"]
+        log(f"[rm] resumed from {resume_from} at step {start_step}")
+    else:
+        clear_checkpoints(out)
+    if main:
+        save_config(cfg, out / "config.yaml")
+    run_name = cfg.tracking.run_name or "/".join(out.parts[-2:])
+    tracker = MetricsLogger(out, cfg.tracking.backends, cfg.tracking.project, run_name, to_dict(cfg),
+                            enabled=main, resume_step=start_step)
+    pad = tokenizer.pad_token_id
+
+    def held_out_metrics() -> dict[str, float]:
+        c, r = score_pairs(engine, scorer, val_pairs, cfg.train.batch_size, pad)
+        if not c:
+            return {}
+        m = reward_model_metrics(torch.tensor(c), torch.tensor(r))
+        return {"eval/" + k: v for k, v in m.items()}
+
+    engine.train()
+    window_start, window_pairs = time.perf_counter(), 0
+    for step in iterate_steps(start_step, schedule.total_steps, "rm"):
+        batches = [collate_pairs([train_pairs[i] for i in idx], pad)
+                   for idx in schedule.micro_batches(step, dist.rank())]
+        metrics = train_step(engine, scorer, batches, cfg)
+        window_pairs += sum(b["margin"].shape[0] for b in batches) * dist.world_size()
+        done = step + 1
+        if not math.isfinite(metrics["train/loss"]):
+            raise FloatingPointError(f"loss became {metrics['train/loss']} at step {done}; lower train.lr")
+        if done % cfg.train.log_every == 0 or done == schedule.total_steps:
+            elapsed = time.perf_counter() - window_start
+            metrics.update({"train/epoch": schedule.epoch_of(done), "perf/pairs_per_second": window_pairs / elapsed})
+            tracker.log(metrics, done)
+            window_start, window_pairs = time.perf_counter(), 0
+        if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done != schedule.total_steps:
+            tracker.log(held_out_metrics(), done)
+        if cfg.train.save_every and done % cfg.train.save_every == 0 and done != schedule.total_steps:
+            engine.save_checkpoint(out / "checkpoints" / f"step-{done}", {"step": done})
+            prune_checkpoints(out, cfg.train.keep_checkpoints)
+
+    # --- diagnose on held-out pairs; score statistics on the training responses ----------------
+    vc, vr = score_pairs(engine, scorer, val_pairs, cfg.train.batch_size, pad)
+    tc, tr = score_pairs(engine, scorer, train_pairs, cfg.train.batch_size, pad)
+    train_scores = torch.tensor(tc + tr)
+    mean, std = float(train_scores.mean()), float(train_scores.std().clamp(min=1e-6))
+    diagnostics = None
+    if vc:
+        diagnostics = diagnose(vc, vr, [_response_length(p.chosen_labels) for p in val_pairs],
+                               [_response_length(p.rejected_labels) for p in val_pairs])
+        tracker.log({"eval/" + k: v for k, v in reward_model_metrics(torch.tensor(vc), torch.tensor(vr)).items()},
+                    schedule.total_steps)
+
+    with engine.gathered():
+        if main:
+            save_model(engine.module, tokenizer, out / "model")
+    if main:
+        save_reward_stats(out / "model", mean, std, len(train_scores))
+        if diagnostics is not None:
+            text, fit = verdict(diagnostics)
+            diagnostics.update({"verdict": text, "fit_for_ppo": fit, "train_score_mean": mean,
+                                "train_score_std": std})
+            (out / "diagnostics.json").write_text(json.dumps(diagnostics, indent=2))
+            print(f"[rm] held-out: accuracy {diagnostics['accuracy']:.3f}, chosen {diagnostics['chosen_mean']:+.2f}"
+                  f" ± {diagnostics['chosen_std']:.2f}, rejected {diagnostics['rejected_mean']:+.2f} ± "
+                  f"{diagnostics['rejected_std']:.2f}, prefers longer {diagnostics['prefers_longer']:.2f} "
+                  f"(data {diagnostics['data_prefers_longer']:.2f}), ECE {diagnostics['ece']:.3f}")
+            print(f"[rm] verdict: {text}")
+        else:
+            print("[rm] no held-out pairs: no diagnostics (set data.validation or data.split)")
+        print(f"[rm] saved {out / 'model'}; training score mean {mean:+.3f}, std {std:.3f}")
+    dist.barrier()
+    scorer.remove()
+    tracker.close()
+    return out / "model"
