@@ -90,14 +90,21 @@ def locate_embedded_gguf() -> Path:
 
 
 def _fingerprint(gguf: Path) -> dict:
-    """What the marker records: if the GGUF file or our conversion changes, convert again."""
-    stat = gguf.stat()
-    return {
-        "conversion_version": CONVERSION_VERSION,
-        "gguf": str(gguf),
-        "gguf_size": stat.st_size,
-        "gguf_mtime_ns": stat.st_mtime_ns,
-    }
+    """What the marker records: if the GGUF's content or our conversion changes, convert again.
+
+    Content, not path or mtime: the same package installed in another virtual environment (a CI
+    clone, a second checkout) reuses the converted model. Hashing the first and last MiB with the size
+    tells releases apart while staying instant (the whole file is ~90 MB).
+    """
+    import hashlib
+
+    size = gguf.stat().st_size
+    digest = hashlib.sha256()
+    with gguf.open("rb") as fh:
+        digest.update(fh.read(1 << 20))
+        fh.seek(max(0, size - (1 << 20)))
+        digest.update(fh.read(1 << 20))
+    return {"conversion_version": CONVERSION_VERSION, "gguf_size": size, "gguf_sha256_ends": digest.hexdigest()}
 
 
 def _is_complete(target: Path, fingerprint: dict) -> bool:
@@ -115,7 +122,7 @@ def _is_complete(target: Path, fingerprint: dict) -> bool:
 def ensure_default_model(force: bool = False) -> Path:
     """Convert the embedded GGUF into `cache_root()/models/smollm2-135m-instruct` once; return that path.
 
-    Idempotent: a complete directory (its marker matches the GGUF's size and mtime) is returned without
+    Idempotent: a complete directory (its marker matches the GGUF's content fingerprint) is returned without
     touching it. Atomic: the model is written into a temporary directory next to the target and renamed
     into place, so a killed conversion never leaves a half-written model. Concurrent callers serialise
     on a file lock; the second one finds the first one's result and returns it.

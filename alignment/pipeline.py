@@ -29,6 +29,7 @@ from alignment.errors import AlignError
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "recipes" / "quickstart" / "pipeline.yaml"
 TRAINING_PHASES = tuple(PHASE_CONFIGS)
+POLICY_PHASES = ("sft", "dpo")  # phases whose output is a policy: the next phase starts from it
 
 
 @dataclass
@@ -56,7 +57,7 @@ class EvaluationConfig:
 
 @dataclass
 class PipelineConfig:
-    """Phases run in order; each training phase starts from the previous training phase's model."""
+    """Phases run in order; each training phase starts from the latest policy (SFT, DPO) before it."""
 
     name: str = "pipeline"
     output_dir: str = "runs/pipeline"
@@ -174,6 +175,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, float]:
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "pipeline.yaml")
     outputs: dict[str, str] = {}  # training phase name -> its model folder
+    policies: dict[str, str] = {}  # the subset that generates text (not reward models)
     fingerprints: list[str] = []
     timings: dict[str, float] = {}
     current_model = cfg.model
@@ -195,9 +197,11 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, float]:
                 timings[step.name] = time.perf_counter() - start
                 _mark_complete(phase_dir, fingerprint, timings[step.name])
             outputs[step.name] = str(phase_dir / "model")
-            current_model = outputs[step.name]
+            if step.kind in POLICY_PHASES:
+                current_model = outputs[step.name]
+                policies[step.name] = outputs[step.name]
         else:
-            models = {"base": cfg.model, **outputs}
+            models = {"base": cfg.model, **policies}
             fingerprint = _fingerprint([fingerprints, to_dict(cfg.evaluation), models])
             if _is_complete(phase_dir, fingerprint):
                 print(f"[pipeline] {step.name}: complete, skipped")

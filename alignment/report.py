@@ -31,20 +31,63 @@ def _curves(phase: str, rows: list[dict[str, Any]]) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [k for k in ("train/loss", "eval/loss") if any(k in r for r in rows)]
-    if not keys:
+    panels = [("loss", ("train/loss", "eval/loss")),
+              ("reward accuracy", ("rewards/accuracies", "eval/rewards/accuracies")),
+              ("reward margin", ("rewards/margins", "eval/rewards/margins"))]
+    panels = [(title, [k for k in keys if any(k in r for r in rows)]) for title, keys in panels]
+    panels = [(title, keys) for title, keys in panels if keys]
+    if not panels:
         return ""
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    for key in keys:
-        pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if key.startswith("eval") else None,
-                label=key)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss")
-    ax.set_title(f"{phase}: loss")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.2), squeeze=False)
+    for ax, (title, keys) in zip(axes[0], panels):
+        for key in keys:
+            pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if key.startswith("eval") else None,
+                    label=key)
+        ax.set_xlabel("optimizer step")
+        ax.set_title(f"{phase}: {title}")
+        ax.grid(alpha=0.3)
+        ax.legend()
     return _png(fig)
+
+
+def _rm_section(rm_dir: Path) -> str:
+    """Verdict, diagnostics table, score histograms and the calibration curve."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    e = html.escape
+    path = rm_dir / "diagnostics.json"
+    if not path.exists():
+        return ""
+    d = json.loads(path.read_text())
+    rows = [("held-out pairs", d["pairs"]), ("pairwise accuracy", f"{d['accuracy']:.3f}"),
+            ("chosen score", f"{d['chosen_mean']:+.3f} ± {d['chosen_std']:.3f}"),
+            ("rejected score", f"{d['rejected_mean']:+.3f} ± {d['rejected_std']:.3f}"),
+            ("corr(score, length)", f"{d['length_correlation']:+.3f}"),
+            ("prefers the longer answer", f"{d['prefers_longer']:.2f} (data: {d['data_prefers_longer']:.2f})"),
+            ("expected calibration error", f"{d['ece']:.3f}"),
+            ("training score mean / std (for PPO)", f"{d['train_score_mean']:+.3f} / {d['train_score_std']:.3f}")]
+    table = "".join(f"<tr><td>{e(k)}</td><td>{e(str(v))}</td></tr>" for k, v in rows)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.4))
+    scores = d.get("scores", {})
+    if scores:
+        a1.hist(scores["chosen"], bins=20, alpha=0.6, label="chosen")
+        a1.hist(scores["rejected"], bins=20, alpha=0.6, label="rejected")
+        a1.set_title("held-out scores")
+        a1.set_xlabel("reward")
+        a1.legend()
+    bins = d["calibration"]
+    a2.plot([0, 1], [0, 1], "--", color="grey", label="perfect")
+    a2.plot([b["predicted"] for b in bins], [b["observed"] for b in bins], marker="o", label="reward model")
+    a2.set_xlabel("predicted P(chosen preferred)")
+    a2.set_ylabel("observed rate")
+    a2.set_title("calibration")
+    a2.legend()
+    return (f"<h2>Reward model diagnostics</h2><p><b>{e(d['verdict'])}</b></p><table>{table}</table>"
+            f"{_png(fig)}")
 
 
 def _adherence_plot(results: list[dict[str, Any]], names: list[str]) -> str:
@@ -82,12 +125,14 @@ def write_report(run_dir: Path, cfg: Any, timings: dict[str, float]) -> Path:
     for step in cfg.phases:
         if step.kind == "eval":
             parts.append(_eval_section(run_dir / step.name))
-        else:
-            rows = read_metrics(run_dir / step.name / "metrics.jsonl")
-            if rows:
-                final = [r["eval/loss"] for r in rows if isinstance(r.get("eval/loss"), (int, float))]
-                summary = f"final validation loss {final[-1]:.4f}" if final else ""
-                parts.append(f"<h2>{e(step.name)} ({e(step.kind)})</h2><p>{summary}</p>{_curves(step.name, rows)}")
+            continue
+        if step.kind == "rm":
+            parts.append(_rm_section(run_dir / step.name))
+        rows = read_metrics(run_dir / step.name / "metrics.jsonl")
+        if rows:
+            final = [r["eval/loss"] for r in rows if isinstance(r.get("eval/loss"), (int, float))]
+            summary = f"final validation loss {final[-1]:.4f}" if final else ""
+            parts.append(f"<h2>{e(step.name)} ({e(step.kind)})</h2><p>{summary}</p>{_curves(step.name, rows)}")
 
     body = "\n".join(p for p in parts if p)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{e(cfg.name)} report</title>

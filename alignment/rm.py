@@ -251,7 +251,7 @@ def run_rm(cfg: RMConfig) -> Path:
         if diagnostics is not None:
             text, fit = verdict(diagnostics)
             diagnostics.update({"verdict": text, "fit_for_ppo": fit, "train_score_mean": mean,
-                                "train_score_std": std})
+                                "train_score_std": std, "scores": {"chosen": vc, "rejected": vr}})
             (out / "diagnostics.json").write_text(json.dumps(diagnostics, indent=2))
             print(f"[rm] held-out: accuracy {diagnostics['accuracy']:.3f}, chosen {diagnostics['chosen_mean']:+.2f}"
                   f" ± {diagnostics['chosen_std']:.2f}, rejected {diagnostics['rejected_mean']:+.2f} ± "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from pathlib import Path
 
 import pytest
@@ -58,3 +59,19 @@ def sft_file(tmp_path: Path) -> Path:
             {"role": "assistant", "content": f"Open settings, choose item {i % 7}, press reset. Ticket {i}."},
         ]})
     return write_jsonl(tmp_path / "sft.jsonl", rows)
+
+
+@pytest.fixture()
+def toy_preferences(tmp_path: Path) -> Path:
+    """Chosen answers are polite, rejected ones rude: separable by a few tokens."""
+    rng = random.Random(0)
+    topics = ["my bill", "a claim", "my address", "the deductible", "a refund", "my password", "the app",
+              "roadside help", "my policy", "a payment"]
+    rows = []
+    for i in range(120):
+        topic = rng.choice(topics)
+        prompt = f"Question {i}: can you help me with {topic}?"
+        rows.append({"prompt": prompt,
+                     "chosen": f"Certainly, I can help with {topic}. Thank you for asking.",
+                     "rejected": f"No. Figure out {topic} yourself."})
+    return write_jsonl(tmp_path / "prefs.jsonl", rows)

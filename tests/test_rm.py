@@ -4,7 +4,6 @@ reads scores at the last real token, saves stats and diagnostics, resumes, and r
 from __future__ import annotations
 
 import json
-import random
 import shutil
 import subprocess
 import sys
@@ -18,22 +17,6 @@ from alignment.tracking import read_metrics
 from tests.conftest import write_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture()
-def toy_preferences(tmp_path: Path) -> Path:
-    """Chosen answers are polite, rejected ones rude: separable by a few tokens."""
-    rng = random.Random(0)
-    topics = ["my bill", "a claim", "my address", "the deductible", "a refund", "my password", "the app",
-              "roadside help", "my policy", "a payment"]
-    rows = []
-    for i in range(120):
-        topic = rng.choice(topics)
-        prompt = f"Question {i}: can you help me with {topic}?"
-        rows.append({"prompt": prompt,
-                     "chosen": f"Certainly, I can help with {topic}. Thank you for asking.",
-                     "rejected": f"No. Figure out {topic} yourself."})
-    return write_jsonl(tmp_path / "prefs.jsonl", rows)
 
 
 def _recipe(tmp_path: Path, model: Path, data: Path, out: Path, **train) -> Path:
