@@ -217,6 +217,14 @@ class DPOConfig:
     """SimPO's target reward margin."""
     precompute_ref: bool = False
     """Compute the reference log-probabilities once before training and free the reference model."""
+    negatives: Literal["auto", "pairs", "kto"] = "auto"
+    """Unpaired data (label true/false): "pairs" pairs each negative example with the good answers to
+    its prompt and runs DPO (negatives without a good answer are dropped and counted); "kto" trains on
+    every example with KTO (Ethayarajh et al. 2024, TRL's KTOTrainer); "auto" picks pairs when every
+    negative has a good answer for its prompt, else KTO."""
+    kto_desirable_weight: float = 1.0
+    kto_undesirable_weight: float = 1.0
+    """KTO's weights on good and bad examples; balance them when one kind outnumbers the other."""
 
     def __post_init__(self) -> None:
         if not self.data.train:

@@ -200,7 +200,25 @@ class LikelihoodWatch:
 # --------------------------------------------------------------------------------------------------
 # Setup, loop, save
 # --------------------------------------------------------------------------------------------------
+def use_kto(cfg: DPOConfig) -> bool:
+    """Whether unpaired data trains with KTO instead of DPO pairs (the `negatives` option)."""
+    from alignment.data import load_dataset_file, to_conversation
+    from alignment.data.preferences import count_orphan_negatives, detect_kind
+
+    kind = detect_kind(cfg.data.train) if cfg.data.kind == "auto" else cfg.data.kind
+    if kind != "unpaired" or cfg.negatives == "pairs":
+        return False
+    if cfg.negatives == "kto":
+        return True
+    ds, info = load_dataset_file(cfg.data.train, "unpaired")
+    return count_orphan_negatives([to_conversation(r, "unpaired", info.variant) for r in ds]) > 0
+
+
 def run_dpo(cfg: DPOConfig) -> Path:
+    if use_kto(cfg):
+        from alignment.kto import run_kto
+
+        return run_kto(cfg)
     dist.init_process_group()
     out = Path(cfg.output_dir)
     main = dist.is_main()
@@ -212,6 +230,9 @@ def run_dpo(cfg: DPOConfig) -> Path:
     train_ex, val_ex, info = load_pairs(cfg)
     train_pairs, stats = tokenize_pairs(tokenizer, train_ex, cfg.data.max_length)
     val_pairs, _ = tokenize_pairs(tokenizer, val_ex, cfg.data.max_length)
+    if info.get("orphan_negatives"):
+        log(f"[dpo] {info['orphan_negatives']} negative examples have no good answer to pair with and are not "
+            "used (negatives: kto would train on them)")
     log(f"[dpo] data: {info['kind']} ({info['variant']}), {info['rows']} rows -> {info['pairs']} pairs; "
         f"train {describe(stats, cfg.data.max_length)}; validation {len(val_pairs)} pairs; loss {cfg.loss}, "
         f"beta {cfg.beta}")

@@ -77,7 +77,7 @@ def test_other_losses_train(tmp_path, tiny_model_dir, toy_preferences, loss, bet
     assert rows[-1]["rewards/margins"] > rows[0]["rewards/margins"]
 
 
-def test_negative_examples_become_pairs(tmp_path, tiny_model_dir):
+def test_negative_examples_become_pairs(tmp_path, tiny_model_dir, capsys):
     rows = []
     for i in range(24):
         prompt = f"Can I get a refund for order {i}?"
@@ -86,11 +86,13 @@ def test_negative_examples_become_pairs(tmp_path, tiny_model_dir):
     rows.append({"prompt": "Orphan negative", "completion": "Never say this.", "label": False})
     data = write_jsonl(tmp_path / "unpaired.jsonl", rows)
     out = tmp_path / "neg"
-    assert main(["dpo", "--config", str(_recipe(tmp_path, tiny_model_dir, data, out, train={"max_steps": 3}))]) == 0
+    recipe = _recipe(tmp_path, tiny_model_dir, data, out, negatives="pairs", train={"max_steps": 3})
+    assert main(["dpo", "--config", str(recipe)]) == 0
+    assert "1 negative examples have no good answer" in capsys.readouterr().out
     from alignment.data.preferences import load_preference_examples
 
     examples, info = load_preference_examples(str(data))
-    assert info["kind"] == "unpaired" and len(examples) == 24
+    assert info["kind"] == "unpaired" and len(examples) == 24 and info["orphan_negatives"] == 1
     assert all(e.chosen[0]["content"].startswith("Refunds") for e in examples)
 
 

@@ -49,13 +49,11 @@ def _key(messages: Messages) -> str:
 def load_preference_examples(path: str, *, kind: str | None = None, pair_policy: str = "all",
                              dedup: str = "whitespace") -> tuple[list[PreferenceExample], dict[str, Any]]:
     """Pairs from a preference, ranked or unpaired file (the kind is detected when not given)."""
-    from alignment.data import deduplicate, load_dataset_file, load_records, to_conversation
+    from alignment.data import deduplicate, load_dataset_file, to_conversation
     from alignment.data.pairs import ranking_to_pairs
 
     if kind is None:
-        columns = set(load_records(path).column_names)
-        kind = ("ranked" if {"responses", "ranks"} <= columns else
-                "unpaired" if "label" in columns else "preference")
+        kind = detect_kind(path)
     ds, info = load_dataset_file(path, kind)
     ds, removed = deduplicate(ds, kind, info.variant, dedup)
     records = [to_conversation(r, kind, info.variant) for r in ds]
@@ -71,12 +69,14 @@ def load_preference_examples(path: str, *, kind: str | None = None, pair_policy:
                                                   float(pair.rejected_rank - pair.chosen_rank)))
     elif kind == "unpaired":
         examples = unpaired_to_pairs(records)
+        orphans = count_orphan_negatives(records)
     else:
         raise AlignError(f"'{kind}' data holds no preferences", file=path)
     if not examples:
         raise AlignError(f"no preference pairs could be made from this {kind} data", file=path)
     return examples, {"kind": kind, "variant": info.variant, "duplicates_removed": removed,
-                      "rows": len(records), "pairs": len(examples)}
+                      "rows": len(records), "pairs": len(examples),
+                      "orphan_negatives": orphans if kind == "unpaired" else 0}
 
 
 def unpaired_to_pairs(records: list[dict[str, Any]]) -> list[PreferenceExample]:
@@ -92,6 +92,20 @@ def unpaired_to_pairs(records: list[dict[str, Any]]) -> list[PreferenceExample]:
         prompts[k] = r["prompt"]
         (good if r["label"] else bad).setdefault(k, []).append(r["completion"])
     return [PreferenceExample(prompts[k], g, b) for k in prompts for g in good.get(k, []) for b in bad.get(k, [])]
+
+
+def count_orphan_negatives(records: list[dict[str, Any]]) -> int:
+    """Negative examples whose prompt has no good answer: they make no DPO pair."""
+    good = {_key(r["prompt"]) for r in records if r["label"]}
+    return sum(1 for r in records if not r["label"] and _key(r["prompt"]) not in good)
+
+
+def detect_kind(path: str) -> str:
+    """preference, ranked or unpaired, from the columns of a data file."""
+    from alignment.data import load_records
+
+    columns = set(load_records(path).column_names)
+    return "ranked" if {"responses", "ranks"} <= columns else "unpaired" if "label" in columns else "preference"
 
 
 def tokenize_response(tokenizer: Any, prompt: Messages, response: Messages, max_length: int) -> tuple[

@@ -1,0 +1,336 @@
+"""KTO on unpaired data (`align dpo` with `negatives: kto`): setup, TRL's loop, save.
+
+Experts write negative examples, answers that must never be given, often for prompts that have no
+good answer on file. DPO needs a pair per prompt; KTO (Ethayarajh et al. 2024, "KTO: Model Alignment
+as Prospect Theoretic Optimization", Eq. 7) scores each answer on its own against a reference point:
+
+    r(x, y)  = log pi(y|x) - log pi_ref(y|x)
+    z_ref    = max(0, KL(pi || pi_ref)), estimated on mismatched (x, y') pairs of the batch
+    loss     = w_D (1 - sigmoid(beta (r - z_ref)))   for a good answer (label true)
+             + w_U (1 - sigmoid(beta (z_ref - r)))   for a negative example (label false)
+
+The loop is TRL's ``KTOTrainer`` (STYLE 13: the field's library first); this file adds what TRL lacks:
+our strict data layer (every record validated up front, dedup, a split that never puts one prompt on
+both sides), our recipe mapped onto ``KTOConfig`` in one place, checkpoints under
+``<output>/checkpoints``, our metric names in ``metrics.jsonl`` / W&B, and our model folder layout.
+
+TRL's KTOTrainer reads the training data in order (its KL estimate pairs each example with its
+neighbour's completion), so we shuffle the rows once, deterministically by ``train.seed``; otherwise a
+file sorted by label would train on all good answers first.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+from transformers import ProgressCallback, TrainerCallback
+
+from alignment import distributed as dist
+from alignment.config import DPOConfig, save_config, to_dict
+from alignment.data import deduplicate, iter_records, load_dataset_file, split_dataset, to_conversation
+from alignment.errors import AlignError
+from alignment.modeling import count_parameters, load_causal_lm, load_tokenizer, save_model
+from alignment.tracking import MetricsLogger
+from alignment.training import clear_checkpoints, set_seed, use_bf16
+
+# TRL / transformers log key -> our shared metric name (STYLE 10); TRL's own KTO keys (rewards/*,
+# logps/*, logits/*, kl, entropy) pass through as they are, with `eval/` in front of held-out ones.
+METRIC_NAMES = {
+    "loss": "train/loss",
+    "learning_rate": "train/lr",
+    "grad_norm": "train/grad_norm",
+    "epoch": "train/epoch",
+    "train_runtime": "perf/train_runtime",
+    "train_samples_per_second": "perf/samples_per_second",
+    "train_steps_per_second": "perf/steps_per_second",
+    "eval_runtime": "perf/eval_runtime",
+    "eval_samples_per_second": "perf/eval_samples_per_second",
+    "eval_steps_per_second": "perf/eval_steps_per_second",
+}
+DROPPED = {"total_flos", "train_loss"}  # train_loss: TRL's mean over the whole run, wrong after a resume
+
+
+# --------------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------------
+def _read_unpaired(path: str, dedup: str) -> tuple[datasets.Dataset, Any, int]:
+    ds, info = load_dataset_file(path, "unpaired")
+    ds, removed = deduplicate(ds, info.kind, info.variant, dedup)
+    return ds, info, removed
+
+
+def _conversations(ds: datasets.Dataset, variant: str) -> list[dict[str, Any]]:
+    """``{"prompt": [msgs], "completion": [msgs], "label": bool}`` rows: TRL's conversational unpaired format."""
+    return [to_conversation(record, "unpaired", variant) for _, record in iter_records(ds)]
+
+
+def load_unpaired(cfg: DPOConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+    """Train and validation rows (train shuffled by ``train.seed``) and what was done to get them."""
+    ds, info, removed = _read_unpaired(cfg.data.train, cfg.data.dedup)
+    rows = len(ds) + removed
+    if cfg.data.validation:
+        val_ds, val_info, _ = _read_unpaired(cfg.data.validation, cfg.data.dedup)
+        train, val = _conversations(ds, info.variant), _conversations(val_ds, val_info.variant)
+    else:
+        # Key on the normalised prompt, so a string prompt and the same prompt as messages land together.
+        def prompt_key(record: dict[str, Any]) -> str:
+            return json.dumps(to_conversation(record, "unpaired", info.variant)["prompt"], sort_keys=True)
+
+        parts = split_dataset(ds, cfg.data.split, cfg.train.seed, key=prompt_key)
+        train = _conversations(parts["train"], info.variant)
+        val = _conversations(parts["validation"], info.variant) if "validation" in parts else []
+    random.Random(cfg.train.seed).shuffle(train)
+    desirable = sum(r["label"] for r in train)
+    summary = {"variant": info.variant, "rows": rows, "duplicates": removed, "train": len(train),
+               "validation": len(val), "desirable": desirable, "undesirable": len(train) - desirable}
+    return train, val, summary
+
+
+def weight_hint(cfg: DPOConfig, desirable: int, undesirable: int) -> str | None:
+    """KTO paper, Eq. 8: keep w_D n_D / (w_U n_U) in [1, 4/3]; say which weight would get there."""
+    if not desirable or not undesirable:
+        return None
+    ratio = cfg.kto_desirable_weight * desirable / (cfg.kto_undesirable_weight * undesirable)
+    if 1.0 <= ratio <= 4 / 3:
+        return None
+    low = undesirable * cfg.kto_undesirable_weight / desirable
+    return (f"w_D n_D / (w_U n_U) = {ratio:.2f}, outside [1, 1.33] (KTO paper, Eq. 8); with these counts set "
+            f"kto_desirable_weight to {low:.2f}..{low * 4 / 3:.2f}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Tracking
+# --------------------------------------------------------------------------------------------------
+def rename_metrics(logs: dict[str, float]) -> dict[str, float]:
+    """TRL's log keys to ours: ``loss`` -> ``train/loss``, ``eval_rewards/chosen`` -> ``eval/rewards/chosen``."""
+    out = {}
+    for key, value in logs.items():
+        if key in DROPPED:
+            continue
+        if key in METRIC_NAMES:
+            out[METRIC_NAMES[key]] = value
+        elif key.startswith("eval_"):
+            out["eval/" + key[len("eval_"):]] = value
+        else:
+            out[key] = value
+    return out
+
+
+class TrackerCallback(TrainerCallback):
+    """Forwards the trainer's logs into our MetricsLogger at the optimizer step, and stops on a bad loss."""
+
+    def __init__(self, tracker: MetricsLogger) -> None:
+        self.tracker = tracker
+        self.last_eval_step = -1
+        self.last_eval: dict[str, float] = {}
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
+        metrics = rename_metrics(logs or {})
+        loss = metrics.get("train/loss")
+        if loss is not None and not math.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss} at step {state.global_step}; lower train.lr")
+        if "eval/loss" in metrics:
+            self.last_eval_step, self.last_eval = state.global_step, metrics
+        if metrics:
+            self.tracker.log(metrics, state.global_step)
+
+
+class QuietProgress(ProgressCallback):
+    """transformers' progress bar without a dict printed at every log step (metrics.jsonl has them)."""
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
+        return None
+
+
+# --------------------------------------------------------------------------------------------------
+# Recipe -> KTOConfig
+# --------------------------------------------------------------------------------------------------
+SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}  # ours warm up too
+
+
+def build_args(cfg: DPOConfig, out: Path, bf16: bool, has_eval: bool) -> Any:
+    from trl import KTOConfig
+
+    t = cfg.train
+    eval_steps = has_eval and t.eval_every > 0
+    cuda = torch.cuda.is_available()
+    return KTOConfig(
+        output_dir=str(out / "checkpoints"),
+        beta=cfg.beta,
+        desirable_weight=cfg.kto_desirable_weight,
+        undesirable_weight=cfg.kto_undesirable_weight,
+        precompute_ref_log_probs=cfg.precompute_ref,
+        max_length=cfg.data.max_length,
+        learning_rate=t.lr,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size,  # TRL builds eval KL pairs in groups of the train batch size
+        gradient_accumulation_steps=t.grad_accum,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps,
+        warmup_steps=t.warmup_ratio,  # transformers 5: a value below 1 is a ratio of the total steps
+        lr_scheduler_type=SCHEDULERS[t.scheduler],
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        seed=t.seed,
+        data_seed=t.seed,
+        bf16=bf16,  # KTOConfig would default to True
+        use_cpu=not cuda,  # transformers refuses bf16 without CUDA unless told it runs on the CPU
+        gradient_checkpointing=t.gradient_checkpointing,  # KTOConfig would default to True
+        gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        disable_dropout=False,  # as in our DPO phase: the recipe's lora.dropout applies
+        logging_steps=t.log_every,
+        eval_strategy="steps" if eval_steps else "no",
+        eval_steps=t.eval_every if eval_steps else None,
+        save_strategy="steps" if t.save_every > 0 else "no",
+        save_steps=t.save_every if t.save_every > 0 else 500,
+        save_total_limit=t.keep_checkpoints if t.keep_checkpoints > 0 else None,
+        report_to="none",  # we log ourselves, under our names (TrackerCallback)
+        dataloader_num_workers=0,
+        dataloader_pin_memory=cuda,
+        remove_unused_columns=True,  # KTOTrainer's signature keeps its tokenized columns, drops the text
+    )
+
+
+def lora_config(cfg: DPOConfig) -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                      target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM")
+
+
+def find_checkpoint(out: Path, resume: str) -> Path | None:
+    """The checkpoint to resume from: "auto" takes the newest complete ``checkpoints/checkpoint-N``
+    (transformers writes ``trainer_state.json`` last, so a save cut short is skipped)."""
+    if resume == "never":
+        return None
+    if resume != "auto":
+        path = Path(resume)
+        if not (path / "trainer_state.json").exists():
+            raise AlignError(f"'{resume}' is not a checkpoint directory (no trainer_state.json)",
+                             field="train.resume")
+        return path
+    folder = out / "checkpoints"
+    if not folder.is_dir():
+        return None
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, sort_checkpoints
+
+    complete = [Path(p) for p in sort_checkpoints(str(folder), PREFIX_CHECKPOINT_DIR)
+                if (Path(p) / "trainer_state.json").exists()]
+    return complete[-1] if complete else None
+
+
+def _no_telemetry() -> None:
+    """TRL's trainers ping the Hugging Face Hub with usage telemetry on start; nothing of ours leaves the
+    machine at run time. huggingface_hub reads HF_HUB_DISABLE_TELEMETRY at import, so set its constant;
+    an explicit HF_HUB_DISABLE_TELEMETRY in the environment still wins."""
+    if "HF_HUB_DISABLE_TELEMETRY" not in os.environ:
+        import huggingface_hub.constants
+
+        huggingface_hub.constants.HF_HUB_DISABLE_TELEMETRY = True
+
+
+# --------------------------------------------------------------------------------------------------
+# Setup, loop, save
+# --------------------------------------------------------------------------------------------------
+def run_kto(cfg: DPOConfig) -> Path:
+    """KTO on unpaired data through TRL's KTOTrainer, with our recipe, outputs and tracking."""
+    if cfg.deepspeed or dist.world_size() > 1:
+        raise AlignError("KTO runs in one process for now; drop --deepspeed/--num-processes or use negatives: pairs",
+                         field="negatives")
+    from trl import KTOTrainer
+
+    out = Path(cfg.output_dir)
+    main = dist.is_main()
+    log = print if main else (lambda *a, **k: None)
+    set_seed(cfg.train.seed)
+    if cfg.train.batch_size < 2:
+        raise AlignError("KTO needs at least 2 examples per micro-batch: its KL reference point pairs each "
+                         "prompt with another example's answer", field="train.batch_size")
+
+    train_rows, val_rows, info = load_unpaired(cfg)
+    log(f"[kto] data: unpaired ({info['variant']}), {info['rows']} rows, {info['duplicates']} duplicates removed; "
+        f"train {info['train']} ({info['desirable']} desirable / {info['undesirable']} undesirable), validation "
+        f"{info['validation']}; beta {cfg.beta}, weights {cfg.kto_desirable_weight} / {cfg.kto_undesirable_weight}")
+    hint = weight_hint(cfg, info["desirable"], info["undesirable"])
+    if hint:
+        log(f"[kto] note: {hint}")
+
+    tokenizer = load_tokenizer(cfg.model)
+    # An adapter as the starting model: with LoRA keep training it (TRL then copies it as a frozen "ref"
+    # adapter); without LoRA fine-tune its merged weights.
+    model = load_causal_lm(cfg.model, trainable_adapter=cfg.lora.enabled, merge_adapter=not cfg.lora.enabled)
+    from peft import PeftModel
+
+    peft_config = lora_config(cfg) if cfg.lora.enabled and not isinstance(model, PeftModel) else None
+    separate_ref = cfg.ref_model is not None and cfg.ref_model != cfg.model
+    ref_model = None
+    if separate_ref or not (cfg.lora.enabled or cfg.precompute_ref):
+        # Our own frozen copy rather than TRL's: TRL reloads `config._name_or_path`, which for a merged
+        # adapter is the base model, not the starting policy.
+        ref_model = load_causal_lm(cfg.ref_model or cfg.model, merge_adapter=True).eval().requires_grad_(False)
+    bf16 = use_bf16(cfg.train.bf16)
+    args = build_args(cfg, out, bf16, has_eval=bool(val_rows))
+
+    resume_from = find_checkpoint(out, cfg.train.resume)
+    start_step = 0
+    if resume_from is not None:
+        start_step = json.loads((resume_from / "trainer_state.json").read_text())["global_step"]
+    else:
+        clear_checkpoints(out)
+    if main:
+        save_config(cfg, out / "config.yaml")
+    run_name = cfg.tracking.run_name or "/".join(out.parts[-2:])
+    tracker = MetricsLogger(out, cfg.tracking.backends, cfg.tracking.project, run_name, to_dict(cfg),
+                            enabled=main, resume_step=start_step)
+    callback = TrackerCallback(tracker)
+
+    _no_telemetry()
+    trainer = KTOTrainer(
+        model=model,
+        ref_model=ref_model,
+        args=args,
+        train_dataset=datasets.Dataset.from_list(train_rows),
+        eval_dataset=datasets.Dataset.from_list(val_rows) if val_rows else None,
+        processing_class=tokenizer,
+        callbacks=[callback],
+        peft_config=peft_config,
+    )
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(QuietProgress)
+    kept = len(trainer.train_dataset)
+    too_long = sum(len(p) + len(c) > cfg.data.max_length for p, c in
+                   zip(trainer.train_dataset["prompt_ids"], trainer.train_dataset["completion_ids"]))
+    if kept < len(train_rows) or too_long:
+        log(f"[kto] max_length {cfg.data.max_length}: {len(train_rows) - kept} examples dropped (prompt alone too "
+            f"long), {too_long} truncated")
+    trainable, total = count_parameters(trainer.model)
+    where = ("precomputed" if cfg.precompute_ref else "frozen copy" if ref_model is not None else
+             "adapter disabled")
+    log(f"[kto] model {cfg.model}: {trainable:,} trainable of {total:,} parameters; reference: {where}; "
+        f"bf16={bf16}; processes={dist.world_size()}")
+    if resume_from is not None:
+        log(f"[kto] resuming from {resume_from} at step {start_step}")
+
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
+    if val_rows and callback.last_eval_step != trainer.state.global_step:
+        trainer.evaluate()
+    final = callback.last_eval
+
+    model_dir = out / "model"
+    if main:
+        save_model(trainer.accelerator.unwrap_model(trainer.model), tokenizer, model_dir,
+                   out / "merged" if cfg.lora.enabled and cfg.lora.save_merged else None)
+    if final:
+        log(f"[kto] held-out: loss {final['eval/loss']:.4f}, rewards chosen {final.get('eval/rewards/chosen', 0):+.3f}"
+            f" / rejected {final.get('eval/rewards/rejected', 0):+.3f}, kl {final.get('eval/kl', 0):.3f}")
+    log(f"[kto] saved {model_dir}")
+    dist.barrier()
+    tracker.close()
+    return model_dir

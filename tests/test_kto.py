@@ -1,0 +1,200 @@
+"""KTO on a tiny model through TRL's KTOTrainer: good answers gain on negative examples, our metric
+names land in metrics.jsonl, LoRA saves an adapter, and `resume: auto` picks up a checkpoint."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from alignment.config import DPOConfig, load_config
+from alignment.errors import AlignError
+from alignment.kto import find_checkpoint, load_unpaired, rename_metrics, run_kto, weight_hint
+from alignment.tracking import read_metrics
+from tests.conftest import write_jsonl
+
+TOPICS = ["my bill", "a claim", "my address", "the deductible", "a refund", "my password", "the app",
+          "roadside help", "my policy", "a payment"]
+GOOD = "Certainly, I can help with {}. Thank you for asking."
+BAD = "No. Figure out {} yourself."
+HELD_OUT = "Could you explain the waiting period?"
+
+
+def _unpaired_rows(n_prompts: int = 16) -> list[dict]:
+    """Per prompt a polite good answer and a rude negative; every fourth prompt has only the negative
+    (an expert wrote what must not be said, nobody wrote the right answer)."""
+    rng = random.Random(0)
+    rows = []
+    for i in range(n_prompts):
+        topic = rng.choice(TOPICS)
+        prompt = [{"role": "user", "content": f"Question {i}: can you help me with {topic}?"}]
+        if i % 4:
+            rows.append({"prompt": prompt, "completion": [{"role": "assistant", "content": GOOD.format(topic)}],
+                         "label": True})
+        rows.append({"prompt": prompt, "completion": [{"role": "assistant", "content": BAD.format(topic)}],
+                     "label": False})
+    return rows
+
+
+@pytest.fixture()
+def unpaired_file(tmp_path: Path) -> Path:
+    return write_jsonl(tmp_path / "unpaired.jsonl", _unpaired_rows())
+
+
+def _config(model: Path, data: Path, out: Path, overrides: dict | None = None, **train) -> DPOConfig:
+    recipe = {"phase": "dpo", "model": str(model), "output_dir": str(out), "negatives": "kto", "beta": 0.1,
+              "data": {"train": str(data), "max_length": 64, "split": {"train": 0.85, "validation": 0.15}},
+              "train": {"max_steps": 10, "batch_size": 4, "lr": 5e-3, "save_every": 0, "eval_every": 5,
+                        "bf16": "false", "warmup_ratio": 0.0, "scheduler": "constant", **train},
+              "tracking": {"backends": ["none"]}}
+    return load_config(DPOConfig, None, _flatten(recipe, overrides))
+
+
+def _flatten(recipe: dict, overrides: dict | None) -> dict:
+    """Dotted keys, as ``key=value`` overrides are (``split`` stays a mapping)."""
+    flat: dict = {}
+
+    def walk(node: dict, prefix: str) -> None:
+        for key, value in node.items():
+            if isinstance(value, dict) and key not in ("split",):
+                walk(value, f"{prefix}{key}.")
+            else:
+                flat[f"{prefix}{key}"] = value
+
+    walk(recipe, "")
+    flat.update(overrides or {})
+    return flat
+
+
+@torch.no_grad()
+def _logp(model, tokenizer, answer: str) -> float:
+    """Summed log-prob of ``answer`` after the held-out prompt (chat-templated, as KTOTrainer tokenizes)."""
+    from alignment.losses import sequence_logps
+
+    prompt = [{"role": "user", "content": HELD_OUT}]
+    prompt_ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)
+    full = tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": answer}], tokenize=True,
+                                         return_dict=True)
+    ids = torch.tensor([full["input_ids"]])  # (1, T)
+    labels = ids.clone()
+    labels[:, : len(prompt_ids["input_ids"])] = -100
+    logits = model(input_ids=ids).logits  # (1, T, V)
+    logps, _ = sequence_logps(logits[:, :-1], labels[:, 1:])
+    return float(logps[0])
+
+
+def _margin(model_dir: Path) -> float:
+    from alignment.modeling import load_causal_lm, load_tokenizer
+
+    model, tokenizer = load_causal_lm(model_dir, merge_adapter=True).eval(), load_tokenizer(model_dir)
+    return _logp(model, tokenizer, GOOD.format("the waiting period")) - _logp(model, tokenizer,
+                                                                            BAD.format("the waiting period"))
+
+
+def test_kto_prefers_good_answers(tmp_path, tiny_model_dir, unpaired_file, capsys):
+    from alignment.modeling import load_causal_lm
+
+    out = tmp_path / "kto"
+    before = _margin(tiny_model_dir)
+    assert run_kto(_config(tiny_model_dir, unpaired_file, out)) == out / "model"
+    printed = capsys.readouterr().out
+    assert "[kto] data: unpaired (conversational), 28 rows" in printed
+    assert f"[kto] saved {out / 'model'}" in printed
+
+    rows = read_metrics(out / "metrics.jsonl")
+    train = [r for r in rows if "train/loss" in r]
+    assert [r["step"] for r in train] == list(range(1, 11))
+    assert all(math.isfinite(r["train/loss"]) for r in train)
+    for key in ("train/lr", "train/grad_norm", "train/epoch", "kl", "rewards/chosen", "rewards/rejected",
+                "logps/chosen", "logps/rejected"):
+        assert key in train[-1], key
+    assert train[-1]["train/lr"] == pytest.approx(5e-3)
+    assert any("rewards/margins" in r for r in train)
+    evals = [r for r in rows if "eval/loss" in r]
+    assert [r["step"] for r in evals] == [5, 10]  # the final step's evaluation is not repeated
+    assert "eval/rewards/chosen" in evals[-1] and "eval/kl" in evals[-1]
+    assert not any(k.startswith("eval_") or k in ("loss", "learning_rate") for r in rows for k in r)
+
+    trained = load_causal_lm(out / "model")
+    start = load_causal_lm(tiny_model_dir)
+    assert any(not torch.equal(a, b) for a, b in zip(trained.state_dict().values(), start.state_dict().values()))
+    assert _margin(out / "model") > before + 5.0  # log pi(good) - log pi(rude) on an unseen prompt
+    assert (out / "config.yaml").exists()
+    assert not (out / "checkpoints").exists() or not list((out / "checkpoints").glob("checkpoint-*"))
+
+
+def test_kto_lora_saves_adapter(tmp_path, tiny_model_dir, unpaired_file):
+    from alignment.modeling import load_causal_lm
+
+    out = tmp_path / "lora"
+    cfg = _config(tiny_model_dir, unpaired_file, out, {"lora.enabled": True, "lora.r": 4, "lora.save_merged": True},
+                  max_steps=4, eval_every=0)
+    run_kto(cfg)
+    assert (out / "model" / "adapter_config.json").exists()
+    assert (out / "merged" / "model.safetensors").exists()
+    rows = [r for r in read_metrics(out / "metrics.jsonl") if "train/loss" in r]
+    # Adapter off == policy at the start: the KL estimate and rewards start at 0.
+    assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-4)
+    assert rows[0]["train/loss"] == pytest.approx(0.5, abs=1e-3)
+    assert "eval/loss" in read_metrics(out / "metrics.jsonl")[-1]  # eval_every 0: once at the end
+    load_causal_lm(out / "model")
+
+
+def test_kto_resume_continues(tmp_path, tiny_model_dir, unpaired_file):
+    def cfg(out: Path, **train) -> DPOConfig:
+        return _config(tiny_model_dir, unpaired_file, out, **{"max_steps": 4, "save_every": 2, "keep_checkpoints": 5,
+                                                              "eval_every": 0, **train})
+
+    full = tmp_path / "full"
+    run_kto(cfg(full))
+    assert sorted(p.name for p in (full / "checkpoints").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    part = tmp_path / "part"
+    (part / "checkpoints").mkdir(parents=True)
+    shutil.copytree(full / "checkpoints" / "checkpoint-2", part / "checkpoints" / "checkpoint-2")
+    (part / "checkpoints" / "checkpoint-3").mkdir()  # a save cut short: no trainer_state.json
+    assert find_checkpoint(part, "auto") == part / "checkpoints" / "checkpoint-2"
+    run_kto(cfg(part))
+    a = {r["step"]: r for r in read_metrics(full / "metrics.jsonl") if "train/loss" in r}
+    b = {r["step"]: r for r in read_metrics(part / "metrics.jsonl") if "train/loss" in r}
+    assert sorted(b) == [3, 4]  # continued from step 2 and ended at the same final step
+    for step in (3, 4):
+        assert b[step]["train/loss"] == pytest.approx(a[step]["train/loss"], rel=1e-4)
+    state = json.loads((part / "checkpoints" / "checkpoint-4" / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
+    # "never" starts afresh and removes the earlier run's checkpoints.
+    run_kto(cfg(part, max_steps=1, save_every=0, resume="never"))
+    assert not list((part / "checkpoints").glob("checkpoint-*"))
+    assert find_checkpoint(part, "never") is None
+
+
+def test_split_keeps_prompts_together(tmp_path, tiny_model_dir, unpaired_file):
+    rows = _unpaired_rows() + [_unpaired_rows()[0]]  # one exact duplicate
+    data = write_jsonl(tmp_path / "dup.jsonl", rows)
+    train, val, info = load_unpaired(_config(tiny_model_dir, data, tmp_path / "x",
+                                             {"data.split": {"train": 0.5, "validation": 0.5}}))
+    assert info["duplicates"] == 1 and info["train"] + info["validation"] == 28
+    assert info["desirable"] == sum(r["label"] for r in train)
+    assert not {json.dumps(r["prompt"]) for r in train} & {json.dumps(r["prompt"]) for r in val}
+    assert set(train[0]) == {"prompt", "completion", "label"} and train[0]["prompt"][0]["role"] == "user"
+
+
+def test_rename_metrics_and_weight_hint(tiny_model_dir, unpaired_file):
+    assert rename_metrics({"loss": 0.5, "learning_rate": 1e-3, "grad_norm": 2.0, "kl": 0.1, "rewards/chosen": 1.0,
+                           "eval_loss": 0.4, "eval_rewards/margins": 0.3, "total_flos": 1.0}) == {
+        "train/loss": 0.5, "train/lr": 1e-3, "train/grad_norm": 2.0, "kl": 0.1, "rewards/chosen": 1.0,
+        "eval/loss": 0.4, "eval/rewards/margins": 0.3}
+    cfg = _config(tiny_model_dir, unpaired_file, Path("unused"))
+    assert weight_hint(cfg, 10, 10) is None
+    assert "kto_desirable_weight to 3.00..4.00" in weight_hint(cfg, 10, 30)
+
+
+def test_kto_refuses_what_it_cannot_run(tmp_path, tiny_model_dir, unpaired_file):
+    with pytest.raises(AlignError, match="at least 2 examples"):
+        run_kto(_config(tiny_model_dir, unpaired_file, tmp_path / "a", batch_size=1))
+    with pytest.raises(AlignError, match="one process"):
+        run_kto(_config(tiny_model_dir, unpaired_file, tmp_path / "b", {"deepspeed": "zero2"}))
