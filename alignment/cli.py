@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_launch_options(p)
     p = sub.add_parser("dpo", help="direct preference optimisation (DPO, IPO, SimPO)")
     _add_launch_options(p)
+    p = sub.add_parser("ppo", help="PPO against a reward model with a KL leash to the reference")
+    _add_launch_options(p)
 
     p = sub.add_parser("data", help="data tools")
     dsub = p.add_subparsers(dest="data_command", required=True)
@@ -89,7 +91,10 @@ def _preflight(command: str, cfg: object) -> None:
     from alignment.modeling import resolve_model
 
     resolve_model(cfg.model)
-    if command == "sft":
+    if command == "ppo":
+        resolve_model(cfg.reward_model)
+        load_dataset_file(cfg.data.train, "prompts")
+    elif command == "sft":
         load_dataset_file(cfg.data.train, "sft")
         if cfg.data.validation:
             load_dataset_file(cfg.data.validation, "sft")
@@ -105,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
-        if args.command in ("sft", "rm", "dpo"):
+        if args.command in ("sft", "rm", "dpo", "ppo"):
             return _phase(args, argv)
         if args.command == "run":
             from alignment.pipeline import run_recipe

@@ -237,7 +237,85 @@ class DPOConfig:
             raise AlignError("applies to loss: sigmoid only", field="label_smoothing")
 
 
-PHASE_CONFIGS: dict[str, type] = {"sft": SFTConfig, "rm": RMConfig, "dpo": DPOConfig}
+@dataclass
+class PromptDataConfig:
+    """Prompts the policy answers during PPO."""
+
+    train: str = ""
+    """Prompts data: `prompt` or `messages` ending with a user turn."""
+    dedup: Literal["exact", "whitespace", "none"] = "whitespace"
+    max_prompt_length: int = 512
+    """Longer prompts are cut from the left (the latest turns are kept) and counted."""
+
+
+@dataclass
+class GenerationConfig:
+    """Sampling during rollouts."""
+
+    max_new_tokens: int = 128
+    temperature: float = 0.7
+    """Log-probabilities are always recomputed from logits divided by this temperature."""
+    top_p: float = 1.0
+
+
+@dataclass
+class PPOConfig:
+    """PPO against a reward model with a KL leash to the reference (`align ppo`)."""
+
+    phase: Literal["ppo"] = "ppo"
+    model: str = "smollm2-135m-instruct"
+    """The starting policy, usually the SFT model; also the reference unless `ref_model` is set."""
+    ref_model: str | None = None
+    reward_model: str = ""
+    """A reward model from `align rm` (its reward_stats.json normalises scores)."""
+    critic: Literal["separate", "shared"] = "separate"
+    """separate: a value model initialised from the reward model; shared: a value head on the policy's
+    backbone, initialised from the reward model's score head (one model fewer in memory)."""
+    output_dir: str = "runs/ppo"
+    data: PromptDataConfig = field(default_factory=PromptDataConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1.0e-6, batch_size=16))
+    """`batch_size` is prompts per rollout batch per process; `max_steps` counts rollout batches."""
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    deepspeed: str | None = None
+    ppo_epochs: int = 2
+    """Passes over each rollout batch."""
+    num_minibatches: int = 2
+    """Optimizer steps per pass (the rollout batch is split into this many minibatches)."""
+    gamma: float = 1.0
+    lam: float = 0.95
+    clip_range: float = 0.2
+    clip_range_value: float = 0.2
+    vf_coef: float = 0.1
+    critic_lr: float | None = None
+    """Learning rate of a separate critic; defaults to train.lr."""
+    whiten_advantages: bool = True
+    kl_coef: float = 0.05
+    kl_estimator: Literal["k1", "k3"] = "k1"
+    adaptive_kl: bool = False
+    """Adapt kl_coef towards kl_target (Ziegler et al. 2019)."""
+    kl_target: float = 6.0
+    kl_horizon: int = 10000
+    normalize_rewards: bool = True
+    """(score - mean) / std with the statistics `align rm` saved."""
+    reward_clip: float | None = None
+    missing_eos_penalty: float = 1.0
+    """Subtracted from the score of a response that hits max_new_tokens without stopping."""
+
+    def __post_init__(self) -> None:
+        if not self.data.train:
+            raise AlignError("is required: the prompts file", field="data.train")
+        if self.train.batch_size % self.num_minibatches:
+            raise AlignError(f"train.batch_size ({self.train.batch_size}) must be a multiple of num_minibatches "
+                             f"({self.num_minibatches})", field="num_minibatches")
+        if self.generation.temperature <= 0:
+            raise AlignError("must be positive (PPO samples)", field="generation.temperature")
+        if self.train.grad_accum != 1:
+            raise AlignError("PPO steps once per minibatch; set num_minibatches instead", field="train.grad_accum")
+
+
+PHASE_CONFIGS: dict[str, type] = {"sft": SFTConfig, "rm": RMConfig, "dpo": DPOConfig, "ppo": PPOConfig}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -470,7 +548,7 @@ def load_config(
     return config
 
 
-_PATH_FIELDS = ("data.train", "data.validation", "data.eval_prompts", "model", "ref_model", "reward_model")
+_PATH_FIELDS = ("data.train", "data.validation", "model", "ref_model", "reward_model")
 
 
 def _resolve_paths(config: Any, base: Path) -> None:

@@ -54,7 +54,8 @@ METRIC_NAMES = {
     "eval_samples_per_second": "perf/eval_samples_per_second",
     "eval_steps_per_second": "perf/eval_steps_per_second",
 }
-DROPPED = {"total_flos", "train_loss"}  # train_loss: TRL's mean over the whole run, wrong after a resume
+# train_loss: TRL's mean over the whole run, wrong after a resume; eval_num_tokens: the training token count again
+DROPPED = {"total_flos", "train_loss", "eval_num_tokens"}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -155,12 +156,18 @@ class QuietProgress(ProgressCallback):
 SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}  # ours warm up too
 
 
-def build_args(cfg: DPOConfig, out: Path, bf16: bool, has_eval: bool) -> Any:
+def build_args(cfg: DPOConfig, out: Path, bf16: bool, has_eval: bool, ds_config: dict[str, Any] | None,
+               configured_state: bool) -> Any:
     from trl import KTOConfig
 
     t = cfg.train
     eval_steps = has_eval and t.eval_every > 0
     cuda = torch.cuda.is_available()
+    extra: dict[str, Any] = {}
+    if ds_config is not None:
+        extra["deepspeed"] = ds_config
+    if configured_state:
+        extra["accelerator_config"] = {"use_configured_state": True}
     return KTOConfig(
         output_dir=str(out / "checkpoints"),
         beta=cfg.beta,
@@ -181,10 +188,15 @@ def build_args(cfg: DPOConfig, out: Path, bf16: bool, has_eval: bool) -> Any:
         seed=t.seed,
         data_seed=t.seed,
         bf16=bf16,  # KTOConfig would default to True
-        use_cpu=not cuda,  # transformers refuses bf16 without CUDA unless told it runs on the CPU
+        # transformers refuses bf16 without CUDA unless told it runs on the CPU; under DeepSpeed on CPU the
+        # process state is configured beforehand (configure_processes) and must not be marked CPU-only.
+        use_cpu=not cuda and ds_config is None,
         gradient_checkpointing=t.gradient_checkpointing,  # KTOConfig would default to True
         gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
-        disable_dropout=False,  # as in our DPO phase: the recipe's lora.dropout applies
+        # TRL's choice, kept: without dropout the policy and reference log-probs (and so KTO's rewards
+        # and KL reference point) are not noise; the adapter-off and adapter-copy references run through
+        # the training-mode model and would otherwise get dropout too.
+        disable_dropout=True,
         logging_steps=t.log_every,
         eval_strategy="steps" if eval_steps else "no",
         eval_steps=t.eval_every if eval_steps else None,
@@ -195,6 +207,7 @@ def build_args(cfg: DPOConfig, out: Path, bf16: bool, has_eval: bool) -> Any:
         dataloader_num_workers=0,
         dataloader_pin_memory=cuda,
         remove_unused_columns=True,  # KTOTrainer's signature keeps its tokenized columns, drops the text
+        **extra,
     )
 
 
@@ -226,6 +239,48 @@ def find_checkpoint(out: Path, resume: str) -> Path | None:
     return complete[-1] if complete else None
 
 
+def configure_processes(cfg: DPOConfig, bf16: bool) -> tuple[dict[str, Any] | None, bool]:
+    """The DeepSpeed config (``"auto"`` values filled from the recipe) and whether we set up the process
+    state ourselves.
+
+    transformers asks accelerate for a DeepSpeed state only where there is an accelerator: on CPU,
+    accelerate picks no backend, sees one process and DeepSpeed never starts. So on CPU we create the
+    state first (gloo, flagged for DeepSpeed) and the training arguments reuse it
+    (``use_configured_state``). Plain multi-process runs on CPU need nothing of this: with ``use_cpu``
+    accelerate starts DDP over gloo itself.
+    """
+    if not cfg.deepspeed:
+        return None, False
+    ds_config = dist.fill_auto(dist.load_config(cfg.deepspeed), micro_batch=cfg.train.batch_size,
+                               grad_accum=cfg.train.grad_accum, max_grad_norm=cfg.train.max_grad_norm,
+                               bf16_weights=bf16 and torch.cuda.is_available())
+    if torch.cuda.is_available():
+        return ds_config, False
+    if "LOCAL_RANK" not in os.environ:
+        raise AlignError("DeepSpeed starts through the launcher: use `align dpo --config RECIPE --deepspeed "
+                         f"{cfg.deepspeed}` rather than calling run_kto directly", field="deepspeed")
+    from accelerate import PartialState
+
+    os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"  # read once, by the PartialState below
+    try:
+        PartialState(backend="gloo")
+    finally:
+        del os.environ["ACCELERATE_USE_DEEPSPEED"]
+    return ds_config, True
+
+
+def gathered(trainer: Any, model: torch.nn.Module) -> Any:
+    """Every parameter whole on every rank while saving (ZeRO-3 shards gathered); a no-op otherwise."""
+    import contextlib
+
+    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+    if trainer.is_deepspeed_enabled and plugin is not None and plugin.zero_stage == 3:
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
+    return contextlib.nullcontext()
+
+
 def _no_telemetry() -> None:
     """TRL's trainers ping the Hugging Face Hub with usage telemetry on start; nothing of ours leaves the
     machine at run time. huggingface_hub reads HF_HUB_DISABLE_TELEMETRY at import, so set its constant;
@@ -241,9 +296,6 @@ def _no_telemetry() -> None:
 # --------------------------------------------------------------------------------------------------
 def run_kto(cfg: DPOConfig) -> Path:
     """KTO on unpaired data through TRL's KTOTrainer, with our recipe, outputs and tracking."""
-    if cfg.deepspeed or dist.world_size() > 1:
-        raise AlignError("KTO runs in one process for now; drop --deepspeed/--num-processes or use negatives: pairs",
-                         field="negatives")
     from trl import KTOTrainer
 
     out = Path(cfg.output_dir)
@@ -266,9 +318,12 @@ def run_kto(cfg: DPOConfig) -> Path:
     # An adapter as the starting model: with LoRA keep training it (TRL then copies it as a frozen "ref"
     # adapter); without LoRA fine-tune its merged weights.
     model = load_causal_lm(cfg.model, trainable_adapter=cfg.lora.enabled, merge_adapter=not cfg.lora.enabled)
+    if not cfg.lora.enabled:
+        model.requires_grad_(True)  # a merged adapter comes back frozen
     from peft import PeftModel
 
-    peft_config = lora_config(cfg) if cfg.lora.enabled and not isinstance(model, PeftModel) else None
+    continues_adapter = isinstance(model, PeftModel)
+    peft_config = lora_config(cfg) if cfg.lora.enabled and not continues_adapter else None
     separate_ref = cfg.ref_model is not None and cfg.ref_model != cfg.model
     ref_model = None
     if separate_ref or not (cfg.lora.enabled or cfg.precompute_ref):
@@ -276,7 +331,13 @@ def run_kto(cfg: DPOConfig) -> Path:
         # adapter is the base model, not the starting policy.
         ref_model = load_causal_lm(cfg.ref_model or cfg.model, merge_adapter=True).eval().requires_grad_(False)
     bf16 = use_bf16(cfg.train.bf16)
-    args = build_args(cfg, out, bf16, has_eval=bool(val_rows))
+    if cfg.deepspeed and bf16 and not torch.cuda.is_available():
+        if cfg.train.bf16 == "true":
+            raise AlignError("DeepSpeed on CPU trains in fp32 here; set train.bf16 to auto or false",
+                             field="train.bf16")
+        bf16 = False  # "auto": DeepSpeed would cast the weights themselves to bf16 on CPU
+    ds_config, configured = configure_processes(cfg, bf16)
+    args = build_args(cfg, out, bf16, has_eval=bool(val_rows), ds_config=ds_config, configured_state=configured)
 
     resume_from = find_checkpoint(out, cfg.train.resume)
     start_step = 0
@@ -312,9 +373,12 @@ def run_kto(cfg: DPOConfig) -> Path:
             f"long), {too_long} truncated")
     trainable, total = count_parameters(trainer.model)
     where = ("precomputed" if cfg.precompute_ref else "frozen copy" if ref_model is not None else
-             "adapter disabled")
+             "frozen copy of the starting adapter" if continues_adapter else "adapter disabled")
     log(f"[kto] model {cfg.model}: {trainable:,} trainable of {total:,} parameters; reference: {where}; "
-        f"bf16={bf16}; processes={dist.world_size()}")
+        f"bf16={bf16}; processes={trainer.accelerator.num_processes}; deepspeed={cfg.deepspeed or 'off'}")
+    if cfg.lora.enabled and cfg.lora.dropout:
+        log(f"[kto] note: dropout is off in KTO (TRL's disable_dropout), so lora.dropout={cfg.lora.dropout} has no "
+            "effect")
     if resume_from is not None:
         log(f"[kto] resuming from {resume_from} at step {start_step}")
 
@@ -324,9 +388,11 @@ def run_kto(cfg: DPOConfig) -> Path:
     final = callback.last_eval
 
     model_dir = out / "model"
-    if main:
-        save_model(trainer.accelerator.unwrap_model(trainer.model), tokenizer, model_dir,
-                   out / "merged" if cfg.lora.enabled and cfg.lora.save_merged else None)
+    policy = trainer.accelerator.unwrap_model(trainer.model)
+    merged_dir = out / "merged" if cfg.lora.enabled and cfg.lora.save_merged else None
+    with gathered(trainer, policy):
+        if main:
+            save_model(policy, tokenizer, model_dir, merged_dir)
     if final:
         log(f"[kto] held-out: loss {final['eval/loss']:.4f}, rewards chosen {final.get('eval/rewards/chosen', 0):+.3f}"
             f" / rejected {final.get('eval/rewards/rejected', 0):+.3f}, kl {final.get('eval/kl', 0):.3f}")

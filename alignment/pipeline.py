@@ -29,7 +29,7 @@ from alignment.errors import AlignError
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "recipes" / "quickstart" / "pipeline.yaml"
 TRAINING_PHASES = tuple(PHASE_CONFIGS)
-POLICY_PHASES = ("sft", "dpo")  # phases whose output is a policy: the next phase starts from it
+POLICY_PHASES = ("sft", "dpo", "ppo")  # phases whose output is a policy: the next phase starts from it
 
 
 @dataclass
@@ -38,7 +38,7 @@ class PhaseStep:
 
     name: str
     """Folder under the pipeline's output_dir; later phases refer to its model as "@<name>"."""
-    kind: Literal["sft", "rm", "dpo", "eval"]
+    kind: Literal["sft", "rm", "dpo", "ppo", "eval"]
     recipe: str | None = None
     """The phase recipe, relative to the pipeline file (training phases)."""
     overrides: dict[str, Any] = field(default_factory=dict)
@@ -167,6 +167,10 @@ def run_phase(kind: str, cfg: Any) -> None:
         from alignment.dpo import run_dpo
 
         run_dpo(cfg)
+    elif kind == "ppo":
+        from alignment.ppo import run_ppo
+
+        run_ppo(cfg)
 
 
 def run_pipeline(cfg: PipelineConfig) -> dict[str, float]:

@@ -45,6 +45,12 @@ class LastTokenScores:
         self._out = None
         return per_token.gather(1, last.clamp(min=0).unsqueeze(1).to(per_token.device)).squeeze(1)  # (B,)
 
+    def per_token(self) -> torch.Tensor:
+        """Scores at every position (B, T): a critic's values."""
+        assert self._out is not None, "run the model forward first"
+        out, self._out = self._out[..., 0], None
+        return out
+
     def remove(self) -> None:
         self._handle.remove()
 

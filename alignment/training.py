@@ -215,19 +215,19 @@ class Engine:
     # ---------------------------------------------------------------------------------------------
     # Checkpoints
     # ---------------------------------------------------------------------------------------------
-    def save_checkpoint(self, directory: Path, state: dict[str, Any]) -> None:
-        """Write ``directory`` atomically: model, optimizer, schedule, RNG per rank, trainer state."""
+    def save_checkpoint(self, directory: Path, state: dict[str, Any],
+                        others: dict[str, Engine] | None = None) -> None:
+        """Write ``directory`` atomically: model, optimizer, schedule, RNG per rank, trainer state.
+
+        ``others`` are further engines of the same run (PPO's critic), saved in subfolders by name.
+        """
         tmp = directory.with_name(directory.name + ".tmp")
         if dist.is_main() and tmp.exists():
             shutil.rmtree(tmp)
         dist.barrier()
         tmp.mkdir(parents=True, exist_ok=True)
-        if self.ds is not None:
-            self.ds.save_checkpoint(str(tmp), tag="ds", client_state={})
-        elif dist.is_main():
-            torch.save({"model": {k: v for k, v in self.model.state_dict().items()},
-                        "optimizer": self.optimizer.state_dict(),
-                        "scheduler": self.scheduler.state_dict()}, tmp / "engine.pt")
+        for folder, engine in {"": self, **(others or {})}.items():
+            engine._write_state(tmp / folder)
         torch.save(_rng_state(), tmp / f"rng_rank{dist.rank()}.pt")
         dist.barrier()
         if dist.is_main():
@@ -237,15 +237,27 @@ class Engine:
             tmp.rename(directory)
         dist.barrier()
 
-    def load_checkpoint(self, directory: Path) -> dict[str, Any]:
+    def _write_state(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
         if self.ds is not None:
-            self.ds.load_checkpoint(str(directory), tag="ds", load_optimizer_states=True,
+            self.ds.save_checkpoint(str(folder), tag="ds", client_state={})
+        elif dist.is_main():
+            torch.save({"model": dict(self.model.state_dict()), "optimizer": self.optimizer.state_dict(),
+                        "scheduler": self.scheduler.state_dict()}, folder / "engine.pt")
+
+    def _read_state(self, folder: Path) -> None:
+        if self.ds is not None:
+            self.ds.load_checkpoint(str(folder), tag="ds", load_optimizer_states=True,
                                     load_lr_scheduler_states=True)
         else:
-            blob = torch.load(directory / "engine.pt", map_location=dist.device(), weights_only=False)
+            blob = torch.load(folder / "engine.pt", map_location=dist.device(), weights_only=False)
             self.model.load_state_dict(blob["model"])
             self.optimizer.load_state_dict(blob["optimizer"])
             self.scheduler.load_state_dict(blob["scheduler"])
+
+    def load_checkpoint(self, directory: Path, others: dict[str, Engine] | None = None) -> dict[str, Any]:
+        for folder, engine in {"": self, **(others or {})}.items():
+            engine._read_state(directory / folder)
         rng_file = directory / f"rng_rank{dist.rank()}.pt"
         if rng_file.exists():
             _set_rng_state(torch.load(rng_file, weights_only=False))

@@ -1,12 +1,16 @@
 """KTO on a tiny model through TRL's KTOTrainer: good answers gain on negative examples, our metric
-names land in metrics.jsonl, LoRA saves an adapter, and `resume: auto` picks up a checkpoint."""
+names land in metrics.jsonl, LoRA saves an adapter, `resume: auto` picks up a checkpoint and matches
+the uninterrupted run, and 2-process ZeRO-2 / ZeRO-3 (+LoRA) runs on CPU (slow)."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +21,8 @@ from alignment.errors import AlignError
 from alignment.kto import find_checkpoint, load_unpaired, rename_metrics, run_kto, weight_hint
 from alignment.tracking import read_metrics
 from tests.conftest import write_jsonl
+
+REPO = Path(__file__).resolve().parents[1]
 
 TOPICS = ["my bill", "a claim", "my address", "the deductible", "a refund", "my password", "the app",
           "roadside help", "my policy", "a payment"]
@@ -193,8 +199,42 @@ def test_rename_metrics_and_weight_hint(tiny_model_dir, unpaired_file):
     assert "kto_desirable_weight to 3.00..4.00" in weight_hint(cfg, 10, 30)
 
 
-def test_kto_refuses_what_it_cannot_run(tmp_path, tiny_model_dir, unpaired_file):
+def test_kto_refuses_what_it_cannot_run(tmp_path, tiny_model_dir, unpaired_file, monkeypatch):
     with pytest.raises(AlignError, match="at least 2 examples"):
         run_kto(_config(tiny_model_dir, unpaired_file, tmp_path / "a", batch_size=1))
-    with pytest.raises(AlignError, match="one process"):
-        run_kto(_config(tiny_model_dir, unpaired_file, tmp_path / "b", {"deepspeed": "zero2"}))
+    if not torch.cuda.is_available():  # on CPU we set up DeepSpeed's process state, which needs the launcher's ranks
+        monkeypatch.delenv("LOCAL_RANK", raising=False)
+        with pytest.raises(AlignError, match="launcher"):
+            run_kto(_config(tiny_model_dir, unpaired_file, tmp_path / "b", {"deepspeed": "zero2"}))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage,lora", [("zero2", False), ("zero3", True)])
+def test_kto_deepspeed_two_processes(tmp_path, tiny_model_dir, unpaired_file, stage, lora):
+    """Two CPU processes through DeepSpeed's launcher (as `align dpo --deepspeed ... --num-processes 2`
+    starts them), each running this module's __main__."""
+    from alignment.config import save_config
+    from alignment.distributed import free_port
+    from alignment.modeling import load_causal_lm
+
+    out = tmp_path / stage
+    cfg = _config(tiny_model_dir, unpaired_file, out, {"deepspeed": stage, "lora.enabled": lora, "lora.r": 4},
+                  max_steps=4, save_every=2, eval_every=2)
+    recipe = tmp_path / "kto.yaml"
+    save_config(cfg, recipe)
+    env = {**os.environ, "DS_ACCELERATOR": "cpu"}
+    proc = subprocess.run([sys.executable, "-m", "deepspeed.launcher.runner", "--no_local_rank", "--master_addr",
+                           "127.0.0.1", "--master_port", str(free_port()), "--num_gpus", "2", "--module",
+                           "tests.test_kto", str(recipe)], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert f"processes=2; deepspeed={stage}" in proc.stdout
+    rows = [r for r in read_metrics(out / "metrics.jsonl") if "train/loss" in r]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] and all(math.isfinite(r["train/loss"]) for r in rows)
+    assert (out / "checkpoints" / "checkpoint-4" / "trainer_state.json").exists()
+    assert (out / "model" / ("adapter_config.json" if lora else "model.safetensors")).exists()
+    load_causal_lm(out / "model")
+
+
+if __name__ == "__main__":  # a worker of test_kto_deepspeed_two_processes
+    run_kto(load_config(DPOConfig, sys.argv[1], sys.argv[2:]))

@@ -1,0 +1,448 @@
+"""PPO against a reward model with a KL leash to the reference (`align ppo`).
+
+One rollout batch per step, read top to bottom:
+1. generate: sample responses to a batch of prompts (KV cache, left padding; under ZeRO-3 the policy's
+   parameters are gathered once for the whole batch, not per token);
+2. score: the reward model reads prompt + response (right padded, score at the last real token),
+   normalised with the statistics `align rm` saved; responses that never stop are penalised;
+3. evaluate: log-probs of the sampled tokens under the policy and the reference (logits divided by the
+   sampling temperature), and the critic's values;
+4. advantages: per-token rewards = score at the last token - kl_coef * KL, then GAE and whitening;
+5. learn: `ppo_epochs` passes over `num_minibatches` minibatches, clipped policy and value losses.
+The maths lives in `alignment/ppo_math.py` (pure functions with tests against naive loops).
+
+Model copies held (full fine-tuning / LoRA policy):
+- critic: separate -> policy, reference, reward model, critic = 4 / 3 (reference = adapter disabled);
+- critic: shared   -> policy (+ value head), reference, reward model = 3 / 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from alignment import distributed as dist
+from alignment.config import PPOConfig, save_config, to_dict
+from alignment.modeling import (
+    apply_lora,
+    count_parameters,
+    load_causal_lm,
+    load_reward_model,
+    load_tokenizer,
+    save_model,
+)
+from alignment.ppo_math import (
+    AdaptiveKLController,
+    FixedKLController,
+    entropy_from_logits,
+    gae,
+    masked_mean,
+    masked_whiten,
+    policy_loss,
+    response_mask_from_stop,
+    shaped_rewards,
+    truncate_after_stop,
+    value_loss,
+)
+from alignment.reward import LastTokenScores, load_reward_stats
+from alignment.tracking import MetricsLogger
+from alignment.training import (
+    Engine,
+    Schedule,
+    clear_checkpoints,
+    find_resume_checkpoint,
+    iterate_steps,
+    prune_checkpoints,
+    set_seed,
+    use_bf16,
+)
+
+
+# --------------------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------------------
+class PolicyWithValueHead(torch.nn.Module):
+    """The shared critic: a value head on the policy's last hidden state."""
+
+    def __init__(self, policy: torch.nn.Module, head: torch.nn.Linear) -> None:
+        super().__init__()
+        self.policy, self.value_head = policy, head
+
+    def forward(self, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.policy(**kwargs, output_hidden_states=True)
+        values = self.value_head(out.hidden_states[-1].to(self.value_head.weight.dtype))[..., 0]  # (B, T)
+        return out.logits, values
+
+
+def _score_head(reward_model: torch.nn.Module) -> torch.nn.Linear:
+    from alignment.reward import _score_module
+
+    return _score_module(reward_model)
+
+
+def load_prompts(cfg: PPOConfig, tokenizer: Any) -> tuple[list[list[int]], int]:
+    """Chat-templated prompt ids, cut from the left to max_prompt_length (counted)."""
+    from alignment.data import deduplicate, load_dataset_file, to_conversation
+
+    ds, info = load_dataset_file(cfg.data.train, "prompts")
+    ds, _ = deduplicate(ds, "prompts", info.variant, cfg.data.dedup)
+    out, cut = [], 0
+    for record in ds:
+        messages = to_conversation(record, "prompts", info.variant)["prompt"]
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) > cfg.data.max_prompt_length:
+            ids, cut = ids[-cfg.data.max_prompt_length :], cut + 1
+        out.append(ids)
+    return out, cut
+
+
+def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)  # (B, P)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)  # (B, P)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s):] = torch.tensor(s)
+        mask[i, width - len(s):] = 1
+    return ids, mask
+
+
+def positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that skip left padding: (B, T) -> (B, T)."""
+    return (mask.cumsum(dim=1) - 1).clamp(min=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Rollout
+# --------------------------------------------------------------------------------------------------
+def response_logprobs(logits: torch.Tensor, tokens: torch.Tensor, prompt_len: int, temperature: float) -> tuple[
+        torch.Tensor, torch.Tensor]:
+    """(B, T, V) logits over prompt + response -> (B, R) log-probs of the response tokens and (B, R, V)
+    temperature-scaled response logits."""
+    logits = logits[:, prompt_len - 1 : -1].float() / temperature  # (B, R, V) predicts the response
+    logps = torch.log_softmax(logits, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # (B, R)
+    return logps, logits
+
+
+RewardFn = Callable[[list[list[int]], list[list[int]]], torch.Tensor]
+"""(prompt token ids, response token ids up to and incl. the stop) -> (B,) scores: a rule-based reward
+(a domain policy check, a unit test) instead of, or in tests in place of, a reward model."""
+
+
+@torch.no_grad()
+def rollout(policy: Engine, critic: Engine | None, reference: Any, reward: RewardFn,
+            critic_scores: LastTokenScores | None, prompts: list[list[int]], cfg: PPOConfig, tokenizer: Any,
+            stop_ids: list[int], stats: dict[str, float] | None, kl_coef: float) -> dict[str, Any]:
+    """Generate, score and evaluate one batch of prompts; everything the PPO update needs."""
+    device = dist.device()
+    timing = {}
+    pad = tokenizer.pad_token_id
+    prompt_ids, prompt_mask = (t.to(device) for t in left_pad(prompts, pad))
+    prompt_len = prompt_ids.shape[1]
+
+    # 1. generate -------------------------------------------------------------------------------
+    start = time.perf_counter()
+    policy.eval()
+    module = policy.module.policy if cfg.critic == "shared" else policy.module
+    with policy.gathered(), policy.autocast():
+        out = module.generate(input_ids=prompt_ids, attention_mask=prompt_mask, do_sample=True,
+                              temperature=cfg.generation.temperature, top_p=cfg.generation.top_p, top_k=0,
+                              max_new_tokens=cfg.generation.max_new_tokens, pad_token_id=pad,
+                              eos_token_id=stop_ids, use_cache=True)
+    responses = out[:, prompt_len:]  # (B, R)
+    response_mask = response_mask_from_stop(responses, stop_ids)  # (B, R), 1 up to and incl. the stop
+    finished = torch.isin(responses, torch.tensor(stop_ids, device=responses.device)).any(dim=1)  # (B,)
+    responses = truncate_after_stop(responses, stop_ids, pad)
+    timing["generate"] = time.perf_counter() - start
+
+    # 2. score ----------------------------------------------------------------------------------
+    start = time.perf_counter()
+    kept = [responses[i][response_mask[i].bool()].tolist() for i in range(len(prompts))]
+    raw_scores = reward(prompts, kept).to(device).float()  # (B,)
+    scores = raw_scores.clone()
+    if stats is not None and cfg.normalize_rewards:
+        scores = (scores - stats["mean"]) / stats["std"]
+    if cfg.reward_clip is not None:
+        scores = scores.clamp(-cfg.reward_clip, cfg.reward_clip)
+    scores = scores - cfg.missing_eos_penalty * (~finished).float()
+    timing["score"] = time.perf_counter() - start
+
+    # 3. evaluate: policy and reference log-probs, values ---------------------------------------
+    start = time.perf_counter()
+    full = torch.cat([prompt_ids, responses], dim=1)  # (B, P+R)
+    mask = torch.cat([prompt_mask, response_mask], dim=1)  # (B, P+R)
+    pos = positions(mask)
+    inputs = {"input_ids": full, "attention_mask": mask, "position_ids": pos, "use_cache": False}
+    with policy.autocast():
+        if cfg.critic == "shared":
+            logits, all_values = (policy.ds or policy.module)(**inputs)
+            values = all_values[:, prompt_len - 1 : -1].float()  # (B, R) value of the state before each token
+        else:
+            logits = (policy.ds or policy.module)(**inputs).logits
+        old_logps, scaled = response_logprobs(logits, responses, prompt_len, cfg.generation.temperature)
+        entropy = masked_mean(entropy_from_logits(scaled), response_mask.float())
+        del logits, scaled
+        ref_logps = reference(inputs, responses, prompt_len)
+        if critic is not None:
+            (critic.ds or critic.module)(**inputs)
+            values = critic_scores.per_token()[:, prompt_len - 1 : -1].float()  # (B, R)
+    policy.train()
+    timing["evaluate"] = time.perf_counter() - start
+
+    # 4. rewards and advantages -----------------------------------------------------------------
+    m = response_mask.float()
+    rewards, kl = shaped_rewards(scores, old_logps, ref_logps, m, kl_coef, cfg.kl_estimator)
+    advantages, returns = gae(rewards, values * m, m, cfg.gamma, cfg.lam)
+    if cfg.whiten_advantages:
+        advantages = masked_whiten(advantages, m)
+    lengths = m.sum(dim=1)
+    return {
+        "full": full, "mask": mask, "positions": pos, "responses": responses, "response_mask": m,
+        "prompt_len": prompt_len, "old_logps": old_logps, "values": values * m, "advantages": advantages,
+        "returns": returns,
+        "metrics": {
+            "objective/kl": float((kl * m).sum(dim=1).mean()),
+            "objective/entropy": float(entropy),
+            "objective/scores": float(raw_scores.mean()),
+            "objective/rewards": float(scores.mean()),
+            "objective/non_score_reward": float((-kl_coef * kl * m).sum(dim=1).mean()),
+            "rollout/response_length": float(lengths.mean()),
+            "rollout/unfinished": float((~finished).float().mean()),
+        },
+        "timing": timing,
+    }
+
+
+def model_reward(reward_model: torch.nn.Module, pad_id: int, autocast: Any) -> RewardFn:
+    """Scores from a reward model: prompt + response right-padded, read at the last real token."""
+    scores = LastTokenScores(reward_model)
+    device = dist.device()
+
+    @torch.no_grad()
+    def score(prompts: list[list[int]], responses: list[list[int]]) -> torch.Tensor:
+        seqs = [p + r for p, r in zip(prompts, responses)]
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), pad_id, dtype=torch.long, device=device)  # (B, T)
+        mask = torch.zeros_like(ids)  # (B, T)
+        for i, s in enumerate(seqs):
+            ids[i, : len(s)] = torch.tensor(s, device=device)
+            mask[i, : len(s)] = 1
+        with autocast():
+            reward_model(input_ids=ids, attention_mask=mask, use_cache=False)
+        return scores.take(mask)
+    return score
+
+
+# --------------------------------------------------------------------------------------------------
+# Learn
+# --------------------------------------------------------------------------------------------------
+def ppo_update(policy: Engine, critic: Engine | None, critic_scores: LastTokenScores | None,
+               batch: dict[str, Any], cfg: PPOConfig) -> dict[str, float]:
+    """ppo_epochs passes over num_minibatches minibatches; one optimizer step per minibatch."""
+    n = batch["full"].shape[0]
+    size = n // cfg.num_minibatches
+    sums: dict[str, float] = {}
+    count = 0
+    p = batch["prompt_len"]
+    for _epoch in range(cfg.ppo_epochs):
+        order = torch.randperm(n)
+        for k in range(cfg.num_minibatches):
+            idx = order[k * size : (k + 1) * size].to(batch["full"].device)
+            inputs = {"input_ids": batch["full"][idx], "attention_mask": batch["mask"][idx],
+                      "position_ids": batch["positions"][idx], "use_cache": False}
+            m = batch["response_mask"][idx]
+            with policy.autocast():
+                if cfg.critic == "shared":
+                    logits, all_values = (policy.ds or policy.module)(**inputs)
+                    values = all_values[:, p - 1 : -1].float()
+                else:
+                    logits = (policy.ds or policy.module)(**inputs).logits
+            logps, _ = response_logprobs(logits, batch["responses"][idx], p, cfg.generation.temperature)
+            del logits
+            pg_loss, pg_stats = policy_loss(logps, batch["old_logps"][idx], batch["advantages"][idx], m,
+                                            cfg.clip_range)
+            if critic is not None:
+                with critic.autocast():
+                    (critic.ds or critic.module)(**inputs)
+                values = critic_scores.per_token()[:, p - 1 : -1].float()
+            vf_loss, vf_stats = value_loss(values, batch["values"][idx], batch["returns"][idx], m,
+                                           cfg.clip_range_value)
+            if critic is None:
+                policy.backward(pg_loss + cfg.vf_coef * vf_loss)
+            else:
+                policy.backward(pg_loss)
+                critic.backward(vf_loss)
+                critic.step()
+            policy.step()
+            step_stats = {"policy/loss": pg_loss, "val/vf_loss": vf_loss, **pg_stats, **vf_stats}
+            for key, value in step_stats.items():
+                sums[key] = sums.get(key, 0.0) + float(value.detach())
+            count += 1
+    renamed = {"value/clipfrac": "val/clipfrac", "value/mean": "val/mean", "value/error": "val/error"}
+    return {renamed.get(k, k): v / count for k, v in sums.items()}
+
+
+# --------------------------------------------------------------------------------------------------
+# Setup, loop, save
+# --------------------------------------------------------------------------------------------------
+def run_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> Path:
+    """Train; `reward_fn` replaces the reward model with a rule (see RewardFn)."""
+    dist.init_process_group()
+    out = Path(cfg.output_dir)
+    main = dist.is_main()
+    log = print if main else (lambda *a, **k: None)
+    set_seed(cfg.train.seed)
+    device = dist.device()
+
+    tokenizer = load_tokenizer(cfg.model)
+    prompts, cut = load_prompts(cfg, tokenizer)
+    log(f"[ppo] {len(prompts)} prompts" + (f"; {cut} cut to {cfg.data.max_prompt_length} tokens" if cut else ""))
+    stop_ids = sorted({tokenizer.eos_token_id, *_generation_eos(cfg.model, tokenizer)})
+
+    # --- models ------------------------------------------------------------------------------
+    reward_model, stats = None, None
+    if reward_fn is None:
+        if not cfg.reward_model:
+            from alignment.errors import AlignError
+
+            raise AlignError("is required: a reward model directory from `align rm`", field="reward_model")
+        reward_model = load_reward_model(cfg.reward_model).eval().requires_grad_(False).to(device)
+        reward_model.config.pad_token_id = tokenizer.pad_token_id
+        stats = load_reward_stats(Path(cfg.reward_model) / "model") or load_reward_stats(Path(cfg.reward_model))
+        if cfg.normalize_rewards and stats is None:
+            log("[ppo] WARNING: the reward model has no reward_stats.json; scores are used unnormalised")
+    policy_model = load_causal_lm(cfg.model, trainable_adapter=cfg.lora.enabled)
+    if cfg.lora.enabled:
+        policy_model = apply_lora(policy_model, cfg.lora)
+    if cfg.train.gradient_checkpointing:
+        policy_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    critic_model = None
+    if cfg.critic == "shared":
+        head = torch.nn.Linear(policy_model.config.hidden_size, 1, bias=False)
+        torch.nn.init.zeros_(head.weight)
+        source = _score_head(reward_model) if reward_model is not None else None
+        if source is not None and source.weight.shape[1] == head.weight.shape[1]:
+            head.weight.data.copy_(source.weight.data.float())
+        policy_model = PolicyWithValueHead(policy_model, head)
+    else:
+        critic_model = load_reward_model(cfg.reward_model or cfg.model)
+        critic_model.config.pad_token_id = tokenizer.pad_token_id
+
+    bf16 = use_bf16(cfg.train.bf16)
+    schedule = Schedule.create(len(prompts), cfg.train, dist.world_size())
+    updates = schedule.total_steps * cfg.ppo_epochs * cfg.num_minibatches
+    ds_config = None
+    if cfg.deepspeed:
+        mb = cfg.train.batch_size // cfg.num_minibatches
+        ds_config = dist.fill_auto(dist.load_config(cfg.deepspeed), micro_batch=mb, grad_accum=1,
+                                   max_grad_norm=cfg.train.max_grad_norm,
+                                   bf16_weights=bf16 and torch.cuda.is_available())
+    train_cfg = dataclasses.replace(cfg.train, grad_accum=1)
+    policy = Engine(policy_model, train_cfg, updates, bf16, ds_config)
+    critic = critic_scores = None
+    if critic_model is not None:
+        critic_cfg = dataclasses.replace(train_cfg, lr=cfg.critic_lr or cfg.train.lr)
+        critic = Engine(critic_model, critic_cfg, updates, bf16, ds_config)
+        critic_scores = LastTokenScores(critic.module)
+    reference = _build_reference(cfg, policy, ds_config, device)
+    reward = reward_fn or model_reward(reward_model, tokenizer.pad_token_id, policy.autocast)
+    kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
+              else FixedKLController(cfg.kl_coef))
+    trainable, total = count_parameters(policy.module)
+    log(f"[ppo] policy {cfg.model}: {trainable:,} trainable of {total:,}; critic {cfg.critic}; reference "
+        f"{'adapter disabled' if cfg.lora.enabled and not cfg.ref_model else 'frozen copy'}; reward "
+        f"{'a function' if reward_fn else cfg.reward_model}; bf16={bf16}; processes={dist.world_size()}; "
+        f"deepspeed={cfg.deepspeed or 'off'}; steps={schedule.total_steps} ({updates} updates)")
+
+    start_step = 0
+    others = {"critic": critic} if critic is not None else {}
+    resume_from = find_resume_checkpoint(out, cfg.train.resume)
+    if resume_from is not None:
+        state = policy.load_checkpoint(resume_from, others)
+        start_step = state["step"]
+        kl_ctl.load_state_dict(state["kl_controller"])
+        log(f"[ppo] resumed from {resume_from} at step {start_step}")
+    else:
+        clear_checkpoints(out)
+    if main:
+        save_config(cfg, out / "config.yaml")
+    run_name = cfg.tracking.run_name or "/".join(out.parts[-2:])
+    tracker = MetricsLogger(out, cfg.tracking.backends, cfg.tracking.project, run_name, to_dict(cfg),
+                            enabled=main, resume_step=start_step)
+
+    policy.train()
+    for step in iterate_steps(start_step, schedule.total_steps, "ppo"):
+        started = time.perf_counter()
+        (idx,) = schedule.micro_batches(step, dist.rank())
+        batch = rollout(policy, critic, reference, reward, critic_scores, [prompts[i] for i in idx], cfg,
+                        tokenizer, stop_ids, stats, kl_ctl.value)
+        learn_start = time.perf_counter()
+        metrics = ppo_update(policy, critic, critic_scores, batch, cfg)
+        timing = {**batch["timing"], "train": time.perf_counter() - learn_start}
+        kl_ctl.update(batch["metrics"]["objective/kl"], cfg.train.batch_size * dist.world_size())
+        done = step + 1
+        elapsed = time.perf_counter() - started
+        keys = list(batch["metrics"]) + list(metrics)
+        values = dist.all_reduce_sum([batch["metrics"][k] if k in batch["metrics"] else metrics[k] for k in keys])
+        row = {k: v / dist.world_size() for k, v in zip(keys, values)}
+        row.update({"objective/kl_coef": kl_ctl.value, "train/lr": policy.lr(),
+                    "perf/episodes_per_second": cfg.train.batch_size * dist.world_size() / elapsed,
+                    **{f"time/{k}": v / elapsed for k, v in timing.items()}})
+        if not math.isfinite(row["policy/loss"]):
+            raise FloatingPointError(f"policy loss became {row['policy/loss']} at step {done}; lower train.lr")
+        if done % cfg.train.log_every == 0 or done == schedule.total_steps:
+            tracker.log(row, done)
+        if cfg.train.save_every and done % cfg.train.save_every == 0 and done != schedule.total_steps:
+            policy.save_checkpoint(out / "checkpoints" / f"step-{done}",
+                                   {"step": done, "kl_controller": kl_ctl.state_dict()}, others)
+            prune_checkpoints(out, cfg.train.keep_checkpoints)
+
+    with policy.gathered():
+        if main:
+            module = policy.module.policy if cfg.critic == "shared" else policy.module
+            save_model(module, tokenizer, out / "model",
+                       out / "merged" if cfg.lora.enabled and cfg.lora.save_merged else None)
+            log(f"[ppo] saved {out / 'model'}")
+    dist.barrier()
+    tracker.close()
+    return out / "model"
+
+
+def _generation_eos(model: str, tokenizer: Any) -> list[int]:
+    from transformers import GenerationConfig
+
+    from alignment.modeling import resolve_model
+
+    try:
+        eos = GenerationConfig.from_pretrained(str(resolve_model(model))).eos_token_id
+    except OSError:
+        return []
+    return [] if eos is None else (list(eos) if isinstance(eos, (list, tuple)) else [int(eos)])
+
+
+def _build_reference(cfg: PPOConfig, policy: Engine, ds_config: dict[str, Any] | None, device: torch.device) -> Any:
+    """A function (inputs, responses, prompt_len) -> (B, R) reference log-probs of the responses."""
+    from alignment.dpo import _place_reference
+
+    if cfg.lora.enabled and not cfg.ref_model:
+        def adapter_off(inputs: dict[str, Any], responses: torch.Tensor, prompt_len: int) -> torch.Tensor:
+            peft_model = policy.module.policy if cfg.critic == "shared" else policy.module
+            with peft_model.disable_adapter(), policy.autocast():
+                logits = (policy.ds or policy.module)(**inputs)
+                logits = logits[0] if isinstance(logits, tuple) else logits.logits
+            return response_logprobs(logits, responses, prompt_len, cfg.generation.temperature)[0]
+        return adapter_off
+    frozen = load_causal_lm(cfg.ref_model or cfg.model, merge_adapter=True).eval().requires_grad_(False)
+    frozen = _place_reference(frozen, ds_config)
+
+    def copy_ref(inputs: dict[str, Any], responses: torch.Tensor, prompt_len: int) -> torch.Tensor:
+        with policy.autocast():
+            logits = frozen(**inputs).logits
+        return response_logprobs(logits, responses, prompt_len, cfg.generation.temperature)[0]
+    return copy_ref

@@ -1,0 +1,153 @@
+"""PPO on tiny models: a policy paid for one token learns to emit it; a reward model drives a run;
+resume equals an uninterrupted run; 2-process ZeRO-2 and ZeRO-3 runs stay in step."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from alignment.config import PPOConfig, SFTConfig, load_config
+from alignment.tracking import read_metrics
+from tests.conftest import write_jsonl
+
+REPO = Path(__file__).resolve().parents[1]
+WORDS = ["yes", "no", "maybe", "sure"]
+
+
+@pytest.fixture(scope="session")
+def chatty_policy(tmp_path_factory, tiny_model_dir) -> Path:
+    """The tiny model after a short SFT that answers one of four words: a policy with a spread-out
+    distribution that PPO can sharpen."""
+    from alignment.sft import run_sft
+
+    root = tmp_path_factory.mktemp("chatty")
+    rows = [{"messages": [{"role": "user", "content": f"Say something {i}"},
+                          {"role": "assistant", "content": WORDS[i % 4]}]} for i in range(200)]
+    data = write_jsonl(root / "sft.jsonl", rows)
+    cfg = load_config(SFTConfig, None, {"model": str(tiny_model_dir), "output_dir": str(root / "sft"),
+                                        "data.train": str(data), "data.max_length": 64, "train.max_steps": 60,
+                                        "train.batch_size": 16, "train.lr": 3e-3, "train.bf16": "false",
+                                        "train.eval_every": 0, "train.save_every": 0,
+                                        "tracking.backends": ["none"]})
+    return run_sft(cfg)
+
+
+@pytest.fixture()
+def prompts_file(tmp_path) -> Path:
+    return write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"Say something {i}"} for i in range(1000, 1064)])
+
+
+def _overrides(policy: Path, prompts: Path, out: Path, **extra) -> dict:
+    base = {"model": str(policy), "output_dir": str(out), "data.train": str(prompts), "train.batch_size": 16,
+            "train.lr": 2e-3, "train.max_steps": 12, "train.warmup_ratio": 0.0, "train.bf16": "false",
+            "train.save_every": 0, "generation.max_new_tokens": 6, "generation.temperature": 1.0,
+            "missing_eos_penalty": 0.0, "kl_coef": 0.01, "tracking.backends": ["none"]}
+    return {**base, **extra}
+
+
+def _yes_reward(tokenizer):
+    yes = tokenizer("yes", add_special_tokens=False)["input_ids"][0]
+
+    def reward(prompts: list[list[int]], responses: list[list[int]]) -> torch.Tensor:
+        return torch.tensor([1.0 if yes in r else 0.0 for r in responses])
+    return reward
+
+
+@pytest.mark.parametrize("critic", ["shared", "separate"])
+def test_policy_learns_the_paid_token(tmp_path, chatty_policy, prompts_file, critic):
+    from alignment.modeling import load_tokenizer
+    from alignment.ppo import run_ppo
+
+    out = tmp_path / critic
+    cfg = load_config(PPOConfig, None, _overrides(chatty_policy, prompts_file, out, critic=critic))
+    run_ppo(cfg, reward_fn=_yes_reward(load_tokenizer(chatty_policy)))
+    rows = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == list(range(1, 13))
+    first, last = rows[0]["objective/scores"], sum(r["objective/scores"] for r in rows[-3:]) / 3
+    assert first < 0.5 and last >= 0.8, [r["objective/scores"] for r in rows]
+    for key in ("objective/kl", "objective/entropy", "policy/clipfrac", "policy/approxkl", "val/vf_loss",
+                "val/clipfrac", "rollout/response_length", "perf/episodes_per_second", "time/generate",
+                "time/score", "time/train"):
+        assert key in rows[-1], key
+    assert rows[-1]["objective/kl"] > 0  # the policy moved away from the reference
+    assert (out / "model" / "model.safetensors").exists()
+
+
+def test_reward_model_drives_ppo_and_resume_matches(tmp_path, chatty_policy, prompts_file):
+    """A reward model from `align rm` (with its reward_stats.json), LoRA policy with the adapter-disabled
+    reference; a run resumed from its step-2 checkpoint matches the uninterrupted run."""
+    from alignment.cli import main
+
+    rows = [{"prompt": f"Say something {i}", "chosen": "yes", "rejected": w} for i in range(60) for w in WORDS[1:2]]
+    prefs = write_jsonl(tmp_path / "prefs.jsonl", rows)
+    rm_recipe = tmp_path / "rm.yaml"
+    rm_recipe.write_text(json.dumps({"phase": "rm", "model": str(chatty_policy), "output_dir": str(tmp_path / "rm"),
+                                     "data": {"train": str(prefs), "max_length": 64},
+                                     "train": {"max_steps": 6, "batch_size": 8, "lr": 2e-3, "bf16": "false"},
+                                     "tracking": {"backends": ["none"]}}))
+    assert main(["rm", "--config", str(rm_recipe)]) == 0
+
+    def recipe(out: Path) -> Path:
+        path = tmp_path / f"ppo-{out.name}.yaml"
+        o = _overrides(chatty_policy, prompts_file, out, **{"train.max_steps": 4, "train.save_every": 2,
+                                                              "train.keep_checkpoints": 5, "lora.enabled": True,
+                                                              "lora.r": 4, "adaptive_kl": True})
+        o["reward_model"] = str(tmp_path / "rm")
+        nested: dict = {"phase": "ppo"}
+        for key, value in o.items():
+            node = nested
+            *parents, leaf = key.split(".")
+            for p in parents:
+                node = node.setdefault(p, {})
+            node[leaf] = value
+        path.write_text(json.dumps(nested))
+        return path
+
+    full = tmp_path / "full"
+    assert main(["ppo", "--config", str(recipe(full))]) == 0
+    part = tmp_path / "part"
+    (part / "checkpoints").mkdir(parents=True)
+    shutil.copytree(full / "checkpoints" / "step-2", part / "checkpoints" / "step-2")
+    assert main(["ppo", "--config", str(recipe(part))]) == 0
+    a = {r["step"]: r for r in read_metrics(full / "metrics.jsonl")}
+    b = {r["step"]: r for r in read_metrics(part / "metrics.jsonl")}
+    assert sorted(b) == [3, 4]  # only the resumed steps ran
+    for step in (3, 4):
+        for key in ("objective/scores", "objective/kl", "policy/loss", "val/vf_loss", "objective/kl_coef"):
+            assert b[step][key] == pytest.approx(a[step][key], rel=1e-4, abs=1e-6), (step, key)
+    assert a[1]["objective/kl"] == pytest.approx(0.0, abs=1e-5)  # adapter off == policy before any update
+    assert (full / "model" / "adapter_config.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["zero2", "zero3"])
+def test_ppo_deepspeed_two_processes(tmp_path, chatty_policy, prompts_file, stage):
+    out = tmp_path / stage
+    from alignment.modeling import resolve_model
+
+    o = _overrides(chatty_policy, prompts_file, out, **{"train.max_steps": 3, "train.batch_size": 8})
+    o["reward_model"] = str(resolve_model(chatty_policy))  # a fresh score head on the policy: any RM will do
+    nested: dict = {"phase": "ppo"}
+    for key, value in o.items():
+        node = nested
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    recipe = tmp_path / "ppo.yaml"
+    recipe.write_text(json.dumps(nested))
+    proc = subprocess.run([sys.executable, "-m", "alignment.cli", "ppo", "--config", str(recipe), "--deepspeed",
+                           stage, "--num-processes", "2"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "processes=2" in proc.stdout
+    rows = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(str(out / "model"))
