@@ -302,6 +302,8 @@ class PPOConfig:
     reward_clip: float | None = None
     missing_eos_penalty: float = 1.0
     """Subtracted from the score of a response that hits max_new_tokens without stopping."""
+    policies: str | None = None
+    """A policies YAML (see recipes/quickstart/policies.yaml): log adherence of the rollouts each step."""
 
     def __post_init__(self) -> None:
         if not self.data.train:
@@ -548,7 +550,7 @@ def load_config(
     return config
 
 
-_PATH_FIELDS = ("data.train", "data.validation", "model", "ref_model", "reward_model")
+_PATH_FIELDS = ("data.train", "data.validation", "model", "ref_model", "reward_model", "policies")
 
 
 def _resolve_paths(config: Any, base: Path) -> None:

@@ -42,7 +42,8 @@ class PhaseStep:
     recipe: str | None = None
     """The phase recipe, relative to the pipeline file (training phases)."""
     overrides: dict[str, Any] = field(default_factory=dict)
-    """Dotted keys set on top of the phase recipe, e.g. {"train.max_steps": 20}."""
+    """Dotted keys set on top of the phase recipe, e.g. {"train.max_steps": 20}; "@<phase>" in `model`,
+    `ref_model` or `reward_model` names an earlier phase's output."""
 
 
 @dataclass
@@ -188,7 +189,9 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, float]:
         start = time.perf_counter()
         if step.kind in PHASE_CONFIGS:
             phase_overrides = {"model": current_model, **step.overrides, "output_dir": str(phase_dir)}
-            phase_overrides["model"] = _resolve_reference(phase_overrides["model"], outputs)
+            for key in ("model", "ref_model", "reward_model"):
+                if key in phase_overrides:
+                    phase_overrides[key] = _resolve_reference(phase_overrides[key], outputs)
             phase_cfg = load_config(PHASE_CONFIGS[step.kind], step.recipe, phase_overrides)
             fingerprint = _fingerprint([fingerprints, to_dict(phase_cfg), cfg.deepspeed, cfg.num_processes])
             if _is_complete(phase_dir, fingerprint):

@@ -164,6 +164,7 @@ def rollout(policy: Engine, critic: Engine | None, reference: Any, reward: Rewar
     # 2. score ----------------------------------------------------------------------------------
     start = time.perf_counter()
     kept = [responses[i][response_mask[i].bool()].tolist() for i in range(len(prompts))]
+    texts = [tokenizer.decode(r, skip_special_tokens=True) for r in kept]
     raw_scores = reward(prompts, kept).to(device).float()  # (B,)
     scores = raw_scores.clone()
     if stats is not None and cfg.normalize_rewards:
@@ -215,6 +216,7 @@ def rollout(policy: Engine, critic: Engine | None, reference: Any, reward: Rewar
             "rollout/response_length": float(lengths.mean()),
             "rollout/unfinished": float((~finished).float().mean()),
         },
+        "texts": texts,
         "timing": timing,
     }
 
@@ -376,6 +378,11 @@ def run_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> Path:
     tracker = MetricsLogger(out, cfg.tracking.backends, cfg.tracking.project, run_name, to_dict(cfg),
                             enabled=main, resume_step=start_step)
 
+    policies = None
+    if cfg.policies:
+        from alignment.evaluation.policies import load_policies
+
+        policies = load_policies(cfg.policies)
     policy.train()
     for step in iterate_steps(start_step, schedule.total_steps, "ppo"):
         started = time.perf_counter()
@@ -388,6 +395,10 @@ def run_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> Path:
         kl_ctl.update(batch["metrics"]["objective/kl"], cfg.train.batch_size * dist.world_size())
         done = step + 1
         elapsed = time.perf_counter() - started
+        if policies:
+            from alignment.evaluation.policies import adherence
+
+            batch["metrics"].update({f"adherence/{k}": v for k, v in adherence(batch["texts"], policies).items()})
         keys = list(batch["metrics"]) + list(metrics)
         values = dist.all_reduce_sum([batch["metrics"][k] if k in batch["metrics"] else metrics[k] for k in keys])
         row = {k: v / dist.world_size() for k, v in zip(keys, values)}

@@ -66,7 +66,8 @@ def _rm_section(rm_dir: Path) -> str:
     rows = [("held-out pairs", d["pairs"]), ("pairwise accuracy", f"{d['accuracy']:.3f}"),
             ("chosen score", f"{d['chosen_mean']:+.3f} ± {d['chosen_std']:.3f}"),
             ("rejected score", f"{d['rejected_mean']:+.3f} ± {d['rejected_std']:.3f}"),
-            ("corr(score, length)", f"{d['length_correlation']:+.3f}"),
+            ("corr(score, length) within labels / overall",
+             f"{d.get('length_correlation_within', float('nan')):+.3f} / {d['length_correlation']:+.3f}"),
             ("prefers the longer answer", f"{d['prefers_longer']:.2f} (data: {d['data_prefers_longer']:.2f})"),
             ("expected calibration error", f"{d['ece']:.3f}"),
             ("training score mean / std (for PPO)", f"{d['train_score_mean']:+.3f} / {d['train_score_std']:.3f}")]

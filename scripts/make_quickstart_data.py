@@ -7,6 +7,7 @@ Writes three JSONL files:
   sft.jsonl               chat conversations (system, user, assistant [, user, assistant])
   preferences.jsonl       prompt / chosen / rejected, plus `violates`: the policies the rejected side breaks
   heldout_prompts.jsonl   evaluation prompts whose user text never appears in the two training files
+  ppo_prompts.jsonl       the preference prompts, once each, for PPO rollouts (training prompts)
 
 The data is built to make the pipeline's effect visible with a 135M model (recipes/quickstart/policies.yaml):
   signoff               every SFT answer ends with "— Harborline Support", so SFT teaches it;
@@ -1345,7 +1346,16 @@ def build(seed: int = SEED) -> dict[str, list[dict]]:
     heldout = [{"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}]}
                for text, _ in HELDOUT]
     _check_heldout_disjoint(sft, preferences, heldout)
-    return {"sft.jsonl": sft, "preferences.jsonl": preferences, "heldout_prompts.jsonl": heldout}
+    # PPO samples its own answers to training prompts: the preference prompts, each once.
+    seen: set[str] = set()
+    ppo_prompts = []
+    for row in preferences:
+        user = row["prompt"][-1]["content"]
+        if user not in seen:
+            seen.add(user)
+            ppo_prompts.append({"messages": row["prompt"]})
+    return {"sft.jsonl": sft, "preferences.jsonl": preferences, "heldout_prompts.jsonl": heldout,
+            "ppo_prompts.jsonl": ppo_prompts}
 
 
 def normalize(text: str) -> str:

@@ -15,7 +15,7 @@ from alignment.evaluation.policies import Policy, check_answer, load_policies
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "recipes" / "quickstart" / "data"
 GENERATOR = ROOT / "scripts" / "make_quickstart_data.py"
-FILES = ("sft.jsonl", "preferences.jsonl", "heldout_prompts.jsonl")
+FILES = ("sft.jsonl", "preferences.jsonl", "heldout_prompts.jsonl", "ppo_prompts.jsonl")
 SINGLE_TURN = ["system", "user", "assistant"]
 TWO_TURN = ["system", "user", "assistant", "user", "assistant"]
 

@@ -102,7 +102,7 @@ def test_every_referenced_path_exists(path: Path, tmp_path: Path, monkeypatch: p
     else:
         phase = yaml.safe_load(path.read_text(encoding="utf-8"))["phase"]
         cfg = load_config(PHASE_CONFIGS[phase], path)
-        referenced = [v for v in (cfg.data.train, cfg.data.validation) if v]
+        referenced = [v for v in (cfg.data.train, getattr(cfg.data, "validation", None)) if v]
     assert referenced
     for value in referenced:
         assert Path(value).exists(), f"{path} refers to {value}, which does not exist next to it"

@@ -2,9 +2,11 @@
 
 - pairwise accuracy: how often the chosen response scores higher;
 - score distributions of chosen and rejected responses;
-- length bias: the correlation between score and response length, and how often the model prefers the
-  longer response compared with how often the data does (a reward model that learned "longer is
-  better" is the classic reward hack PPO then exploits);
+- length bias: the correlation between score and response length among responses of the same label
+  (chosen with chosen, rejected with rejected: across labels, length and quality are confounded
+  whenever the data's better answers are longer), and how often the model prefers the longer response
+  compared with how often the data does (a reward model that learned "longer is better" is the
+  classic reward hack PPO then exploits);
 - calibration: predicted preference probability ``sigmoid(s_c - s_r)`` against the observed rate, in
   bins, each pair counted in both orders so the bins cover [0, 1] (Bradley-Terry models are
   probabilistic; a badly calibrated one gives PPO rewards on the wrong scale).
@@ -63,6 +65,8 @@ def diagnose(chosen: Any, rejected: Any, chosen_len: Any, rejected_len: Any) -> 
         "rejected_mean": float(r.mean()), "rejected_std": float(r.std()),
         "margin_mean": float((c - r).mean()),
         "length_correlation": _pearson(scores, lengths),
+        "length_correlation_within": float(np.nanmean([_pearson(c, lc), _pearson(r, lr)]))
+        if len(c) >= 3 else float("nan"),
         "prefers_longer": float((longer_first > shorter).mean()) if differ.any() else float("nan"),
         "data_prefers_longer": float((lc > lr)[differ].mean()) if differ.any() else float("nan"),
         "calibration": bins,
@@ -71,9 +75,10 @@ def diagnose(chosen: Any, rejected: Any, chosen_len: Any, rejected_len: Any) -> 
 
 
 def length_bias_level(d: dict[str, Any]) -> str:
-    """low / moderate / high, from |corr(score, length)| and how far the model's taste for longer
-    answers exceeds the data's."""
-    corr = abs(d["length_correlation"]) if not math.isnan(d["length_correlation"]) else 0.0
+    """low / moderate / high, from |corr(score, length)| within labels and how far the model's taste for
+    longer answers exceeds the data's."""
+    within = d.get("length_correlation_within", float("nan"))
+    corr = abs(within) if not math.isnan(within) else 0.0
     excess = (d["prefers_longer"] - d["data_prefers_longer"]) if not math.isnan(d["prefers_longer"]) else 0.0
     if corr >= 0.5 or excess >= 0.2:
         return "high"
@@ -86,7 +91,8 @@ def verdict(d: dict[str, Any]) -> tuple[str, bool]:
     """A plain sentence, and whether the model looks fit to drive PPO."""
     bias = length_bias_level(d)
     text = (f"accuracy {d['accuracy']:.2f} on {d['pairs']} held-out pairs; length bias {bias} "
-            f"(corr {d['length_correlation']:+.2f}); calibration error {d['ece']:.2f}")
+            f"(corr within labels {d['length_correlation_within']:+.2f}, prefers longer "
+            f"{d['prefers_longer']:.2f} vs data {d['data_prefers_longer']:.2f}); calibration error {d['ece']:.2f}")
     if d["pairs"] < 20:
         return text + ". Too few held-out pairs to judge: add validation data.", False
     if d["accuracy"] < 0.6:
