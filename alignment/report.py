@@ -33,18 +33,25 @@ def _curves(phase: str, rows: list[dict[str, Any]]) -> str:
 
     panels = [("loss", ("train/loss", "eval/loss")),
               ("reward accuracy", ("rewards/accuracies", "eval/rewards/accuracies")),
-              ("reward margin", ("rewards/margins", "eval/rewards/margins"))]
+              ("reward margin", ("rewards/margins", "eval/rewards/margins")),
+              ("reward", ("objective/scores", "objective/rewards")),
+              ("KL to the reference", ("objective/kl",)),
+              ("policy adherence of samples", sorted({k for r in rows for k in r if k.startswith("adherence/")}))]
     panels = [(title, [k for k in keys if any(k in r for r in rows)]) for title, keys in panels]
     panels = [(title, keys) for title, keys in panels if keys]
     if not panels:
         return ""
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.2), squeeze=False)
-    for ax, (title, keys) in zip(axes[0], panels):
+    cols = min(3, len(panels))
+    n_rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(n_rows, cols, figsize=(5.5 * cols, 3.2 * n_rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (title, keys) in zip(axes.flat, panels):
         for key in keys:
             pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if key.startswith("eval") else None,
                     label=key)
-        ax.set_xlabel("optimizer step")
+        ax.set_xlabel("step")
         ax.set_title(f"{phase}: {title}")
         ax.grid(alpha=0.3)
         ax.legend()

@@ -102,4 +102,6 @@ def verdict(d: dict[str, Any]) -> tuple[str, bool]:
         return text + ". It rewards length: PPO would learn to ramble. Balance lengths in the data first.", False
     if d["accuracy"] < 0.75:
         return text + ". Usable, but weak: expect a noisy PPO signal.", True
+    if bias == "moderate":
+        return text + ". Fit for PPO; watch rollout/response_length, it partly rewards length.", True
     return text + ". Fit for PPO.", True
