@@ -21,16 +21,16 @@ from typing import Any
 import torch
 
 from alignment import distributed as dist
-from alignment.config import DPOConfig, save_config, to_dict
+from alignment.config import DPOConfig
 from alignment.data.preferences import TokenizedPair, describe, tokenize_pairs
 from alignment.losses import PREFERENCE_LOSSES, preference_metrics, sequence_logps
 from alignment.modeling import apply_lora, count_parameters, load_causal_lm, load_tokenizer, save_model
 from alignment.rm import collate_pairs, load_pairs
-from alignment.tracking import MetricsLogger
 from alignment.training import (
     Engine,
     Schedule,
-    clear_checkpoints,
+    begin_run,
+    deepspeed_config,
     find_resume_checkpoint,
     iterate_steps,
     prune_checkpoints,
@@ -175,25 +175,36 @@ def evaluate(engine: Engine, reference: Reference | None, loss_fn: Any, pairs: l
 
 class LikelihoodWatch:
     """Warn once when chosen log-probs fall while margins rise: DPO is then pushing both responses
-    down, the rejected faster, a failure users report (Pal et al. 2024, "Smaug"; Razin et al. 2024)."""
+    down, the rejected faster, a failure users report (Pal et al. 2024, "Smaug"; Razin et al. 2024).
 
-    def __init__(self, total_steps: int) -> None:
-        self.first: tuple[float, float] | None = None
-        self.min_step = max(3, total_steps // 10)
+    With a reference, ``rewards/chosen / beta`` is the change of the chosen answers' log-likelihood
+    against the reference on the very examples of the batch, so batches of different lengths compare
+    fairly; without one (SimPO) the raw ``logps/chosen`` is compared with the first steps. Both are
+    averaged over a window of steps, since single batches are noisy.
+    """
+
+    def __init__(self, total_steps: int, beta: float, uses_reference: bool) -> None:
+        self.window = max(3, total_steps // 10)
+        self.beta, self.uses_reference = beta, uses_reference
+        self.history: list[tuple[float, float]] = []
         self.warned = False
 
     def update(self, step: int, metrics: dict[str, float]) -> str | None:
-        chosen, margin = metrics["logps/chosen"], metrics["rewards/margins"]
-        if self.first is None:
-            self.first = (chosen, margin)
+        change = metrics["rewards/chosen"] / self.beta if self.uses_reference else metrics["logps/chosen"]
+        self.history.append((change, metrics["rewards/margins"]))
+        if self.warned or len(self.history) < (1 if self.uses_reference else 2) * self.window:
             return None
-        if self.warned or step < self.min_step:
-            return None
-        if chosen < self.first[0] - 1.0 and margin > self.first[1]:
+        recent = self.history[-self.window :]
+        first = self.history[: self.window]
+        chosen = sum(c for c, _ in recent) / self.window
+        margin = sum(m for _, m in recent) / self.window
+        base_chosen = 0.0 if self.uses_reference else sum(c for c, _ in first) / self.window
+        base_margin = 0.0 if self.uses_reference else sum(m for _, m in first) / self.window
+        if chosen < base_chosen - 1.0 and margin > base_margin:
             self.warned = True
-            return (f"chosen log-probs fell from {self.first[0]:.2f} to {chosen:.2f} while margins rose from "
-                    f"{self.first[1]:.3f} to {margin:.3f}: DPO is lowering the chosen answers too. Consider a lower "
-                    "train.lr, a higher beta, or loss: ipo.")
+            return (f"over the last {self.window} steps the chosen answers lost {base_chosen - chosen:.2f} nats of "
+                    f"log-likelihood while margins rose to {margin:.3f}: DPO is lowering the chosen answers too. "
+                    "Consider a lower train.lr, a higher beta, or loss: ipo.")
         return None
 
 
@@ -252,11 +263,7 @@ def run_dpo(cfg: DPOConfig) -> Path:
     trainable, total = count_parameters(model)
     bf16 = use_bf16(cfg.train.bf16)
     schedule = Schedule.create(len(train_pairs), cfg.train, dist.world_size())
-    ds_config = None
-    if cfg.deepspeed:
-        ds_config = dist.fill_auto(dist.load_config(cfg.deepspeed), micro_batch=cfg.train.batch_size,
-                                   grad_accum=cfg.train.grad_accum, max_grad_norm=cfg.train.max_grad_norm,
-                                   bf16_weights=bf16 and torch.cuda.is_available())
+    ds_config = deepspeed_config(cfg.deepspeed, cfg.train, bf16)
     engine = Engine(model, cfg.train, schedule.total_steps, bf16, ds_config)
     if frozen is not None:
         frozen = _place_reference(frozen, ds_config)
@@ -267,7 +274,6 @@ def run_dpo(cfg: DPOConfig) -> Path:
     log(f"[dpo] model {cfg.model}: {trainable:,} trainable of {total:,} parameters; reference: {where}; "
         f"bf16={bf16}; processes={dist.world_size()}; deepspeed={cfg.deepspeed or 'off'}; steps={schedule.total_steps}")
 
-    start_step = 0
     resume_from = find_resume_checkpoint(out, cfg.train.resume)
     pad = tokenizer.pad_token_id
     val_keys = [len(train_pairs) + i for i in range(len(val_pairs))]
@@ -283,17 +289,9 @@ def run_dpo(cfg: DPOConfig) -> Path:
                 torch.save(reference.cache, cache_file)
         if frozen is not None:
             reference.frozen = frozen = None  # free the copy
-    if resume_from is not None:
-        start_step = engine.load_checkpoint(resume_from)["step"]
-        log(f"[dpo] resumed from {resume_from} at step {start_step}")
-    else:
-        clear_checkpoints(out)
-    if main:
-        save_config(cfg, out / "config.yaml")
-    run_name = cfg.tracking.run_name or "/".join(out.parts[-2:])
-    tracker = MetricsLogger(out, cfg.tracking.backends, cfg.tracking.project, run_name, to_dict(cfg),
-                            enabled=main, resume_step=start_step)
-    watch = LikelihoodWatch(schedule.total_steps)
+    state, tracker = begin_run(cfg, engine, resume_from, "dpo")
+    start_step = state["step"]
+    watch = LikelihoodWatch(schedule.total_steps, cfg.beta, loss_fn.needs_reference)
 
     engine.train()
     window_start, window_pairs = time.perf_counter(), 0

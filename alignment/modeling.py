@@ -59,7 +59,10 @@ def load_causal_lm(path: str | Path, *, trainable_adapter: bool = False, dtype: 
         base_path = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
         base = AutoModelForCausalLM.from_pretrained(str(resolve_model(base_path)), dtype=dtype)
         model = PeftModel.from_pretrained(base, str(path), is_trainable=trainable_adapter)
-        return model.merge_and_unload() if merge_adapter else model
+        if trainable_adapter and not merge_adapter:
+            return model  # keep training the same adapter
+        # Merged into plain weights; PEFT froze the base, so make it trainable again for full fine-tuning.
+        return model.merge_and_unload().requires_grad_(True)
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
     if getattr(model.config, "quantization_config", None) is not None:
         raise AlignError(

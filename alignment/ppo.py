@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from alignment import distributed as dist
-from alignment.config import PPOConfig, save_config, to_dict
+from alignment.config import PPOConfig
 from alignment.modeling import (
     apply_lora,
     count_parameters,
@@ -51,11 +51,11 @@ from alignment.ppo_math import (
     value_loss,
 )
 from alignment.reward import LastTokenScores, load_reward_stats
-from alignment.tracking import MetricsLogger
 from alignment.training import (
     Engine,
     Schedule,
-    clear_checkpoints,
+    begin_run,
+    deepspeed_config,
     find_resume_checkpoint,
     iterate_steps,
     prune_checkpoints,
@@ -339,12 +339,8 @@ def run_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> Path:
     bf16 = use_bf16(cfg.train.bf16)
     schedule = Schedule.create(len(prompts), cfg.train, dist.world_size())
     updates = schedule.total_steps * cfg.ppo_epochs * cfg.num_minibatches
-    ds_config = None
-    if cfg.deepspeed:
-        mb = cfg.train.batch_size // cfg.num_minibatches
-        ds_config = dist.fill_auto(dist.load_config(cfg.deepspeed), micro_batch=mb, grad_accum=1,
-                                   max_grad_norm=cfg.train.max_grad_norm,
-                                   bf16_weights=bf16 and torch.cuda.is_available())
+    ds_config = deepspeed_config(cfg.deepspeed, cfg.train, bf16,
+                                 micro_batch=cfg.train.batch_size // cfg.num_minibatches, grad_accum=1)
     train_cfg = dataclasses.replace(cfg.train, grad_accum=1)
     policy = Engine(policy_model, train_cfg, updates, bf16, ds_config)
     critic = critic_scores = None
@@ -362,21 +358,11 @@ def run_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> Path:
         f"{'a function' if reward_fn else cfg.reward_model}; bf16={bf16}; processes={dist.world_size()}; "
         f"deepspeed={cfg.deepspeed or 'off'}; steps={schedule.total_steps} ({updates} updates)")
 
-    start_step = 0
     others = {"critic": critic} if critic is not None else {}
-    resume_from = find_resume_checkpoint(out, cfg.train.resume)
-    if resume_from is not None:
-        state = policy.load_checkpoint(resume_from, others)
-        start_step = state["step"]
+    state, tracker = begin_run(cfg, policy, find_resume_checkpoint(out, cfg.train.resume), "ppo", others)
+    start_step = state["step"]
+    if "kl_controller" in state:
         kl_ctl.load_state_dict(state["kl_controller"])
-        log(f"[ppo] resumed from {resume_from} at step {start_step}")
-    else:
-        clear_checkpoints(out)
-    if main:
-        save_config(cfg, out / "config.yaml")
-    run_name = cfg.tracking.run_name or "/".join(out.parts[-2:])
-    tracker = MetricsLogger(out, cfg.tracking.backends, cfg.tracking.project, run_name, to_dict(cfg),
-                            enabled=main, resume_step=start_step)
 
     policies = None
     if cfg.policies:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from alignment import distributed as dist
-from alignment.config import RMConfig, save_config, to_dict
+from alignment.config import RMConfig
 from alignment.data.chat import IGNORE_INDEX
 from alignment.data.preferences import (
     PreferenceExample,
@@ -30,11 +30,11 @@ from alignment.evaluation.rm_diagnostics import diagnose, verdict
 from alignment.losses import bradley_terry_loss, reward_model_metrics
 from alignment.modeling import apply_lora, count_parameters, load_reward_model, load_tokenizer, save_model
 from alignment.reward import LastTokenScores, save_reward_stats
-from alignment.tracking import MetricsLogger
 from alignment.training import (
     Engine,
     Schedule,
-    clear_checkpoints,
+    begin_run,
+    deepspeed_config,
     find_resume_checkpoint,
     iterate_steps,
     prune_checkpoints,
@@ -179,28 +179,14 @@ def run_rm(cfg: RMConfig) -> Path:
     trainable, total = count_parameters(model)
     bf16 = use_bf16(cfg.train.bf16)
     schedule = Schedule.create(len(train_pairs), cfg.train, dist.world_size())
-    ds_config = None
-    if cfg.deepspeed:
-        ds_config = dist.fill_auto(dist.load_config(cfg.deepspeed), micro_batch=cfg.train.batch_size,
-                                   grad_accum=cfg.train.grad_accum, max_grad_norm=cfg.train.max_grad_norm,
-                                   bf16_weights=bf16 and torch.cuda.is_available())
+    ds_config = deepspeed_config(cfg.deepspeed, cfg.train, bf16)
     engine = Engine(model, cfg.train, schedule.total_steps, bf16, ds_config)
     scorer = LastTokenScores(engine.module)
     log(f"[rm] model {cfg.model}: {trainable:,} trainable of {total:,} parameters; bf16={bf16}; "
         f"processes={dist.world_size()}; deepspeed={cfg.deepspeed or 'off'}; steps={schedule.total_steps}")
 
-    start_step = 0
-    resume_from = find_resume_checkpoint(out, cfg.train.resume)
-    if resume_from is not None:
-        start_step = engine.load_checkpoint(resume_from)["step"]
-        log(f"[rm] resumed from {resume_from} at step {start_step}")
-    else:
-        clear_checkpoints(out)
-    if main:
-        save_config(cfg, out / "config.yaml")
-    run_name = cfg.tracking.run_name or "/".join(out.parts[-2:])
-    tracker = MetricsLogger(out, cfg.tracking.backends, cfg.tracking.project, run_name, to_dict(cfg),
-                            enabled=main, resume_step=start_step)
+    state, tracker = begin_run(cfg, engine, find_resume_checkpoint(out, cfg.train.resume), "rm")
+    start_step = state["step"]
     pad = tokenizer.pad_token_id
 
     def held_out_metrics() -> dict[str, float]:

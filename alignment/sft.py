@@ -18,14 +18,14 @@ import torch
 import torch.nn.functional as F
 
 from alignment import distributed as dist
-from alignment.config import SFTConfig, save_config, to_dict
+from alignment.config import SFTConfig
 from alignment.data.chat import IGNORE_INDEX, Tokenized, check_stop_tokens, tokenize_sft
 from alignment.modeling import apply_lora, count_parameters, load_causal_lm, load_tokenizer, save_model
-from alignment.tracking import MetricsLogger
 from alignment.training import (
     Engine,
     Schedule,
-    clear_checkpoints,
+    begin_run,
+    deepspeed_config,
     find_resume_checkpoint,
     iterate_steps,
     prune_checkpoints,
@@ -227,27 +227,13 @@ def run_sft(cfg: SFTConfig) -> Path:
     bf16 = use_bf16(cfg.train.bf16)
 
     schedule = Schedule.create(len(train_examples), cfg.train, dist.world_size())
-    ds_config = None
-    if cfg.deepspeed:
-        ds_config = dist.fill_auto(dist.load_config(cfg.deepspeed), micro_batch=cfg.train.batch_size,
-                                   grad_accum=cfg.train.grad_accum, max_grad_norm=cfg.train.max_grad_norm,
-                                   bf16_weights=bf16 and torch.cuda.is_available())
+    ds_config = deepspeed_config(cfg.deepspeed, cfg.train, bf16)
     engine = Engine(model, cfg.train, schedule.total_steps, bf16, ds_config)
     log(f"[sft] model {cfg.model}: {trainable:,} trainable of {total:,} parameters; bf16={bf16}; "
         f"processes={dist.world_size()}; deepspeed={cfg.deepspeed or 'off'}; steps={schedule.total_steps}")
 
-    start_step = 0
-    resume_from = find_resume_checkpoint(out, cfg.train.resume)
-    if resume_from is not None:
-        start_step = engine.load_checkpoint(resume_from)["step"]
-        log(f"[sft] resumed from {resume_from} at step {start_step}")
-    else:
-        clear_checkpoints(out)
-    if main:
-        save_config(cfg, out / "config.yaml")
-    run_name = cfg.tracking.run_name or "/".join(out.parts[-2:])
-    tracker = MetricsLogger(out, cfg.tracking.backends, cfg.tracking.project, run_name, to_dict(cfg),
-                            enabled=main, resume_step=start_step)
+    state, tracker = begin_run(cfg, engine, find_resume_checkpoint(out, cfg.train.resume), "sft")
+    start_step = state["step"]
 
     # --- loop -------------------------------------------------------------------------------
     engine.train()

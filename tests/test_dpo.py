@@ -115,13 +115,27 @@ def test_dpo_resume_matches(tmp_path, tiny_model_dir, toy_preferences):
 
 
 def test_likelihood_watch():
-    watch = LikelihoodWatch(total_steps=30)
-    assert watch.update(1, {"logps/chosen": -20.0, "rewards/margins": 0.0}) is None
-    assert watch.update(2, {"logps/chosen": -25.0, "rewards/margins": 1.0}) is None  # too early to judge
-    assert watch.update(5, {"logps/chosen": -20.5, "rewards/margins": 1.0}) is None  # chosen barely moved
-    message = watch.update(6, {"logps/chosen": -24.0, "rewards/margins": 1.5})
-    assert message and "chosen log-probs fell" in message
-    assert watch.update(7, {"logps/chosen": -30.0, "rewards/margins": 2.0}) is None  # warns once
+    # With a reference: rewards/chosen / beta is the chosen answers' log-likelihood change on the batch.
+    watch = LikelihoodWatch(total_steps=30, beta=0.1, uses_reference=True)
+    assert watch.update(1, {"rewards/chosen": -0.5, "rewards/margins": 0.5, "logps/chosen": -20.0}) is None  # too early
+    assert watch.update(2, {"rewards/chosen": 0.05, "rewards/margins": 0.5, "logps/chosen": -90.0}) is None
+    # window mean of the change: (-5 + 0.5 - 0.5) / 3 = -1.67 nats < -1 while margins rose
+    message = watch.update(3, {"rewards/chosen": -0.05, "rewards/margins": 0.6, "logps/chosen": -10.0})
+    assert message and "lost 1.67 nats" in message
+    assert watch.update(4, {"rewards/chosen": -1.0, "rewards/margins": 2.0, "logps/chosen": -30.0}) is None  # once
+
+    # Noisy raw log-probs of different batches (the quickstart's false alarm) do not trigger it.
+    calm = LikelihoodWatch(total_steps=30, beta=0.1, uses_reference=True)
+    for step, (logp, reward) in enumerate([(-136.0, 0.0), (-148.6, 0.03), (-141.6, 0.06), (-151.5, 0.03)], 1):
+        assert calm.update(step, {"rewards/chosen": reward, "rewards/margins": 0.2, "logps/chosen": logp}) is None
+
+    # Reference-free (SimPO): the raw log-probs against the first window.
+    free = LikelihoodWatch(total_steps=30, beta=2.0, uses_reference=False)
+    for step in range(1, 4):
+        assert free.update(step, {"rewards/chosen": 0.0, "rewards/margins": 0.0, "logps/chosen": -1.0}) is None
+    for step in range(4, 6):
+        assert free.update(step, {"rewards/chosen": 0.0, "rewards/margins": 1.0, "logps/chosen": -3.0}) is None
+    assert free.update(6, {"rewards/chosen": 0.0, "rewards/margins": 1.0, "logps/chosen": -3.0})
 
 
 @pytest.mark.slow

@@ -161,3 +161,17 @@ def test_multiprocess_launch_validates_data_first(tmp_path, tiny_model_dir, caps
     err = capsys.readouterr().err
     assert f"{bad}:1" in err and "assistant" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_full_finetuning_from_a_lora_adapter(tmp_path, tiny_model_dir, sft_file):
+    """Starting full fine-tuning from an adapter folder trains the merged weights (nothing frozen)."""
+    lora = tmp_path / "lora"
+    assert main(["sft", "--config", str(_recipe(tmp_path, tiny_model_dir, sft_file, lora, max_steps=2)),
+                 "lora.enabled=true", "lora.r=4"]) == 0
+    full = tmp_path / "full-from-adapter"
+    assert main(["sft", "--config", str(_recipe(tmp_path, lora, sft_file, full, max_steps=2))]) == 0
+    from alignment.modeling import load_causal_lm
+
+    merged = load_causal_lm(lora, merge_adapter=True).state_dict()
+    after = _weights(full / "model")
+    assert all(not torch.equal(merged[k], after[k]) for k in after if k in merged)

@@ -28,6 +28,11 @@ def _pearson(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.corrcoef(x, y)[0, 1])
 
 
+def _mean_defined(values: list[float]) -> float:
+    defined = [v for v in values if not math.isnan(v)]
+    return sum(defined) / len(defined) if defined else float("nan")
+
+
 def calibration_bins(chosen: np.ndarray, rejected: np.ndarray, bins: int = 10) -> list[dict[str, float]]:
     """Predicted vs observed preference probability per bin (both orders of every pair)."""
     p = 1.0 / (1.0 + np.exp(-(chosen - rejected)))  # (N,) P(chosen preferred)
@@ -65,8 +70,7 @@ def diagnose(chosen: Any, rejected: Any, chosen_len: Any, rejected_len: Any) -> 
         "rejected_mean": float(r.mean()), "rejected_std": float(r.std()),
         "margin_mean": float((c - r).mean()),
         "length_correlation": _pearson(scores, lengths),
-        "length_correlation_within": float(np.nanmean([_pearson(c, lc), _pearson(r, lr)]))
-        if len(c) >= 3 else float("nan"),
+        "length_correlation_within": _mean_defined([_pearson(c, lc), _pearson(r, lr)]),
         "prefers_longer": float((longer_first > shorter).mean()) if differ.any() else float("nan"),
         "data_prefers_longer": float((lc > lr)[differ].mean()) if differ.any() else float("nan"),
         "calibration": bins,
