@@ -13,6 +13,7 @@ accumulation, clipping and precision come from the recipe; we fill them here, in
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import subprocess
@@ -67,6 +68,19 @@ def init_process_group() -> None:
 def barrier() -> None:
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
+
+
+def even_shard(n: int, batch_size: int) -> list[list[int]]:
+    """This process's share of ``n`` items, in batches, with the same number of batches on every process.
+
+    Under ZeRO-3 every forward gathers parameters collectively, so a rank that ran one forward fewer
+    would leave the others waiting forever. Short ranks are padded with -1: a slot whose result the
+    caller drops (it runs item 0 there).
+    """
+    per_rank = math.ceil(n / world_size())
+    mine = list(range(rank(), n, world_size()))
+    mine += [-1] * (per_rank - len(mine))
+    return [mine[start : start + batch_size] for start in range(0, per_rank, batch_size)]
 
 
 def all_reduce_sum(values: list[float]) -> list[float]:

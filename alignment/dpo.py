@@ -94,16 +94,11 @@ def precompute(reference: Reference, pairs: list[TokenizedPair], batch_size: int
         float, float]]:
     """Reference log-probs of every pair, split across processes and summed back (every rank runs
     the same number of forwards, so ZeRO-3 gathers stay in step)."""
-    world, rank = dist.world_size(), dist.rank()
-    per_rank = math.ceil(len(pairs) / world)
-    chosen, rejected = [0.0] * len(pairs), [0.0] * len(pairs)
-    mine = list(range(rank, len(pairs), world))
-    mine += [-1] * (per_rank - len(mine))
     from tqdm.auto import tqdm
 
-    for start in tqdm(range(0, per_rank, batch_size), desc="reference log-probs", disable=not dist.is_main()):
-        idx = mine[start : start + batch_size]
-        c, r = reference.logps(collate_pairs([pairs[i if i >= 0 else 0] for i in idx], pad))
+    chosen, rejected = [0.0] * len(pairs), [0.0] * len(pairs)
+    for idx in tqdm(dist.even_shard(len(pairs), batch_size), desc="reference log-probs", disable=not dist.is_main()):
+        c, r = reference.logps(collate_pairs([pairs[max(i, 0)] for i in idx], pad))
         for j, i in enumerate(idx):
             if i >= 0:
                 chosen[i], rejected[i] = float(c[j]), float(r[j])
@@ -143,21 +138,16 @@ def evaluate(engine: Engine, reference: Reference | None, loss_fn: Any, pairs: l
     if not pairs:
         return {}
     engine.eval()
-    world, rank = dist.world_size(), dist.rank()
-    per_rank = math.ceil(len(pairs) / world)
-    mine = list(range(rank, len(pairs), world))
-    weights = [1.0] * len(mine) + [0.0] * (per_rank - len(mine))
-    mine += [0] * (per_rank - len(mine))
     sums: dict[str, float] = {}
-    for start in range(0, per_rank, batch_size):
-        idx, w = mine[start : start + batch_size], weights[start : start + batch_size]
+    for shard in dist.even_shard(len(pairs), batch_size):
+        idx = [max(i, 0) for i in shard]
+        weight = torch.tensor([float(i >= 0) for i in shard])  # (B,) 0 for padding slots
         batch = collate_pairs([pairs[i] for i in idx], pad)
         policy_c, policy_r = batch_logps(engine.ds or engine.module, batch, loss_fn.average_logps, engine.autocast())
         ref_c = ref_r = None
         if reference is not None:
             ref_c, ref_r = reference.logps(batch, [keys[i] for i in idx])
         out = loss_fn(policy_c, policy_r, ref_c, ref_r)
-        weight = torch.tensor(w)
         per_pair = {"loss": out.losses, "rewards/chosen": out.chosen_rewards,
                     "rewards/rejected": out.rejected_rewards,
                     "rewards/accuracies": (out.chosen_rewards > out.rejected_rewards).float(),

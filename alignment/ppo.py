@@ -50,7 +50,7 @@ from alignment.ppo_math import (
     truncate_after_stop,
     value_loss,
 )
-from alignment.reward import LastTokenScores, load_reward_stats
+from alignment.reward import LastTokenScores, load_reward_stats, score_module
 from alignment.training import (
     Engine,
     Schedule,
@@ -78,12 +78,6 @@ class PolicyWithValueHead(torch.nn.Module):
         out = self.policy(**kwargs, output_hidden_states=True)
         values = self.value_head(out.hidden_states[-1].to(self.value_head.weight.dtype))[..., 0]  # (B, T)
         return out.logits, values
-
-
-def _score_head(reward_model: torch.nn.Module) -> torch.nn.Linear:
-    from alignment.reward import _score_module
-
-    return _score_module(reward_model)
 
 
 def load_prompts(cfg: PPOConfig, tokenizer: Any) -> tuple[list[list[int]], int]:
@@ -328,7 +322,7 @@ def run_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> Path:
     if cfg.critic == "shared":
         head = torch.nn.Linear(policy_model.config.hidden_size, 1, bias=False)
         torch.nn.init.zeros_(head.weight)
-        source = _score_head(reward_model) if reward_model is not None else None
+        source = score_module(reward_model) if reward_model is not None else None
         if source is not None and source.weight.shape[1] == head.weight.shape[1]:
             head.weight.data.copy_(source.weight.data.float())
         policy_model = PolicyWithValueHead(policy_model, head)

@@ -18,7 +18,7 @@ import torch
 STATS_FILE = "reward_stats.json"
 
 
-def _score_module(model: torch.nn.Module) -> torch.nn.Module:
+def score_module(model: torch.nn.Module) -> torch.nn.Module:
     """The score head: the outermost module named ``score`` (or ``classifier``)."""
     candidates = [(name, m) for name, m in model.named_modules()
                   if name.split(".")[-1] in ("score", "classifier")]
@@ -32,7 +32,7 @@ class LastTokenScores:
 
     def __init__(self, model: torch.nn.Module) -> None:
         self._out: torch.Tensor | None = None
-        self._handle = _score_module(model).register_forward_hook(self._hook)
+        self._handle = score_module(model).register_forward_hook(self._hook)
 
     def _hook(self, _module: torch.nn.Module, _inputs: Any, output: torch.Tensor) -> None:
         self._out = output

@@ -131,15 +131,9 @@ def score_pairs(engine: Engine, scorer: LastTokenScores, pairs: list[TokenizedPa
     if not pairs:
         return [], []
     engine.eval()
-    world, rank = dist.world_size(), dist.rank()
-    per_rank = math.ceil(len(pairs) / world)
-    chosen = [0.0] * len(pairs)
-    rejected = [0.0] * len(pairs)
-    mine = list(range(rank, len(pairs), world))
-    mine += [-1] * (per_rank - len(mine))  # -1: a padding forward whose result is dropped
-    for start in range(0, per_rank, batch_size):
-        idx = mine[start : start + batch_size]
-        batch = collate_pairs([pairs[i if i >= 0 else 0] for i in idx], pad_id)
+    chosen, rejected = [0.0] * len(pairs), [0.0] * len(pairs)
+    for idx in dist.even_shard(len(pairs), batch_size):
+        batch = collate_pairs([pairs[max(i, 0)] for i in idx], pad_id)
         c, r = pair_scores(engine, scorer, batch)
         for j, i in enumerate(idx):
             if i >= 0:

@@ -160,18 +160,11 @@ def evaluate(engine: Engine, examples: list[Tokenized], batch_size: int, pad_id:
     if not examples:
         return float("nan")
     engine.eval()
-    # Every process runs the same number of forwards (ZeRO-3 gathers parameters collectively);
-    # a process with fewer examples repeats one with weight 0.
-    world, rank = dist.world_size(), dist.rank()
-    per_rank = math.ceil(len(examples) / world)
-    mine = [(examples[i], 1.0) for i in range(rank, len(examples), world)]
-    mine += [(examples[0], 0.0)] * (per_rank - len(mine))
     nll_sum = tokens = 0.0
     device = dist.device()
-    for i in range(0, per_rank, batch_size):
-        chunk = mine[i : i + batch_size]
-        batch = {k: v.to(device) for k, v in collate([ex for ex, _ in chunk], pad_id).items()}
-        weights = torch.tensor([w for _, w in chunk], device=device)  # (B,)
+    for idx in dist.even_shard(len(examples), batch_size):
+        batch = {k: v.to(device) for k, v in collate([examples[max(i, 0)] for i in idx], pad_id).items()}
+        weights = torch.tensor([float(i >= 0) for i in idx], device=device)  # (B,) 0 for padding slots
         nll, n = token_nll(engine, batch)
         nll_sum += float((weights * nll).sum())
         tokens += float((weights * n).sum())
