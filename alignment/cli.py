@@ -53,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--out", help="write results as JSON here")
 
+    from feedback_app.cli import add_parsers
+
+    add_parsers(sub)
+
     p = sub.add_parser("quickstart", help="same as `align run recipes/quickstart/pipeline.yaml`")
     p.add_argument("overrides", nargs="*")
 
@@ -130,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
             models = ([args.baseline] if args.baseline else []) + args.model
             return eval_command(models, args.prompts, args.policies, args.max_new_tokens, args.batch_size,
                                 args.out)
+        if args.command in ("app", "feedback"):
+            from feedback_app.cli import run
+
+            return run(args)
         if args.command == "model":
             from alignment.models import ensure_default_model
 

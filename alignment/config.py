@@ -149,11 +149,12 @@ class PreferenceDataConfig:
     """Preference pairs: from preference, ranked or unpaired data."""
 
     train: str = ""
-    """Preference (prompt/chosen/rejected), ranked (prompt/responses/ranks) or unpaired (label) data."""
+    """Preference (prompt/chosen/rejected), ranked (prompt/responses/ranks) or unpaired (label) data, or the
+    feedback app's store: `feedback.db`, `feedback.db#project` or a database URL."""
     validation: str | None = None
     split: dict[str, float] = field(default_factory=lambda: {"train": 0.9, "validation": 0.1})
     """Ratios used when `validation` is not given; all pairs of one prompt land in the same split."""
-    kind: Literal["auto", "preference", "ranked", "unpaired"] = "auto"
+    kind: Literal["auto", "preference", "ranked", "unpaired", "feedback"] = "auto"
     pair_policy: Literal["all", "best-vs-rest", "adjacent"] = "all"
     """How a ranking of N responses becomes pairs (ties never make a pair)."""
     dedup: Literal["exact", "whitespace", "none"] = "whitespace"

@@ -1,6 +1,7 @@
 """Preference pairs for reward modeling and DPO, from any source that yields them.
 
-Sources: preference data (``prompt`` + ``chosen`` + ``rejected``), ranked data (turned into pairs by
+Sources: the feedback app's store (see :mod:`feedback_app.export`), preference data
+(``prompt`` + ``chosen`` + ``rejected``), ranked data (turned into pairs by
 :func:`alignment.data.pairs.ranking_to_pairs` with the recipe's policy), and unpaired data whose
 negative examples (``label: false``) become the rejected side when a good answer (``label: true``)
 exists for the same prompt.
@@ -52,6 +53,13 @@ def load_preference_examples(path: str, *, kind: str | None = None, pair_policy:
     from alignment.data import deduplicate, load_dataset_file, to_conversation
     from alignment.data.pairs import ranking_to_pairs
 
+    if kind in (None, "feedback") and is_feedback_store(path):
+        from feedback_app.export import preference_examples
+
+        examples, info = preference_examples(path, pair_policy)
+        if not examples:
+            raise AlignError("the feedback store holds no judgments that make preference pairs yet", file=path)
+        return examples, info
     if kind is None:
         kind = detect_kind(path)
     ds, info = load_dataset_file(path, kind)
@@ -100,9 +108,20 @@ def count_orphan_negatives(records: list[dict[str, Any]]) -> int:
     return sum(1 for r in records if not r["label"] and _key(r["prompt"]) not in good)
 
 
+def is_feedback_store(path: str) -> bool:
+    """A feedback app store (``feedback.db``, ``feedback.db#project`` or a database URL) given as data."""
+    from feedback_app.export import split_store_spec
+    from feedback_app.store import is_store
+
+    return is_store(split_store_spec(path)[0])
+
+
 def detect_kind(path: str) -> str:
-    """preference, ranked or unpaired, from the columns of a data file."""
+    """preference, ranked or unpaired from the columns of a data file; feedback for a feedback store."""
     from alignment.data import load_records
+
+    if is_feedback_store(path):
+        return "feedback"
 
     columns = set(load_records(path).column_names)
     return "ranked" if {"responses", "ranks"} <= columns else "unpaired" if "label" in columns else "preference"

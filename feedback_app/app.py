@@ -1,0 +1,722 @@
+"""The expert feedback app: a FastAPI server with our login and the Gradio interface mounted behind it.
+
+Security model, in three layers:
+
+1. ``SessionMiddleware``: every request except the login page needs a valid session cookie (see
+   :mod:`feedback_app.auth`); anything else gets 401 (or a redirect to the login page for a browser page).
+   This covers Gradio's every route, documented or not: config, API info, queue, uploads, files.
+2. Gradio's ``auth_dependency`` names the user of each event (``gr.Request.username``).
+3. Every handler calls :func:`require` with the role it needs, which re-reads the user's current row:
+   a hidden tab or button is never the permission.
+
+All model and annotator text reaches the page through :func:`html.escape` (in ``gr.HTML``) or as plain
+text (textboxes, tables, dropdown labels), so HTML and script in an answer are shown, never run.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import secrets
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+
+from feedback_app.agreement import agreement
+from feedback_app.auth import COOKIE, SESSION_SECONDS, LoginThrottle, Sessions, make_cookie
+from feedback_app.candidates import GenerationSettings, import_candidates, load_prompts, start_generation
+from feedback_app.export import export_store, summary_lines, write_export
+from feedback_app.store import (
+    MAX_TEXT,
+    Item,
+    Judgment,
+    Project,
+    Store,
+    StoreError,
+    User,
+    display_order,
+)
+
+K_MAX = 8  # response slots on the page; projects use 2..K_MAX candidates per prompt
+LETTERS = "ABCDEFGH"
+PUBLIC_PATHS = {"/login", "/login/"}
+
+SHORTCUTS = ("**Keys** (outside text boxes): `1`-`8` give that response the next rank, `Shift`+number gives it "
+             "the same rank as the last one (a tie), `0` clears the ranks; `Ctrl`+`Enter` submits.")
+
+KEYBOARD_JS = """
+<script>
+(() => {
+  const visible = (el) => el && el.offsetParent !== null;
+  const rankOf = (group) => { const c = group.querySelector('input:checked'); return c ? parseInt(c.value) : 0; };
+  document.addEventListener('keydown', (e) => {
+    if ((e.ctrlKey || e.metaKey) && e.key === 'Enter') {
+      const b = document.querySelector('#submit'); if (b) { e.preventDefault(); b.click(); } return;
+    }
+    const t = e.target;
+    if (t && (t.tagName === 'TEXTAREA' || t.isContentEditable ||
+              (t.tagName === 'INPUT' && !['radio', 'checkbox'].includes(t.type)))) return;
+    if (e.ctrlKey || e.metaKey || e.altKey) return;
+    if (e.code === 'Digit0' || e.code === 'Numpad0') {
+      const c = document.querySelector('#clear-ranks'); if (c) { e.preventDefault(); c.click(); } return;
+    }
+    const m = /^(?:Digit|Numpad)([1-8])$/.exec(e.code); if (!m) return;
+    const group = document.querySelector('#rank-' + (parseInt(m[1]) - 1));
+    if (!visible(group)) return;
+    const groups = [...document.querySelectorAll('[id^="rank-"]')].filter(visible);
+    const top = Math.max(0, ...groups.filter((g) => g !== group).map(rankOf));
+    const rank = e.shiftKey ? Math.max(1, top) : top + 1;
+    const input = group.querySelector('input[value="' + rank + '"]');
+    if (input) { e.preventDefault(); input.click(); }
+  });
+})();
+</script>
+"""
+
+CSS = """
+.msg {white-space: pre-wrap; overflow-wrap: anywhere; padding: 8px 12px; border-radius: 8px;
+      border: 1px solid var(--border-color-primary); margin: 4px 0; font-size: 15px; line-height: 1.45}
+.role {font-weight: 600; font-size: 12px; text-transform: uppercase; opacity: .7; margin-top: 6px}
+.resp-title {font-weight: 700; margin: 4px 0}
+"""
+
+
+class Denied(gr.Error):
+    """A handler refused the request (not signed in, wrong role, not your item)."""
+
+
+def require(store: Store, request: gr.Request | None, role: str = "annotator") -> User:
+    """The signed-in user, re-read from the store; raises unless active and allowed ``role``."""
+    name = getattr(request, "username", None) if request is not None else None
+    user = store.get_user(name) if name else None
+    if user is None or not user.active:
+        raise Denied("You are not signed in. Reload the page to sign in again.")
+    if role == "admin" and not user.is_admin:
+        raise Denied("This action needs the admin role.")
+    return user
+
+
+# ------------------------------------------------------------------------------------------------ rendering
+
+
+def render_prompt(prompt: list[dict[str, str]]) -> str:
+    parts = [f'<div class="role">{html.escape(m["role"])}</div><div class="msg">{html.escape(m["content"])}</div>'
+             for m in prompt]
+    return '<div class="prompt">' + "".join(parts) + "</div>"
+
+
+def render_response(letter: str, text: str) -> str:
+    return f'<div class="resp-title">Response {letter}</div><div class="msg">{html.escape(text)}</div>'
+
+
+@dataclass
+class Slot:
+    box: Any
+    text: Any
+    rank: Any
+    tags: Any
+
+
+@dataclass
+class Form:
+    """The annotate tab's components, in the order the handlers return them."""
+
+    state: Any
+    progress: Any
+    guidelines: Any
+    prompt: Any
+    slots: list[Slot]
+    unacceptable: Any
+    correction_of: Any
+    correction: Any
+    negative: Any
+    note: Any
+    submit: Any
+    message: Any
+
+    def outputs(self) -> list[Any]:
+        return [self.state, self.progress, self.guidelines, self.prompt, *[s.box for s in self.slots],
+                *[s.text for s in self.slots], *[s.rank for s in self.slots], *[s.tags for s in self.slots],
+                self.unacceptable, self.correction_of, self.correction, self.negative, self.note, self.submit,
+                self.message]
+
+    def inputs(self) -> set[Any]:
+        return {self.state, *[s.rank for s in self.slots], *[s.tags for s in self.slots], self.unacceptable,
+                self.correction_of, self.correction, self.negative, self.note}
+
+    def judgment(self, data: dict[Any, Any]) -> Judgment:
+        """The form's values as a judgment keyed by candidate id (the state maps slots to candidates)."""
+        order: list[int] = data[self.state].get("order", [])
+        ranks, tags = {}, {}
+        for slot, cid in zip(self.slots, order):
+            value = data[slot.rank]
+            if value not in (None, ""):
+                ranks[cid] = int(value)
+            if data[slot.tags]:
+                tags[cid] = list(data[slot.tags])
+        letter = data[self.correction_of]
+        correction_of = order[LETTERS.index(letter)] if letter and letter in LETTERS[: len(order)] else None
+        return Judgment(ranks=ranks, all_unacceptable=bool(data[self.unacceptable]), tags=tags,
+                        correction_of=correction_of, correction=data[self.correction] or "",
+                        negative=data[self.negative] or "", note=data[self.note] or "")
+
+    def values(self, store: Store, user: User, project: Project | None, item: Item | None,
+               prefill: Judgment | None = None, message: str = "") -> list[Any]:
+        """Everything the annotate tab shows for ``item`` (None: nothing to do), prefilled from ``prefill``."""
+        if project is None:
+            return self._empty({}, "No project yet: an admin loads prompts first.", "", message)
+        progress = store.progress(user, project)
+        progress_text = (f"**Progress:** {progress.done} done of {progress.assigned} assigned"
+                         f" · {progress.available} more available")
+        state = {"project_id": project.id}
+        if item is None:
+            return self._empty(state, progress_text, project.guidelines,
+                               message or "Nothing to annotate right now. Thank you!")
+        order = display_order(user.id, item)
+        state.update(item_id=item.id, order=[c.id for c in order], key=secrets.token_hex(16))
+        j = prefill or Judgment()
+        k = len(order)
+        rank_choices = [str(r) for r in range(1, k + 1)]
+        tags_choices = list(project.tags)
+        boxes, texts, ranks, tags = [], [], [], []
+        for i in range(K_MAX):
+            if i < k:
+                c = order[i]
+                boxes.append(gr.Group(visible=True))
+                texts.append(render_response(LETTERS[i], c.text))
+                rank = j.ranks.get(c.id)
+                ranks.append(gr.Radio(choices=rank_choices, value=str(rank) if rank else None,
+                                      label=f"Rank of response {LETTERS[i]} (1 = best)"))
+                tags.append(gr.CheckboxGroup(choices=tags_choices,
+                                             value=[t for t in j.tags.get(c.id, []) if t in tags_choices]))
+            else:
+                boxes.append(gr.Group(visible=False))
+                texts.append("")
+                ranks.append(gr.Radio(choices=[], value=None))
+                tags.append(gr.CheckboxGroup(choices=[], value=[]))
+        letters = list(LETTERS[:k])
+        corr_letter = LETTERS[[c.id for c in order].index(j.correction_of)] if j.correction_of in state["order"] \
+            else None
+        return [state, progress_text, project.guidelines, render_prompt(item.prompt), *boxes, *texts, *ranks, *tags,
+                gr.Checkbox(value=j.all_unacceptable), gr.Dropdown(choices=letters, value=corr_letter),
+                j.correction, j.negative, j.note, gr.Button(interactive=True), message]
+
+    def _empty(self, state: dict[str, Any], progress: str, guidelines: str, message: str) -> list[Any]:
+        n = len(self.slots)
+        return [state, progress, guidelines, "", *[gr.Group(visible=False)] * n, *[""] * n,
+                *[gr.Radio(choices=[], value=None)] * n, *[gr.CheckboxGroup(choices=[], value=[])] * n,
+                gr.Checkbox(value=False), gr.Dropdown(choices=[], value=None), "", "", "",
+                gr.Button(interactive=False), message]
+
+
+def _draft_or_latest(store: Store, user: User, item_id: int) -> Judgment | None:
+    draft = store.draft(user.id, item_id)
+    if draft is not None:
+        return Judgment.from_json(json.dumps(draft))
+    latest = store.latest_judgment(user.id, item_id)
+    return latest.judgment if latest else None
+
+
+# ------------------------------------------------------------------------------------------------ the interface
+
+
+def build_blocks(store: Store) -> gr.Blocks:
+    with gr.Blocks(title="Expert feedback", analytics_enabled=False) as demo:
+        header = gr.HTML()
+        with gr.Tabs(selected="annotate") as tabs:
+            with gr.Tab("Annotate", id="annotate"):
+                with gr.Row():
+                    project_dd = gr.Dropdown(label="Project", choices=[], scale=1, elem_id="project")
+                    progress = gr.Markdown(elem_id="progress")
+                with gr.Accordion("Guidelines", open=True):
+                    guidelines = gr.Markdown(elem_id="guidelines")
+                gr.Markdown(SHORTCUTS)
+                prompt = gr.HTML(elem_id="prompt")
+                slots = []
+                for i in range(K_MAX):
+                    with gr.Group(visible=False, elem_id=f"slot-{i}") as box:
+                        text = gr.HTML(elem_id=f"response-{i}")
+                        with gr.Row():
+                            rank = gr.Radio(label=f"Rank of response {LETTERS[i]}", choices=[], elem_id=f"rank-{i}")
+                            tags = gr.CheckboxGroup(label="Problems", choices=[], elem_id=f"tags-{i}")
+                    slots.append(Slot(box, text, rank, tags))
+                with gr.Row():
+                    unacceptable = gr.Checkbox(label="All responses are unacceptable", elem_id="unacceptable")
+                    clear = gr.Button("Clear ranks (0)", size="sm", elem_id="clear-ranks")
+                correction_of = gr.Dropdown(label="My corrected answer replaces response", choices=[],
+                                            elem_id="correction-of")
+                correction = gr.Textbox(label="Corrected answer (optional)", lines=4, max_length=MAX_TEXT,
+                                        elem_id="correction")
+                negative = gr.Textbox(label="Negative example: a plausible answer that must never be given "
+                                      "(optional)", lines=3, max_length=MAX_TEXT, elem_id="negative")
+                note = gr.Textbox(label="Note for the admin (optional)", lines=1, max_length=MAX_TEXT,
+                                  elem_id="note")
+                submit = gr.Button("Submit (Ctrl+Enter)", variant="primary", elem_id="submit", interactive=False)
+                message = gr.Markdown(elem_id="message")
+            with gr.Tab("My submissions", id="mine"):
+                gr.Markdown("Your latest judgment per prompt, newest first. Pick one and press **Revise**: "
+                            "the revision is stored as a new row and replaces the old one in exports.")
+                mine_refresh = gr.Button("Refresh", size="sm", elem_id="mine-refresh")
+                mine_table = gr.Dataframe(headers=["submitted", "prompt", "revision"], interactive=False,
+                                          elem_id="mine-table")
+                with gr.Row():
+                    mine_pick = gr.Dropdown(label="Submission", choices=[], elem_id="mine-pick")
+                    revise = gr.Button("Revise", elem_id="revise")
+            with gr.Tab("Admin", id="admin", visible=False) as admin_tab:
+                admin = _admin_section(store, project_dd)
+        state = gr.State({})
+        form = Form(state, progress, guidelines, prompt, slots, unacceptable, correction_of, correction, negative,
+                    note, submit, message)
+        timer = gr.Timer(2.0, active=False)
+
+        def project_of(user: User, name: str | None) -> Project | None:
+            projects = store.list_projects()
+            chosen = next((p for p in projects if p.name == name), projects[0] if projects else None)
+            return chosen
+
+        def next_form(user: User, project: Project | None, message: str = "") -> list[Any]:
+            item_id = store.next_item(user, project) if project else None
+            item = store.item(item_id) if item_id else None
+            prefill = _draft_or_latest(store, user, item.id) if item else None
+            return form.values(store, user, project, item, prefill, message)
+
+        def on_load(request: gr.Request) -> list[Any]:
+            user = require(store, request)
+            project = project_of(user, None)
+            names = [p.name for p in store.list_projects()]
+            head = (f'<div style="display:flex;justify-content:space-between;align-items:center">'
+                    f'<h2 style="margin:0">Expert feedback</h2><div>Signed in as <b id="whoami">'
+                    f'{html.escape(user.name)}</b> ({html.escape(user.role)}) · <a href="/logout">Log out</a>'
+                    f"</div></div>")
+            return [head, gr.Tab(visible=user.is_admin), gr.Timer(active=user.is_admin),
+                    gr.Dropdown(choices=names, value=project.name if project else None),
+                    *next_form(user, project)]
+
+        demo.load(on_load, None, [header, admin_tab, timer, project_dd, *form.outputs()], api_name="load")
+
+        def on_project(name: str, request: gr.Request) -> list[Any]:
+            user = require(store, request)
+            return next_form(user, project_of(user, name))
+
+        project_dd.input(on_project, project_dd, form.outputs(), api_name="select_project")
+
+        def on_submit(data: dict[Any, Any], request: gr.Request) -> Any:
+            user = require(store, request)
+            st = data[state]
+            if not st.get("item_id"):
+                return {message: "Nothing to submit."}
+            try:
+                _, fresh = store.submit(user, st["item_id"], form.judgment(data), st["key"])
+            except StoreError as e:
+                return {message: f"**Not saved:** {html.escape(str(e))}"}
+            project = store.project(st["project_id"])
+            note_text = "Saved." if fresh else "Already saved (submitted twice)."
+            return dict(zip(form.outputs(), next_form(user, project, f"{note_text} Here is the next one.")))
+
+        submit.click(on_submit, form.inputs(), form.outputs(), api_name="submit", concurrency_limit=32)
+
+        def on_draft(data: dict[Any, Any], request: gr.Request) -> None:
+            user = require(store, request)
+            st = data[state]
+            if st.get("item_id") and store.is_assigned(user.id, st["item_id"]):
+                payload = json.loads(form.judgment(data).to_json())
+                store.save_draft(user.id, st["item_id"], payload)
+
+        draft_triggers = [s.rank.input for s in slots] + [s.tags.input for s in slots] + [
+            unacceptable.input, correction_of.input, correction.input, negative.input, note.input]
+        gr.on(draft_triggers, on_draft, form.inputs(), None, api_name="save_draft", trigger_mode="always_last",
+              show_progress="hidden", concurrency_limit=32)
+
+        def on_clear(data: dict[Any, Any], request: gr.Request) -> list[Any]:
+            on_draft({**data, **{s.rank: None for s in slots}}, request)
+            return [gr.Radio(value=None) for _ in slots]
+
+        clear.click(on_clear, form.inputs(), [s.rank for s in slots], api_name="clear_ranks")
+
+        def on_mine(name: str, request: gr.Request) -> list[Any]:
+            user = require(store, request)
+            project = project_of(user, name)
+            if project is None:
+                return [[], gr.Dropdown(choices=[], value=None)]
+            rows, choices = [], []
+            for sj in store.recent_submissions(user.id, project.id):
+                item = store.item(sj.item_id)
+                first = item.prompt[-1]["content"] if item else ""
+                excerpt = first[:80] + ("…" if len(first) > 80 else "")
+                when = time.strftime("%Y-%m-%d %H:%M", time.localtime(sj.created_at))
+                rows.append([when, excerpt, sj.revision])
+                choices.append((f"{when} · {excerpt}", sj.item_id))
+            return [rows, gr.Dropdown(choices=choices, value=choices[0][1] if choices else None)]
+
+        mine_refresh.click(on_mine, project_dd, [mine_table, mine_pick], api_name="my_submissions")
+
+        def on_revise(item_id: int | None, request: gr.Request) -> list[Any]:
+            user = require(store, request)
+            latest = store.latest_judgment(user.id, int(item_id)) if item_id else None
+            if latest is None:
+                raise Denied("You can only revise your own submissions.")
+            item = store.item(latest.item_id)
+            project = store.project(item.project_id) if item else None
+            values = form.values(store, user, project, item, _draft_or_latest(store, user, latest.item_id),
+                                 f"Revising your submission (revision {latest.revision}). Submit to save a new one.")
+            return [gr.Tabs(selected="annotate"), *values]
+
+        revise.click(on_revise, mine_pick, [tabs, *form.outputs()], api_name="revise")
+        admin.wire(timer)
+    return demo
+
+
+# ------------------------------------------------------------------------------------------------ admin
+
+
+class _admin_section:  # noqa: N801 - builds components where it is called, like a gr.Blocks context
+    """The admin tab: project settings, prompts and candidates, dashboard, export, users."""
+
+    def __init__(self, store: Store, project_dd: Any) -> None:
+        self.store = store
+        self.project_dd = project_dd
+        with gr.Accordion("Project", open=True):
+            with gr.Row():
+                self.new_name = gr.Textbox(label="New project name", elem_id="new-project", scale=3)
+                self.create = gr.Button("Create project", elem_id="create-project", scale=1)
+            self.guidelines = gr.Textbox(label="Guidelines (Markdown; a change makes a new guideline version)",
+                                         lines=6, elem_id="admin-guidelines")
+            with gr.Row():
+                self.tags = gr.Textbox(label="Problem tags (comma separated)", elem_id="admin-tags")
+                self.k = gr.Number(label="Candidates per prompt", precision=0, minimum=2, maximum=K_MAX)
+                self.overlap = gr.Number(label="Annotators per prompt", precision=0, minimum=1)
+                self.batch = gr.Number(label="Prompts claimed at once", precision=0, minimum=1)
+            self.save = gr.Button("Save project settings", elem_id="save-project")
+            self.project_msg = gr.Markdown(elem_id="project-msg")
+        with gr.Accordion("Prompts and candidates", open=True):
+            with gr.Row():
+                self.prompts_file = gr.File(label="Prompts file (JSONL/JSON/CSV/Parquet)", type="filepath",
+                                            elem_id="prompts-file")
+                self.cands_file = gr.File(label="Candidates file (prompt + responses)", type="filepath",
+                                          elem_id="cands-file")
+            with gr.Row():
+                self.load_prompts = gr.Button("Load prompts", elem_id="load-prompts")
+                self.import_cands = gr.Button("Import candidates", elem_id="import-cands")
+            with gr.Row():
+                self.model = gr.Textbox(label="Model (alias or directory)", value="smollm2-135m-instruct")
+                self.temperature = gr.Number(label="Temperature", value=0.8)
+                self.top_p = gr.Number(label="top_p", value=0.95)
+                self.max_tokens = gr.Number(label="Max new tokens", value=192, precision=0)
+                self.gen_batch = gr.Number(label="Batch size", value=16, precision=0)
+            self.generate = gr.Button("Generate candidates in the background", elem_id="generate")
+            self.work_msg = gr.Markdown(elem_id="work-msg")
+            self.jobs = gr.Markdown(elem_id="jobs")
+        with gr.Accordion("Dashboard", open=True):
+            self.refresh = gr.Button("Refresh dashboard", elem_id="refresh-dashboard")
+            self.summary = gr.Markdown(elem_id="dashboard-summary")
+            self.per_user = gr.Dataframe(headers=["annotator", "items judged", "revisions", "last activity"],
+                                         interactive=False, elem_id="per-user")
+            self.disagree = gr.Dataframe(headers=["item", "mean tau", "annotators", "prompt"], interactive=False,
+                                         elem_id="disagreements")
+            self.tag_plot = gr.BarPlot(x="tag", y="count", title="Problem tags (latest judgments)",
+                                       elem_id="tag-plot")
+        with gr.Accordion("Export", open=True):
+            self.policy = gr.Radio(["all", "best-vs-rest", "adjacent"], value="all", label="Pairs from rankings",
+                                   elem_id="pair-policy")
+            self.export = gr.Button("Export training data", elem_id="export")
+            self.export_msg = gr.Markdown(elem_id="export-msg")
+            self.export_files = gr.File(label="Exported files", file_count="multiple", elem_id="export-files")
+        with gr.Accordion("Users", open=False):
+            self.users = gr.Dataframe(headers=["name", "role", "active"], interactive=False, elem_id="users")
+            with gr.Row():
+                self.user_name = gr.Textbox(label="New user name", elem_id="new-user")
+                self.user_role = gr.Radio(["annotator", "admin"], value="annotator", label="Role")
+                self.add_user = gr.Button("Add user (password shown once)", elem_id="add-user")
+            self.user_msg = gr.Markdown(elem_id="user-msg")
+
+    def _project(self, name: str | None) -> Project:
+        project = self.store.project(name) if name else None
+        if project is None:
+            project = self.store.ensure_project("default")
+        return project
+
+    def wire(self, timer: Any) -> None:
+        store = self.store
+        settings_out = [self.guidelines, self.tags, self.k, self.overlap, self.batch]
+
+        def show_settings(name: str | None, request: gr.Request) -> list[Any]:
+            # Fires for everyone when the page sets the project; only admins get the settings, quietly.
+            if not require(store, request).is_admin:
+                return [gr.skip()] * len(settings_out)
+            p = store.project(name) if name else None
+            if p is None:
+                return ["", "", 4, 2, 5]
+            return [p.guidelines, ", ".join(p.tags), p.candidates_per_item, p.overlap, p.assign_batch]
+
+        self.project_dd.change(show_settings, self.project_dd, settings_out, api_name="admin_settings")
+
+        def create(name: str, request: gr.Request) -> list[Any]:
+            require(store, request, "admin")
+            name = (name or "").strip()
+            if not name:
+                return [gr.Dropdown(), "Give the project a name."]
+            store.ensure_project(name)
+            return [gr.Dropdown(choices=[p.name for p in store.list_projects()], value=name),
+                    f"Project **{html.escape(name)}** ready."]
+
+        self.create.click(create, self.new_name, [self.project_dd, self.project_msg], api_name="admin_create_project")
+
+        def save(name: str, guidelines: str, tags: str, k: float, overlap: float, batch: float,
+                 request: gr.Request) -> str:
+            require(store, request, "admin")
+            project = self._project(name)
+            try:
+                p = store.update_project(project.id, guidelines=guidelines, tags=(tags or "").split(","),
+                                         candidates_per_item=int(k or 0), overlap=int(overlap or 0),
+                                         assign_batch=int(batch or 0))
+            except StoreError as e:
+                return f"**Not saved:** {html.escape(str(e))}"
+            return f"Saved. Guideline version {p.guideline_version}."
+
+        self.save.click(save, [self.project_dd, *settings_out], self.project_msg, api_name="admin_save_project")
+
+        def load(name: str, path: str | None, request: gr.Request) -> str:
+            require(store, request, "admin")
+            if not path:
+                return "Choose a prompts file first."
+            try:
+                prompts = load_prompts(path)
+            except Exception as e:  # AlignError names file, line and field
+                return f"**Not loaded:** {html.escape(str(e))}"
+            added, dup = store.add_prompts(self._project(name).id, prompts, source=Path(path).name)
+            return f"{added} prompts added ({dup} already in the project)."
+
+        self.load_prompts.click(load, [self.project_dd, self.prompts_file], self.work_msg,
+                                api_name="admin_load_prompts")
+
+        def imp(name: str, path: str | None, request: gr.Request) -> str:
+            require(store, request, "admin")
+            if not path:
+                return "Choose a candidates file first."
+            try:
+                n_prompts, n_cands = import_candidates(store, self._project(name).id, path)
+            except Exception as e:
+                return f"**Not imported:** {html.escape(str(e))}"
+            return f"{n_cands} candidates imported ({n_prompts} new prompts)."
+
+        self.import_cands.click(imp, [self.project_dd, self.cands_file], self.work_msg,
+                                api_name="admin_import_candidates")
+
+        def gen(name: str, model: str, temperature: float, top_p: float, max_tokens: float, batch: float,
+                request: gr.Request) -> str:
+            user = require(store, request, "admin")
+            project = self._project(name)
+            settings = GenerationSettings(model=(model or "").strip() or "smollm2-135m-instruct",
+                                          k=project.candidates_per_item, temperature=float(temperature or 0),
+                                          top_p=float(top_p or 0), max_new_tokens=int(max_tokens or 0),
+                                          batch_size=int(batch or 0))
+            try:
+                job = start_generation(store, project.id, settings, user.id)
+            except StoreError as e:
+                return f"**Not started:** {html.escape(str(e))}"
+            return f"Generation job {job} started."
+
+        self.generate.click(gen, [self.project_dd, self.model, self.temperature, self.top_p, self.max_tokens,
+                                  self.gen_batch], self.work_msg, api_name="admin_generate")
+
+        def jobs(name: str | None, request: gr.Request) -> str:
+            require(store, request, "admin")
+            project = store.project(name) if name else None
+            if project is None:
+                return ""
+            c = store.counts(project.id)
+            lines = [f"**{c['prompts']}** prompts · **{c['candidates']}** candidates · **{c['ready']}** ready to "
+                     f"annotate · **{c['judgments']}** judgments"]
+            for j in store.jobs(project.id, limit=5):
+                pct = f"{100 * j.done / j.total:.0f}%" if j.total else ""
+                lines.append(f"- job {j.id} ({j.kind}, {html.escape(j.params.get('model', ''))}): **{j.status}** "
+                             f"{j.done}/{j.total} {pct} {html.escape(j.message)}")
+            return "\n".join(lines)
+
+        timer.tick(jobs, self.project_dd, self.jobs, api_name="admin_jobs", show_progress="hidden")
+
+        def dashboard(name: str | None, request: gr.Request) -> list[Any]:
+            require(store, request, "admin")
+            return dashboard_values(store, self._project(name))
+
+        self.refresh.click(dashboard, self.project_dd, [self.summary, self.per_user, self.disagree, self.tag_plot],
+                           api_name="admin_dashboard")
+
+        def export(name: str | None, policy: str, request: gr.Request) -> list[Any]:
+            require(store, request, "admin")
+            project = self._project(name)
+            result = export_store(store, project=project.name, pairs=policy or "all")
+            folder = Path(tempfile.mkdtemp(prefix="align-export-"))
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            paths = write_export(result, folder / f"{project.name}-{stamp}.jsonl")
+            return ["\n".join(f"- {html.escape(line.strip())}" for line in summary_lines(result)),
+                    [str(p) for p in paths]]
+
+        self.export.click(export, [self.project_dd, self.policy], [self.export_msg, self.export_files],
+                          api_name="admin_export")
+
+        def users(request: gr.Request) -> list[list[Any]]:
+            require(store, request, "admin")
+            return [[u.name, u.role, "yes" if u.active else "no"] for u in store.list_users()]
+
+        def add_user(name: str, role: str, request: gr.Request) -> list[Any]:
+            require(store, request, "admin")
+            password = secrets.token_urlsafe(12)
+            try:
+                store.add_user(name or "", role, password)
+            except StoreError as e:
+                return [users(request), f"**Not added:** {html.escape(str(e))}"]
+            return [users(request), f"User **{html.escape(name)}** added. Password (shown once): `{password}`"]
+
+        self.add_user.click(add_user, [self.user_name, self.user_role], [self.users, self.user_msg],
+                            api_name="admin_add_user")
+        self.refresh.click(users, None, self.users, api_name="admin_users")
+
+
+def dashboard_values(store: Store, project: Project) -> list[Any]:
+    """Summary text, per-annotator table, disagreement table and tag counts for one project."""
+    import pandas as pd
+
+    latest = store.latest_judgments(project.id)
+    rankings: dict[str, dict[str, dict[str, float]]] = {}
+    per_user: dict[str, list[Any]] = {}
+    tags: Counter[str] = Counter()
+    for sj in latest:
+        row = per_user.setdefault(sj.user_name, [sj.user_name, 0, 0, 0.0])
+        row[1] += 1
+        row[2] += sj.revision - 1
+        row[3] = max(row[3], sj.created_at)
+        if not sj.judgment.all_unacceptable and sj.judgment.ranks:
+            rankings.setdefault(str(sj.item_id), {})[sj.user_name] = {
+                str(c): float(r) for c, r in sj.judgment.ranks.items()}
+        for values in sj.judgment.tags.values():
+            tags.update(values)
+    report = agreement(rankings)
+    users_table = [[r[0], r[1], r[2], time.strftime("%Y-%m-%d %H:%M", time.localtime(r[3]))]
+                   for r in sorted(per_user.values())]
+    dis = []
+    for item_id, tau in report.disagreements[:50]:
+        item = store.item(int(item_id))
+        text = item.prompt[-1]["content"][:100] if item else ""
+        dis.append([int(item_id), round(tau, 3), ", ".join(sorted(rankings[item_id])), text])
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    unacceptable = sum(1 for sj in latest if sj.judgment.all_unacceptable)
+    summary = (f"**{len(latest)}** current judgments from **{len(per_user)}** annotators · "
+               f"**{report.items}** prompts judged by 2+ annotators · mean Kendall tau-b **{fmt(report.mean_tau)}** · "
+               f"Krippendorff's alpha (ordinal) **{fmt(report.alpha)}** · **{len(report.disagreements)}** prompts "
+               f"with strong disagreement (tau ≤ 0) · {unacceptable} marked all unacceptable")
+    tag_df = pd.DataFrame({"tag": list(tags), "count": [tags[t] for t in tags]}) if tags else \
+        pd.DataFrame({"tag": [], "count": []})
+    return [summary, users_table, dis, tag_df]
+
+
+# ------------------------------------------------------------------------------------------------ server
+
+
+LOGIN_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>Sign in · Expert feedback</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>body{{font-family:system-ui,sans-serif;background:#f6f7f9;display:flex;justify-content:center;padding-top:10vh}}
+form{{background:#fff;padding:28px 32px;border-radius:12px;box-shadow:0 2px 12px #0001;width:320px}}
+label{{display:block;margin:12px 0 4px}}input{{width:100%;padding:8px;box-sizing:border-box;font-size:15px}}
+button{{margin-top:18px;width:100%;padding:10px;font-size:15px;background:#ea580c;color:#fff;border:0;border-radius:8px}}
+.err{{color:#b91c1c;margin-top:10px}}</style></head><body>
+<form method="post" action="/login"><h2 style="margin-top:0">Expert feedback</h2>
+<label for="username">User name</label><input id="username" name="username" autocomplete="username" autofocus>
+<label for="password">Password</label><input id="password" name="password" type="password"
+autocomplete="current-password"><button id="login" type="submit">Sign in</button>{error}</form></body></html>"""
+
+LOGOUT_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>Log out</title></head>
+<body style="font-family:system-ui,sans-serif;padding:10vh 20vw"><form method="post" action="/logout">
+<p>Log out of the expert feedback app on every device?</p><button id="logout" type="submit">Log out</button>
+<a href="/">Back</a></form></body></html>"""
+
+
+def create_app(store: Store, *, secure_cookies: bool = False) -> FastAPI:
+    """The whole server: login routes, the session check in front of everything, Gradio at ``/``."""
+    sessions = Sessions(store)
+    throttle = LoginThrottle()
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.middleware("http")
+    async def session_check(request: Request, call_next: Any) -> Response:
+        path = request.url.path
+        if path in PUBLIC_PATHS:
+            return await call_next(request)
+        user = sessions.user(request.cookies.get(COOKIE))
+        if user is None:
+            if request.method == "GET" and "text/html" in request.headers.get("accept", ""):
+                return RedirectResponse("/login", status_code=303)
+            return JSONResponse({"error": "not signed in"}, status_code=401)
+        return await call_next(request)
+
+    @app.get("/login", response_class=HTMLResponse)
+    def login_page() -> HTMLResponse:
+        return HTMLResponse(LOGIN_PAGE.format(error=""))
+
+    @app.post("/login")
+    async def login(request: Request) -> Response:
+        form = await request.form()
+        name = str(form.get("username") or "").strip()
+        password = str(form.get("password") or "")
+        client = request.client.host if request.client else "?"
+        keys = (f"user:{name}", f"ip:{client}")
+        if throttle.blocked(*keys):
+            return HTMLResponse(LOGIN_PAGE.format(error='<p class="err">Too many failed attempts. '
+                                                  "Wait five minutes.</p>"), status_code=429)
+        user = store.authenticate(name, password)
+        if user is None:
+            throttle.failed(*keys)
+            return HTMLResponse(LOGIN_PAGE.format(error='<p class="err">Wrong user name or password.</p>'),
+                                status_code=401)
+        throttle.succeeded(*keys)
+        response = RedirectResponse("/", status_code=303)
+        response.set_cookie(COOKIE, make_cookie(store.secret(), user), max_age=SESSION_SECONDS, httponly=True,
+                            samesite="strict", secure=secure_cookies)
+        return response
+
+    @app.get("/logout", response_class=HTMLResponse)
+    def logout_page() -> HTMLResponse:
+        return HTMLResponse(LOGOUT_PAGE)
+
+    @app.post("/logout")
+    def logout(request: Request) -> Response:
+        user = sessions.user(request.cookies.get(COOKIE))
+        if user is not None:
+            store.end_sessions(user.id)
+            sessions.forget(user.name)
+        response = RedirectResponse("/login", status_code=303)
+        response.delete_cookie(COOKIE)
+        return response
+
+    def gradio_user(request: Request) -> str | None:
+        user = sessions.user(request.cookies.get(COOKIE))
+        return user.name if user else None
+
+    demo = build_blocks(store)
+    demo.queue(default_concurrency_limit=8)
+    return gr.mount_gradio_app(app, demo, path="/", auth_dependency=gradio_user, head=KEYBOARD_JS, css=CSS,
+                               ssr_mode=False, footer_links=[], show_error=True)
+
+
+def serve(store_path: str, host: str = "127.0.0.1", port: int = 7860, secure_cookies: bool = False) -> None:
+    """Run the app until interrupted (``align app``)."""
+    import uvicorn
+
+    store = Store(store_path)
+    store.ensure_project("default")
+    interrupted = store.fail_interrupted_jobs()
+    if interrupted:
+        print(f"[app] {interrupted} generation job(s) were cut off by the last shutdown; start them again")
+    if not any(u.is_admin for u in store.list_users()):
+        print("[app] no admin yet: add one with `align app users add NAME --role admin --store "
+              f"{store_path}`")
+    print(f"[app] feedback store: {store.url}")
+    print(f"[app] open http://{host}:{port}/ (binds to {host}; use --host 0.0.0.0 to serve a network)")
+    uvicorn.run(create_app(store, secure_cookies=secure_cookies), host=host, port=port, log_level="warning")

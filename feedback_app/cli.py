@@ -1,0 +1,122 @@
+"""``align app``, ``align app users ...`` and ``align feedback export``."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import secrets
+import sys
+from typing import Any
+
+DEFAULT_STORE = "feedback.db"
+
+
+def add_parsers(sub: Any) -> None:
+    p = sub.add_parser("app", help="the expert feedback app (Gradio)")
+    p.add_argument("--store", default=DEFAULT_STORE, help="SQLite file or database URL (default feedback.db)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--secure-cookies", action="store_true", help="mark the session cookie Secure (behind HTTPS)")
+    asub = p.add_subparsers(dest="app_command")
+    u = asub.add_parser("users", help="manage accounts")
+    usub = u.add_subparsers(dest="users_command", required=True)
+    a = usub.add_parser("add", help="add a user; the password is prompted, or generated and printed once")
+    a.add_argument("name")
+    a.add_argument("--role", required=True, choices=["annotator", "admin"])
+    a.add_argument("--store", default=DEFAULT_STORE)
+    a.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    a.add_argument("--generate", action="store_true", help="generate a password even on a terminal")
+    pw = usub.add_parser("passwd", help="set a new password (ends the user's sessions)")
+    pw.add_argument("name")
+    pw.add_argument("--store", default=DEFAULT_STORE)
+    pw.add_argument("--password-stdin", action="store_true")
+    pw.add_argument("--generate", action="store_true")
+    for name, help_ in (("disable", "disable an account (ends its sessions)"), ("enable", "re-enable an account")):
+        d = usub.add_parser(name, help=help_)
+        d.add_argument("name")
+        d.add_argument("--store", default=DEFAULT_STORE)
+    ls = usub.add_parser("list", help="list accounts")
+    ls.add_argument("--store", default=DEFAULT_STORE)
+
+    p = sub.add_parser("feedback", help="feedback store tools")
+    fsub = p.add_subparsers(dest="feedback_command", required=True)
+    e = fsub.add_parser("export", help="write preference pairs and unpaired examples (with provenance)")
+    e.add_argument("--store", default=DEFAULT_STORE)
+    e.add_argument("--out", required=True, help="preference JSONL; unpaired rows go to OUT.unpaired.jsonl")
+    e.add_argument("--pairs", default="all", choices=["all", "best-vs-rest", "adjacent"])
+    e.add_argument("--project", help="one project (default: all)")
+    c = fsub.add_parser("check", help="integrity check of the store")
+    c.add_argument("--store", default=DEFAULT_STORE)
+
+
+def run(args: argparse.Namespace) -> int:
+    from feedback_app.store import Store, StoreError
+
+    try:
+        if args.command == "app" and args.app_command is None:
+            from feedback_app.app import serve
+
+            serve(args.store, args.host, args.port, args.secure_cookies)
+            return 0
+        if args.command == "app":
+            return _users(args)
+        if args.feedback_command == "export":
+            from feedback_app.export import export_store, summary_lines, write_export
+
+            store = Store(args.store, create=False)
+            result = export_store(store, project=args.project, pairs=args.pairs)
+            pairs_path, unpaired_path = write_export(result, args.out)
+            for line in summary_lines(result):
+                print(line)
+            print(f"wrote {pairs_path} and {unpaired_path}")
+            return 0
+        if args.feedback_command == "check":
+            problems = Store(args.store, create=False).integrity_problems()
+            for p in problems:
+                print(p)
+            print("ok" if not problems else f"{len(problems)} problem(s)")
+            return 0 if not problems else 1
+    except StoreError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _users(args: argparse.Namespace) -> int:
+    from feedback_app.store import Store
+
+    store = Store(args.store, create=args.users_command == "add")
+    cmd = args.users_command
+    if cmd == "list":
+        for u in store.list_users():
+            print(f"{u.name}\t{u.role}\t{'active' if u.active else 'disabled'}")
+        return 0
+    if cmd in ("enable", "disable"):
+        store.set_active(args.name, cmd == "enable")
+        print(f"{args.name}: {cmd}d")
+        return 0
+    password, generated = _password(args)
+    if cmd == "add":
+        user = store.add_user(args.name, args.role, password)
+        print(f"added {user.name} ({user.role}) to {store.url}")
+    else:
+        store.set_password(args.name, password)
+        print(f"new password set for {args.name}; their sessions ended")
+    if generated:
+        print(f"password (shown once): {password}")
+    return 0
+
+
+def _password(args: argparse.Namespace) -> tuple[str, bool]:
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\n"), False
+    if args.generate or not sys.stdin.isatty():
+        return secrets.token_urlsafe(12), True
+    first = getpass.getpass("password (empty: generate one): ")
+    if not first:
+        return secrets.token_urlsafe(12), True
+    if getpass.getpass("again: ") != first:
+        from feedback_app.store import StoreError
+
+        raise StoreError("the two passwords differ")
+    return first, False

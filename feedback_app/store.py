@@ -1,0 +1,832 @@
+"""The feedback store: users, projects, prompts, candidates, assignments, judgments, drafts, jobs.
+
+SQLite by default (a file path), any SQLAlchemy URL otherwise (``postgresql://...``). The rules that
+make it safe to run under many annotators and to kill at any moment:
+
+- every write is one short transaction; on SQLite it starts with ``BEGIN IMMEDIATE`` so two writers
+  queue on the busy timeout instead of failing when one upgrades a stale read snapshot;
+- WAL journal with ``synchronous=FULL``: a committed transaction survives a killed process (and a
+  power cut); an uncommitted one vanishes whole;
+- judgments are append-only: a revision adds a row, the latest row per (annotator, item) counts;
+- a submission carries a key issued when the form was loaded, unique in the table, so a repeated
+  request (double click, client retry) stores the judgment once;
+- claiming an item for an annotator is a conditional ``UPDATE ... WHERE n_assigned < overlap``, atomic
+  on every database, so no item gets more annotators than the project's overlap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import random
+import secrets
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError
+
+ROLES = ("annotator", "admin")
+DEFAULT_TAGS = ("factual error", "unsafe", "policy violation", "off tone", "hallucination", "other")
+DEFAULT_GUIDELINES = """\
+**Rank** the responses from best (1) to worst. Equal ranks are allowed when two answers are equally good.
+Tick **All unacceptable** when no answer could be given to a customer as it stands.
+**Tag** every problem you see in a response. If you can, **write a corrected answer** (start from the
+response you would fix) and a **negative example**: a plausible answer that must never be given.
+"""
+MAX_TEXT = 20_000  # characters in a corrected answer, negative example or note
+SCHEMA_VERSION = "1"
+
+
+class StoreError(ValueError):
+    """A request the store refuses (unknown user, bad judgment, ...); the message is for the user."""
+
+
+# ------------------------------------------------------------------------------------------------ schema
+
+metadata = MetaData()
+
+meta = Table("meta", metadata, Column("key", String(64), primary_key=True), Column("value", Text, nullable=False))
+
+users = Table(
+    "users", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("role", String(16), nullable=False),
+    Column("pw_hash", String(256), nullable=False),
+    Column("session_epoch", Integer, nullable=False, default=0),  # bumped on logout / password change
+    Column("active", Boolean, nullable=False, default=True),
+    Column("created_at", Float, nullable=False),
+)
+
+projects = Table(
+    "projects", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("guidelines", Text, nullable=False),
+    Column("guideline_version", Integer, nullable=False, default=1),
+    Column("tags", Text, nullable=False),  # JSON list of strings
+    Column("candidates_per_item", Integer, nullable=False, default=4),
+    Column("overlap", Integer, nullable=False, default=2),  # annotators per item
+    Column("assign_batch", Integer, nullable=False, default=5),  # items claimed at once per annotator
+    Column("created_at", Float, nullable=False),
+)
+
+items = Table(
+    "items", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("project_id", Integer, ForeignKey("projects.id"), nullable=False),
+    Column("prompt", Text, nullable=False),  # JSON message list ending with a user turn
+    Column("prompt_hash", String(64), nullable=False),
+    Column("source", String(256), nullable=False, default=""),
+    Column("n_assigned", Integer, nullable=False, default=0),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("project_id", "prompt_hash"),
+)
+
+candidates = Table(
+    "candidates", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("item_id", Integer, ForeignKey("items.id"), nullable=False, index=True),
+    Column("text", Text, nullable=False),
+    Column("text_hash", String(64), nullable=False),
+    Column("model", String(512), nullable=False, default=""),
+    Column("generation", Text, nullable=False, default="{}"),  # JSON decoding settings
+    Column("source", String(32), nullable=False, default="generated"),  # generated | imported
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("item_id", "text_hash"),
+)
+
+assignments = Table(
+    "assignments", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("item_id", Integer, ForeignKey("items.id"), nullable=False),
+    Column("user_id", Integer, ForeignKey("users.id"), nullable=False, index=True),
+    Column("assigned_at", Float, nullable=False),
+    UniqueConstraint("item_id", "user_id"),
+)
+
+judgments = Table(
+    "judgments", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("item_id", Integer, ForeignKey("items.id"), nullable=False),
+    Column("user_id", Integer, ForeignKey("users.id"), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("payload", Text, nullable=False),  # JSON, see Judgment
+    Column("guideline_version", Integer, nullable=False),
+    Column("revision", Integer, nullable=False),  # 1 for the first submission, +1 per revision
+    Column("submission_key", String(64), nullable=False, unique=True),
+    Index("ix_judgments_user_item", "user_id", "item_id"),
+    Index("ix_judgments_item", "item_id"),
+)
+
+drafts = Table(
+    "drafts", metadata,
+    Column("user_id", Integer, ForeignKey("users.id"), primary_key=True),
+    Column("item_id", Integer, ForeignKey("items.id"), primary_key=True),
+    Column("payload", Text, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+jobs = Table(
+    "jobs", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("project_id", Integer, ForeignKey("projects.id"), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("params", Text, nullable=False),
+    Column("status", String(16), nullable=False),  # queued | running | done | failed
+    Column("done", Integer, nullable=False, default=0),
+    Column("total", Integer, nullable=False, default=0),
+    Column("message", Text, nullable=False, default=""),
+    Column("created_by", Integer, ForeignKey("users.id"), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+
+# ------------------------------------------------------------------------------------------------ records
+
+
+@dataclass(frozen=True)
+class User:
+    id: int
+    name: str
+    role: str
+    session_epoch: int
+    active: bool
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+@dataclass(frozen=True)
+class Project:
+    id: int
+    name: str
+    guidelines: str
+    guideline_version: int
+    tags: tuple[str, ...]
+    candidates_per_item: int
+    overlap: int
+    assign_batch: int
+
+
+@dataclass(frozen=True)
+class Candidate:
+    id: int
+    text: str
+    model: str
+    generation: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Item:
+    id: int
+    project_id: int
+    prompt: list[dict[str, str]]
+    candidates: tuple[Candidate, ...]  # in database order; the app shuffles per annotator
+
+
+@dataclass
+class Judgment:
+    """What an annotator says about one item. Candidate ids are the keys; ranks: lower = better, ties allowed."""
+
+    ranks: dict[int, int] = field(default_factory=dict)
+    all_unacceptable: bool = False
+    tags: dict[int, list[str]] = field(default_factory=dict)
+    correction_of: int | None = None  # the candidate the corrected answer replaces
+    correction: str = ""
+    negative: str = ""
+    note: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "ranks": {str(k): v for k, v in self.ranks.items()}, "all_unacceptable": self.all_unacceptable,
+            "tags": {str(k): v for k, v in self.tags.items() if v}, "correction_of": self.correction_of,
+            "correction": self.correction, "negative": self.negative, "note": self.note,
+        }, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> Judgment:
+        d = json.loads(text)
+        return cls(ranks={int(k): int(v) for k, v in d.get("ranks", {}).items()},
+                   all_unacceptable=bool(d.get("all_unacceptable", False)),
+                   tags={int(k): list(v) for k, v in d.get("tags", {}).items()},
+                   correction_of=d.get("correction_of"), correction=d.get("correction", ""),
+                   negative=d.get("negative", ""), note=d.get("note", ""))
+
+
+@dataclass(frozen=True)
+class StoredJudgment:
+    id: int
+    item_id: int
+    user_id: int
+    user_name: str
+    created_at: float
+    judgment: Judgment
+    guideline_version: int
+    revision: int
+
+
+@dataclass(frozen=True)
+class Progress:
+    done: int  # items this annotator has submitted in the project
+    assigned: int  # items claimed by (assigned to) this annotator, done or not
+    available: int  # items that could still be claimed by this annotator
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    project_id: int
+    kind: str
+    params: dict[str, Any]
+    status: str
+    done: int
+    total: int
+    message: str
+    created_at: float
+    updated_at: float
+
+
+# ------------------------------------------------------------------------------------------------ passwords
+
+
+def hash_password(password: str, *, n: int = 2**15, r: int = 8, p: int = 1) -> str:
+    """scrypt with a random 16-byte salt; the parameters are stored with the hash (~0.1 s per check)."""
+    salt = os.urandom(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=n, r=r, p=p, maxmem=128 * 1024 * 1024, dklen=32)
+    return f"scrypt${n}${r}${p}${salt.hex()}${digest.hex()}"
+
+
+def check_password(password: str, stored: str) -> bool:
+    try:
+        scheme, n, r, p, salt, digest = stored.split("$")
+    except ValueError:
+        return False
+    if scheme != "scrypt":
+        return False
+    got = hashlib.scrypt(password.encode(), salt=bytes.fromhex(salt), n=int(n), r=int(r), p=int(p),
+                         maxmem=128 * 1024 * 1024, dklen=32)
+    return hmac.compare_digest(got.hex(), digest)
+
+
+_DUMMY_HASH = hash_password(secrets.token_hex(8), n=2**15)  # checked for unknown users: same time as a real one
+
+
+def prompt_hash(prompt: Sequence[dict[str, str]]) -> str:
+    return hashlib.sha256(json.dumps([[m["role"], m["content"]] for m in prompt]).encode()).hexdigest()
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(text.strip().encode()).hexdigest()
+
+
+def database_url(store: str | Path) -> str:
+    """A SQLAlchemy URL for a store argument: a URL as given, a path as an SQLite file."""
+    text = str(store)
+    return text if "://" in text else f"sqlite:///{Path(text).expanduser().resolve()}"
+
+
+def is_store(path: str | Path) -> bool:
+    """True for a database URL or an SQLite file (checked by its header, not its name)."""
+    text = str(path)
+    if "://" in text and not text.startswith("file://"):
+        return True
+    p = Path(text)
+    if not p.is_file():
+        return False
+    with p.open("rb") as f:
+        return f.read(16) == b"SQLite format 3\x00"
+
+
+# ------------------------------------------------------------------------------------------------ store
+
+
+class Store:
+    """All reads and writes of the feedback database. Thread-safe: one short transaction per call."""
+
+    def __init__(self, store: str | Path, *, create: bool = True) -> None:
+        self.url = database_url(store)
+        self.is_sqlite = self.url.startswith("sqlite")
+        if self.is_sqlite:
+            path = Path(self.url.removeprefix("sqlite:///"))
+            if not create and not path.exists():
+                raise StoreError(f"{path}: no feedback store here (create one with `align app users add`)")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.engine = create_engine(self.url, connect_args={"check_same_thread": False, "timeout": 30},
+                                        pool_size=8, max_overflow=56, pool_timeout=60)
+            _sqlite_pragmas(self.engine)
+        else:
+            self.engine = create_engine(self.url, pool_pre_ping=True, pool_size=8, max_overflow=32)
+        self._writer: Engine = self.engine.execution_options(begin="IMMEDIATE")
+        if create:
+            metadata.create_all(self.engine)
+            with self.write() as c:
+                if c.execute(select(meta.c.value).where(meta.c.key == "secret")).first() is None:
+                    c.execute(insert(meta).values(key="secret", value=secrets.token_hex(32)))
+                    c.execute(insert(meta).values(key="schema_version", value=SCHEMA_VERSION))
+        self._secret: bytes | None = None
+
+    # -------------------------------------------------------------------------------- transactions
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        with self._writer.begin() as c:
+            yield c
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        with self.engine.connect() as c:
+            yield c
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def secret(self) -> bytes:
+        """The installation's random secret (signs session cookies); made when the store was created."""
+        if self._secret is None:
+            with self.read() as c:
+                self._secret = bytes.fromhex(c.execute(select(meta.c.value).where(meta.c.key == "secret")).scalar_one())
+        return self._secret
+
+    # -------------------------------------------------------------------------------- users
+
+    def add_user(self, name: str, role: str, password: str) -> User:
+        name = name.strip()
+        if not name or len(name) > 128 or any(ch.isspace() for ch in name):
+            raise StoreError("a user name is 1-128 characters without spaces")
+        if role not in ROLES:
+            raise StoreError(f"role must be one of {', '.join(ROLES)}, not '{role}'")
+        if len(password) < 8:
+            raise StoreError("a password needs at least 8 characters")
+        pw = hash_password(password)
+        try:
+            with self.write() as c:
+                c.execute(insert(users).values(name=name, role=role, pw_hash=pw, session_epoch=0, active=True,
+                                               created_at=time.time()))
+        except IntegrityError:
+            raise StoreError(f"user '{name}' already exists") from None
+        user = self.get_user(name)
+        assert user is not None
+        return user
+
+    def set_password(self, name: str, password: str) -> None:
+        if len(password) < 8:
+            raise StoreError("a password needs at least 8 characters")
+        with self.write() as c:
+            n = c.execute(update(users).where(users.c.name == name).values(
+                pw_hash=hash_password(password), session_epoch=users.c.session_epoch + 1)).rowcount
+        if not n:
+            raise StoreError(f"no user '{name}'")
+
+    def set_active(self, name: str, active: bool) -> None:
+        with self.write() as c:
+            n = c.execute(update(users).where(users.c.name == name).values(
+                active=active, session_epoch=users.c.session_epoch + 1)).rowcount
+        if not n:
+            raise StoreError(f"no user '{name}'")
+
+    def end_sessions(self, user_id: int) -> None:
+        """Invalidate every session cookie of this user (logout)."""
+        with self.write() as c:
+            c.execute(update(users).where(users.c.id == user_id).values(session_epoch=users.c.session_epoch + 1))
+
+    def get_user(self, name: str) -> User | None:
+        with self.read() as c:
+            row = c.execute(select(users).where(users.c.name == name)).first()
+        return _user(row) if row else None
+
+    def authenticate(self, name: str, password: str) -> User | None:
+        """The user when the password matches and the account is active; constant work otherwise."""
+        with self.read() as c:
+            row = c.execute(select(users).where(users.c.name == name.strip())).first()
+        ok = check_password(password, row.pw_hash if row else _DUMMY_HASH)
+        return _user(row) if row is not None and ok and row.active else None
+
+    def list_users(self) -> list[User]:
+        with self.read() as c:
+            return [_user(r) for r in c.execute(select(users).order_by(users.c.name))]
+
+    # -------------------------------------------------------------------------------- projects
+
+    def ensure_project(self, name: str = "default") -> Project:
+        with self.write() as c:
+            if c.execute(select(projects.c.id).where(projects.c.name == name)).first() is None:
+                c.execute(insert(projects).values(
+                    name=name, guidelines=DEFAULT_GUIDELINES, guideline_version=1, tags=json.dumps(DEFAULT_TAGS),
+                    candidates_per_item=4, overlap=2, assign_batch=5, created_at=time.time()))
+        project = self.project(name)
+        assert project is not None
+        return project
+
+    def project(self, key: int | str) -> Project | None:
+        col = projects.c.id if isinstance(key, int) else projects.c.name
+        with self.read() as c:
+            row = c.execute(select(projects).where(col == key)).first()
+        return _project(row) if row else None
+
+    def list_projects(self) -> list[Project]:
+        with self.read() as c:
+            return [_project(r) for r in c.execute(select(projects).order_by(projects.c.id))]
+
+    def update_project(self, project_id: int, *, guidelines: str | None = None, tags: Sequence[str] | None = None,
+                       candidates_per_item: int | None = None, overlap: int | None = None,
+                       assign_batch: int | None = None) -> Project:
+        """Changed guidelines get a new version number; every judgment records the version it was made under."""
+        values: dict[str, Any] = {}
+        if tags is not None:
+            clean = [t.strip() for t in tags if t.strip()]
+            if len(set(clean)) != len(clean):
+                raise StoreError("tags must be distinct")
+            values["tags"] = json.dumps(clean)
+        for key, value, low in (("candidates_per_item", candidates_per_item, 2), ("overlap", overlap, 1),
+                                ("assign_batch", assign_batch, 1)):
+            if value is not None:
+                if int(value) < low:
+                    raise StoreError(f"{key.replace('_', ' ')} must be at least {low}")
+                values[key] = int(value)
+        with self.write() as c:
+            row = c.execute(select(projects).where(projects.c.id == project_id)).first()
+            if row is None:
+                raise StoreError(f"no project {project_id}")
+            if guidelines is not None and guidelines.strip() != row.guidelines.strip():
+                values["guidelines"] = guidelines
+                values["guideline_version"] = row.guideline_version + 1
+            if values:
+                c.execute(update(projects).where(projects.c.id == project_id).values(**values))
+        project = self.project(project_id)
+        assert project is not None
+        return project
+
+    # -------------------------------------------------------------------------------- prompts and candidates
+
+    def add_prompts(self, project_id: int, prompts: Sequence[list[dict[str, str]]],
+                    source: str = "") -> tuple[int, int]:
+        """Insert prompts (message lists); returns (added, already present). One transaction."""
+        added = 0
+        now = time.time()
+        with self.write() as c:
+            existing = set(c.execute(select(items.c.prompt_hash).where(items.c.project_id == project_id)).scalars())
+            for prompt in prompts:
+                h = prompt_hash(prompt)
+                if h in existing:
+                    continue
+                existing.add(h)
+                c.execute(insert(items).values(project_id=project_id, prompt=json.dumps(prompt, ensure_ascii=False),
+                                               prompt_hash=h, source=source, n_assigned=0, created_at=now))
+                added += 1
+        return added, len(prompts) - added
+
+    def item_id_for_prompt(self, project_id: int, prompt: Sequence[dict[str, str]]) -> int | None:
+        with self.read() as c:
+            return c.execute(select(items.c.id).where(items.c.project_id == project_id,
+                                                      items.c.prompt_hash == prompt_hash(prompt))).scalar()
+
+    def add_candidates(self, item_id: int, answers: Sequence[tuple[str, str, dict[str, Any]]],
+                       source: str = "generated") -> int:
+        """(text, model, decoding settings) per answer; blank and duplicate texts are skipped. Returns added."""
+        added = 0
+        now = time.time()
+        with self.write() as c:
+            seen = set(c.execute(select(candidates.c.text_hash).where(candidates.c.item_id == item_id)).scalars())
+            for text, model, generation in answers:
+                h = text_hash(text)
+                if not text.strip() or h in seen:
+                    continue
+                seen.add(h)
+                c.execute(insert(candidates).values(item_id=item_id, text=text, text_hash=h, model=model,
+                                                    generation=json.dumps(generation), source=source,
+                                                    created_at=now))
+                added += 1
+        return added
+
+    def items_short_of_candidates(self, project_id: int, k: int) -> list[tuple[int, list[dict[str, str]], int]]:
+        """(item id, prompt, candidates missing) for every item with fewer than ``k`` candidates."""
+        n = func.count(candidates.c.id)
+        q = (select(items.c.id, items.c.prompt, n).select_from(items.outerjoin(candidates))
+             .where(items.c.project_id == project_id).group_by(items.c.id, items.c.prompt).having(n < k)
+             .order_by(items.c.id))
+        with self.read() as c:
+            return [(r[0], json.loads(r[1]), k - r[2]) for r in c.execute(q)]
+
+    def item(self, item_id: int) -> Item | None:
+        with self.read() as c:
+            row = c.execute(select(items).where(items.c.id == item_id)).first()
+            if row is None:
+                return None
+            cands = c.execute(select(candidates).where(candidates.c.item_id == item_id)
+                              .order_by(candidates.c.id)).all()
+        return Item(row.id, row.project_id, json.loads(row.prompt),
+                    tuple(Candidate(r.id, r.text, r.model, json.loads(r.generation)) for r in cands))
+
+    def counts(self, project_id: int) -> dict[str, int]:
+        """Prompts, candidates, items ready (2+ candidates), judgments (latest per annotator and item)."""
+        with self.read() as c:
+            n_items = c.execute(select(func.count()).select_from(items)
+                                .where(items.c.project_id == project_id)).scalar_one()
+            per_item = select(candidates.c.item_id, func.count().label("n")).join(items).where(
+                items.c.project_id == project_id).group_by(candidates.c.item_id).subquery()
+            n_cands = c.execute(select(func.coalesce(func.sum(per_item.c.n), 0))).scalar_one()
+            ready = c.execute(select(func.count()).select_from(per_item).where(per_item.c.n >= 2)).scalar_one()
+            latest = select(judgments.c.user_id, judgments.c.item_id).join(items).where(
+                items.c.project_id == project_id).distinct().subquery()
+            n_judged = c.execute(select(func.count()).select_from(latest)).scalar_one()
+        return {"prompts": int(n_items), "candidates": int(n_cands), "ready": int(ready), "judgments": int(n_judged)}
+
+    # -------------------------------------------------------------------------------- assignment
+
+    def next_item(self, user: User, project: Project) -> int | None:
+        """The annotator's oldest claimed-but-not-submitted item; when there is none, claim a new batch."""
+        open_id = self._open_assignment(user.id, project.id)
+        if open_id is not None:
+            return open_id
+        for _ in range(3):  # a concurrent claim by the same user in another tab can collide once
+            try:
+                self._claim(user.id, project)
+                break
+            except IntegrityError:
+                continue
+        return self._open_assignment(user.id, project.id)
+
+    def _open_assignment(self, user_id: int, project_id: int) -> int | None:
+        done = select(judgments.c.id).where(judgments.c.item_id == assignments.c.item_id,
+                                            judgments.c.user_id == user_id).exists()
+        q = (select(assignments.c.item_id).join(items).where(assignments.c.user_id == user_id,
+                                                             items.c.project_id == project_id, ~done)
+             .order_by(assignments.c.assigned_at, assignments.c.id).limit(1))
+        with self.read() as c:
+            return c.execute(q).scalar()
+
+    def _claim(self, user_id: int, project: Project) -> int:
+        n_cands = select(func.count()).where(candidates.c.item_id == items.c.id).scalar_subquery()
+        mine = select(assignments.c.id).where(assignments.c.item_id == items.c.id,
+                                              assignments.c.user_id == user_id).exists()
+        q = (select(items.c.id).where(items.c.project_id == project.id, items.c.n_assigned < project.overlap,
+                                      n_cands >= 2, ~mine)
+             .order_by(items.c.n_assigned.desc(), items.c.id).limit(project.assign_batch * 4))
+        claimed = 0
+        now = time.time()
+        with self.write() as c:
+            for item_id in c.execute(q).scalars().all():
+                ok = c.execute(update(items).where(items.c.id == item_id, items.c.n_assigned < project.overlap)
+                               .values(n_assigned=items.c.n_assigned + 1)).rowcount
+                if ok:
+                    c.execute(insert(assignments).values(item_id=item_id, user_id=user_id, assigned_at=now))
+                    claimed += 1
+                    if claimed >= project.assign_batch:
+                        break
+        return claimed
+
+    def is_assigned(self, user_id: int, item_id: int) -> bool:
+        with self.read() as c:
+            return c.execute(select(assignments.c.id).where(assignments.c.user_id == user_id,
+                                                            assignments.c.item_id == item_id)).first() is not None
+
+    def progress(self, user: User, project: Project) -> Progress:
+        with self.read() as c:
+            assigned = c.execute(select(func.count()).select_from(assignments.join(items)).where(
+                assignments.c.user_id == user.id, items.c.project_id == project.id)).scalar_one()
+            done = c.execute(select(func.count(func.distinct(judgments.c.item_id))).select_from(judgments.join(items))
+                             .where(judgments.c.user_id == user.id, items.c.project_id == project.id)).scalar_one()
+            n_cands = select(func.count()).where(candidates.c.item_id == items.c.id).scalar_subquery()
+            mine = select(assignments.c.id).where(assignments.c.item_id == items.c.id,
+                                                  assignments.c.user_id == user.id).exists()
+            available = c.execute(select(func.count()).select_from(items).where(
+                items.c.project_id == project.id, items.c.n_assigned < project.overlap, n_cands >= 2, ~mine)
+            ).scalar_one()
+        return Progress(int(done), int(assigned), int(available))
+
+    # -------------------------------------------------------------------------------- judgments
+
+    def submit(self, user: User, item_id: int, judgment: Judgment, submission_key: str) -> tuple[int, bool]:
+        """Store a judgment; returns (judgment id, True) or, for a key already used, (that id, False)."""
+        item = self.item(item_id)
+        if item is None:
+            raise StoreError("this item no longer exists")
+        project = self.project(item.project_id)
+        assert project is not None
+        validate_judgment(judgment, item, project)
+        if not submission_key or len(submission_key) > 64:
+            raise StoreError("missing submission key")
+        try:
+            with self.write() as c:
+                if c.execute(select(assignments.c.id).where(assignments.c.user_id == user.id,
+                                                            assignments.c.item_id == item_id)).first() is None:
+                    raise StoreError("this item is not assigned to you")
+                previous = c.execute(select(func.max(judgments.c.revision)).where(
+                    judgments.c.user_id == user.id, judgments.c.item_id == item_id)).scalar()
+                version = c.execute(select(projects.c.guideline_version).where(
+                    projects.c.id == item.project_id)).scalar_one()
+                jid = c.execute(insert(judgments).values(
+                    item_id=item_id, user_id=user.id, created_at=time.time(), payload=judgment.to_json(),
+                    guideline_version=version, revision=(previous or 0) + 1, submission_key=submission_key,
+                )).inserted_primary_key[0]
+                c.execute(drafts.delete().where(drafts.c.user_id == user.id, drafts.c.item_id == item_id))
+            return int(jid), True
+        except IntegrityError:
+            with self.read() as c:
+                row = c.execute(select(judgments.c.id, judgments.c.user_id).where(
+                    judgments.c.submission_key == submission_key)).first()
+            if row is None or row.user_id != user.id:
+                raise StoreError("this submission could not be stored; reload the page") from None
+            return int(row.id), False
+
+    def latest_judgment(self, user_id: int, item_id: int) -> StoredJudgment | None:
+        q = (select(judgments, users.c.name).join(users).where(judgments.c.user_id == user_id,
+                                                              judgments.c.item_id == item_id)
+             .order_by(judgments.c.revision.desc()).limit(1))
+        with self.read() as c:
+            row = c.execute(q).first()
+        return _judgment(row) if row else None
+
+    def latest_judgments(self, project_id: int) -> list[StoredJudgment]:
+        """The current judgment of every (annotator, item) in the project: the latest revision."""
+        newest = (select(judgments.c.user_id, judgments.c.item_id, func.max(judgments.c.revision).label("rev"))
+                  .group_by(judgments.c.user_id, judgments.c.item_id).subquery())
+        q = (select(judgments, users.c.name).join(users).join(items)
+             .join(newest, (newest.c.user_id == judgments.c.user_id) & (newest.c.item_id == judgments.c.item_id)
+                   & (newest.c.rev == judgments.c.revision))
+             .where(items.c.project_id == project_id).order_by(judgments.c.item_id, judgments.c.user_id))
+        with self.read() as c:
+            return [_judgment(r) for r in c.execute(q)]
+
+    def recent_submissions(self, user_id: int, project_id: int, limit: int = 20) -> list[StoredJudgment]:
+        """The annotator's latest judgment per item, newest first: what they may revise."""
+        newest = (select(judgments.c.item_id, func.max(judgments.c.revision).label("rev"))
+                  .where(judgments.c.user_id == user_id).group_by(judgments.c.item_id).subquery())
+        q = (select(judgments, users.c.name).join(users).join(items)
+             .join(newest, (newest.c.item_id == judgments.c.item_id) & (newest.c.rev == judgments.c.revision))
+             .where(judgments.c.user_id == user_id, items.c.project_id == project_id)
+             .order_by(judgments.c.created_at.desc()).limit(limit))
+        with self.read() as c:
+            return [_judgment(r) for r in c.execute(q)]
+
+    def count_judgment_rows(self) -> int:
+        with self.read() as c:
+            return int(c.execute(select(func.count()).select_from(judgments)).scalar_one())
+
+    # -------------------------------------------------------------------------------- drafts
+
+    def save_draft(self, user_id: int, item_id: int, payload: dict[str, Any]) -> None:
+        text = json.dumps(payload, ensure_ascii=False)
+        if len(text) > 8 * MAX_TEXT:
+            raise StoreError("draft too large")
+        with self.write() as c:
+            n = c.execute(update(drafts).where(drafts.c.user_id == user_id, drafts.c.item_id == item_id)
+                          .values(payload=text, updated_at=time.time())).rowcount
+            if not n:
+                c.execute(insert(drafts).values(user_id=user_id, item_id=item_id, payload=text, updated_at=time.time()))
+
+    def draft(self, user_id: int, item_id: int) -> dict[str, Any] | None:
+        with self.read() as c:
+            text = c.execute(select(drafts.c.payload).where(drafts.c.user_id == user_id,
+                                                            drafts.c.item_id == item_id)).scalar()
+        return json.loads(text) if text else None
+
+    # -------------------------------------------------------------------------------- jobs
+
+    def create_job(self, project_id: int, kind: str, params: dict[str, Any], user_id: int, total: int) -> int:
+        now = time.time()
+        with self.write() as c:
+            return int(c.execute(insert(jobs).values(
+                project_id=project_id, kind=kind, params=json.dumps(params), status="queued", done=0, total=total,
+                message="", created_by=user_id, created_at=now, updated_at=now)).inserted_primary_key[0])
+
+    def update_job(self, job_id: int, **values: Any) -> None:
+        values["updated_at"] = time.time()
+        with self.write() as c:
+            c.execute(update(jobs).where(jobs.c.id == job_id).values(**values))
+
+    def jobs(self, project_id: int | None = None, limit: int = 10) -> list[Job]:
+        q = select(jobs).order_by(jobs.c.id.desc()).limit(limit)
+        if project_id is not None:
+            q = q.where(jobs.c.project_id == project_id)
+        with self.read() as c:
+            return [Job(r.id, r.project_id, r.kind, json.loads(r.params), r.status, r.done, r.total, r.message,
+                        r.created_at, r.updated_at) for r in c.execute(q)]
+
+    def fail_interrupted_jobs(self) -> int:
+        """Jobs left running by a server that died; called at start-up."""
+        with self.write() as c:
+            return c.execute(update(jobs).where(jobs.c.status.in_(("queued", "running"))).values(
+                status="failed", message="interrupted: the server stopped", updated_at=time.time())).rowcount
+
+    # -------------------------------------------------------------------------------- checks
+
+    def integrity_problems(self) -> list[str]:
+        """Database-level and feedback-level consistency checks; an empty list means all is well."""
+        problems: list[str] = []
+        with self.read() as c:
+            if self.is_sqlite:
+                result = [r[0] for r in c.exec_driver_sql("PRAGMA integrity_check")]
+                if result != ["ok"]:
+                    problems += [f"integrity_check: {r}" for r in result]
+                problems += [f"foreign key: {tuple(r)}" for r in c.exec_driver_sql("PRAGMA foreign_key_check")]
+            n_assign = select(assignments.c.item_id, func.count().label("n")).group_by(assignments.c.item_id).subquery()
+            for item_id, n_assigned, n in c.execute(
+                    select(items.c.id, items.c.n_assigned, func.coalesce(n_assign.c.n, 0))
+                    .select_from(items.outerjoin(n_assign, n_assign.c.item_id == items.c.id))):
+                if n_assigned != n:
+                    problems.append(f"item {item_id}: n_assigned {n_assigned} but {n} assignments")
+            orphan = c.execute(select(func.count()).select_from(judgments).where(~select(assignments.c.id).where(
+                assignments.c.item_id == judgments.c.item_id, assignments.c.user_id == judgments.c.user_id).exists())
+            ).scalar_one()
+            if orphan:
+                problems.append(f"{orphan} judgments without an assignment")
+            for row in c.execute(select(judgments.c.id, judgments.c.payload)):
+                try:
+                    Judgment.from_json(row.payload)
+                except (ValueError, TypeError, KeyError) as e:
+                    problems.append(f"judgment {row.id}: unreadable payload ({e})")
+        return problems
+
+
+def validate_judgment(j: Judgment, item: Item, project: Project) -> None:
+    """Refuse a judgment that does not fit the item; messages are shown to the annotator."""
+    ids = {c.id for c in item.candidates}
+    k = len(ids)
+    if set(j.ranks) - ids or set(j.tags) - ids:
+        raise StoreError("the judgment names a response that is not part of this item")
+    if not j.all_unacceptable and set(j.ranks) != ids:
+        missing = k - len(set(j.ranks) & ids)
+        raise StoreError(f"rank every response ({missing} without a rank), or tick 'All unacceptable'")
+    for rank in j.ranks.values():
+        if not isinstance(rank, int) or not 1 <= rank <= k:
+            raise StoreError(f"ranks go from 1 (best) to {k}")
+    allowed = set(project.tags)
+    for tags in j.tags.values():
+        unknown = set(tags) - allowed
+        if unknown:
+            raise StoreError(f"unknown tag(s): {', '.join(sorted(unknown))}")
+    if j.correction.strip() and j.correction_of not in ids:
+        raise StoreError("choose which response your corrected answer replaces")
+    for name in ("correction", "negative", "note"):
+        if len(getattr(j, name)) > MAX_TEXT:
+            raise StoreError(f"the {name} is longer than {MAX_TEXT} characters")
+
+
+def display_order(user_id: int, item: Item) -> list[Candidate]:
+    """The item's candidates shuffled for this annotator: stable across reloads, different per annotator."""
+    order = list(item.candidates)
+    random.Random(f"{user_id}:{item.id}").shuffle(order)
+    return order
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def _sqlite_pragmas(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (below)
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        conn.exec_driver_sql(f"BEGIN {conn.get_execution_options().get('begin', 'DEFERRED')}")
+
+
+def _user(row: Any) -> User:
+    return User(row.id, row.name, row.role, row.session_epoch, bool(row.active))
+
+
+def _project(row: Any) -> Project:
+    return Project(row.id, row.name, row.guidelines, row.guideline_version, tuple(json.loads(row.tags)),
+                   row.candidates_per_item, row.overlap, row.assign_batch)
+
+
+def _judgment(row: Any) -> StoredJudgment:
+    return StoredJudgment(row.id, row.item_id, row.user_id, row.name, row.created_at,
+                          Judgment.from_json(row.payload), row.guideline_version, row.revision)
