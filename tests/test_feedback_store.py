@@ -1,0 +1,427 @@
+"""The feedback store and its export: accounts, assignment with overlap, judgments (validated, idempotent,
+append-only), export rows with provenance, the store as RM/DPO data, candidate import/generation, CLI."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from alignment.cli import main
+from alignment.errors import AlignError
+from feedback_app.export import export_store, write_export
+from feedback_app.store import Judgment, Store, StoreError, display_order
+from tests.conftest import write_jsonl
+
+
+def _prompt(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+@pytest.fixture()
+def store(tmp_path: Path) -> Store:
+    return Store(tmp_path / "feedback.db")
+
+
+def _fill(store: Store, n_items: int, k: int = 3, project: str = "default"):
+    p = store.ensure_project(project)
+    store.add_prompts(p.id, [_prompt(f"{project} question {i}") for i in range(n_items)])
+    for item_id, prompt, missing in store.items_short_of_candidates(p.id, k):
+        store.add_candidates(item_id, [(f"answer {j} to {prompt[0]['content']}", f"model-{j % 2}",
+                                        {"temperature": 0.8, "seed": j}) for j in range(missing)])
+    return p
+
+
+def _users(store: Store, n: int, role: str = "annotator"):
+    return [store.add_user(f"{role}{i}", role, f"password-{i}") for i in range(n)]
+
+
+def _rank_all(item, order: list[int]) -> Judgment:
+    """Rank candidates in the given order of candidate positions (order[0] is best)."""
+    return Judgment(ranks={item.candidates[pos].id: r + 1 for r, pos in enumerate(order)})
+
+
+# ------------------------------------------------------------------------------------------------ accounts
+
+
+def test_passwords_are_salted_slow_hashes_and_checked(store):
+    a = store.add_user("ann", "annotator", "same-password")
+    store.add_user("bob", "admin", "same-password")
+    from sqlalchemy import select
+
+    from feedback_app.store import users
+
+    with store.read() as c:
+        hashes = dict(c.execute(select(users.c.name, users.c.pw_hash)).all())
+    assert hashes["ann"] != hashes["bob"] and hashes["ann"].startswith("scrypt$32768$")
+    assert "same-password" not in hashes["ann"]
+    assert store.authenticate("ann", "same-password") == a
+    assert store.authenticate("ann", "wrong-password") is None
+    assert store.authenticate("nobody", "same-password") is None
+    with pytest.raises(StoreError, match="already exists"):
+        store.add_user("ann", "annotator", "another-password")
+    with pytest.raises(StoreError, match="role"):
+        store.add_user("cat", "owner", "password-x")
+    with pytest.raises(StoreError, match="8 characters"):
+        store.add_user("dan", "annotator", "short")
+    store.set_active("ann", False)
+    assert store.authenticate("ann", "same-password") is None
+    epoch = store.get_user("bob").session_epoch
+    store.set_password("bob", "a-new-password")
+    assert store.get_user("bob").session_epoch == epoch + 1
+    assert store.authenticate("bob", "a-new-password") is not None
+
+
+def test_installation_secret_is_random_and_persistent(tmp_path):
+    a, b = Store(tmp_path / "a.db"), Store(tmp_path / "b.db")
+    assert len(a.secret()) == 32 and a.secret() != b.secret()
+    assert Store(tmp_path / "a.db").secret() == a.secret()
+
+
+def test_session_cookie_signed_expiring_and_revocable(store):
+    import time
+
+    from feedback_app.auth import Sessions, make_cookie, read_cookie
+
+    user = store.add_user("ann", "annotator", "password-1")
+    cookie = make_cookie(store.secret(), user)
+    assert read_cookie(store.secret(), cookie) == ("ann", 0)
+    assert read_cookie(b"another secret", cookie) is None
+    body, sig = cookie.rsplit(".", 1)
+    assert read_cookie(store.secret(), body + "." + sig[::-1]) is None
+    assert read_cookie(store.secret(), make_cookie(store.secret(), user, now=time.time() - 13 * 3600)) is None
+    sessions = Sessions(store)
+    assert sessions.user(cookie).name == "ann"
+    store.end_sessions(user.id)  # logout: every cookie issued before is dead
+    sessions.forget("ann")
+    assert sessions.user(cookie) is None
+
+
+# ------------------------------------------------------------------------------------------------ assignment
+
+
+def test_each_item_goes_to_overlap_distinct_annotators(store):
+    p = _fill(store, 6)
+    p = store.update_project(p.id, overlap=2, assign_batch=2)
+    annotators = _users(store, 4)
+    seen: dict[int, list[int]] = {}
+    for _ in range(10):  # every annotator keeps taking and submitting work until none is left
+        for u in annotators:
+            item_id = store.next_item(u, p)
+            if item_id is None:
+                continue
+            assert u.id not in seen.setdefault(item_id, [])  # never the same item twice
+            seen[item_id].append(u.id)
+            item = store.item(item_id)
+            store.submit(u, item_id, _rank_all(item, [0, 1, 2]), f"{u.id}-{item_id}")
+    assert sorted(seen) == [i for i, _, _ in store.items_short_of_candidates(p.id, 99)]
+    assert all(len(v) == 2 for v in seen.values())  # 6 items x overlap 2 = 12 judgments
+    assert sum(store.progress(u, p).done for u in annotators) == 12
+    assert store.integrity_problems() == []
+
+
+def test_progress_counts_claimed_batch(store):
+    p = store.update_project(_fill(store, 5).id, assign_batch=3, overlap=1)
+    u = _users(store, 1)[0]
+    first = store.next_item(u, p)
+    assert store.progress(u, p) == store.progress(u, p).__class__(done=0, assigned=3, available=2)
+    assert store.next_item(u, p) == first  # the open assignment, not a new claim
+    store.submit(u, first, _rank_all(store.item(first), [2, 1, 0]), "k1")
+    assert store.progress(u, p).done == 1
+
+
+def test_items_need_two_candidates(store):
+    p = store.ensure_project()
+    store.add_prompts(p.id, [_prompt("one answer only")])
+    item_id = store.item_id_for_prompt(p.id, _prompt("one answer only"))
+    store.add_candidates(item_id, [("only", "m", {}), ("only ", "m", {}), ("   ", "m", {})])  # dup + blank skipped
+    assert len(store.item(item_id).candidates) == 1
+    assert store.next_item(_users(store, 1)[0], p) is None
+
+
+def test_concurrent_claims_never_exceed_overlap(store):
+    p = store.update_project(_fill(store, 10).id, overlap=3, assign_batch=4)
+    annotators = _users(store, 8)
+    errors: list[BaseException] = []
+
+    def work(u):
+        try:
+            store.next_item(u, p)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(u,)) for u in annotators]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert store.integrity_problems() == []  # n_assigned matches the assignment rows
+    from sqlalchemy import func, select
+
+    from feedback_app.store import assignments
+
+    with store.read() as c:
+        per_item = dict(c.execute(select(assignments.c.item_id, func.count()).group_by(assignments.c.item_id)).all())
+    assert max(per_item.values()) <= 3
+    # Claims fill the most-annotated items first, whatever the thread order: annotators 1-3 take items
+    # 1-4, annotators 4-6 items 5-8, annotators 7-8 the two items left: 12 + 12 + 4 = 28 of 30 slots.
+    assert sorted(per_item.values()) == [2, 2] + [3] * 8
+
+
+def test_display_order_is_stable_per_annotator_and_differs_between_them(store):
+    p = _fill(store, 1, k=6)
+    item = store.item(store.items_short_of_candidates(p.id, 99)[0][0])
+    orders = {u: [c.id for c in display_order(u, item)] for u in range(1, 30)}
+    assert orders[1] == [c.id for c in display_order(1, item)]
+    assert len({tuple(o) for o in orders.values()}) > 5
+    assert all(sorted(o) == sorted(c.id for c in item.candidates) for o in orders.values())
+
+
+# ------------------------------------------------------------------------------------------------ judgments
+
+
+def test_judgments_are_validated(store):
+    p = _fill(store, 1)
+    u, other = _users(store, 2)
+    item_id = store.next_item(u, p)
+    item = store.item(item_id)
+    a, b, c = (x.id for x in item.candidates)
+    bad = [
+        (Judgment(ranks={a: 1, b: 2}), "rank every response"),
+        (Judgment(ranks={a: 1, b: 2, c: 4}), "ranks go from 1"),
+        (Judgment(ranks={a: 1, b: 2, c: 3}, tags={a: ["rude"]}), "unknown tag"),
+        (Judgment(ranks={a: 1, b: 2, c: 3}, correction="better"), "which response"),
+        (Judgment(ranks={a: 1, b: 2, c: 3, 999: 1}), "not part of this item"),
+        (Judgment(ranks={a: 1, b: 2, c: 3}, note="x" * 20_001), "longer than"),
+    ]
+    for j, message in bad:
+        with pytest.raises(StoreError, match=message):
+            store.submit(u, item_id, j, "key-bad")
+    with pytest.raises(StoreError, match="not assigned"):
+        store.submit(other, item_id, Judgment(ranks={a: 1, b: 1, c: 2}), "key-other")
+    store.submit(u, item_id, Judgment(all_unacceptable=True, tags={a: ["unsafe"]}), "key-ok")  # no ranks needed
+    assert store.count_judgment_rows() == 1
+
+
+def test_submit_is_idempotent_and_revisions_append(store):
+    p = _fill(store, 2)
+    u = _users(store, 1)[0]
+    item_id = store.next_item(u, p)
+    item = store.item(item_id)
+    first = _rank_all(item, [0, 1, 2])
+    jid, fresh = store.submit(u, item_id, first, "form-1")
+    assert fresh and store.submit(u, item_id, first, "form-1") == (jid, False)  # double click: stored once
+    store.save_draft(u.id, item_id, {"ranks": {}})
+    revised = _rank_all(item, [2, 1, 0])
+    jid2, _ = store.submit(u, item_id, revised, "form-2")
+    assert store.draft(u.id, item_id) is None  # a submission clears the draft
+    assert store.count_judgment_rows() == 2  # append-only: the first row is kept
+    latest = store.latest_judgments(p.id)
+    assert [(j.id, j.revision, j.judgment.ranks) for j in latest] == [(jid2, 2, revised.ranks)]
+    assert store.recent_submissions(u.id, p.id)[0].id == jid2
+
+
+def test_guideline_changes_are_versioned_in_judgments(store):
+    p = _fill(store, 2)
+    u = _users(store, 1)[0]
+    first = store.next_item(u, p)
+    store.submit(u, first, _rank_all(store.item(first), [0, 1, 2]), "a")
+    p = store.update_project(p.id, guidelines="New rules: be strict.")
+    assert p.guideline_version == 2
+    assert store.update_project(p.id, guidelines="New rules: be strict.  ").guideline_version == 2  # no change
+    second = store.next_item(u, p)
+    store.submit(u, second, _rank_all(store.item(second), [0, 1, 2]), "b")
+    assert sorted(j.guideline_version for j in store.latest_judgments(p.id)) == [1, 2]
+
+
+# ------------------------------------------------------------------------------------------------ export
+
+
+def _judge(store: Store, u, p, j_of_item) -> int:
+    item_id = store.next_item(u, p)
+    item = store.item(item_id)
+    store.submit(u, item_id, j_of_item(item), f"{u.id}:{item_id}")
+    return item_id
+
+
+def test_export_rows_and_provenance(store):
+    p = store.update_project(_fill(store, 4).id, overlap=1)
+    u = _users(store, 1)[0]
+
+    def ranked(item):  # A best, B and C tied: "all" gives A>B and A>C
+        a, b, c = item.candidates
+        return Judgment(ranks={a.id: 1, b.id: 2, c.id: 2}, tags={b.id: ["off tone"]})
+
+    def corrected(item):  # ranking A>B>C, C corrected, plus a negative
+        a, b, c = item.candidates
+        return Judgment(ranks={a.id: 1, b.id: 2, c.id: 3}, correction_of=c.id, correction="The fixed answer.",
+                        negative="You will certainly win your claim.")
+
+    def unacceptable(item):
+        return Judgment(all_unacceptable=True, negative="Send me your password.")
+
+    i1 = _judge(store, u, p, ranked)
+    i2 = _judge(store, u, p, corrected)
+    i3 = _judge(store, u, p, unacceptable)
+    out = export_store(store, pairs="all")
+    by_item: dict[int, list[dict]] = {}
+    for row in out.pairs:
+        by_item.setdefault(row["provenance"]["item_id"], []).append(row)
+    text = lambda side: side[0]["content"]  # noqa: E731
+    c1, c2 = store.item(i1).candidates, store.item(i2).candidates
+    assert sorted((text(r["chosen"]), text(r["rejected"])) for r in by_item[i1]) == sorted(
+        [(c1[0].text, c1[1].text), (c1[0].text, c1[2].text)])
+    kinds2 = sorted((r["provenance"]["kind"], text(r["chosen"]), text(r["rejected"])) for r in by_item[i2])
+    assert kinds2 == sorted([
+        ("ranking", c2[0].text, c2[1].text), ("ranking", c2[0].text, c2[2].text), ("ranking", c2[1].text, c2[2].text),
+        ("correction", "The fixed answer.", c2[2].text),
+        ("negative", "The fixed answer.", "You will certainly win your claim."),  # the correction is the good answer
+    ])
+    assert i3 not in by_item  # all unacceptable, no correction: nothing to prefer
+    unpaired = sorted((r["provenance"]["kind"], text(r["completion"]), r["label"]) for r in out.unpaired)
+    c3 = store.item(i3).candidates
+    assert unpaired == sorted(
+        [("correction", "The fixed answer.", True), ("negative", "You will certainly win your claim.", False),
+         ("negative", "Send me your password.", False)] + [("unacceptable", c.text, False) for c in c3])
+    row = next(r for r in by_item[i1])
+    prov = row["provenance"]
+    assert prov["annotator"] == u.name and prov["guideline_version"] == 1 and prov["revision"] == 1
+    assert prov["annotated_at"].endswith("+00:00") and prov["project"] == "default"
+    assert prov["chosen_model"] == c1[0].model and json.loads(prov["chosen_generation"]) == c1[0].generation
+    corr = next(r for r in by_item[i2] if r["provenance"]["kind"] == "correction")
+    assert corr["provenance"]["chosen_model"] == f"annotator:{u.name}"
+    assert out.by_kind["negative without a good answer"] == 1
+    best = export_store(store, pairs="best-vs-rest")
+    assert sum(1 for r in best.pairs if r["provenance"]["item_id"] == i2 and r["provenance"]["kind"] == "ranking") == 2
+    with pytest.raises(StoreError, match="pairs"):
+        export_store(store, pairs="some")
+    with pytest.raises(StoreError, match="no project 'x'"):
+        export_store(store, project="x")
+
+
+def test_negative_pairs_with_top_ranked_when_no_correction(store):
+    p = store.update_project(_fill(store, 1).id, overlap=1)
+    u = _users(store, 1)[0]
+    item_id = _judge(store, u, p, lambda it: Judgment(
+        ranks={it.candidates[0].id: 2, it.candidates[1].id: 1, it.candidates[2].id: 1}, negative="Bad idea."))
+    item = store.item(item_id)
+    neg = [r for r in export_store(store).pairs if r["provenance"]["kind"] == "negative"]
+    assert sorted(r["chosen"][0]["content"] for r in neg) == sorted([item.candidates[1].text, item.candidates[2].text])
+    assert all(r["rejected"][0]["content"] == "Bad idea." for r in neg)
+
+
+def test_export_files_load_as_training_data(store, tmp_path):
+    from alignment.data import load_dataset_file
+    from alignment.data.preferences import load_preference_examples
+
+    p = store.update_project(_fill(store, 6).id, overlap=2)
+    for u in _users(store, 2):
+        for _ in range(6):
+            _judge(store, u, p, lambda it: Judgment(
+                ranks={c.id: r + 1 for r, c in enumerate(it.candidates)}, correction_of=it.candidates[2].id,
+                correction=f"Corrected {it.id}", negative=f"Never say this {it.id}"))
+    exported = export_store(store)
+    pairs_path, unpaired_path = write_export(exported, tmp_path / "out" / "prefs.jsonl")
+    assert unpaired_path.name == "prefs.unpaired.jsonl"
+    examples, info = load_preference_examples(str(pairs_path))
+    assert info["kind"] == "preference" and len(examples) == len(exported.pairs) - info["duplicates_removed"]
+    ds, uinfo = load_dataset_file(unpaired_path, "unpaired")
+    assert len(ds) == len(exported.unpaired) and uinfo.kind == "unpaired"
+    # The store itself is data for the RM and DPO recipes: same pairs as the export
+    direct, dinfo = load_preference_examples(str(store.url.removeprefix("sqlite:///")))
+    assert dinfo["kind"] == "feedback" and len(direct) == len(exported.pairs)
+    assert len(load_preference_examples(str(store.url.removeprefix("sqlite:///")) + "#default")[0]) == len(direct)
+    with pytest.raises(AlignError, match="no project 'other'"):
+        load_preference_examples(str(store.url.removeprefix("sqlite:///")) + "#other")
+
+
+def test_rm_trains_from_the_store(tmp_path, tiny_model_dir):
+    store = Store(tmp_path / "feedback.db")
+    p = store.update_project(_fill(store, 24).id, overlap=1, assign_batch=24)
+    u = _users(store, 1)[0]
+    for _ in range(24):
+        _judge(store, u, p, lambda it: _rank_all(it, [0, 1, 2]))
+    recipe = {"phase": "rm", "model": str(tiny_model_dir), "output_dir": str(tmp_path / "rm"),
+              "data": {"train": str(tmp_path / "feedback.db"), "max_length": 64,
+                       "split": {"train": 0.75, "validation": 0.25}},
+              "train": {"max_steps": 2, "batch_size": 4, "bf16": "false", "eval_every": 2, "save_every": 2},
+              "tracking": {"backends": ["none"]}}
+    path = tmp_path / "rm.yaml"
+    path.write_text(json.dumps(recipe))
+    assert main(["rm", "--config", str(path)]) == 0
+    assert (tmp_path / "rm" / "model" / "config.json").exists()
+
+
+# ------------------------------------------------------------------------------------------------ candidates
+
+
+def test_import_candidates_with_models_and_errors(store, tmp_path):
+    from feedback_app.candidates import import_candidates
+
+    p = store.ensure_project()
+    good = write_jsonl(tmp_path / "cands.jsonl", [
+        {"prompt": "Q1", "responses": ["a1", "b1", "a1"], "model": ["m-a", "m-b", "m-a"],
+         "generation": {"temperature": 0.7}},
+        {"prompt": "Q2", "responses": ["a2", "b2"], "model": ["m-c", "m-c"], "generation": {"temperature": 0.7}},
+    ])
+    assert import_candidates(store, p.id, good) == (2, 4)  # the repeated "a1" is skipped
+    chat = write_jsonl(tmp_path / "chat.jsonl", [  # message lists, one model name for every response
+        {"messages": [{"role": "user", "content": "Q3"}],
+         "responses": [[{"role": "assistant", "content": "a3"}], [{"role": "assistant", "content": "b3"}]],
+         "model": "m-d"}])
+    assert import_candidates(store, p.id, chat) == (1, 2)
+    assert [c.model for c in store.item(store.item_id_for_prompt(p.id, _prompt("Q3"))).candidates] == ["m-d"] * 2
+    item = store.item(store.item_id_for_prompt(p.id, _prompt("Q1")))
+    assert [(c.text, c.model, c.generation) for c in item.candidates] == [
+        ("a1", "m-a", {"temperature": 0.7}), ("b1", "m-b", {"temperature": 0.7})]
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "Q3", "responses": ["x", "y"], "model": ["only-one"]}])
+    with pytest.raises(AlignError) as e:
+        import_candidates(store, p.id, bad)
+    assert e.value.line == 1 and e.value.field == "model" and "bad.jsonl" in str(e.value)
+
+
+def test_generation_job_fills_every_item(store, tiny_model_dir):
+    from feedback_app.candidates import GenerationSettings, generate_candidates
+
+    p = store.ensure_project()
+    store.add_prompts(p.id, [_prompt(f"Tell me about item {i}") for i in range(5)])
+    settings = GenerationSettings(model=str(tiny_model_dir), k=3, temperature=1.0, max_new_tokens=8, batch_size=4)
+    job = store.create_job(p.id, "generate", {}, store.add_user("boss", "admin", "password-1").id, 15)
+    seen: list[tuple[int, int]] = []
+    stored = generate_candidates(store, p.id, settings, job, on_progress=lambda d, t: seen.append((d, t)))
+    assert seen[-1] == (15, 15) and [d for d, _ in seen] == sorted(d for d, _ in seen)
+    (done,) = store.jobs(p.id)
+    assert done.status == "done" and done.done == 15
+    assert stored == store.counts(p.id)["candidates"] and stored >= 10  # sampling may repeat a few answers
+    cand = store.item(1).candidates[0]
+    assert cand.model == str(tiny_model_dir) and cand.generation["temperature"] == 1.0
+    assert cand.generation["max_new_tokens"] == 8
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+def test_cli_users_and_export(tmp_path, monkeypatch, capsys):
+    db = tmp_path / "f.db"
+    monkeypatch.setattr("sys.stdin", io.StringIO("a-long-password\n"))
+    assert main(["app", "users", "add", "boss", "--role", "admin", "--store", str(db), "--password-stdin"]) == 0
+    assert main(["app", "users", "add", "ann", "--role", "annotator", "--store", str(db), "--generate"]) == 0
+    printed = capsys.readouterr().out
+    password = printed.split("password (shown once): ")[1].split()[0]
+    store = Store(db)
+    assert store.authenticate("ann", password) and store.authenticate("boss", "a-long-password")
+    assert main(["app", "users", "add", "ann", "--role", "annotator", "--store", str(db), "--generate"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    p = store.update_project(_fill(store, 2).id, overlap=1)
+    _judge(store, store.get_user("ann"), p, lambda it: _rank_all(it, [0, 1, 2]))
+    out = tmp_path / "export" / "data.jsonl"
+    assert main(["feedback", "export", "--store", str(db), "--out", str(out), "--pairs", "adjacent"]) == 0
+    assert len(out.read_text().splitlines()) == 2 and (tmp_path / "export" / "data.unpaired.jsonl").exists()
+    assert "1 judgments -> 2 preference pairs" in capsys.readouterr().out
+    assert main(["feedback", "check", "--store", str(db)]) == 0
+    assert main(["feedback", "export", "--store", str(tmp_path / "none.db"), "--out", str(out)]) == 2
+    assert "no feedback store" in capsys.readouterr().err
