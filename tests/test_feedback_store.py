@@ -339,21 +339,22 @@ def test_export_files_load_as_training_data(store, tmp_path):
         load_preference_examples(str(store.url.removeprefix("sqlite:///")) + "#other")
 
 
-def test_rm_trains_from_the_store(tmp_path, tiny_model_dir):
+@pytest.mark.parametrize("phase", ["rm", "dpo"])
+def test_recipes_train_from_the_store(tmp_path, tiny_model_dir, phase):
     store = Store(tmp_path / "feedback.db")
     p = store.update_project(_fill(store, 24).id, overlap=1, assign_batch=24)
     u = _users(store, 1)[0]
     for _ in range(24):
         _judge(store, u, p, lambda it: _rank_all(it, [0, 1, 2]))
-    recipe = {"phase": "rm", "model": str(tiny_model_dir), "output_dir": str(tmp_path / "rm"),
+    recipe = {"phase": phase, "model": str(tiny_model_dir), "output_dir": str(tmp_path / phase),
               "data": {"train": str(tmp_path / "feedback.db"), "max_length": 64,
                        "split": {"train": 0.75, "validation": 0.25}},
               "train": {"max_steps": 2, "batch_size": 4, "bf16": "false", "eval_every": 2, "save_every": 2},
               "tracking": {"backends": ["none"]}}
-    path = tmp_path / "rm.yaml"
+    path = tmp_path / f"{phase}.yaml"
     path.write_text(json.dumps(recipe))
-    assert main(["rm", "--config", str(path)]) == 0
-    assert (tmp_path / "rm" / "model" / "config.json").exists()
+    assert main([phase, "--config", str(path)]) == 0
+    assert (tmp_path / phase / "model" / "config.json").exists()
 
 
 # ------------------------------------------------------------------------------------------------ candidates
