@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import threading
 from pathlib import Path
 
@@ -21,9 +22,30 @@ def _prompt(text: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": text}]
 
 
-@pytest.fixture()
-def store(tmp_path: Path) -> Store:
-    return Store(tmp_path / "feedback.db")
+def _postgres_url() -> str:
+    """A fresh database on the PostgreSQL server named by ALIGN_TEST_POSTGRES_URL (.ci/run starts one)."""
+    import uuid
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    base = os.environ.get("ALIGN_TEST_POSTGRES_URL")
+    if not base:
+        pytest.skip("ALIGN_TEST_POSTGRES_URL is not set (.ci/run sets it after starting a PostgreSQL server)")
+    name = f"feedback_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return make_url(base).set(database=name).render_as_string(hide_password=False)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    """Every store test runs on SQLite and on PostgreSQL: the store promises both."""
+    s = Store(tmp_path / "feedback.db" if request.param == "sqlite" else _postgres_url())
+    yield s
+    s.close()
 
 
 def _fill(store: Store, n_items: int, k: int = 3, project: str = "default"):
