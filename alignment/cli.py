@@ -44,11 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--kind", required=True, choices=["sft", "preference", "ranked", "unpaired", "prompts"])
     v.add_argument("--model", default="smollm2-135m-instruct", help="tokenizer for length statistics")
 
-    p = sub.add_parser("eval", help="generate on held-out prompts and check the domain policies")
+    p = sub.add_parser("eval", help="generate on held-out prompts; judge with policies, a reward model, a judge model")
     p.add_argument("--model", required=True, action="append", help="model to evaluate (repeatable)")
-    p.add_argument("--baseline", help="a baseline model shown first in the table")
+    p.add_argument("--baseline", help="a baseline model: shown first; win rates are against its answers")
     p.add_argument("--prompts", required=True)
-    p.add_argument("--policies", required=True, help="policies YAML (see recipes/quickstart/policies.yaml)")
+    p.add_argument("--policies", help="policies YAML (see recipes/quickstart/policies.yaml)")
+    p.add_argument("--reward-model", help="reward model (align rm output): mean scores, win rates vs --baseline")
+    p.add_argument("--judge-model", help="causal LM judging each answer against --baseline's, both orders")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--out", help="write results as JSON here")
@@ -131,9 +133,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "eval":
             from alignment.evaluation.adherence import eval_command
 
-            models = ([args.baseline] if args.baseline else []) + args.model
-            return eval_command(models, args.prompts, args.policies, args.max_new_tokens, args.batch_size,
-                                args.out)
+            return eval_command(args.model, args.prompts, args.policies, args.max_new_tokens, args.batch_size,
+                                args.out, baseline=args.baseline, reward_model=args.reward_model,
+                                judge_model=args.judge_model)
         if args.command in ("app", "feedback"):
             from feedback_app.cli import run
 
