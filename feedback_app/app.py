@@ -329,8 +329,10 @@ def build_blocks(store: Store) -> gr.Blocks:
                 payload = json.loads(form.judgment(data).to_json())
                 store.save_draft(user.id, st["item_id"], payload)
 
+        # Text boxes save on .change: Gradio's Textbox fires .input only on a key press, so a paste or a
+        # Backspace would never reach the draft (.change also fires when a load fills the box: same values).
         draft_triggers = [s.rank.input for s in slots] + [s.tags.input for s in slots] + [
-            unacceptable.input, correction_of.input, correction.input, negative.input, note.input]
+            unacceptable.input, correction_of.input, correction.change, negative.change, note.change]
         gr.on(draft_triggers, on_draft, form.inputs(), None, api_name="save_draft", trigger_mode="always_last",
               show_progress="hidden", concurrency_limit=32)
 
