@@ -28,6 +28,7 @@ from typing import Any
 import gradio as gr
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from feedback_app.agreement import agreement
 from feedback_app.auth import COOKIE, SESSION_SECONDS, LoginThrottle, Sessions, make_cookie
@@ -46,7 +47,8 @@ from feedback_app.store import (
 
 K_MAX = 8  # response slots on the page; projects use 2..K_MAX candidates per prompt
 LETTERS = "ABCDEFGH"
-PUBLIC_PATHS = {"/login", "/login/"}
+RANKS = [str(r) for r in range(1, K_MAX + 1)]
+PUBLIC_PATHS = {"/login"}
 
 SHORTCUTS = ("**Keys** (outside text boxes): `1`-`8` give that response the next rank, `Shift`+number gives it "
              "the same rank as the last one (a tie), `0` clears the ranks; `Ctrl`+`Enter` submits.")
@@ -244,7 +246,9 @@ def build_blocks(store: Store) -> gr.Blocks:
                     with gr.Group(visible=False, elem_id=f"slot-{i}") as box:
                         text = gr.HTML(elem_id=f"response-{i}")
                         with gr.Row():
-                            rank = gr.Radio(label=f"Rank of response {LETTERS[i]}", choices=[], elem_id=f"rank-{i}")
+                            # All ranks to start with: a tab left open across a server restart (its
+                            # per-session choices gone) can still submit; the store checks 1..K.
+                            rank = gr.Radio(label=f"Rank of response {LETTERS[i]}", choices=RANKS, elem_id=f"rank-{i}")
                             tags = gr.CheckboxGroup(label="Problems", choices=[], elem_id=f"tags-{i}")
                     slots.append(Slot(box, text, rank, tags))
                 with gr.Row():
@@ -310,8 +314,12 @@ def build_blocks(store: Store) -> gr.Blocks:
         def on_submit(data: dict[Any, Any], request: gr.Request) -> Any:
             user = require(store, request)
             st = data[state]
-            if not st.get("item_id"):
-                return {message: "Nothing to submit."}
+            if not st.get("item_id"):  # e.g. the server restarted since this page was loaded
+                project = store.project(st["project_id"]) if st.get("project_id") else None
+                project = project or next(iter(store.list_projects()), None)
+                return dict(zip(form.outputs(), next_form(
+                    user, project, "The page was out of date (the server restarted): check this item and submit "
+                    "again. Your saved draft is filled in.")))
             try:
                 _, fresh = store.submit(user, st["item_id"], form.judgment(data), st["key"])
             except StoreError as e:
@@ -672,7 +680,7 @@ def create_app(store: Store, *, secure_cookies: bool = False) -> FastAPI:
         if throttle.blocked(*keys):
             return HTMLResponse(LOGIN_PAGE.format(error='<p class="err">Too many failed attempts. '
                                                   "Wait five minutes.</p>"), status_code=429)
-        user = store.authenticate(name, password)
+        user = await run_in_threadpool(store.authenticate, name, password)  # scrypt: off the event loop
         if user is None:
             throttle.failed(*keys)
             return HTMLResponse(LOGIN_PAGE.format(error='<p class="err">Wrong user name or password.</p>'),

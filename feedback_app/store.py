@@ -141,7 +141,7 @@ judgments = Table(
     Column("guideline_version", Integer, nullable=False),
     Column("revision", Integer, nullable=False),  # 1 for the first submission, +1 per revision
     Column("submission_key", String(64), nullable=False, unique=True),
-    Index("ix_judgments_user_item", "user_id", "item_id"),
+    UniqueConstraint("user_id", "item_id", "revision"),  # concurrent revisions cannot share a number
     Index("ix_judgments_item", "item_id"),
 )
 
@@ -635,28 +635,35 @@ class Store:
         validate_judgment(judgment, item, project)
         if not submission_key or len(submission_key) > 64:
             raise StoreError("missing submission key")
-        try:
-            with self.write() as c:
-                if c.execute(select(assignments.c.id).where(assignments.c.user_id == user.id,
-                                                            assignments.c.item_id == item_id)).first() is None:
-                    raise StoreError("this item is not assigned to you")
-                previous = c.execute(select(func.max(judgments.c.revision)).where(
-                    judgments.c.user_id == user.id, judgments.c.item_id == item_id)).scalar()
-                version = c.execute(select(projects.c.guideline_version).where(
-                    projects.c.id == item.project_id)).scalar_one()
-                jid = c.execute(insert(judgments).values(
-                    item_id=item_id, user_id=user.id, created_at=time.time(), payload=judgment.to_json(),
-                    guideline_version=version, revision=(previous or 0) + 1, submission_key=submission_key,
-                )).inserted_primary_key[0]
-                c.execute(drafts.delete().where(drafts.c.user_id == user.id, drafts.c.item_id == item_id))
-            return int(jid), True
-        except IntegrityError:
-            with self.read() as c:
-                row = c.execute(select(judgments.c.id, judgments.c.user_id).where(
-                    judgments.c.submission_key == submission_key)).first()
-            if row is None or row.user_id != user.id:
-                raise StoreError("this submission could not be stored; reload the page") from None
-            return int(row.id), False
+        for _ in range(5):
+            try:
+                return self._insert_judgment(user, item, judgment, submission_key), True
+            except IntegrityError:
+                with self.read() as c:
+                    row = c.execute(select(judgments.c.id, judgments.c.user_id).where(
+                        judgments.c.submission_key == submission_key)).first()
+                if row is not None:  # the same form submitted twice: stored once
+                    if row.user_id != user.id:
+                        raise StoreError("this submission could not be stored; reload the page") from None
+                    return int(row.id), False
+                # else two revisions of the same item raced for a revision number (PostgreSQL): retry
+        raise StoreError("this submission could not be stored; please submit again")
+
+    def _insert_judgment(self, user: User, item: Item, judgment: Judgment, submission_key: str) -> int:
+        with self.write() as c:
+            if c.execute(select(assignments.c.id).where(assignments.c.user_id == user.id,
+                                                        assignments.c.item_id == item.id)).first() is None:
+                raise StoreError("this item is not assigned to you")
+            previous = c.execute(select(func.max(judgments.c.revision)).where(
+                judgments.c.user_id == user.id, judgments.c.item_id == item.id)).scalar()
+            version = c.execute(select(projects.c.guideline_version).where(
+                projects.c.id == item.project_id)).scalar_one()
+            jid = c.execute(insert(judgments).values(
+                item_id=item.id, user_id=user.id, created_at=time.time(), payload=judgment.to_json(),
+                guideline_version=version, revision=(previous or 0) + 1, submission_key=submission_key,
+            )).inserted_primary_key[0]
+            c.execute(drafts.delete().where(drafts.c.user_id == user.id, drafts.c.item_id == item.id))
+        return int(jid)
 
     def latest_judgment(self, user_id: int, item_id: int) -> StoredJudgment | None:
         q = (select(judgments, users.c.name).join(users).where(judgments.c.user_id == user_id,

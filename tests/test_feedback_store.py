@@ -448,3 +448,26 @@ def test_cli_users_and_export(tmp_path, monkeypatch, capsys):
     assert main(["feedback", "check", "--store", str(db)]) == 0
     assert main(["feedback", "export", "--store", str(tmp_path / "none.db"), "--out", str(out)]) == 2
     assert "no feedback store" in capsys.readouterr().err
+
+
+def test_concurrent_revisions_get_distinct_numbers(store):
+    p = _fill(store, 1)
+    u = _users(store, 1)[0]
+    item_id = store.next_item(u, p)
+    item = store.item(item_id)
+    results: list[tuple[int, bool]] = []
+    threads = [threading.Thread(target=lambda k=k: results.append(
+        store.submit(u, item_id, _rank_all(item, [k % 3, (k + 1) % 3, (k + 2) % 3]), f"tab-{k}"))) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 6 and all(fresh for _, fresh in results)
+    from sqlalchemy import select
+
+    from feedback_app.store import judgments
+
+    with store.read() as c:
+        revisions = sorted(c.execute(select(judgments.c.revision)).scalars())
+    assert revisions == [1, 2, 3, 4, 5, 6]
+    assert len(store.latest_judgments(p.id)) == 1
