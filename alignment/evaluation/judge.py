@@ -266,12 +266,7 @@ def score_answers(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[Mess
         with torch.no_grad(), autocast(use_bf16("auto") and device.type == "cuda"):
             for start in range(0, len(order), batch_size):
                 idx = order[start : start + batch_size]
-                width = max(len(encoded[i]) for i in idx)
-                ids = torch.full((len(idx), width), pad, dtype=torch.long)  # (B, T)
-                mask = torch.zeros_like(ids)  # (B, T)
-                for row, i in enumerate(idx):
-                    ids[row, : len(encoded[i])] = torch.tensor(encoded[i])
-                    mask[row, : len(encoded[i])] = 1
+                ids, mask = padded_batch([encoded[i] for i in idx], pad, left=False)
                 ids, mask = ids.to(device), mask.to(device)
                 model(input_ids=ids, attention_mask=mask, use_cache=False)
                 for row, s in zip(idx, scorer.take(mask).tolist()):
@@ -351,12 +346,7 @@ class PairwiseJudge:
         with torch.no_grad(), autocast(use_bf16("auto") and device.type == "cuda"):
             for start in range(0, len(order), batch_size):
                 idx = order[start : start + batch_size]
-                width = max(len(encoded[i]) for i in idx)
-                ids = torch.full((len(idx), width), pad, dtype=torch.long)  # (B, T)
-                mask = torch.zeros_like(ids)  # (B, T)
-                for row, i in enumerate(idx):
-                    ids[row, width - len(encoded[i]):] = torch.tensor(encoded[i])
-                    mask[row, width - len(encoded[i]):] = 1
+                ids, mask = padded_batch([encoded[i] for i in idx], pad, left=True)
                 positions = (mask.cumsum(dim=1) - 1).clamp(min=0)  # (B, T)
                 ids, mask, positions = ids.to(device), mask.to(device), positions.to(device)
                 out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False,
@@ -492,3 +482,17 @@ def judge_with_model(results: list[dict[str, Any]], prompts: list[Messages], jud
     _free_memory()
     return {"model": judge_model, "template": JUDGE_TEMPLATE, "labels": list(JUDGE_LABELS),
             "method": "P(A) = (P('1' | A first) + P('2' | A second)) / 2, labels renormalised"}
+
+
+def padded_batch(seqs: list[list[int]], pad: int, *, left: bool) -> tuple[Any, Any]:
+    """Token lists as one (B, T) id tensor and its attention mask, padded on the left or the right."""
+    import torch
+
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)  # (B, T)
+    mask = torch.zeros_like(ids)  # (B, T)
+    for row, seq in enumerate(seqs):
+        span = slice(width - len(seq), width) if left else slice(0, len(seq))
+        ids[row, span] = torch.tensor(seq, dtype=torch.long)
+        mask[row, span] = 1
+    return ids, mask
