@@ -204,8 +204,7 @@ class Form:
                 ranks.append(gr.Radio(choices=[], value=None))
                 tags.append(gr.CheckboxGroup(choices=[], value=[]))
         letters = list(LETTERS[:k])
-        corr_letter = LETTERS[[c.id for c in order].index(j.correction_of)] if j.correction_of in state["order"] \
-            else None
+        corr_letter = LETTERS[state["order"].index(j.correction_of)] if j.correction_of in state["order"] else None
         return [state, progress_text, project.guidelines, render_prompt(item.prompt), *boxes, *texts, *ranks, *tags,
                 gr.Checkbox(value=j.all_unacceptable), gr.Dropdown(choices=letters, value=corr_letter),
                 j.correction, j.negative, j.note, gr.Button(interactive=True), message]
@@ -274,16 +273,16 @@ def build_blocks(store: Store) -> gr.Blocks:
                     mine_pick = gr.Dropdown(label="Submission", choices=[], elem_id="mine-pick")
                     revise = gr.Button("Revise", elem_id="revise")
             with gr.Tab("Admin", id="admin", visible=False) as admin_tab:
-                admin = _admin_section(store, project_dd)
+                admin = AdminSection(store, project_dd)
         state = gr.State({})
         form = Form(state, progress, guidelines, prompt, slots, unacceptable, correction_of, correction, negative,
                     note, submit, message)
         timer = gr.Timer(2.0, active=False)
 
-        def project_of(user: User, name: str | None) -> Project | None:
+        def project_of(name: str | None) -> Project | None:
+            """The named project, else the first one."""
             projects = store.list_projects()
-            chosen = next((p for p in projects if p.name == name), projects[0] if projects else None)
-            return chosen
+            return next((p for p in projects if p.name == name), projects[0] if projects else None)
 
         def next_form(user: User, project: Project | None, message: str = "") -> list[Any]:
             item_id = store.next_item(user, project) if project else None
@@ -293,7 +292,7 @@ def build_blocks(store: Store) -> gr.Blocks:
 
         def on_load(request: gr.Request) -> list[Any]:
             user = require(store, request)
-            project = project_of(user, None)
+            project = project_of(None)
             names = [p.name for p in store.list_projects()]
             head = (f'<div style="display:flex;justify-content:space-between;align-items:center">'
                     f'<h2 style="margin:0">Expert feedback</h2><div>Signed in as <b id="whoami">'
@@ -307,7 +306,7 @@ def build_blocks(store: Store) -> gr.Blocks:
 
         def on_project(name: str, request: gr.Request) -> list[Any]:
             user = require(store, request)
-            return next_form(user, project_of(user, name))
+            return next_form(user, project_of(name))
 
         project_dd.input(on_project, project_dd, form.outputs(), api_name="select_project")
 
@@ -333,9 +332,11 @@ def build_blocks(store: Store) -> gr.Blocks:
         def on_draft(data: dict[Any, Any], request: gr.Request) -> None:
             user = require(store, request)
             st = data[state]
-            if st.get("item_id") and store.is_assigned(user.id, st["item_id"]):
-                payload = json.loads(form.judgment(data).to_json())
-                store.save_draft(user.id, st["item_id"], payload)
+            if st.get("item_id"):
+                try:  # the store refuses drafts of items not assigned to this user
+                    store.save_draft(user.id, st["item_id"], json.loads(form.judgment(data).to_json()))
+                except StoreError:
+                    pass
 
         # Text boxes save on .change: Gradio's Textbox fires .input only on a key press, so a paste or a
         # Backspace would never reach the draft (.change also fires when a load fills the box: same values).
@@ -352,7 +353,7 @@ def build_blocks(store: Store) -> gr.Blocks:
 
         def on_mine(name: str, request: gr.Request) -> list[Any]:
             user = require(store, request)
-            project = project_of(user, name)
+            project = project_of(name)
             if project is None:
                 return [[], gr.Dropdown(choices=[], value=None)]
             rows, choices = [], []
@@ -386,8 +387,11 @@ def build_blocks(store: Store) -> gr.Blocks:
 # ------------------------------------------------------------------------------------------------ admin
 
 
-class _admin_section:  # noqa: N801 - builds components where it is called, like a gr.Blocks context
-    """The admin tab: project settings, prompts and candidates, dashboard, export, users."""
+class AdminSection:
+    """The admin tab: project settings, prompts and candidates, dashboard, export, users.
+
+    Constructing it lays out the components where it is called (inside the Admin tab); ``wire`` attaches
+    the handlers once the rest of the page exists."""
 
     def __init__(self, store: Store, project_dd: Any) -> None:
         self.store = store

@@ -105,7 +105,6 @@ def import_candidates(store: Store, project_id: int, path: str | Path) -> tuple[
 def generate_candidates(store: Store, project_id: int, settings: GenerationSettings, job_id: int,
                         on_progress: Callable[[int, int], None] | None = None) -> int:
     """Fill every item of the project up to ``k`` distinct candidates; returns the number stored."""
-    import torch
 
     from alignment.generation import generate
     from alignment.modeling import load_causal_lm, load_tokenizer
@@ -123,16 +122,14 @@ def generate_candidates(store: Store, project_id: int, settings: GenerationSetti
     jobs = [(item_id, prompt) for item_id, prompt, missing in todo for _ in range(missing)]
     for start in range(0, len(jobs), settings.batch_size):
         chunk = jobs[start:start + settings.batch_size]
-        store.update_job(job_id, message=f"generating {done}/{total}")
         seed = settings.seed + start
-        with torch.inference_mode():
-            answers = generate(model, tokenizer, [p for _, p in chunk], max_new_tokens=settings.max_new_tokens,
-                               batch_size=settings.batch_size, temperature=settings.temperature,
-                               top_p=settings.top_p, seed=seed, desc="candidates")
+        answers = generate(model, tokenizer, [p for _, p in chunk], max_new_tokens=settings.max_new_tokens,
+                           batch_size=settings.batch_size, temperature=settings.temperature,
+                           top_p=settings.top_p, seed=seed, desc="candidates")
         for (item_id, _), answer in zip(chunk, answers):
             stored += store.add_candidates(item_id, [(answer.text, settings.model, {**decoding, "seed": seed})])
         done += len(chunk)
-        store.update_job(job_id, done=done)
+        store.update_job(job_id, done=done, message=f"generated {done}/{total}")
         if on_progress:
             on_progress(done, total)
     duplicates = total - stored

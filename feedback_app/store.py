@@ -16,6 +16,7 @@ make it safe to run under many annotators and to kill at any moment:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -297,7 +298,10 @@ def check_password(password: str, stored: str) -> bool:
     return hmac.compare_digest(got.hex(), digest)
 
 
-_DUMMY_HASH = hash_password(secrets.token_hex(8), n=2**15)  # checked for unknown users: same time as a real one
+@functools.cache
+def _dummy_hash() -> str:
+    """Checked for unknown users, so they cost the same time as a real one (made on first use, not at import)."""
+    return hash_password(secrets.token_hex(8))
 
 
 def prompt_hash(prompt: Sequence[dict[str, str]]) -> str:
@@ -427,7 +431,7 @@ class Store:
         """The user when the password matches and the account is active; constant work otherwise."""
         with self.read() as c:
             row = c.execute(select(users).where(users.c.name == name.strip())).first()
-        ok = check_password(password, row.pw_hash if row else _DUMMY_HASH)
+        ok = check_password(password, row.pw_hash if row else _dummy_hash())
         return _user(row) if row is not None and ok and row.active else None
 
     def list_users(self) -> list[User]:
@@ -604,10 +608,12 @@ class Store:
                         break
         return claimed
 
-    def is_assigned(self, user_id: int, item_id: int) -> bool:
-        with self.read() as c:
-            return c.execute(select(assignments.c.id).where(assignments.c.user_id == user_id,
-                                                            assignments.c.item_id == item_id)).first() is not None
+    @staticmethod
+    def _require_assignment(c: Connection, user_id: int, item_id: int) -> None:
+        """Inside a write: only the annotators an item is assigned to may judge it or keep a draft of it."""
+        if c.execute(select(assignments.c.id).where(assignments.c.user_id == user_id,
+                                                    assignments.c.item_id == item_id)).first() is None:
+            raise StoreError("this item is not assigned to you")
 
     def progress(self, user: User, project: Project) -> Progress:
         with self.read() as c:
@@ -651,9 +657,7 @@ class Store:
 
     def _insert_judgment(self, user: User, item: Item, judgment: Judgment, submission_key: str) -> int:
         with self.write() as c:
-            if c.execute(select(assignments.c.id).where(assignments.c.user_id == user.id,
-                                                        assignments.c.item_id == item.id)).first() is None:
-                raise StoreError("this item is not assigned to you")
+            self._require_assignment(c, user.id, item.id)
             previous = c.execute(select(func.max(judgments.c.revision)).where(
                 judgments.c.user_id == user.id, judgments.c.item_id == item.id)).scalar()
             version = c.execute(select(projects.c.guideline_version).where(
@@ -706,6 +710,7 @@ class Store:
         if len(text) > 8 * MAX_TEXT:
             raise StoreError("draft too large")
         with self.write() as c:
+            self._require_assignment(c, user_id, item_id)
             n = c.execute(update(drafts).where(drafts.c.user_id == user_id, drafts.c.item_id == item_id)
                           .values(payload=text, updated_at=time.time())).rowcount
             if not n:

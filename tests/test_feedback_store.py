@@ -14,7 +14,7 @@ import pytest
 from alignment.cli import main
 from alignment.errors import AlignError
 from feedback_app.export import export_store, write_export
-from feedback_app.store import Judgment, Store, StoreError, display_order
+from feedback_app.store import Judgment, Progress, Store, StoreError, display_order
 from tests.conftest import write_jsonl
 
 
@@ -149,7 +149,7 @@ def test_progress_counts_claimed_batch(store):
     p = store.update_project(_fill(store, 5).id, assign_batch=3, overlap=1)
     u = _users(store, 1)[0]
     first = store.next_item(u, p)
-    assert store.progress(u, p) == store.progress(u, p).__class__(done=0, assigned=3, available=2)
+    assert store.progress(u, p) == Progress(done=0, assigned=3, available=2)
     assert store.next_item(u, p) == first  # the open assignment, not a new claim
     store.submit(u, first, _rank_all(store.item(first), [2, 1, 0]), "k1")
     assert store.progress(u, p).done == 1
@@ -225,6 +225,8 @@ def test_judgments_are_validated(store):
             store.submit(u, item_id, j, "key-bad")
     with pytest.raises(StoreError, match="not assigned"):
         store.submit(other, item_id, Judgment(ranks={a: 1, b: 1, c: 2}), "key-other")
+    with pytest.raises(StoreError, match="not assigned"):  # nor keep a draft of someone else's item
+        store.save_draft(other.id, item_id, {"ranks": {}})
     store.submit(u, item_id, Judgment(all_unacceptable=True, tags={a: ["unsafe"]}), "key-ok")  # no ranks needed
     assert store.count_judgment_rows() == 1
 
