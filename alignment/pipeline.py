@@ -48,12 +48,17 @@ class PhaseStep:
 
 @dataclass
 class EvaluationConfig:
-    """Policy adherence on held-out prompts (the `eval` phase)."""
+    """Policy adherence and reward-model scores on held-out prompts (the `eval` phase)."""
 
     prompts: str = ""
     policies: str = ""
     max_new_tokens: int = 128
     batch_size: int = 16
+    reward_model: str | None = "auto"
+    """Judges every model's answers: mean score, and against "base" the win rate (ties count half) and the
+    mean P(better) = sigmoid(r - r_base), with the score-length correlation beside them. "auto": the model
+    of the last `rm` phase before the eval phase (none if there is none); "@<phase>": that `rm` phase's
+    model; a path: a reward model from `align rm`; null or "none": no reward-model judging."""
 
 
 @dataclass
@@ -81,6 +86,18 @@ class PipelineConfig:
             if p.kind == "eval" and not (self.evaluation.prompts and self.evaluation.policies):
                 raise AlignError("an eval phase needs evaluation.prompts and evaluation.policies",
                                  field="evaluation")
+        rm = self.evaluation.reward_model
+        if rm is not None and rm.strip().lower() in ("none", ""):
+            self.evaluation.reward_model = None
+        elif rm is not None and rm.startswith("@"):
+            kinds = {p.name: p.kind for p in self.phases}
+            if kinds.get(rm[1:]) != "rm":
+                rms = [p.name for p in self.phases if p.kind == "rm"]
+                raise AlignError(f"'{rm}' names no `rm` phase of this pipeline (rm phases: "
+                                 f"{', '.join(rms) or 'none'})", field="evaluation.reward_model")
+            first_eval = next((i for i, p in enumerate(self.phases) if p.kind == "eval"), len(self.phases))
+            if names.index(rm[1:]) > first_eval:
+                raise AlignError(f"'{rm}' runs after the eval phase; list it before", field="evaluation.reward_model")
 
 
 def _fingerprint(data: Any) -> str:
@@ -114,9 +131,10 @@ def load_pipeline(path: str | Path, overrides: list[str]) -> PipelineConfig:
     data = apply_overrides(data, parsed)
     cfg = build(PipelineConfig, data, _Source(str(path), lines, set(parsed)))
     base = Path(path).parent
-    for key in ("prompts", "policies"):
+    for key in ("prompts", "policies", "reward_model"):
         value = getattr(cfg.evaluation, key)
-        if value and not Path(value).is_absolute() and (base / value).exists():
+        if value and value != "auto" and not value.startswith("@") and not Path(value).is_absolute() \
+                and (base / value).exists():
             setattr(cfg.evaluation, key, str(base / value))
     for step in cfg.phases:
         if step.recipe and not Path(step.recipe).is_absolute():
@@ -177,6 +195,10 @@ def run_phase(kind: str, cfg: Any) -> None:
 def run_pipeline(cfg: PipelineConfig) -> dict[str, float]:
     """Run every phase not yet complete; returns wall seconds per phase (0 for skipped ones)."""
     out = Path(cfg.output_dir)
+    rm = cfg.evaluation.reward_model
+    if rm and rm != "auto" and not rm.startswith("@") and any(p.kind == "eval" for p in cfg.phases) \
+            and not Path(rm).resolve().is_relative_to(out.resolve()):
+        _check_reward_model(rm)  # a typo fails now, not after the training phases
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "pipeline.yaml")
     outputs: dict[str, str] = {}  # training phase name -> its model folder
@@ -184,6 +206,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, float]:
     fingerprints: list[str] = []
     timings: dict[str, float] = {}
     current_model = cfg.model
+    reward_models: list[str] = []  # names of the `rm` phases so far, for evaluation.reward_model: auto
     for step in cfg.phases:
         phase_dir = out / step.name
         start = time.perf_counter()
@@ -207,14 +230,18 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, float]:
             if step.kind in POLICY_PHASES:
                 current_model = outputs[step.name]
                 policies[step.name] = outputs[step.name]
+            if step.kind == "rm":
+                reward_models.append(step.name)
         else:
             models = {"base": cfg.model, **policies}
-            fingerprint = _fingerprint([fingerprints, to_dict(cfg.evaluation), models])
+            reward_model = _eval_reward_model(cfg.evaluation.reward_model, outputs, reward_models)
+            fingerprint = _fingerprint([fingerprints, _generation_settings(cfg.evaluation), models, reward_model,
+                                        _model_stamp(reward_model) if reward_model else None])
             if _is_complete(phase_dir, fingerprint):
                 print(f"[pipeline] {step.name}: complete, skipped")
                 timings[step.name] = 0.0
             else:
-                _run_eval_phase(cfg, phase_dir, models)
+                _run_eval_phase(cfg, phase_dir, models, reward_model)
                 timings[step.name] = time.perf_counter() - start
                 _mark_complete(phase_dir, fingerprint, timings[step.name])
         fingerprints.append(fingerprint)
@@ -223,6 +250,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, float]:
     report = write_report(out, cfg, timings)
     for name, seconds in timings.items():
         print(f"[pipeline] {name}: {seconds:.0f} s" + (" (skipped: already complete)" if seconds == 0 else ""))
+    print(f"[pipeline] total: {sum(timings.values()):.0f} s")
     print(f"[pipeline] report: {report}")
     return timings
 
@@ -241,34 +269,121 @@ def _warn_if_changed(phase_dir: Path, phase_cfg: Any) -> None:
         phase_cfg.train.resume = "never"
 
 
-def _run_eval_phase(cfg: PipelineConfig, phase_dir: Path, models: dict[str, str]) -> None:
-    from alignment.evaluation.adherence import evaluate_model, format_table, load_prompts
+def _generation_settings(evaluation: EvaluationConfig) -> dict[str, Any]:
+    """The settings the answers depend on (not which reward model judges them)."""
+    return {k: v for k, v in to_dict(evaluation).items() if k != "reward_model"}
+
+
+def _eval_reward_model(value: str | None, outputs: dict[str, str], reward_models: list[str]) -> str | None:
+    """`evaluation.reward_model` as a model path, or None: "auto" is the last `rm` phase so far."""
+    if value is None:
+        return None
+    if value == "auto":
+        return outputs[reward_models[-1]] if reward_models else None
+    if value.startswith("@"):
+        try:
+            return _resolve_reference(value, outputs)
+        except AlignError as exc:
+            raise AlignError(exc.message, field="evaluation.reward_model") from None
+    return value
+
+
+def _check_reward_model(path: str) -> None:
+    from alignment.evaluation.judge import check_reward_model
+
+    try:
+        check_reward_model(path)
+    except AlignError as exc:
+        raise AlignError(exc.message, file=exc.file, field="evaluation.reward_model") from None
+
+
+def _run_eval_phase(cfg: PipelineConfig, phase_dir: Path, models: dict[str, str],
+                    reward_model: str | None = None) -> None:
+    """Every model answers the held-out prompts (cached per model); policy checks, then the reward model.
+
+    ``models`` starts with "base", the baseline of the win rates. A model's answers are cached in
+    ``<label>.json`` under a key of the generation settings and the model's files; the reward-model
+    judgement of the whole set in ``rm.json`` under a key of those answer keys and the reward model's files,
+    so a retrained reward model rescores the answers without generating them again.
+    """
+    from alignment.evaluation import judge
+    from alignment.evaluation.adherence import LEGEND, _finite, evaluate_model, format_table, load_prompts
     from alignment.evaluation.policies import load_policies
 
     policies = load_policies(cfg.evaluation.policies)
     prompts = load_prompts(cfg.evaluation.prompts)
+    if reward_model:  # before any generation: a wrong path costs seconds, not a generation run
+        _check_reward_model(reward_model)
     phase_dir.mkdir(parents=True, exist_ok=True)
-    results = []
+    settings = _generation_settings(cfg.evaluation)
+    results, keys = [], []
     for label, model in models.items():
         cache = phase_dir / f"{label}.json"
-        key = _fingerprint([to_dict(cfg.evaluation), model, _model_stamp(model)])
-        if cache.exists() and json.loads(cache.read_text()).get("key") == key:
-            result = json.loads(cache.read_text())
-        else:
+        key = _fingerprint([settings, model, _model_stamp(model)])
+        result = json.loads(cache.read_text()) if cache.exists() else {}
+        # answers cached before per-answer lengths were recorded cannot be judged: generate them again
+        if result.get("key") != key or not all({"tokens", "chars"} <= set(a) for a in result["answers"]):
             print(f"[pipeline] eval: {label} ({model})")
             result = evaluate_model(model, prompts, policies, max_new_tokens=cfg.evaluation.max_new_tokens,
                                     batch_size=cfg.evaluation.batch_size, label=label)
             result["key"] = key
             cache.write_text(json.dumps(result, indent=2))
         results.append(result)
+        keys.append([label, key])
+
+    judge.add_length_deltas(results, 0)
+    summary = None
+    if reward_model:
+        summary = _judge_with_reward_model(phase_dir, results, prompts, reward_model, keys,
+                                           cfg.evaluation.batch_size)
+    else:
+        for r in results:
+            r["reward"] = None
     table = format_table(results, policies)
-    (phase_dir / "results.json").write_text(json.dumps({"results": results}, indent=2))
+    report = {"results": results, "prompts": len(prompts), "policies": [p.name for p in policies],
+              "baseline": results[0]["label"], "reward_model": summary}
+    (phase_dir / "results.json").write_text(json.dumps(_finite(report), indent=2, allow_nan=False))
     (phase_dir / "table.txt").write_text(table + "\n")
     print(f"\nPolicy adherence on {len(prompts)} held-out prompts:\n{table}\n")
+    if summary:
+        pooled = summary.get("length_corr_tokens")
+        print(f"Reward model: {reward_model}; RM score vs answer tokens over all "
+              f"{sum(len(r['answers']) for r in results)} answers: r = {'-' if pooled is None else f'{pooled:+.2f}'}")
+        print(LEGEND + "\n")
+
+
+def _judge_with_reward_model(phase_dir: Path, results: list[dict[str, Any]], prompts: list[Any],
+                             reward_model: str, keys: list[list[str]], batch_size: int) -> dict[str, Any]:
+    """Reward-model scores and win rates against ``results[0]``, from ``rm.json`` when nothing changed."""
+    from alignment.evaluation import judge
+
+    cache = phase_dir / "rm.json"
+    key = _fingerprint([keys, reward_model, _model_stamp(reward_model)])
+    per_answer = ("rm_score", "rm_p_a")
+    if cache.exists():
+        cached = json.loads(cache.read_text())
+        if cached.get("key") == key:
+            for r in results:
+                saved = cached["results"][r["label"]]
+                r["reward"] = saved["reward"]
+                if saved["vs_baseline"] is not None:
+                    r["vs_baseline"] = {**(r["vs_baseline"] or {}), **saved["vs_baseline"]}
+                for a, values in zip(r["answers"], saved["answers"]):
+                    a.update(values)
+            return cached["summary"]
+    print(f"[pipeline] eval: scoring every answer with the reward model {reward_model}")
+    summary = judge.judge_with_reward_model(results, prompts, reward_model, 0, batch_size=batch_size)
+    saved = {r["label"]: {"reward": r["reward"], "vs_baseline": r["vs_baseline"],
+                          "answers": [{k: a[k] for k in per_answer if k in a} for a in r["answers"]]}
+             for r in results}
+    cache.write_text(json.dumps({"key": key, "summary": summary, "results": saved}, indent=2))
+    return summary
 
 
 def _model_stamp(model: str) -> float:
     """When a model folder last changed, so a retrained phase is evaluated again."""
     path = Path(model)
+    if (path / "model").is_dir() and not (path / "config.json").exists():
+        path = path / "model"  # a finished phase folder
     files = list(path.glob("*.safetensors")) if path.is_dir() else []
     return max((f.stat().st_mtime for f in files), default=0.0)

@@ -1,4 +1,4 @@
-"""`runs/<run>/report.html`: one self-contained file with curves, adherence and example answers.
+"""`runs/<run>/report.html`: one self-contained file with curves, RM diagnostics, evaluation and example answers.
 
 Plots are matplotlib PNGs embedded as base64, so the file can be mailed or attached to a ticket.
 All model text is HTML-escaped.
@@ -122,13 +122,17 @@ def write_report(run_dir: Path, cfg: Any, timings: dict[str, float]) -> Path:
     """Write ``run_dir/report.html`` from what the phases left on disk."""
     e = html.escape
     parts = [f"<h1>Run {e(cfg.name)}</h1>", f"<p>Base model: <code>{e(cfg.model)}</code></p>"]
-    parts.append("<h2>Phases</h2><table><tr><th>phase</th><th>kind</th><th>wall time</th></tr>")
+    parts.append('<h2>Phases</h2><table id="phases"><tr><th>phase</th><th>kind</th><th>wall time</th></tr>')
+    total = 0.0
     for step in cfg.phases:
         marker = run_dir / step.name / "complete.json"
         seconds = json.loads(marker.read_text())["seconds"] if marker.exists() else None
-        shown = f"{seconds:.0f} s" if seconds is not None else "not run"
+        total += seconds or 0.0
+        shown = _duration(seconds) if seconds is not None else "not run"
         parts.append(f"<tr><td>{e(step.name)}</td><td>{e(step.kind)}</td><td>{shown}</td></tr>")
-    parts.append("</table>")
+    parts.append(f"<tr><th>total</th><th></th><th>{_duration(total)}</th></tr></table>")
+    parts.append("<p><small>Wall time of each phase's last complete run; a re-run skips complete "
+                 "phases.</small></p>")
 
     for step in cfg.phases:
         if step.kind == "eval":
@@ -147,29 +151,107 @@ def write_report(run_dir: Path, cfg: Any, timings: dict[str, float]) -> Path:
 <style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}}
 table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top;
 text-align:left}}.answer{{white-space:pre-wrap;font-size:0.9em}}.fail{{background:#fde8e8}}
-.pass{{background:#e8f6e8}}</style></head><body>{body}</body></html>"""
+.pass{{background:#e8f6e8}}.plots{{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start}}
+.plots img{{max-width:calc(50% - 0.5em)}}td.num{{text-align:right}}</style></head><body>{body}</body></html>"""
     path = run_dir / "report.html"
     path.write_text(page, encoding="utf-8")
     return path
 
 
+def _duration(seconds: float) -> str:
+    """``42 s``, ``12 min 5 s`` or ``2 h 3 min``."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+
+
+def _num(value: Any, fmt: str) -> str:
+    return "–" if value is None else format(value, fmt)
+
+
+def _length_plot(results: list[dict[str, Any]]) -> str:
+    """RM score against answer length, one colour per model: a longer-is-better hack slopes up and right."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    for r, marker in zip(results, "osD^vP*X" * len(results)):  # markers tell overlapping models apart
+        pts = [(a["tokens"], a["rm_score"]) for a in r["answers"] if isinstance(a.get("rm_score"), (int, float))]
+        corr = (r.get("reward") or {}).get("length_corr_tokens")
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=16, alpha=0.6, marker=marker,
+                   label=f"{r['label']} (r = {_num(corr, '+.2f')})")
+    ax.set_xlabel("answer length (tokens)")
+    ax.set_ylabel("reward-model score")
+    ax.set_title("RM score vs answer length")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig).replace('alt="plot"', 'alt="RM score vs answer length"', 1)
+
+
 def _eval_section(eval_dir: Path, examples: int = 6) -> str:
+    """The evaluation table (policies, reward model, lengths), its plots, and example answers side by side."""
     e = html.escape
     results_file = eval_dir / "results.json"
     if not results_file.exists():
         return ""
-    results = json.loads(results_file.read_text())["results"]
+    data = json.loads(results_file.read_text())
+    results = data["results"]
     if not results:
         return ""
     names = list(results[0]["adherence"])
-    out = ["<h2>Policy adherence (held-out prompts)</h2>", "<table><tr><th>model</th>"]
-    out += [f"<th>{e(n)}</th>" for n in names] + ["<th>mean length (tokens)</th><th>unfinished</th></tr>"]
+    rm = data.get("reward_model")
+    scored = bool(rm) and any(r.get("reward") for r in results)
+    baseline = data.get("baseline", results[0]["label"])
+    out = [f"<h2>Evaluation: Policy adherence{' and reward-model scores' if scored else ''} on "
+           f"{len(results[0]['answers'])} held-out prompts</h2>"]
+    if scored:
+        pooled = rm.get("length_corr_tokens")
+        out.append(f"<p>Judged by the policy checks and the reward model <code>{e(str(rm['model']))}</code>; "
+                   f"win rates and P(better) are against <b>{e(baseline)}</b>, prompt by prompt. "
+                   f"Correlation of RM score and answer length over all answers: r = {_num(pooled, '+.2f')}.</p>")
+    else:
+        out.append("<p>Judged by the policy checks (no reward model: <code>evaluation.reward_model</code> is off "
+                   "or the pipeline has no rm phase).</p>")
+    head = [*(f"adherence: {n}" for n in names)]
+    if scored:
+        head += ["RM mean score", f"win rate vs {baseline}", f"mean P(better than {baseline})"]
+    head += ["mean length (tokens)", f"Δ tokens vs {baseline}"]
+    head += ["corr(RM score, length)"] if scored else []
+    head += ["unfinished"]
+    out.append('<table id="evaluation"><tr><th>model</th>' + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr>")
     for r in results:
-        cells = "".join(f"<td>{100 * r['adherence'][n]:.1f}%</td>" for n in names)
-        out.append(f"<tr><td>{e(r['label'])}</td>{cells}<td>{r['mean_length_tokens']:.0f}</td>"
-                   f"<td>{r['unfinished']}</td></tr>")
+        vs = r.get("vs_baseline") or {}
+        is_base = r["label"] == baseline
+        cells = [f"{100 * r['adherence'][n]:.1f}%" for n in names]
+        if scored:
+            reward = r.get("reward") or {}
+            cells += [_num(reward.get("mean"), "+.3f")]
+            cells += ["baseline", "baseline"] if is_base else [_num(vs.get("rm_win_rate"), ".3f"),
+                                                               _num(vs.get("rm_p_a"), ".3f")]
+        delta = "baseline" if is_base else _num(vs.get("length_delta_tokens"), "+.1f")
+        cells += [f"{r['mean_length_tokens']:.1f}", delta]
+        if scored:
+            cells += [_num((r.get("reward") or {}).get("length_corr_tokens"), "+.2f")]
+        cells += [str(r["unfinished"])]
+        out.append(f"<tr><td>{e(r['label'])}</td>" + "".join(f'<td class="num">{c}</td>' for c in cells) + "</tr>")
     out.append("</table>")
-    out.append(_adherence_plot(results, names))
+    if scored:
+        out.append("<p><small>Win rate: share of prompts where the reward model scores the answer above the "
+                   f"{e(baseline)} model's answer (ties count half). P(better): the mean of sigmoid(r - r<sub>"
+                   f"{e(baseline)}</sub>), the Bradley-Terry probability the reward model was trained to predict. "
+                   "A reward that grows with length (a high correlation, the points climbing to the right below) "
+                   "is the classic reward hack: check the length columns before trusting a win rate. A policy "
+                   "trained against this same reward model (PPO) has optimised its judge: its adherence says more "
+                   "than its score.</small></p>")
+    plots = [_adherence_plot(results, names)] if names else []
+    if scored:
+        plots.append(_length_plot(results))
+    out.append('<div class="plots">' + "".join(plots) + "</div>")
     out.append("<h3>Example answers</h3><table><tr><th>prompt</th>")
     out += [f"<th>{e(r['label'])}</th>" for r in results] + ["</tr>"]
     for i in range(min(examples, len(results[0]["answers"]))):
@@ -178,7 +260,12 @@ def _eval_section(eval_dir: Path, examples: int = 6) -> str:
             a = r["answers"][i]
             css = "pass" if all(a["checks"].values()) else "fail"
             failed = ", ".join(k for k, ok in a["checks"].items() if not ok)
-            note = f"<br><small>breaks: {e(failed)}</small>" if failed else ""
+            notes = [f"breaks: {e(failed)}"] if failed else []
+            if isinstance(a.get("rm_score"), (int, float)):
+                notes.append(f"RM score {a['rm_score']:+.3f}")
+            if "tokens" in a:
+                notes.append(f"{a['tokens']} tokens")
+            note = f"<br><small>{' · '.join(notes)}</small>"
             out.append(f'<td class="{css}"><div class="answer">{e(a["answer"])}</div>{note}</td>')
         out.append("</tr>")
     out.append("</table>")
