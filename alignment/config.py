@@ -87,6 +87,9 @@ class TrainConfig:
     bf16: Literal["auto", "true", "false"] = "auto"
     """bf16 autocast: "auto" uses it where the hardware has fast bf16 (measured at start-up)."""
     gradient_checkpointing: bool = False
+    group_by_length: bool = True
+    """Batch examples of similar length (less padding): sorted by length within groups of 16 steps,
+    then the batches are shuffled. False: plain random batches."""
     seed: int = 42
     log_every: int = 1
     eval_every: int = 50

@@ -12,12 +12,14 @@ accumulation, clipping and precision come from the recipe; we fill them here, in
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
 import socket
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +65,17 @@ def init_process_group() -> None:
     import deepspeed
 
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    if not torch.cuda.is_available():
+        atexit.register(_remove_shm_buffer)
+
+
+def _remove_shm_buffer() -> None:
+    """DeepSpeed's CPU all-reduce maps a 66 MB shared-memory file per process and never unlinks it,
+    so every multi-process CPU run would leave its files in /dev/shm until the machine reboots.
+    At exit every rank removes its own (the others' mappings stay valid until they exit)."""
+    name = (f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
+            f"{os.environ.get('MASTER_PORT', '')}_{rank()}")
+    Path("/dev/shm", name).unlink(missing_ok=True)
 
 
 def barrier() -> None:
@@ -70,15 +83,17 @@ def barrier() -> None:
         torch.distributed.barrier()
 
 
-def even_shard(n: int, batch_size: int) -> list[list[int]]:
+def even_shard(n: int, batch_size: int, lengths: Sequence[int] | None = None) -> list[list[int]]:
     """This process's share of ``n`` items, in batches, with the same number of batches on every process.
 
     Under ZeRO-3 every forward gathers parameters collectively, so a rank that ran one forward fewer
     would leave the others waiting forever. Short ranks are padded with -1: a slot whose result the
-    caller drops (it runs item 0 there).
+    caller drops (it runs item 0 there). With ``lengths``, items are taken longest first, so each
+    batch holds items of similar length and pads little.
     """
     per_rank = math.ceil(n / world_size())
-    mine = list(range(rank(), n, world_size()))
+    items = sorted(range(n), key=lambda i: -lengths[i]) if lengths is not None else list(range(n))
+    mine = items[rank() :: world_size()]
     mine += [-1] * (per_rank - len(mine))
     return [mine[start : start + batch_size] for start in range(0, per_rank, batch_size)]
 

@@ -23,9 +23,10 @@ import torch
 from alignment import distributed as dist
 from alignment.config import DPOConfig
 from alignment.data.preferences import TokenizedPair, describe, tokenize_pairs
-from alignment.losses import PREFERENCE_LOSSES, preference_metrics, sequence_logps
+from alignment.logits import labelled_logits, token_logps
+from alignment.losses import PREFERENCE_LOSSES, preference_metrics
 from alignment.modeling import apply_lora, count_parameters, load_causal_lm, load_tokenizer, save_model
-from alignment.rm import collate_pairs, load_pairs
+from alignment.rm import collate_pairs, load_pairs, pair_lengths
 from alignment.training import (
     Engine,
     Schedule,
@@ -52,12 +53,13 @@ def build_loss(cfg: DPOConfig) -> Any:
 # --------------------------------------------------------------------------------------------------
 def batch_logps(model: Any, batch: dict[str, torch.Tensor], average: bool, autocast: Any) -> tuple[
         torch.Tensor, torch.Tensor]:
-    """(B,) chosen and (B,) rejected response log-probs (summed, or per-token means when ``average``)."""
+    """(B,) chosen and (B,) rejected response log-probs (summed, or per-token means when ``average``).
+    The output layer runs on response tokens only (alignment.logits)."""
     device = dist.device()
     ids, mask, labels = (batch[k].to(device) for k in ("input_ids", "attention_mask", "labels"))
     with autocast:
-        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits  # (2B, T, V)
-    logps, counts = sequence_logps(logits[:, :-1], labels[:, 1:])  # (2B,), (2B,)
+        out = labelled_logits(model, ids, labels, mask)  # (N, V) over the 2B rows
+    logps, counts = out.per_row_sum(token_logps(out)), out.counts()  # (2B,), (2B,)
     if average:
         logps = logps / counts.clamp(min=1)
     half = logps.shape[0] // 2
@@ -97,7 +99,8 @@ def precompute(reference: Reference, pairs: list[TokenizedPair], batch_size: int
     from tqdm.auto import tqdm
 
     chosen, rejected = [0.0] * len(pairs), [0.0] * len(pairs)
-    for idx in tqdm(dist.even_shard(len(pairs), batch_size), desc="reference log-probs", disable=not dist.is_main()):
+    shards = dist.even_shard(len(pairs), batch_size, pair_lengths(pairs))
+    for idx in tqdm(shards, desc="reference log-probs", disable=not dist.is_main()):
         c, r = reference.logps(collate_pairs([pairs[max(i, 0)] for i in idx], pad))
         for j, i in enumerate(idx):
             if i >= 0:
@@ -139,7 +142,7 @@ def evaluate(engine: Engine, reference: Reference | None, loss_fn: Any, pairs: l
         return {}
     engine.eval()
     sums: dict[str, float] = {}
-    for shard in dist.even_shard(len(pairs), batch_size):
+    for shard in dist.even_shard(len(pairs), batch_size, pair_lengths(pairs)):
         idx = [max(i, 0) for i in shard]
         weight = torch.tensor([float(i >= 0) for i in shard])  # (B,) 0 for padding slots
         batch = collate_pairs([pairs[i] for i in idx], pad)
@@ -252,7 +255,8 @@ def run_dpo(cfg: DPOConfig) -> Path:
         frozen = load_causal_lm(cfg.ref_model or cfg.model, merge_adapter=True).eval().requires_grad_(False)
     trainable, total = count_parameters(model)
     bf16 = use_bf16(cfg.train.bf16)
-    schedule = Schedule.create(len(train_pairs), cfg.train, dist.world_size())
+    schedule = Schedule.create(len(train_pairs), cfg.train, dist.world_size(),
+                               pair_lengths(train_pairs))
     ds_config = deepspeed_config(cfg.deepspeed, cfg.train, bf16)
     engine = Engine(model, cfg.train, schedule.total_steps, bf16, ds_config)
     if frozen is not None:

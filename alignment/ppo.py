@@ -115,11 +115,13 @@ def positions(mask: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------------
 # Rollout
 # --------------------------------------------------------------------------------------------------
-def response_logprobs(logits: torch.Tensor, tokens: torch.Tensor, prompt_len: int, temperature: float) -> tuple[
+def response_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> tuple[
         torch.Tensor, torch.Tensor]:
-    """(B, T, V) logits over prompt + response -> (B, R) log-probs of the response tokens and (B, R, V)
-    temperature-scaled response logits."""
-    logits = logits[:, prompt_len - 1 : -1].float() / temperature  # (B, R, V) predicts the response
+    """(B, K, V) logits of the last K >= R + 1 positions of prompt + response (forwards pass
+    ``logits_to_keep=R + 1``: the output layer skips the prompt) -> (B, R) log-probs of the R response
+    tokens and (B, R, V) temperature-scaled response logits."""
+    r = tokens.shape[1]
+    logits = logits[:, -(r + 1) : -1].float() / temperature  # (B, R, V) predicts the response
     logps = torch.log_softmax(logits, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # (B, R)
     return logps, logits
 
@@ -174,16 +176,17 @@ def rollout(policy: Engine, critic: Engine | None, reference: Any, reward: Rewar
     mask = torch.cat([prompt_mask, response_mask], dim=1)  # (B, P+R)
     pos = positions(mask)
     inputs = {"input_ids": full, "attention_mask": mask, "position_ids": pos, "use_cache": False}
+    lm_inputs = {**inputs, "logits_to_keep": responses.shape[1] + 1}  # no output layer on the prompt
     with policy.autocast():
         if cfg.critic == "shared":
-            logits, all_values = (policy.ds or policy.module)(**inputs)
+            logits, all_values = (policy.ds or policy.module)(**lm_inputs)
             values = all_values[:, prompt_len - 1 : -1].float()  # (B, R) value of the state before each token
         else:
-            logits = (policy.ds or policy.module)(**inputs).logits
-        old_logps, scaled = response_logprobs(logits, responses, prompt_len, cfg.generation.temperature)
+            logits = (policy.ds or policy.module)(**lm_inputs).logits
+        old_logps, scaled = response_logprobs(logits, responses, cfg.generation.temperature)
         entropy = masked_mean(entropy_from_logits(scaled), response_mask.float())
         del logits, scaled
-        ref_logps = reference(inputs, responses, prompt_len)
+        ref_logps = reference(lm_inputs, responses)
         if critic is not None:
             (critic.ds or critic.module)(**inputs)
             values = critic_scores.per_token()[:, prompt_len - 1 : -1].float()  # (B, R)
@@ -253,13 +256,14 @@ def ppo_update(policy: Engine, critic: Engine | None, critic_scores: LastTokenSc
             inputs = {"input_ids": batch["full"][idx], "attention_mask": batch["mask"][idx],
                       "position_ids": batch["positions"][idx], "use_cache": False}
             m = batch["response_mask"][idx]
+            lm_inputs = {**inputs, "logits_to_keep": batch["responses"].shape[1] + 1}
             with policy.autocast():
                 if cfg.critic == "shared":
-                    logits, all_values = (policy.ds or policy.module)(**inputs)
+                    logits, all_values = (policy.ds or policy.module)(**lm_inputs)
                     values = all_values[:, p - 1 : -1].float()
                 else:
-                    logits = (policy.ds or policy.module)(**inputs).logits
-            logps, _ = response_logprobs(logits, batch["responses"][idx], p, cfg.generation.temperature)
+                    logits = (policy.ds or policy.module)(**lm_inputs).logits
+            logps, _ = response_logprobs(logits, batch["responses"][idx], cfg.generation.temperature)
             del logits
             pg_loss, pg_stats = policy_loss(logps, batch["old_logps"][idx], batch["advantages"][idx], m,
                                             cfg.clip_range)
@@ -418,22 +422,22 @@ def _generation_eos(model: str, tokenizer: Any) -> list[int]:
 
 
 def _build_reference(cfg: PPOConfig, policy: Engine, ds_config: dict[str, Any] | None, device: torch.device) -> Any:
-    """A function (inputs, responses, prompt_len) -> (B, R) reference log-probs of the responses."""
+    """A function (inputs, responses) -> (B, R) reference log-probs of the responses."""
     from alignment.dpo import _place_reference
 
     if cfg.lora.enabled and not cfg.ref_model:
-        def adapter_off(inputs: dict[str, Any], responses: torch.Tensor, prompt_len: int) -> torch.Tensor:
+        def adapter_off(inputs: dict[str, Any], responses: torch.Tensor) -> torch.Tensor:
             peft_model = policy.module.policy if cfg.critic == "shared" else policy.module
             with peft_model.disable_adapter(), policy.autocast():
                 logits = (policy.ds or policy.module)(**inputs)
                 logits = logits[0] if isinstance(logits, tuple) else logits.logits
-            return response_logprobs(logits, responses, prompt_len, cfg.generation.temperature)[0]
+            return response_logprobs(logits, responses, cfg.generation.temperature)[0]
         return adapter_off
     frozen = load_causal_lm(cfg.ref_model or cfg.model, merge_adapter=True).eval().requires_grad_(False)
     frozen = _place_reference(frozen, ds_config)
 
-    def copy_ref(inputs: dict[str, Any], responses: torch.Tensor, prompt_len: int) -> torch.Tensor:
+    def copy_ref(inputs: dict[str, Any], responses: torch.Tensor) -> torch.Tensor:
         with policy.autocast():
             logits = frozen(**inputs).logits
-        return response_logprobs(logits, responses, prompt_len, cfg.generation.temperature)[0]
+        return response_logprobs(logits, responses, cfg.generation.temperature)[0]
     return copy_ref

@@ -132,7 +132,7 @@ def score_pairs(engine: Engine, scorer: LastTokenScores, pairs: list[TokenizedPa
         return [], []
     engine.eval()
     chosen, rejected = [0.0] * len(pairs), [0.0] * len(pairs)
-    for idx in dist.even_shard(len(pairs), batch_size):
+    for idx in dist.even_shard(len(pairs), batch_size, pair_lengths(pairs)):
         batch = collate_pairs([pairs[max(i, 0)] for i in idx], pad_id)
         c, r = pair_scores(engine, scorer, batch)
         for j, i in enumerate(idx):
@@ -140,6 +140,11 @@ def score_pairs(engine: Engine, scorer: LastTokenScores, pairs: list[TokenizedPa
                 chosen[i], rejected[i] = float(c[j]), float(r[j])
     engine.train()
     return dist.all_reduce_sum(chosen), dist.all_reduce_sum(rejected)
+
+
+def pair_lengths(pairs: list[TokenizedPair]) -> list[int]:
+    """Padded width each pair needs in a batch (its longer side): what length grouping sorts by."""
+    return [max(len(p.chosen_ids), len(p.rejected_ids)) for p in pairs]
 
 
 def _response_length(labels: list[int]) -> int:
@@ -172,7 +177,8 @@ def run_rm(cfg: RMConfig) -> Path:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     trainable, total = count_parameters(model)
     bf16 = use_bf16(cfg.train.bf16)
-    schedule = Schedule.create(len(train_pairs), cfg.train, dist.world_size())
+    schedule = Schedule.create(len(train_pairs), cfg.train, dist.world_size(),
+                               pair_lengths(train_pairs))
     ds_config = deepspeed_config(cfg.deepspeed, cfg.train, bf16)
     engine = Engine(model, cfg.train, schedule.total_steps, bf16, ds_config)
     scorer = LastTokenScores(engine.module)

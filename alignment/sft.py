@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from alignment import distributed as dist
 from alignment.config import SFTConfig
 from alignment.data.chat import IGNORE_INDEX, Tokenized, check_stop_tokens, tokenize_sft
+from alignment.logits import labelled_logits
 from alignment.modeling import apply_lora, count_parameters, load_causal_lm, load_tokenizer, save_model
 from alignment.training import (
     Engine,
@@ -114,14 +115,16 @@ def collate(examples: list[Tokenized], pad_id: int) -> dict[str, torch.Tensor]:
 # One step
 # --------------------------------------------------------------------------------------------------
 def token_nll(engine: Engine, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-example summed next-token NLL over labelled tokens, and per-example token counts."""
+    """Per-example summed next-token NLL over labelled tokens, and per-example token counts.
+
+    The output layer runs only where a label is (not on the prompt or padding): see alignment.logits.
+    """
     labels = batch.pop("labels")
-    logits = engine.forward(**batch, use_cache=False).logits  # (B, T, V)
-    shift_logits = logits[:, :-1].float()  # (B, T-1, V)
-    shift_labels = labels[:, 1:].to(shift_logits.device)  # (B, T-1)
-    nll = F.cross_entropy(shift_logits.transpose(1, 2), shift_labels, ignore_index=IGNORE_INDEX,
-                          reduction="none")  # (B, T-1)
-    return nll.sum(dim=1), (shift_labels != IGNORE_INDEX).sum(dim=1)  # (B,), (B,)
+    with engine.autocast():
+        out = labelled_logits(engine.ds or engine.module, batch["input_ids"], labels.to(batch["input_ids"].device),
+                              batch.get("attention_mask"), batch.get("position_ids"))
+    nll = F.cross_entropy(out.logits.float(), out.targets, reduction="none")  # (N,)
+    return out.per_row_sum(nll), out.counts()  # (B,), (B,)
 
 
 def _real_tokens(batch: dict[str, torch.Tensor]) -> int:
@@ -162,7 +165,7 @@ def evaluate(engine: Engine, examples: list[Tokenized], batch_size: int, pad_id:
     engine.eval()
     nll_sum = tokens = 0.0
     device = dist.device()
-    for idx in dist.even_shard(len(examples), batch_size):
+    for idx in dist.even_shard(len(examples), batch_size, [len(e.input_ids) for e in examples]):
         batch = {k: v.to(device) for k, v in collate([examples[max(i, 0)] for i in idx], pad_id).items()}
         weights = torch.tensor([float(i >= 0) for i in idx], device=device)  # (B,) 0 for padding slots
         nll, n = token_nll(engine, batch)
@@ -219,7 +222,8 @@ def run_sft(cfg: SFTConfig) -> Path:
     trainable, total = count_parameters(model)
     bf16 = use_bf16(cfg.train.bf16)
 
-    schedule = Schedule.create(len(train_examples), cfg.train, dist.world_size())
+    schedule = Schedule.create(len(train_examples), cfg.train, dist.world_size(),
+                               [len(e.input_ids) for e in train_examples])
     ds_config = deepspeed_config(cfg.deepspeed, cfg.train, bf16)
     engine = Engine(model, cfg.train, schedule.total_steps, bf16, ds_config)
     log(f"[sft] model {cfg.model}: {trainable:,} trainable of {total:,} parameters; bf16={bf16}; "

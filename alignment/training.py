@@ -13,7 +13,7 @@ import math
 import random
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,6 +93,9 @@ def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+GROUP_STEPS = 16  # steps whose examples are sorted by length together (group_by_length)
+
+
 @dataclass
 class Schedule:
     """How many steps a run has and which examples each micro-batch of each step reads."""
@@ -104,21 +107,37 @@ class Schedule:
     seed: int
     total_steps: int
     steps_per_epoch: int
+    lengths: list[int] | None = None  # per example; set to group similar lengths into one step
 
     @classmethod
-    def create(cls, num_examples: int, cfg: TrainConfig, world: int) -> Schedule:
+    def create(cls, num_examples: int, cfg: TrainConfig, world: int,
+               lengths: Sequence[int] | None = None) -> Schedule:
+        """``lengths`` (tokens per example) turn on length grouping when ``cfg.group_by_length``."""
         per_step = cfg.batch_size * cfg.grad_accum * world
         steps_per_epoch = max(1, math.ceil(num_examples / per_step))
         total = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.epochs * steps_per_epoch))
-        return cls(num_examples, cfg.batch_size, cfg.grad_accum, world, cfg.seed, total, steps_per_epoch)
+        grouped = list(lengths) if lengths is not None and cfg.group_by_length else None
+        if grouped is not None and len(grouped) != num_examples:
+            raise ValueError(f"{len(grouped)} lengths for {num_examples} examples")
+        return cls(num_examples, cfg.batch_size, cfg.grad_accum, world, cfg.seed, total, steps_per_epoch, grouped)
 
     def _order(self, epoch: int) -> list[int]:
         g = torch.Generator().manual_seed(self.seed + epoch)
         order = torch.randperm(self.num_examples, generator=g).tolist()
-        need = self.steps_per_epoch * self.batch_size * self.grad_accum * self.world
+        per_step = self.batch_size * self.grad_accum * self.world
+        need = self.steps_per_epoch * per_step
         while len(order) < need:  # wrap around so every process gets full micro-batches
             order += order[: need - len(order)]
-        return order
+        if self.lengths is None:
+            return order
+        # Sort each group of GROUP_STEPS steps by length, cut it into steps, shuffle the steps: every
+        # step pads little, and the run does not go from long to short examples.
+        lengths, group = self.lengths, per_step * GROUP_STEPS
+        steps = []
+        for start in range(0, need, group):
+            chunk = sorted(order[start : start + group], key=lambda i: -lengths[i])
+            steps += [chunk[j : j + per_step] for j in range(0, len(chunk), per_step)]
+        return [i for s in torch.randperm(len(steps), generator=g).tolist() for i in steps[s]]
 
     def micro_batches(self, step: int, rank: int) -> list[list[int]]:
         """Example indices of each micro-batch that process ``rank`` runs at optimizer step ``step``."""

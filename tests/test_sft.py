@@ -129,9 +129,13 @@ def test_deepspeed_two_processes(tmp_path, tiny_model_dir, sft_file, stage):
     recipe = _recipe(tmp_path, tiny_model_dir, sft_file, out, max_steps=4, save_every=2, grad_accum=1)
     cmd = [sys.executable, "-m", "alignment.cli", "sft", "--config", str(recipe), "--deepspeed", stage,
            "--num-processes", "2"]
+    shm = Path("/dev/shm")
+    buffers_before = set(shm.glob("deepspeed_allreduce_buffer_*"))
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "processes=2" in proc.stdout
+    # DeepSpeed's CPU all-reduce files (66 MB per process) are removed at exit, not left in /dev/shm.
+    assert set(shm.glob("deepspeed_allreduce_buffer_*")) <= buffers_before
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(str(out / "model"))

@@ -1,0 +1,101 @@
+"""Output-layer logits only at the positions a loss reads.
+
+A causal LM's output layer maps every position's hidden state to a vocabulary-sized row of logits:
+for SmolLM2 that is a 576 x 49,152 matrix, about a fifth of the model's multiply-adds per token,
+and a (B, T, V) float32 tensor that dwarfs everything else in memory. SFT and DPO only read the
+logits where the label is a response token, not on the prompt (often half the sequence) or on
+padding. So we run the decoder, pick the hidden states whose next token is labelled, and apply the
+output layer to those rows alone: same numbers, fewer FLOPs, and an (N, V) tensor instead of
+(B, T, V).
+
+Works through PEFT wrappers (LoRA layers live inside the decoder's modules, and ``disable_adapter``
+still applies) and DeepSpeed engines (ZeRO-3 gathers each submodule's parameters in its own
+forward hooks, so calling the decoder and the head directly gathers what they need). Models whose
+layout we do not know fall back to the full forward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class LabelledLogits:
+    logits: torch.Tensor  # (N, V) at the N positions whose next token is labelled, in row-major order
+    targets: torch.Tensor  # (N,) the labelled next tokens
+    rows: torch.Tensor  # (N,) which sequence of the batch each position belongs to
+    batch_size: int
+
+    def per_row_sum(self, values: torch.Tensor) -> torch.Tensor:
+        """(N,) per-position values summed per sequence -> (B,); 0 for a sequence with no label."""
+        out = torch.zeros(self.batch_size, dtype=values.dtype, device=values.device)
+        return out.index_add(0, self.rows, values)
+
+    def counts(self) -> torch.Tensor:
+        """(B,) labelled positions per sequence."""
+        return torch.bincount(self.rows, minlength=self.batch_size)
+
+
+def _unwrap(model: Any) -> Any:
+    """The Hugging Face model inside a DeepSpeed engine and/or a PEFT wrapper."""
+    if hasattr(model, "module") and model.__class__.__name__ == "DeepSpeedEngine":
+        model = model.module
+    if hasattr(model, "get_base_model"):  # PEFT
+        model = model.get_base_model()
+    return model
+
+
+def split_model(model: Any) -> tuple[Any, Any] | None:
+    """(decoder, output layer) of a causal LM, or None when its forward does more than
+    ``lm_head(decoder(...).last_hidden_state)`` (soft-capped or scaled logits) or is unknown."""
+    inner = _unwrap(model)
+    get_decoder = getattr(inner, "get_decoder", None)
+    get_head = getattr(inner, "get_output_embeddings", None)
+    if get_decoder is None or get_head is None:
+        return None
+    config = getattr(inner, "config", None)
+    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None) not in (None, 1.0):
+        return None
+    decoder, head = get_decoder(), get_head()
+    if decoder is None or head is None or decoder is inner:
+        return None
+    return decoder, head
+
+
+def labelled_logits(model: Any, input_ids: torch.Tensor, labels: torch.Tensor,
+                    attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                    ignore_index: int = IGNORE_INDEX) -> LabelledLogits:
+    """Next-token logits where ``labels[:, 1:]`` is not ``ignore_index``.
+
+    ``model`` is called inside whatever autocast context the caller holds. ``labels`` is aligned
+    with ``input_ids`` (B, T); the logits at position t predict ``labels[:, t + 1]``.
+    """
+    keep = labels[:, 1:] != ignore_index  # (B, T-1)
+    rows = keep.nonzero()[:, 0]  # (N,)
+    targets = labels[:, 1:][keep]  # (N,)
+    inputs: dict[str, Any] = {"input_ids": input_ids, "use_cache": False}
+    if attention_mask is not None:
+        inputs["attention_mask"] = attention_mask
+    if position_ids is not None:
+        inputs["position_ids"] = position_ids
+    parts = split_model(model)
+    if parts is None:
+        logits = model(**inputs).logits[:, :-1][keep]  # (N, V)
+    else:
+        decoder, head = parts
+        hidden = decoder(**inputs).last_hidden_state  # (B, T, H)
+        logits = head(hidden[:, :-1][keep])  # (N, V)
+    return LabelledLogits(logits, targets, rows, input_ids.shape[0])
+
+
+def token_logps(out: LabelledLogits) -> torch.Tensor:
+    """(N,) log-softmax at each labelled target, in float32, computed as ``x[y] - logsumexp(x)`` so
+    backward keeps only the logits (see :func:`alignment.losses.sequence_logps`)."""
+    logits = out.logits.to(torch.promote_types(out.logits.dtype, torch.float32))  # (N, V)
+    picked = logits.gather(-1, out.targets.unsqueeze(-1)).squeeze(-1)  # (N,)
+    return picked - torch.logsumexp(logits, dim=-1)  # (N,)

@@ -1,0 +1,102 @@
+"""Output-layer logits at labelled positions only: the same losses and gradients as the full forward."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from alignment.logits import labelled_logits, split_model, token_logps
+from alignment.losses import sequence_logps
+from alignment.modeling import apply_lora, load_causal_lm
+
+
+def _batch(vocab: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab, (3, 12), generator=g)  # (B, T)
+    mask = torch.ones_like(ids)
+    mask[1, 9:] = 0  # right padding
+    mask[2, 5:] = 0
+    labels = ids.clone()
+    labels[:, :4] = -100  # the prompt
+    labels[mask == 0] = -100
+    labels[2, :] = -100  # a row with nothing to learn
+    return ids, mask, labels
+
+
+def _full(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+    return sequence_logps(logits[:, :-1], labels[:, 1:])[0]  # (B,)
+
+
+def test_selected_rows_match_the_full_forward(tiny_model_dir: Path) -> None:
+    torch.manual_seed(0)
+    model = load_causal_lm(tiny_model_dir)
+    assert split_model(model) is not None  # the fast path, not the fallback
+    ids, mask, labels = _batch(model.config.vocab_size)
+    out = labelled_logits(model, ids, labels, mask)
+    n = int((labels[:, 1:] != -100).sum())
+    assert out.logits.shape == (n, model.config.vocab_size)
+    assert out.counts().tolist() == [8, 5, 0]  # labels at tokens 4..11 of row 0 and 4..8 of row 1
+    sparse = out.per_row_sum(token_logps(out))
+    full = _full(model, ids, mask, labels)
+    torch.testing.assert_close(sparse, full, rtol=1e-5, atol=1e-5)
+    assert float(sparse[2].detach()) == 0.0
+
+    # Gradients agree too (what training sees).
+    sparse.sum().backward()
+    fast = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    _full(model, ids, mask, labels).sum().backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(fast[name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+    # Cross-entropy over the selected rows is the SFT loss (mean NLL over labelled tokens).
+    nll = F.cross_entropy(out.logits.detach(), out.targets)
+    ref = F.cross_entropy(model(input_ids=ids, attention_mask=mask).logits[:, :-1].transpose(1, 2).detach(),
+                          labels[:, 1:])
+    torch.testing.assert_close(nll, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_lora_wrapper_and_adapter_off(tiny_model_dir: Path) -> None:
+    from alignment.config import LoRAConfig
+
+    torch.manual_seed(0)
+    lora = LoRAConfig(enabled=True, r=4, dropout=0.0)
+    model = apply_lora(load_causal_lm(tiny_model_dir, trainable_adapter=True), lora).eval()
+    with torch.no_grad():  # make the adapter matter
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    ids, mask, labels = _batch(model.config.vocab_size)
+    on = labelled_logits(model, ids, labels, mask)
+    torch.testing.assert_close(on.per_row_sum(token_logps(on)), _full(model, ids, mask, labels), rtol=1e-5, atol=1e-5)
+    with model.disable_adapter():
+        off = labelled_logits(model, ids, labels, mask)
+        torch.testing.assert_close(off.per_row_sum(token_logps(off)), _full(model, ids, mask, labels),
+                                   rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(on.logits, off.logits)
+
+
+def test_unknown_layouts_fall_back_to_the_full_forward(tiny_model_dir: Path) -> None:
+    model = load_causal_lm(tiny_model_dir)
+    model.config.final_logit_softcapping = 30.0  # Gemma-2 style: the forward is no longer lm_head(hidden)
+    assert split_model(model) is None
+    ids, mask, labels = _batch(model.config.vocab_size)
+    model.config.final_logit_softcapping = None
+    expected = _full(model, ids, mask, labels)
+    model.config.final_logit_softcapping = 30.0
+    out = labelled_logits(model, ids, labels, mask)
+    # Llama ignores the field in its forward, so the fallback's numbers equal the plain forward's.
+    torch.testing.assert_close(out.per_row_sum(token_logps(out)), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("ignore", [-100])
+def test_no_labels_gives_zero_rows(tiny_model_dir: Path, ignore: int) -> None:
+    model = load_causal_lm(tiny_model_dir)
+    ids = torch.randint(0, model.config.vocab_size, (2, 6))
+    out = labelled_logits(model, ids, torch.full_like(ids, ignore))
+    assert out.logits.shape[0] == 0
+    assert out.per_row_sum(token_logps(out)).tolist() == [0.0, 0.0]
