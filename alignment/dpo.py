@@ -76,10 +76,14 @@ class Reference:
 
     @torch.no_grad()
     def logps(self, batch: dict[str, torch.Tensor], keys: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        if keys is not None and self.cache and all(k in self.cache for k in keys):
-            c = torch.tensor([self.cache[k][0] for k in keys], device=dist.device())
-            r = torch.tensor([self.cache[k][1] for k in keys], device=dist.device())
-            return c, r
+        if keys is not None and self.cache:
+            missing = [k for k in keys if k not in self.cache]
+            if not missing:
+                c = torch.tensor([self.cache[k][0] for k in keys], device=dist.device())
+                r = torch.tensor([self.cache[k][1] for k in keys], device=dist.device())
+                return c, r
+            if self.frozen is None and not self.adapter_off:  # the policy has moved: it is no reference
+                raise RuntimeError(f"reference log-probs of pairs {missing[:5]} were not precomputed")
         if self.frozen is not None:
             return batch_logps(self.frozen, batch, self.average, self.engine.autocast())
         ctx = self.engine.module.disable_adapter() if self.adapter_off else contextlib.nullcontext()
@@ -92,21 +96,22 @@ class Reference:
         return out
 
 
-def precompute(reference: Reference, pairs: list[TokenizedPair], batch_size: int, pad: int) -> dict[int, tuple[
-        float, float]]:
-    """Reference log-probs of every pair, split across processes and summed back (every rank runs
-    the same number of forwards, so ZeRO-3 gathers stay in step)."""
+def precompute(reference: Reference, pairs: list[TokenizedPair], batch_size: int, pad: int,
+               keys: list[int] | None = None) -> dict[int, tuple[float, float]]:
+    """Reference log-probs of the pairs at ``keys`` (default: all), split across processes and summed
+    back (every rank runs the same number of forwards, so ZeRO-3 gathers stay in step)."""
     from tqdm.auto import tqdm
 
-    chosen, rejected = [0.0] * len(pairs), [0.0] * len(pairs)
-    shards = dist.even_shard(len(pairs), batch_size, pair_lengths(pairs))
+    keys = list(range(len(pairs))) if keys is None else keys
+    chosen, rejected = [0.0] * len(keys), [0.0] * len(keys)
+    shards = dist.even_shard(len(keys), batch_size, pair_lengths([pairs[k] for k in keys]))
     for idx in tqdm(shards, desc="reference log-probs", disable=not dist.is_main()):
-        c, r = reference.logps(collate_pairs([pairs[max(i, 0)] for i in idx], pad))
+        c, r = reference.logps(collate_pairs([pairs[keys[max(i, 0)]] for i in idx], pad))
         for j, i in enumerate(idx):
             if i >= 0:
                 chosen[i], rejected[i] = float(c[j]), float(r[j])
     chosen, rejected = dist.all_reduce_sum(chosen), dist.all_reduce_sum(rejected)
-    return {i: (chosen[i], rejected[i]) for i in range(len(pairs))}
+    return {k: (chosen[i], rejected[i]) for i, k in enumerate(keys)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -276,8 +281,10 @@ def run_dpo(cfg: DPOConfig) -> Path:
         if resume_from is not None and cache_file.exists():
             reference.cache = torch.load(cache_file)
         else:
-            # Before any update: the policy is still the reference (or the frozen copy is).
-            reference.cache = precompute(reference, train_pairs + val_pairs, cfg.train.batch_size, pad)
+            # Before any update: the policy is still the reference (or the frozen copy is). Only the
+            # pairs the run reads (a run shorter than an epoch reads fewer), and the held-out ones.
+            keys = sorted(schedule.examples_read(0, schedule.total_steps)) + val_keys
+            reference.cache = precompute(reference, train_pairs + val_pairs, cfg.train.batch_size, pad, keys)
             if main:
                 out.mkdir(parents=True, exist_ok=True)
                 torch.save(reference.cache, cache_file)

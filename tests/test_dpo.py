@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from alignment.cli import main
 from alignment.dpo import LikelihoodWatch
@@ -55,8 +56,17 @@ def test_reference_paths_agree(tmp_path, tiny_model_dir, toy_preferences):
         assert main(["dpo", "--config", str(_recipe(tmp_path, tiny_model_dir, toy_preferences, out,
                                                     train={"max_steps": 4}, **extra))]) == 0
         runs[name] = [r["train/loss"] for r in _rows(out) if "train/loss" in r]
-    assert (tmp_path / "precomputed" / "reference_logps.pt").exists()
     assert runs["frozen"] == pytest.approx(runs["precomputed"], rel=1e-4)
+    # Only what the run reads is precomputed: 4 steps x 8 pairs of the training split, and every held-out pair.
+    from alignment.config import DPOConfig, load_config
+    from alignment.rm import load_pairs
+
+    train_pairs, val_pairs, _ = load_pairs(load_config(DPOConfig, str(tmp_path / "dpo-precomputed.yaml"), {}))
+    cache = torch.load(tmp_path / "precomputed" / "reference_logps.pt")
+    # (the run finishing proves every pair it read was cached: a miss raises; the epoch's wrap-around
+    # can repeat a pair, so up to 32 distinct pairs)
+    assert 24 <= len([k for k in cache if k < len(train_pairs)]) <= 32 < len(train_pairs)
+    assert sorted(k for k in cache if k >= len(train_pairs)) == [len(train_pairs) + i for i in range(len(val_pairs))]
     out = tmp_path / "lora"
     recipe = _recipe(tmp_path, tiny_model_dir, toy_preferences, out, train={"max_steps": 4, "lr": 5e-3},
                      lora={"enabled": True, "r": 4})
