@@ -109,3 +109,16 @@ def test_rm_deepspeed_two_processes(tmp_path, tiny_model_dir, toy_preferences, s
     from alignment.modeling import load_reward_model
 
     assert load_reward_model(out).config.num_labels == 1
+
+
+def test_reward_statistics_sample_is_capped_and_seeded():
+    from alignment.data.preferences import TokenizedPair
+    from alignment.rm import STATS_PAIRS, stats_sample
+
+    pairs = [TokenizedPair([i], [i], [i], [i]) for i in range(300)]
+    sample = stats_sample(pairs, seed=1)
+    ids = [p.chosen_ids[0] for p in sample]
+    assert len(ids) == STATS_PAIRS == len(set(ids)) and ids == sorted(ids)
+    assert [p.chosen_ids[0] for p in stats_sample(pairs, seed=1)] == ids  # the same pairs on every rank
+    assert [p.chosen_ids[0] for p in stats_sample(pairs, seed=2)] != ids
+    assert stats_sample(pairs[:50], seed=1) == pairs[:50]  # small sets: every pair
