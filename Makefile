@@ -1,6 +1,7 @@
 # make quickstart   set up and run the quickstart pipeline (SFT on the embedded default model)
 # make test         set up and run the whole test suite
 # make lint         ruff
+# make bench        our training phases vs TRL's trainers (same model, data, batch); writes benchmarks/RESULTS.md
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -11,7 +12,7 @@ TORCH_VERSION := $(shell sed -n 's/^torch==//p' constraints.txt)
 # when pip's find-links has one, else PyTorch's CPU index). With CUDA, the default build.
 HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
 
-.PHONY: setup model quickstart test test-fast lint clean
+.PHONY: setup model quickstart test test-fast lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -42,6 +43,10 @@ test-fast: model
 
 lint: setup
 	$(VENV)/bin/ruff check .
+
+# BENCH_ARGS passes options through, e.g. make bench BENCH_ARGS="--steps 2 --only sft,rm"
+bench: model
+	$(PY) benchmarks/bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf runs .pytest_cache

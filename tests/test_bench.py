@@ -1,0 +1,160 @@
+"""benchmarks/bench.py: the FLOP formula, the RESULTS.md rendering and its verdicts, argument parsing,
+and one smoke run of the harness (ours and TRL tuned, one timed step) on the tiny model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks import bench
+
+TINY = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 1000}
+
+
+def test_model_dims_by_hand():
+    dims = bench.ModelDims.from_config(TINY)
+    # per layer: q 64x64, k 64x32, v 64x32, o 64x64 = 12,288; gate/up/down 3 x 64x128 = 24,576
+    assert dims.body_params == 2 * (12_288 + 24_576) == 73_728
+    assert dims.head_params == 1000 * 64
+    assert (dims.layers, dims.hidden, dims.attn_dim) == (2, 64, 64)
+
+
+def test_model_dims_match_the_linear_layers_of_a_real_model():
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(**{k: v for k, v in TINY.items() if k != "model_type"})
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config)
+    body = sum(m.weight.numel() for name, m in model.named_modules()
+               if isinstance(m, torch.nn.Linear) and name != "lm_head")
+    assert body == bench.ModelDims.from_config(TINY).body_params
+
+
+def test_step_flops_by_hand():
+    dims = bench.ModelDims.from_config(TINY)
+    tokens, tokens_sq, targets = 30, 10 * 10 + 20 * 20, 12  # sequences of 10 and 20 tokens, 12 labelled
+    body, head = 73_728, 64_000
+    attention = 12 * 2 * 64 * 500
+    sft = 6 * body * 30 + 6 * head * 12 + attention
+    assert bench.step_flops("sft", dims, tokens, tokens_sq, targets, ref_inline=True) == sft
+    assert bench.step_flops("rm", dims, tokens, tokens_sq, targets, ref_inline=True) == (
+        6 * body * 30 + 6 * 64 * 30 + attention)  # no LM head; a 64 x 1 score head on every token
+    reference = 2 * body * 30 + 2 * head * 12 + 4 * 2 * 64 * 500
+    assert bench.step_flops("dpo", dims, tokens, tokens_sq, targets, ref_inline=True) == sft + reference
+    assert bench.step_flops("dpo", dims, tokens, tokens_sq, targets, ref_inline=False) == sft
+    assert bench.step_flops("ppo", dims, tokens, tokens_sq, targets, ref_inline=True) is None
+
+
+def _row(seconds: list[float], items: float, rss: float, precision: str = "fp32", **extra) -> dict:
+    steps = [{"seconds": s, "items": items, "tokens": 1000.0, "tokens_sq": 1000.0 * 125, "targets": 500.0, **extra}
+             for s in seconds]
+    return {"ok": True, "steps": steps, "maxrss_mib": rss, "precision": precision, "gradient_checkpointing": False}
+
+
+def _report() -> dict:
+    dims = bench.ModelDims.from_config(TINY)
+    return {
+        "date": "2026-01-01 00:00 UTC",
+        "machine": {"cpu": "Test CPU", "cores": 2, "torch": "x", "transformers": "y", "trl": "z"},
+        "settings": {"steps": 2, "warmup": 1, "model": "tiny", "dpo_ref": "inline", "batch_size": 8,
+                     "lengths": "SFT 512", "max_new_tokens": 96, "temperature": 0.7,
+                     "ppo_epochs": 2, "num_minibatches": 2, "critic": "shared"},
+        "peak": {"fp32": 100e9, "bf16": 50e9, "detail": {"fp32": {"2048": 100e9}, "bf16": {"2048": 50e9}}},
+        "dims": {"layers": dims.layers, "hidden": dims.hidden, "attn_dim": dims.attn_dim, "vocab": dims.vocab,
+                 "body_params": dims.body_params, "head_params": dims.head_params},
+        "rows": {
+            # warm-up step (99 s) is dropped: ours 2000 tokens / 2 s = 1000 tokens/s
+            "sft": {"ours": _row([99.0, 1.0, 1.0], 1000, 900),
+                    "trl-defaults": _row([99.0, 4.0, 4.0], 1000, 1500, "bf16 autocast"),   # 250/s -> 4.00x
+                    "trl-tuned": _row([99.0, 1.25, 1.25], 1000, 800)},                    # 800/s -> 1.25x
+            "rm": {"ours": _row([9.0, 1.0, 1.0], 8, 700),
+                   "trl-defaults": {"ok": False, "error": "ValueError: broken | badly", "maxrss_mib": 300},
+                   "trl-tuned": _row([9.0, 0.5, 0.5], 8, 900)},                          # 2x faster than ours
+            "ppo": {"ours": _row([9.0, 4.0], 8, 1000, generate=2.0, score=1.0),
+                    "trl-defaults": _row([9.0, 2.0], 8, 1200), "trl-tuned": _row([9.0, 8.0], 8, 1100)},
+        },
+        "trl_settings": {"sft": {"trl-tuned": {"workload": {"max_length": 512},
+                                               "tuned": {"bf16": False, "gradient_checkpointing": False}}}},
+        "notes": ["a note"],
+    }
+
+
+def test_render_ratios_and_verdicts_come_from_the_numbers():
+    text = bench.render_markdown(_report())
+    results = text.split("## Results")[1].split("## Targets")[0]
+    rows = {line.split("|")[1].strip(): line for line in results.splitlines() if line.startswith("| ")}
+    assert "1,000 tokens/s" in rows["SFT"] and "250 tokens/s" in rows["SFT"] and "800 tokens/s" in rows["SFT"]
+    assert "4.00×" in rows["SFT"] and "1.25×" in rows["SFT"]
+    assert "900 / 1,500 / 800" in rows["SFT"]
+    # MFU: 6 * 73,728 * 1000 + 6 * 64,000 * 500 + 12 * 2 * 64 * 125,000 = 826,368,000 FLOPs per 1-s step
+    assert "0.8%, 1.7%" in rows["SFT"]
+    assert "failed: ValueError: broken / badly" in rows["Reward model"]
+
+    targets = text.split("## Targets")[1].split("## Details")[0]
+    sft = next(line for line in targets.splitlines() if line.startswith("| SFT"))
+    cells = [c.strip() for c in sft.split("|")[2:6]]
+    assert cells[0].startswith("✓") and cells[1].startswith("✓")
+    assert cells[2].startswith("✗")  # 900 MiB > TRL tuned's 800
+    assert cells[3].startswith("✗ (1.7%)")
+    rm = next(line for line in targets.splitlines() if line.startswith("| Reward model"))
+    cells = [c.strip() for c in rm.split("|")[2:6]]
+    assert cells[0].startswith("—")  # TRL defaults failed: no verdict
+    assert cells[1].startswith("✗ 0.50×") and cells[2].startswith("✓")
+    ppo = next(line for line in targets.splitlines() if line.startswith("| PPO"))
+    assert "✗ 0.50×" in ppo and "✓ 2.00×" in ppo and "not a target for PPO" in ppo
+
+    split = text.split("where a rollout batch's time goes")[1].split("##")[0]
+    assert "| ours | 50.0% | 25.0% | 25.0% |" in split
+    assert "SFT (SFTTrainer), both columns: `max_length=512`" in text
+    assert "SFT, TRL tuned also: `bf16=False`, `gradient_checkpointing=False`" in text
+    assert "a note" in text and "Test CPU" in text
+
+
+def test_check_targets_without_peak_or_trl_rows():
+    ours = bench.Summary(ok=True, throughput=10.0, maxrss_mib=100.0, flops_per_s=1e9)
+    verdict = bench.check_targets("sft", {"ours": ours}, None)
+    assert verdict == {"vs_defaults": None, "vs_tuned": None, "memory": None, "mfu": None}
+    verdict = bench.check_targets("sft", {"ours": ours}, {"fp32": 2e9, "bf16": 1.5e9})
+    assert verdict["mfu"] is True
+
+
+def test_parse_args():
+    args = bench.parse_args(["--steps", "2", "--only", "rm,sft", "--variants", "trl-tuned,ours"])
+    assert args.steps == 2 and args.only == ["sft", "rm"] and args.variants == ["ours", "trl-tuned"]
+    assert bench.plan(args) == [("sft", "ours"), ("sft", "trl-tuned"), ("rm", "ours"), ("rm", "trl-tuned")]
+    defaults = bench.parse_args([])
+    assert defaults.only == list(bench.WORKLOADS) and defaults.variants == list(bench.VARIANTS)
+    assert defaults.dpo_ref == "inline" and not defaults.dry_run
+    for bad in (["--only", "sft,kto"], ["--steps", "0"], ["--variants", ""]):
+        with pytest.raises(SystemExit):
+            bench.parse_args(bad)
+
+
+def test_dry_run_runs_nothing(tmp_path, capsys):
+    out = tmp_path / "RESULTS.md"
+    assert bench.main(["--dry-run", "--only", "dpo", "--out", str(out), "--workdir", str(tmp_path / "w")]) == 0
+    printed = capsys.readouterr().out
+    assert "dpo/ours" in printed and "dpo/trl-tuned" in printed and "batch 8" in printed
+    assert not out.exists() and not (tmp_path / "w").exists()
+
+
+def test_smoke_run_on_the_tiny_model(tmp_path, tiny_model_dir: Path, capsys):
+    out = tmp_path / "RESULTS.md"
+    code = bench.main(["--model", str(tiny_model_dir), "--steps", "1", "--only", "rm", "--variants",
+                       "ours,trl-tuned", "--no-peak", "--out", str(out), "--workdir", str(tmp_path / "work")])
+    assert code == 0
+    raw = json.loads((tmp_path / "work" / "results.json").read_text())
+    for variant in ("ours", "trl-tuned"):
+        result = raw["rows"]["rm"][variant]
+        assert result["ok"], result.get("error")
+        assert len(result["steps"]) == 2 and all(s["items"] == 8 for s in result["steps"])
+        assert result["maxrss_mib"] > 0
+    assert raw["rows"]["rm"]["trl-tuned"]["precision"] == raw["rows"]["rm"]["ours"]["precision"]
+    text = out.read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| Reward model"))
+    assert row.count("pairs/s") == 2 and "not run" in row
+    assert "[bench] [2/2] Reward model · TRL tuned" in capsys.readouterr().out
