@@ -75,3 +75,18 @@ def toy_preferences(tmp_path: Path) -> Path:
                      "chosen": f"Certainly, I can help with {topic}. Thank you for asking.",
                      "rejected": f"No. Figure out {topic} yourself."})
     return write_jsonl(tmp_path / "prefs.jsonl", rows)
+
+
+@pytest.fixture(scope="session")
+def tiny_rm_dir(tmp_path_factory, tiny_model_dir) -> Path:
+    """A one-score sequence classifier on the tiny config (random weights: scores differ, mean nothing)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    out = tmp_path_factory.mktemp("tiny-rm")
+    config = AutoConfig.from_pretrained(str(tiny_model_dir))
+    config.num_labels = 1
+    torch.manual_seed(1)
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(str(out))
+    AutoTokenizer.from_pretrained(str(tiny_model_dir)).save_pretrained(str(out))
+    return out

@@ -27,21 +27,6 @@ PROMPTS = ["If I report the burst pipe today, will the claim be approved?",
            "Do you need my social security number?"]
 
 
-@pytest.fixture(scope="module")
-def tiny_rm_dir(tmp_path_factory, tiny_model_dir) -> Path:
-    """A one-score sequence classifier on the tiny config (random weights: scores differ, mean nothing)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
-
-    out = tmp_path_factory.mktemp("tiny-rm")
-    config = AutoConfig.from_pretrained(str(tiny_model_dir))
-    config.num_labels = 1
-    torch.manual_seed(1)
-    AutoModelForSequenceClassification.from_config(config).save_pretrained(str(out))
-    AutoTokenizer.from_pretrained(str(tiny_model_dir)).save_pretrained(str(out))
-    return out
-
-
 @pytest.fixture()
 def prompts_file(tmp_path: Path) -> Path:
     return write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": p} for p in PROMPTS])
