@@ -66,7 +66,13 @@ def init_process_group() -> None:
 
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
     if not torch.cuda.is_available():
-        atexit.register(_remove_shm_buffer)
+        clean_shm_at_exit()
+
+
+def clean_shm_at_exit() -> None:
+    """Call in every multi-process CPU run that DeepSpeed's communication serves (ours, and TRL's
+    through accelerate): see :func:`_remove_shm_buffer`."""
+    atexit.register(_remove_shm_buffer)
 
 
 def _remove_shm_buffer() -> None:

@@ -266,6 +266,7 @@ def configure_processes(cfg: DPOConfig, bf16: bool) -> tuple[dict[str, Any] | No
         PartialState(backend="gloo")
     finally:
         del os.environ["ACCELERATE_USE_DEEPSPEED"]
+    dist.clean_shm_at_exit()
     return ds_config, True
 
 

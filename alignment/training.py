@@ -205,7 +205,7 @@ class Engine:
             self._autocast = bf16 and not self.ds.bfloat16_enabled()
         else:
             self.ds = None
-            self.model = model.to(dist.device())
+            self.model = model  # already on its device (moved before the optimizer was built)
             self.optimizer, self.scheduler = optimizer, scheduler
             self._autocast = bf16
 
