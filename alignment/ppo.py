@@ -29,6 +29,7 @@ import torch
 
 from alignment import distributed as dist
 from alignment.config import PPOConfig
+from alignment.logits import causal_mask
 from alignment.modeling import (
     apply_lora,
     count_parameters,
@@ -233,7 +234,7 @@ def model_reward(reward_model: torch.nn.Module, pad_id: int, autocast: Any) -> R
             ids[i, : len(s)] = torch.tensor(s, device=device)
             mask[i, : len(s)] = 1
         with autocast():
-            reward_model(input_ids=ids, attention_mask=mask, use_cache=False)
+            reward_model(input_ids=ids, attention_mask=causal_mask(mask), use_cache=False)
         return scores.take(mask)
     return score
 

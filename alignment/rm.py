@@ -27,6 +27,7 @@ from alignment.data.preferences import (
     tokenize_pairs,
 )
 from alignment.evaluation.rm_diagnostics import diagnose, verdict
+from alignment.logits import causal_mask
 from alignment.losses import bradley_terry_loss, reward_model_metrics
 from alignment.modeling import apply_lora, count_parameters, load_reward_model, load_tokenizer, save_model
 from alignment.reward import LastTokenScores, save_reward_stats
@@ -95,7 +96,7 @@ def pair_scores(engine: Engine, scorer: LastTokenScores, batch: dict[str, torch.
     """(B,) chosen and (B,) rejected scores from one forward over the (2B, T) batch."""
     device = dist.device()
     ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-    engine.forward(input_ids=ids, attention_mask=mask, use_cache=False)
+    engine.forward(input_ids=ids, attention_mask=causal_mask(mask), use_cache=False)
     scores = scorer.take(mask)  # (2B,)
     half = scores.shape[0] // 2
     return scores[:half], scores[half:]

@@ -1,7 +1,7 @@
 """One benchmark row in a fresh process: ``python -m benchmarks.workloads SPEC.json`` (started by bench.py).
 
 The spec names a workload (sft, rm, dpo, ppo; or the helpers peak and make_rm) and a variant (ours,
-trl-defaults, trl-tuned). The row runs ``warmup + steps`` optimizer steps (PPO: rollout batches), timing
+ours-ckpt, trl-defaults, trl-tuned). The row runs ``warmup + steps`` optimizer steps (PPO: rollout batches), timing
 each one from the outside, then stops at once (no final evaluation or save), and writes a JSON result with
 per-step seconds and unit counts, the peak RSS of this process and the settings used.
 
@@ -117,8 +117,9 @@ def units(workload: str, counts: dict[str, float]) -> float:
 # --------------------------------------------------------------------------------------------------
 # Ours
 # --------------------------------------------------------------------------------------------------
-def ours_config(workload: str) -> Any:
-    """The quickstart recipe of a phase with the bench's overrides (steps, output, no tracking)."""
+def ours_config(workload: str, checkpointing: bool | None = None) -> Any:
+    """The quickstart recipe of a phase with the bench's overrides (steps, output, no tracking); with
+    ``checkpointing`` set, ``train.gradient_checkpointing`` too (the "ours + grad. ckpt" column)."""
     from alignment.config import PHASE_CONFIGS, load_config
 
     total = SPEC["warmup"] + SPEC["steps"]
@@ -130,6 +131,8 @@ def ours_config(workload: str) -> Any:
     }
     if SPEC.get("bf16"):
         overrides["train.bf16"] = SPEC["bf16"]
+    if checkpointing is not None:
+        overrides["train.gradient_checkpointing"] = checkpointing
     if workload == "dpo":
         overrides["precompute_ref"] = SPEC["dpo_ref"] == "precomputed"
     if workload == "ppo":
@@ -152,11 +155,11 @@ def _is_engine(x: Any) -> bool:
     return hasattr(x, "bf16") and hasattr(x, "step") and hasattr(x, "module")
 
 
-def run_ours(workload: str, clock: StepClock, result: dict[str, Any]) -> None:
+def run_ours(workload: str, variant: str, clock: StepClock, result: dict[str, Any]) -> None:
     import importlib
 
     module = importlib.import_module(f"alignment.{workload}")
-    cfg = ours_config(workload)
+    cfg = ours_config(workload, checkpointing=True if variant == "ours-ckpt" else None)
     result["gradient_checkpointing"] = cfg.train.gradient_checkpointing
 
     if workload in ("sft", "rm", "dpo"):
@@ -170,7 +173,7 @@ def run_ours(workload: str, clock: StepClock, result: dict[str, Any]) -> None:
             result["precision"] = "bf16 autocast" if engine.bf16 else "fp32"
             counts = [batch_counts(b) for b in batches]
             keys = [batch_keys(b, workload) for b in batches]
-            if all(k is not None for k in keys) and not clock.done:
+            if variant == "ours" and all(k is not None for k in keys) and not clock.done:
                 result.setdefault("batch_keys", []).append([k for ks in keys for k in ks])  # type: ignore[union-attr]
             clock.begin()
             for c in counts:
@@ -491,8 +494,8 @@ def main(spec_path: str) -> int:
             make_reward_model(result)
         else:
             result["dims"] = model_dims(SPEC["model"])
-            if variant == "ours":
-                run_ours(workload, clock, result)
+            if variant.startswith("ours"):
+                run_ours(workload, variant, clock, result)
             else:
                 run_trl(workload, variant, clock, result)
             result["steps"] = clock.steps

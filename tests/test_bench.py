@@ -69,6 +69,7 @@ def _report() -> dict:
         "rows": {
             # warm-up step (99 s) is dropped: ours 2000 tokens / 2 s = 1000 tokens/s
             "sft": {"ours": _row([99.0, 1.0, 1.0], 1000, 900),
+                    "ours-ckpt": _row([99.0, 1.5, 1.5], 1000, 1400),                     # 667/s -> 2.67x
                     "trl-defaults": _row([99.0, 4.0, 4.0], 1000, 1500, "bf16 autocast"),   # 250/s -> 4.00x
                     "trl-tuned": _row([99.0, 1.25, 1.25], 1000, 800)},                    # 800/s -> 1.25x
             "rm": {"ours": _row([9.0, 1.0, 1.0], 8, 700),
@@ -88,22 +89,24 @@ def test_render_ratios_and_verdicts_come_from_the_numbers():
     results = text.split("## Results")[1].split("## Targets")[0]
     rows = {line.split("|")[1].strip(): line for line in results.splitlines() if line.startswith("| ")}
     assert "1,000 tokens/s" in rows["SFT"] and "250 tokens/s" in rows["SFT"] and "800 tokens/s" in rows["SFT"]
-    assert "4.00×" in rows["SFT"] and "1.25×" in rows["SFT"]
-    assert "900 / 1,500 / 800" in rows["SFT"]
+    assert "4.00×" in rows["SFT"] and "1.25×" in rows["SFT"] and "2.67×" in rows["SFT"]
+    assert "900 / 1,400 / 1,500 / 800" in rows["SFT"]
+    assert "700 / — / 300 / 900" in rows["Reward model"]
     # MFU: 6 * 73,728 * 1000 + 6 * 64,000 * 500 + 12 * 2 * 64 * 125,000 = 826,368,000 FLOPs per 1-s step
     assert "0.8%, 1.7%" in rows["SFT"]
     assert "failed: ValueError: broken / badly" in rows["Reward model"]
 
     targets = text.split("## Targets")[1].split("## Details")[0]
     sft = next(line for line in targets.splitlines() if line.startswith("| SFT"))
-    cells = [c.strip() for c in sft.split("|")[2:6]]
-    assert cells[0].startswith("✓") and cells[1].startswith("✓")
-    assert cells[2].startswith("✗")  # 900 MiB > TRL tuned's 800
-    assert cells[3].startswith("✗ (1.7%)")
+    cells = [c.strip() for c in sft.split("|")[2:8]]
+    assert cells[0] == "✓ 4.00×" and cells[1] == "✓ 1.25×" and cells[2] == "✓ 2.67×"
+    assert cells[3] == "✗ (900 vs 800 MiB)"  # ours vs TRL tuned: neither checkpoints
+    assert cells[4] == "✓ (1,400 vs 1,500 MiB)"  # ours + grad. ckpt vs TRL defaults: both checkpoint
+    assert cells[5].startswith("✗ (1.7%)")
     rm = next(line for line in targets.splitlines() if line.startswith("| Reward model"))
-    cells = [c.strip() for c in rm.split("|")[2:6]]
-    assert cells[0].startswith("—")  # TRL defaults failed: no verdict
-    assert cells[1].startswith("✗ 0.50×") and cells[2].startswith("✓")
+    cells = [c.strip() for c in rm.split("|")[2:8]]
+    assert cells[0] == "—" and cells[2] == "—" and cells[4] == "—"  # TRL defaults failed, no ckpt row: no verdict
+    assert cells[1].startswith("✗ 0.50×") and cells[3] == "✓ (700 vs 900 MiB)"
     ppo = next(line for line in targets.splitlines() if line.startswith("| PPO"))
     assert "✗ 0.50×" in ppo and "✓ 2.00×" in ppo and "not a target for PPO" in ppo
 
@@ -117,7 +120,8 @@ def test_render_ratios_and_verdicts_come_from_the_numbers():
 def test_check_targets_without_peak_or_trl_rows():
     ours = bench.Summary(ok=True, throughput=10.0, maxrss_mib=100.0, flops_per_s=1e9)
     verdict = bench.check_targets("sft", {"ours": ours}, None)
-    assert verdict == {"vs_defaults": None, "vs_tuned": None, "memory": None, "mfu": None}
+    assert verdict == {"vs_defaults": None, "vs_tuned": None, "ckpt_vs_defaults": None, "memory": None,
+                       "memory_ckpt": None, "mfu": None}
     verdict = bench.check_targets("sft", {"ours": ours}, {"fp32": 2e9, "bf16": 1.5e9})
     assert verdict["mfu"] is True
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from alignment.logits import labelled_logits, split_model, token_logps
+from alignment.logits import causal_mask, labelled_logits, split_model, token_logps
 from alignment.losses import sequence_logps
 from alignment.modeling import apply_lora, load_causal_lm
 
@@ -100,3 +100,45 @@ def test_no_labels_gives_zero_rows(tiny_model_dir: Path, ignore: int) -> None:
     out = labelled_logits(model, ids, torch.full_like(ids, ignore))
     assert out.logits.shape[0] == 0
     assert out.per_row_sum(token_logps(out)).tolist() == [0.0, 0.0]
+
+
+def test_causal_mask_is_dropped_only_for_right_padding() -> None:
+    right = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]])
+    assert causal_mask(right) is None
+    assert causal_mask(torch.ones(2, 3, dtype=torch.long)) is None
+    assert causal_mask(None) is None
+    left = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]])  # PPO's left-padded prompts
+    middle = torch.tensor([[1, 1, 0, 1]])  # left-padded prompt + right-padded answer, packed oddly
+    empty_row = torch.tensor([[1, 1], [0, 0]])
+    for mask in (left, middle, empty_row):
+        assert causal_mask(mask) is mask
+    four_d = torch.ones(1, 1, 3, 3)
+    assert causal_mask(four_d) is four_d
+
+
+def test_right_padded_scores_and_gradients_match_with_the_mask(tiny_rm_dir: Path) -> None:
+    """A reward model read at each row's last real token: the same scores and gradients whether the
+    right padding is masked or left to the causal mask alone."""
+    from alignment.modeling import load_reward_model
+    from alignment.reward import LastTokenScores
+
+    torch.manual_seed(0)
+    model = load_reward_model(tiny_rm_dir)
+    scorer = LastTokenScores(model)
+    ids, mask, _ = _batch(model.config.vocab_size)
+    assert causal_mask(mask) is None
+
+    def scores_and_grads(m: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        model.zero_grad()
+        model(input_ids=ids, attention_mask=m, use_cache=False)
+        s = scorer.take(mask)  # (B,)
+        (s * torch.tensor([1.0, -2.0, 0.5])).sum().backward()
+        return s.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    masked, g_masked = scores_and_grads(mask)
+    unmasked, g_unmasked = scores_and_grads(causal_mask(mask))
+    torch.testing.assert_close(unmasked, masked, rtol=1e-5, atol=1e-5)
+    assert g_masked.keys() == g_unmasked.keys() and g_masked
+    for name in g_masked:
+        torch.testing.assert_close(g_unmasked[name], g_masked[name], rtol=1e-4, atol=1e-6, msg=name)
+    scorer.remove()

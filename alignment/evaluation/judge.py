@@ -247,6 +247,7 @@ def score_answers(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[Mess
     import torch
 
     from alignment.data.preferences import tokenize_response
+    from alignment.logits import causal_mask
     from alignment.reward import LastTokenScores
     from alignment.training import autocast, use_bf16
 
@@ -268,7 +269,7 @@ def score_answers(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[Mess
                 idx = order[start : start + batch_size]
                 ids, mask = padded_batch([encoded[i] for i in idx], pad, left=False)
                 ids, mask = ids.to(device), mask.to(device)
-                model(input_ids=ids, attention_mask=mask, use_cache=False)
+                model(input_ids=ids, attention_mask=causal_mask(mask), use_cache=False)
                 for row, s in zip(idx, scorer.take(mask).tolist()):
                     scores[row] = float(s)
     finally:
