@@ -14,7 +14,7 @@ import random
 import shutil
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +122,7 @@ class Schedule:
     total_steps: int
     steps_per_epoch: int
     lengths: list[int] | None = None  # per example; set to group similar lengths into one step
+    _cached: tuple[int, list[int]] | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def create(cls, num_examples: int, cfg: TrainConfig, world: int,
@@ -136,6 +137,12 @@ class Schedule:
         return cls(num_examples, cfg.batch_size, cfg.grad_accum, world, cfg.seed, total, steps_per_epoch, grouped)
 
     def _order(self, epoch: int) -> list[int]:
+        """The epoch's example order, computed once per epoch (every step of it reads from it)."""
+        if self._cached is None or self._cached[0] != epoch:
+            self._cached = (epoch, self._compute_order(epoch))
+        return self._cached[1]
+
+    def _compute_order(self, epoch: int) -> list[int]:
         g = torch.Generator().manual_seed(self.seed + epoch)
         order = torch.randperm(self.num_examples, generator=g).tolist()
         per_step = self.batch_size * self.grad_accum * self.world
