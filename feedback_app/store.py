@@ -609,10 +609,15 @@ class Store:
         return claimed
 
     @staticmethod
-    def _require_assignment(c: Connection, user_id: int, item_id: int) -> None:
-        """Inside a write: only the annotators an item is assigned to may judge it or keep a draft of it."""
-        if c.execute(select(assignments.c.id).where(assignments.c.user_id == user_id,
-                                                    assignments.c.item_id == item_id)).first() is None:
+    def _require_assignment(c: Connection, user_id: int, item_id: int, lock: bool = False) -> None:
+        """Inside a write: only the annotators an item is assigned to may judge it or keep a draft of it.
+
+        With `lock`, the assignment row stays locked until the transaction ends (PostgreSQL's FOR UPDATE;
+        SQLite's BEGIN IMMEDIATE already serialises every writer), so one annotator's concurrent writes
+        to one item queue instead of racing.
+        """
+        q = select(assignments.c.id).where(assignments.c.user_id == user_id, assignments.c.item_id == item_id)
+        if c.execute(q.with_for_update() if lock else q).first() is None:
             raise StoreError("this item is not assigned to you")
 
     def progress(self, user: User, project: Project) -> Progress:
@@ -652,12 +657,13 @@ class Store:
                     if row.user_id != user.id:
                         raise StoreError("this submission could not be stored; reload the page") from None
                     return int(row.id), False
-                # else two revisions of the same item raced for a revision number (PostgreSQL): retry
+                # else a revision number was taken after all (the row lock should prevent it): retry
         raise StoreError("this submission could not be stored; please submit again")
 
     def _insert_judgment(self, user: User, item: Item, judgment: Judgment, submission_key: str) -> int:
         with self.write() as c:
-            self._require_assignment(c, user.id, item.id)
+            # Locked: two tabs revising the same item would otherwise both read the same latest revision.
+            self._require_assignment(c, user.id, item.id, lock=True)
             previous = c.execute(select(func.max(judgments.c.revision)).where(
                 judgments.c.user_id == user.id, judgments.c.item_id == item.id)).scalar()
             version = c.execute(select(projects.c.guideline_version).where(
