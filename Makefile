@@ -12,9 +12,21 @@ TORCH_VERSION := $(shell sed -n 's/^torch==//p' constraints.txt)
 # when pip's find-links has one, else PyTorch's CPU index). With CUDA, the default build.
 HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
 
-.PHONY: setup model quickstart test test-fast lint bench clean
+.PHONY: setup tcmalloc model quickstart test test-fast lint bench clean
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed tcmalloc
+
+# tcmalloc: `align` runs under it when installed (alignment/allocator.py; 1.2-1.4x faster training steps on
+# CPU, lower peak memory). Installed here with apt when this user may (root or passwordless sudo); never fatal.
+tcmalloc:
+	@ls /usr/lib/*/libtcmalloc_minimal.so.4 >/dev/null 2>&1 || ls /usr/lib64/libtcmalloc_minimal.so.4 >/dev/null 2>&1 \
+	  || [ "$$(uname -s)" != Linux ] || ! command -v apt-get >/dev/null 2>&1 \
+	  || { if [ "$$(id -u)" = 0 ]; then s=""; elif sudo -n true 2>/dev/null; then s="sudo -n"; else s=no; fi; \
+	       [ "$$s" != no ] && echo "installing libtcmalloc-minimal4 (apt)" \
+	         && { $$s env DEBIAN_FRONTEND=noninteractive apt-get install -y -q libtcmalloc-minimal4 >/dev/null 2>&1 \
+	              || { $$s apt-get update -q >/dev/null 2>&1 \
+	                   && $$s env DEBIAN_FRONTEND=noninteractive apt-get install -y -q libtcmalloc-minimal4 >/dev/null 2>&1; }; } \
+	       || echo "note: tcmalloc is not installed; training works but is slower on CPU (apt install libtcmalloc-minimal4)"; }
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -9,6 +9,7 @@ import argparse
 import os
 import sys
 
+from alignment import allocator
 from alignment.errors import AlignError
 
 
@@ -88,6 +89,8 @@ def _phase(args: argparse.Namespace, argv: list[str]) -> int:
     cfg = load_config(PHASE_CONFIGS[args.command], args.config, overrides)
     from alignment.pipeline import run_phase
 
+    if os.environ.get("RANK", "0") == "0":
+        print(f"[{args.command}] memory allocator: {allocator.describe()}")
     run_phase(args.command, cfg)
     return 0
 
@@ -155,6 +158,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> None:
+    try:
+        allocator.reexec_if_useful()  # before torch is imported: see alignment/allocator.py
+    except AlignError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     raise SystemExit(main())
 
 

@@ -201,6 +201,9 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, float]:
         _check_reward_model(rm)  # a typo fails now, not after the training phases
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "pipeline.yaml")
+    from alignment.allocator import describe
+
+    print(f"[pipeline] memory allocator: {describe()}")
     outputs: dict[str, str] = {}  # training phase name -> its model folder
     policies: dict[str, str] = {}  # the subset that generates text (not reward models)
     fingerprints: list[str] = []

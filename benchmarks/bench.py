@@ -35,6 +35,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from alignment import allocator
+from alignment.errors import AlignError
+
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes" / "quickstart"
 DEFAULT_OUT = REPO / "benchmarks" / "RESULTS.md"
@@ -143,6 +146,7 @@ class Summary:
     gradient_checkpointing: bool | None = None
     split: dict[str, float] | None = None  # PPO: fraction of step time in generate / score / train
     metrics_throughput: float | None = None  # ours: the phase's own perf/* figure, mean over the timed steps
+    allocator: str = ""  # the row's memory allocator (alignment.allocator.describe)
 
 
 def summarize(result: Mapping[str, Any], workload: str, warmup: int, dims: ModelDims | None,
@@ -170,7 +174,13 @@ def summarize(result: Mapping[str, Any], workload: str, warmup: int, dims: Model
     return Summary(ok=True, throughput=items / total, seconds=seconds, maxrss_mib=result.get("maxrss_mib"),
                    flops_per_s=flops, precision=str(result.get("precision", "")),
                    gradient_checkpointing=result.get("gradient_checkpointing"), split=split,
-                   metrics_throughput=sum(perf) / len(perf) if perf else None)
+                   metrics_throughput=sum(perf) / len(perf) if perf else None,
+                   allocator=_short_allocator(result.get("allocator")))
+
+
+def _short_allocator(text: Any) -> str:
+    """"tcmalloc (/usr/lib/.../libtcmalloc_minimal.so.4)" -> "tcmalloc"; "system malloc" stays."""
+    return str(text).split(" (")[0] if text else ""
 
 
 def ratio(ours: Summary | None, other: Summary | None) -> float | None:
@@ -343,8 +353,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
 
     w("## Details per row\n")
     w("| workload | variant | throughput | s/step: mean (min–max) | precision | grad. ckpt | model GFLOP/s | "
-      "MFU fp32 / bf16 | peak RSS MiB | phase's own metrics.jsonl figure |")
-    w("|---|---|---:|---|---|---|---:|---|---:|---:|")
+      "MFU fp32 / bf16 | peak RSS MiB | allocator | phase's own metrics.jsonl figure |")
+    w("|---|---|---:|---|---|---|---:|---|---:|---|---:|")
     for workload, rows in summaries.items():
         for variant in VARIANTS:
             s = rows.get(variant)
@@ -352,7 +362,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                 continue
             if not s.ok:
                 w(f"| {WORKLOAD_TITLES[workload]} | {VARIANT_TITLES[variant]} | {_cell_error(s.error)} | | | | | | "
-                  f"{_num(s.maxrss_mib, 0) if s.maxrss_mib else '—'} | |")
+                  f"{_num(s.maxrss_mib, 0) if s.maxrss_mib else '—'} | | |")
                 continue
             secs = s.seconds or []
             step = f"{sum(secs) / len(secs):.2f} ({min(secs):.2f}–{max(secs):.2f})" if secs else "—"
@@ -362,7 +372,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             own = f"{_num(s.metrics_throughput)} {UNITS[workload]}" if s.metrics_throughput else ""
             ckpt = "—" if s.gradient_checkpointing is None else ("on" if s.gradient_checkpointing else "off")
             w(f"| {WORKLOAD_TITLES[workload]} | {VARIANT_TITLES[variant]} | {_num(s.throughput)} {UNITS[workload]} | "
-              f"{step} | {s.precision or '—'} | {ckpt} | {gflops} | {mfu} | {_num(s.maxrss_mib, 0)} | {own} |")
+              f"{step} | {s.precision or '—'} | {ckpt} | {gflops} | {mfu} | {_num(s.maxrss_mib, 0)} | "
+              f"{s.allocator or '—'} | {own} |")
     w("")
 
     if "ppo" in summaries:
@@ -400,7 +411,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
       "TRL's defaults (notably `gradient_checkpointing=True` and `bf16=True` autocast); \"TRL tuned\" changes "
       "only what its line lists: the precision ours ran with, ours' gradient checkpointing setting, no "
       "logging or checkpoints, ours' learning rate (no effect on speed) and, for RLOO, ours' updates per "
-      "rollout batch.\n")
+      "rollout batch; and it runs under the same memory allocator as ours (see How measured).\n")
     w("## PPO (ours) vs RLOO (TRL): not the same algorithm\n")
     bs, epochs, minibatches = settings.get("batch_size"), settings.get("ppo_epochs"), settings.get("num_minibatches")
     critic = settings.get("critic")
@@ -445,6 +456,11 @@ def how_measured(settings: Mapping[str, Any], dims: ModelDims | None) -> list[st
         "(non-reentrant activation checkpointing, as TRL's default): it trades a second forward per layer for "
         "memory, so its memory is compared with TRL defaults (which checkpoint) and ours' with TRL tuned (which "
         "does not, like ours).",
+        "- Memory allocator (the details table's column): ours and TRL tuned run under the allocator `align` "
+        "itself picks, tcmalloc when it is installed (`alignment/allocator.py`: `align` re-executes itself with it "
+        "in `LD_PRELOAD`; the bench does the same for these rows' processes); TRL defaults under the system "
+        "malloc, as `python train.py` gets it. `ALIGN_ALLOCATOR=system make bench` runs every row on the system "
+        "malloc.",
         "- Throughput = units over the timed steps / their summed wall time. SFT units are real (non-padding) "
         "tokens: the sum of `attention_mask` of the batch the step trains on (TRL: counted from the inputs of "
         "`training_step`). RM and DPO: preference pairs. PPO/RLOO: episodes (prompt + sampled answer) per rollout "
@@ -581,6 +597,20 @@ def load_average() -> float | None:
         return None
 
 
+def child_env(variant: str, env: Mapping[str, str]) -> dict[str, str]:
+    """A row's environment: TRL defaults get the system malloc, every other row the allocator `align` picks
+    (tcmalloc when installed, unless ALIGN_ALLOCATOR says otherwise); see :mod:`alignment.allocator`."""
+    env = dict(env)
+    ours = env.pop(allocator.ACTIVE_ENV, None)  # bench.py itself may run under align's tcmalloc
+    if ours:
+        env["LD_PRELOAD"] = ":".join(p for p in env.get("LD_PRELOAD", "").split(":") if p and p != ours)
+        if not env["LD_PRELOAD"]:
+            del env["LD_PRELOAD"]
+    if variant == "trl-defaults":
+        return env
+    return allocator.plan(env) or env
+
+
 def run_child(spec: dict[str, Any], name: str, workdir: Path, timeout: int) -> dict[str, Any]:
     """Run ``python -m benchmarks.workloads SPEC`` and return its result (a failure becomes ok=False)."""
     (workdir / "specs").mkdir(parents=True, exist_ok=True)
@@ -592,7 +622,7 @@ def run_child(spec: dict[str, Any], name: str, workdir: Path, timeout: int) -> d
     spec_path = workdir / "specs" / f"{name}.json"
     spec_path.write_text(json.dumps(spec, indent=2))
     log_path = workdir / "logs" / f"{name}.log"
-    env = {**os.environ, **CHILD_ENV}
+    env = child_env(str(spec.get("variant")), {**os.environ, **CHILD_ENV})
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
     last = ""
     with log_path.open("w", encoding="utf-8") as log:
@@ -621,6 +651,11 @@ def run_child(spec: dict[str, Any], name: str, workdir: Path, timeout: int) -> d
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    try:
+        allocator.plan(os.environ)  # a bad ALIGN_ALLOCATOR is one line now, not a failure in every row
+    except AlignError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     rows = plan(args)
     settings = {"steps": args.steps, "warmup": args.warmup, "model": args.model, "dpo_ref": args.dpo_ref,
                 "bf16": args.bf16 or "recipe (auto)", **workload_settings(args.model)}

@@ -68,7 +68,7 @@ def _report() -> dict:
                  "body_params": dims.body_params, "head_params": dims.head_params},
         "rows": {
             # warm-up step (99 s) is dropped: ours 2000 tokens / 2 s = 1000 tokens/s
-            "sft": {"ours": _row([99.0, 1.0, 1.0], 1000, 900),
+            "sft": {"ours": {**_row([99.0, 1.0, 1.0], 1000, 900), "allocator": "tcmalloc (/usr/lib/libtc.so.4)"},
                     "ours-ckpt": _row([99.0, 1.5, 1.5], 1000, 1400),                     # 667/s -> 2.67x
                     "trl-defaults": _row([99.0, 4.0, 4.0], 1000, 1500, "bf16 autocast"),   # 250/s -> 4.00x
                     "trl-tuned": _row([99.0, 1.25, 1.25], 1000, 800)},                    # 800/s -> 1.25x
@@ -110,6 +110,10 @@ def test_render_ratios_and_verdicts_come_from_the_numbers():
     ppo = next(line for line in targets.splitlines() if line.startswith("| PPO"))
     assert "✗ 0.50×" in ppo and "✓ 2.00×" in ppo and "not a target for PPO" in ppo
 
+    details = text.split("## Details per row")[1].split("###")[0]
+    sft_rows = {line.split("|")[2].strip(): line for line in details.splitlines() if line.startswith("| SFT")}
+    assert "| 900 | tcmalloc |" in sft_rows["ours"] and "| 800 | — |" in sft_rows["TRL tuned"]
+
     split = text.split("where a rollout batch's time goes")[1].split("##")[0]
     assert "| ours | 50.0% | 25.0% | 25.0% |" in split
     assert "SFT (SFTTrainer), both columns: `max_length=512`" in text
@@ -124,6 +128,29 @@ def test_check_targets_without_peak_or_trl_rows():
                        "memory_ckpt": None, "mfu": None}
     verdict = bench.check_targets("sft", {"ours": ours}, {"fp32": 2e9, "bf16": 1.5e9})
     assert verdict["mfu"] is True
+
+
+def test_child_env_gives_trl_defaults_the_system_malloc(tmp_path, monkeypatch):
+    lib = tmp_path / "libtcmalloc_minimal.so.4"
+    lib.write_bytes(b"")
+    monkeypatch.setattr(bench.allocator, "SEARCH_DIRS", (str(tmp_path),))
+    monkeypatch.setattr(bench.allocator.sys, "platform", "linux")
+    # bench.py itself started from a shell already under align's tcmalloc, plus a library of the user's
+    parent = {"PATH": "/bin", "LD_PRELOAD": f"{lib}:/opt/mine.so", "ALIGN_ALLOCATOR_ACTIVE": str(lib)}
+    defaults = bench.child_env("trl-defaults", parent)
+    assert defaults == {"PATH": "/bin", "LD_PRELOAD": "/opt/mine.so"}
+    for variant in ("ours", "ours-ckpt", "trl-tuned"):
+        env = bench.child_env(variant, parent)
+        assert env["LD_PRELOAD"] == f"{lib}:/opt/mine.so" and env["ALIGN_ALLOCATOR_ACTIVE"] == str(lib)
+    assert "LD_PRELOAD" not in bench.child_env("trl-defaults", {"ALIGN_ALLOCATOR_ACTIVE": str(lib),
+                                                                 "LD_PRELOAD": str(lib)})
+    assert "LD_PRELOAD" not in bench.child_env("ours", {"ALIGN_ALLOCATOR": "system"})
+
+
+def test_bad_allocator_choice_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ALIGN_ALLOCATOR", "fast")
+    assert bench.main(["--dry-run", "--out", str(tmp_path / "R.md"), "--workdir", str(tmp_path / "w")]) == 2
+    assert "ALIGN_ALLOCATOR must be one of auto, tcmalloc, system" in capsys.readouterr().err
 
 
 def test_parse_args():
@@ -157,6 +184,8 @@ def test_smoke_run_on_the_tiny_model(tmp_path, tiny_model_dir: Path, capsys):
         assert result["ok"], result.get("error")
         assert len(result["steps"]) == 2 and all(s["items"] == 8 for s in result["steps"])
         assert result["maxrss_mib"] > 0
+        expected = "system malloc" if bench.allocator.find_tcmalloc() is None else "tcmalloc ("
+        assert result["allocator"].startswith(expected)
     assert raw["rows"]["rm"]["trl-tuned"]["precision"] == raw["rows"]["rm"]["ours"]["precision"]
     text = out.read_text()
     row = next(line for line in text.splitlines() if line.startswith("| Reward model"))

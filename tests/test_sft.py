@@ -134,6 +134,10 @@ def test_deepspeed_two_processes(tmp_path, tiny_model_dir, sft_file, stage):
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "processes=2" in proc.stdout
+    # `align` re-executed itself under tcmalloc when installed, and the workers inherited it.
+    from alignment.allocator import find_tcmalloc
+
+    assert ("[sft] memory allocator: tcmalloc" if find_tcmalloc() else "[sft] memory allocator: system") in proc.stdout
     # DeepSpeed's CPU all-reduce files (66 MB per process) are removed at exit, not left in /dev/shm.
     assert set(shm.glob("deepspeed_allreduce_buffer_*")) <= buffers_before
     from transformers import AutoModelForCausalLM
