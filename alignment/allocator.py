@@ -89,10 +89,22 @@ def reexec_if_useful() -> None:
     os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], new_env)
 
 
+def loaded(library: str) -> bool:
+    """Whether this process has `library` mapped (Linux /proc/self/maps; True where that cannot be read)."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return True
+    return os.path.realpath(library) in maps or library in maps
+
+
 def describe(env: Mapping[str, str] = os.environ) -> str:
     """One phrase for logs: which allocator this process runs with."""
     if env.get(ACTIVE_ENV):
-        return f"tcmalloc ({env[ACTIVE_ENV]})"
+        library = env[ACTIVE_ENV]
+        if not loaded(library):  # the dynamic loader ignores a preload it cannot load, with a warning
+            return f"system malloc ({library} could not be preloaded)"
+        return f"tcmalloc ({library})"
     if preloaded(env):
         return f"LD_PRELOAD={env['LD_PRELOAD']}"
     return "system malloc"

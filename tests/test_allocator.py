@@ -29,7 +29,8 @@ def test_plan_preloads_tcmalloc_once(libdir: Path) -> None:
     assert new["TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD"] == str(1 << 40)
     assert env == {"PATH": "/bin", "LD_PRELOAD": "/opt/other.so"}  # the caller's mapping is not touched
     assert allocator.plan(new, "linux", [str(libdir)]) is None  # the re-executed process carries on
-    assert "tcmalloc (" in allocator.describe(new)
+    # This process never loaded that (empty) file: the log must not claim tcmalloc.
+    assert allocator.describe(new) == f"system malloc ({lib} could not be preloaded)"
 
 
 @pytest.mark.parametrize("env", [
@@ -85,16 +86,18 @@ def test_reexec_runs_the_same_command_under_tcmalloc() -> None:
             "allocator.reexec_if_useful(); "
             "maps = open('/proc/self/maps').read(); "
             "print('after', os.getpid(), 'tcmalloc' in maps, sys.argv[1:], sys.flags.optimize, "
-            "os.environ['ALIGN_ALLOCATOR_ACTIVE'])")
+            "os.environ['ALIGN_ALLOCATOR_ACTIVE']); print(allocator.describe())")
     r = subprocess.run([sys.executable, "-O", "-c", code, "a b", "--x"], capture_output=True, text=True,
                        env=_clean_env(), timeout=120)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert len(lines) == 3 and lines[0].startswith("start") and lines[1].startswith("start"), lines
+    assert len(lines) == 4 and lines[0].startswith("start") and lines[1].startswith("start"), lines
     pid = lines[0].split()[1]
     assert lines[1].split()[1] == pid  # exec keeps the process: a launcher waiting on it notices nothing
     assert lines[2] == f"after {pid} True ['a b', '--x'] 1 {allocator.find_tcmalloc()}"
+    assert lines[3] == f"tcmalloc ({allocator.find_tcmalloc()})"
     # Asked for the system allocator: no re-exec, tcmalloc not loaded.
-    r = subprocess.run([sys.executable, "-c", code.replace("os.environ['ALIGN_ALLOCATOR_ACTIVE']", "0")],
+    r = subprocess.run([sys.executable, "-c", code.replace("os.environ['ALIGN_ALLOCATOR_ACTIVE']", "0")
+                        .replace("print(allocator.describe())", "pass")],
                        capture_output=True, text=True, env=_clean_env(ALIGN_ALLOCATOR="system"), timeout=120)
     assert r.stdout.splitlines()[1].split()[2] == "False", r.stdout
