@@ -5,7 +5,7 @@ large blocks straight back to the kernel and takes fresh ones for the next step,
 faults in hundreds of thousands of new pages, and what it keeps in its heap fragments. tcmalloc keeps
 freed blocks in size classes and reuses them. On the 2-core benchmark machine, a reward-model step with
 gradient checkpointing (16 pairs of about 300 tokens, the embedded 135M model) ran 1.26x faster under
-tcmalloc and peaked at 2.7 GB instead of 4.0 GB (``benchmarks/``, README "Benchmarks").
+tcmalloc and peaked at 2,708 instead of 4,036 MiB (``benchmarks/``, README "Benchmarks").
 
 ``align`` calls :func:`reexec_if_useful` before it imports torch: when tcmalloc is installed (Debian and
 Ubuntu: ``apt install libtcmalloc-minimal4``; ``make setup`` tries to) and not loaded yet, the command
