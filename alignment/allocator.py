@@ -75,6 +75,20 @@ def plan(env: Mapping[str, str], platform: str | None = None,
     return new
 
 
+def without(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` with what :func:`plan` added taken out again (its LD_PRELOAD entry and the marker), so a
+    child process started from it gets the system malloc; what the user preloaded stays."""
+    env = dict(env)
+    ours = env.pop(ACTIVE_ENV, None)
+    if ours:
+        rest = [p for p in env.get("LD_PRELOAD", "").split(":") if p and p != ours]
+        if rest:
+            env["LD_PRELOAD"] = ":".join(rest)
+        else:
+            env.pop("LD_PRELOAD", None)
+    return env
+
+
 def reexec_if_useful() -> None:
     """Start this very command line again under tcmalloc when :func:`plan` says so; otherwise return.
 

@@ -600,12 +600,7 @@ def load_average() -> float | None:
 def child_env(variant: str, env: Mapping[str, str]) -> dict[str, str]:
     """A row's environment: TRL defaults get the system malloc, every other row the allocator `align` picks
     (tcmalloc when installed, unless ALIGN_ALLOCATOR says otherwise); see :mod:`alignment.allocator`."""
-    env = dict(env)
-    ours = env.pop(allocator.ACTIVE_ENV, None)  # bench.py itself may run under align's tcmalloc
-    if ours:
-        env["LD_PRELOAD"] = ":".join(p for p in env.get("LD_PRELOAD", "").split(":") if p and p != ours)
-        if not env["LD_PRELOAD"]:
-            del env["LD_PRELOAD"]
+    env = allocator.without(env)  # bench.py itself may run under align's tcmalloc
     if variant == "trl-defaults":
         return env
     return allocator.plan(env) or env

@@ -29,6 +29,9 @@ def test_plan_preloads_tcmalloc_once(libdir: Path) -> None:
     assert new["TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD"] == str(1 << 40)
     assert env == {"PATH": "/bin", "LD_PRELOAD": "/opt/other.so"}  # the caller's mapping is not touched
     assert allocator.plan(new, "linux", [str(libdir)]) is None  # the re-executed process carries on
+    assert allocator.without(new) == {**env, "TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD": str(1 << 40)}
+    alone = allocator.plan({"PATH": "/bin"}, "linux", [str(libdir)])
+    assert alone is not None and "LD_PRELOAD" not in allocator.without(alone)
     # This process never loaded that (empty) file: the log must not claim tcmalloc.
     assert allocator.describe(new) == f"system malloc ({lib} could not be preloaded)"
 
