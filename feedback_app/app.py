@@ -15,9 +15,12 @@ text (textboxes, tables, dropdown labels), so HTML and script in an answer are s
 
 from __future__ import annotations
 
+import asyncio
 import html
 import json
+import os
 import secrets
+import shutil
 import tempfile
 import time
 from collections import Counter
@@ -27,13 +30,15 @@ from typing import Any
 
 import gradio as gr
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware.cors import CORSMiddleware
 
 from feedback_app.agreement import agreement
 from feedback_app.auth import COOKIE, SESSION_SECONDS, LoginThrottle, Sessions, make_cookie
 from feedback_app.candidates import GenerationSettings, import_candidates, load_prompts, start_generation
 from feedback_app.export import export_store, summary_lines, write_export
+from feedback_app.security import Guard, Uploads
 from feedback_app.store import (
     MAX_TEXT,
     Item,
@@ -48,7 +53,6 @@ from feedback_app.store import (
 K_MAX = 8  # response slots on the page; projects use 2..K_MAX candidates per prompt
 LETTERS = "ABCDEFGH"
 RANKS = [str(r) for r in range(1, K_MAX + 1)]
-PUBLIC_PATHS = {"/login"}
 
 SHORTCUTS = ("**Keys** (outside text boxes): `1`-`8` give that response the next rank, `Shift`+number gives it "
              "the same rank as the last one (a tie), `0` clears the ranks; `Ctrl`+`Enter` submits.")
@@ -228,7 +232,7 @@ def _draft_or_latest(store: Store, user: User, item_id: int) -> Judgment | None:
 # ------------------------------------------------------------------------------------------------ the interface
 
 
-def build_blocks(store: Store) -> gr.Blocks:
+def build_blocks(store: Store, uploads: Uploads | None = None) -> gr.Blocks:
     with gr.Blocks(title="Expert feedback", analytics_enabled=False) as demo:
         header = gr.HTML()
         with gr.Tabs(selected="annotate") as tabs:
@@ -273,7 +277,7 @@ def build_blocks(store: Store) -> gr.Blocks:
                     mine_pick = gr.Dropdown(label="Submission", choices=[], elem_id="mine-pick")
                     revise = gr.Button("Revise", elem_id="revise")
             with gr.Tab("Admin", id="admin", visible=False) as admin_tab:
-                admin = AdminSection(store, project_dd)
+                admin = AdminSection(store, project_dd, uploads)
         state = gr.State({})
         form = Form(state, progress, guidelines, prompt, slots, unacceptable, correction_of, correction, negative,
                     note, submit, message)
@@ -393,9 +397,12 @@ class AdminSection:
     Constructing it lays out the components where it is called (inside the Admin tab); ``wire`` attaches
     the handlers once the rest of the page exists."""
 
-    def __init__(self, store: Store, project_dd: Any) -> None:
+    def __init__(self, store: Store, project_dd: Any, uploads: Uploads | None = None) -> None:
         self.store = store
         self.project_dd = project_dd
+        # Uploaded files are read only from the server's private upload folder (None: any path, for tests
+        # that build the page without a server).
+        self.uploads = uploads
         with gr.Accordion("Project", open=True):
             with gr.Row():
                 self.new_name = gr.Textbox(label="New project name", elem_id="new-project", scale=3)
@@ -450,6 +457,10 @@ class AdminSection:
                 self.add_user = gr.Button("Add user (password shown once)", elem_id="add-user")
             self.user_msg = gr.Markdown(elem_id="user-msg")
 
+    def _uploaded(self, path: str) -> bool:
+        """A file in the private upload folder (the request layer checked that this user uploaded it)."""
+        return self.uploads is None or self.uploads.inside(path) is not None
+
     def _project(self, name: str | None) -> Project:
         project = self.store.project(name) if name else None
         if project is None:
@@ -500,10 +511,12 @@ class AdminSection:
             require(store, request, "admin")
             if not path:
                 return "Choose a prompts file first."
+            if not self._uploaded(path):
+                return "**Not loaded:** upload the file again."
             try:
                 prompts = load_prompts(path)
             except Exception as e:  # AlignError names file, line and field
-                return f"**Not loaded:** {html.escape(str(e))}"
+                return f"**Not loaded:** {html.escape(_without_folder(str(e), path))}"
             added, dup = store.add_prompts(self._project(name).id, prompts, source=Path(path).name)
             return f"{added} prompts added ({dup} already in the project)."
 
@@ -514,10 +527,12 @@ class AdminSection:
             require(store, request, "admin")
             if not path:
                 return "Choose a candidates file first."
+            if not self._uploaded(path):
+                return "**Not imported:** upload the file again."
             try:
                 n_prompts, n_cands = import_candidates(store, self._project(name).id, path)
             except Exception as e:
-                return f"**Not imported:** {html.escape(str(e))}"
+                return f"**Not imported:** {html.escape(_without_folder(str(e), path))}"
             return f"{n_cands} candidates imported ({n_prompts} new prompts)."
 
         self.import_cands.click(imp, [self.project_dd, self.cands_file], self.work_msg,
@@ -567,7 +582,7 @@ class AdminSection:
             require(store, request, "admin")
             project = self._project(name)
             result = export_store(store, project=project.name, pairs=policy or "all")
-            folder = Path(tempfile.mkdtemp(prefix="align-export-"))
+            folder = self.uploads.export_folder() if self.uploads else Path(tempfile.mkdtemp(prefix="align-export-"))
             stamp = time.strftime("%Y%m%d-%H%M%S")
             paths = write_export(result, folder / f"{project.name}-{stamp}.jsonl")
             return ["\n".join(f"- {html.escape(line.strip())}" for line in summary_lines(result)),
@@ -592,6 +607,11 @@ class AdminSection:
         self.add_user.click(add_user, [self.user_name, self.user_role], [self.users, self.user_msg],
                             api_name="admin_add_user")
         self.refresh.click(users, None, self.users, api_name="admin_users")
+
+
+def _without_folder(message: str, path: str) -> str:
+    """An error message about an uploaded file, naming the file but not the server's folders."""
+    return message.replace(str(Path(path).parent) + os.sep, "")
 
 
 def dashboard_values(store: Store, project: Project) -> list[Any]:
@@ -652,23 +672,28 @@ LOGOUT_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>Log out
 <a href="/">Back</a></form></body></html>"""
 
 
-def create_app(store: Store, *, secure_cookies: bool = False) -> FastAPI:
-    """The whole server: login routes, the session check in front of everything, Gradio at ``/``."""
-    sessions = Sessions(store)
-    throttle = LoginThrottle()
-    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+DEFAULT_MAX_UPLOAD_MB = 100
 
-    @app.middleware("http")
-    async def session_check(request: Request, call_next: Any) -> Response:
-        path = request.url.path
-        if path in PUBLIC_PATHS:
-            return await call_next(request)
-        user = sessions.user(request.cookies.get(COOKIE))
-        if user is None:
-            if request.method == "GET" and "text/html" in request.headers.get("accept", ""):
-                return RedirectResponse("/login", status_code=303)
-            return JSONResponse({"error": "not signed in"}, status_code=401)
-        return await call_next(request)
+
+def create_app(store: Store, *, secure_cookies: bool = False, upload_dir: str | Path | None = None,
+               max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, allowed_origins: tuple[str, ...] = (),
+               throttle: LoginThrottle | None = None) -> FastAPI:
+    """The whole server: login routes, the request guard in front of everything, Gradio at ``/``.
+
+    ``upload_dir``: Gradio's upload and cache folder, private to this server (a new temporary folder when
+    None; :func:`serve` removes it at exit). ``allowed_origins``: origins besides this server's own that
+    may send state-changing requests (a reverse proxy that rewrites ``Host``)."""
+    sessions = Sessions(store)
+    throttle = throttle or LoginThrottle()
+    folder = Path(upload_dir or tempfile.mkdtemp(prefix="align-app-")).resolve()
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # Gradio reads its upload/cache folder from the environment when components are made and files moved:
+    # a folder of this server's own, so nothing of another app or user's temporary files is ever in it.
+    os.environ["GRADIO_TEMP_DIR"] = str(folder)
+    uploads = Uploads(folder)
+    max_bytes = int(max_upload_mb * 2**20)
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.upload_folder = folder
 
     @app.get("/login", response_class=HTMLResponse)
     def login_page() -> HTMLResponse:
@@ -677,19 +702,21 @@ def create_app(store: Store, *, secure_cookies: bool = False) -> FastAPI:
     @app.post("/login")
     async def login(request: Request) -> Response:
         form = await request.form()
-        name = str(form.get("username") or "").strip()
+        name = str(form.get("username") or "").strip()[:256]
         password = str(form.get("password") or "")
-        client = request.client.host if request.client else "?"
-        keys = (f"user:{name}", f"ip:{client}")
-        if throttle.blocked(*keys):
-            return HTMLResponse(LOGIN_PAGE.format(error='<p class="err">Too many failed attempts. '
-                                                  "Wait five minutes.</p>"), status_code=429)
+        client = request.client.host if request.client else "?"  # the proxy-resolved peer (see serve)
+        if throttle.blocked(name, client) > 0:
+            return HTMLResponse(LOGIN_PAGE.format(error='<p class="err">Too many failed attempts from here. '
+                                                  "Wait a few minutes and try again.</p>"), status_code=429)
+        delay = throttle.delay(name)
+        if delay:
+            await asyncio.sleep(delay)
         user = await run_in_threadpool(store.authenticate, name, password)  # scrypt: off the event loop
         if user is None:
-            throttle.failed(*keys)
+            throttle.failed(name, client)
             return HTMLResponse(LOGIN_PAGE.format(error='<p class="err">Wrong user name or password.</p>'),
                                 status_code=401)
-        throttle.succeeded(*keys)
+        throttle.succeeded(name, client)
         response = RedirectResponse("/", status_code=303)
         response.set_cookie(COOKIE, make_cookie(store.secret(), user), max_age=SESSION_SECONDS, httponly=True,
                             samesite="strict", secure=secure_cookies)
@@ -713,13 +740,29 @@ def create_app(store: Store, *, secure_cookies: bool = False) -> FastAPI:
         user = sessions.user(request.cookies.get(COOKIE))
         return user.name if user else None
 
-    demo = build_blocks(store)
+    demo = build_blocks(store, uploads)
     demo.queue(default_concurrency_limit=8)
-    return gr.mount_gradio_app(app, demo, path="/", auth_dependency=gradio_user, head=KEYBOARD_JS, css=CSS,
-                               ssr_mode=False, footer_links=[], show_error=True)
+    demo.delete_cache = (600, 3600)  # uploads and exports leave the cache an hour after they were made
+    # Never into Gradio's cache, whatever else goes wrong: the store file (its session secret) and its journal.
+    blocked = [str(Path(store.url.removeprefix("sqlite:///")).resolve()) + suffix for suffix in ("", "-wal", "-shm")] \
+        if store.is_sqlite else []
+    app = gr.mount_gradio_app(app, demo, path="/", auth_dependency=gradio_user, head=KEYBOARD_JS, css=CSS,
+                              ssr_mode=False, footer_links=[], show_error=True, enable_monitoring=False,
+                              max_file_size=max_bytes, blocked_paths=blocked)
+    # Mounted (not launched), Gradio skips its own check that a file in an event was uploaded: turn it on.
+    # Our guard already refuses any file not uploaded by the caller; this is the second lock.
+    demo.has_launched = True
+    # A CORS middleware of the parent app's own makes Gradio drop its localhost-friendly CORS headers; it
+    # allows no foreign origin.
+    app.add_middleware(CORSMiddleware, allow_origins=[], allow_credentials=False)
+    app.add_middleware(Guard, sessions=sessions, uploads=uploads, max_upload_bytes=max_bytes,
+                       allowed_origins=allowed_origins)
+    return app
 
 
-def serve(store_path: str, host: str = "127.0.0.1", port: int = 7860, secure_cookies: bool = False) -> None:
+def serve(store_path: str, host: str = "127.0.0.1", port: int = 7860, secure_cookies: bool = False, *,
+          max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, trusted_proxies: tuple[str, ...] = (),
+          allowed_origins: tuple[str, ...] = ()) -> None:
     """Run the app until interrupted (``align app``)."""
     import uvicorn
 
@@ -733,4 +776,12 @@ def serve(store_path: str, host: str = "127.0.0.1", port: int = 7860, secure_coo
               f"{store_path}`")
     print(f"[app] feedback store: {store.url}")
     print(f"[app] open http://{host}:{port}/ (binds to {host}; use --host 0.0.0.0 to serve a network)")
-    uvicorn.run(create_app(store, secure_cookies=secure_cookies), host=host, port=port, log_level="warning")
+    app = create_app(store, secure_cookies=secure_cookies, max_upload_mb=max_upload_mb,
+                     allowed_origins=allowed_origins)
+    try:
+        # X-Forwarded-For rewrites the client address (which the login throttle counts) only when it comes
+        # from a proxy named here; uvicorn would otherwise trust it from 127.0.0.1.
+        uvicorn.run(app, host=host, port=port, log_level="warning", proxy_headers=bool(trusted_proxies),
+                    forwarded_allow_ips=list(trusted_proxies) or None)
+    finally:
+        shutil.rmtree(app.state.upload_folder, ignore_errors=True)

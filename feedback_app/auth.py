@@ -13,7 +13,7 @@ import hashlib
 import hmac
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
 
 from feedback_app.store import Store, User
 
@@ -79,33 +79,68 @@ class Sessions:
             self._cache.pop(name, None)
 
 
-@dataclass
 class LoginThrottle:
-    """At most ``limit`` failed logins per name (and per client address) in ``window`` seconds."""
+    """Failed-login limits that slow guessing without letting a stranger lock a user out.
 
-    limit: int = 5
-    window: float = 300.0
+    - per (name, address): ``limit`` failures in ``window`` seconds close that pair for ``window`` seconds,
+      doubling with each further failure up to ``max_lock``; the same user from another address is not
+      affected, so typing someone's name with wrong passwords does not lock them out;
+    - per address: ``address_limit`` failures in ``window`` close the address (one machine trying many
+      names);
+    - per name, from any address: past ``limit * 2`` failures in ``window`` every attempt for that name
+      waits ``slow_seconds`` first (a delay, not a lock: many addresses guessing one password are slowed).
 
-    def __post_init__(self) -> None:
+    The address is the TCP peer as the server sees it: ``X-Forwarded-For`` counts only when it comes from a
+    configured trusted proxy (``align app --trusted-proxy``), which uvicorn resolves before we see the request.
+    """
+
+    def __init__(self, limit: int = 5, window: float = 300.0, address_limit: int = 20, max_lock: float = 3600.0,
+                 slow_seconds: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit = limit
+        self.window = window
+        self.address_limit = address_limit
+        self.max_lock = max_lock
+        self.slow_seconds = slow_seconds
+        self.clock = clock
         self._fails: dict[str, list[float]] = {}
         self._lock = threading.Lock()
 
-    def blocked(self, *keys: str) -> bool:
-        now = time.monotonic()
-        with self._lock:
-            for key in keys:
-                recent = [t for t in self._fails.get(key, []) if now - t < self.window]
-                self._fails[key] = recent
-                if len(recent) >= self.limit:
-                    return True
-        return False
+    def _recent(self, key: str, now: float, horizon: float) -> list[float]:
+        recent = [t for t in self._fails.get(key, []) if now - t < horizon]
+        if recent:
+            self._fails[key] = recent
+        else:
+            self._fails.pop(key, None)
+        return recent
 
-    def failed(self, *keys: str) -> None:
+    def blocked(self, name: str, address: str) -> float:
+        """Seconds until ``name`` may try again from ``address`` (0: now)."""
+        now = self.clock()
         with self._lock:
-            for key in keys:
-                self._fails.setdefault(key, []).append(time.monotonic())
+            pair = self._recent(f"pair:{name}\0{address}", now, self.max_lock)
+            wait = 0.0
+            in_window = [t for t in pair if now - t < self.window]
+            if len(in_window) >= self.limit:
+                extra = len(pair) - self.limit  # failures past the limit double the lock
+                lock = min(self.window * 2 ** max(0, extra), self.max_lock)
+                wait = max(wait, pair[-1] + lock - now)
+            by_address = self._recent(f"ip:{address}", now, self.window)
+            if len(by_address) >= self.address_limit:
+                wait = max(wait, by_address[-self.address_limit] + self.window - now)
+        return max(0.0, wait)
 
-    def succeeded(self, *keys: str) -> None:
+    def delay(self, name: str) -> float:
+        """Seconds to wait before checking a password for ``name`` (many recent failures from anywhere)."""
+        now = self.clock()
         with self._lock:
-            for key in keys:
-                self._fails.pop(key, None)
+            return self.slow_seconds if len(self._recent(f"name:{name}", now, self.window)) >= 2 * self.limit else 0.0
+
+    def failed(self, name: str, address: str) -> None:
+        now = self.clock()
+        with self._lock:
+            for key in (f"pair:{name}\0{address}", f"ip:{address}", f"name:{name}"):
+                self._fails.setdefault(key, []).append(now)
+
+    def succeeded(self, name: str, address: str) -> None:
+        with self._lock:
+            self._fails.pop(f"pair:{name}\0{address}", None)

@@ -17,6 +17,13 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--secure-cookies", action="store_true", help="mark the session cookie Secure (behind HTTPS)")
+    p.add_argument("--max-upload-mb", type=float, default=100.0,
+                   help="largest file an admin may upload (default 100 MiB; annotators may upload nothing)")
+    p.add_argument("--trusted-proxy", action="append", default=[], metavar="ADDRESS",
+                   help="a reverse proxy whose X-Forwarded-For is believed (repeatable; default: none)")
+    p.add_argument("--allowed-origin", action="append", default=[], metavar="URL",
+                   help="an origin besides this server's own that pages are served under, e.g. "
+                        "https://feedback.example.org behind a proxy that rewrites Host (repeatable)")
     asub = p.add_subparsers(dest="app_command")
     u = asub.add_parser("users", help="manage accounts")
     usub = u.add_subparsers(dest="users_command", required=True)
@@ -56,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
         if args.command == "app" and args.app_command is None:
             from feedback_app.app import serve
 
-            serve(args.store, args.host, args.port, args.secure_cookies)
+            serve(args.store, args.host, args.port, args.secure_cookies, max_upload_mb=args.max_upload_mb,
+                  trusted_proxies=tuple(args.trusted_proxy), allowed_origins=tuple(args.allowed_origin))
             return 0
         if args.command == "app":
             return _users(args)

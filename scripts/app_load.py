@@ -461,8 +461,10 @@ def free_port() -> int:
 class Server:
     """``align app`` as a subprocess on a free port (``kill()`` is SIGKILL: no shutdown code runs)."""
 
-    def __init__(self, db: str | Path, port: int | None = None, log: str | Path | None = None) -> None:
+    def __init__(self, db: str | Path, port: int | None = None, log: str | Path | None = None,
+                 args: tuple[str, ...] = ()) -> None:
         self.db = str(db)
+        self.args = tuple(args)  # more `align app` options
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(log) if log else Path(tempfile.mkstemp(prefix="align-app-", suffix=".log")[1])
@@ -472,8 +474,8 @@ class Server:
         align = Path(sys.executable).with_name("align")
         cmd = [str(align)] if align.exists() else [sys.executable, "-c", "from alignment.cli import entry; entry()"]
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([*cmd, "app", "--store", self.db, "--port", str(self.port)], stdout=log,
-                                         stderr=subprocess.STDOUT, cwd=str(REPO),
+            self.proc = subprocess.Popen([*cmd, "app", "--store", self.db, "--port", str(self.port), *self.args],
+                                         stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO),
                                          env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -33,7 +33,7 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="browser tests need
 gradio_client = pytest.importorskip("gradio_client", reason="the admin-permission test needs gradio_client")
 httpx = pytest.importorskip("httpx")
 
-from gradio_client.exceptions import AppError, AuthenticationError  # noqa: E402
+from gradio_client.exceptions import AuthenticationError  # noqa: E402
 from sqlalchemy import select  # noqa: E402
 
 from feedback_app.export import export_store  # noqa: E402
@@ -434,17 +434,16 @@ def test_admin_exports_and_annotator_cannot(app: App, login: Callable[[str], Ses
     expect(s.page.locator("#progress")).to_contain_text("done of")  # the page has loaded
     expect(s.page.get_by_role("tab", name="Admin")).to_have_count(0)
     expect(s.page.locator("#export")).to_be_hidden()
-    client = gradio_client.Client(app.url + "/", headers={"Cookie": f"align_session={s.cookie()}"},
-                                  verbose=False, analytics_enabled=False, download_files=False)
-    try:  # the project name None passes the dropdown's check, so the handler's role check is what refuses
-        with pytest.raises(AppError, match="admin role"):
-            client.predict(None, "Hacked guidelines", "hacked", 2, 1, 1, api_name="/admin_save_project")
-        with pytest.raises(AppError, match="admin role"):
-            client.predict(None, "all", api_name="/admin_export")
-        with pytest.raises(AppError, match="admin role"):
-            client.predict("intruder", "admin", api_name="/admin_add_user")
-    finally:
-        client.close()  # its heartbeat stream would hold the server's shutdown
+    with httpx.Client(base_url=app.url, cookies={"align_session": s.cookie()}, timeout=30) as client:
+        assert client.get("/gradio_api/info").status_code == 403, "the API description is for admins"
+        # Gradio's HTTP API called directly: the project name None passes the dropdown's check, so the
+        # handler's role check is what refuses
+        for api, data in (("admin_save_project", [None, "Hacked guidelines", "hacked", 2, 1, 1]),
+                          ("admin_export", [None, "all"]), ("admin_add_user", ["intruder", "admin"])):
+            r = client.post(f"/gradio_api/call/{api}", json={"data": data})
+            assert r.status_code == 200, r.text
+            result = client.get(f"/gradio_api/call/{api}/{r.json()['event_id']}").text
+            assert "event: error" in result and "admin role" in result, (api, result)
     assert app.store.project(app.project_id) == project, "the project settings did not change"
     assert app.store.get_user("intruder") is None
 

@@ -177,7 +177,8 @@ def test_unauthenticated_requests_are_refused(tmp_path: Path) -> None:
     from fastapi.testclient import TestClient
 
     from feedback_app import auth
-    from feedback_app.app import PUBLIC_PATHS, create_app
+    from feedback_app.app import create_app
+    from feedback_app.security import PUBLIC
     from feedback_app.store import Store
 
     db = tmp_path / "feedback.db"
@@ -187,7 +188,7 @@ def test_unauthenticated_requests_are_refused(tmp_path: Path) -> None:
     bob = store.add_user("bob", "annotator", "bob-password")
     store.add_user("carol", "annotator", "carol-password")
     admin = store.add_user("root", "admin", "root-password")
-    app = create_app(store)
+    app = create_app(store, upload_dir=tmp_path / "uploads")
     client = TestClient(app, raise_server_exceptions=False, follow_redirects=False)
     secret = store.secret()
 
@@ -202,9 +203,9 @@ def test_unauthenticated_requests_are_refused(tmp_path: Path) -> None:
                 requests.add((method, _fill(template, value)))
     print(f"\n{len(templates)} routes, {len(requests)} requests per cookie")
 
-    # /login is public by design; "/login/" is public too (PUBLIC_PATHS) but falls through to the mounted
-    # Gradio app's own login handler, so for it we only require that it is no way in
-    assert PUBLIC_PATHS <= {"/login", "/login/"}, PUBLIC_PATHS
+    # /login is the only public route (its GET shows the form, its POST signs in)
+    PUBLIC_PATHS = {path for _, path in PUBLIC}  # noqa: N806
+    assert PUBLIC_PATHS == {"/login"}, PUBLIC_PATHS
 
     def probe(cookie: str | None) -> list[str]:
         """Every request that got through (not 401, not a 303 to the login page)."""
@@ -239,7 +240,9 @@ def test_unauthenticated_requests_are_refused(tmp_path: Path) -> None:
     # a valid cookie gets in (so the probes below mean something) ...
     good = cookie_of("alice", "alice-password")
     assert client.get("/config", headers={"cookie": f"{auth.COOKIE}={good}"}).status_code == 200
-    assert client.get("/gradio_api/info", headers={"cookie": f"{auth.COOKIE}={good}"}).status_code == 200
+    assert client.get("/gradio_api/info", headers={"cookie": f"{auth.COOKIE}={good}"}).status_code == 403
+    root_cookie = cookie_of("root", "root-password")
+    assert client.get("/gradio_api/info", headers={"cookie": f"{auth.COOKIE}={root_cookie}"}).status_code == 200
     # ... no cookie does not, anywhere
     assert probe(None) == []
 
