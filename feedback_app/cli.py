@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import re
 import secrets
 import sys
 from typing import Any
@@ -62,6 +63,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.command == "app" and args.app_command is None:
             from feedback_app.app import serve
+
+            if not args.max_upload_mb > 0:
+                raise StoreError(f"--max-upload-mb must be above 0 (got {args.max_upload_mb})")
+            for origin in args.allowed_origin:
+                if not re.fullmatch(r"https?://[^/\s]+", origin.rstrip("/")):
+                    raise StoreError(f"--allowed-origin takes scheme://host[:port], got {origin!r}")
 
             serve(args.store, args.host, args.port, args.secure_cookies, max_upload_mb=args.max_upload_mb,
                   trusted_proxies=tuple(args.trusted_proxy), allowed_origins=tuple(args.allowed_origin))

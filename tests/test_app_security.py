@@ -433,3 +433,16 @@ def test_login_cookie_is_strict_and_http_only(server: Server) -> None:
         r = c.post("/login", data={"username": "ann", "password": PASSWORDS["ann"]})
         cookie = r.headers["set-cookie"].lower()
         assert COOKIE in cookie and "httponly" in cookie and "samesite=strict" in cookie
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--max-upload-mb", "0"], "--max-upload-mb must be above 0"),
+    (["--allowed-origin", "evil.example/path"], "--allowed-origin takes scheme://host[:port]"),
+])
+def test_bad_server_options_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str],
+                                        message: str) -> None:
+    from alignment.cli import main
+
+    assert main(["app", "--store", str(tmp_path / "fb.db"), *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "fb.db").exists(), "nothing was created"
