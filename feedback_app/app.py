@@ -9,8 +9,9 @@ Security model, in three layers:
 3. Every handler calls :func:`require` with the role it needs, which re-reads the user's current row:
    a hidden tab or button is never the permission.
 
-All model and annotator text reaches the page through :func:`html.escape` (in ``gr.HTML``) or as plain
-text (textboxes, tables, dropdown labels), so HTML and script in an answer are shown, never run.
+All model and annotator text reaches the page through :func:`html.escape` (in ``gr.HTML``), as Markdown
+rendered without raw HTML or images (answers, guidelines: :mod:`feedback_app.render`), or as plain text
+(textboxes, tables, dropdown labels), so HTML and script in an answer are shown, never run.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from feedback_app.agreement import agreement
 from feedback_app.auth import COOKIE, SESSION_SECONDS, LoginThrottle, Sessions, make_cookie
 from feedback_app.candidates import GenerationSettings, import_candidates, load_prompts, start_generation
 from feedback_app.export import export_store, summary_lines, write_export
+from feedback_app.render import render_guidelines, render_prompt, render_response
 from feedback_app.security import Guard, Uploads
 from feedback_app.store import (
     MAX_TEXT,
@@ -54,14 +56,33 @@ K_MAX = 8  # response slots on the page; projects use 2..K_MAX candidates per pr
 LETTERS = "ABCDEFGH"
 RANKS = [str(r) for r in range(1, K_MAX + 1)]
 
-SHORTCUTS = ("**Keys** (outside text boxes): `1`-`8` give that response the next rank, `Shift`+number gives it "
-             "the same rank as the last one (a tie), `0` clears the ranks; `Ctrl`+`Enter` submits.")
+SHORTCUTS = ("**Keys** (outside text boxes): `1`-`8` give that response the next rank after the ranks you have "
+             "given since this item was shown (ranks filled in from a draft or an earlier submission do not count: "
+             "they are replaced as you rank), `Shift`+number gives it the same rank as your last one (a tie), "
+             "`0` clears the ranks; `Ctrl`+`Enter` submits.")
 
+# The next rank continues from the ranks given on this page view only (by key or mouse): counting the ranks
+# restored from a draft would make the first key press give rank 5 of 4. A new form (another item, or the
+# same item shown again) carries a new random key in #progress's data-form attribute; the memory is reset
+# when it changes, and on 0 / "Clear ranks".
 KEYBOARD_JS = """
 <script>
 (() => {
   const visible = (el) => el && el.offsetParent !== null;
-  const rankOf = (group) => { const c = group.querySelector('input:checked'); return c ? parseInt(c.value) : 0; };
+  let formKey = null;
+  let given = new Map();  // rank group id -> rank given on this view
+  const sync = () => {
+    const el = document.querySelector('#progress [data-form]');
+    const key = el ? el.getAttribute('data-form') : null;
+    if (key !== formKey) { formKey = key; given = new Map(); }
+  };
+  document.addEventListener('click', (e) => {
+    const t = e.target;
+    if (!t || !t.closest) return;
+    if (t.closest('#clear-ranks')) { sync(); given = new Map(); return; }
+    const group = t.tagName === 'INPUT' && t.type === 'radio' ? t.closest('[id^="rank-"]') : null;
+    if (group) { sync(); given.set(group.id, parseInt(t.value)); }
+  }, true);
   document.addEventListener('keydown', (e) => {
     if ((e.ctrlKey || e.metaKey) && e.key === 'Enter') {
       const b = document.querySelector('#submit'); if (b) { e.preventDefault(); b.click(); } return;
@@ -76,21 +97,38 @@ KEYBOARD_JS = """
     const m = /^(?:Digit|Numpad)([1-8])$/.exec(e.code); if (!m) return;
     const group = document.querySelector('#rank-' + (parseInt(m[1]) - 1));
     if (!visible(group)) return;
-    const groups = [...document.querySelectorAll('[id^="rank-"]')].filter(visible);
-    const top = Math.max(0, ...groups.filter((g) => g !== group).map(rankOf));
+    sync();
+    const others = [...given].filter(([id]) => id !== group.id && visible(document.getElementById(id)));
+    const top = Math.max(0, ...others.map(([, r]) => r));
     const rank = e.shiftKey ? Math.max(1, top) : top + 1;
     const input = group.querySelector('input[value="' + rank + '"]');
-    if (input) { e.preventDefault(); input.click(); }
+    if (input) { e.preventDefault(); given.set(group.id, rank); input.click(); }
   });
 })();
 </script>
 """
 
+# Answers sit side by side (two) or in a grid (more), each in a box of bounded height that scrolls on its
+# own, with its rank control above the text: every rank control stays in view however long one answer is.
 CSS = """
 .msg {white-space: pre-wrap; overflow-wrap: anywhere; padding: 8px 12px; border-radius: 8px;
       border: 1px solid var(--border-color-primary); margin: 4px 0; font-size: 15px; line-height: 1.45}
 .role {font-weight: 600; font-size: 12px; text-transform: uppercase; opacity: .7; margin-top: 6px}
 .resp-title {font-weight: 700; margin: 4px 0}
+#answers {display: grid !important; grid-template-columns: repeat(auto-fit, minmax(360px, 1fr)); gap: 12px;
+          align-items: start}
+#answers:has(> #slot-3):not(:has(> #slot-4)) {grid-template-columns: repeat(2, minmax(0, 1fr))}
+#answers > .slot {min-width: 0 !important; border: 1px solid var(--border-color-primary); border-radius: 8px;
+                  padding: 6px}
+.md {white-space: normal}
+.md.answer {max-height: min(50vh, 560px); overflow: auto}
+.md pre {overflow-x: auto; padding: 8px; border-radius: 6px; background: var(--background-fill-secondary)}
+.md code, .md pre {font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: 13px}
+.md pre code {white-space: pre}
+.md table {border-collapse: collapse; border: 0; margin: 6px 0; display: block; overflow-x: auto}
+.md th, .md td {border: 1px solid var(--border-color-primary); padding: 4px 8px; text-align: left}
+.md p {margin: 4px 0}
+.md h1, .md h2, .md h3, .md h4 {margin: 8px 0 4px}
 """
 
 
@@ -109,17 +147,21 @@ def require(store: Store, request: gr.Request | None, role: str = "annotator") -
     return user
 
 
-# ------------------------------------------------------------------------------------------------ rendering
+# ------------------------------------------------------------------------------------------------ the form
+
+# The free-text fields and how a message names them; the store refuses longer texts too, but only the
+# form can say which box and keep the text in it.
+TEXT_FIELDS = (("correction", "The corrected answer"), ("negative", "The negative example"),
+               ("note", "The note for the admin"))
 
 
-def render_prompt(prompt: list[dict[str, str]]) -> str:
-    parts = [f'<div class="role">{html.escape(m["role"])}</div><div class="msg">{html.escape(m["content"])}</div>'
-             for m in prompt]
-    return '<div class="prompt">' + "".join(parts) + "</div>"
+def progress_html(text: str, key: str = "") -> str:
+    """The progress line; ``key`` (the form's per-render key) tells the keyboard script a new form is shown."""
+    return f'<div class="progress" data-form="{html.escape(key)}">{text}</div>'
 
 
-def render_response(letter: str, text: str) -> str:
-    return f'<div class="resp-title">Response {letter}</div><div class="msg">{html.escape(text)}</div>'
+def _letters(letters: list[str]) -> str:
+    return letters[0] if len(letters) == 1 else ", ".join(letters[:-1]) + " and " + letters[-1]
 
 
 @dataclass
@@ -173,17 +215,32 @@ class Form:
                         correction_of=correction_of, correction=data[self.correction] or "",
                         negative=data[self.negative] or "", note=data[self.note] or "")
 
+    def problems(self, data: dict[Any, Any]) -> list[str]:
+        """What stops the form from being saved, in the annotator's terms (response letters, box names)."""
+        out = []
+        for name, label in TEXT_FIELDS:
+            n = len(data[getattr(self, name)] or "")
+            if n > MAX_TEXT:
+                out.append(f"{label} has {n:,} characters; the limit is {MAX_TEXT:,}.")
+        k = len(data[self.state].get("order", []))
+        missing = [LETTERS[i] for i, slot in enumerate(self.slots[:k]) if data[slot.rank] in (None, "")]
+        if missing and not data[self.unacceptable]:
+            what = f"Response {missing[0]} has" if len(missing) == 1 else f"Responses {_letters(missing)} have"
+            out.append(f"{what} no rank: rank every response, or tick 'All responses are unacceptable'.")
+        return out
+
     def values(self, store: Store, user: User, project: Project | None, item: Item | None,
                prefill: Judgment | None = None, message: str = "") -> list[Any]:
         """Everything the annotate tab shows for ``item`` (None: nothing to do), prefilled from ``prefill``."""
         if project is None:
-            return self._empty({}, "No project yet: an admin loads prompts first.", "", message)
+            return self._empty({}, progress_html("No project yet: an admin loads prompts first."), "", message)
         progress = store.progress(user, project)
-        progress_text = (f"**Progress:** {progress.done} done of {progress.assigned} assigned"
+        progress_text = (f"<b>Progress:</b> {progress.done} done of {progress.assigned} assigned"
                          f" · {progress.available} more available")
         state = {"project_id": project.id}
+        guidelines = render_guidelines(project.guidelines)
         if item is None:
-            return self._empty(state, progress_text, project.guidelines,
+            return self._empty(state, progress_html(progress_text), guidelines,
                                message or "Nothing to annotate right now. Thank you!")
         order = display_order(user.id, item)
         state.update(item_id=item.id, order=[c.id for c in order], key=secrets.token_hex(16))
@@ -195,7 +252,7 @@ class Form:
         for i in range(K_MAX):
             if i < k:
                 c = order[i]
-                boxes.append(gr.Group(visible=True))
+                boxes.append(gr.Column(visible=True))
                 texts.append(render_response(LETTERS[i], c.text))
                 rank = j.ranks.get(c.id)
                 ranks.append(gr.Radio(choices=rank_choices, value=str(rank) if rank else None,
@@ -203,19 +260,20 @@ class Form:
                 tags.append(gr.CheckboxGroup(choices=tags_choices,
                                              value=[t for t in j.tags.get(c.id, []) if t in tags_choices]))
             else:
-                boxes.append(gr.Group(visible=False))
+                boxes.append(gr.Column(visible=False))
                 texts.append("")
                 ranks.append(gr.Radio(choices=[], value=None))
                 tags.append(gr.CheckboxGroup(choices=[], value=[]))
         letters = list(LETTERS[:k])
         corr_letter = LETTERS[state["order"].index(j.correction_of)] if j.correction_of in state["order"] else None
-        return [state, progress_text, project.guidelines, render_prompt(item.prompt), *boxes, *texts, *ranks, *tags,
-                gr.Checkbox(value=j.all_unacceptable), gr.Dropdown(choices=letters, value=corr_letter),
-                j.correction, j.negative, j.note, gr.Button(interactive=True), message]
+        return [state, progress_html(progress_text, state["key"]), guidelines, render_prompt(item.prompt), *boxes,
+                *texts, *ranks, *tags, gr.Checkbox(value=j.all_unacceptable),
+                gr.Dropdown(choices=letters, value=corr_letter), j.correction, j.negative, j.note,
+                gr.Button(interactive=True), message]
 
     def _empty(self, state: dict[str, Any], progress: str, guidelines: str, message: str) -> list[Any]:
         n = len(self.slots)
-        return [state, progress, guidelines, "", *[gr.Group(visible=False)] * n, *[""] * n,
+        return [state, progress, guidelines, "", *[gr.Column(visible=False)] * n, *[""] * n,
                 *[gr.Radio(choices=[], value=None)] * n, *[gr.CheckboxGroup(choices=[], value=[])] * n,
                 gr.Checkbox(value=False), gr.Dropdown(choices=[], value=None), "", "", "",
                 gr.Button(interactive=False), message]
@@ -239,35 +297,37 @@ def build_blocks(store: Store, uploads: Uploads | None = None) -> gr.Blocks:
             with gr.Tab("Annotate", id="annotate"):
                 with gr.Row():
                     project_dd = gr.Dropdown(label="Project", choices=[], scale=1, elem_id="project")
-                    progress = gr.Markdown(elem_id="progress")
+                    progress = gr.HTML(elem_id="progress")
+                # Next to the progress line: after a submit the page scrolls here, so the outcome is in view.
+                message = gr.Markdown(elem_id="message")
                 with gr.Accordion("Guidelines", open=True):
-                    guidelines = gr.Markdown(elem_id="guidelines")
+                    guidelines = gr.HTML(elem_id="guidelines")
                 gr.Markdown(SHORTCUTS)
                 prompt = gr.HTML(elem_id="prompt")
                 slots = []
-                for i in range(K_MAX):
-                    with gr.Group(visible=False, elem_id=f"slot-{i}") as box:
-                        text = gr.HTML(elem_id=f"response-{i}")
-                        with gr.Row():
+                with gr.Row(elem_id="answers"):
+                    for i in range(K_MAX):
+                        with gr.Column(visible=False, elem_id=f"slot-{i}", elem_classes=["slot"],
+                                       min_width=0) as box:
                             # All ranks to start with: a tab left open across a server restart (its
                             # per-session choices gone) can still submit; the store checks 1..K.
                             rank = gr.Radio(label=f"Rank of response {LETTERS[i]}", choices=RANKS, elem_id=f"rank-{i}")
+                            text = gr.HTML(elem_id=f"response-{i}")
                             tags = gr.CheckboxGroup(label="Problems", choices=[], elem_id=f"tags-{i}")
-                    slots.append(Slot(box, text, rank, tags))
+                        slots.append(Slot(box, text, rank, tags))
                 with gr.Row():
                     unacceptable = gr.Checkbox(label="All responses are unacceptable", elem_id="unacceptable")
                     clear = gr.Button("Clear ranks (0)", size="sm", elem_id="clear-ranks")
                 correction_of = gr.Dropdown(label="My corrected answer replaces response", choices=[],
                                             elem_id="correction-of")
-                correction = gr.Textbox(label="Corrected answer (optional)", lines=4, max_length=MAX_TEXT,
-                                        elem_id="correction")
+                # No max_length: the browser would cut a long paste without a word; the submit refuses
+                # it instead, naming the box and both lengths, and the text stays in the box.
+                correction = gr.Textbox(label="Corrected answer (optional)", lines=4, elem_id="correction")
                 negative = gr.Textbox(label="Negative example: a plausible answer that must never be given "
-                                      "(optional)", lines=3, max_length=MAX_TEXT, elem_id="negative")
-                note = gr.Textbox(label="Note for the admin (optional)", lines=1, max_length=MAX_TEXT,
-                                  elem_id="note")
+                                      "(optional)", lines=3, elem_id="negative")
+                note = gr.Textbox(label="Note for the admin (optional)", lines=1, elem_id="note")
                 submit = gr.Button("Submit (Ctrl+Enter)", variant="primary", elem_id="submit", interactive=False)
-                message = gr.Markdown(elem_id="message")
-            with gr.Tab("My submissions", id="mine"):
+            with gr.Tab("My submissions", id="mine") as mine_tab:
                 gr.Markdown("Your latest judgment per prompt, newest first. Pick one and press **Revise**: "
                             "the revision is stored as a new row and replaces the old one in exports.")
                 mine_refresh = gr.Button("Refresh", size="sm", elem_id="mine-refresh")
@@ -288,15 +348,36 @@ def build_blocks(store: Store, uploads: Uploads | None = None) -> gr.Blocks:
             projects = store.list_projects()
             return next((p for p in projects if p.name == name), projects[0] if projects else None)
 
-        def next_form(user: User, project: Project | None, message: str = "") -> list[Any]:
+        def start_project(user: User) -> Project | None:
+            """The project the user chose last; else the first with work for them; else the first."""
+            remembered = store.remembered_project(user.id)
+            if remembered is not None:
+                return remembered
+            with_work = store.projects_with_work(user)
+            return with_work[0][0] if with_work else project_of(None)
+
+        def elsewhere(user: User, project: Project) -> str:
+            others = [f"{html.escape(p.name)} ({n} prompt{'s' if n != 1 else ''})"
+                      for p, n in store.projects_with_work(user) if p.id != project.id]
+            return (f" Projects with work: {', '.join(others)}." if others
+                    else " No other project has work for you either. Thank you!")
+
+        def next_form(user: User, project: Project | None, message: str = "", saved: str = "") -> list[Any]:
+            """The user's next item in ``project``; ``saved``: what the submit that led here stored."""
             item_id = store.next_item(user, project) if project else None
             item = store.item(item_id) if item_id else None
             prefill = _draft_or_latest(store, user, item.id) if item else None
+            if project is not None and item is None:
+                name = html.escape(project.name)
+                message = (f"{saved} Nothing more to annotate in project {name}." if saved
+                           else f"Nothing left for you in project {name}.") + elsewhere(user, project)
+            elif saved:
+                message = f"{saved} Here is the next one."
             return form.values(store, user, project, item, prefill, message)
 
         def on_load(request: gr.Request) -> list[Any]:
             user = require(store, request)
-            project = project_of(None)
+            project = start_project(user)
             names = [p.name for p in store.list_projects()]
             head = (f'<div style="display:flex;justify-content:space-between;align-items:center">'
                     f'<h2 style="margin:0">Expert feedback</h2><div>Signed in as <b id="whoami">'
@@ -308,11 +389,19 @@ def build_blocks(store: Store, uploads: Uploads | None = None) -> gr.Blocks:
 
         demo.load(on_load, None, [header, admin_tab, timer, project_dd, *form.outputs()], api_name="load")
 
-        def on_project(name: str, request: gr.Request) -> list[Any]:
+        def on_project(name: str | None, st: dict[str, Any], request: gr.Request) -> list[Any]:
             user = require(store, request)
-            return next_form(user, project_of(name))
+            project = project_of(name) if name else None
+            if project is None or (st or {}).get("project_id") == project.id:
+                return [gr.skip()] * len(form.outputs())  # the form shows this project already (page load)
+            store.remember_project(user.id, project.id)
+            return next_form(user, project)
 
-        project_dd.input(on_project, project_dd, form.outputs(), api_name="select_project")
+        # .change, once per new value: Gradio's dropdown fires .input on a mouse pick and again when it loses
+        # focus (even unchanged), so one pick claimed work twice in parallel, and .select misses a keyboard
+        # pick. .change also fires when a handler sets the value: after the page load (the state shows the
+        # project already: skipped) and after "Create project" (the form follows the menu to the new project).
+        project_dd.change(on_project, [project_dd, state], form.outputs(), api_name="select_project")
 
         def on_submit(data: dict[Any, Any], request: gr.Request) -> Any:
             user = require(store, request)
@@ -323,15 +412,22 @@ def build_blocks(store: Store, uploads: Uploads | None = None) -> gr.Blocks:
                 return dict(zip(form.outputs(), next_form(
                     user, project, "The page was out of date (the server restarted): check this item and submit "
                     "again. Your saved draft is filled in.")))
+            problems = form.problems(data)
+            if problems:  # only the message changes: every text stays in its box
+                return {message: "**Not saved:** " + " ".join(html.escape(p) for p in problems)}
             try:
-                _, fresh = store.submit(user, st["item_id"], form.judgment(data), st["key"])
+                jid, fresh = store.submit(user, st["item_id"], form.judgment(data), st["key"])
             except StoreError as e:
                 return {message: f"**Not saved:** {html.escape(str(e))}"}
             project = store.project(st["project_id"])
-            note_text = "Saved." if fresh else "Already saved (submitted twice)."
-            return dict(zip(form.outputs(), next_form(user, project, f"{note_text} Here is the next one.")))
+            revision = store.revision_of(jid)
+            saved = ("Already saved (submitted twice)." if not fresh
+                     else f"Saved revision {revision}." if revision > 1 else "Saved.")
+            return dict(zip(form.outputs(), next_form(user, project, saved=saved)))
 
-        submit.click(on_submit, form.inputs(), form.outputs(), api_name="submit", concurrency_limit=32)
+        # The message sits at the top of the tab; the submit button at the bottom: bring the message into view.
+        submit.click(on_submit, form.inputs(), form.outputs(), api_name="submit", concurrency_limit=32).then(
+            None, js="() => { window.scrollTo({top: 0}); }")
 
         def on_draft(data: dict[Any, Any], request: gr.Request) -> None:
             user = require(store, request)
@@ -371,6 +467,7 @@ def build_blocks(store: Store, uploads: Uploads | None = None) -> gr.Blocks:
             return [rows, gr.Dropdown(choices=choices, value=choices[0][1] if choices else None)]
 
         mine_refresh.click(on_mine, project_dd, [mine_table, mine_pick], api_name="my_submissions")
+        mine_tab.select(on_mine, project_dd, [mine_table, mine_pick], api_name="my_submissions_on_open")
 
         def on_revise(item_id: int | None, request: gr.Request) -> list[Any]:
             user = require(store, request)
@@ -403,6 +500,9 @@ class AdminSection:
         # Uploaded files are read only from the server's private upload folder (None: any path, for tests
         # that build the page without a server).
         self.uploads = uploads
+        # Every setting, load, import, dashboard and export below acts on the project picked on the Annotate
+        # tab: say which, in words that change with the pick.
+        self.heading = gr.Markdown(elem_id="admin-project")
         with gr.Accordion("Project", open=True):
             with gr.Row():
                 self.new_name = gr.Textbox(label="New project name", elem_id="new-project", scale=3)
@@ -443,6 +543,9 @@ class AdminSection:
                                          elem_id="disagreements")
             self.tag_plot = gr.BarPlot(x="tag", y="count", title="Problem tags (latest judgments)",
                                        elem_id="tag-plot")
+            self.notes = gr.Dataframe(headers=["annotator", "prompt", "note", "time"], interactive=False,
+                                      label="Notes for the admin (latest judgments, newest first)",
+                                      elem_id="notes", wrap=True)
         with gr.Accordion("Export", open=True):
             self.policy = gr.Radio(["all", "best-vs-rest", "adjacent"], value="all", label="Pairs from rankings",
                                    elem_id="pair-policy")
@@ -471,27 +574,35 @@ class AdminSection:
         store = self.store
         settings_out = [self.guidelines, self.tags, self.k, self.overlap, self.batch]
 
+        def settings(p: Project | None) -> list[Any]:
+            """The heading and the settings fields for project ``p``."""
+            if p is None:
+                return ["### No project selected", "", "", 4, 2, 5]
+            return [f"### Editing project: {html.escape(p.name)}\nSettings, prompts, candidates, dashboard and "
+                    "export on this tab apply to this project; pick another in the Project menu of the Annotate tab.",
+                    p.guidelines, ", ".join(p.tags), p.candidates_per_item, p.overlap, p.assign_batch]
+
         def show_settings(name: str | None, request: gr.Request) -> list[Any]:
             # Fires for everyone when the page sets the project; only admins get the settings, quietly.
             if not require(store, request).is_admin:
-                return [gr.skip()] * len(settings_out)
-            p = store.project(name) if name else None
-            if p is None:
-                return ["", "", 4, 2, 5]
-            return [p.guidelines, ", ".join(p.tags), p.candidates_per_item, p.overlap, p.assign_batch]
+                return [gr.skip()] * (len(settings_out) + 1)
+            return settings(store.project(name) if name else None)
 
-        self.project_dd.change(show_settings, self.project_dd, settings_out, api_name="admin_settings")
+        self.project_dd.change(show_settings, self.project_dd, [self.heading, *settings_out],
+                               api_name="admin_settings")
 
         def create(name: str, request: gr.Request) -> list[Any]:
             require(store, request, "admin")
             name = (name or "").strip()
             if not name:
-                return [gr.Dropdown(), "Give the project a name."]
-            store.ensure_project(name)
+                return [gr.Dropdown(), "Give the project a name.", *[gr.skip()] * (len(settings_out) + 1)]
+            project = store.ensure_project(name)
+            # The new project's settings at once: the dropdown's own change event may answer later.
             return [gr.Dropdown(choices=[p.name for p in store.list_projects()], value=name),
-                    f"Project **{html.escape(name)}** ready."]
+                    f"Project **{html.escape(name)}** ready.", *settings(project)]
 
-        self.create.click(create, self.new_name, [self.project_dd, self.project_msg], api_name="admin_create_project")
+        self.create.click(create, self.new_name, [self.project_dd, self.project_msg, self.heading, *settings_out],
+                          api_name="admin_create_project")
 
         def save(name: str, guidelines: str, tags: str, k: float, overlap: float, batch: float,
                  request: gr.Request) -> str:
@@ -513,12 +624,13 @@ class AdminSection:
                 return "Choose a prompts file first."
             if not self._uploaded(path):
                 return "**Not loaded:** upload the file again."
+            skipped: list[str] = []
             try:
-                prompts = load_prompts(path)
+                prompts = load_prompts(path, skipped)
             except Exception as e:  # AlignError names file, line and field
                 return f"**Not loaded:** {html.escape(_without_folder(str(e), path))}"
             added, dup = store.add_prompts(self._project(name).id, prompts, source=Path(path).name)
-            return f"{added} prompts added ({dup} already in the project)."
+            return f"{added} prompts added ({dup} already in the project).{skipped_text(skipped)}"
 
         self.load_prompts.click(load, [self.project_dd, self.prompts_file], self.work_msg,
                                 api_name="admin_load_prompts")
@@ -529,11 +641,12 @@ class AdminSection:
                 return "Choose a candidates file first."
             if not self._uploaded(path):
                 return "**Not imported:** upload the file again."
+            skipped: list[str] = []
             try:
-                n_prompts, n_cands = import_candidates(store, self._project(name).id, path)
+                n_prompts, n_cands = import_candidates(store, self._project(name).id, path, skipped)
             except Exception as e:
                 return f"**Not imported:** {html.escape(_without_folder(str(e), path))}"
-            return f"{n_cands} candidates imported ({n_prompts} new prompts)."
+            return f"{n_cands} candidates imported ({n_prompts} new prompts).{skipped_text(skipped)}"
 
         self.import_cands.click(imp, [self.project_dd, self.cands_file], self.work_msg,
                                 api_name="admin_import_candidates")
@@ -575,7 +688,8 @@ class AdminSection:
             require(store, request, "admin")
             return dashboard_values(store, self._project(name))
 
-        self.refresh.click(dashboard, self.project_dd, [self.summary, self.per_user, self.disagree, self.tag_plot],
+        self.refresh.click(dashboard, self.project_dd,
+                           [self.summary, self.per_user, self.disagree, self.tag_plot, self.notes],
                            api_name="admin_dashboard")
 
         def export(name: str | None, policy: str, request: gr.Request) -> list[Any]:
@@ -614,8 +728,17 @@ def _without_folder(message: str, path: str) -> str:
     return message.replace(str(Path(path).parent) + os.sep, "")
 
 
+def skipped_text(skipped: list[str]) -> str:
+    """The rows an import left out, for the admin's message ("" when none)."""
+    if not skipped:
+        return ""
+    shown = "; ".join(html.escape(s) for s in skipped[:10])
+    more = f"; and {len(skipped) - 10} more" if len(skipped) > 10 else ""
+    return f"\n\n**{len(skipped)} row{'s' if len(skipped) != 1 else ''} skipped:** {shown}{more}."
+
+
 def dashboard_values(store: Store, project: Project) -> list[Any]:
-    """Summary text, per-annotator table, disagreement table and tag counts for one project."""
+    """Summary text, per-annotator table, disagreement table, tag counts and notes for one project."""
     import pandas as pd
 
     latest = store.latest_judgments(project.id)
@@ -648,7 +771,16 @@ def dashboard_values(store: Store, project: Project) -> list[Any]:
                f"with strong disagreement (tau ≤ 0) · {unacceptable} marked all unacceptable")
     tag_df = pd.DataFrame({"tag": list(tags), "count": [tags[t] for t in tags]}) if tags else \
         pd.DataFrame({"tag": [], "count": []})
-    return [summary, users_table, dis, tag_df]
+    # An explicit y range from 0: with every count equal, the plot's automatic range collapses to one
+    # value and no bar is drawn.
+    plot = gr.BarPlot(value=tag_df, y_lim=[0, max(tags.values(), default=0) + 1])
+    notes = []
+    for sj in sorted((sj for sj in latest if sj.judgment.note.strip()), key=lambda sj: -sj.created_at):
+        item = store.item(sj.item_id)
+        text = item.prompt[-1]["content"] if item else ""
+        notes.append([sj.user_name, text[:100] + ("…" if len(text) > 100 else ""), sj.judgment.note,
+                      time.strftime("%Y-%m-%d %H:%M", time.localtime(sj.created_at))])
+    return [summary, users_table, dis, plot, notes]
 
 
 # ------------------------------------------------------------------------------------------------ server

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from alignment.errors import AlignError
-from feedback_app.store import Store, StoreError
+from feedback_app.store import Store, StoreError, text_hash
 
 
 @dataclass
@@ -42,20 +42,53 @@ class GenerationSettings:
             raise StoreError("batch size must be at least 1")
 
 
-def load_prompts(path: str | Path) -> list[list[dict[str, str]]]:
-    """Prompts from any prompts-format file (``prompt`` or ``messages``; JSONL/JSON/CSV/Parquet/datasets dir)."""
-    from alignment.data import load_dataset_file, to_conversation
+def _report(source: str, problems: list[tuple[int, str, str]], skipped: list[str] | None) -> None:
+    """Rows that cannot become work, as (line, field, message): raise for the first in file order
+    (``skipped`` None), or describe each in ``skipped``, in file order, for the admin."""
+    problems.sort()
+    if problems and skipped is None:
+        line, field, message = problems[0]
+        raise AlignError(message, file=source, line=line, field=field)
+    if skipped is not None:
+        skipped.extend(f"line {line} ({field}): {message}" for line, field, message in problems)
 
+
+def _blank_prompt(prompt: list[dict[str, str]]) -> bool:
+    return not prompt or not str(prompt[-1].get("content") or "").strip()
+
+
+def load_prompts(path: str | Path, skipped: list[str] | None = None) -> list[list[dict[str, str]]]:
+    """Prompts from any prompts-format file (``prompt`` or ``messages``; JSONL/JSON/CSV/Parquet/datasets dir).
+
+    A prompt whose last message is empty is refused with an AlignError naming file, line and field; with
+    a ``skipped`` list the row is left out instead and described there ("line 3 (prompt): ...")."""
+    from alignment.data import iter_records, load_dataset_file, to_conversation
+
+    source = str(path)
     ds, info = load_dataset_file(path, "prompts")
-    return [to_conversation(r, "prompts", info.variant)["prompt"] for r in ds]
+    field = "messages" if "messages" in ds.column_names else "prompt"
+    out, problems = [], []
+    for line, record in iter_records(ds):
+        prompt = to_conversation(record, "prompts", info.variant)["prompt"]
+        if _blank_prompt(prompt):
+            problems.append((line, field, "the prompt is empty"))
+            continue
+        out.append(prompt)
+    _report(source, problems, skipped)
+    return out
 
 
-def import_candidates(store: Store, project_id: int, path: str | Path) -> tuple[int, int]:
+def import_candidates(store: Store, project_id: int, path: str | Path,
+                      skipped: list[str] | None = None) -> tuple[int, int]:
     """Candidates from a file; returns (prompts added, candidates added). One row per prompt:
 
     ``prompt`` (or ``messages``) + ``responses`` (strings or assistant message lists), optional ``model``
     (one name, or a list with one per response) and ``generation`` (decoding settings, an object);
     or one row per answer: ``prompt`` + ``completion`` [+ ``model``]. Errors name the file, line and field.
+
+    A prompt that could never be ranked (an empty prompt, or fewer than 2 distinct non-empty answers in
+    the file) is refused the same way; with a ``skipped`` list it is left out and described there, and
+    the rest of the file is imported.
     """
     from alignment.data import iter_records, load_records, to_conversation
     from alignment.data.formats import detect_variant
@@ -69,13 +102,19 @@ def import_candidates(store: Store, project_id: int, path: str | Path) -> tuple[
                          file=source, field="responses")
     prompt_info = detect_variant(ds.remove_columns([c for c in ds.column_names if c not in
                                                     ("prompt", "messages", "__line__")]), "prompts", source)
+    prompt_field = "messages" if "messages" in columns else "prompt"
     grouped: dict[str, tuple[list[dict[str, str]], list[tuple[str, str, dict[str, Any]]]]] = {}
+    first_line: dict[str, int] = {}  # where each prompt first appears, for messages about it
+    problems: list[tuple[int, str, str]] = []
     for line, record in iter_records(ds):
         try:
             prompt = to_conversation({k: record[k] for k in ("prompt", "messages") if k in record},
                                      "prompts", prompt_info.variant)["prompt"]
         except AlignError as e:
             raise AlignError(e.message, file=source, line=line, field=e.field) from None
+        if _blank_prompt(prompt):
+            problems.append((line, prompt_field, "the prompt is empty"))
+            continue
         raw = record[answers_field]
         responses = raw if answers_field == "responses" else [raw]
         if not isinstance(responses, list) or not responses:
@@ -87,12 +126,22 @@ def import_candidates(store: Store, project_id: int, path: str | Path) -> tuple[
         generation = record.get("generation") or {}
         if not isinstance(generation, dict):
             raise AlignError("must be an object of decoding settings", file=source, line=line, field="generation")
+        first_line.setdefault(str(prompt), line)
         entry = grouped.setdefault(str(prompt), (prompt, []))
         for i, response in enumerate(responses):
             text = _answer_text(response, source, line, f"{answers_field}[{i}]" if answers_field == "responses"
                                 else answers_field)
             model = models[i] if isinstance(models, list) else (models or f"imported:{Path(source).name}")
             entry[1].append((text, str(model), {k: v for k, v in generation.items() if v is not None}))
+    for key, (_, answers) in list(grouped.items()):
+        distinct = {text_hash(text) for text, _, _ in answers if text.strip()}
+        if len(distinct) < 2:
+            what = "no non-empty response" if not distinct else "one response"
+            if len(answers) > len(distinct):
+                what += " (after dropping empty and repeated ones)"
+            problems.append((first_line[key], answers_field, f"has {what} (at least 2 needed)"))
+            del grouped[key]
+    _report(source, problems, skipped)
     prompts_added, _ = store.add_prompts(project_id, [p for p, _ in grouped.values()], source=Path(source).name)
     added = 0
     for prompt, answers in grouped.values():

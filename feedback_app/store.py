@@ -11,7 +11,9 @@ make it safe to run under many annotators and to kill at any moment:
 - a submission carries a key issued when the form was loaded, unique in the table, so a repeated
   request (double click, client retry) stores the judgment once;
 - claiming an item for an annotator is a conditional ``UPDATE ... WHERE n_assigned < overlap``, atomic
-  on every database, so no item gets more annotators than the project's overlap.
+  on every database, so no item gets more annotators than the project's overlap; and a claim re-checks,
+  inside its transaction, that the annotator has no open item in the project, so concurrent requests of
+  one annotator claim one batch between them.
 """
 
 from __future__ import annotations
@@ -460,6 +462,38 @@ class Store:
         with self.read() as c:
             return [_project(r) for r in c.execute(select(projects).order_by(projects.c.id))]
 
+    def remember_project(self, user_id: int, project_id: int) -> None:
+        """The project this user last chose, kept across logins and restarts (a ``meta`` row: no schema change)."""
+        key, value = f"last_project:{user_id}", str(project_id)
+        for _ in range(2):  # two first choices at once: the second insert collides once, then updates
+            try:
+                with self.write() as c:
+                    if not c.execute(update(meta).where(meta.c.key == key).values(value=value)).rowcount:
+                        c.execute(insert(meta).values(key=key, value=value))
+                return
+            except IntegrityError:
+                continue
+
+    def remembered_project(self, user_id: int) -> Project | None:
+        """The project this user last chose, if it still exists."""
+        with self.read() as c:
+            value = c.execute(select(meta.c.value).where(meta.c.key == f"last_project:{user_id}")).scalar()
+        return self.project(int(value)) if value and value.isdigit() else None
+
+    def work_left(self, user: User, project: Project) -> int:
+        """Prompts this annotator could still judge in the project: claimed and open, plus claimable."""
+        p = self.progress(user, project)
+        return p.assigned - p.done + p.available
+
+    def projects_with_work(self, user: User) -> list[tuple[Project, int]]:
+        """(project, prompts left for this annotator) for every project with any, in project order."""
+        out = []
+        for project in self.list_projects():
+            n = self.work_left(user, project)
+            if n:
+                out.append((project, n))
+        return out
+
     def update_project(self, project_id: int, *, guidelines: str | None = None, tags: Sequence[str] | None = None,
                        candidates_per_item: int | None = None, overlap: int | None = None,
                        assign_batch: int | None = None) -> Project:
@@ -567,7 +601,10 @@ class Store:
     # -------------------------------------------------------------------------------- assignment
 
     def next_item(self, user: User, project: Project) -> int | None:
-        """The annotator's oldest claimed-but-not-submitted item; when there is none, claim a new batch."""
+        """The annotator's oldest claimed-but-not-submitted item; when there is none, claim a new batch.
+
+        Safe when one annotator calls it many times at once (two tabs, a repeated event): the claim
+        re-checks for an open assignment inside its write transaction, so only one batch is claimed."""
         open_id = self._open_assignment(user.id, project.id)
         if open_id is not None:
             return open_id
@@ -579,14 +616,16 @@ class Store:
                 continue
         return self._open_assignment(user.id, project.id)
 
-    def _open_assignment(self, user_id: int, project_id: int) -> int | None:
+    def _open_assignment(self, user_id: int, project_id: int, c: Connection | None = None) -> int | None:
         done = select(judgments.c.id).where(judgments.c.item_id == assignments.c.item_id,
                                             judgments.c.user_id == user_id).exists()
         q = (select(assignments.c.item_id).join(items).where(assignments.c.user_id == user_id,
                                                              items.c.project_id == project_id, ~done)
              .order_by(assignments.c.assigned_at, assignments.c.id).limit(1))
-        with self.read() as c:
+        if c is not None:  # inside the caller's transaction
             return c.execute(q).scalar()
+        with self.read() as conn:
+            return conn.execute(q).scalar()
 
     def _claim(self, user_id: int, project: Project) -> int:
         n_cands = select(func.count()).where(candidates.c.item_id == items.c.id).scalar_subquery()
@@ -598,6 +637,12 @@ class Store:
         claimed = 0
         now = time.time()
         with self.write() as c:
+            # One claim per annotator at a time: the user's row stays locked to the end of the transaction
+            # (PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises writers), and a claim that finds an
+            # open assignment made meanwhile by a concurrent call of the same annotator claims nothing.
+            c.execute(select(users.c.id).where(users.c.id == user_id).with_for_update())
+            if self._open_assignment(user_id, project.id, c) is not None:
+                return 0
             for item_id in c.execute(q).scalars().all():
                 ok = c.execute(update(items).where(items.c.id == item_id, items.c.n_assigned < project.overlap)
                                .values(n_assigned=items.c.n_assigned + 1)).rowcount
@@ -674,6 +719,11 @@ class Store:
             )).inserted_primary_key[0]
             c.execute(drafts.delete().where(drafts.c.user_id == user.id, drafts.c.item_id == item.id))
         return int(jid)
+
+    def revision_of(self, judgment_id: int) -> int:
+        """The revision number of a stored judgment (1: the first submission of that annotator and item)."""
+        with self.read() as c:
+            return int(c.execute(select(judgments.c.revision).where(judgments.c.id == judgment_id)).scalar_one())
 
     def latest_judgment(self, user_id: int, item_id: int) -> StoredJudgment | None:
         q = (select(judgments, users.c.name).join(users).where(judgments.c.user_id == user_id,

@@ -5,7 +5,11 @@ browser serve the whole module; each test opens its own browser context (its own
 do not depend on each other's order: a test that needs a submission makes one through the store first.
 
 Users: ``admin``; ``ann1`` submits and revises; ``ann2`` never submits, so it always sees the first item,
-whose prompt and one candidate carry HTML and script.
+whose prompt and one candidate carry HTML and script. Tests that change a user's lasting state (its
+remembered project, its claims, its drafts) have a user of their own and set that state first.
+
+Projects: ``default`` (K=4, seven prompts), ``markdown`` (K=4, one prompt whose answers are Markdown, one
+of them 200 lines long) and ``pair`` (K=2, one prompt).
 """
 
 from __future__ import annotations
@@ -42,11 +46,34 @@ from feedback_app.store import Judgment, Store, judgments  # noqa: E402
 expect = sync_api.expect
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync"]
-PASSWORDS = {"admin": "admin-pass-123", "ann1": "ann1-pass-123", "ann2": "ann2-pass-123"}
+USERS = ("admin", "admin2", "admin3", "ann1", "ann2", "ann3", "ann4", "ann5", "ann6", "ann7", "ann8", "picker",
+         "reader")
+PASSWORDS = {name: f"{name}-pass-123" for name in USERS}
 EVIL_CANDIDATE = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2">'
 EVIL_PROMPT = '<img src=x onerror="window.__pwned=3"> How do I <b>reset</b> my password?'
 K = 4  # candidates per item
+LETTERS = "ABCDEFGH"
 TIMEOUT_MS = 20_000
+PAIR_PROMPT = "The pair question: how should the dose change?"
+MD_CANDIDATE = """## Dosage
+
+**Adults:** 500 mg twice a day, ~~three times~~. ${window.__pwned=7} {{constructor}}
+
+| Age | Dose |
+|-----|------|
+| 12+ | 500 mg |
+
+```python
+dose_mg = 500  # <b>not bold</b>
+```
+
+![chart](http://127.0.0.1:9/chart.png)
+<script>window.__pwned=4</script><img src=x onerror="window.__pwned=5">
+[click me](javascript:window.__pwned=6), [a picture](data:image/png;base64,AAAA) and [the leaflet](https://example.org/leaflet)
+"""
+LONG_CANDIDATE = "\n".join(f"{i}. Step {i} of a very long answer." for i in range(1, 201))
+MD_GUIDELINES = "Read **every** answer.\n\n![pixel](http://127.0.0.1:9/pixel.png)\n\n<img src=http://127.0.0.1:9/p.png>"
+PAIR_GUIDELINES = "Pick the *safer* of two answers."
 
 
 @dataclass
@@ -81,9 +108,10 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
     db = root / "feedback.db"
     store = Store(db)
     for name, password in PASSWORDS.items():
-        store.add_user(name, "admin" if name == "admin" else "annotator", password)
+        store.add_user(name, "admin" if name.startswith("admin") else "annotator", password)
     project = store.ensure_project("default")  # the project `align app` opens first
-    store.update_project(project.id, overlap=3, assign_batch=5, candidates_per_item=K)
+    # Overlap 10: every test user can claim every prompt, whatever the other tests claimed before.
+    store.update_project(project.id, overlap=10, assign_batch=5, candidates_per_item=K)
     prompts = [[{"role": "system", "content": "You are a support assistant."},
                 {"role": "user", "content": EVIL_PROMPT}]]
     prompts += [[{"role": "user", "content": f"Question {i}: how do I pay bill number {i}?"}] for i in range(1, 7)]
@@ -96,6 +124,16 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
         texts = [f"Answer {n}.{j}: open the settings page and press button {j}." for j in range(K - 1)]
         texts.append(EVIL_CANDIDATE if n == 0 else f"Answer {n}.{K - 1}: please call us instead.")
         assert store.add_candidates(item_id, [(t, "test-model", {"temperature": 0.7}) for t in texts]) == K
+    for name, guidelines, answers in (
+            ("markdown", MD_GUIDELINES, [MD_CANDIDATE, LONG_CANDIDATE, "Half the dose.", "Ask a pharmacist."]),
+            ("pair", PAIR_GUIDELINES, ["Stop the drug.", "Keep taking it."])):
+        p = store.ensure_project(name)
+        store.update_project(p.id, guidelines=guidelines, overlap=10, assign_batch=5, candidates_per_item=len(answers))
+        prompt = [{"role": "user", "content": f"The {name} question: how should the dose change?"}]
+        store.add_prompts(p.id, [prompt], source="test")
+        item_id = store.item_id_for_prompt(p.id, prompt)
+        assert store.add_candidates(item_id, [(t, "test-model", {}) for t in answers]) == len(answers)
+        item_of_prompt[prompt[-1]["content"]] = item_id
     port = _free_port()
     log_path = root / "server.log"
     log = log_path.open("wb")
@@ -204,17 +242,29 @@ def shown_item(app: App, page: Any) -> int:
     return app.item_of_prompt[last]
 
 
+def words(text: str) -> list[str]:
+    """Letters and digits only: an answer's text and its rendered Markdown compare equal (``__x__`` is bold)."""
+    return re.findall(r"[0-9A-Za-z]+", text)
+
+
+def renders(shown: list[str], text: str) -> bool:
+    """The words shown are the text's words in order, some left out (Markdown drops link targets, code
+    fence languages)."""
+    rest = iter(words(text))
+    return bool(shown) and all(w in rest for w in shown)
+
+
 def slot_candidates(app: App, page: Any, item_id: int) -> list[int]:
     """Candidate id per response slot, mapped back through the text the page shows."""
     item = app.store.item(item_id)
     assert item is not None
-    by_text = {c.text: c.id for c in item.candidates}
     out = []
     for i in range(len(item.candidates)):
-        text = page.locator(f"#response-{i} .msg").inner_text()
-        assert text in by_text, f"slot {i} shows text of no candidate: {text!r}"
-        out.append(by_text[text])
-    assert sorted(out) == sorted(by_text.values()), "every candidate is shown once"
+        shown = words(page.locator(f"#response-{i} .msg").inner_text())
+        found = [c.id for c in item.candidates if renders(shown, c.text)]
+        assert len(found) == 1, f"slot {i} shows the text of {len(found)} candidates: {shown!r}"
+        out.append(found[0])
+    assert sorted(out) == sorted(c.id for c in item.candidates), "every candidate is shown once"
     expect(page.locator(f"#slot-{len(out)}")).to_be_hidden()
     return out
 
@@ -231,8 +281,22 @@ def expect_ranks(page: Any, wanted: list[str | None]) -> None:
         raise AssertionError(f"the page shows ranks {shown_ranks(page, len(wanted))}, not {wanted}") from None
 
 
+def remember(app: App, name: str, project: str) -> None:
+    """Start the user in ``project`` (what the app remembers of the user's last choice)."""
+    p = app.store.project(project)
+    assert p is not None
+    app.store.remember_project(app.user(name).id, p.id)
+
+
+def box(page: Any, selector: str) -> dict[str, float]:
+    b = page.locator(selector).bounding_box()
+    assert b is not None, f"{selector} is not on the page"
+    return b
+
+
 def press(page: Any, *keys: str) -> None:
-    """Rank keys outside any text box, each after the last took effect (the shortcut reads the page's ranks)."""
+    """Rank keys outside any text box, each after the last one changed the page (so a key that changes
+    nothing fails here, not later)."""
     for key in keys:
         before = shown_ranks(page)
         page.keyboard.press(key)
@@ -293,6 +357,7 @@ def open_tab(page: Any, name: str) -> None:
 
 
 def test_annotator_ranks_tags_corrects_and_submits(app: App, login: Callable[[str], Session]) -> None:
+    remember(app, "ann1", "default")
     s = login("ann1")
     page = s.page
     user = app.user("ann1")
@@ -312,9 +377,15 @@ def test_annotator_ranks_tags_corrects_and_submits(app: App, login: Callable[[st
     negative = "Send us your card number by e-mail."
     page.fill("#correction textarea", correction)
     page.fill("#negative textarea", negative)
+    page.set_viewport_size({"width": 1280, "height": 700})  # a laptop screen: the submit button is far down
+    page.locator("#negative textarea").scroll_into_view_if_needed()
+    assert page.evaluate("window.scrollY") > 0
     page.keyboard.press("Control+Enter")  # from inside the text box: submits
 
-    expect(page.locator("#message")).to_contain_text("Saved.")
+    expect(page.locator("#message")).to_have_text("Saved. Here is the next one.")
+    wait_until(lambda: page.evaluate("window.scrollY") == 0, what="the page to scroll to the top")
+    expect(page.locator("#message")).to_be_in_viewport()  # where the eye is after a submit
+    expect(page.locator("#progress")).to_be_in_viewport()
     latest = wait_until(lambda: app.store.latest_judgment(user.id, item_id), what="the judgment in the store")
     j = latest.judgment
     assert j.ranks == {order[0]: 2, order[1]: 3, order[2]: 1, order[3]: 2}
@@ -331,6 +402,7 @@ def test_annotator_ranks_tags_corrects_and_submits(app: App, login: Callable[[st
 
 
 def test_draft_survives_reload(app: App, login: Callable[[str], Session]) -> None:
+    remember(app, "ann2", "default")
     s = login("ann2")
     page = s.page
     user = app.user("ann2")
@@ -372,6 +444,7 @@ def test_revise_appends_a_new_revision(app: App, login: Callable[[str], Session]
     user = app.user("ann1")
     before = judgment_rows(app, user.id, item_id)
     assert [r.revision for r in before] == [1]
+    remember(app, "ann1", "default")
     s = login("ann1")
     page = s.page
 
@@ -394,7 +467,7 @@ def test_revise_appends_a_new_revision(app: App, login: Callable[[str], Session]
     expect_ranks(page, ["4", "3", "2", "1"])
     page.click("#submit")
 
-    expect(page.locator("#message")).to_contain_text("Saved.")
+    expect(page.locator("#message")).to_contain_text("Saved revision 2.")
     rows = wait_until(lambda: (r := judgment_rows(app, user.id, item_id)) and len(r) == 2 and r,
                       what="the revision in the store")
     assert [r.revision for r in rows] == [1, 2]
@@ -409,6 +482,7 @@ def test_revise_appends_a_new_revision(app: App, login: Callable[[str], Session]
 
 
 def test_html_and_script_are_shown_as_text(app: App, login: Callable[[str], Session]) -> None:
+    remember(app, "ann2", "default")
     s = login("ann2")  # ann2 never submits: its first item is the one with the hostile texts
     page = s.page
     item_id = shown_item(app, page)
@@ -416,8 +490,11 @@ def test_html_and_script_are_shown_as_text(app: App, login: Callable[[str], Sess
     order = slot_candidates(app, page, item_id)
     evil = next(c.id for c in app.store.item(item_id).candidates if c.text == EVIL_CANDIDATE)
     slot = order.index(evil)
-    assert page.locator(f"#response-{slot} .msg").inner_text() == EVIL_CANDIDATE
-    assert "<script>" in page.locator(f"#response-{slot}").inner_text()
+    # Markdown may read __pwned=1 ... window.__ as emphasis; the tags themselves must show as text.
+    shown = page.locator(f"#response-{slot} .msg").inner_text()
+    assert words(shown) == words(EVIL_CANDIDATE)
+    for tag in ("<script>", "</script>", "<img src=x onerror="):
+        assert tag in shown, tag
     assert page.locator("#prompt .msg").last.inner_text() == EVIL_PROMPT
     for where in ("#prompt", *[f"#response-{i}" for i in range(K)]):
         assert page.locator(f"{where} script, {where} img, {where} b").count() == 0, f"markup ran in {where}"
@@ -448,6 +525,7 @@ def test_admin_exports_and_annotator_cannot(app: App, login: Callable[[str], Ses
     assert app.store.get_user("intruder") is None
 
     # the admin: the tab, a dashboard, an export whose files hold what export_store makes
+    remember(app, "admin", "default")
     a = login("admin")
     page = a.page
     expect(page.get_by_role("tab", name="Admin")).to_be_visible()
@@ -505,4 +583,311 @@ def test_logout_ends_the_session(app: App, login: Callable[[str], Session]) -> N
                              analytics_enabled=False, download_files=False)
     page.goto(app.url + "/")
     assert page.url.endswith("/login"), "the browser is signed out too"
+    assert not s.errors and not s.dialogs
+
+
+def test_answers_and_guidelines_are_sanitised_markdown(app: App, login: Callable[[str], Session]) -> None:
+    remember(app, "reader", "markdown")
+    s = login("reader")
+    page = s.page
+    item_id = shown_item(app, page)
+    order = slot_candidates(app, page, item_id)
+    md = next(c.id for c in app.store.item(item_id).candidates if c.text == MD_CANDIDATE)
+    answer = f"#response-{order.index(md)} .msg"
+
+    expect(page.locator(f"{answer} h2")).to_have_text("Dosage")
+    expect(page.locator(f"{answer} strong")).to_have_text("Adults:")
+    expect(page.locator(f"{answer} s")).to_have_text("three times")
+    expect(page.locator(f"{answer} table td")).to_have_text(["12+", "500 mg"])
+    code = page.locator(f"{answer} pre code")
+    expect(code).to_have_text("dose_mg = 500  # <b>not bold</b>")
+    assert "mono" in code.evaluate("e => getComputedStyle(e).fontFamily").lower()
+    assert page.locator(f"{answer} pre").evaluate("e => getComputedStyle(e).overflowX") == "auto"
+    assert page.locator(f"{answer} td").first.evaluate("e => getComputedStyle(e).borderTopStyle") == "solid"
+    shown = page.locator(answer).inner_text()
+    assert "${window.__pwned=7} {{constructor}}" in shown  # the page's HTML template does not evaluate answers
+    assert '<script>window.__pwned=4</script><img src=x onerror="window.__pwned=5">' in shown  # as text
+    links = page.locator(f"{answer} a")
+    expect(links).to_have_count(2)  # the leaflet, and the image turned into a plain link; no javascript:, no data:
+    hrefs = [links.nth(i).get_attribute("href") for i in range(2)]
+    assert sorted(hrefs) == ["http://127.0.0.1:9/chart.png", "https://example.org/leaflet"]
+    for i in range(2):
+        assert links.nth(i).get_attribute("rel") == "noopener noreferrer nofollow"
+        assert links.nth(i).get_attribute("target") == "_blank"
+    assert "[click me](javascript:window.__pwned=6), [a picture](data:image/png;base64,AAAA)" in shown
+    for where in ("#prompt", "#guidelines", *[f"#response-{i}" for i in range(K)]):
+        assert page.locator(f"{where} script, {where} img").count() == 0, f"markup ran in {where}"
+        assert page.locator(f'{where} [href^="javascript:" i]').count() == 0, where
+    expect(page.locator("#guidelines strong")).to_have_text("every")
+    assert "<img src=http://127.0.0.1:9/p.png>" in page.locator("#guidelines").inner_text()
+    assert page.evaluate("typeof window.__pwned") == "undefined"
+    assert not s.errors and not s.dialogs
+
+
+def test_every_rank_control_is_in_view_beside_a_long_answer(app: App, login: Callable[[str], Session]) -> None:
+    remember(app, "reader", "markdown")
+    s = login("reader")
+    page = s.page
+    page.set_viewport_size({"width": 1280, "height": 900})
+    item_id = shown_item(app, page)
+    order = slot_candidates(app, page, item_id)
+    long = order.index(next(c.id for c in app.store.item(item_id).candidates if c.text == LONG_CANDIDATE))
+    area = box(page, "#answers")
+    ranks = [box(page, f"#rank-{i}") for i in range(K)]
+    bottoms = [r["y"] + r["height"] - area["y"] for r in ranks]
+    assert max(bottoms) <= 900, f"rank controls end {bottoms} px below the top of the answers: out of view"
+    assert all(r["y"] < box(page, f"#response-{i}")["y"] for i, r in enumerate(ranks)), "each rank is above its text"
+    text = page.locator(f"#response-{long} .msg")
+    assert text.evaluate("e => e.scrollHeight > e.clientHeight + 100"), "the long answer scrolls in its box"
+    expect(text).to_contain_text("Step 200 of a very long answer.")
+
+    remember(app, "reader", "pair")  # two answers: side by side
+    page.reload()
+    assert shown_item(app, page) == app.item_of_prompt[PAIR_PROMPT]
+    a, b = box(page, "#slot-0"), box(page, "#slot-1")
+    assert abs(a["y"] - b["y"]) < 1 and b["x"] >= a["x"] + a["width"], (a, b)
+    assert not s.errors and not s.dialogs
+
+
+def test_the_project_is_remembered_per_user(app: App, login: Callable[[str], Session]) -> None:
+    remember(app, "ann3", "default")
+    s = login("ann3")
+    page = s.page
+    expect(page.locator("#project input")).to_have_value("default")
+    shown_item(app, page)
+    pick(page, "#project", "pair")
+    expect(page.locator("#prompt")).to_contain_text(PAIR_PROMPT)
+    pair = app.store.project("pair")
+    wait_until(lambda: app.store.remembered_project(app.user("ann3").id) == pair, what="the choice in the store")
+
+    page.reload()
+    expect(page.locator("#project input")).to_have_value("pair")
+    assert shown_item(app, page) == app.item_of_prompt[PAIR_PROMPT]
+    again = login("ann3")  # a new browser: a fresh login starts where the user left
+    expect(again.page.locator("#project input")).to_have_value("pair")
+    assert shown_item(app, again.page) == app.item_of_prompt[PAIR_PROMPT]
+    assert not s.errors and not again.errors
+
+
+def test_one_project_pick_is_one_request_and_one_claim(app: App, login: Callable[[str], Session]) -> None:
+    remember(app, "picker", "pair")
+    user = app.user("picker")
+    s = login("picker")
+    page = s.page
+    assert shown_item(app, page) == app.item_of_prompt[PAIR_PROMPT]
+    fn = page.evaluate("window.gradio_config.dependencies.find((d) => d.api_name === 'select_project').id")
+    picks: list[int] = []
+    page.on("request", lambda r: picks.append(1) if "queue/join" in r.url and r.post_data
+            and json.loads(r.post_data).get("fn_index") == fn else None)
+
+    pick(page, "#project", "default")  # by mouse
+    assert shown_item(app, page) != app.item_of_prompt[PAIR_PROMPT]
+    page.locator("#prompt").click()  # the menu loses focus: Gradio's .input would fire again here
+    page.wait_for_timeout(1000)
+    assert len(picks) == 1, f"one pick ran the handler {len(picks)} times"
+    assert app.store.progress(user, app.store.project(app.project_id)).assigned == 5  # one batch
+
+    page.click("#project input")  # by keyboard
+    page.keyboard.press("Control+a")
+    page.keyboard.type("pair")
+    page.keyboard.press("Enter")
+    expect(page.locator("#prompt")).to_contain_text(PAIR_PROMPT)
+    page.wait_for_timeout(1000)
+    assert len(picks) == 2
+    assert not s.errors and not s.dialogs
+
+
+def test_a_new_user_starts_in_a_project_with_work(app: App, login: Callable[[str], Session]) -> None:
+    user = app.user("ann4")
+    default = app.store.project(app.project_id)
+    while (item_id := app.store.next_item(user, default)) is not None:  # ann4 finishes the first project
+        item = app.store.item(item_id)
+        app.store.submit(user, item_id, Judgment(ranks={c.id: 1 for c in item.candidates}), secrets.token_hex(16))
+    assert app.store.remembered_project(user.id) is None
+    s = login("ann4")
+    page = s.page
+    expect(page.locator("#project input")).to_have_value("markdown")  # not "default", where nothing is left
+    shown_item(app, page)
+
+    pick(page, "#project", "default")
+    message = page.locator("#message")
+    expect(message).to_contain_text("Nothing left for you in project default.")
+    # markdown's one prompt is claimed (open), pair's is claimable (projects other tests make may follow)
+    expect(message).to_contain_text("Projects with work: markdown (1 prompt), pair (1 prompt)")
+    assert "default (" not in message.inner_text()
+    assert not s.errors and not s.dialogs
+
+
+def test_submit_after_the_last_item_says_so(app: App, login: Callable[[str], Session]) -> None:
+    remember(app, "ann5", "pair")
+    user = app.user("ann5")
+    s = login("ann5")
+    page = s.page
+    item_id = shown_item(app, page)
+    assert item_id == app.item_of_prompt[PAIR_PROMPT]
+    page.locator('#rank-0 input[value="1"]').click()
+    page.locator('#rank-1 input[value="2"]').click()
+    page.click("#submit")
+    message = page.locator("#message")
+    expect(message).to_contain_text("Saved. Nothing more to annotate in project pair. Projects with work: default")
+    assert wait_until(lambda: app.store.latest_judgment(user.id, item_id), what="the judgment").revision == 1
+    expect(page.locator("#slot-0")).to_be_hidden()  # an empty form, and the message says why
+    assert not s.errors and not s.dialogs
+
+
+def test_keys_continue_from_ranks_given_on_this_view(app: App, login: Callable[[str], Session]) -> None:
+    from feedback_app.store import display_order
+
+    user = app.user("ann6")
+    remember(app, "ann6", "default")
+    item_id = app.store.next_item(user, app.store.project(app.project_id))
+    order = [c.id for c in display_order(user.id, app.store.item(item_id))]
+    app.store.save_draft(user.id, item_id, {"ranks": {str(cid): K - n for n, cid in enumerate(order)}})
+    s = login("ann6")
+    page = s.page
+    assert shown_item(app, page) == item_id
+    expect_ranks(page, ["4", "3", "2", "1"])  # restored from the draft
+
+    page.locator("#prompt").click()  # focus outside the text boxes
+    for key in ("Digit1", "Shift+Digit2", "Digit3", "Digit4"):
+        page.keyboard.press(key)
+    expect_ranks(page, ["1", "1", "2", "3"])  # the restored ranks did not count
+    wait_until(lambda: (app.store.draft(user.id, item_id) or {}).get("ranks")
+               == {str(order[0]): 1, str(order[1]): 1, str(order[2]): 2, str(order[3]): 3}, what="the draft")
+    assert not s.errors and not s.dialogs
+
+
+def test_an_unranked_response_is_named(app: App, login: Callable[[str], Session]) -> None:
+    remember(app, "ann7", "default")
+    user = app.user("ann7")
+    s = login("ann7")
+    page = s.page
+    item_id = shown_item(app, page)
+    clear_ranks(page)
+    page.locator("#prompt").click()
+    press(page, "Digit1", "Digit2", "Digit4")
+    page.click("#submit")
+    expect(page.locator("#message")).to_contain_text("Not saved: Response C has no rank")
+    assert app.store.latest_judgment(user.id, item_id) is None
+    assert shown_item(app, page) == item_id and shown_ranks(page) == ["1", "2", None, "3"], "the form is kept"
+    assert not s.errors and not s.dialogs
+
+
+def test_a_too_long_text_is_refused_and_kept(app: App, login: Callable[[str], Session]) -> None:
+    remember(app, "ann8", "default")
+    user = app.user("ann8")
+    s = login("ann8")
+    page = s.page
+    item_id = shown_item(app, page)
+    clear_ranks(page)
+    page.locator("#prompt").click()
+    press(page, "Digit1", "Digit2", "Digit3", "Digit4")
+    pick(page, "#correction-of", "A")
+    long = "word " * 4691 + "x"  # 23,456 characters, pasted at once
+    assert len(long) == 23_456
+    page.fill("#correction textarea", long)
+    page.click("#submit")
+    expect(page.locator("#message")).to_contain_text(
+        "Not saved: The corrected answer has 23,456 characters; the limit is 20,000.")
+    assert page.locator("#correction textarea").input_value() == long, "nothing was cut"
+    assert app.store.latest_judgment(user.id, item_id) is None
+    assert not s.errors and not s.dialogs
+
+
+def test_my_submissions_load_when_the_tab_opens(app: App, login: Callable[[str], Session]) -> None:
+    item_id = ensure_submission(app, "ann1")
+    remember(app, "ann1", "default")
+    s = login("ann1")
+    open_tab(s.page, "My submissions")  # no Refresh press
+    prompt = app.store.item(item_id).prompt[-1]["content"]
+    expect(s.page.locator("#mine-table")).to_contain_text(prompt[:40])
+    assert not s.errors and not s.dialogs
+
+
+def test_admin_tab_names_its_project(app: App, login: Callable[[str], Session]) -> None:
+    remember(app, "admin2", "default")
+    s = login("admin2")
+    page = s.page
+    open_tab(page, "Admin")
+    heading = page.locator("#admin-project")
+    expect(heading).to_contain_text("Editing project: default")
+    guidelines = page.locator("#admin-guidelines textarea")
+    expect(guidelines).to_have_value(app.store.project("default").guidelines)
+
+    open_tab(page, "Annotate")
+    pick(page, "#project", "pair")
+    open_tab(page, "Admin")
+    expect(heading).to_contain_text("Editing project: pair")
+    expect(guidelines).to_have_value(PAIR_GUIDELINES)
+
+    name = f"new-{secrets.token_hex(3)}"
+    page.fill("#new-project textarea, #new-project input", name)
+    page.click("#create-project")
+    expect(page.locator("#project-msg")).to_contain_text(f"Project {name} ready.")
+    expect(heading).to_contain_text(f"Editing project: {name}")
+    created = app.store.project(name)
+    assert created is not None and created.guidelines != PAIR_GUIDELINES
+    expect(guidelines).to_have_value(created.guidelines)  # the new project's, not the old one's
+    assert not s.errors and not s.dialogs
+
+
+def _dashboard_project(app: App, name: str) -> Any:
+    """A project with two judged prompts: tags 'unsafe' and 'off tone' once each, and a note."""
+    store = app.store
+    p = store.update_project(store.ensure_project(name).id, candidates_per_item=2, overlap=2)
+    if store.latest_judgments(p.id):
+        return p
+    store.add_prompts(p.id, [[{"role": "user", "content": f"{name} prompt {i}"}] for i in range(2)])
+    for item_id, _, missing in store.items_short_of_candidates(p.id, 2):
+        store.add_candidates(item_id, [(f"answer {j} of {item_id}", "m", {}) for j in range(missing)])
+    judge = store.add_user(f"{name}-judge", "annotator", "judge-pass-123")
+    for tag, note in (("unsafe", 'Check the <b>dose</b> & "units"'), ("off tone", "")):
+        item_id = store.next_item(judge, p)
+        a, b = store.item(item_id).candidates
+        store.submit(judge, item_id, Judgment(ranks={a.id: 1, b.id: 2}, tags={a.id: [tag]}, note=note),
+                     secrets.token_hex(16))
+    return p
+
+
+def test_dashboard_draws_equal_tag_counts_and_lists_notes(app: App, login: Callable[[str], Session]) -> None:
+    _dashboard_project(app, "dash")
+    remember(app, "admin3", "dash")
+    s = login("admin3")
+    page = s.page
+    open_tab(page, "Admin")
+    expect(page.locator("#admin-project")).to_contain_text("Editing project: dash")
+    page.click("#refresh-dashboard")
+    bars = page.locator("#tag-plot g.mark-rect path")
+    expect(bars).to_have_count(2)
+    heights = [bars.nth(i).bounding_box()["height"] for i in range(2)]
+    assert all(h > 10 for h in heights), f"bars of equal counts must be drawn: heights {heights}"
+    notes = page.locator("#notes")
+    expect(notes).to_contain_text('Check the <b>dose</b> & "units"')  # as text
+    expect(notes).to_contain_text("dash-judge")
+    expect(notes).to_contain_text("dash prompt")
+    assert page.locator("#notes b").count() == 0
+    assert not s.errors and not s.dialogs
+
+
+def test_import_reports_skipped_rows(app: App, login: Callable[[str], Session], tmp_path: Path) -> None:
+    store = app.store
+    p = store.ensure_project("imports")
+    remember(app, "admin3", "imports")
+    rows = [{"prompt": "Imported question 1", "responses": ["yes", "no"]},
+            {"prompt": "Imported question 2", "responses": ["only one"]},
+            {"prompt": "", "responses": ["a", "b"]}]
+    path = tmp_path / "cands.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    s = login("admin3")
+    page = s.page
+    open_tab(page, "Admin")
+    expect(page.locator("#admin-project")).to_contain_text("Editing project: imports")
+    page.set_input_files("#cands-file input[type=file]", str(path))
+    expect(page.locator("#cands-file")).to_contain_text("cands.jsonl")
+    page.click("#import-cands")
+    msg = page.locator("#work-msg")
+    expect(msg).to_contain_text("2 candidates imported (1 new prompts).")
+    expect(msg).to_contain_text("2 rows skipped: line 2 (responses): has one response (at least 2 needed); "
+                                "line 3 (prompt): the prompt is empty.")  # in file order
+    assert store.counts(p.id) == {"prompts": 1, "candidates": 2, "ready": 1, "judgments": 0}
     assert not s.errors and not s.dialogs

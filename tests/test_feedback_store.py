@@ -194,6 +194,61 @@ def test_concurrent_claims_never_exceed_overlap(store):
     assert sorted(per_item.values()) == [2, 2] + [3] * 8
 
 
+def test_one_annotator_claims_one_batch_when_asking_many_times_at_once(store):
+    p = store.update_project(_fill(store, 20).id, overlap=3, assign_batch=5)
+    u = _users(store, 1)[0]
+    start = threading.Barrier(8)
+    got: list[int | None] = []
+    errors: list[BaseException] = []
+
+    def work():
+        try:
+            start.wait()
+            got.append(store.next_item(u, p))
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert store.progress(u, p).assigned == 5  # one batch, not one per call
+    assert len(set(got)) == 1 and got[0] is not None  # every call answers with the same first item
+    assert store.integrity_problems() == []
+
+
+def test_last_project_is_remembered_per_user(store, tmp_path):
+    a, b = store.ensure_project("a"), store.ensure_project("b")
+    u, v = _users(store, 2)
+    assert store.remembered_project(u.id) is None
+    store.remember_project(u.id, b.id)
+    store.remember_project(v.id, a.id)
+    store.remember_project(u.id, b.id)  # the same choice again: an update, not a second row
+    assert store.remembered_project(u.id) == b and store.remembered_project(v.id) == a
+    store.remember_project(u.id, a.id)
+    assert store.remembered_project(u.id) == a
+    if store.is_sqlite:  # a restart: a new Store on the same file
+        assert Store(tmp_path / "feedback.db").remembered_project(u.id) == a
+    store.remember_project(u.id, 999)  # a project that is gone: no choice
+    assert store.remembered_project(u.id) is None
+
+
+def test_work_left_counts_open_and_claimable_prompts(store):
+    p = store.update_project(_fill(store, 4, project="full").id, overlap=1, assign_batch=2)
+    empty = store.ensure_project("empty")
+    u, other = _users(store, 2)
+    assert store.work_left(u, p) == 4 and store.work_left(u, empty) == 0
+    item_id = store.next_item(u, p)  # claims 2
+    store.submit(u, item_id, _rank_all(store.item(item_id), [0, 1, 2]), "k1")
+    assert store.work_left(u, p) == 3  # one open, two claimable
+    assert store.work_left(other, p) == 2  # overlap 1: the two u claimed are gone for others
+    assert [(q.name, n) for q, n in store.projects_with_work(u)] == [("full", 3)]
+    jid = store.submit(u, item_id, _rank_all(store.item(item_id), [2, 1, 0]), "k2")[0]
+    assert store.revision_of(jid) == 2
+
+
 def test_display_order_is_stable_per_annotator_and_differs_between_them(store):
     p = _fill(store, 1, k=6)
     item = store.item(store.items_short_of_candidates(p.id, 99)[0][0])
@@ -407,6 +462,42 @@ def test_import_candidates_with_models_and_errors(store, tmp_path):
     with pytest.raises(AlignError) as e:
         import_candidates(store, p.id, bad)
     assert e.value.line == 1 and e.value.field == "model" and "bad.jsonl" in str(e.value)
+
+
+def test_rows_that_cannot_be_ranked_are_refused_or_skipped(store, tmp_path):
+    from feedback_app.candidates import import_candidates, load_prompts
+
+    p = store.ensure_project()
+    cands = write_jsonl(tmp_path / "cands.jsonl", [
+        {"prompt": "Q1", "responses": ["a", "b"]},
+        {"prompt": "Q2", "responses": ["only"]},
+        {"prompt": "  ", "responses": ["a", "b"]},
+        {"prompt": "Q4", "responses": ["same", "same ", ""]},
+    ])
+    with pytest.raises(AlignError) as e:  # refused: the first bad row in file order, nothing stored
+        import_candidates(store, p.id, cands)
+    assert (e.value.line, e.value.field) == (2, "responses") and "cands.jsonl" in str(e.value)
+    assert "one response (at least 2 needed)" in str(e.value)
+    assert store.counts(p.id)["prompts"] == 0
+    skipped: list[str] = []
+    assert import_candidates(store, p.id, cands, skipped) == (1, 2)  # or imported, bad rows described
+    assert skipped == ["line 2 (responses): has one response (at least 2 needed)",
+                       "line 3 (prompt): the prompt is empty",
+                       "line 4 (responses): has one response (after dropping empty and repeated ones) "
+                       "(at least 2 needed)"]
+    per_answer = write_jsonl(tmp_path / "answers.jsonl", [  # one row per answer: counted per prompt
+        {"prompt": "Q5", "completion": "x"}, {"prompt": "Q6", "completion": "y"}, {"prompt": "Q5", "completion": "z"}])
+    skipped = []
+    assert import_candidates(store, p.id, per_answer, skipped) == (1, 2)
+    assert skipped == ["line 2 (completion): has one response (at least 2 needed)"]
+
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "P1"}, {"prompt": ""}, {"prompt": "P3"}])
+    with pytest.raises(AlignError) as e:
+        load_prompts(prompts)
+    assert (e.value.line, e.value.field) == (2, "prompt") and "empty" in str(e.value)
+    skipped = []
+    assert load_prompts(prompts, skipped) == [_prompt("P1"), _prompt("P3")]
+    assert skipped == ["line 2 (prompt): the prompt is empty"]
 
 
 def test_generation_job_fills_every_item(store, tiny_model_dir):
