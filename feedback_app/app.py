@@ -408,7 +408,7 @@ def build_blocks(store: Store, uploads: Uploads | None = None) -> gr.Blocks:
             st = data[state]
             if not st.get("item_id"):  # e.g. the server restarted since this page was loaded
                 project = store.project(st["project_id"]) if st.get("project_id") else None
-                project = project or next(iter(store.list_projects()), None)
+                project = project or start_project(user)  # the state is gone with the old server
                 return dict(zip(form.outputs(), next_form(
                     user, project, "The page was out of date (the server restarted): check this item and submit "
                     "again. Your saved draft is filled in.")))

@@ -891,3 +891,37 @@ def test_import_reports_skipped_rows(app: App, login: Callable[[str], Session], 
                                 "line 3 (prompt): the prompt is empty.")  # in file order
     assert store.counts(p.id) == {"prompts": 1, "candidates": 2, "ready": 1, "judgments": 0}
     assert not s.errors and not s.dialogs
+
+
+def test_a_page_open_across_a_restart_stays_in_its_project(browser: Any, tmp_path: Path) -> None:
+    """The server restarts under an open page: its next submit lands in the user's project, not the first one."""
+    from tests.test_app_load import app_load
+
+    store = Store(tmp_path / "feedback.db")
+    store.add_user("ann1", "annotator", PASSWORDS["ann1"])
+    first = store.ensure_project("default")  # has work too: the fallback would look plausible
+    second = store.ensure_project("clinic")
+    for project, text in ((first, "Default question?"), (second, "Clinic question?")):
+        store.add_prompts(project.id, [[{"role": "user", "content": text}]], source="test")
+        item_id = store.item_id_for_prompt(project.id, [{"role": "user", "content": text}])
+        store.add_candidates(item_id, [(f"{text} answer {j}", "m", {}) for j in range(2)])
+    store.remember_project(store.get_user("ann1").id, second.id)
+    server = app_load.Server(tmp_path / "feedback.db", log=tmp_path / "server.log").start()
+    context = browser.new_context()
+    try:
+        context.set_default_timeout(TIMEOUT_MS)
+        page = context.new_page()
+        page.goto(server.url + "/login")
+        page.fill("#username", "ann1")
+        page.fill("#password", PASSWORDS["ann1"])
+        page.click("#login")
+        expect(page.locator("#prompt")).to_contain_text("Clinic question?")
+        server.stop()
+        server.start()
+        page.click("#submit")
+        expect(page.locator("#message")).to_contain_text("The page was out of date")
+        expect(page.locator("#prompt")).to_contain_text("Clinic question?")
+    finally:
+        context.close()
+        server.stop()
+        store.close()
