@@ -446,3 +446,27 @@ def test_bad_server_options_are_refused(tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["app", "--store", str(tmp_path / "fb.db"), *args]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "fb.db").exists(), "nothing was created"
+
+
+def test_no_cors_for_foreign_origins_whatever_the_host(tmp_path: Path) -> None:
+    """Served on 0.0.0.0, Gradio's own CORS layer would echo any Origin with credentials: ours answers first."""
+    from fastapi.testclient import TestClient
+
+    from feedback_app.app import create_app
+
+    store = Store(tmp_path / "fb.db")
+    store.ensure_project("default")
+    store.add_user("admin", "admin", PASSWORDS["admin"])
+    client = TestClient(create_app(store, upload_dir=tmp_path / "uploads"), base_url="http://0.0.0.0:7860",
+                        follow_redirects=False)
+    r = client.post("/login", data={"username": "admin", "password": PASSWORDS["admin"]})
+    assert r.status_code == 303
+    for origin in ("http://evil.example", "http://localhost:7860", "null"):
+        r = client.get("/config", headers={"Origin": origin})
+        assert r.status_code == 403 and "access-control-allow-origin" not in r.headers, origin
+        r = client.options("/gradio_api/queue/join", headers={"Origin": origin,
+                                                               "Access-Control-Request-Method": "POST"})
+        assert r.status_code == 403 and "access-control-allow-origin" not in r.headers, origin
+    r = client.get("/config", headers={"Origin": "http://0.0.0.0:7860"})
+    assert r.status_code == 200 and r.headers.get("access-control-allow-origin") in (None, "http://0.0.0.0:7860")
+    store.close()
