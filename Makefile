@@ -2,6 +2,7 @@
 # make test         set up and run the whole test suite
 # make lint         ruff
 # make bench        our training phases vs TRL's trainers (same model, data, batch); writes benchmarks/RESULTS.md
+# make efficacy     rule adherence and content on four synthetic domains, ours vs TRL; writes benchmarks/efficacy/RESULTS.md
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -12,7 +13,7 @@ TORCH_VERSION := $(shell sed -n 's/^torch==//p' constraints.txt)
 # when pip's find-links has one, else PyTorch's CPU index). With CUDA, the default build.
 HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
 
-.PHONY: setup tcmalloc model quickstart test test-fast lint bench clean
+.PHONY: setup tcmalloc model quickstart test test-fast lint bench efficacy clean
 
 setup: $(VENV)/.installed tcmalloc
 
@@ -59,6 +60,11 @@ lint: setup
 # BENCH_ARGS passes options through, e.g. make bench BENCH_ARGS="--steps 2 --only sft,rm"
 bench: model
 	$(PY) benchmarks/bench.py $(BENCH_ARGS)
+
+# EFFICACY_ARGS passes options through, e.g. make efficacy EFFICACY_ARGS="--domains bank,it --only ours"
+# (--quick: a smoke run of a few steps per phase, written to runs/efficacy-quick/RESULTS.md)
+efficacy: model
+	$(PY) benchmarks/efficacy/run.py $(EFFICACY_ARGS)
 
 clean:
 	rm -rf runs .pytest_cache

@@ -1,0 +1,522 @@
+"""`make efficacy`: does training teach each domain's rules and keep its content? Ours against TRL, per domain.
+
+For every synthetic domain of :mod:`benchmarks.efficacy.domains` (rules that live only in the preference
+data, held-out prompts that rephrase the training topics):
+
+1. the domain's files are generated into ``<workdir>/<domain>/data``;
+2. our pipeline runs the recipe set of ``--recipes`` (default ``recipes/domain``: the quickstart's SFT, RM,
+   PPO and DPO recipes) with only the data paths pointed at the domain, through ``align run`` in a fresh
+   process (its eval phase is left out: step 4 evaluates every model the same way);
+3. TRL's straightforward pipeline, ``SFTTrainer`` then ``DPOTrainer`` with TRL's default hyper-parameters, runs
+   on the same files in another fresh process (:mod:`benchmarks.efficacy.trl_pipeline`);
+4. base, SFT, DPO, RM+PPO, TRL SFT and TRL SFT+DPO answer the held-out prompts (greedy,
+   ``alignment.evaluation.adherence.evaluate_model`` with the pipeline's evaluation settings); each answer is
+   checked against the domain's policies and its content checks (the topic's key facts).
+
+The report (``benchmarks/efficacy/RESULTS.md``) opens with the date and the machine, then one table per domain
+(rows: models; columns: all-rules adherence, each rule, content, length, training and evaluation time) and a
+summary table across domains.
+
+    make efficacy                                              # every domain, ours and TRL
+    make efficacy EFFICACY_ARGS="--domains bank,it --only ours"
+    .venv/bin/python benchmarks/efficacy/run.py --quick --domains it   # a smoke test: a few steps per phase
+
+Finished phases, TRL phases and evaluated answers are kept under ``--workdir`` and reused by a re-run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:  # run as a script (python benchmarks/efficacy/run.py)
+    sys.path.insert(0, str(REPO))
+
+from alignment import allocator  # noqa: E402
+from benchmarks.bench import machine_info as _bench_machine_info  # noqa: E402
+from benchmarks.efficacy.domains import DOMAINS, check_content, parse_domains, write_domain  # noqa: E402
+
+DEFAULT_RECIPES = REPO / "recipes" / "domain"
+DEFAULT_WORKDIR = REPO / "runs" / "efficacy"
+DEFAULT_OUT = REPO / "benchmarks" / "efficacy" / "RESULTS.md"
+QUICK_WORKDIR = REPO / "runs" / "efficacy-quick"
+
+SIDES = ("ours", "trl")
+# Row order of every table, and how each row is named there.
+MODELS = ("base", "sft", "dpo", "ppo", "trl-sft", "trl-dpo")
+TITLES = {"base": "base", "sft": "SFT", "dpo": "DPO", "ppo": "RM+PPO", "trl-sft": "TRL SFT", "trl-dpo": "TRL SFT+DPO"}
+# The only keys the suite sets on a phase recipe per domain: where its data is.
+DATA_KEYS = {"sft": {"data.train": "sft.jsonl"}, "rm": {"data.train": "prefs.jsonl"},
+             "dpo": {"data.train": "prefs.jsonl"},
+             "ppo": {"data.train": "ppo_prompts.jsonl", "policies": "policies.yaml"}}
+# --quick: the same for every domain, so a smoke run takes seconds per phase on a tiny model.
+QUICK_TRAIN = {"train.max_steps": 2, "train.batch_size": 2, "train.save_every": 0, "train.eval_every": 0,
+               "train.bf16": "false", "tracking.backends": ["none"]}
+QUICK_PHASE = {"sft": {"data.max_length": 256}, "rm": {"data.max_length": 256}, "dpo": {"data.max_length": 256},
+               "ppo": {"train.max_steps": 1, "generation.max_new_tokens": 8}}
+QUICK_EVAL = {"max_new_tokens": 8}
+CHILD_ENV = {"WANDB_MODE": "disabled", "WANDB_SILENT": "true", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+             "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+
+
+# --------------------------------------------------------------------------------------------------
+# Arguments
+# --------------------------------------------------------------------------------------------------
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="run.py", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--domains", default="", help=f"comma separated (default all: {','.join(DOMAINS)})")
+    p.add_argument("--only", choices=SIDES, default=None, help="run only our pipeline or only TRL's")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke test: 2 steps per training phase (PPO 1), 8 new tokens per answer; writes to "
+                        "runs/efficacy-quick unless --workdir/--out say otherwise")
+    p.add_argument("--recipes", type=Path, default=DEFAULT_RECIPES,
+                   help="recipe folder with pipeline.yaml and its phase recipes (default recipes/domain)")
+    p.add_argument("--model", default=None, help="base model for both pipelines (default: the recipes' model)")
+    p.add_argument("--workdir", type=Path, default=None, help="data, outputs, logs (default runs/efficacy)")
+    p.add_argument("--out", type=Path, default=None, help="the markdown report (default benchmarks/efficacy/"
+                                                           "RESULTS.md; --quick: <workdir>/RESULTS.md)")
+    p.add_argument("--timeout", type=int, default=6 * 3600, help="seconds before a training process is killed")
+    args = p.parse_args(argv)
+    try:
+        args.domains = parse_domains(args.domains)
+    except ValueError as exc:
+        p.error(str(exc))
+    args.recipes = args.recipes.resolve()
+    if not (args.recipes / "pipeline.yaml").exists():
+        p.error(f"{args.recipes} has no pipeline.yaml")
+    args.workdir = (args.workdir or (QUICK_WORKDIR if args.quick else DEFAULT_WORKDIR)).resolve()
+    args.out = args.out or (args.workdir / "RESULTS.md" if args.quick else DEFAULT_OUT)
+    return args
+
+
+# --------------------------------------------------------------------------------------------------
+# Our pipeline
+# --------------------------------------------------------------------------------------------------
+def domain_pipeline(recipes: Path, data: Path, output_dir: Path, model: str | None, quick: bool) -> dict[str, Any]:
+    """The recipe folder's pipeline for one domain: data paths set, eval phases dropped, nothing else changed
+    (plus the --model and --quick settings, which are the same for every domain)."""
+    from alignment.config import load_yaml
+
+    raw, _ = load_yaml(recipes / "pipeline.yaml")
+    raw = json.loads(json.dumps(raw))  # a plain deep copy
+    raw["output_dir"] = str(output_dir)
+    if model:
+        raw["model"] = model
+    phases = []
+    for step in raw["phases"]:
+        if step["kind"] == "eval":
+            continue
+        if step["kind"] not in DATA_KEYS:
+            raise ValueError(f"{recipes / 'pipeline.yaml'}: phase kind '{step['kind']}' is not known to the suite")
+        step = dict(step)
+        step["recipe"] = str((recipes / step["recipe"]).resolve())
+        overrides = dict(step.get("overrides") or {})
+        overrides.update({key: str(data / name) for key, name in DATA_KEYS[step["kind"]].items()})
+        if quick:
+            overrides.update({**QUICK_TRAIN, **QUICK_PHASE.get(step["kind"], {})})
+        step["overrides"] = json.loads(json.dumps(overrides))  # no shared lists: YAML would write anchors
+        phases.append(step)
+    raw["phases"] = phases
+    evaluation = dict(raw.get("evaluation") or {})
+    evaluation.update(prompts=str(data / "heldout_prompts.jsonl"), policies=str(data / "policies.yaml"))
+    raw["evaluation"] = evaluation
+    return raw
+
+
+def eval_settings(recipes: Path, quick: bool) -> dict[str, int]:
+    """max_new_tokens and batch_size of the recipe folder's evaluation section (the pipeline's defaults)."""
+    from alignment.config import load_yaml
+    from alignment.pipeline import EvaluationConfig
+
+    raw, _ = load_yaml(recipes / "pipeline.yaml")
+    evaluation = raw.get("evaluation") or {}
+    out = {"max_new_tokens": int(evaluation.get("max_new_tokens", EvaluationConfig.max_new_tokens)),
+           "batch_size": int(evaluation.get("batch_size", EvaluationConfig.batch_size))}
+    if quick:
+        out.update(QUICK_EVAL)
+    return out
+
+
+# a tqdm bar: "sft:  40%|####      | 10/25 [01:02<01:33,  6.20s/it]"
+TQDM = re.compile(r"^(?:(?P<desc>[^|\[\]]{1,40}?):?\s+)?\d+%\|[^|]*\|\s*(?P<n>\d+)/(?P<total>\d+) \[(?P<time>[^\]]*)\]")
+PROGRESS_EVERY = 30.0  # seconds between echoed progress-bar states of one child
+
+
+def run_child(argv: list[str], log_path: Path, timeout: int, env: Mapping[str, str], tag: str) -> int:
+    """Run a child process, its output to ``log_path``. Its status lines (``[pipeline]``, ``[sft]``, ``[trl]``...)
+    echo to the console with ``tag`` in front, and so does the state of its progress bars every 30 s (a phase can
+    run for many minutes between status lines). Returns the exit code (-9 when killed after ``timeout``)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    last_progress = time.monotonic()
+    with log_path.open("a", encoding="utf-8") as log:
+        proc = subprocess.Popen(argv, cwd=REPO, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, errors="replace")
+        killer = threading.Timer(timeout, proc.kill)
+        killer.start()
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                log.write(line)
+                for part in line.split("\r"):  # progress bars end without a newline
+                    part = part.strip()
+                    bar = TQDM.match(part)
+                    if part.startswith("[") and not part.startswith("[W"):
+                        print(f"[efficacy] {tag} {part}", flush=True)
+                    elif bar and time.monotonic() - last_progress >= PROGRESS_EVERY:
+                        last_progress = time.monotonic()
+                        print(f"[efficacy] {tag} {(bar['desc'] or 'steps').strip()}: {bar['n']}/{bar['total']} "
+                              f"[{bar['time']}]", flush=True)
+            return proc.wait()
+        finally:
+            killer.cancel()
+
+
+def child_env() -> dict[str, str]:
+    """No tracker, no hub, and no inherited LD_PRELOAD: `align` picks its allocator itself (tcmalloc when
+    installed), and TRL runs the way a user starts it, on the system malloc (as in `make bench`)."""
+    env = allocator.without({**os.environ, **CHILD_ENV})
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
+    return env
+
+
+def run_ours(args: argparse.Namespace, domain: str, folder: Path) -> dict[str, Any]:
+    """Our pipeline on one domain; returns {"ok", "phases": {name: seconds}, "models": {label: path}, "error"}."""
+    import yaml
+
+    pipeline = domain_pipeline(args.recipes, folder / "data", folder / "ours", args.model, args.quick)
+    path = folder / "ours.pipeline.yaml"
+    path.write_text(yaml.safe_dump(pipeline, sort_keys=False), encoding="utf-8")
+    rc = run_child([sys.executable, "-m", "alignment.cli", "run", str(path)], folder / "logs" / "ours.log",
+                   args.timeout, child_env(), f"{domain} ours")
+    result: dict[str, Any] = {"ok": rc == 0, "phases": {}, "models": {}, "pipeline": str(path)}
+    for step in pipeline["phases"]:
+        marker = folder / "ours" / step["name"] / "complete.json"
+        if marker.exists():  # seconds of the run that completed the phase (also when this run skipped it)
+            result["phases"][step["name"]] = json.loads(marker.read_text())["seconds"]
+            if step["kind"] in ("sft", "dpo", "ppo"):
+                result["models"][step["kind"]] = str(folder / "ours" / step["name"] / "model")
+    if rc != 0:
+        reason = "killed after the timeout" if rc in (-9, 137) else f"exit code {rc}"
+        result["error"] = f"align run failed ({reason}; log: {folder / 'logs' / 'ours.log'})"
+    return result
+
+
+def run_trl(args: argparse.Namespace, domain: str, folder: Path) -> dict[str, Any]:
+    """TRL's SFTTrainer -> DPOTrainer on one domain, in a fresh process."""
+    result_path = folder / "trl.result.json"
+    result_path.unlink(missing_ok=True)
+    from alignment.config import load_yaml
+
+    model = args.model or load_yaml(args.recipes / "pipeline.yaml")[0].get("model", "smollm2-135m-instruct")
+    spec = {"model": model, "data": str(folder / "data"), "output_dir": str(folder / "trl"), "quick": args.quick,
+            "result": str(result_path)}
+    spec_path = folder / "trl.spec.json"
+    spec_path.write_text(json.dumps(spec, indent=2))
+    rc = run_child([sys.executable, "-m", "benchmarks.efficacy.trl_pipeline", str(spec_path)],
+                   folder / "logs" / "trl.log", args.timeout, child_env(), f"{domain} trl")
+    if result_path.exists():
+        result = json.loads(result_path.read_text())
+    else:
+        result = {"ok": False, "phases": {}, "models": {}, "error": f"exit code {rc} without a result"}
+    result["models"] = {f"trl-{k}": v for k, v in result.get("models", {}).items()}
+    if not result.get("ok"):
+        result["error"] = f"{result.get('error', 'failed')} (log: {folder / 'logs' / 'trl.log'})"
+    return result
+
+
+# --------------------------------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------------------------------
+def _stamp(model: str) -> list[Any]:
+    """A model folder's weight files and their modification times: a retrained model is evaluated again."""
+    path = Path(model)
+    files = sorted(path.glob("*.safetensors")) if path.is_dir() else []
+    return [[f.name, f.stat().st_mtime_ns] for f in files]
+
+
+def content_rates(answers: Sequence[str], content: Mapping[str, Any]) -> dict[str, float]:
+    """Share of answers mentioning every key fact of their topic ("content"), and the mean share of facts."""
+    entries = content["heldout"]
+    if len(entries) != len(answers):
+        raise ValueError(f"{len(answers)} answers for {len(entries)} content entries")
+    every, share = 0, 0.0
+    for answer, entry in zip(answers, entries):
+        hits = check_content(answer, entry["facts"])
+        every += all(hits.values())
+        share += sum(hits.values()) / len(hits)
+    return {"content": every / len(answers), "facts": share / len(answers)}
+
+
+def evaluate(label: str, model: str, folder: Path, settings: Mapping[str, int]) -> dict[str, Any]:
+    """One model's answers to the domain's held-out prompts, checked; cached in ``eval/<label>.json``."""
+    from alignment.evaluation.adherence import evaluate_model, load_prompts
+    from alignment.evaluation.policies import load_policies
+
+    data = folder / "data"
+    key = hashlib.sha256(json.dumps([model, _stamp(model), dict(settings),
+                                     (data / "heldout_prompts.jsonl").read_text(),
+                                     (data / "policies.yaml").read_text()]).encode()).hexdigest()[:16]
+    cache = folder / "eval" / f"{label}.json"
+    if cache.exists():
+        cached = json.loads(cache.read_text())
+        if cached.get("key") == key:
+            print(f"[efficacy] {folder.name} eval {TITLES[label]}: cached", flush=True)
+            return cached
+    print(f"[efficacy] {folder.name} eval {TITLES[label]} ({model}) ...", flush=True)
+    policies = load_policies(data / "policies.yaml")
+    prompts = load_prompts(data / "heldout_prompts.jsonl")
+    result = evaluate_model(model, prompts, policies, label=label, **settings)
+    content = json.loads((data / "content.json").read_text())
+    if [a["prompt"] for a in result["answers"]] != [e["prompt"] for e in content["heldout"]]:
+        raise ValueError(f"{data / 'content.json'} does not list the held-out prompts in file order")
+    result.update(content_rates([a["answer"] for a in result["answers"]], content))
+    for a, entry in zip(result["answers"], content["heldout"]):
+        a["content"] = check_content(a["answer"], entry["facts"])
+    result["key"] = key
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(result, indent=1))
+    return result
+
+
+# --------------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------------
+def machine_info() -> dict[str, Any]:
+    """bench.py's machine description plus the CPU features that decide bf16 speed, and the GPU if any."""
+    info = _bench_machine_info()
+    flags: list[str] = []
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                present = set(line.split(":", 1)[1].split())
+                flags = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16") if f in present]
+                break
+    except OSError:
+        pass
+    info["cpu_flags"] = flags
+    try:
+        import torch
+
+        info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except Exception:  # noqa: BLE001 - a broken CUDA setup still gets a report
+        info["gpu"] = None
+    return info
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _secs(x: float | None) -> str:
+    return "-" if x is None else f"{x:.0f}"
+
+
+def training_cell(label: str, ours: Mapping[str, Any], trl: Mapping[str, Any]) -> str:
+    """The training phases that produced a model, with their seconds (each phase's own time)."""
+    phases = {"sft": [("sft", ours)], "dpo": [("dpo", ours)], "ppo": [("rm", ours), ("ppo", ours)],
+              "trl-sft": [("sft", trl)], "trl-dpo": [("dpo", trl)]}.get(label, [])
+    parts = []
+    for name, side in phases:
+        seconds = (side.get("phases") or {}).get(name)
+        if seconds is not None:
+            parts.append(f"{name} {seconds:.0f} s")
+    return " + ".join(parts) or "-"
+
+
+def domain_table(report: Mapping[str, Any]) -> list[str]:
+    """One domain's markdown: its rules, a row per model, and the wall time per phase."""
+    rules = report["rules"]
+    header = ["model", "all rules", *rules, "content", "facts", "tokens", "unfinished", "training", "eval s"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label in MODELS:
+        row = report["models"].get(label)
+        if row is None or not row.get("ok"):
+            reason = (row or {}).get("error", "not run")
+            lines.append(f"| {TITLES[label]} | {reason} |" + " |" * (len(header) - 2))
+            continue
+        adh = row["adherence"]
+        lines.append("| " + " | ".join([
+            TITLES[label], _pct(adh["all"]), *(_pct(adh[r]) for r in rules), _pct(row["content"]),
+            _pct(row["facts"]), f"{row['mean_length_tokens']:.0f}", str(row["unfinished"]),
+            training_cell(label, report["ours"], report["trl"]), _secs(row.get("seconds"))]) + " |")
+    times = []
+    for side, title in (("ours", "ours"), ("trl", "TRL")):
+        phases = report[side].get("phases") or {}
+        if phases:
+            times.append(f"{title}: " + ", ".join(f"{k} {v:.0f} s" for k, v in phases.items())
+                         + f" (training {sum(phases.values()):.0f} s)")
+    if times:
+        lines += ["", "Wall time per phase: " + "; ".join(times) + "."]
+    return lines
+
+
+def render_markdown(report: Mapping[str, Any]) -> str:
+    m = report["machine"]
+    flags = ", ".join(m.get("cpu_flags") or []) or "none of avx2/avx512f/avx512_bf16/amx"
+    out = [
+        "# Efficacy: do the preference phases teach each domain's rules, and does the content survive?",
+        "",
+        "Written by `make efficacy` (`benchmarks/efficacy/run.py`); the domains are generated by "
+        "`benchmarks/efficacy/domains.py`. Each domain's rules appear only in its preference pairs: no SFT "
+        "answer follows any of them, so SFT should score near 0% on the rules and only DPO and RM+PPO can raise "
+        "them. The held-out prompts rephrase the training topics with wording no training file uses.",
+        "",
+        f"- date: {report['date']}",
+        f"- machine: {m.get('cpu')} ({flags}), {m.get('cores')} cores, {m.get('memory_gib')} GiB; "
+        f"GPU: {m.get('gpu') or 'none'}; {m.get('platform')}",
+        f"- software: Python {m.get('python')}, torch {m.get('torch')}, transformers {m.get('transformers')}, "
+        f"trl {m.get('trl')}",
+        f"- ours: `{report['recipes']}` (pipeline.yaml and its phase recipes; only the data paths change per "
+        f"domain), base model `{report['model']}`, under the allocator `align` picks",
+        "- TRL: `SFTTrainer` then `DPOTrainer` from its output, `SFTConfig()`/`DPOConfig()` defaults "
+        f"({report.get('trl_defaults') or 'see the per-domain settings'}), on the same files, the system malloc",
+        f"- evaluation: greedy, {report['eval']['max_new_tokens']} new tokens at most, the framework's "
+        "`evaluate_model` and policy checks for every row",
+    ]
+    if report.get("quick"):
+        out += ["- **--quick**: a smoke run (2 steps per phase, 8-token answers); the numbers mean nothing"]
+    out += [
+        "",
+        "Columns: *all rules*: share of held-out answers that follow every rule; one column per rule; "
+        "*content*: share that mention every key fact of their topic (regexes in `content.json`); *facts*: mean "
+        "share of key facts mentioned; *tokens*: mean answer length; *unfinished*: answers cut at the token "
+        "limit; *training*: the phases that made the model, each with its own wall time (DPO and RM+PPO start "
+        "from SFT, TRL SFT+DPO from TRL SFT); *eval s*: generation and checks.",
+        "",
+        "## Summary (all-rules adherence and content per domain)",
+        "",
+    ]
+    domains = list(report["domains"])
+    header = ["model", *(f"{d} all" for d in domains), "mean all", *(f"{d} content" for d in domains),
+              "mean content"]
+    out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label in MODELS:
+        alls, contents = [], []
+        for d in domains:
+            row = report["domains"][d]["models"].get(label)
+            ok = row is not None and row.get("ok")
+            alls.append(row["adherence"]["all"] if ok else None)
+            contents.append(row["content"] if ok else None)
+
+        def mean(xs: list[float | None]) -> float | None:
+            return sum(xs) / len(xs) if xs and all(x is not None for x in xs) else None  # type: ignore[misc]
+
+        out.append("| " + " | ".join([TITLES[label], *map(_pct, alls), _pct(mean(alls)), *map(_pct, contents),
+                                      _pct(mean(contents))]) + " |")
+    for d in domains:
+        r = report["domains"][d]
+        spec = DOMAINS[d]
+        out += ["", f"## {d}: {spec.company}", "",
+                f"{r['sizes']['sft']} SFT conversations, {r['sizes']['prefs']} preference pairs, "
+                f"{r['sizes']['heldout']} held-out prompts; rules: "
+                + "; ".join(f"`{rule.name}` ({rule.description})" for rule in spec.rules), ""]
+        out += domain_table(r)
+        for side in ("ours", "trl"):
+            if r[side].get("error"):
+                out += ["", f"{side}: {r[side]['error']}"]
+    if report.get("notes"):
+        out += ["", "## Notes", "", *(f"- {n}" for n in report["notes"])]
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------------------------------
+def run_domain(args: argparse.Namespace, domain: str, settings: Mapping[str, int]) -> dict[str, Any]:
+    folder = args.workdir / domain
+    write_domain(domain, folder / "data")
+    sizes = {k: len((folder / "data" / f"{f}.jsonl").read_text(encoding="utf-8").splitlines())
+             for k, f in (("sft", "sft"), ("prefs", "prefs"), ("heldout", "heldout_prompts"))}
+    report: dict[str, Any] = {"rules": [r.name for r in DOMAINS[domain].rules], "sizes": sizes, "models": {},
+                              "ours": {}, "trl": {}}
+    for side, runner in (("ours", run_ours), ("trl", run_trl)):
+        if args.only not in (None, side):
+            continue
+        t0 = time.perf_counter()
+        print(f"[efficacy] {domain}: {side} pipeline ...", flush=True)
+        report[side] = runner(args, domain, folder)
+        state = "done" if report[side].get("ok") else f"FAILED: {report[side].get('error')}"
+        print(f"[efficacy] {domain}: {side} pipeline {state} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    from alignment.config import load_yaml
+
+    models = {"base": args.model or load_yaml(args.recipes / "pipeline.yaml")[0].get("model")}
+    models.update(report["ours"].get("models") or {})
+    models.update(report["trl"].get("models") or {})
+    for label in MODELS:
+        if label not in models:
+            continue
+        try:
+            report["models"][label] = {"ok": True, **evaluate(label, models[label], folder, settings)}
+        except Exception as exc:  # one broken model must not cost the other rows
+            report["models"][label] = {"ok": False, "error": f"evaluation failed: {type(exc).__name__}: {exc}"}
+            print(f"[efficacy] {domain} eval {TITLES[label]}: FAILED: {exc}", flush=True)
+            continue
+        row = report["models"][label]
+        print(f"[efficacy] {domain} {TITLES[label]}: all rules {_pct(row['adherence']['all'])}, content "
+              f"{_pct(row['content'])}", flush=True)
+    # the answers stay in eval/<label>.json; the report keeps the rates
+    for row in report["models"].values():
+        row.pop("answers", None)
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    settings = eval_settings(args.recipes, args.quick)
+    started = time.perf_counter()
+    print(f"[efficacy] domains {','.join(args.domains)}; {args.only or 'ours and TRL'}; recipes {args.recipes}; "
+          f"work folder {args.workdir}" + ("; QUICK smoke run" if args.quick else ""), flush=True)
+    from alignment.config import load_yaml
+
+    report: dict[str, Any] = {
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine_info(), "recipes": str(args.recipes.resolve().relative_to(REPO))
+        if args.recipes.resolve().is_relative_to(REPO) else str(args.recipes),
+        "model": args.model or load_yaml(args.recipes / "pipeline.yaml")[0].get("model"),
+        "quick": args.quick, "eval": dict(settings), "domains": {}, "notes": [
+            "TRL's SFTTrainer trains on every token of the conversation by default (ours: on assistant tokens "
+            "only); its default `bf16=True` means bf16 autocast, `use_cpu=True` is set on machines without CUDA "
+            "(transformers refuses to start otherwise).",
+        ],
+    }
+    for i, domain in enumerate(args.domains, 1):
+        print(f"[efficacy] [{i}/{len(args.domains)}] {domain} ({DOMAINS[domain].company})", flush=True)
+        report["domains"][domain] = run_domain(args, domain, settings)
+        trl_settings = report["domains"][domain]["trl"].get("settings")
+        if trl_settings and not report.get("trl_defaults"):
+            report["trl_defaults"] = "; ".join(
+                f"{phase}: " + ", ".join(f"{k}={v}" for k, v in s.items()) for phase, s in trl_settings.items())
+    report["wall_seconds"] = time.perf_counter() - started
+    (args.workdir / "results.json").write_text(json.dumps(report, indent=2, default=str))
+    text = render_markdown(report)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text + "\n", encoding="utf-8")
+    print()
+    print(text)
+    print(f"\n[efficacy] wrote {args.out} in {report['wall_seconds'] / 60:.1f} min; raw results, answers and logs "
+          f"in {args.workdir}", flush=True)
+    failed = [f"{d}/{TITLES[m]}" for d, r in report["domains"].items() for m, row in r["models"].items()
+              if not row.get("ok")]
+    failed += [f"{d}/{side}" for d, r in report["domains"].items() for side in SIDES if r[side].get("error")]
+    if failed:
+        print(f"[efficacy] WARNING: failed: {', '.join(failed)}", flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
