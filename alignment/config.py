@@ -53,6 +53,19 @@ class DataConfig:
 
 
 @dataclass
+class SFTDataConfig(DataConfig):
+    """SFT data: the curated conversations, and optionally the answers experts preferred."""
+
+    preferred: str | None = None
+    """Preference data (a preference, ranked or unpaired file, or a feedback store) whose preferred
+    answers are trained on too: each pair's chosen answer with its prompt, once per distinct answer. This
+    is the DPO paper's "preferred-FT" start: when the curated conversations never show the behaviour the
+    experts prefer, a policy that cannot produce it gives DPO little to sharpen and PPO nothing to
+    reinforce. The pairs that the preference phases hold out with their default split (10% of prompts,
+    same seed) are left out, so their held-out diagnostics stay held out."""
+
+
+@dataclass
 class LoRAConfig:
     """Low-rank adapters (PEFT). Off means full fine-tuning."""
 
@@ -135,7 +148,7 @@ class SFTConfig:
     model: str = "smollm2-135m-instruct"
     """A local Hugging Face model directory or the alias of the embedded default model."""
     output_dir: str = "runs/sft"
-    data: DataConfig = field(default_factory=DataConfig)
+    data: SFTDataConfig = field(default_factory=SFTDataConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -554,7 +567,7 @@ def load_config(
     return config
 
 
-_PATH_FIELDS = ("data.train", "data.validation", "model", "ref_model", "reward_model", "policies")
+_PATH_FIELDS = ("data.train", "data.validation", "data.preferred", "model", "ref_model", "reward_model", "policies")
 
 
 def _resolve_paths(config: Any, base: Path) -> None:

@@ -8,6 +8,7 @@ not change what is optimised: each micro-batch contributes ``sum_nll * world / t
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -53,7 +54,40 @@ def load_sft_records(cfg: SFTConfig) -> tuple[list[dict[str, Any]], list[dict[st
         parts = split_dataset(ds, cfg.data.split, cfg.train.seed)
         train = [to_conversation(r, "sft", info.variant) for r in parts["train"]]
         val = [to_conversation(r, "sft", info.variant) for r in parts.get("validation", [])]
+    if cfg.data.preferred:
+        preferred = preferred_conversations(cfg.data.preferred, cfg.train.seed)
+        seen = {_conversation_key(r["messages"]) for r in train}
+        added = [r for r in preferred if _conversation_key(r["messages"]) not in seen]
+        train += added
+        report["preferred_added"] = len(added)
     return train, val, report
+
+
+def _conversation_key(messages: list[dict[str, str]]) -> str:
+    return json.dumps([(m["role"], " ".join(m["content"].split())) for m in messages])
+
+
+PREFERENCE_HOLDOUT = {"train": 0.9, "validation": 0.1}  # the RM/DPO recipes' default split
+
+
+def preferred_conversations(path: str, seed: int) -> list[dict[str, Any]]:
+    """Prompt + chosen answer of every training pair in a preference source, once per distinct conversation.
+
+    The pairs the preference phases hold out by default (``PREFERENCE_HOLDOUT``, split by prompt with
+    ``seed``) are skipped."""
+    from alignment.data.preferences import load_preference_examples
+    from alignment.rm import split_pairs
+
+    examples, _ = load_preference_examples(path)
+    kept = split_pairs(examples, PREFERENCE_HOLDOUT, seed)["train"]
+    out, seen = [], set()
+    for ex in kept:
+        messages = [*ex.prompt, *ex.chosen]
+        key = _conversation_key(messages)
+        if key not in seen:
+            seen.add(key)
+            out.append({"messages": messages})
+    return out
 
 
 def pack(examples: list[Tokenized], max_length: int) -> list[Tokenized]:
@@ -192,7 +226,9 @@ def run_sft(cfg: SFTConfig) -> Path:
     train_records, val_records, prep = load_sft_records(cfg)
     train_examples, stats = tokenize_sft(tokenizer, train_records, cfg.data.max_length)
     val_examples, _ = tokenize_sft(tokenizer, val_records, cfg.data.max_length)
-    log(f"[sft] data: {prep['format']} format, {prep['duplicates_removed']} duplicates removed; "
+    preferred = (f"; {prep['preferred_added']} preferred answers added from {cfg.data.preferred}"
+                 if cfg.data.preferred else "")
+    log(f"[sft] data: {prep['format']} format, {prep['duplicates_removed']} duplicates removed{preferred}; "
         f"train {stats.summary(cfg.data.max_length)}; validation {len(val_examples)} examples")
     if not train_examples:
         from alignment.errors import AlignError

@@ -183,3 +183,46 @@ def test_full_finetuning_from_a_lora_adapter(tmp_path, tiny_model_dir, sft_file)
     merged = load_causal_lm(lora, merge_adapter=True).state_dict()
     after = _weights(full / "model")
     assert all(not torch.equal(merged[k], after[k]) for k in after if k in merged)
+
+
+def test_preferred_answers_join_the_training_data(tmp_path, sft_file):
+    from alignment.rm import split_pairs
+    from alignment.sft import PREFERENCE_HOLDOUT, load_sft_records, preferred_conversations
+    from tests.conftest import write_jsonl
+
+    prompts = [[{"role": "user", "content": f"Question {i}?"}] for i in range(40)]
+    rows = [{"prompt": p, "chosen": [{"role": "assistant", "content": f"Good answer {i}."}],
+             "rejected": [{"role": "assistant", "content": f"Bad answer {i}."}]} for i, p in enumerate(prompts)]
+    rows.append({**rows[0], "rejected": [{"role": "assistant", "content": "Another bad answer."}]})  # same chosen
+    prefs = write_jsonl(tmp_path / "prefs.jsonl", rows)
+    def config(**data: str) -> SFTConfig:
+        recipe = tmp_path / f"sft-{len(data)}.yaml"
+        recipe.write_text(json.dumps({"phase": "sft", "model": "x", "data": {"train": str(sft_file), **data}}))
+        return load_config(SFTConfig, recipe)
+
+    cfg, plain = config(preferred=str(prefs)), config()
+
+    train, val, report = load_sft_records(cfg)
+    base_train, base_val, _ = load_sft_records(plain)
+    added = train[len(base_train):]
+    assert train[:len(base_train)] == base_train and val == base_val, "the curated data is untouched"
+    # the pairs the preference phases hold out (same default split and seed) are not trained on
+    from alignment.data.preferences import load_preference_examples
+
+    examples, _ = load_preference_examples(str(prefs))
+    held_out = {ex.prompt[0]["content"]
+                for ex in split_pairs(examples, PREFERENCE_HOLDOUT, cfg.train.seed)["validation"]}
+    assert held_out, "the split holds some prompts out"
+    assert {r["messages"][0]["content"] for r in added} == {p[0]["content"] for p in prompts} - held_out
+    assert all(r["messages"][-1]["content"].startswith("Good answer") for r in added), "only chosen answers"
+    assert len(added) == report["preferred_added"] == len(prompts) - len(held_out), "each answer once"
+    assert preferred_conversations(str(prefs), cfg.train.seed) == added
+
+
+def test_preferred_path_is_relative_to_the_recipe(tmp_path, sft_file):
+    recipe = tmp_path / "sft.yaml"
+    recipe.write_text(json.dumps({"phase": "sft", "model": "x", "data": {"train": str(sft_file),
+                                                                         "preferred": "prefs.jsonl"}}))
+    (tmp_path / "prefs.jsonl").write_text("")
+    cfg = load_config(SFTConfig, recipe)
+    assert cfg.data.preferred == str(tmp_path / "prefs.jsonl")

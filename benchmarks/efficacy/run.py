@@ -58,6 +58,8 @@ SIDES = ("ours", "trl")
 MODELS = ("base", "sft", "dpo", "ppo", "trl-sft", "trl-dpo")
 TITLES = {"base": "base", "sft": "SFT", "dpo": "DPO", "ppo": "RM+PPO", "trl-sft": "TRL SFT", "trl-dpo": "TRL SFT+DPO"}
 # The only keys the suite sets on a phase recipe per domain: where its data is.
+# Optional data settings: pointed at the domain's file only when the recipe uses them.
+OPTIONAL_DATA_KEYS = {"sft": {"data.preferred": "prefs.jsonl"}}
 DATA_KEYS = {"sft": {"data.train": "sft.jsonl"}, "rm": {"data.train": "prefs.jsonl"},
              "dpo": {"data.train": "prefs.jsonl"},
              "ppo": {"data.train": "ppo_prompts.jsonl", "policies": "policies.yaml"}}
@@ -125,6 +127,11 @@ def domain_pipeline(recipes: Path, data: Path, output_dir: Path, model: str | No
         step["recipe"] = str((recipes / step["recipe"]).resolve())
         overrides = dict(step.get("overrides") or {})
         overrides.update({key: str(data / name) for key, name in DATA_KEYS[step["kind"]].items()})
+        recipe, _ = load_yaml(step["recipe"])
+        for key, name in OPTIONAL_DATA_KEYS.get(step["kind"], {}).items():
+            section, _, leaf = key.partition(".")
+            if (recipe.get(section) or {}).get(leaf) or overrides.get(key):
+                overrides[key] = str(data / name)
         if quick:
             overrides.update({**QUICK_TRAIN, **QUICK_PHASE.get(step["kind"], {})})
         step["overrides"] = json.loads(json.dumps(overrides))  # no shared lists: YAML would write anchors
