@@ -321,10 +321,18 @@ class PPOConfig:
     """Subtracted from the score of a response that hits max_new_tokens without stopping."""
     policies: str | None = None
     """A policies YAML (see recipes/quickstart/policies.yaml): log adherence of the rollouts each step."""
+    rule_reward_weight: float = 0.0
+    """Add the domain rules in `policies` to the reward: each answer gets
+    `weight * (rules followed - rules broken) / rules`, on top of the (normalised) reward model score; with
+    no `reward_model`, the rules are the whole reward. 0: the reward model alone."""
 
     def __post_init__(self) -> None:
         if not self.data.train:
             raise AlignError("is required: the prompts file", field="data.train")
+        if self.rule_reward_weight < 0:
+            raise AlignError("must be >= 0", field="rule_reward_weight")
+        if self.rule_reward_weight > 0 and not self.policies:
+            raise AlignError("needs `policies`: the rules file the rule reward checks", field="rule_reward_weight")
         if self.train.batch_size % self.num_minibatches:
             raise AlignError(f"train.batch_size ({self.train.batch_size}) must be a multiple of num_minibatches "
                              f"({self.num_minibatches})", field="num_minibatches")

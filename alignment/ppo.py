@@ -21,9 +21,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -47,10 +47,14 @@ from alignment.ppo_math import (
     masked_whiten,
     policy_loss,
     response_mask_from_stop,
+    rule_rewards,
     shaped_rewards,
     truncate_after_stop,
     value_loss,
 )
+
+if TYPE_CHECKING:
+    from alignment.evaluation.policies import Policy
 from alignment.reward import LastTokenScores, load_reward_stats, score_module
 from alignment.training import (
     Engine,
@@ -135,8 +139,11 @@ RewardFn = Callable[[list[list[int]], list[list[int]]], torch.Tensor]
 @torch.no_grad()
 def rollout(policy: Engine, critic: Engine | None, reference: Any, reward: RewardFn,
             critic_scores: LastTokenScores | None, prompts: list[list[int]], cfg: PPOConfig, tokenizer: Any,
-            stop_ids: list[int], stats: dict[str, float] | None, kl_coef: float) -> dict[str, Any]:
-    """Generate, score and evaluate one batch of prompts; everything the PPO update needs."""
+            stop_ids: list[int], stats: dict[str, float] | None, kl_coef: float,
+            rules: Sequence[Policy] | None = None) -> dict[str, Any]:
+    """Generate, score and evaluate one batch of prompts; everything the PPO update needs.
+
+    ``rules``: with ``cfg.rule_reward_weight`` > 0, the rule reward is added to the normalised score."""
     device = dist.device()
     timing = {}
     pad = tokenizer.pad_token_id
@@ -168,6 +175,13 @@ def rollout(policy: Engine, critic: Engine | None, reference: Any, reward: Rewar
         scores = (scores - stats["mean"]) / stats["std"]
     if cfg.reward_clip is not None:
         scores = scores.clamp(-cfg.reward_clip, cfg.reward_clip)
+    rule_scores = None
+    if rules and cfg.rule_reward_weight > 0:
+        from alignment.evaluation.policies import check_answer
+
+        passed = [list(check_answer(t, rules).values()) for t in texts]
+        rule_scores = rule_rewards(passed, cfg.rule_reward_weight).to(device)  # (B,)
+        scores = scores + rule_scores
     scores = scores - cfg.missing_eos_penalty * (~finished).float()
     timing["score"] = time.perf_counter() - start
 
@@ -213,6 +227,7 @@ def rollout(policy: Engine, critic: Engine | None, reference: Any, reward: Rewar
             "objective/non_score_reward": float((-kl_coef * kl * m).sum(dim=1).mean()),
             "rollout/response_length": float(lengths.mean()),
             "rollout/unfinished": float((~finished).float().mean()),
+            **({"objective/rule_reward": float(rule_scores.mean())} if rule_scores is not None else {}),
         },
         "texts": texts,
         "timing": timing,
@@ -308,6 +323,8 @@ def run_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> Path:
 
     # --- models ------------------------------------------------------------------------------
     reward_model, stats = None, None
+    if reward_fn is None and not cfg.reward_model and cfg.rule_reward_weight > 0:
+        reward_fn = _no_model_reward  # the rules are the whole reward
     if reward_fn is None:
         if not cfg.reward_model:
             from alignment.errors import AlignError
@@ -368,12 +385,14 @@ def run_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> Path:
         from alignment.evaluation.policies import load_policies
 
         policies = load_policies(cfg.policies)
+        if cfg.rule_reward_weight > 0:
+            log(f"[ppo] rule reward: {len(policies)} rules from {cfg.policies}, weight {cfg.rule_reward_weight}")
     policy.train()
     for step in iterate_steps(start_step, schedule.total_steps, "ppo"):
         started = time.perf_counter()
         (idx,) = schedule.micro_batches(step, dist.rank())
         batch = rollout(policy, critic, reference, reward, critic_scores, [prompts[i] for i in idx], cfg,
-                        tokenizer, stop_ids, stats, kl_ctl.value)
+                        tokenizer, stop_ids, stats, kl_ctl.value, policies)
         learn_start = time.perf_counter()
         metrics = ppo_update(policy, critic, critic_scores, batch, cfg)
         timing = {**batch["timing"], "train": time.perf_counter() - learn_start}
@@ -408,6 +427,11 @@ def run_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> Path:
     dist.barrier()
     tracker.close()
     return out / "model"
+
+
+def _no_model_reward(prompts: list[list[int]], responses: list[list[int]]) -> torch.Tensor:
+    """Zero for every answer: with a rule reward and no reward model, the rules are all the reward."""
+    return torch.zeros(len(responses))
 
 
 def _generation_eos(model: str, tokenizer: Any) -> list[int]:

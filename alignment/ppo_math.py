@@ -399,6 +399,26 @@ KLController = FixedKLController | AdaptiveKLController
 # --------------------------------------------------------------------------------------------------
 # Response masks from generated tokens
 # --------------------------------------------------------------------------------------------------
+def rule_rewards(passed: Sequence[Sequence[bool]], weight: float) -> Tensor:
+    """Reward from checkable rules: ``weight * (followed - broken) / n_rules`` per answer, in [-w, +w].
+
+    ``passed[i][j]`` says whether answer i follows rule j. Every rule counts the same, so an answer that
+    follows two of three rules earns ``weight / 3``: each rule moves the reward, not only the last one
+    that makes an answer fully compliant (an all-or-nothing reward gives PPO no gradient while no
+    sample follows every rule).
+    """
+    if weight < 0:
+        raise ValueError(f"weight must be >= 0, got {weight}")
+    out = []
+    for row in passed:
+        n = len(row)
+        if n == 0:
+            raise ValueError("an answer was checked against no rule")
+        followed = sum(bool(p) for p in row)
+        out.append(weight * (followed - (n - followed)) / n)
+    return torch.tensor(out, dtype=torch.float32)
+
+
 def response_mask_from_stop(tokens: Tensor, stop_ids: Sequence[int] | Tensor) -> Tensor:
     """Mask of the response proper: 1 up to and including the first stop token of each row, 0 after.
 

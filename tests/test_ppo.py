@@ -151,3 +151,32 @@ def test_ppo_deepspeed_two_processes(tmp_path, chatty_policy, prompts_file, stag
     from transformers import AutoModelForCausalLM
 
     AutoModelForCausalLM.from_pretrained(str(out / "model"))
+
+
+def test_rule_reward_alone_teaches_a_rule(tmp_path, chatty_policy, prompts_file):
+    """No reward model: the policies file is the reward, and the sampled answers come to follow it."""
+    from alignment.ppo import run_ppo
+
+    rules = tmp_path / "policies.yaml"
+    rules.write_text("policies:\n  - name: says_yes\n    description: The answer says yes.\n"
+                     "    must_match: ['yes']\n")
+    out = tmp_path / "rules"
+    cfg = load_config(PPOConfig, None, _overrides(chatty_policy, prompts_file, out, policies=str(rules),
+                                                  rule_reward_weight=1.0))
+    run_ppo(cfg)
+    rows = read_metrics(out / "metrics.jsonl")
+    first, last = rows[0]["adherence/says_yes"], sum(r["adherence/says_yes"] for r in rows[-3:]) / 3
+    assert first < 0.5 and last >= 0.8, [r["adherence/says_yes"] for r in rows]
+    # the reward is the rule reward alone: +1 for a yes, -1 otherwise
+    for r in rows:
+        assert r["objective/rule_reward"] == pytest.approx(2 * r["adherence/says_yes"] - 1, abs=1e-5)
+        assert r["objective/rewards"] == pytest.approx(r["objective/rule_reward"], abs=1e-5)
+
+
+def test_rule_reward_needs_its_rules(prompts_file, tmp_path):
+    from alignment.errors import AlignError
+
+    with pytest.raises(AlignError, match="policies"):
+        load_config(PPOConfig, None, {"model": "x", "data.train": str(prompts_file), "rule_reward_weight": 1.0})
+    with pytest.raises(AlignError, match=">= 0"):
+        load_config(PPOConfig, None, {"model": "x", "data.train": str(prompts_file), "rule_reward_weight": -1.0})

@@ -482,3 +482,16 @@ def test_truncate_after_stop_by_hand():
     out = truncate_after_stop(TOKENS, [2, 3], pad_id=0)
     assert out.tolist() == EXPECTED_TRUNCATED
     assert TOKENS[0, 3] == 7  # the input is not modified
+
+
+def test_rule_rewards_by_hand():
+    from alignment.ppo_math import rule_rewards
+
+    r = rule_rewards([[True, True, False], [False, False, False], [True, True, True], [True, False]], 1.5)
+    # (followed - broken) / rules * weight: (2-1)/3*1.5, (0-3)/3*1.5, 3/3*1.5, (1-1)/2*1.5
+    assert torch.allclose(r, torch.tensor([0.5, -1.5, 1.5, 0.0]))
+    assert rule_rewards([[True]], 0.0).tolist() == [0.0]
+    with pytest.raises(ValueError, match="weight"):
+        rule_rewards([[True]], -1.0)
+    with pytest.raises(ValueError, match="no rule"):
+        rule_rewards([[]], 1.0)
