@@ -26,6 +26,7 @@ from alignment.config import (
     to_dict,
 )
 from alignment.errors import AlignError
+from alignment.verdict import format_verdicts, run_verdicts
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "recipes" / "quickstart" / "pipeline.yaml"
 TRAINING_PHASES = tuple(PHASE_CONFIGS)
@@ -248,14 +249,36 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, float]:
                 timings[step.name] = time.perf_counter() - start
                 _mark_complete(phase_dir, fingerprint, timings[step.name])
         fingerprints.append(fingerprint)
+    _finish(out, cfg, timings)
+    return timings
+
+
+def _finish(out: Path, cfg: PipelineConfig, timings: dict[str, float]) -> Path:
+    """Verdicts (stored with the eval results), the report, then the closing lines: verdicts, times, report."""
     from alignment.report import write_report
 
-    report = write_report(out, cfg, timings)
+    verdicts = _learning_verdicts(out, cfg)
+    report = write_report(out, cfg, timings, verdicts)
+    if verdicts:
+        print("\n" + "\n".join(f"[pipeline] {line}" for line in format_verdicts(verdicts).splitlines()))
     for name, seconds in timings.items():
         print(f"[pipeline] {name}: {seconds:.0f} s" + (" (skipped: already complete)" if seconds == 0 else ""))
     print(f"[pipeline] total: {sum(timings.values()):.0f} s")
     print(f"[pipeline] report: {report}")
-    return timings
+    return report
+
+
+def _learning_verdicts(out: Path, cfg: PipelineConfig) -> list[dict[str, Any]]:
+    """Did each policy phase beat its start model? Stored in the eval results it was judged from."""
+    verdicts, results_file = run_verdicts(out, cfg)
+    if results_file is not None:
+        # rewritten on every run, so the verdicts follow the current diagnostics even when eval was skipped
+        from alignment.evaluation.adherence import _finite
+
+        data = json.loads(results_file.read_text())
+        data["verdicts"] = verdicts
+        results_file.write_text(json.dumps(_finite(data), indent=2, allow_nan=False))
+    return verdicts
 
 
 def _warn_if_changed(phase_dir: Path, phase_cfg: Any) -> None:

@@ -1,4 +1,5 @@
-"""`runs/<run>/report.html`: one self-contained file with curves, RM diagnostics, evaluation and example answers.
+"""`runs/<run>/report.html`: one self-contained file with whether learning worked, curves, RM diagnostics,
+evaluation and example answers.
 
 Plots are matplotlib PNGs embedded as base64, so the file can be mailed or attached to a ticket.
 All model text is HTML-escaped.
@@ -118,10 +119,19 @@ def _adherence_plot(results: list[dict[str, Any]], names: list[str]) -> str:
     return _png(fig)
 
 
-def write_report(run_dir: Path, cfg: Any, timings: dict[str, float]) -> Path:
-    """Write ``run_dir/report.html`` from what the phases left on disk."""
+def write_report(run_dir: Path, cfg: Any, timings: dict[str, float],
+                 verdicts: list[dict[str, Any]] | None = None) -> Path:
+    """Write ``run_dir/report.html`` from what the phases left on disk.
+
+    ``verdicts``: :func:`alignment.verdict.run_verdicts`'s, when the caller has them; else read from disk.
+    """
     e = html.escape
-    parts = [f"<h1>Run {e(cfg.name)}</h1>", f"<p>Base model: <code>{e(cfg.model)}</code></p>"]
+    if verdicts is None:
+        from alignment.verdict import run_verdicts
+
+        verdicts = run_verdicts(run_dir, cfg)[0]
+    parts = [f"<h1>Run {e(cfg.name)}</h1>", f"<p>Base model: <code>{e(cfg.model)}</code></p>",
+             _verdict_section(verdicts)]
     parts.append('<h2>Phases</h2><table id="phases"><tr><th>phase</th><th>kind</th><th>wall time</th></tr>')
     total = 0.0
     for step in cfg.phases:
@@ -152,10 +162,51 @@ def write_report(run_dir: Path, cfg: Any, timings: dict[str, float]) -> Path:
 table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top;
 text-align:left}}.answer{{white-space:pre-wrap;font-size:0.9em}}.fail{{background:#fde8e8}}
 .pass{{background:#e8f6e8}}.plots{{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start}}
-.plots img{{max-width:calc(50% - 0.5em)}}td.num{{text-align:right}}</style></head><body>{body}</body></html>"""
+.plots img{{max-width:calc(50% - 0.5em)}}td.num{{text-align:right}}.verdict-learned{{background:#c9ecc9}}
+.verdict-no-gain{{background:#fdebc0}}.verdict-regressed{{background:#f7c4c4}}
+.verdict-not-measured{{background:#e6e6e6}}</style></head><body>{body}</body></html>"""
     path = run_dir / "report.html"
     path.write_text(page, encoding="utf-8")
     return path
+
+
+def _verdict_section(verdicts: list[dict[str, Any]]) -> str:
+    """"Did learning work?": per policy phase, its start model, adherence and RM win rate before -> after,
+    a coloured status, and for a phase that did not learn the likely cause and what to change."""
+    if not verdicts:
+        return ""
+    import re
+
+    from alignment.verdict import MIN_NET, Z
+
+    def e(text: str) -> str:  # escaped, then the recipe keys in `backticks` as code
+        return re.sub(r"`([^`<>]+)`", r"<code>\1</code>", html.escape(text))
+
+    def before_after(pair: dict[str, Any] | None, fmt: str) -> str:
+        if not pair or pair.get("after") is None:
+            return "–"
+        return f"{_num(pair.get('before'), fmt)} → {_num(pair['after'], fmt)}"
+
+    out = ['<h2>Did learning work?</h2><table id="verdicts"><tr><th>phase</th><th>started from</th>'
+           "<th>status</th><th>adherence (all policies)</th><th>RM win rate vs base</th><th>verdict</th></tr>"]
+    for v in verdicts:
+        overall = (v.get("adherence") or {}).get("all")
+        adherence = "–" if overall is None else f"{100 * overall['before']:.1f}% → {100 * overall['after']:.1f}%"
+        rm = before_after((v.get("rm") or {}).get("win_rate_vs_base"), ".2f")
+        text = e(v["summary"])
+        if v.get("cause"):
+            text += f"<br><b>Likely cause:</b> {e(v['cause'])}<br><b>Try:</b> {e(v['fix'])}"
+        if v.get("notes"):
+            text += "<br><small>Also: " + e(" ".join(v["notes"])) + "</small>"
+        css = html.escape("verdict-" + v["status"].replace(" ", "-"))
+        out.append(f"<tr><td>{e(v['phase'])}</td><td>{e(v['start'])}</td><td class=\"{css}\">{e(v['status'])}</td>"
+                   f'<td class="num">{adherence}</td><td class="num">{rm}</td><td>{text}</td></tr>')
+    out.append(f"</table><p><small>Each policy phase against the model it started from, on the eval phase's "
+               f"held-out prompts. Adherence: the share of answers passing every policy; a change counts when it "
+               f"exceeds {Z:g} standard errors of the per-prompt difference and {MIN_NET} answers, else it is "
+               "no gain. The per-policy rates are in the evaluation table below; the verdicts also in the eval "
+               "phase's results.json.</small></p>")
+    return "\n".join(out)
 
 
 def _duration(seconds: float) -> str:

@@ -162,6 +162,16 @@ def test_pipeline_auto_uses_the_rm_phase_and_the_report_shows_it(tmp_path, tiny_
 
     data = _results(runs / "eval")
     assert data["reward_model"]["model"] == str(runs / "rm" / "model")  # "auto" found the rm phase
+    # did learning work: SFT against base, printed above the wall times and stored with the results
+    (verdict,) = data["verdicts"]
+    assert (verdict["phase"], verdict["start"], verdict["prompts"]) == ("sft", "base", len(PROMPTS))
+    assert verdict["status"] in ("learned", "no gain", "regressed")
+    assert verdict["rm"]["win_rate_vs_base"] == {"before": 0.5,
+                                                 "after": data["results"][1]["vs_baseline"]["rm_win_rate"]}
+    assert lines[-7].startswith("[pipeline] Did learning work?")
+    assert lines[-6] == f"[pipeline]   {verdict['status'].upper()}  " + verdict["summary"] + (
+        f" Likely cause: {verdict['cause']} Try: {verdict['fix']}" if verdict["cause"] else "") + (
+        " Also: " + " ".join(verdict["notes"]) if verdict["notes"] else "")
     base, sft = data["results"]
     assert [base["label"], sft["label"]] == ["base", "sft"] and base["vs_baseline"] is None
     a_scores, b_scores = ([a["rm_score"] for a in r["answers"]] for r in (sft, base))
@@ -169,6 +179,7 @@ def test_pipeline_auto_uses_the_rm_phase_and_the_report_shows_it(tmp_path, tiny_
     assert sft["vs_baseline"]["rm_p_a"] == pytest.approx(mean(bt_preferences(a_scores, b_scores)))
 
     page = (runs / "report.html").read_text()
+    assert '<table id="verdicts"><tr>' in page and f'<td class="verdict-{verdict["status"].replace(" ", "-")}">' in page
     head = page.split('<table id="evaluation">', 1)[1].split("</tr>", 1)[0]
     for column in ("adherence: signoff", "RM mean score", "win rate vs base", "mean P(better than base)",
                    "mean length (tokens)", "corr(RM score, length)"):

@@ -119,3 +119,50 @@ def test_report_reads_results_from_before_reward_models(tmp_path):
                          evaluation=EvaluationConfig(prompts="p.jsonl", policies="p.yaml"))
     page = write_report(tmp_path, cfg, {}).read_text(encoding="utf-8")
     assert _cells(page, "ppo") == ["100.0%", "50.0%", "50.0%", "10.5", "–", "1"]
+
+
+def test_report_says_whether_learning_worked(tmp_path):
+    """The verdict section sits above the phases table, one coloured row per policy phase, text escaped."""
+    cfg, path = _run(tmp_path)
+    page = path.read_text(encoding="utf-8")
+    assert page.index("<h2>Did learning work?</h2>") < page.index("<h2>Phases</h2>")
+    table = page.split('<table id="verdicts">', 1)[1].split("</table>", 1)[0]
+    rows = re.findall(r"<tr><td>(.*?)</td><td>(.*?)</td><td class=\"(.*?)\">(.*?)</td>"
+                      r'<td class="num">(.*?)</td><td class="num">(.*?)</td><td>(.*?)</td></tr>', table)
+    # sft was not evaluated (not in results.json); ppo started from it, so neither can be judged
+    assert [r[:6] for r in rows] == [("sft", "base", "verdict-not-measured", "not measured", "–", "–"),
+                                     ("ppo", "sft", "verdict-not-measured", "not measured", "–", "–")]
+    assert "SFT was not measured: the eval phase has no answers from sft" in rows[0][6]
+
+    # the same run with the start model evaluated: ppo against sft, no gain, with the cause and the fix
+    results = tmp_path / "eval" / "results.json"
+    data = json.loads(results.read_text())
+    data["results"][0]["label"] = "sft"  # base's answers as if they were sft's
+    data["results"][1]["adherence"] = dict(data["results"][0]["adherence"])
+    data["results"][1]["answers"][0]["checks"]["signoff"] = False  # the same passes as sft
+    data["results"][0]["vs_baseline"] = {**data["results"][1]["vs_baseline"], "rm_win_rate": 0.75, "rm_p_a": 0.6}
+    data["results"].insert(0, {**data["results"][0], "label": "base", "vs_baseline": None})
+    for r in data["results"]:
+        r["unfinished"] = 0
+    results.write_text(json.dumps(data))
+    (tmp_path / "ppo").mkdir(exist_ok=True)
+    (tmp_path / "ppo" / "config.yaml").write_text("train: {lr: 1.0e-06, max_steps: 20}\nkl_coef: 0.05\n")
+    page = write_report(tmp_path, cfg, {}).read_text(encoding="utf-8")
+    table = page.split('<table id="verdicts">', 1)[1].split("</table>", 1)[0]
+    assert '<tr><td>ppo</td><td>sft</td><td class="verdict-no-gain">no gain</td>' \
+           '<td class="num">50.0% → 50.0%</td><td class="num">0.75 → 1.00</td>' in table
+    assert ("<br><b>Likely cause:</b> the phase moved the policy too little to show on 2 held-out prompts.<br>"
+            "<b>Try:</b> raise <code>train.max_steps</code> (now 20) or <code>train.lr</code> (now 1e-06).") in table
+    assert ".verdict-no-gain{background:" in page and ".verdict-learned{background:" in page
+
+
+def test_report_verdict_text_is_escaped(tmp_path):
+    from alignment.report import _verdict_section
+
+    verdict = {"phase": "<dpo>", "start": "/m/<x>", "status": "regressed", "adherence": None, "rm": None,
+               "summary": "a <b> summary", "cause": "x & y", "fix": "<script> `beta`", "notes": ["p <fell>."]}
+    section = _verdict_section([verdict])
+    assert "<td>&lt;dpo&gt;</td><td>/m/&lt;x&gt;</td><td class=\"verdict-regressed\">regressed</td>" in section
+    assert ("a &lt;b&gt; summary<br><b>Likely cause:</b> x &amp; y<br><b>Try:</b> &lt;script&gt; <code>beta</code>"
+            "<br><small>Also: p &lt;fell&gt;.</small>") in section
+    assert "<script>" not in section and _verdict_section([]) == ""
