@@ -232,6 +232,11 @@ class DPOConfig:
     """Conservative DPO (cDPO): the probability that a preference label is flipped."""
     simpo_gamma: float = 1.0
     """SimPO's target reward margin."""
+    rpo_alpha: float = 0.0
+    """RPO (Pang et al. 2024): add `rpo_alpha` times the chosen answers' per-token negative log-likelihood to
+    the loss, so the chosen answers stay likely while the margin grows (plain DPO may widen the margin by
+    making both answers less likely; the `warnings/chosen_logps_falling` metric shows it). 0: off; the
+    paper uses 1.0."""
     precompute_ref: bool = False
     """Compute the reference log-probabilities once before training and free the reference model."""
     negatives: Literal["auto", "pairs", "kto"] = "auto"
@@ -252,6 +257,8 @@ class DPOConfig:
             raise AlignError("must be in [0, 0.5)", field="label_smoothing")
         if self.label_smoothing and self.loss != "sigmoid":
             raise AlignError("applies to loss: sigmoid only", field="label_smoothing")
+        if self.rpo_alpha < 0:
+            raise AlignError("must be >= 0", field="rpo_alpha")
 
 
 @dataclass

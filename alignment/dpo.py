@@ -22,9 +22,10 @@ import torch
 
 from alignment import distributed as dist
 from alignment.config import DPOConfig
+from alignment.data.chat import IGNORE_INDEX
 from alignment.data.preferences import TokenizedPair, describe, tokenize_pairs
 from alignment.logits import labelled_logits, token_logps
-from alignment.losses import PREFERENCE_LOSSES, preference_metrics
+from alignment.losses import PREFERENCE_LOSSES, chosen_nll, preference_metrics
 from alignment.modeling import apply_lora, count_parameters, load_causal_lm, load_tokenizer, save_model
 from alignment.rm import collate_pairs, load_pairs, pair_lengths
 from alignment.training import (
@@ -117,9 +118,17 @@ def precompute(reference: Reference, pairs: list[TokenizedPair], batch_size: int
 # --------------------------------------------------------------------------------------------------
 # One step
 # --------------------------------------------------------------------------------------------------
+def chosen_counts(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(B,) trained-on tokens of each chosen answer (the first half of a collated pair batch), counted the
+    way :func:`alignment.logits.labelled_logits` selects them."""
+    labels = batch["labels"]
+    return (labels[: labels.shape[0] // 2, 1:] != IGNORE_INDEX).sum(dim=1).to(dist.device())
+
+
 def train_step(engine: Engine, reference: Reference | None, loss_fn: Any, micro_batches: list[dict[str, Any]],
-               keys: list[list[int]]) -> dict[str, float]:
-    """One optimizer step; the loss is the mean over every pair of the step."""
+               keys: list[list[int]], rpo_alpha: float = 0.0) -> dict[str, float]:
+    """One optimizer step; the loss is the mean over every pair of the step (plus ``rpo_alpha`` times the
+    chosen answers' per-token NLL)."""
     sums: dict[str, float] = {}
     for batch, batch_keys in zip(micro_batches, keys):
         policy_c, policy_r = batch_logps(engine.ds or engine.module, batch, loss_fn.average_logps, engine.autocast())
@@ -127,9 +136,15 @@ def train_step(engine: Engine, reference: Reference | None, loss_fn: Any, micro_
         if reference is not None:
             ref_c, ref_r = reference.logps(batch, batch_keys)
         out = loss_fn(policy_c, policy_r, ref_c, ref_r)
-        engine.backward(out.loss / len(micro_batches))
-        metrics = {"train/loss": float(out.loss.detach()), **preference_metrics(out, policy_c.detach(),
-                                                                                 policy_r.detach())}
+        loss = out.loss
+        extra = {}
+        if rpo_alpha:
+            nll = chosen_nll(policy_c, chosen_counts(batch), loss_fn.average_logps)
+            loss = loss + rpo_alpha * nll
+            extra = {"train/nll_chosen": float(nll.detach()), "train/preference_loss": float(out.loss.detach())}
+        engine.backward(loss / len(micro_batches))
+        metrics = {"train/loss": float(loss.detach()), **extra,
+                   **preference_metrics(out, policy_c.detach(), policy_r.detach())}
         for k, v in metrics.items():
             sums[k] = sums.get(k, 0.0) + v
     lr = engine.lr()
@@ -299,7 +314,7 @@ def run_dpo(cfg: DPOConfig) -> Path:
     for step in iterate_steps(start_step, schedule.total_steps, "dpo"):
         idx_lists = schedule.micro_batches(step, dist.rank())
         batches = [collate_pairs([train_pairs[i] for i in idx], pad) for idx in idx_lists]
-        metrics = train_step(engine, reference, loss_fn, batches, idx_lists)
+        metrics = train_step(engine, reference, loss_fn, batches, idx_lists, cfg.rpo_alpha)
         window_pairs += sum(len(idx) for idx in idx_lists) * dist.world_size()
         done = step + 1
         if not math.isfinite(metrics["train/loss"]):

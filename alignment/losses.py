@@ -172,6 +172,19 @@ def _check_beta(beta: float) -> None:
         raise ValueError(f"beta must be positive, got {beta}")
 
 
+def chosen_nll(chosen_logps: Tensor, chosen_counts: Tensor, averaged: bool) -> Tensor:
+    """RPO's extra term (Pang et al. 2024, "Iterative Reasoning Preference Optimization"): the negative
+    log-likelihood of the chosen answers, per token, averaged over pairs:
+    ``mean_i(-logp(y_c_i) / |y_c_i|)``.
+
+    Added to a preference loss as ``alpha * chosen_nll``, it keeps the chosen answers likely while the
+    margin grows (plain DPO can raise the margin by lowering both answers). ``averaged``: the log-probs
+    are already per-token means (IPO, SimPO).
+    """
+    per_token = chosen_logps if averaged else chosen_logps / chosen_counts.clamp(min=1).to(chosen_logps.dtype)
+    return -per_token.mean()
+
+
 class DPOLoss:
     """Sigmoid DPO (Rafailov et al. 2023, "Direct Preference Optimization", Eq. 7), optionally conservative.
 

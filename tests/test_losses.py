@@ -331,3 +331,13 @@ def test_simpo_matches_trl(monkeypatch, random_logps):
     torch.testing.assert_close(out.losses, losses)
     torch.testing.assert_close(out.chosen_rewards, chosen_rewards)
     torch.testing.assert_close(out.rejected_rewards, rejected_rewards)
+
+
+def test_chosen_nll_by_hand():
+    from alignment.losses import chosen_nll
+
+    logps = torch.tensor([-6.0, -2.0])  # summed over 3 and 4 tokens
+    counts = torch.tensor([3, 4])
+    assert chosen_nll(logps, counts, averaged=False).item() == pytest.approx((6 / 3 + 2 / 4) / 2)
+    assert chosen_nll(torch.tensor([-1.5, -0.5]), counts, averaged=True).item() == pytest.approx(1.0)
+    assert chosen_nll(torch.tensor([0.0]), torch.tensor([0]), averaged=False).item() == 0.0  # no token: no NaN
