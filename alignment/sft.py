@@ -8,7 +8,6 @@ not change what is optimised: each micro-batch contributes ``sum_nll * world / t
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from alignment import distributed as dist
-from alignment.config import SFTConfig
+from alignment.config import PreferenceDataConfig, SFTConfig
 from alignment.data.chat import IGNORE_INDEX, Tokenized, check_stop_tokens, tokenize_sft
 from alignment.logits import labelled_logits
 from alignment.modeling import apply_lora, count_parameters, load_causal_lm, load_tokenizer, save_model
@@ -64,10 +63,13 @@ def load_sft_records(cfg: SFTConfig) -> tuple[list[dict[str, Any]], list[dict[st
 
 
 def _conversation_key(messages: list[dict[str, str]]) -> str:
-    return json.dumps([(m["role"], " ".join(m["content"].split())) for m in messages])
+    """The data loaders' duplicate key (equal up to whitespace)."""
+    from alignment.data.dedup import record_key
+
+    return record_key({"messages": messages}, "sft", "messages", "whitespace")
 
 
-PREFERENCE_HOLDOUT = {"train": 0.9, "validation": 0.1}  # the RM/DPO recipes' default split
+PREFERENCE_HOLDOUT = PreferenceDataConfig().split  # what the RM/DPO phases hold out unless a recipe says otherwise
 
 
 def preferred_conversations(path: str, seed: int) -> list[dict[str, Any]]:
