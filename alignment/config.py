@@ -96,7 +96,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     warmup_ratio: float = 0.05
     scheduler: Literal["cosine", "linear", "constant"] = "cosine"
-    max_grad_norm: float = 1.0
+    max_grad_norm: float | None = 1.0
+    """Clip the global gradient norm to this value before each update; null turns clipping off."""
     bf16: Literal["auto", "true", "false"] = "auto"
     """bf16 autocast: "auto" uses it where the hardware has fast bf16 (measured at start-up)."""
     gradient_checkpointing: bool = False
@@ -126,6 +127,11 @@ class TrainConfig:
             raise AlignError("must be in [0, 1)", field="train.warmup_ratio")
         if self.lr <= 0:
             raise AlignError("must be positive", field="train.lr")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            # 0 would clip every update to nothing (a run that trains nothing and "succeeds") on one path
+            # and mean "no clipping" on another; a negative norm flips the gradient's sign.
+            raise AlignError(f"must be a positive norm, or null to turn clipping off (got {self.max_grad_norm})",
+                             field="train.max_grad_norm")
 
 
 @dataclass
@@ -195,6 +201,10 @@ class RMConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1.0e-5))
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     deepspeed: str | None = None
+    disable_dropout: bool = True
+    """Turn every dropout off in the trained model(s), LoRA's included, as TRL does: the pair's two
+    scores come from one noised forward each, so dropout adds noise to their difference and to the
+    statistics PPO normalises with."""
     use_margin: bool = False
     """Subtract each pair's margin inside the loss (Llama 2): from a `margin` column or the rank gap."""
     center_coef: float = 0.0
@@ -223,6 +233,10 @@ class DPOConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1.0e-6))
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     deepspeed: str | None = None
+    disable_dropout: bool = True
+    """Turn every dropout off in the trained model(s), LoRA's included, as TRL does: the policy's
+    log-probs are compared with the reference's, and a dropout-noised
+    forward makes the implicit reward noise (non-zero before any update)."""
     loss: Literal["sigmoid", "ipo", "simpo"] = "sigmoid"
     """sigmoid: DPO (Rafailov et al. 2023); ipo: IPO (Azar et al. 2023); simpo: reference-free SimPO
     (Meng et al. 2024)."""
@@ -303,6 +317,9 @@ class PPOConfig:
     """`batch_size` is prompts per rollout batch per process; `max_steps` counts rollout batches."""
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     deepspeed: str | None = None
+    disable_dropout: bool = True
+    """Turn every dropout off in the trained model(s), LoRA's included, as TRL does: the ratio of two
+    dropout-noised forwards is not the policy ratio PPO clips, and the value estimates get noisier."""
     ppo_epochs: int = 2
     """Passes over each rollout batch."""
     num_minibatches: int = 2

@@ -113,6 +113,15 @@ def all_reduce_sum(values: list[float]) -> list[float]:
     return t.tolist()
 
 
+def all_reduce_max(value: float) -> float:
+    """The largest of one scalar over processes."""
+    if not torch.distributed.is_initialized():
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device())
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return float(t.item())
+
+
 # --------------------------------------------------------------------------------------------------
 # DeepSpeed configs
 # --------------------------------------------------------------------------------------------------
@@ -136,7 +145,7 @@ def load_config(name_or_path: str) -> dict[str, Any]:
         raise AlignError(f"invalid JSON: {exc.msg}", file=path, line=exc.lineno) from None
 
 
-def fill_auto(config: dict[str, Any], *, micro_batch: int, grad_accum: int, max_grad_norm: float,
+def fill_auto(config: dict[str, Any], *, micro_batch: int, grad_accum: int, max_grad_norm: float | None,
               bf16_weights: bool) -> dict[str, Any]:
     """Replace "auto" values with the recipe's; an explicit value that disagrees is an error."""
     world = world_size()
@@ -144,7 +153,7 @@ def fill_auto(config: dict[str, Any], *, micro_batch: int, grad_accum: int, max_
         "train_micro_batch_size_per_gpu": micro_batch,
         "gradient_accumulation_steps": grad_accum,
         "train_batch_size": micro_batch * grad_accum * world,
-        "gradient_clipping": max_grad_norm,
+        "gradient_clipping": 0.0 if max_grad_norm is None else max_grad_norm,  # DeepSpeed's 0: no clipping
     }
     config = json.loads(json.dumps(config))
     for key, value in wanted.items():

@@ -26,7 +26,14 @@ from alignment.data.chat import IGNORE_INDEX
 from alignment.data.preferences import TokenizedPair, describe, tokenize_pairs
 from alignment.logits import labelled_logits, token_logps
 from alignment.losses import PREFERENCE_LOSSES, chosen_nll, preference_metrics
-from alignment.modeling import apply_lora, count_parameters, load_causal_lm, load_tokenizer, save_model
+from alignment.modeling import (
+    apply_lora,
+    count_parameters,
+    disable_dropout,
+    load_causal_lm,
+    load_tokenizer,
+    save_model,
+)
 from alignment.rm import collate_pairs, load_pairs, pair_lengths
 from alignment.training import (
     Engine,
@@ -268,6 +275,8 @@ def run_dpo(cfg: DPOConfig) -> Path:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if cfg.lora.enabled:
             model.enable_input_require_grads()
+    if cfg.disable_dropout and (n := disable_dropout(model)):
+        log(f"[dpo] dropout turned off in {n} places (disable_dropout: false keeps it)")
     separate_ref = cfg.ref_model is not None and cfg.ref_model != cfg.model
     frozen = None
     if loss_fn.needs_reference and (separate_ref or not cfg.lora.enabled) and not (
@@ -294,7 +303,7 @@ def run_dpo(cfg: DPOConfig) -> Path:
     if reference is not None and cfg.precompute_ref:
         cache_file = out / "reference_logps.pt"
         if resume_from is not None and cache_file.exists():
-            reference.cache = torch.load(cache_file)
+            reference.cache = torch.load(cache_file, weights_only=True)
         else:
             # Before any update: the policy is still the reference (or the frozen copy is). Only the
             # pairs the run reads (a run shorter than an epoch reads fewer), and the held-out ones.

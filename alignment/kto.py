@@ -184,7 +184,7 @@ def build_args(cfg: DPOConfig, out: Path, bf16: bool, has_eval: bool, ds_config:
         warmup_steps=t.warmup_ratio,  # transformers 5: a value below 1 is a ratio of the total steps
         lr_scheduler_type=SCHEDULERS[t.scheduler],
         weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm,
+        max_grad_norm=0.0 if t.max_grad_norm is None else t.max_grad_norm,  # transformers' 0: no clipping
         seed=t.seed,
         data_seed=t.seed,
         bf16=bf16,  # KTOConfig would default to True
@@ -196,7 +196,7 @@ def build_args(cfg: DPOConfig, out: Path, bf16: bool, has_eval: bool, ds_config:
         # TRL's choice, kept: without dropout the policy and reference log-probs (and so KTO's rewards
         # and KL reference point) are not noise; the adapter-off and adapter-copy references run through
         # the training-mode model and would otherwise get dropout too.
-        disable_dropout=True,
+        disable_dropout=cfg.disable_dropout,
         logging_steps=t.log_every,
         eval_strategy="steps" if eval_steps else "no",
         eval_steps=t.eval_every if eval_steps else None,

@@ -11,7 +11,8 @@ output layer to those rows alone: same numbers, fewer FLOPs, and an (N, V) tenso
 Works through PEFT wrappers (LoRA layers live inside the decoder's modules, and ``disable_adapter``
 still applies) and DeepSpeed engines (ZeRO-3 gathers each submodule's parameters in its own
 forward hooks, so calling the decoder and the head directly gathers what they need). Models whose
-layout we do not know fall back to the full forward.
+layout we do not know fall back to the full forward, and so do models whose forward turns out to do
+more than ``head(decoder(x))``: the first batch of every model is checked against its own forward.
 """
 
 from __future__ import annotations
@@ -59,7 +60,12 @@ def split_model(model: Any) -> tuple[Any, Any] | None:
     if get_decoder is None or get_head is None:
         return None
     config = getattr(inner, "config", None)
-    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None) not in (None, 1.0):
+    if getattr(config, "final_logit_softcapping", None):
+        return None
+    # Known output scalings: Cohere's logit_scale, Granite's logits_scaling (logits divided by it),
+    # Falcon-H1's lm_head_multiplier. Others are caught by the first-batch check in labelled_logits.
+    if any(getattr(config, name, None) not in (None, 1, 1.0)
+           for name in ("logit_scale", "logits_scaling", "lm_head_multiplier")):
         return None
     decoder, head = get_decoder(), get_head()
     if decoder is None or head is None or decoder is inner:
@@ -103,6 +109,8 @@ def labelled_logits(model: Any, input_ids: torch.Tensor, labels: torch.Tensor,
     if position_ids is not None:
         inputs["position_ids"] = position_ids
     parts = split_model(model)
+    if parts is not None and not _shortcut_verified(model, parts, inputs, keep, targets):
+        parts = None
     if parts is None:
         logits = model(**inputs).logits[:, :-1][keep]  # (N, V)
     else:
@@ -110,6 +118,43 @@ def labelled_logits(model: Any, input_ids: torch.Tensor, labels: torch.Tensor,
         hidden = decoder(**inputs).last_hidden_state  # (B, T, H)
         logits = head(hidden[:, :-1][keep])  # (N, V)
     return LabelledLogits(logits, targets, rows, input_ids.shape[0])
+
+
+SHORTCUT_TOLERANCE = 0.05  # nats: mean |difference| of the target log-probs the two paths may show (bf16 noise)
+_VERDICT = "_alignment_logits_shortcut"  # attribute on the inner model: the first batch's verdict
+
+
+def _shortcut_verified(model: Any, parts: tuple[Any, Any], inputs: dict[str, Any], keep: torch.Tensor,
+                       targets: torch.Tensor) -> bool:
+    """Whether ``head(decoder(x))`` gives the model's own log-probs, checked once per model on its first batch.
+
+    An architecture can change its logits after the output layer in ways no config field announces (a
+    multiplier, a soft cap, a bias); the shortcut would then train on log-probs that differ from what the
+    model computes (on a tiny Granite, -182 against -76 nats per sequence). The check costs one extra
+    forward, once. Every process reaches the same verdict (the decision is reduced over ranks), so under
+    ZeRO-3 they keep running the same collective forwards.
+    """
+    from alignment import distributed as dist
+
+    inner = _unwrap(model)
+    verdict = getattr(inner, _VERDICT, None)
+    if verdict is not None:
+        return verdict
+    decoder, head = parts
+    with torch.no_grad():
+        full = model(**inputs).logits[:, :-1][keep]
+        short = head(decoder(**inputs).last_hidden_state[:, :-1][keep])
+        batch = LabelledLogits(full, targets, targets.new_zeros(targets.shape), 1)
+        gap = (token_logps(batch) - token_logps(LabelledLogits(short, targets, batch.rows, 1))).abs()
+        local = float(gap.mean()) if gap.numel() else 0.0
+    worst = dist.all_reduce_max(local)
+    verdict = worst <= SHORTCUT_TOLERANCE
+    if not verdict and dist.is_main():
+        print(f"[logits] WARNING: {type(inner).__name__}'s forward does more than its output layer applied to its "
+              f"decoder (target log-probs differ by {worst:.3f} nats on average on the first batch); every batch "
+              "runs the full forward instead (slower, correct)", flush=True)
+    setattr(inner, _VERDICT, verdict)
+    return verdict
 
 
 def token_logps(out: LabelledLogits) -> torch.Tensor:

@@ -86,6 +86,29 @@ def apply_lora(model: torch.nn.Module, cfg: LoRAConfig, task_type: str = "CAUSAL
     return get_peft_model(model, lora)
 
 
+DROPOUT_ATTRIBUTES = ("attention_dropout", "attn_dropout", "dropout_p")  # probabilities attention reads per call
+
+
+def disable_dropout(model: torch.nn.Module) -> int:
+    """Set every dropout of ``model`` to 0, LoRA's included; returns how many were non-zero.
+
+    ``nn.Dropout`` modules cover MLP, embedding, residual and LoRA dropout. Attention dropout is often a
+    float on the attention module that the attention function reads in training mode (Llama, Qwen, Mistral,
+    Gemma...), so those attributes are zeroed too.
+    """
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd):
+            changed += module.p > 0
+            module.p = 0.0
+        for name in DROPOUT_ATTRIBUTES:
+            value = getattr(module, name, None)
+            if isinstance(value, float) and not isinstance(value, bool):
+                changed += value > 0
+                setattr(module, name, 0.0)
+    return int(changed)
+
+
 def is_reward_model(path: Path) -> bool:
     config = path / "config.json"
     if not config.exists():

@@ -33,6 +33,7 @@ from alignment.logits import causal_mask
 from alignment.modeling import (
     apply_lora,
     count_parameters,
+    disable_dropout,
     load_causal_lm,
     load_reward_model,
     load_tokenizer,
@@ -352,6 +353,10 @@ def run_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> Path:
         critic_model = load_reward_model(cfg.reward_model or cfg.model)
         critic_model.config.pad_token_id = tokenizer.pad_token_id
 
+    if cfg.disable_dropout:
+        n = sum(disable_dropout(m) for m in (policy_model, critic_model) if m is not None)
+        if n:
+            log(f"[ppo] dropout turned off in {n} places (disable_dropout: false keeps it)")
     bf16 = use_bf16(cfg.train.bf16)
     schedule = Schedule.create(len(prompts), cfg.train, dist.world_size())
     updates = schedule.total_steps * cfg.ppo_epochs * cfg.num_minibatches

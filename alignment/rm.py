@@ -29,7 +29,14 @@ from alignment.data.preferences import (
 from alignment.evaluation.rm_diagnostics import diagnose, verdict
 from alignment.logits import causal_mask
 from alignment.losses import bradley_terry_loss, reward_model_metrics
-from alignment.modeling import apply_lora, count_parameters, load_reward_model, load_tokenizer, save_model
+from alignment.modeling import (
+    apply_lora,
+    count_parameters,
+    disable_dropout,
+    load_reward_model,
+    load_tokenizer,
+    save_model,
+)
 from alignment.reward import LastTokenScores, save_reward_stats
 from alignment.training import (
     Engine,
@@ -188,6 +195,8 @@ def run_rm(cfg: RMConfig) -> Path:
     model.config.pad_token_id = tokenizer.pad_token_id
     if cfg.lora.enabled:
         model = apply_lora(model, cfg.lora, task_type="SEQ_CLS")
+    if cfg.disable_dropout and (n := disable_dropout(model)):
+        log(f"[rm] dropout turned off in {n} places (disable_dropout: false keeps it)")
     if cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     trainable, total = count_parameters(model)

@@ -244,7 +244,8 @@ class Engine:
             norm = self.ds.get_global_grad_norm()
             return float(norm) if norm is not None else float("nan")
         params = [p for p in self.model.parameters() if p.requires_grad]
-        norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm)
+        max_norm = self.cfg.max_grad_norm if self.cfg.max_grad_norm is not None else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)  # inf: measures the norm, scales by 1
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -284,30 +285,45 @@ class Engine:
             tmp.rename(directory)
         dist.barrier()
 
+    def trained_state(self) -> dict[str, torch.Tensor]:
+        """The parameters training changes: all of them in full fine-tuning, the adapter (and any new head)
+        with LoRA. The frozen base is the starting model the recipe names, so a checkpoint need not hold it
+        (a 7B base is ~28 GB in fp32 per save; its LoRA adapter a few MB)."""
+        return {name: p.detach() for name, p in self.model.named_parameters() if p.requires_grad}
+
     def _write_state(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         if self.ds is not None:
-            self.ds.save_checkpoint(str(folder), tag="ds", client_state={})
+            self.ds.save_checkpoint(str(folder), tag="ds", client_state={}, exclude_frozen_parameters=True)
         elif dist.is_main():
-            torch.save({"model": dict(self.model.state_dict()), "optimizer": self.optimizer.state_dict(),
+            torch.save({"model": self.trained_state(), "optimizer": self.optimizer.state_dict(),
                         "scheduler": self.scheduler.state_dict()}, folder / "engine.pt")
 
     def _read_state(self, folder: Path) -> None:
         if self.ds is not None:
+            # Frozen parameters are not in the checkpoint (see _write_state); they come from the start model.
             self.ds.load_checkpoint(str(folder), tag="ds", load_optimizer_states=True,
-                                    load_lr_scheduler_states=True)
-        else:
-            blob = torch.load(folder / "engine.pt", map_location=dist.device(), weights_only=False)
-            self.model.load_state_dict(blob["model"])
-            self.optimizer.load_state_dict(blob["optimizer"])
-            self.scheduler.load_state_dict(blob["scheduler"])
+                                    load_lr_scheduler_states=True, load_module_strict=False)
+            return
+        blob = torch.load(folder / "engine.pt", map_location=dist.device(), weights_only=True)
+        wanted, saved = set(self.trained_state()), set(blob["model"])
+        if wanted != saved:
+            from alignment.errors import AlignError
+
+            differ = sorted(wanted ^ saved)
+            raise AlignError(f"this checkpoint's trained parameters are not this run's ({len(differ)} differ, e.g. "
+                             f"{differ[0]}): it comes from another setup (LoRA on/off, other target modules)",
+                             file=folder / "engine.pt", field="train.resume")
+        self.model.load_state_dict(blob["model"], strict=False)
+        self.optimizer.load_state_dict(blob["optimizer"])
+        self.scheduler.load_state_dict(blob["scheduler"])
 
     def load_checkpoint(self, directory: Path, others: dict[str, Engine] | None = None) -> dict[str, Any]:
         for folder, engine in {"": self, **(others or {})}.items():
             engine._read_state(directory / folder)
         rng_file = directory / f"rng_rank{dist.rank()}.pt"
         if rng_file.exists():
-            _set_rng_state(torch.load(rng_file, weights_only=False))
+            _set_rng_state(torch.load(rng_file, weights_only=True))
         return json.loads((directory / "trainer_state.json").read_text())
 
     def gathered(self) -> Any:
@@ -323,13 +339,18 @@ class Engine:
 
 
 def _rng_state() -> dict[str, Any]:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+    """Every generator's state in types ``torch.load(weights_only=True)`` reads (numpy's key array as a tensor)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+    return {"python": random.getstate(), "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos),
+                                                   int(has_gauss), float(gauss)],
+            "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

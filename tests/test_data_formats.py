@@ -346,6 +346,32 @@ def test_prompt_messages_ending_with_an_answer(tmp_path):
     assert err.field == "prompt[1].role"
 
 
+@pytest.mark.parametrize(
+    ("kind", "record", "field"),
+    [
+        ("preference", {"prompt": "", "chosen": "a", "rejected": "b"}, "prompt"),
+        ("preference", {"prompt": "  \n ", "chosen": "a", "rejected": "b"}, "prompt"),
+        ("preference", {"prompt": [user("context"), bot("ok"), user(" ")], "chosen": "a", "rejected": "b"},
+         "prompt[2].content"),
+        ("unpaired", {"prompt": "", "completion": "a", "label": True}, "prompt"),
+        ("ranked", {"prompt": "", "responses": ["a", "b"], "ranks": [1, 2]}, "prompt"),
+        ("prompts", {"prompt": ""}, "prompt"),
+        ("prompts", {"messages": [{"role": "system", "content": "be kind"}, user("")]}, "messages[1].content"),
+        ("sft", {"prompt": " ", "completion": "a"}, "prompt"),
+    ],
+)
+def test_empty_prompts_are_refused_with_file_line_and_field(tmp_path, kind, record, field):
+    listed = isinstance(record.get("prompt"), list)  # a field keeps one type across records
+    good = {"preference": {"prompt": [user("hi")] if listed else "hi", "chosen": "a", "rejected": "b"},
+            "unpaired": {"prompt": "hi", "completion": "a", "label": True},
+            "ranked": {"prompt": "hi", "responses": ["a", "b"], "ranks": [1, 2]},
+            "prompts": {"prompt": "hi"} if "prompt" in record else {"messages": [user("hi")]},
+            "sft": {"prompt": "hi", "completion": "a"}}[kind]
+    err = bad(tmp_path, kind, [good, record])
+    assert (err.line, err.field) == (2, field)
+    assert "is empty" in err.message
+
+
 # ----------------------------------------------------------------------------------- preference
 
 

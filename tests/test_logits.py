@@ -142,3 +142,63 @@ def test_right_padded_scores_and_gradients_match_with_the_mask(tiny_rm_dir: Path
     for name in g_masked:
         torch.testing.assert_close(g_unmasked[name], g_masked[name], rtol=1e-4, atol=1e-6, msg=name)
     scorer.remove()
+
+
+# --------------------------------------------------------------------------------------------------
+# Architectures that change their logits after the output layer
+# --------------------------------------------------------------------------------------------------
+def _tiny_granite() -> torch.nn.Module:
+    from transformers import GraniteConfig, GraniteForCausalLM
+
+    torch.manual_seed(0)
+    config = GraniteConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, logits_scaling=8.0)
+    return GraniteForCausalLM(config).eval()
+
+
+def test_granite_logits_scaling_takes_the_full_forward() -> None:
+    model = _tiny_granite()
+    assert split_model(model) is None  # its forward divides the output layer's logits by logits_scaling
+    ids, mask, labels = _batch(model.config.vocab_size)
+    out = labelled_logits(model, ids, labels, mask)
+    torch.testing.assert_close(out.per_row_sum(token_logps(out)), _full(model, ids, mask, labels))
+
+
+class _ScaledLlama(torch.nn.Module):
+    """A model whose forward scales the output layer's logits with nothing in its config saying so."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.config = inner.config
+
+    def get_decoder(self) -> torch.nn.Module:
+        return self.inner.get_decoder()
+
+    def get_output_embeddings(self) -> torch.nn.Module:
+        return self.inner.get_output_embeddings()
+
+    def forward(self, **kwargs):
+        out = self.inner(**kwargs)
+        out.logits = out.logits * 3.0
+        return out
+
+
+def test_an_unannounced_logit_scale_is_caught_on_the_first_batch(tiny_model_dir: Path, capsys) -> None:
+    model = _ScaledLlama(load_causal_lm(tiny_model_dir))
+    assert split_model(model) is not None  # nothing in the config gives it away
+    ids, mask, labels = _batch(model.config.vocab_size)
+    for _ in range(2):  # the verdict is kept: the second batch takes the full forward without a second check
+        out = labelled_logits(model, ids, labels, mask)
+        torch.testing.assert_close(out.per_row_sum(token_logps(out)), _full(model, ids, mask, labels))
+    assert capsys.readouterr().out.count("WARNING") == 1
+
+
+def test_a_plain_model_keeps_the_shortcut_after_its_check(tiny_model_dir: Path, capsys) -> None:
+    from alignment.logits import _VERDICT
+
+    model = load_causal_lm(tiny_model_dir)
+    ids, mask, labels = _batch(model.config.vocab_size)
+    labelled_logits(model, ids, labels, mask)
+    assert getattr(model, _VERDICT) is True
+    assert "WARNING" not in capsys.readouterr().out

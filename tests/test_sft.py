@@ -104,6 +104,42 @@ def test_lora_saves_adapter_and_merged(tmp_path, tiny_model_dir, sft_file):
     torch.testing.assert_close(model(ids).logits, expected, rtol=1e-4, atol=1e-4)
 
 
+def test_lora_checkpoint_holds_the_adapter_and_resumes_exactly(tmp_path, tiny_model_dir, sft_file):
+    lora = ["lora.enabled=true", "lora.r=4", "lora.dropout=0.0"]
+    full = tmp_path / "full"
+    assert main(["sft", "--config", str(_recipe(tmp_path, tiny_model_dir, sft_file, full, lr=1e-2)), *lora]) == 0
+    blob = torch.load(full / "checkpoints" / "step-3" / "engine.pt", weights_only=True)  # no pickled code
+    assert blob["model"] and all("lora_" in name for name in blob["model"])  # the adapter, not the frozen base
+    adapter = sum(t.numel() for t in blob["model"].values())
+    base = sum(t.numel() for t in _weights(tiny_model_dir).values())
+    assert adapter < base / 20
+    assert len(blob["optimizer"]["state"]) == len(blob["model"])  # its optimizer state, one entry per tensor
+
+    part = tmp_path / "part"
+    (part / "checkpoints").mkdir(parents=True)
+    shutil.copytree(full / "checkpoints" / "step-3", part / "checkpoints" / "step-3")
+    rows = [r for r in read_metrics(full / "metrics.jsonl") if r["step"] <= 3]
+    (part / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["sft", "--config", str(_recipe(tmp_path, tiny_model_dir, sft_file, part, lr=1e-2)), *lora]) == 0
+    a, b = read_metrics(full / "metrics.jsonl"), read_metrics(part / "metrics.jsonl")
+    losses = [[r["train/loss"] for r in rows if "train/loss" in r] for rows in (a, b)]
+    assert len(losses[0]) == 6 and losses[1] == pytest.approx(losses[0], rel=1e-5)
+    wa = load_file(str(full / "model" / "adapter_model.safetensors"))
+    wb = load_file(str(part / "model" / "adapter_model.safetensors"))
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)
+
+
+def test_a_checkpoint_of_another_setup_is_refused(tmp_path, tiny_model_dir, sft_file, capsys):
+    out = tmp_path / "run"
+    recipe = _recipe(tmp_path, tiny_model_dir, sft_file, out, max_steps=4)
+    assert main(["sft", "--config", str(recipe), "lora.enabled=true", "lora.r=4"]) == 0  # checkpoint at step 3
+    # the same folder resumed as full fine-tuning: the LoRA checkpoint cannot be this run's state
+    assert main(["sft", "--config", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert "engine.pt" in err and "train.resume" in err and "another setup" in err
+
+
 def test_packing_trains(tmp_path, tiny_model_dir, sft_file):
     out = tmp_path / "packed"
     recipe = _recipe(tmp_path, tiny_model_dir, sft_file, out)

@@ -363,15 +363,22 @@ def _prompt_turns(value: Any, field: str, problems: Problems) -> list[Message] |
     """Prompt messages must end where the model answers: with a user (or tool-result) turn."""
     turns = _turns(value, field, "user", problems)
     if turns is not None:
-        _check_prompt_end(turns, field, problems)
+        _check_prompt_end(turns, field, problems, plain=isinstance(_parse_json(value, field, [], strict=False), str))
     return turns
 
 
-def _check_prompt_end(turns: list[Message], field: str, problems: Problems, hint: str = "") -> None:
-    role = turns[-1]["role"]
+def _check_prompt_end(turns: list[Message], field: str, problems: Problems, hint: str = "", *,
+                      plain: bool = False) -> None:
+    """The last turn is the user's (or a tool result) and has text: an empty prompt trains the model to answer
+    nothing in particular, and every answer to it teaches the same thing. ``plain``: the prompt was one string."""
+    last = len(turns) - 1
+    role = turns[last]["role"]
     if role not in PROMPT_END_ROLES:
         problem = f"a prompt must end with a user turn, this one ends with '{role}'{hint}"
-        problems.append((f"{field}[{len(turns) - 1}].role", problem))
+        problems.append((f"{field}[{last}].role", problem))
+    elif not str(turns[last].get("content", "")).strip():
+        problems.append((field if plain else f"{field}[{last}].content",
+                         "is empty; a prompt needs the text the answer responds to"))
 
 
 def _completion_turns(value: Any, field: str, problems: Problems) -> list[Message] | None:
