@@ -1,8 +1,10 @@
 """Pipeline recipes: phases in order, each consuming the previous outputs, skipped when complete.
 
 A phase is complete when its folder holds ``complete.json`` with the fingerprint of the resolved
-config it ran (and of the phases it consumed). Re-running a pipeline skips complete phases; a phase
-killed half-way has no marker, runs again, and its trainer resumes from the last checkpoint.
+config it ran, of the content of the data it read (files by their bytes, a feedback store by the pairs it
+exports), and of the phases it consumed. Re-running a pipeline skips complete phases and re-runs, saying
+why, those whose recipe or data changed (and every phase after them); a phase killed half-way has no
+marker, runs again, and its trainer resumes from the last checkpoint.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from alignment.config import (
     save_config,
     to_dict,
 )
+from alignment.data.fingerprint import config_sources, data_fingerprint
 from alignment.errors import AlignError
 from alignment.verdict import format_verdicts, run_verdicts
 
@@ -105,14 +108,28 @@ def _fingerprint(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _is_complete(phase_dir: Path, fingerprint: str) -> bool:
+def _is_complete(phase_dir: Path, fingerprint: str, data: dict[str, str] | None = None,
+                 sources: dict[str, str] | None = None) -> bool:
+    """Whether the phase completed with this fingerprint; when it completed with another because its data
+    changed (``data``: hash per field, ``sources``: the paths), say which data, so a re-run is not a mystery."""
     marker = phase_dir / "complete.json"
-    return marker.exists() and json.loads(marker.read_text()).get("fingerprint") == fingerprint
+    if not marker.exists():
+        return False
+    done = json.loads(marker.read_text())
+    if done.get("fingerprint") == fingerprint:
+        return True
+    before = done.get("data") or {}
+    changed = [name for name, digest in (data or {}).items() if name in before and before[name] != digest]
+    if changed:
+        print(f"[pipeline] {phase_dir.name}: its data changed since it completed ("
+              + ", ".join(f"{name}: {(sources or {}).get(name, '?')}" for name in changed) + "); running it again")
+    return False
 
 
-def _mark_complete(phase_dir: Path, fingerprint: str, seconds: float) -> None:
+def _mark_complete(phase_dir: Path, fingerprint: str, seconds: float, data: dict[str, str] | None = None) -> None:
     phase_dir.mkdir(parents=True, exist_ok=True)
-    (phase_dir / "complete.json").write_text(json.dumps({"fingerprint": fingerprint, "seconds": seconds}))
+    (phase_dir / "complete.json").write_text(json.dumps({"fingerprint": fingerprint, "seconds": seconds,
+                                                         "data": data or {}}))
 
 
 def _resolve_reference(value: str, outputs: dict[str, str]) -> str:
@@ -220,8 +237,10 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, float]:
                 if key in phase_overrides:
                     phase_overrides[key] = _resolve_reference(phase_overrides[key], outputs)
             phase_cfg = load_config(PHASE_CONFIGS[step.kind], step.recipe, phase_overrides)
-            fingerprint = _fingerprint([fingerprints, to_dict(phase_cfg), cfg.deepspeed, cfg.num_processes])
-            if _is_complete(phase_dir, fingerprint):
+            sources = config_sources(phase_cfg)
+            data = data_fingerprint(sources)
+            fingerprint = _fingerprint([fingerprints, to_dict(phase_cfg), cfg.deepspeed, cfg.num_processes, data])
+            if _is_complete(phase_dir, fingerprint, data, sources):
                 print(f"[pipeline] {step.name}: complete, skipped")
                 timings[step.name] = 0.0
             else:
@@ -229,7 +248,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, float]:
                 print(f"[pipeline] {step.name}: {step.kind} from {phase_cfg.model}")
                 _run_training_phase(step.kind, phase_cfg, cfg.deepspeed, cfg.num_processes)
                 timings[step.name] = time.perf_counter() - start
-                _mark_complete(phase_dir, fingerprint, timings[step.name])
+                _mark_complete(phase_dir, fingerprint, timings[step.name], data)
             outputs[step.name] = str(phase_dir / "model")
             if step.kind in POLICY_PHASES:
                 current_model = outputs[step.name]
@@ -239,15 +258,17 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, float]:
         else:
             models = {"base": cfg.model, **policies}
             reward_model = _eval_reward_model(cfg.evaluation.reward_model, outputs, reward_models)
+            sources = config_sources(cfg.evaluation, ("prompts", "policies"))
+            data = data_fingerprint(sources)
             fingerprint = _fingerprint([fingerprints, _generation_settings(cfg.evaluation), models, reward_model,
-                                        _model_stamp(reward_model) if reward_model else None])
-            if _is_complete(phase_dir, fingerprint):
+                                        _model_stamp(reward_model) if reward_model else None, data])
+            if _is_complete(phase_dir, fingerprint, data, sources):
                 print(f"[pipeline] {step.name}: complete, skipped")
                 timings[step.name] = 0.0
             else:
                 _run_eval_phase(cfg, phase_dir, models, reward_model)
                 timings[step.name] = time.perf_counter() - start
-                _mark_complete(phase_dir, fingerprint, timings[step.name])
+                _mark_complete(phase_dir, fingerprint, timings[step.name], data)
         fingerprints.append(fingerprint)
     _finish(out, cfg, timings)
     return timings

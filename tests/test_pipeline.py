@@ -104,3 +104,49 @@ def test_eval_command(tmp_path, tiny_model_dir, capsys):
     result = json.loads(out.read_text())["results"][0]
     assert result["adherence"]["signoff"] == 0.0  # four random tokens never sign off
     assert result["unfinished"] > 0
+
+
+def test_changed_data_reruns_the_phase_and_says_why(tmp_path, tiny_model_dir, sft_file, capsys):
+    path = _pipeline(tmp_path, tiny_model_dir, sft_file)
+    data = json.loads(path.read_text())
+    data["phases"] = data["phases"][:1]
+    path.write_text(json.dumps(data))
+    assert main(["run", str(path)]) == 0
+    capsys.readouterr()
+    sft_file.write_text(sft_file.read_text(), encoding="utf-8")  # rewritten with the same bytes: still complete
+    assert main(["run", str(path)]) == 0
+    assert "sft: complete, skipped" in capsys.readouterr().out
+    # a new export under the same name: the phase trains again, and the log names the file that changed
+    lines = sft_file.read_text().splitlines()
+    sft_file.write_text("\n".join(lines[:-1]) + "\n", encoding="utf-8")
+    assert main(["run", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "skipped" not in out
+    assert f"sft: its data changed since it completed (data.train: {sft_file})" in out
+
+
+def test_store_fingerprint_follows_the_judgments(tmp_path):
+    from alignment.data.fingerprint import source_digest
+    from feedback_app.store import Judgment, Store
+
+    db = tmp_path / "feedback.db"
+    store = Store(db)
+    p = store.ensure_project("desk")
+    store.add_prompts(p.id, [[{"role": "user", "content": f"question {i}"}] for i in range(3)])
+    for item_id, prompt, missing in store.items_short_of_candidates(p.id, 2):
+        store.add_candidates(item_id, [(f"answer {j} to {prompt[0]['content']}", "m", {}) for j in range(missing)])
+    user = store.add_user("ann", "annotator", "password-ann")
+
+    def judge(key: str, order: tuple[int, int]) -> None:
+        item_id = store.next_item(user, p)
+        item = store.item(item_id)
+        store.submit(user, item_id, Judgment(ranks={item.candidates[i].id: r + 1 for r, i in enumerate(order)}),
+                     key)
+
+    judge("k1", (0, 1))
+    first = source_digest(str(db))
+    assert source_digest(str(db)) == first and source_digest(f"{db}#desk") != "missing"
+    judge("k2", (1, 0))  # a new judgment: new pairs
+    assert source_digest(str(db)) != first
+    store.close()
+    assert source_digest(str(tmp_path / "absent.jsonl")) == "missing"

@@ -1,0 +1,66 @@
+"""What a phase's data is, as a short hash: a pipeline re-runs a complete phase when its data changed.
+
+A data file (or a saved dataset folder) is hashed by content, so a new export under the same name counts as
+new data and a touched file with the same bytes does not. A feedback store is hashed by the preference pairs
+it exports now, so new or revised judgments re-run the phases that train on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+DATA_FIELDS = ("data.train", "data.validation", "data.preferred", "policies")  # files a phase recipe reads
+CHUNK = 1 << 20
+
+
+def _file_digest(path: Path, h: Any) -> None:
+    with path.open("rb") as f:
+        while block := f.read(CHUNK):
+            h.update(block)
+
+
+def source_digest(spec: str) -> str:
+    """A content hash of one data source: a file, a saved dataset folder (``DIR`` or ``DIR::split``) or a
+    feedback store (``feedback.db``, ``feedback.db#project`` or a database URL). "missing" when absent."""
+    from alignment.data.preferences import is_feedback_store
+
+    h = hashlib.sha256()
+    path = Path(spec)
+    if not path.exists() and "::" in spec:
+        path = Path(spec.rsplit("::", 1)[0])  # a split of a saved DatasetDict: the whole folder counts
+    if path.is_file() and not is_feedback_store(spec):
+        _file_digest(path, h)
+    elif path.is_dir():
+        for f in sorted(p for p in path.rglob("*") if p.is_file()):
+            h.update(str(f.relative_to(path)).encode() + b"\0")
+            _file_digest(f, h)
+    elif is_feedback_store(spec):
+        from feedback_app.export import preference_examples
+
+        examples, _ = preference_examples(spec)
+        h.update(json.dumps([[e.prompt, e.chosen, e.rejected, e.margin] for e in examples], sort_keys=True,
+                            default=str).encode())
+    else:
+        return "missing"
+    return h.hexdigest()[:16]
+
+
+def config_sources(cfg: Any, fields: Iterable[str] = DATA_FIELDS) -> dict[str, str]:
+    """``{dotted field: path}`` of the data sources a phase config names (unset fields left out)."""
+    found: dict[str, str] = {}
+    for dotted in fields:
+        node: Any = cfg
+        for part in dotted.split("."):
+            node = getattr(node, part, None)
+        if isinstance(node, str) and node:
+            found[dotted] = node
+    return found
+
+
+def data_fingerprint(sources: dict[str, str]) -> dict[str, str]:
+    """``{dotted field: content hash}`` of each source."""
+    return {name: source_digest(spec) for name, spec in sources.items()}
