@@ -98,6 +98,29 @@ def test_report_has_every_row_and_failures():
     assert "| base | 10.0% | 10.0% | 80.0% | 80.0% |" in text
 
 
+def test_merge_writes_one_table_from_several_runs(tmp_path: Path):
+    def report(date: str, domain: str, adherence: float, cpu: str = "CPU X") -> Path:
+        row = {"rules": ["opening_line", "no_hype_words"], "sizes": {"sft": 1, "prefs": 1, "heldout": 1},
+               "models": {m: _row(adherence) for m in run.MODELS}, "ours": {"ok": True, "phases": {}},
+               "trl": {"ok": True, "phases": {}}}
+        path = tmp_path / f"{domain}-{cpu}.json"
+        path.write_text(json.dumps({"date": date, "machine": {"cpu": cpu, "cores": 2}, "recipes": "recipes/domain",
+                                    "model": "m", "quick": False, "eval": {"max_new_tokens": 128},
+                                    "domains": {domain: row}, "notes": ["shared note"]}))
+        return path
+
+    first, second = report("2026-12-01 20:00 UTC", "bank", 0.5), report("2026-12-01 22:00 UTC", "travel", 0.9)
+    out = tmp_path / "RESULTS.md"
+    assert run.main(["--merge", str(first), str(second), "--out", str(out), "--note", "measured under load"]) == 0
+    text = out.read_text()
+    assert "## bank" in text and "## travel" in text
+    assert "(domains from 2 runs: bank on 2026-12-01 20:00 UTC; travel on 2026-12-01 22:00 UTC)" in text
+    assert text.count("- shared note") == 1 and "- measured under load" in text
+    assert "| model | bank all | travel all |" in text
+    with pytest.raises(SystemExit, match="another machine"):
+        run.main(["--merge", str(first), str(report("x", "it", 0.1, cpu="CPU Y")), "--out", str(out)])
+
+
 def test_quick_run_produces_every_row(tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]):
     out = tmp_path / "RESULTS.md"
     argv = ["--quick", "--domains", "it", "--model", str(tiny_model_dir), "--workdir", str(tmp_path / "w"),

@@ -91,6 +91,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None, help="the markdown report (default benchmarks/efficacy/"
                                                            "RESULTS.md; --quick: <workdir>/RESULTS.md)")
     p.add_argument("--timeout", type=int, default=6 * 3600, help="seconds before a training process is killed")
+    p.add_argument("--merge", type=Path, nargs="+", default=None, metavar="RESULTS_JSON",
+                   help="train nothing: write the report from the results.json (or results.partial.json) of "
+                        "earlier runs, domains in the order given, a later file's domain replacing an earlier's")
+    p.add_argument("--note", action="append", default=[], help="a line for the report's notes (repeatable)")
     args = p.parse_args(argv)
     try:
         args.domains = parse_domains(args.domains)
@@ -383,7 +387,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "already follow the rules; TRL's SFT sees the SFT conversations only. The held-out prompts rephrase the "
         "training topics with wording no training file uses.",
         "",
-        f"- date: {report['date']}",
+        f"- date: {report['date']}" + (f" (domains from {len(report['runs'])} runs: " + "; ".join(
+            f"{', '.join(r['domains'])} on {r['date']}" for r in report["runs"]) + ")"
+            if len(report.get("runs") or []) > 1 else ""),
         f"- machine: {m.get('cpu')} ({flags}), {m.get('cores')} cores, {m.get('memory_gib')} GiB; "
         f"GPU: {m.get('gpu') or 'none'}; {m.get('platform')}",
         f"- software: Python {m.get('python')}, torch {m.get('torch')}, transformers {m.get('transformers')}, "
@@ -482,8 +488,31 @@ def run_domain(args: argparse.Namespace, domain: str, settings: Mapping[str, int
     return report
 
 
+def merge_reports(paths: Sequence[Path], notes: Sequence[str]) -> dict[str, Any]:
+    """One report from several runs' results: the first run's header, every run's domains."""
+    reports = [json.loads(Path(p).read_text(encoding="utf-8")) for p in paths]
+    merged = {**reports[0], "domains": {}, "runs": [],
+              "notes": list(dict.fromkeys(n for r in reports for n in r.get("notes", [])))}
+    for report in reports:
+        merged["domains"].update(report["domains"])
+        merged["runs"].append({"date": report["date"], "domains": list(report["domains"])})
+        merged["trl_defaults"] = merged.get("trl_defaults") or report.get("trl_defaults")
+        if report.get("machine", {}).get("cpu") != merged["machine"].get("cpu"):
+            raise SystemExit(f"{report['date']} ran on another machine ({report['machine'].get('cpu')}); "
+                             "one table must come from one machine")
+    merged["notes"] += list(notes)
+    return merged
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.merge:
+        text = render_markdown(merge_reports(args.merge, args.note))
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n", encoding="utf-8")
+        print(text)
+        print(f"\n[efficacy] wrote {args.out} from {len(args.merge)} runs", flush=True)
+        return 0
     args.workdir.mkdir(parents=True, exist_ok=True)
     settings = eval_settings(args.recipes, args.quick)
     started = time.perf_counter()
@@ -500,6 +529,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "TRL's SFTTrainer trains on every token of the conversation by default (ours: on assistant tokens "
             "only); its default `bf16=True` means bf16 autocast, `use_cpu=True` is set on machines without CUDA "
             "(transformers refuses to start otherwise).",
+            *args.note,
         ],
     }
     for i, domain in enumerate(args.domains, 1):
