@@ -6,7 +6,6 @@ Every user error ends as one line naming the file, line and field, with exit sta
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from alignment import allocator
@@ -17,7 +16,9 @@ def _add_launch_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="the phase recipe (YAML)")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.lr=1e-4")
     p.add_argument("--deepspeed", help="zero1, zero2, zero3, zero3_offload or a DeepSpeed JSON config")
-    p.add_argument("--num-processes", type=int, default=None, help="processes per node (DeepSpeed launcher)")
+    p.add_argument("--num-processes", type=int, default=None,
+                   help="processes per node, started through DeepSpeed's launcher (under torchrun, accelerate "
+                        "or deepspeed leave it out: the launcher decides)")
     p.add_argument("--hostfile", help="DeepSpeed hostfile for several nodes ('host slots=N' per line)")
 
 
@@ -71,12 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _phase(args: argparse.Namespace, argv: list[str]) -> int:
+    from alignment import distributed
     from alignment.config import PHASE_CONFIGS, load_config
 
-    wants_launcher = (args.num_processes or 1) > 1 or args.hostfile or args.deepspeed
-    if wants_launcher and not os.environ.get("ALIGN_WORKER"):
-        from alignment import distributed
-
+    if distributed.launched():
+        # Started by a launcher (torchrun, accelerate, deepspeed, or ours below): run this rank, never
+        # launch again; --num-processes must agree with what the launcher started.
+        distributed.check_launched(args.num_processes)
+        distributed.prepare_worker()
+    elif (args.num_processes or 1) > 1 or args.hostfile or args.deepspeed:
         if args.deepspeed:
             distributed.resolve_config_path(args.deepspeed)  # fail before starting processes
         # Validate the recipe and the data once, here, so a mistake is one message rather than one per process.
@@ -89,7 +93,7 @@ def _phase(args: argparse.Namespace, argv: list[str]) -> int:
     cfg = load_config(PHASE_CONFIGS[args.command], args.config, overrides)
     from alignment.pipeline import run_phase
 
-    if os.environ.get("RANK", "0") == "0":
+    if distributed.is_main():
         print(f"[{args.command}] memory allocator: {allocator.describe()}")
     run_phase(args.command, cfg)
     return 0

@@ -1,10 +1,25 @@
 """Processes, DeepSpeed configs and the launcher.
 
-``align sft --deepspeed zero2 --num-processes 2`` re-runs the same command under DeepSpeed's launcher
-(``python -m deepspeed.launcher.runner``), which starts N workers with RANK/WORLD_SIZE set; each
-worker joins the process group (gloo on CPU, nccl on CUDA). With ``--hostfile`` the launcher starts
-workers on several nodes (pdsh/ssh; every node needs this project installed at the same path and a
-shared filesystem for the output directory).
+How processes start (every path runs the same training; tested in tests/test_launchers.py):
+
+- ``align sft --num-processes N`` (with or without ``--deepspeed``, optionally ``--hostfile``) re-runs
+  the same command under DeepSpeed's launcher (``python -m deepspeed.launcher.runner``), which starts N
+  workers per node (``python -m alignment.cli ...``) with RANK/LOCAL_RANK/WORLD_SIZE/MASTER_ADDR/
+  MASTER_PORT set. ``--deepspeed`` alone (one process) goes the same way, because DeepSpeed reads that
+  environment. With ``--hostfile`` the launcher starts workers on several nodes (pdsh/ssh; every node
+  needs this project installed at the same path and a shared filesystem for the output directory).
+- Started by any launcher (``torchrun --nproc-per-node N -m alignment.cli sft ...``,
+  ``accelerate launch --multi_gpu`` (torchrun underneath), ``deepspeed --module alignment.cli sft ...``,
+  or ours above): the process finds RANK and WORLD_SIZE in its environment and runs its own rank; it
+  never launches again (:func:`launched`). A ``--num-processes`` that disagrees with the launcher's
+  processes per node is an error, not a guess (:func:`check_launched`).
+
+Every worker joins one process group with ``torch.distributed.init_process_group`` (``env://``: gloo on
+CPU, nccl on CUDA); with a DeepSpeed config, ``deepspeed.initialize`` adopts that group. Without DeepSpeed
+the training engine (alignment/training.py) is data parallel as torch DDP is: parameters are broadcast from
+rank 0 at the start, and every optimizer step averages the gradients over the processes
+(:func:`average_gradients`) before clipping. The phases scale their losses so that this average is the
+gradient of the global-batch loss, the same as DeepSpeed's and as one process with the whole batch.
 
 Our configs use "auto" values, as the Hugging Face integration does, so batch sizes, gradient
 accumulation, clipping and precision come from the recipe; we fill them here, in one place.
@@ -19,7 +34,7 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,17 +71,63 @@ def device() -> torch.device:
     return torch.device("cpu")
 
 
+def launched() -> bool:
+    """Whether a launcher started this process (torchrun, accelerate, DeepSpeed's, ours): it set RANK and
+    WORLD_SIZE. Such a process runs its own rank and never starts a launcher itself."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def local_world_size() -> int:
+    """Processes per node as the launcher set them (torchrun: LOCAL_WORLD_SIZE, DeepSpeed: LOCAL_SIZE)."""
+    for key in ("LOCAL_WORLD_SIZE", "LOCAL_SIZE"):
+        if key in os.environ:
+            return int(os.environ[key])
+    return world_size()
+
+
+def check_launched(num_processes: int | None) -> None:
+    """In a launched process, ``--num-processes`` (processes per node) must be what the launcher started."""
+    if num_processes is not None and num_processes != local_world_size():
+        raise AlignError(
+            f"--num-processes {num_processes}, but the launcher that started this process runs "
+            f"{local_world_size()} per node (WORLD_SIZE={world_size()}); leave --num-processes out under "
+            "torchrun, accelerate or deepspeed (the launcher decides), or start the number you meant",
+            field="--num-processes",
+        )
+
+
+def prepare_worker() -> None:
+    """Before anything imports DeepSpeed: on a machine without CUDA, DeepSpeed must use its CPU
+    accelerator (our launcher sets this for its workers; torchrun and the others do not)."""
+    if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
+        os.environ["DS_ACCELERATOR"] = "cpu"
+
+
 def init_process_group() -> None:
-    """Join the process group when launched with several processes (no-op for one process)."""
+    """Join the process group when launched with several processes (no-op for one process).
+
+    ``torch.distributed`` directly, from the launcher's environment (``env://``: MASTER_ADDR, MASTER_PORT,
+    RANK, WORLD_SIZE, which torchrun, accelerate and DeepSpeed's launcher all set), not
+    ``deepspeed.init_distributed``: a run without DeepSpeed neither imports it nor needs its CPU
+    accelerator, and with DeepSpeed ``deepspeed.initialize`` adopts this group (it wraps an initialised
+    torch.distributed, adding its shared-memory CPU all-reduce) exactly as it did its own.
+    """
     if world_size() == 1 or torch.distributed.is_initialized():
         return
+    missing = [k for k in ("MASTER_ADDR", "MASTER_PORT", "RANK") if k not in os.environ]
+    if missing:
+        raise AlignError(f"WORLD_SIZE={world_size()} but {', '.join(missing)} not set: start several processes "
+                         "with `align ... --num-processes N`, torchrun, accelerate launch or deepspeed")
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank())
-    import deepspeed
+    from datetime import timedelta
 
-    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    # 30 minutes, DeepSpeed's default (torch's NCCL default is 10): a rank can wait that long at a barrier
+    # while rank 0 saves a large model.
+    torch.distributed.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo",
+                                         init_method="env://", timeout=timedelta(minutes=30))
     if not torch.cuda.is_available():
-        clean_shm_at_exit()
+        clean_shm_at_exit()  # DeepSpeed, if the run uses it, maps its CPU all-reduce file later
 
 
 def clean_shm_at_exit() -> None:
@@ -87,6 +148,71 @@ def _remove_shm_buffer() -> None:
 def barrier() -> None:
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
+
+
+BUCKET_BYTES = 25 * 2**20  # DDP's default bucket size
+
+
+def _bucketed(tensors: Sequence[torch.Tensor], op: Callable[[torch.Tensor], Any]) -> None:
+    """Apply the in-place collective ``op`` to ``tensors`` as a few flat buffers (one per device and
+    dtype, at most BUCKET_BYTES each, in the given order) and copy the results back."""
+    groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+    for t in tensors:
+        groups.setdefault((t.device, t.dtype), []).append(t)
+    for group in groups.values():
+        bucket: list[torch.Tensor] = []
+        size = 0
+        for t in [*group, None]:
+            if t is not None and (not bucket or size + t.numel() * t.element_size() <= BUCKET_BYTES):
+                bucket.append(t)
+                size += t.numel() * t.element_size()
+                continue
+            flat = torch.cat([b.reshape(-1) for b in bucket])
+            op(flat)
+            offset = 0
+            for b in bucket:
+                b.copy_(flat[offset : offset + b.numel()].view_as(b))
+                offset += b.numel()
+            bucket, size = ([t], t.numel() * t.element_size()) if t is not None else ([], 0)
+
+
+def broadcast_parameters(module: torch.nn.Module) -> None:
+    """Give every rank rank 0's parameters and buffers, as DDP does when it wraps a model."""
+    if not torch.distributed.is_initialized() or world_size() == 1:
+        return
+    with torch.no_grad():
+        _bucketed([t.data for t in [*module.parameters(), *module.buffers()]],
+                  lambda flat: torch.distributed.broadcast(flat, src=0))
+
+
+def average_gradients(params: Sequence[torch.nn.Parameter]) -> None:
+    """Replace every gradient with its mean over the processes: DDP's result, in flat buckets.
+
+    Called once per optimizer step, after the last micro-batch's backward and before clipping, so that
+    every rank clips and applies the same gradient and the weights stay identical. A parameter that
+    got a gradient on some ranks only counts as zero on the others (as under DDP); one with no gradient
+    anywhere keeps none, so the optimizer skips it as it would in one process.
+    """
+    if not torch.distributed.is_initialized() or world_size() == 1:
+        return
+    params = [p for p in params if p.requires_grad]
+    if not params:
+        return
+    has_grad = torch.tensor([float(p.grad is not None) for p in params], device=device())
+    torch.distributed.all_reduce(has_grad)
+    grads = []
+    for p, count in zip(params, has_grad.tolist()):
+        if count:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            grads.append(p.grad)
+    world = torch.distributed.get_world_size()
+
+    def mean(flat: torch.Tensor) -> None:
+        flat.div_(world)  # before the sum, as DDP does (less overflow in half precision)
+        torch.distributed.all_reduce(flat)
+
+    _bucketed(grads, mean)
 
 
 def even_shard(n: int, batch_size: int, lengths: Sequence[int] | None = None) -> list[list[int]]:
@@ -191,10 +317,12 @@ def free_port() -> int:
 
 def launch(argv: list[str], num_processes: int, hostfile: str | None) -> int:
     """Re-run ``align <argv>`` on ``num_processes`` processes per node through DeepSpeed's launcher."""
+    if launched():
+        raise AlignError(f"this process already runs under a launcher (RANK={rank()}, WORLD_SIZE={world_size()}); "
+                         "starting another one inside it would run every rank's share again")
     env = dict(os.environ)
     if not torch.cuda.is_available():
         env.setdefault("DS_ACCELERATOR", "cpu")
-    env["ALIGN_WORKER"] = "1"
     cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--no_local_rank",
            "--master_port", str(free_port())]
     if hostfile:

@@ -196,6 +196,9 @@ class Engine:
         self.deepspeed = deepspeed_config is not None
         if not self.deepspeed:
             model = model.to(dist.device())  # before the optimizer: a fused one needs the final device
+            if dist.world_size() > 1:  # data parallel without DeepSpeed: see step()
+                dist.init_process_group()  # a no-op where the phase has joined already
+                dist.broadcast_parameters(model)  # every rank starts from rank 0's weights, as under DDP
         optimizer = build_optimizer(model, cfg, fused=not self.deepspeed)
         warmup = int(cfg.warmup_ratio * total_steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -244,6 +247,15 @@ class Engine:
             norm = self.ds.get_global_grad_norm()
             return float(norm) if norm is not None else float("nan")
         params = [p for p in self.model.parameters() if p.requires_grad]
+        # Several processes without DeepSpeed: average the accumulated gradients over ranks here, once per
+        # step and before clipping, which is exactly what DDP computes (and what DeepSpeed does): the
+        # phases scale their losses for an average (SFT multiplies by world / global tokens), so every rank
+        # applies the gradient of the whole global batch and the weights stay identical. Not a
+        # DistributedDataParallel wrapper: the phases call the decoder and the output layer directly
+        # (alignment/logits.py), bypassing the wrapper's forward that arms DDP's reducer, and accumulation
+        # would need no_sync; an explicit all-reduce sees every gradient however it was made. (Unlike DDP
+        # it does not overlap the communication with the backward pass.)
+        dist.average_gradients(params)
         max_norm = self.cfg.max_grad_norm if self.cfg.max_grad_norm is not None else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm)  # inf: measures the norm, scales by 1
         self.optimizer.step()
