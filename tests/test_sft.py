@@ -187,6 +187,36 @@ def test_deepspeed_two_processes(tmp_path, tiny_model_dir, sft_file, stage):
     assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
 
 
+@pytest.mark.slow
+def test_deepspeed_lora_checkpoint_skips_the_frozen_base_and_resumes(tmp_path, tiny_model_dir, sft_file):
+    def run(out: Path, max_steps: int) -> None:
+        recipe = _recipe(tmp_path, tiny_model_dir, sft_file, out, max_steps=max_steps, save_every=2, grad_accum=1,
+                         lr=1e-2)
+        cmd = [sys.executable, "-m", "alignment.cli", "sft", "--config", str(recipe), "--deepspeed", "zero2",
+               "--num-processes", "2", "lora.enabled=true", "lora.r=4", "lora.dropout=0.0"]
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    full = tmp_path / "full"
+    run(full, 4)
+    states = list((full / "checkpoints" / "step-2" / "ds").glob("*model_states.pt"))
+    assert states
+    module = torch.load(states[0], weights_only=False)["module"]  # DeepSpeed's own file format
+    assert module and all("lora_" in name for name in module)  # the adapter only
+    part = tmp_path / "part"
+    (part / "checkpoints").mkdir(parents=True)
+    shutil.copytree(full / "checkpoints" / "step-2", part / "checkpoints" / "step-2")
+    rows = [r for r in read_metrics(full / "metrics.jsonl") if r["step"] <= 2]
+    (part / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run(part, 4)
+    a, b = ([r["train/loss"] for r in read_metrics(out / "metrics.jsonl") if "train/loss" in r] for out in (full, part))
+    assert len(a) == 4 and b == pytest.approx(a, rel=1e-5)
+    wa = load_file(str(full / "model" / "adapter_model.safetensors"))
+    wb = load_file(str(part / "model" / "adapter_model.safetensors"))
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)
+
+
 def test_tracking_wandb_offline_and_tensorboard(tmp_path, tiny_model_dir, sft_file, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     out = tmp_path / "tracked"
