@@ -106,7 +106,9 @@ def _preflight(command: str, cfg: object) -> None:
     resolve_model(cfg.model)
     if command == "ppo":
         resolve_model(cfg.reward_model)
-        load_dataset_file(cfg.data.train, "prompts")
+        from alignment.data.formats import load_prompt_file
+
+        load_prompt_file(cfg.data.train)
     elif command == "sft":
         load_dataset_file(cfg.data.train, "sft")
         if cfg.data.validation:

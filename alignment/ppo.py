@@ -89,7 +89,9 @@ class PolicyWithValueHead(torch.nn.Module):
 def load_prompts(cfg: PPOConfig, tokenizer: Any) -> tuple[list[list[int]], int]:
     """Chat-templated prompt ids, cut from the left to max_prompt_length (counted)."""
     from alignment.data import deduplicate, load_dataset_file, to_conversation
+    from alignment.data.formats import load_prompt_file
 
+    load_prompt_file(cfg.data.train)  # refuses a blank prompt with its file, line and field
     ds, info = load_dataset_file(cfg.data.train, "prompts")
     ds, _ = deduplicate(ds, "prompts", info.variant, cfg.data.dedup)
     out, cut = [], 0

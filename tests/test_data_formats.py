@@ -367,7 +367,17 @@ def test_empty_prompts_are_refused_with_file_line_and_field(tmp_path, kind, reco
             "ranked": {"prompt": "hi", "responses": ["a", "b"], "ranks": [1, 2]},
             "prompts": {"prompt": "hi"} if "prompt" in record else {"messages": [user("hi")]},
             "sft": {"prompt": "hi", "completion": "a"}}[kind]
-    err = bad(tmp_path, kind, [good, record])
+    if kind == "prompts":  # as a format, a blank prompt passes (the app may skip it); PPO and eval refuse it
+        from alignment.data.formats import load_prompt_file
+
+        path = write_jsonl(tmp_path / "d", [good, record])
+        load_dataset_file(path, kind)
+        with pytest.raises(AlignError) as info:
+            load_prompt_file(path)
+        err = info.value
+        assert err.file == str(path)
+    else:
+        err = bad(tmp_path, kind, [good, record])
     assert (err.line, err.field) == (2, field)
     assert "is empty" in err.message
 

@@ -262,12 +262,14 @@ def _unpaired(record: dict[str, Any], variant: str, problems: Problems) -> dict[
 
 
 def _prompts(record: dict[str, Any], variant: str, problems: Problems) -> dict[str, Any] | None:
+    # A blank prompt is not a format error here: the feedback app skips such rows when asked to, and the
+    # training and evaluation loaders refuse them with `blank_prompt_lines`.
     if variant == "prompt":
-        return {"prompt": _prompt_turns(record["prompt"], "prompt", problems)}
+        return {"prompt": _prompt_turns(record["prompt"], "prompt", problems, allow_blank=True)}
     messages = _message_list(record["messages"], "messages", problems)
     if messages is not None:
         _check_prompt_end(
-            messages, "messages", problems, " (drop the answer, or validate the file as sft data)"
+            messages, "messages", problems, " (drop the answer, or validate the file as sft data)", allow_blank=True
         )
     return {"prompt": messages}
 
@@ -359,16 +361,39 @@ def _turns(value: Any, field: str, role: str, problems: Problems) -> list[Messag
     return None
 
 
-def _prompt_turns(value: Any, field: str, problems: Problems) -> list[Message] | None:
+def _prompt_turns(value: Any, field: str, problems: Problems, *, allow_blank: bool = False) -> list[Message] | None:
     """Prompt messages must end where the model answers: with a user (or tool-result) turn."""
     turns = _turns(value, field, "user", problems)
     if turns is not None:
-        _check_prompt_end(turns, field, problems, plain=isinstance(_parse_json(value, field, [], strict=False), str))
+        _check_prompt_end(turns, field, problems, plain=isinstance(_parse_json(value, field, [], strict=False), str),
+                          allow_blank=allow_blank)
     return turns
 
 
+def blank_prompt(turns: list[Message]) -> bool:
+    """The prompt's last turn has no text."""
+    return not turns or not str(turns[-1].get("content") or "").strip()
+
+
+def load_prompt_file(path: str | Path) -> tuple[list[list[Message]], FormatInfo]:
+    """Prompts to train on or to evaluate (PPO, ``align eval``): a blank prompt is an error naming the file,
+    line and field (the feedback app, which may skip such rows, reads prompts files with its own rules)."""
+    from alignment.data.io import iter_records
+
+    ds, info = load_dataset_file(path, "prompts")
+    field = "messages" if info.variant == "messages" else "prompt"
+    prompts = []
+    for line, record in iter_records(ds):
+        turns = to_conversation(record, "prompts", info.variant)["prompt"]
+        if blank_prompt(turns):
+            raise AlignError("is empty; a prompt needs the text the answer responds to", file=str(path), line=line,
+                             field=field if field == "prompt" else f"messages[{len(turns) - 1}].content")
+        prompts.append(turns)
+    return prompts, info
+
+
 def _check_prompt_end(turns: list[Message], field: str, problems: Problems, hint: str = "", *,
-                      plain: bool = False) -> None:
+                      plain: bool = False, allow_blank: bool = False) -> None:
     """The last turn is the user's (or a tool result) and has text: an empty prompt trains the model to answer
     nothing in particular, and every answer to it teaches the same thing. ``plain``: the prompt was one string."""
     last = len(turns) - 1
@@ -376,7 +401,7 @@ def _check_prompt_end(turns: list[Message], field: str, problems: Problems, hint
     if role not in PROMPT_END_ROLES:
         problem = f"a prompt must end with a user turn, this one ends with '{role}'{hint}"
         problems.append((f"{field}[{last}].role", problem))
-    elif not str(turns[last].get("content", "")).strip():
+    elif not allow_blank and blank_prompt(turns):
         problems.append((field if plain else f"{field}[{last}].content",
                          "is empty; a prompt needs the text the answer responds to"))
 

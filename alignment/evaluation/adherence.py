@@ -23,10 +23,9 @@ from alignment.evaluation.policies import ALL, Policy, adherence, check_answer, 
 
 
 def load_prompts(path: str | Path) -> list[list[dict[str, str]]]:
-    from alignment.data import load_dataset_file, to_conversation
+    from alignment.data.formats import load_prompt_file
 
-    ds, info = load_dataset_file(path, "prompts")
-    return [to_conversation(r, "prompts", info.variant)["prompt"] for r in ds]
+    return load_prompt_file(path)[0]
 
 
 def evaluate_model(model_path: str, prompts: list[list[dict[str, str]]], policies: list[Policy], *,
