@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from alignment.data.formats import blank_prompt
 from alignment.errors import AlignError
 from feedback_app.store import Store, StoreError, text_hash
 
@@ -53,10 +54,6 @@ def _report(source: str, problems: list[tuple[int, str, str]], skipped: list[str
         skipped.extend(f"line {line} ({field}): {message}" for line, field, message in problems)
 
 
-def _blank_prompt(prompt: list[dict[str, str]]) -> bool:
-    return not prompt or not str(prompt[-1].get("content") or "").strip()
-
-
 def load_prompts(path: str | Path, skipped: list[str] | None = None) -> list[list[dict[str, str]]]:
     """Prompts from any prompts-format file (``prompt`` or ``messages``; JSONL/JSON/CSV/Parquet/datasets dir).
 
@@ -70,7 +67,7 @@ def load_prompts(path: str | Path, skipped: list[str] | None = None) -> list[lis
     out, problems = [], []
     for line, record in iter_records(ds):
         prompt = to_conversation(record, "prompts", info.variant)["prompt"]
-        if _blank_prompt(prompt):
+        if blank_prompt(prompt):
             problems.append((line, field, "the prompt is empty"))
             continue
         out.append(prompt)
@@ -112,7 +109,7 @@ def import_candidates(store: Store, project_id: int, path: str | Path,
                                      "prompts", prompt_info.variant)["prompt"]
         except AlignError as e:
             raise AlignError(e.message, file=source, line=line, field=e.field) from None
-        if _blank_prompt(prompt):
+        if blank_prompt(prompt):
             problems.append((line, prompt_field, "the prompt is empty"))
             continue
         raw = record[answers_field]

@@ -64,13 +64,19 @@ def test_pipeline_runs_skips_and_resumes(tmp_path, tiny_model_dir, sft_file, cap
     assert "eval: sft" in out
 
 
-def test_changed_recipe_reruns_phase(tmp_path, tiny_model_dir, sft_file, capsys):
-    path = _pipeline(tmp_path, tiny_model_dir, sft_file)
+def _sft_only_run(tmp_path: Path, model: Path, sft_file: Path, capsys) -> tuple[Path, dict]:
+    """A pipeline of the SFT phase alone, run once (its output swallowed); returns its file and content."""
+    path = _pipeline(tmp_path, model, sft_file)
     data = json.loads(path.read_text())
     data["phases"] = data["phases"][:1]
     path.write_text(json.dumps(data))
     assert main(["run", str(path)]) == 0
     capsys.readouterr()
+    return path, data
+
+
+def test_changed_recipe_reruns_phase(tmp_path, tiny_model_dir, sft_file, capsys):
+    path, data = _sft_only_run(tmp_path, tiny_model_dir, sft_file, capsys)
     data["phases"][0]["overrides"]["train.lr"] = 1e-3
     path.write_text(json.dumps(data))
     assert main(["run", str(path)]) == 0
@@ -107,12 +113,7 @@ def test_eval_command(tmp_path, tiny_model_dir, capsys):
 
 
 def test_changed_data_reruns_the_phase_and_says_why(tmp_path, tiny_model_dir, sft_file, capsys):
-    path = _pipeline(tmp_path, tiny_model_dir, sft_file)
-    data = json.loads(path.read_text())
-    data["phases"] = data["phases"][:1]
-    path.write_text(json.dumps(data))
-    assert main(["run", str(path)]) == 0
-    capsys.readouterr()
+    path, _ = _sft_only_run(tmp_path, tiny_model_dir, sft_file, capsys)
     sft_file.write_text(sft_file.read_text(), encoding="utf-8")  # rewritten with the same bytes: still complete
     assert main(["run", str(path)]) == 0
     assert "sft: complete, skipped" in capsys.readouterr().out
