@@ -30,14 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe")
     p.add_argument("overrides", nargs="*")
 
-    p = sub.add_parser("sft", help="supervised fine-tuning")
-    _add_launch_options(p)
-    p = sub.add_parser("rm", help="reward modeling (Bradley-Terry) with held-out diagnostics")
-    _add_launch_options(p)
-    p = sub.add_parser("dpo", help="direct preference optimisation (DPO, IPO, SimPO)")
-    _add_launch_options(p)
-    p = sub.add_parser("ppo", help="PPO against a reward model with a KL leash to the reference")
-    _add_launch_options(p)
+    from alignment.phases import PHASES
+
+    for kind, phase in PHASES.items():
+        _add_launch_options(sub.add_parser(kind, help=phase.help))
 
     p = sub.add_parser("data", help="data tools")
     dsub = p.add_subparsers(dest="data_command", required=True)
@@ -73,7 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _phase(args: argparse.Namespace, argv: list[str]) -> int:
     from alignment import distributed
-    from alignment.config import PHASE_CONFIGS, load_config
+    from alignment.config import load_config
+    from alignment.phases import PHASES
+
+    phase = PHASES[args.command]
 
     if distributed.launched():
         # Started by a launcher (torchrun, accelerate, deepspeed, or ours below): run this rank, never
@@ -84,18 +83,16 @@ def _phase(args: argparse.Namespace, argv: list[str]) -> int:
         if args.deepspeed:
             distributed.resolve_config_path(args.deepspeed)  # fail before starting processes
         # Validate the recipe and the data once, here, so a mistake is one message rather than one per process.
-        cfg = load_config(PHASE_CONFIGS[args.command], args.config, args.overrides)
+        cfg = load_config(phase.config, args.config, args.overrides)
         _preflight(args.command, cfg)
         return distributed.launch(argv, args.num_processes or 1, args.hostfile)
     overrides = list(args.overrides)
     if args.deepspeed:
         overrides.append(f"deepspeed={args.deepspeed}")
-    cfg = load_config(PHASE_CONFIGS[args.command], args.config, overrides)
-    from alignment.pipeline import run_phase
-
+    cfg = load_config(phase.config, args.config, overrides)
     if distributed.is_main():
         print(f"[{args.command}] memory allocator: {allocator.describe()}")
-    run_phase(args.command, cfg)
+    phase.run(cfg)
     return 0
 
 
@@ -124,8 +121,10 @@ def _preflight(command: str, cfg: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    from alignment.phases import PHASES
+
     try:
-        if args.command in ("sft", "rm", "dpo", "ppo"):
+        if args.command in PHASES:
             return _phase(args, argv)
         if args.command == "run":
             from alignment.pipeline import run_recipe

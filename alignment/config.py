@@ -366,9 +366,6 @@ class PPOConfig:
             raise AlignError("PPO steps once per minibatch; set num_minibatches instead", field="train.grad_accum")
 
 
-PHASE_CONFIGS: dict[str, type] = {"sft": SFTConfig, "rm": RMConfig, "dpo": DPOConfig, "ppo": PPOConfig}
-
-
 # --------------------------------------------------------------------------------------------------
 # YAML with line numbers
 # --------------------------------------------------------------------------------------------------

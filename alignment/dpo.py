@@ -7,12 +7,12 @@ The reference model, cheapest first:
   so a resumed run reuses them; nothing extra in memory while training;
 - LoRA: the same model with its adapter disabled; no second copy;
 - otherwise a frozen copy (under ZeRO-3 sharded like the policy, as TRL's ``prepare_deepspeed`` does).
+Those models and the cache are in ``alignment/reference.py``, shared with PPO; the log-probs DPO reads
+from them (per sequence, summed or averaged) are :func:`batch_logps` here.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import math
 import time
 from pathlib import Path
@@ -21,9 +21,10 @@ from typing import Any
 import torch
 
 from alignment import distributed as dist
+from alignment.batching import collate_pairs, pair_lengths
 from alignment.config import DPOConfig
 from alignment.data.chat import IGNORE_INDEX
-from alignment.data.preferences import TokenizedPair, describe, tokenize_pairs
+from alignment.data.preferences import TokenizedPair, describe, load_pairs, tokenize_pairs
 from alignment.logits import labelled_logits, token_logps
 from alignment.losses import PREFERENCE_LOSSES, chosen_nll, preference_metrics
 from alignment.modeling import (
@@ -34,7 +35,7 @@ from alignment.modeling import (
     load_tokenizer,
     save_model,
 )
-from alignment.rm import collate_pairs, load_pairs, pair_lengths
+from alignment.reference import Reference, load_frozen, place_reference, precompute
 from alignment.training import (
     Engine,
     Schedule,
@@ -72,54 +73,6 @@ def batch_logps(model: Any, batch: dict[str, torch.Tensor], average: bool, autoc
         logps = logps / counts.clamp(min=1)
     half = logps.shape[0] // 2
     return logps[:half], logps[half:]
-
-
-class Reference:
-    """Reference log-probs, from a cache, the adapter-disabled policy, or a frozen copy."""
-
-    def __init__(self, engine: Engine, frozen: torch.nn.Module | None, use_adapter_off: bool,
-                 average: bool) -> None:
-        self.engine, self.frozen, self.adapter_off, self.average = engine, frozen, use_adapter_off, average
-        self.cache: dict[int, tuple[float, float]] = {}
-
-    @torch.no_grad()
-    def logps(self, batch: dict[str, torch.Tensor], keys: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        if keys is not None and self.cache:
-            missing = [k for k in keys if k not in self.cache]
-            if not missing:
-                c = torch.tensor([self.cache[k][0] for k in keys], device=dist.device())
-                r = torch.tensor([self.cache[k][1] for k in keys], device=dist.device())
-                return c, r
-            if self.frozen is None and not self.adapter_off:  # the policy has moved: it is no reference
-                raise RuntimeError(f"reference log-probs of pairs {missing[:5]} were not precomputed")
-        if self.frozen is not None:
-            return batch_logps(self.frozen, batch, self.average, self.engine.autocast())
-        ctx = self.engine.module.disable_adapter() if self.adapter_off else contextlib.nullcontext()
-        was_training = self.engine.module.training
-        self.engine.eval()
-        with ctx:
-            out = batch_logps(self.engine.ds or self.engine.module, batch, self.average, self.engine.autocast())
-        if was_training:
-            self.engine.train()
-        return out
-
-
-def precompute(reference: Reference, pairs: list[TokenizedPair], batch_size: int, pad: int,
-               keys: list[int] | None = None) -> dict[int, tuple[float, float]]:
-    """Reference log-probs of the pairs at ``keys`` (default: all), split across processes and summed
-    back (every rank runs the same number of forwards, so ZeRO-3 gathers stay in step)."""
-    from tqdm.auto import tqdm
-
-    keys = list(range(len(pairs))) if keys is None else keys
-    chosen, rejected = [0.0] * len(keys), [0.0] * len(keys)
-    shards = dist.even_shard(len(keys), batch_size, pair_lengths([pairs[k] for k in keys]))
-    for idx in tqdm(shards, desc="reference log-probs", disable=not dist.is_main()):
-        c, r = reference.logps(collate_pairs([pairs[keys[max(i, 0)]] for i in idx], pad))
-        for j, i in enumerate(idx):
-            if i >= 0:
-                chosen[i], rejected[i] = float(c[j]), float(r[j])
-    chosen, rejected = dist.all_reduce_sum(chosen), dist.all_reduce_sum(rejected)
-    return {k: (chosen[i], rejected[i]) for i, k in enumerate(keys)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -231,25 +184,9 @@ class LikelihoodWatch:
 # --------------------------------------------------------------------------------------------------
 # Setup, loop, save
 # --------------------------------------------------------------------------------------------------
-def use_kto(cfg: DPOConfig) -> bool:
-    """Whether unpaired data trains with KTO instead of DPO pairs (the `negatives` option)."""
-    from alignment.data import load_dataset_file, to_conversation
-    from alignment.data.preferences import count_orphan_negatives, detect_kind
-
-    kind = detect_kind(cfg.data.train) if cfg.data.kind == "auto" else cfg.data.kind
-    if kind != "unpaired" or cfg.negatives == "pairs":
-        return False
-    if cfg.negatives == "kto":
-        return True
-    ds, info = load_dataset_file(cfg.data.train, "unpaired")
-    return count_orphan_negatives([to_conversation(r, "unpaired", info.variant) for r in ds]) > 0
-
-
 def run_dpo(cfg: DPOConfig) -> Path:
-    if use_kto(cfg):
-        from alignment.kto import run_kto
-
-        return run_kto(cfg)
+    """DPO on preference pairs (unpaired data is paired by prompt). `align dpo` sends unpaired data with
+    negatives to KTO instead: see :func:`alignment.phases.use_kto`."""
     dist.init_process_group()
     out = Path(cfg.output_dir)
     main = dist.is_main()
@@ -258,7 +195,7 @@ def run_dpo(cfg: DPOConfig) -> Path:
     loss_fn = build_loss(cfg)
 
     tokenizer = load_tokenizer(cfg.model)
-    train_ex, val_ex, info = load_pairs(cfg)
+    train_ex, val_ex, info = load_pairs(cfg.data, cfg.train.seed)
     train_pairs, stats = tokenize_pairs(tokenizer, train_ex, cfg.data.max_length)
     val_pairs, _ = tokenize_pairs(tokenizer, val_ex, cfg.data.max_length)
     if info.get("orphan_negatives"):
@@ -281,7 +218,7 @@ def run_dpo(cfg: DPOConfig) -> Path:
     frozen = None
     if loss_fn.needs_reference and (separate_ref or not cfg.lora.enabled) and not (
             cfg.precompute_ref and not separate_ref):
-        frozen = load_causal_lm(cfg.ref_model or cfg.model, merge_adapter=True).eval().requires_grad_(False)
+        frozen = load_frozen(cfg.ref_model or cfg.model)
     trainable, total = count_parameters(model)
     bf16 = use_bf16(cfg.train.bf16)
     schedule = Schedule.create(len(train_pairs), cfg.train, dist.world_size(),
@@ -289,8 +226,9 @@ def run_dpo(cfg: DPOConfig) -> Path:
     ds_config = deepspeed_config(cfg.deepspeed, cfg.train, bf16)
     engine = Engine(model, cfg.train, schedule.total_steps, bf16, ds_config)
     if frozen is not None:
-        frozen = _place_reference(frozen, ds_config)
-    reference = Reference(engine, frozen, cfg.lora.enabled and not separate_ref, loss_fn.average_logps) \
+        frozen = place_reference(frozen, ds_config)
+    reference = Reference(engine, frozen, cfg.lora.enabled and not separate_ref,
+                          lambda m, batch, autocast: batch_logps(m, batch, loss_fn.average_logps, autocast)) \
         if loss_fn.needs_reference else None
     where = ("none (reference-free)" if reference is None else "precomputed" if cfg.precompute_ref else
              "adapter disabled" if frozen is None else "frozen copy")
@@ -358,18 +296,3 @@ def run_dpo(cfg: DPOConfig) -> Path:
     tracker.close()
     return out / "model"
 
-
-def _place_reference(model: torch.nn.Module, ds_config: dict[str, Any] | None) -> torch.nn.Module:
-    """Put the frozen reference where the policy runs; under ZeRO-3 shard it the same way."""
-    if ds_config is not None and ds_config.get("zero_optimization", {}).get("stage") == 3:
-        import deepspeed
-
-        config = copy.deepcopy(ds_config)
-        config["zero_optimization"] = {"stage": 3,
-                                       "stage3_param_persistence_threshold": 1e4 * model.config.hidden_size}
-        config.pop("optimizer", None)
-        config.pop("scheduler", None)
-        engine, *_ = deepspeed.initialize(model=model, config=config)
-        engine.eval()
-        return engine
-    return model.to(dist.device())

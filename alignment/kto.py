@@ -9,7 +9,7 @@ as Prospect Theoretic Optimization", Eq. 7) scores each answer on its own agains
     loss     = w_D (1 - sigmoid(beta (r - z_ref)))   for a good answer (label true)
              + w_U (1 - sigmoid(beta (z_ref - r)))   for a negative example (label false)
 
-The loop is TRL's ``KTOTrainer`` (STYLE 13: the field's library first); this file adds what TRL lacks:
+The loop is TRL's ``KTOTrainer`` (the field's library first); this file adds what TRL lacks:
 our strict data layer (every record validated up front, dedup, a split that never puts one prompt on
 both sides), our recipe mapped onto ``KTOConfig`` in one place, checkpoints under
 ``<output>/checkpoints``, our metric names in ``metrics.jsonl`` / W&B, and our model folder layout.
@@ -40,7 +40,7 @@ from alignment.modeling import count_parameters, load_causal_lm, load_tokenizer,
 from alignment.tracking import MetricsLogger
 from alignment.training import clear_checkpoints, set_seed, use_bf16
 
-# TRL / transformers log key -> our shared metric name (STYLE 10); TRL's own KTO keys (rewards/*,
+# TRL / transformers log key -> our shared metric name; TRL's own KTO keys (rewards/*,
 # logps/*, logits/*, kl, entropy) pass through as they are, with `eval/` in front of held-out ones.
 METRIC_NAMES = {
     "loss": "train/loss",

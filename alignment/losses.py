@@ -116,7 +116,7 @@ def bradley_terry_loss(
 
 
 def reward_model_metrics(chosen_scores: Tensor, rejected_scores: Tensor) -> dict[str, float]:
-    """Batch means under the names shared by every phase (STYLE item 10).
+    """Batch means under the names shared by every phase.
 
     ``rewards/accuracies`` is the fraction of pairs with chosen > rejected; a tie counts as wrong.
     Values are for this process's batch; averaging across processes is the caller's job.

@@ -18,7 +18,6 @@ from typing import Any, Literal
 
 from alignment import distributed
 from alignment.config import (
-    PHASE_CONFIGS,
     _Source,
     build,
     load_config,
@@ -29,10 +28,11 @@ from alignment.config import (
 )
 from alignment.data.fingerprint import config_sources, data_fingerprint
 from alignment.errors import AlignError
+from alignment.phases import PHASES
 from alignment.verdict import format_verdicts, run_verdicts
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "recipes" / "quickstart" / "pipeline.yaml"
-TRAINING_PHASES = tuple(PHASE_CONFIGS)
+TRAINING_PHASES = tuple(PHASES)
 POLICY_PHASES = ("sft", "dpo", "ppo")  # phases whose output is a policy: the next phase starts from it
 
 
@@ -167,10 +167,10 @@ def run_recipe(path: str, overrides: list[str]) -> int:
         run_pipeline(load_pipeline(path, overrides))
         return 0
     kind = data.get("phase")
-    if kind not in PHASE_CONFIGS:
+    if kind not in PHASES:
         raise AlignError(f"a recipe for `align run` needs 'phases' (a pipeline) or 'phase: "
-                         f"{'|'.join(PHASE_CONFIGS)}'", file=path, field="phase")
-    cfg = load_config(PHASE_CONFIGS[kind], path, overrides)
+                         f"{'|'.join(PHASES)}'", file=path, field="phase")
+    cfg = load_config(PHASES[kind].config, path, overrides)
     _run_training_phase(kind, cfg, deepspeed=cfg.deepspeed, num_processes=1)
     return 0
 
@@ -187,27 +187,7 @@ def _run_training_phase(kind: str, cfg: Any, deepspeed: str | None, num_processe
             raise AlignError(f"phase '{kind}' failed on {num_processes} processes (exit {code}); "
                              "re-run to resume from its last checkpoint")
         return
-    run_phase(kind, cfg)
-
-
-def run_phase(kind: str, cfg: Any) -> None:
-    """Run one training phase in this process."""
-    if kind == "sft":
-        from alignment.sft import run_sft
-
-        run_sft(cfg)
-    elif kind == "rm":
-        from alignment.rm import run_rm
-
-        run_rm(cfg)
-    elif kind == "dpo":
-        from alignment.dpo import run_dpo
-
-        run_dpo(cfg)
-    elif kind == "ppo":
-        from alignment.ppo import run_ppo
-
-        run_ppo(cfg)
+    PHASES[kind].run(cfg)
 
 
 def run_pipeline(cfg: PipelineConfig) -> dict[str, float]:
@@ -231,12 +211,12 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, float]:
     for step in cfg.phases:
         phase_dir = out / step.name
         start = time.perf_counter()
-        if step.kind in PHASE_CONFIGS:
+        if step.kind in PHASES:
             phase_overrides = {"model": current_model, **step.overrides, "output_dir": str(phase_dir)}
             for key in ("model", "ref_model", "reward_model"):
                 if key in phase_overrides:
                     phase_overrides[key] = _resolve_reference(phase_overrides[key], outputs)
-            phase_cfg = load_config(PHASE_CONFIGS[step.kind], step.recipe, phase_overrides)
+            phase_cfg = load_config(PHASES[step.kind].config, step.recipe, phase_overrides)
             sources = config_sources(phase_cfg)
             data = data_fingerprint(sources)
             fingerprint = _fingerprint([fingerprints, to_dict(phase_cfg), cfg.deepspeed, cfg.num_processes, data])

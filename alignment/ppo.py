@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from alignment import distributed as dist
+from alignment.batching import pad_sequences, positions
 from alignment.config import PPOConfig
 from alignment.logits import causal_mask
 from alignment.modeling import (
@@ -53,9 +54,7 @@ from alignment.ppo_math import (
     truncate_after_stop,
     value_loss,
 )
-
-if TYPE_CHECKING:
-    from alignment.evaluation.policies import Policy
+from alignment.reference import load_frozen, place_reference, token_reference
 from alignment.reward import LastTokenScores, load_reward_stats, score_module
 from alignment.training import (
     Engine,
@@ -68,6 +67,9 @@ from alignment.training import (
     set_seed,
     use_bf16,
 )
+
+if TYPE_CHECKING:
+    from alignment.evaluation.policies import Policy
 
 
 # --------------------------------------------------------------------------------------------------
@@ -105,21 +107,6 @@ def load_prompts(cfg: PPOConfig, tokenizer: Any) -> tuple[list[list[int]], int]:
     return out, cut
 
 
-def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)  # (B, P)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)  # (B, P)
-    for i, s in enumerate(seqs):
-        ids[i, width - len(s):] = torch.tensor(s)
-        mask[i, width - len(s):] = 1
-    return ids, mask
-
-
-def positions(mask: torch.Tensor) -> torch.Tensor:
-    """Position ids that skip left padding: (B, T) -> (B, T)."""
-    return (mask.cumsum(dim=1) - 1).clamp(min=0)
-
-
 # --------------------------------------------------------------------------------------------------
 # Rollout
 # --------------------------------------------------------------------------------------------------
@@ -150,7 +137,7 @@ def rollout(policy: Engine, critic: Engine | None, reference: Any, reward: Rewar
     device = dist.device()
     timing = {}
     pad = tokenizer.pad_token_id
-    prompt_ids, prompt_mask = (t.to(device) for t in left_pad(prompts, pad))
+    prompt_ids, prompt_mask = (t.to(device) for t in pad_sequences(prompts, pad, left=True))  # (B, P), (B, P)
     prompt_len = prompt_ids.shape[1]
 
     # 1. generate -------------------------------------------------------------------------------
@@ -245,12 +232,7 @@ def model_reward(reward_model: torch.nn.Module, pad_id: int, autocast: Any) -> R
     @torch.no_grad()
     def score(prompts: list[list[int]], responses: list[list[int]]) -> torch.Tensor:
         seqs = [p + r for p, r in zip(prompts, responses)]
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), pad_id, dtype=torch.long, device=device)  # (B, T)
-        mask = torch.zeros_like(ids)  # (B, T)
-        for i, s in enumerate(seqs):
-            ids[i, : len(s)] = torch.tensor(s, device=device)
-            mask[i, : len(s)] = 1
+        ids, mask = (t.to(device) for t in pad_sequences(seqs, pad_id))  # (B, T), (B, T) right padded
         with autocast():
             reward_model(input_ids=ids, attention_mask=causal_mask(mask), use_cache=False)
         return scores.take(mask)
@@ -371,7 +353,12 @@ def run_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> Path:
         critic_cfg = dataclasses.replace(train_cfg, lr=cfg.critic_lr or cfg.train.lr)
         critic = Engine(critic_model, critic_cfg, updates, bf16, ds_config)
         critic_scores = LastTokenScores(critic.module)
-    reference = _build_reference(cfg, policy, ds_config, device)
+    if cfg.lora.enabled and not cfg.ref_model:  # the policy with its adapter disabled
+        frozen, adapter = None, policy.module.policy if cfg.critic == "shared" else policy.module
+    else:
+        frozen, adapter = place_reference(load_frozen(cfg.ref_model or cfg.model), ds_config), None
+    reference = token_reference(policy, frozen, adapter,
+                                lambda logits, tokens: response_logprobs(logits, tokens, cfg.generation.temperature)[0])
     reward = reward_fn or model_reward(reward_model, tokenizer.pad_token_id, policy.autocast)
     kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
               else FixedKLController(cfg.kl_coef))
@@ -452,24 +439,3 @@ def _generation_eos(model: str, tokenizer: Any) -> list[int]:
         return []
     return [] if eos is None else (list(eos) if isinstance(eos, (list, tuple)) else [int(eos)])
 
-
-def _build_reference(cfg: PPOConfig, policy: Engine, ds_config: dict[str, Any] | None, device: torch.device) -> Any:
-    """A function (inputs, responses) -> (B, R) reference log-probs of the responses."""
-    from alignment.dpo import _place_reference
-
-    if cfg.lora.enabled and not cfg.ref_model:
-        def adapter_off(inputs: dict[str, Any], responses: torch.Tensor) -> torch.Tensor:
-            peft_model = policy.module.policy if cfg.critic == "shared" else policy.module
-            with peft_model.disable_adapter(), policy.autocast():
-                logits = (policy.ds or policy.module)(**inputs)
-                logits = logits[0] if isinstance(logits, tuple) else logits.logits
-            return response_logprobs(logits, responses, cfg.generation.temperature)[0]
-        return adapter_off
-    frozen = load_causal_lm(cfg.ref_model or cfg.model, merge_adapter=True).eval().requires_grad_(False)
-    frozen = _place_reference(frozen, ds_config)
-
-    def copy_ref(inputs: dict[str, Any], responses: torch.Tensor) -> torch.Tensor:
-        with policy.autocast():
-            logits = frozen(**inputs).logits
-        return response_logprobs(logits, responses, cfg.generation.temperature)[0]
-    return copy_ref

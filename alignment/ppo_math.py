@@ -1,7 +1,7 @@
 """Tensor math of PPO for language models: masks, KL estimates, reward shaping, GAE, the two losses.
 
 Pure functions and two small controller classes, torch only (no transformers, no device names), so
-the unit tests import this without a model or a GPU (STYLE items 2 and 3). The trainer owns the
+the unit tests import this without a model or a GPU. The trainer owns the
 generation and the forward passes; this module turns their outputs into rewards, advantages and losses.
 
 Shapes: B is the number of rollouts (prompt + sampled response), T the response length (the prompt

@@ -12,20 +12,14 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from alignment import distributed as dist
+from alignment.batching import collate_pairs, pair_lengths
 from alignment.config import RMConfig
 from alignment.data.chat import IGNORE_INDEX
-from alignment.data.preferences import (
-    PreferenceExample,
-    TokenizedPair,
-    describe,
-    load_preference_examples,
-    tokenize_pairs,
-)
+from alignment.data.preferences import TokenizedPair, describe, load_pairs, tokenize_pairs
 from alignment.evaluation.rm_diagnostics import diagnose, verdict
 from alignment.logits import causal_mask
 from alignment.losses import bradley_terry_loss, reward_model_metrics
@@ -49,50 +43,6 @@ from alignment.training import (
     set_seed,
     use_bf16,
 )
-
-
-# --------------------------------------------------------------------------------------------------
-# Data
-# --------------------------------------------------------------------------------------------------
-def split_pairs(examples: list[PreferenceExample], ratios: dict[str, float], seed: int) -> dict[str, list]:
-    """Deterministic split that keeps every pair of one prompt in the same split (no prompt leaks)."""
-    import datasets
-
-    from alignment.data import split_dataset
-
-    keys = [json.dumps(ex.prompt) for ex in examples]
-    ds = datasets.Dataset.from_dict({"i": list(range(len(examples))), "prompt": keys})
-    parts = split_dataset(ds, ratios, seed, key=lambda r: r["prompt"])
-    return {name: [examples[i] for i in part["i"]] for name, part in parts.items()}
-
-
-def load_pairs(cfg: RMConfig) -> tuple[list[PreferenceExample], list[PreferenceExample], dict[str, Any]]:
-    kind = None if cfg.data.kind == "auto" else cfg.data.kind
-    train, info = load_preference_examples(cfg.data.train, kind=kind, pair_policy=cfg.data.pair_policy,
-                                           dedup=cfg.data.dedup)
-    if cfg.data.validation:
-        val, _ = load_preference_examples(cfg.data.validation, kind=kind, pair_policy=cfg.data.pair_policy,
-                                          dedup=cfg.data.dedup)
-    else:
-        parts = split_pairs(train, cfg.data.split, cfg.train.seed)
-        train, val = parts["train"], parts.get("validation", [])
-    return train, val, info
-
-
-def collate_pairs(pairs: list[TokenizedPair], pad_id: int) -> dict[str, torch.Tensor]:
-    """Chosen rows first, then rejected rows, right-padded into one (2B, T) batch."""
-    seqs = [p.chosen_ids for p in pairs] + [p.rejected_ids for p in pairs]
-    labels = [p.chosen_labels for p in pairs] + [p.rejected_labels for p in pairs]
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)  # (2B, T)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)  # (2B, T)
-    lab = torch.full((len(seqs), width), IGNORE_INDEX, dtype=torch.long)  # (2B, T)
-    for i, (s, lb) in enumerate(zip(seqs, labels)):
-        ids[i, : len(s)] = torch.tensor(s)
-        mask[i, : len(s)] = 1
-        lab[i, : len(lb)] = torch.tensor(lb)
-    margins = torch.tensor([p.margin if p.margin is not None else 0.0 for p in pairs])  # (B,)
-    return {"input_ids": ids, "attention_mask": mask, "labels": lab, "margin": margins}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -164,11 +114,6 @@ def stats_sample(pairs: list[TokenizedPair], seed: int) -> list[TokenizedPair]:
     return [pairs[i] for i in sorted(random.Random(seed).sample(range(len(pairs)), STATS_PAIRS))]
 
 
-def pair_lengths(pairs: list[TokenizedPair]) -> list[int]:
-    """Padded width each pair needs in a batch (its longer side): what length grouping sorts by."""
-    return [max(len(p.chosen_ids), len(p.rejected_ids)) for p in pairs]
-
-
 def _response_length(labels: list[int]) -> int:
     return sum(1 for x in labels if x != IGNORE_INDEX)
 
@@ -184,7 +129,7 @@ def run_rm(cfg: RMConfig) -> Path:
     set_seed(cfg.train.seed)
 
     tokenizer = load_tokenizer(cfg.model)
-    train_ex, val_ex, info = load_pairs(cfg)
+    train_ex, val_ex, info = load_pairs(cfg.data, cfg.train.seed)
     train_pairs, train_stats = tokenize_pairs(tokenizer, train_ex, cfg.data.max_length)
     val_pairs, _ = tokenize_pairs(tokenizer, val_ex, cfg.data.max_length)
     log(f"[rm] data: {info['kind']} ({info['variant']}), {info['rows']} rows -> {info['pairs']} pairs, "

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from alignment import distributed as dist
+from alignment.batching import pad_sequences
 from alignment.config import PreferenceDataConfig, SFTConfig
 from alignment.data.chat import IGNORE_INDEX, Tokenized, check_stop_tokens, tokenize_sft
 from alignment.logits import labelled_logits
@@ -77,8 +78,7 @@ def preferred_conversations(path: str, seed: int) -> list[dict[str, Any]]:
 
     The pairs the preference phases hold out by default (``PREFERENCE_HOLDOUT``, split by prompt with
     ``seed``) are skipped."""
-    from alignment.data.preferences import load_preference_examples
-    from alignment.rm import split_pairs
+    from alignment.data.preferences import load_preference_examples, split_pairs
 
     examples, _ = load_preference_examples(path)
     kept = split_pairs(examples, PREFERENCE_HOLDOUT, seed)["train"]
@@ -128,23 +128,17 @@ class _Packed(Tokenized):
 
 def collate(examples: list[Tokenized], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad a micro-batch. Packed rows carry position ids and no attention mask."""
-    width = max(len(ex.input_ids) for ex in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)  # (B, T)
-    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)  # (B, T)
-    packed = isinstance(examples[0], _Packed)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)  # (B, T)
-    positions = torch.zeros((len(examples), width), dtype=torch.long)  # (B, T)
+    ids, mask = pad_sequences([ex.input_ids for ex in examples], pad_id)  # (B, T), (B, T)
+    width = ids.shape[1]
+    labels, _ = pad_sequences([ex.labels for ex in examples], IGNORE_INDEX, width=width)  # (B, T)
+    if not isinstance(examples[0], _Packed):
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+    positions = torch.zeros_like(ids)  # (B, T)
     for i, ex in enumerate(examples):
         n = len(ex.input_ids)
-        ids[i, :n] = torch.tensor(ex.input_ids)
-        labels[i, :n] = torch.tensor(ex.labels)
-        mask[i, :n] = 1
-        if packed:
-            positions[i, :n] = torch.tensor(ex.position_ids)
-            positions[i, n:] = torch.arange(width - n)  # padding forms its own block
-    if packed:
-        return {"input_ids": ids, "labels": labels, "position_ids": positions}
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+        positions[i, :n] = torch.tensor(ex.position_ids)
+        positions[i, n:] = torch.arange(width - n)  # padding forms its own block
+    return {"input_ids": ids, "labels": labels, "position_ids": positions}
 
 
 # --------------------------------------------------------------------------------------------------

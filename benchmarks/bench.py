@@ -544,9 +544,10 @@ def plan(args: argparse.Namespace) -> list[tuple[str, str]]:
 
 def workload_settings(model: str) -> dict[str, Any]:
     """Batch size, length limits and sampling from our quickstart recipes: the same for every column."""
-    from alignment.config import PHASE_CONFIGS, load_config
+    from alignment.config import load_config
+    from alignment.phases import PHASES
 
-    cfgs = {w: load_config(PHASE_CONFIGS[w], RECIPES / f"{w}.yaml", {"model": model, "tracking.backends": []})
+    cfgs = {w: load_config(PHASES[w].config, RECIPES / f"{w}.yaml", {"model": model, "tracking.backends": []})
             for w in WORKLOADS}
     sizes = {w: c.train.batch_size for w, c in cfgs.items()}
     if len(set(sizes.values())) != 1:

@@ -120,7 +120,8 @@ def units(workload: str, counts: dict[str, float]) -> float:
 def ours_config(workload: str, checkpointing: bool | None = None) -> Any:
     """The quickstart recipe of a phase with the bench's overrides (steps, output, no tracking); with
     ``checkpointing`` set, ``train.gradient_checkpointing`` too (the "ours + grad. ckpt" column)."""
-    from alignment.config import PHASE_CONFIGS, load_config
+    from alignment.config import load_config
+    from alignment.phases import PHASES
 
     total = SPEC["warmup"] + SPEC["steps"]
     overrides: dict[str, Any] = {
@@ -137,7 +138,7 @@ def ours_config(workload: str, checkpointing: bool | None = None) -> Any:
         overrides["precompute_ref"] = SPEC["dpo_ref"] == "precomputed"
     if workload == "ppo":
         overrides["reward_model"] = SPEC["reward_model"]
-    return load_config(PHASE_CONFIGS[workload], Path(SPEC["recipes"]) / f"{workload}.yaml", overrides)
+    return load_config(PHASES[workload].config, Path(SPEC["recipes"]) / f"{workload}.yaml", overrides)
 
 
 def _find(args: tuple, kwargs: dict, test: Callable[[Any], bool], what: str) -> Any:
@@ -158,7 +159,9 @@ def _is_engine(x: Any) -> bool:
 def run_ours(workload: str, variant: str, clock: StepClock, result: dict[str, Any]) -> None:
     import importlib
 
-    module = importlib.import_module(f"alignment.{workload}")
+    from alignment.phases import PHASES
+
+    module = importlib.import_module(PHASES[workload].module)
     cfg = ours_config(workload, checkpointing=True if variant == "ours-ckpt" else None)
     result["gradient_checkpointing"] = cfg.train.gradient_checkpointing
 
@@ -184,7 +187,6 @@ def run_ours(workload: str, variant: str, clock: StepClock, result: dict[str, An
             return out
 
         module.train_step = timed_step
-        runner = getattr(module, f"run_{workload}")
     else:
         rollout, update = getattr(module, "rollout", None), getattr(module, "ppo_update", None)
         if rollout is None or update is None:
@@ -206,10 +208,9 @@ def run_ours(workload: str, variant: str, clock: StepClock, result: dict[str, An
             return out
 
         module.rollout, module.ppo_update = timed_rollout, timed_update
-        runner = module.run_ppo
 
     try:
-        runner(cfg)
+        PHASES[workload].run(cfg)
     except StepsDone:
         pass
     else:
@@ -291,10 +292,9 @@ def sft_items(cfg: Any, tokenizer: Any, pretokenized: bool) -> list[tuple[str, d
 def pair_items(cfg: Any, tokenizer: Any) -> list[tuple[str, dict[str, Any]]]:
     """Our preference pairs (same split, truncation and drops) as TRL's conversational prompt/chosen/rejected
     rows, keyed by their token ids."""
-    from alignment.data.preferences import tokenize_pairs
-    from alignment.rm import load_pairs
+    from alignment.data.preferences import load_pairs, tokenize_pairs
 
-    train, _val, _ = load_pairs(cfg)
+    train, _val, _ = load_pairs(cfg.data, cfg.train.seed)
     items = []
     for ex in train:
         pairs, _ = tokenize_pairs(tokenizer, [ex], cfg.data.max_length)

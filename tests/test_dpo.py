@@ -59,9 +59,10 @@ def test_reference_paths_agree(tmp_path, tiny_model_dir, toy_preferences):
     assert runs["frozen"] == pytest.approx(runs["precomputed"], rel=1e-4)
     # Only what the run reads is precomputed: 4 steps x 8 pairs of the training split, and every held-out pair.
     from alignment.config import DPOConfig, load_config
-    from alignment.rm import load_pairs
+    from alignment.data.preferences import load_pairs
 
-    train_pairs, val_pairs, _ = load_pairs(load_config(DPOConfig, str(tmp_path / "dpo-precomputed.yaml"), {}))
+    cfg = load_config(DPOConfig, str(tmp_path / "dpo-precomputed.yaml"), {})
+    train_pairs, val_pairs, _ = load_pairs(cfg.data, cfg.train.seed)
     cache = torch.load(tmp_path / "precomputed" / "reference_logps.pt")
     # (the run finishing proves every pair it read was cached: a miss raises; the epoch's wrap-around
     # can repeat a pair, so up to 32 distinct pairs)
@@ -167,8 +168,8 @@ def test_dpo_deepspeed_two_processes(tmp_path, tiny_model_dir, toy_preferences, 
 def test_rpo_keeps_the_chosen_answers_likely(tmp_path, tiny_model_dir, toy_preferences):
     """The NLL term is logged and added to the loss, and the chosen answers end up more likely than
     with plain DPO from the same start, same data and same seed."""
+    from alignment.batching import collate_pairs
     from alignment.dpo import chosen_counts
-    from alignment.rm import collate_pairs
 
     plain, rpo = tmp_path / "plain", tmp_path / "rpo"
     assert main(["dpo", "--config", str(_recipe(tmp_path, tiny_model_dir, toy_preferences, plain))]) == 0

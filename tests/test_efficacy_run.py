@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from alignment.config import PHASE_CONFIGS, load_config
+from alignment.config import load_config
+from alignment.phases import PHASES
 from alignment.pipeline import load_pipeline
 from benchmarks.efficacy import run
 from benchmarks.efficacy.domains import write_domain
@@ -30,7 +31,7 @@ def test_domain_pipelines_differ_only_in_data_paths(tmp_path: Path):
         cfg = load_pipeline(path, [])  # the framework accepts it
         assert [p.kind for p in cfg.phases] == ["sft", "rm", "ppo", "dpo"]  # eval left to the suite
         for step in cfg.phases:
-            phase = load_config(PHASE_CONFIGS[step.kind], step.recipe, step.overrides)
+            phase = load_config(PHASES[step.kind].config, step.recipe, step.overrides)
             assert Path(phase.data.train).parent == data and Path(phase.data.train).exists()
             if step.kind == "ppo":
                 assert Path(phase.policies) == data / "policies.yaml"

@@ -13,9 +13,10 @@ import pytest
 import yaml
 
 from alignment.cli import build_parser
-from alignment.config import PHASE_CONFIGS, load_config
+from alignment.config import load_config
 from alignment.evaluation.policies import load_policies
 from alignment.models import DEFAULT_MODEL_ALIAS
+from alignment.phases import PHASES
 from alignment.pipeline import load_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,16 +59,16 @@ def test_recipe_loads_and_validates(path: Path, tmp_path: Path, monkeypatch: pyt
         cfg = load_pipeline(path, [])
         check_model(cfg.model)
         for step in cfg.phases:
-            if step.kind in PHASE_CONFIGS:
+            if step.kind in PHASES:
                 # the phase recipe with the pipeline's own overrides on top, as run_pipeline loads it
-                phase_cfg = load_config(PHASE_CONFIGS[step.kind], step.recipe, step.overrides)
+                phase_cfg = load_config(PHASES[step.kind].config, step.recipe, step.overrides)
                 assert phase_cfg.phase == step.kind, f"{step.recipe} is not a '{step.kind}' recipe"
         if any(step.kind == "eval" for step in cfg.phases):
             assert load_policies(cfg.evaluation.policies)
     elif kind == "phase":
         phase = yaml.safe_load(path.read_text(encoding="utf-8"))["phase"]
-        assert phase in PHASE_CONFIGS, f"unknown phase '{phase}'"
-        cfg = load_config(PHASE_CONFIGS[phase], path)
+        assert phase in PHASES, f"unknown phase '{phase}'"
+        cfg = load_config(PHASES[phase].config, path)
         check_model(cfg.model)
     elif kind == "policies":
         assert load_policies(path)
@@ -101,7 +102,7 @@ def test_every_referenced_path_exists(path: Path, tmp_path: Path, monkeypatch: p
         referenced += [v for v in (cfg.evaluation.prompts, cfg.evaluation.policies) if v]
     else:
         phase = yaml.safe_load(path.read_text(encoding="utf-8"))["phase"]
-        cfg = load_config(PHASE_CONFIGS[phase], path)
+        cfg = load_config(PHASES[phase].config, path)
         referenced = [v for v in (cfg.data.train, getattr(cfg.data, "validation", None)) if v]
     assert referenced
     for value in referenced:

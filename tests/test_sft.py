@@ -254,7 +254,7 @@ def test_full_finetuning_from_a_lora_adapter(tmp_path, tiny_model_dir, sft_file)
 
 
 def test_preferred_answers_join_the_training_data(tmp_path, sft_file):
-    from alignment.rm import split_pairs
+    from alignment.data.preferences import split_pairs
     from alignment.sft import PREFERENCE_HOLDOUT, load_sft_records, preferred_conversations
     from tests.conftest import write_jsonl
 

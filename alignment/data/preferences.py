@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from alignment.data.chat import IGNORE_INDEX, assistant_spans
 from alignment.errors import AlignError
+
+if TYPE_CHECKING:
+    from alignment.config import PreferenceDataConfig
 
 Messages = list[dict[str, str]]
 
@@ -85,6 +88,33 @@ def load_preference_examples(path: str, *, kind: str | None = None, pair_policy:
     return examples, {"kind": kind, "variant": info.variant, "duplicates_removed": removed,
                       "rows": len(records), "pairs": len(examples),
                       "orphan_negatives": orphans if kind == "unpaired" else 0}
+
+
+def split_pairs(examples: list[PreferenceExample], ratios: dict[str, float], seed: int) -> dict[str, list]:
+    """Deterministic split that keeps every pair of one prompt in the same split (no prompt leaks)."""
+    import datasets
+
+    from alignment.data import split_dataset
+
+    keys = [json.dumps(ex.prompt) for ex in examples]
+    ds = datasets.Dataset.from_dict({"i": list(range(len(examples))), "prompt": keys})
+    parts = split_dataset(ds, ratios, seed, key=lambda r: r["prompt"])
+    return {name: [examples[i] for i in part["i"]] for name, part in parts.items()}
+
+
+def load_pairs(data: PreferenceDataConfig, seed: int) -> tuple[
+        list[PreferenceExample], list[PreferenceExample], dict[str, Any]]:
+    """Train and validation pairs of a recipe's ``data`` section (the RM and DPO phases): ``data.validation``
+    when given, else ``data.split`` of the training pairs by prompt with ``seed``; plus what loading did."""
+    kind = None if data.kind == "auto" else data.kind
+    train, info = load_preference_examples(data.train, kind=kind, pair_policy=data.pair_policy, dedup=data.dedup)
+    if data.validation:
+        val, _ = load_preference_examples(data.validation, kind=kind, pair_policy=data.pair_policy,
+                                          dedup=data.dedup)
+    else:
+        parts = split_pairs(train, data.split, seed)
+        train, val = parts["train"], parts.get("validation", [])
+    return train, val, info
 
 
 def unpaired_to_pairs(records: list[dict[str, Any]]) -> list[PreferenceExample]:

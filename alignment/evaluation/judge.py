@@ -246,6 +246,7 @@ def score_answers(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[Mess
     """
     import torch
 
+    from alignment.batching import pad_sequences
     from alignment.data.preferences import tokenize_response
     from alignment.logits import causal_mask
     from alignment.reward import LastTokenScores
@@ -267,7 +268,7 @@ def score_answers(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[Mess
         with torch.no_grad(), autocast(use_bf16("auto") and device.type == "cuda"):
             for start in range(0, len(order), batch_size):
                 idx = order[start : start + batch_size]
-                ids, mask = padded_batch([encoded[i] for i in idx], pad, left=False)
+                ids, mask = pad_sequences([encoded[i] for i in idx], pad)
                 ids, mask = ids.to(device), mask.to(device)
                 model(input_ids=ids, attention_mask=causal_mask(mask), use_cache=False)
                 for row, s in zip(idx, scorer.take(mask).tolist()):
@@ -336,6 +337,7 @@ class PairwiseJudge:
         """
         import torch
 
+        from alignment.batching import pad_sequences, positions
         from alignment.training import autocast, use_bf16
 
         device = next(self.model.parameters()).device
@@ -347,10 +349,10 @@ class PairwiseJudge:
         with torch.no_grad(), autocast(use_bf16("auto") and device.type == "cuda"):
             for start in range(0, len(order), batch_size):
                 idx = order[start : start + batch_size]
-                ids, mask = padded_batch([encoded[i] for i in idx], pad, left=True)
-                positions = (mask.cumsum(dim=1) - 1).clamp(min=0)  # (B, T)
-                ids, mask, positions = ids.to(device), mask.to(device), positions.to(device)
-                out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False,
+                ids, mask = pad_sequences([encoded[i] for i in idx], pad, left=True)  # (B, T), (B, T)
+                pos = positions(mask)  # (B, T)
+                ids, mask, pos = ids.to(device), mask.to(device), pos.to(device)
+                out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False,
                                  logits_to_keep=1)
                 logprobs = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # (B, V)
                 pair = logprobs[:, self.label_ids]  # (B, 2)
@@ -483,17 +485,3 @@ def judge_with_model(results: list[dict[str, Any]], prompts: list[Messages], jud
     _free_memory()
     return {"model": judge_model, "template": JUDGE_TEMPLATE, "labels": list(JUDGE_LABELS),
             "method": "P(A) = (P('1' | A first) + P('2' | A second)) / 2, labels renormalised"}
-
-
-def padded_batch(seqs: list[list[int]], pad: int, *, left: bool) -> tuple[Any, Any]:
-    """Token lists as one (B, T) id tensor and its attention mask, padded on the left or the right."""
-    import torch
-
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad, dtype=torch.long)  # (B, T)
-    mask = torch.zeros_like(ids)  # (B, T)
-    for row, seq in enumerate(seqs):
-        span = slice(width - len(seq), width) if left else slice(0, len(seq))
-        ids[row, span] = torch.tensor(seq, dtype=torch.long)
-        mask[row, span] = 1
-    return ids, mask
