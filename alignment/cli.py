@@ -82,40 +82,75 @@ def _phase(args: argparse.Namespace, argv: list[str]) -> int:
     elif (args.num_processes or 1) > 1 or args.hostfile or args.deepspeed:
         if args.deepspeed:
             distributed.resolve_config_path(args.deepspeed)  # fail before starting processes
-        # Validate the recipe and the data once, here, so a mistake is one message rather than one per process.
+        # Validate the recipe and the data once, here, so a mistake is one message rather than one per process;
+        # a feedback store named as data is exported once, here, and every process reads that file.
         cfg = load_config(phase.config, args.config, args.overrides)
+        if exported := _export_stores(args.command, cfg):
+            cfg = load_config(phase.config, args.config, [*args.overrides, *exported])
+            argv = _launch_argv(args, [*args.overrides, *exported])
         _preflight(args.command, cfg)
         return distributed.launch(argv, args.num_processes or 1, args.hostfile)
     overrides = list(args.overrides)
     if args.deepspeed:
         overrides.append(f"deepspeed={args.deepspeed}")
     cfg = load_config(phase.config, args.config, overrides)
+    # One process, or one rank started by a launcher: ours passed the exported files along (nothing to do
+    # here then); under torchrun/accelerate/deepspeed each rank exports, as each read the store before.
+    if exported := _export_stores(args.command, cfg):
+        cfg = load_config(phase.config, args.config, [*overrides, *exported])
     if distributed.is_main():
         print(f"[{args.command}] memory allocator: {allocator.describe()}")
     phase.run(cfg)
     return 0
 
 
+def _export_stores(command: str, cfg: object) -> list[str]:
+    """``key=value`` overrides pointing the phase at JSONL exports of the feedback stores its data names
+    (none when it names none): see :func:`alignment.pipeline.export_feedback_stores`."""
+    import json
+
+    from alignment.pipeline import export_feedback_stores
+
+    exported = export_feedback_stores(command, cfg)
+    return [f"{key}={json.dumps(value)}" for key, value in exported.items()]  # quoted: read back as strings
+
+
+def _launch_argv(args: argparse.Namespace, overrides: list[str]) -> list[str]:
+    """The command line the launched processes run: this one with ``overrides`` in place of the given ones."""
+    argv = [args.command, "--config", args.config, *overrides]
+    for flag, value in (("--deepspeed", args.deepspeed), ("--num-processes", args.num_processes),
+                        ("--hostfile", args.hostfile)):
+        if value is not None:
+            argv += [flag, str(value)]
+    return argv
+
+
 def _preflight(command: str, cfg: object) -> None:
     from alignment.data import load_dataset_file
+    from alignment.data.io import one_read_per_file
     from alignment.modeling import resolve_model
+    from alignment.phases import use_kto
 
     resolve_model(cfg.model)
-    if command == "ppo":
-        resolve_model(cfg.reward_model)
-        from alignment.data.formats import load_prompt_file
+    with one_read_per_file():
+        if command == "ppo":
+            resolve_model(cfg.reward_model)
+            from alignment.data.formats import load_prompt_file
 
-        load_prompt_file(cfg.data.train)
-    elif command == "sft":
-        load_dataset_file(cfg.data.train, "sft")
-        if cfg.data.validation:
-            load_dataset_file(cfg.data.validation, "sft")
-    else:
-        from alignment.data.preferences import load_preference_examples
+            load_prompt_file(cfg.data.train)
+        elif command == "sft":
+            load_dataset_file(cfg.data.train, "sft")
+            if cfg.data.validation:
+                load_dataset_file(cfg.data.validation, "sft")
+        elif command == "dpo" and use_kto(cfg):
+            for path in filter(None, (cfg.data.train, cfg.data.validation)):
+                load_dataset_file(path, "unpaired")  # what KTO reads (pairs need not exist)
+        else:
+            from alignment.data.preferences import load_preference_examples
 
-        for path in filter(None, (cfg.data.train, cfg.data.validation)):
-            load_preference_examples(path, kind=None if cfg.data.kind == "auto" else cfg.data.kind,
-                                     pair_policy=cfg.data.pair_policy)
+            for path in filter(None, (cfg.data.train, cfg.data.validation)):
+                load_preference_examples(path, kind=None if cfg.data.kind == "auto" else cfg.data.kind,
+                                         pair_policy=cfg.data.pair_policy)
 
 
 def main(argv: list[str] | None = None) -> int:

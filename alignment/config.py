@@ -57,12 +57,13 @@ class SFTDataConfig(DataConfig):
     """SFT data: the curated conversations, and optionally the answers experts preferred."""
 
     preferred: str | None = None
-    """Preference data (a preference, ranked or unpaired file, or a feedback store) whose preferred
-    answers are trained on too: each pair's chosen answer with its prompt, once per distinct answer. This
-    is the DPO paper's "preferred-FT" start: when the curated conversations never show the behaviour the
-    experts prefer, a policy that cannot produce it gives DPO little to sharpen and PPO nothing to
-    reinforce. The pairs that the preference phases hold out with their default split (10% of prompts,
-    same seed) are left out, so their held-out diagnostics stay held out."""
+    """Preference data (a preference, ranked or unpaired file, or a feedback store, exported by `align` to
+    `<output_dir>/data/preferred.jsonl` first) whose preferred answers are trained on too: each pair's chosen
+    answer with its prompt, once per distinct answer. This is the DPO paper's "preferred-FT" start: when the
+    curated conversations never show the behaviour the experts prefer, a policy that cannot produce it gives
+    DPO little to sharpen and PPO nothing to reinforce. The pairs that the preference phases hold out with
+    their default split (10% of prompts, same seed) are left out, so their held-out diagnostics stay held
+    out."""
 
 
 @dataclass
@@ -172,7 +173,8 @@ class PreferenceDataConfig:
 
     train: str = ""
     """Preference (prompt/chosen/rejected), ranked (prompt/responses/ranks) or unpaired (label) data, or the
-    feedback app's store: `feedback.db`, `feedback.db#project` or a database URL."""
+    feedback app's store: `feedback.db`, `feedback.db#project` or a database URL, which `align` exports to
+    `<output_dir>/data/train.jsonl` (provenance beside it) before the phase starts and trains on."""
     validation: str | None = None
     split: dict[str, float] = field(default_factory=lambda: {"train": 0.9, "validation": 0.1})
     """Ratios used when `validation` is not given; all pairs of one prompt land in the same split."""

@@ -35,6 +35,7 @@ from transformers import ProgressCallback, TrainerCallback
 from alignment import distributed as dist
 from alignment.config import DPOConfig, save_config, to_dict
 from alignment.data import deduplicate, iter_records, load_dataset_file, split_dataset, to_conversation
+from alignment.data.io import one_read_per_file, release_reads
 from alignment.errors import AlignError
 from alignment.modeling import count_parameters, load_causal_lm, load_tokenizer, save_model
 from alignment.tracking import MetricsLogger
@@ -73,20 +74,25 @@ def _conversations(ds: datasets.Dataset, variant: str) -> list[dict[str, Any]]:
 
 
 def load_unpaired(cfg: DPOConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
-    """Train and validation rows (train shuffled by ``train.seed``) and what was done to get them."""
-    ds, info, removed = _read_unpaired(cfg.data.train, cfg.data.dedup)
-    rows = len(ds) + removed
-    if cfg.data.validation:
-        val_ds, val_info, _ = _read_unpaired(cfg.data.validation, cfg.data.dedup)
-        train, val = _conversations(ds, info.variant), _conversations(val_ds, val_info.variant)
-    else:
-        # Key on the normalised prompt, so a string prompt and the same prompt as messages land together.
-        def prompt_key(record: dict[str, Any]) -> str:
-            return json.dumps(to_conversation(record, "unpaired", info.variant)["prompt"], sort_keys=True)
+    """Train and validation rows (train shuffled by ``train.seed``) and what was done to get them.
 
-        parts = split_dataset(ds, cfg.data.split, cfg.train.seed, key=prompt_key)
-        train = _conversations(parts["train"], info.variant)
-        val = _conversations(parts["validation"], info.variant) if "validation" in parts else []
+    The file is read and validated once: inside the DPO phase's :func:`~alignment.data.io.one_read_per_file`
+    block, what :func:`~alignment.phases.use_kto` read is used, and let go once the rows are made."""
+    with one_read_per_file():
+        ds, info, removed = _read_unpaired(cfg.data.train, cfg.data.dedup)
+        rows = len(ds) + removed
+        if cfg.data.validation:
+            val_ds, val_info, _ = _read_unpaired(cfg.data.validation, cfg.data.dedup)
+            train, val = _conversations(ds, info.variant), _conversations(val_ds, val_info.variant)
+        else:
+            # Key on the normalised prompt, so a string prompt and the same prompt as messages land together.
+            def prompt_key(record: dict[str, Any]) -> str:
+                return json.dumps(to_conversation(record, "unpaired", info.variant)["prompt"], sort_keys=True)
+
+            parts = split_dataset(ds, cfg.data.split, cfg.train.seed, key=prompt_key)
+            train = _conversations(parts["train"], info.variant)
+            val = _conversations(parts["validation"], info.variant) if "validation" in parts else []
+        release_reads()
     random.Random(cfg.train.seed).shuffle(train)
     desirable = sum(r["label"] for r in train)
     summary = {"variant": info.variant, "rows": rows, "duplicates": removed, "train": len(train),

@@ -57,14 +57,20 @@ def _run_rm(cfg: RMConfig) -> Path:
 
 
 def _run_dpo(cfg: DPOConfig) -> Path:
-    """DPO on pairs; unpaired data whose negatives DPO cannot pair trains with KTO (:func:`use_kto`)."""
-    if use_kto(cfg):
-        from alignment.kto import run_kto
+    """DPO on pairs; unpaired data whose negatives DPO cannot pair trains with KTO (:func:`use_kto`).
 
-        return run_kto(cfg)
-    from alignment.dpo import run_dpo
+    The data file is read and validated once: :func:`use_kto` keeps what it read for the phase's loader
+    (:func:`alignment.data.io.one_read_per_file`), which lets it go once the phase has its examples."""
+    from alignment.data.io import one_read_per_file
 
-    return run_dpo(cfg)
+    with one_read_per_file():
+        if use_kto(cfg):
+            from alignment.kto import run_kto
+
+            return run_kto(cfg)
+        from alignment.dpo import run_dpo
+
+        return run_dpo(cfg)
 
 
 def _run_ppo(cfg: PPOConfig) -> Path:

@@ -1,8 +1,9 @@
 """Pipeline recipes: phases in order, each consuming the previous outputs, skipped when complete.
 
 A phase is complete when its folder holds ``complete.json`` with the fingerprint of the resolved
-config it ran, of the content of the data it read (files by their bytes, a feedback store by the pairs it
-exports), and of the phases it consumed. Re-running a pipeline skips complete phases and re-runs, saying
+config it ran, of the content of the data it read (files by their bytes; a feedback store is first exported
+into the phase's folder, :func:`export_feedback_stores`, and that file counts), and of the phases it
+consumed. Re-running a pipeline skips complete phases and re-runs, saying
 why, those whose recipe or data changed (and every phase after them); a phase killed half-way has no
 marker, runs again, and its trainer resumes from the last checkpoint.
 """
@@ -160,6 +161,51 @@ def load_pipeline(path: str | Path, overrides: list[str]) -> PipelineConfig:
     return cfg
 
 
+# Where a phase takes a feedback store as data, the store's preference pairs are what it reads: RM and DPO
+# (data.kind auto or feedback) in data.train and data.validation, SFT in data.preferred.
+STORE_FIELDS = {"rm": ("data.train", "data.validation"), "dpo": ("data.train", "data.validation"),
+                "sft": ("data.preferred",)}
+
+
+def export_feedback_stores(kind: str, cfg: Any) -> dict[str, Any]:
+    """Export every feedback store a phase config names as data to ``<output_dir>/data/<field>.jsonl`` (with
+    ``<field>.provenance.json`` beside it) and return the overrides that point the phase at those files.
+
+    The training library reads files and never imports the feedback app: this layer (the pipeline, and
+    `align rm|dpo|sft` through it, in the launcher process) turns the app's store into the library's input.
+    The files hold exactly the pairs the store exports (:func:`feedback_app.export.materialise`), kept beside
+    the model they trained. A store's pairs were never de-duplicated, so when every preference source of an
+    RM or DPO phase is a store, ``data.dedup`` is set to none; ``data.kind: feedback`` becomes preference.
+    """
+    fields = STORE_FIELDS.get(kind, ())
+    if kind in ("rm", "dpo") and cfg.data.kind not in ("auto", "feedback"):
+        return {}
+    sources = config_sources(cfg, fields)
+    if not sources:
+        return {}
+    from feedback_app.export import is_store_spec, materialise
+
+    stores = {name: spec for name, spec in sources.items() if is_store_spec(spec)}
+    if not stores:
+        return {}
+    folder = Path(cfg.output_dir).resolve() / "data"
+    pair_policy = cfg.data.pair_policy if kind in ("rm", "dpo") else "all"
+    overrides: dict[str, Any] = {}
+    for name, spec in stores.items():
+        out = folder / f"{name.rsplit('.', 1)[-1]}.jsonl"
+        info = materialise(spec, out, pair_policy)
+        overrides[name] = str(out)
+        if distributed.is_main():
+            print(f"[{kind}] {name}: feedback store {info['source']} -> {out} ({info['pairs']} pairs from "
+                  f"{info['judgments']} judgments, exported {info['exported_at']})")
+    if kind in ("rm", "dpo"):
+        if cfg.data.kind == "feedback":
+            overrides["data.kind"] = "preference"
+        if stores.keys() == sources.keys():
+            overrides["data.dedup"] = "none"
+    return overrides
+
+
 def run_recipe(path: str, overrides: list[str]) -> int:
     """`align run`: a pipeline (has `phases`) or a single phase recipe (has `phase: <kind>`)."""
     data, _ = load_yaml(path)
@@ -171,6 +217,8 @@ def run_recipe(path: str, overrides: list[str]) -> int:
         raise AlignError(f"a recipe for `align run` needs 'phases' (a pipeline) or 'phase: "
                          f"{'|'.join(PHASES)}'", file=path, field="phase")
     cfg = load_config(PHASES[kind].config, path, overrides)
+    if exported := export_feedback_stores(kind, cfg):
+        cfg = load_config(PHASES[kind].config, path, {**parse_overrides(overrides), **exported})
     _run_training_phase(kind, cfg, deepspeed=cfg.deepspeed, num_processes=1)
     return 0
 
@@ -217,9 +265,12 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, float]:
                 if key in phase_overrides:
                     phase_overrides[key] = _resolve_reference(phase_overrides[key], outputs)
             phase_cfg = load_config(PHASES[step.kind].config, step.recipe, phase_overrides)
+            recipe = to_dict(phase_cfg)  # as written: a store stays a store, its exported pairs are in `data`
             sources = config_sources(phase_cfg)
-            data = data_fingerprint(sources)
-            fingerprint = _fingerprint([fingerprints, to_dict(phase_cfg), cfg.deepspeed, cfg.num_processes, data])
+            if exported := export_feedback_stores(step.kind, phase_cfg):
+                phase_cfg = load_config(PHASES[step.kind].config, step.recipe, {**phase_overrides, **exported})
+            data = data_fingerprint(config_sources(phase_cfg))
+            fingerprint = _fingerprint([fingerprints, recipe, cfg.deepspeed, cfg.num_processes, data])
             if _is_complete(phase_dir, fingerprint, data, sources):
                 print(f"[pipeline] {step.name}: complete, skipped")
                 timings[step.name] = 0.0

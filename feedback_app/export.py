@@ -14,13 +14,19 @@ What each judgment (the latest revision of each annotator's judgment of an item)
 Every row carries ``provenance``: annotator, time, revision, guideline version, item and judgment ids,
 and for each side of a pair the model that generated it and its decoding settings (JSON text, so rows
 from different models share one column type).
+
+A store named as a phase's data (``data.train: feedback.db[#project]``) becomes a file through
+:func:`materialise`, which the top layer (``align``, pipelines: :func:`alignment.pipeline.export_feedback_stores`)
+calls before the phase: the training library reads files and never imports this app.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -28,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from alignment.data.pairs import PAIR_POLICIES, ranking_to_pairs
-from feedback_app.store import Candidate, Item, Project, Store, StoredJudgment, StoreError
+from feedback_app.store import Candidate, Item, Project, Store, StoredJudgment, StoreError, is_store
 
 Row = dict[str, Any]
 
@@ -138,7 +144,7 @@ def write_export(export: Export, out: str | Path) -> tuple[Path, Path]:
 
 
 def preference_examples(spec: str | Path, pair_policy: str = "all") -> tuple[list[Any], dict[str, Any]]:
-    """The store as preference examples for the RM and DPO loaders (``data.train: feedback.db[#project]``)."""
+    """The store's preference pairs (``feedback.db[#project]`` or a URL): what :func:`materialise` writes."""
     from alignment.data.preferences import PreferenceExample
     from alignment.errors import AlignError
 
@@ -152,7 +158,56 @@ def preference_examples(spec: str | Path, pair_policy: str = "all") -> tuple[lis
     examples = [PreferenceExample(r["prompt"], r["chosen"], r["rejected"], r["margin"]) for r in export.pairs]
     orphans = export.by_kind.get("negative without a good answer", 0)
     return examples, {"kind": "feedback", "variant": "store", "duplicates_removed": 0, "rows": export.judgments,
-                      "pairs": len(examples), "orphan_negatives": orphans}
+                      "pairs": len(examples), "orphan_negatives": orphans, "by_kind": dict(export.by_kind)}
+
+
+# ------------------------------------------------------------------------------------- store as data
+
+EMPTY_STORE = "the feedback store holds no judgments that make preference pairs yet"
+
+
+def is_store_spec(spec: str | Path) -> bool:
+    """A feedback store named as data: ``feedback.db``, ``feedback.db#project`` or a database URL."""
+    return is_store(split_store_spec(spec)[0])
+
+
+def provenance_path(out: str | Path) -> Path:
+    """``DIR/train.jsonl`` -> ``DIR/train.provenance.json``."""
+    path = Path(out)
+    return path.with_name(path.name.removesuffix(".jsonl") + ".provenance.json")
+
+
+def materialise(spec: str | Path, out: str | Path, pair_policy: str = "all") -> dict[str, Any]:
+    """Export the store's preference pairs to ``out`` for a training phase; returns the provenance.
+
+    The rows are exactly :func:`preference_examples`, in its order, in the ``preference`` format the data
+    loaders read (``prompt`` / ``chosen`` / ``rejected`` message lists, ``margin`` when known). Beside them,
+    ``<name>.provenance.json``: the store, project, pair policy, export time and counts. When the file already
+    holds these exact rows neither file is rewritten, so a re-run keeps the time the rows were exported.
+    Raises AlignError (naming ``spec``) for a missing store or project, and for a store with no pairs yet.
+    """
+    from alignment.errors import AlignError
+
+    examples, info = preference_examples(spec, pair_policy)
+    if not examples:
+        raise AlignError(EMPTY_STORE, file=str(spec))
+    rows = [{"prompt": e.prompt, "chosen": e.chosen, "rejected": e.rejected,
+             **({"margin": e.margin} if e.margin is not None else {})} for e in examples]
+    text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8")
+    path, prov_path = Path(out), provenance_path(out)
+    if path.is_file() and prov_path.is_file() and path.read_bytes() == text:
+        return json.loads(prov_path.read_text(encoding="utf-8"))
+    url, project = split_store_spec(spec)
+    provenance = {
+        "source": _public(url) + (f"#{project}" if project else ""), "store": _public(url), "project": project,
+        "pair_policy": pair_policy, "exported_at": _iso(time.time()), "format": "preference",
+        "file": path.name, "sha256": hashlib.sha256(text).hexdigest(), "judgments": info["rows"],
+        "pairs": len(rows), "orphan_negatives": info["orphan_negatives"], "by_kind": info["by_kind"],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, text)
+    _atomic_write(prov_path, (json.dumps(provenance, indent=2) + "\n").encode("utf-8"))
+    return provenance
 
 
 def summary_lines(export: Export) -> list[str]:
@@ -198,3 +253,28 @@ def _atomic_jsonl(path: Path, rows: Iterable[Row]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _public(store: str) -> str:
+    """A store (path or database URL, no ``#project``) fit for a file others read: a URL's password hidden."""
+    if "://" not in store:
+        return store
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(store).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy can parse: say only its scheme
+        return store.split("://", 1)[0] + "://..."

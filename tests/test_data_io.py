@@ -201,3 +201,17 @@ def test_not_utf8(tmp_path):
 
 def test_not_parquet(tmp_path):
     assert "Parquet" in raised(write(tmp_path / "d.parquet", "not parquet")).message
+
+
+def test_a_feedback_store_given_as_a_data_file_says_what_to_do(tmp_path):
+    """The data layer reads files; a store reaches it only if nothing exported it: say so, naming it."""
+    import sqlite3
+
+    db = tmp_path / "feedback.db"
+    sqlite3.connect(db).execute("create table t (x)").connection.commit()
+    for spec in (str(db), f"{db}#desk", "postgresql+psycopg://ann@host/feedback"):
+        with pytest.raises(AlignError, match="is a feedback store, not a data file") as e:
+            load_records(spec)
+        assert e.value.file == spec and "align feedback export" in str(e.value)
+    with pytest.raises(AlignError, match="unsupported file type '.db'"):
+        load_records(write(tmp_path / "notes.db", "just text"))

@@ -13,7 +13,7 @@ import pytest
 
 from alignment.cli import main
 from alignment.errors import AlignError
-from feedback_app.export import export_store, write_export
+from feedback_app.export import export_store, materialise, preference_examples, write_export
 from feedback_app.store import Judgment, Progress, Store, StoreError, display_order
 from tests.conftest import write_jsonl
 
@@ -410,12 +410,89 @@ def test_export_files_load_as_training_data(store, tmp_path):
     assert info["kind"] == "preference" and len(examples) == len(exported.pairs) - info["duplicates_removed"]
     ds, uinfo = load_dataset_file(unpaired_path, "unpaired")
     assert len(ds) == len(exported.unpaired) and uinfo.kind == "unpaired"
-    # The store itself is data for the RM and DPO recipes: same pairs as the export
-    direct, dinfo = load_preference_examples(str(store.url.removeprefix("sqlite:///")))
+    # The store itself is data for the RM and DPO recipes: same pairs as the export, written by the top layer
+    # into the run folder (materialise); the library reads files only and says so when handed a store
+    db = str(store.url.removeprefix("sqlite:///"))
+    direct, dinfo = preference_examples(db)
     assert dinfo["kind"] == "feedback" and len(direct) == len(exported.pairs)
-    assert len(load_preference_examples(str(store.url.removeprefix("sqlite:///")) + "#default")[0]) == len(direct)
+    assert len(preference_examples(db + "#default")[0]) == len(direct)
     with pytest.raises(AlignError, match="no project 'other'"):
-        load_preference_examples(str(store.url.removeprefix("sqlite:///")) + "#other")
+        materialise(db + "#other", tmp_path / "run" / "data" / "train.jsonl")
+    materialise(db + "#default", tmp_path / "run" / "data" / "train.jsonl")
+    loaded, linfo = load_preference_examples(str(tmp_path / "run" / "data" / "train.jsonl"), dedup="none")
+    assert linfo["kind"] == "preference" and _as_rows(loaded) == _as_rows(direct)
+    for spec in (db, db + "#default"):
+        with pytest.raises(AlignError, match="is a feedback store, not a data file") as e:
+            load_preference_examples(spec)
+        assert e.value.file == spec
+
+
+def _as_rows(examples) -> list[list]:
+    return [[e.prompt, e.chosen, e.rejected, e.margin] for e in examples]
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_materialise_writes_the_exact_pairs_with_provenance(tmp_path):
+    """The rows a phase trains on are the store's preference_examples, unchanged, in the preference format;
+    beside them what they came from. Unchanged pairs leave both files alone; new judgments rewrite them."""
+    from alignment.data.fingerprint import source_digest
+    from alignment.data.preferences import load_preference_examples
+
+    store = Store(tmp_path / "feedback.db")
+    p = store.update_project(_fill(store, 6).id, overlap=2)
+    users = _users(store, 2)
+    for _ in range(2):  # both annotators judge two items alike: duplicate pairs, which the store keeps
+        for u in users:
+            _judge(store, u, p, lambda it: Judgment(ranks={c.id: r + 1 for r, c in enumerate(it.candidates)},
+                                                    correction_of=it.candidates[2].id, correction=f"Fixed {it.id}"))
+    spec = f"{tmp_path / 'feedback.db'}#default"
+    out = tmp_path / "run" / "data" / "train.jsonl"
+    examples, info = preference_examples(spec, "adjacent")
+    prov = materialise(spec, out, "adjacent")
+    rows = _rows(out)
+    assert [[r["prompt"], r["chosen"], r["rejected"], r.get("margin")] for r in rows] == _as_rows(examples)
+    assert all(set(r) <= {"prompt", "chosen", "rejected", "margin"} for r in rows)
+    assert any("margin" not in r for r in rows) and any(r.get("margin") == 1.0 for r in rows)  # corrections, ranks
+    saved = json.loads((out.parent / "train.provenance.json").read_text())
+    assert saved == prov
+    assert prov["source"] == spec and prov["project"] == "default" and prov["pair_policy"] == "adjacent"
+    assert prov["pairs"] == len(examples) and prov["judgments"] == info["rows"] == 4
+    assert prov["format"] == "preference" and prov["file"] == "train.jsonl" and prov["exported_at"]
+    assert prov["by_kind"]["ranking"] + prov["by_kind"]["correction"] == len(examples)
+    # what the RM/DPO loaders read from it: the same pairs (duplicates kept with dedup none, as from the store)
+    loaded, linfo = load_preference_examples(str(out), dedup="none")
+    assert _as_rows(loaded) == _as_rows(examples) and linfo["kind"] == "preference"
+    assert load_preference_examples(str(out))[1]["duplicates_removed"] > 0  # there were duplicates to keep
+
+    before, stamp = source_digest(str(out)), out.stat().st_mtime_ns
+    assert materialise(spec, out, "adjacent") == prov and out.stat().st_mtime_ns == stamp
+    u = store.add_user("carl", "annotator", "password-carl")
+    _judge(store, u, p, lambda it: _rank_all(it, [2, 1, 0]))
+    newer = materialise(spec, out, "adjacent")
+    assert source_digest(str(out)) != before and newer["pairs"] > prov["pairs"]
+    assert _as_rows(preference_examples(spec, "adjacent")[0]) == [
+        [r["prompt"], r["chosen"], r["rejected"], r.get("margin")] for r in _rows(out)]
+    store.close()
+
+
+def test_an_empty_store_is_refused_with_the_same_message(tmp_path, capsys):
+    store = Store(tmp_path / "feedback.db")
+    _fill(store, 3)
+    store.close()
+    with pytest.raises(AlignError, match="the feedback store holds no judgments that make preference pairs yet"):
+        materialise(str(tmp_path / "feedback.db"), tmp_path / "out.jsonl")
+    recipe = {"phase": "rm", "model": "smollm2-135m-instruct", "output_dir": str(tmp_path / "rm"),
+              "data": {"train": str(tmp_path / "feedback.db")}}
+    path = tmp_path / "rm.yaml"
+    path.write_text(json.dumps(recipe))
+    assert main(["rm", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == (f"error: {tmp_path / 'feedback.db'}: the feedback store holds no judgments that make "
+                           "preference pairs yet")
+    assert not (tmp_path / "rm" / "data" / "train.jsonl").exists()
 
 
 @pytest.mark.parametrize("phase", ["rm", "dpo"])
@@ -434,6 +511,17 @@ def test_recipes_train_from_the_store(tmp_path, tiny_model_dir, phase):
     path.write_text(json.dumps(recipe))
     assert main([phase, "--config", str(path)]) == 0
     assert (tmp_path / phase / "model" / "config.json").exists()
+    # it trained on the store's pairs, exported beside the model with where they came from
+    data = tmp_path / phase / "data"
+    assert sorted(f.name for f in data.iterdir()) == ["train.jsonl", "train.provenance.json"]
+    examples, _ = preference_examples(str(tmp_path / "feedback.db"))
+    assert [[r["prompt"], r["chosen"], r["rejected"], r.get("margin")] for r in _rows(data / "train.jsonl")] == \
+        _as_rows(examples)
+    assert json.loads((data / "train.provenance.json").read_text())["pairs"] == len(examples)
+    import yaml
+
+    ran = yaml.safe_load((tmp_path / phase / "config.yaml").read_text())["data"]
+    assert ran["train"] == str(data / "train.jsonl") and ran["dedup"] == "none"
 
 
 # ------------------------------------------------------------------------------------------------ candidates
@@ -564,3 +652,35 @@ def test_concurrent_revisions_get_distinct_numbers(store):
         revisions = sorted(c.execute(select(judgments.c.revision)).scalars())
     assert revisions == [1, 2, 3, 4, 5, 6]
     assert len(store.latest_judgments(p.id)) == 1
+
+
+def test_the_launcher_exports_once_and_hands_the_file_to_every_process(tmp_path, tiny_model_dir, monkeypatch):
+    """`align dpo --num-processes 2` on a store: the launcher process exports it, and the processes it starts
+    are told to read that file (so they all train on the same pairs and none opens the store)."""
+    from alignment import distributed
+    from alignment.cli import build_parser
+    from alignment.config import DPOConfig, load_config
+    from alignment.pipeline import export_feedback_stores
+
+    store = Store(tmp_path / "feedback.db")
+    p = store.update_project(_fill(store, 8).id, overlap=1, assign_batch=8)
+    u = _users(store, 1)[0]
+    for _ in range(8):
+        _judge(store, u, p, lambda it: _rank_all(it, [0, 1, 2]))
+    store.close()
+    recipe = {"phase": "dpo", "model": str(tiny_model_dir), "output_dir": str(tmp_path / "dpo"),
+              "data": {"train": f"{tmp_path / 'feedback.db'}#default", "kind": "feedback"}}
+    path = tmp_path / "dpo.yaml"
+    path.write_text(json.dumps(recipe))
+    launched = []
+    monkeypatch.setattr(distributed, "launch", lambda argv, n, hostfile: launched.append((argv, n, hostfile)) or 0)
+    assert main(["dpo", "--config", str(path), "train.max_steps=2", "--num-processes", "2"]) == 0
+    [(argv, n, hostfile)] = launched
+    exported = tmp_path / "dpo" / "data" / "train.jsonl"
+    assert n == 2 and hostfile is None and exported.exists()
+    args = build_parser().parse_args(argv)
+    assert (args.command, args.config, args.num_processes) == ("dpo", str(path), 2)
+    cfg = load_config(DPOConfig, args.config, args.overrides)
+    assert (cfg.data.train, cfg.data.kind, cfg.data.dedup, cfg.train.max_steps) == (
+        str(exported), "preference", "none", 2)
+    assert export_feedback_stores("dpo", cfg) == {}  # what each started process finds: nothing left to export

@@ -238,3 +238,71 @@ def test_kto_deepspeed_two_processes(tmp_path, tiny_model_dir, unpaired_file, st
 
 if __name__ == "__main__":  # a worker of test_kto_deepspeed_two_processes
     run_kto(load_config(DPOConfig, sys.argv[1], sys.argv[2:]))
+
+
+@pytest.mark.parametrize("negatives, trainer", [("auto", "kto"), ("kto", "kto"), ("pairs", "dpo")])
+def test_the_phase_reads_and_validates_an_unpaired_file_once(tmp_path, unpaired_file, monkeypatch, negatives, trainer):
+    """On the way to DPO or KTO the phase asks for the file up to four times (which kind, any orphan negatives,
+    the pairs or the rows): one read and one validation serve them all, and nothing is held after loading."""
+    from alignment import phases
+    from alignment.data import formats, io
+    from alignment.data.preferences import load_pairs
+
+    calls = {"read": 0, "validate": 0}
+    read, validate = io._load_records, formats.validate
+
+    def counted_read(path):
+        calls["read"] += 1
+        return read(path)
+
+    def counted_validate(*args, **kwargs):
+        calls["validate"] += 1
+        return validate(*args, **kwargs)
+
+    monkeypatch.setattr(io, "_load_records", counted_read)
+    monkeypatch.setattr(formats, "validate", counted_validate)
+    loaded = {}
+
+    def fake_kto(cfg):
+        loaded["kto"] = load_unpaired(cfg)
+        loaded["cache_after"] = dict(io._cache or {})
+        return tmp_path
+
+    def fake_dpo(cfg):
+        loaded["dpo"] = load_pairs(cfg.data, cfg.train.seed)
+        loaded["cache_after"] = dict(io._cache or {})
+        return tmp_path
+
+    monkeypatch.setattr("alignment.kto.run_kto", fake_kto)
+    monkeypatch.setattr("alignment.dpo.run_dpo", fake_dpo)
+    cfg = _config(tmp_path / "model", unpaired_file, tmp_path / "out", {"negatives": negatives})
+    phases.PHASES["dpo"].run(cfg)
+    assert set(loaded) == {trainer, "cache_after"}
+    assert calls == {"read": 1, "validate": 1}
+    assert loaded["cache_after"] == {} and io._cache is None
+    # the same answers as reading afresh
+    fresh = load_unpaired(cfg) if trainer == "kto" else load_pairs(cfg.data, cfg.train.seed)
+    assert repr(fresh) == repr(loaded[trainer])
+
+
+def test_one_read_per_file_notices_a_change_and_keeps_no_failure(tmp_path, monkeypatch):
+    from alignment.data import io, load_dataset_file
+
+    calls = []
+    read = io._load_records
+    monkeypatch.setattr(io, "_load_records", lambda path: calls.append(path) or read(path))
+    path = write_jsonl(tmp_path / "u.jsonl", _unpaired_rows(4))
+    with io.one_read_per_file():
+        ds, _ = load_dataset_file(path, "unpaired")
+        assert load_dataset_file(path, "unpaired")[0] is ds and len(calls) == 1
+        write_jsonl(path, _unpaired_rows(8))  # a new export under the same name is read again
+        assert len(load_dataset_file(path, "unpaired")[0]) == len(_unpaired_rows(8)) and len(calls) == 2
+        path.write_text('{"prompt": "q", "completion": "a"}\n')
+        for _ in range(2):  # a failed validation is raised again, with the same message, never kept
+            with pytest.raises(AlignError, match="missing") as e:
+                load_dataset_file(path, "unpaired")
+            assert e.value.file == str(path) and e.value.field == "label"
+        assert len(calls) == 3  # (the records themselves parsed fine: read once)
+    load_dataset_file(write_jsonl(tmp_path / "v.jsonl", _unpaired_rows(4)), "unpaired")
+    load_dataset_file(tmp_path / "v.jsonl", "unpaired")
+    assert len(calls) == 5  # outside the block nothing is kept

@@ -1,5 +1,7 @@
 """Layers point one way: the training phases are siblings that share lower modules, never each
-other, and no module of ``alignment`` imports, however indirectly, itself.
+other, no module of ``alignment`` imports, however indirectly, itself, and the library that trains never
+imports the app that collects data (``feedback_app``): only the top layer does, to turn one into the other's
+input.
 
 Read from the source with ``ast`` (nothing is imported): imports at module level and inside functions,
 ``if TYPE_CHECKING:`` blocks included.
@@ -13,8 +15,13 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "alignment"
 PHASES = {f"alignment.{name}" for name in ("sft", "rm", "dpo", "kto", "ppo")}
 
-# A later slice adds: no module under alignment/ imports feedback_app (the library that trains never imports
-# the app that collects data; today alignment.cli and alignment.data.preferences still do).
+# The top layer: the only modules of alignment/ that may import feedback_app, and why.
+APP_IMPORTERS = {
+    "alignment.cli": "the `align` command line mounts the app's own commands (`align app`, `align feedback`)",
+    "alignment.pipeline": "turns a feedback store named as a phase's data into the JSONL file the phase reads "
+                          "(export_feedback_stores -> feedback_app.export.materialise), for pipelines and, "
+                          "through it, `align rm|dpo|sft`",
+}
 
 
 def _module_names() -> dict[str, Path]:
@@ -26,6 +33,16 @@ def _module_names() -> dict[str, Path]:
 
 
 MODULES = _module_names()
+
+
+def _app_imports(path: Path) -> list[tuple[str, int]]:
+    """Every ``feedback_app`` module that the file imports (module level or in a function), with its line."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                 else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+        found += [(n, node.lineno) for n in names if n == "feedback_app" or n.startswith("feedback_app.")]
+    return found
 
 
 def _imports(name: str, path: Path) -> dict[str, int]:
@@ -90,3 +107,16 @@ def test_no_import_cycle():
             steps = [f"{a} -> {b} ({MODULES[a].relative_to(PACKAGE.parent)}:{GRAPH[a][b]})"
                      for a, b in zip(cycle, cycle[1:])]
             raise AssertionError("import cycle:\n" + "\n".join(steps))
+
+
+def test_the_library_never_imports_the_app():
+    """alignment/ trains on files; only the top layer (APP_IMPORTERS) reads the feedback app's store, and no
+    other module imports that layer, so nothing below it reaches the app even indirectly."""
+    assert _app_imports(MODULES["alignment.cli"]), "the walker must see the CLI's `from feedback_app.cli import`"
+    found = [f"{MODULES[m].relative_to(PACKAGE.parent)}:{line} imports {target}"
+             for m in sorted(MODULES) if m not in APP_IMPORTERS for target, line in _app_imports(MODULES[m])]
+    assert not found, "the library never imports feedback_app (export a store in the top layer):\n" + "\n".join(found)
+    above = [f"{m} imports {target} ({MODULES[m].relative_to(PACKAGE.parent)}:{line})"
+             for m in sorted(GRAPH) if m not in APP_IMPORTERS
+             for target, line in sorted(GRAPH[m].items()) if target in APP_IMPORTERS]
+    assert not above, "only the top layer imports the top layer:\n" + "\n".join(above)

@@ -126,28 +126,61 @@ def test_changed_data_reruns_the_phase_and_says_why(tmp_path, tiny_model_dir, sf
     assert f"sft: its data changed since it completed (data.train: {sft_file})" in out
 
 
-def test_store_fingerprint_follows_the_judgments(tmp_path):
+def test_a_store_as_data_is_exported_into_the_run_folder(tmp_path, tiny_model_dir, capsys):
+    """A phase whose data is a feedback store trains on a JSONL export of it in its own folder (the exact pairs
+    the store exports, provenance beside them); the export's content decides completeness, so a new judgment
+    that adds pairs runs the phase again, and an unchanged store leaves the phase (and its files) alone."""
     from alignment.data.fingerprint import source_digest
+    from feedback_app.export import preference_examples
     from feedback_app.store import Judgment, Store
 
     db = tmp_path / "feedback.db"
     store = Store(db)
-    p = store.ensure_project("desk")
-    store.add_prompts(p.id, [[{"role": "user", "content": f"question {i}"}] for i in range(3)])
-    for item_id, prompt, missing in store.items_short_of_candidates(p.id, 2):
+    p = store.update_project(store.ensure_project("desk").id, overlap=1, assign_batch=24)
+    store.add_prompts(p.id, [[{"role": "user", "content": f"question {i}"}] for i in range(13)])
+    for item_id, prompt, missing in store.items_short_of_candidates(p.id, 3):
         store.add_candidates(item_id, [(f"answer {j} to {prompt[0]['content']}", "m", {}) for j in range(missing)])
     user = store.add_user("ann", "annotator", "password-ann")
 
-    def judge(key: str, order: tuple[int, int]) -> None:
+    def judge(key: str) -> None:
         item_id = store.next_item(user, p)
         item = store.item(item_id)
-        store.submit(user, item_id, Judgment(ranks={item.candidates[i].id: r + 1 for r, i in enumerate(order)}),
-                     key)
+        store.submit(user, item_id, Judgment(ranks={c.id: r + 1 for r, c in enumerate(item.candidates)}), key)
 
-    judge("k1", (0, 1))
-    first = source_digest(str(db))
-    assert source_digest(str(db)) == first and source_digest(f"{db}#desk") != "missing"
-    judge("k2", (1, 0))  # a new judgment: new pairs
-    assert source_digest(str(db)) != first
+    for i in range(12):
+        judge(f"k{i}")
+    spec = f"{db}#desk"
+    recipe = {"name": "store", "output_dir": str(tmp_path / "runs"), "model": str(tiny_model_dir),
+              "phases": [{"name": "rm", "kind": "rm", "recipe": str(QUICKSTART / "rm.yaml"),
+                          "overrides": {"data.train": spec, "data.max_length": 64, "train.max_steps": 2,
+                                        "train.batch_size": 4, "train.bf16": "false",
+                                        "tracking.backends": ["none"]}}]}
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(json.dumps(recipe))
+    assert main(["run", str(path)]) == 0
+    out = capsys.readouterr().out
+    data = tmp_path / "runs" / "rm" / "data"
+    assert f"[rm] data.train: feedback store {spec} -> {data / 'train.jsonl'} (36 pairs from 12 judgments" in out
+    rows = [json.loads(line) for line in (data / "train.jsonl").read_text().splitlines()]
+    examples, _ = preference_examples(spec)
+    assert [[r["prompt"], r["chosen"], r["rejected"], r.get("margin")] for r in rows] == \
+        [[e.prompt, e.chosen, e.rejected, e.margin] for e in examples]
+    provenance = json.loads((data / "train.provenance.json").read_text())
+    assert {k: provenance[k] for k in ("source", "store", "project", "pair_policy", "pairs", "judgments")} == {
+        "source": spec, "store": str(db), "project": "desk", "pair_policy": "all", "pairs": 36, "judgments": 12}
+    assert (tmp_path / "runs" / "rm" / "model" / "config.json").exists()
+
+    stamp = (data / "train.jsonl").stat().st_mtime_ns
+    assert main(["run", str(path)]) == 0
+    assert "rm: complete, skipped" in capsys.readouterr().out
+    assert (data / "train.jsonl").stat().st_mtime_ns == stamp  # same pairs: the file the phase trained on stays
+
+    first = source_digest(str(data / "train.jsonl"))
+    judge("k12")  # a new judgment: new pairs, a new export, the phase runs again and says why
+    assert main(["run", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"rm: its data changed since it completed (data.train: {spec}); running it again" in out
+    assert source_digest(str(data / "train.jsonl")) != first
+    assert json.loads((data / "train.provenance.json").read_text())["pairs"] == 39
     store.close()
     assert source_digest(str(tmp_path / "absent.jsonl")) == "missing"

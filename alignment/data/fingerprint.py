@@ -1,14 +1,14 @@
 """What a phase's data is, as a short hash: a pipeline re-runs a complete phase when its data changed.
 
 A data file (or a saved dataset folder) is hashed by content, so a new export under the same name counts as
-new data and a touched file with the same bytes does not. A feedback store is hashed by the preference pairs
-it exports now, so new or revised judgments re-run the phases that train on it.
+new data and a touched file with the same bytes does not. A feedback store named as data is exported to a
+file in the run folder before the phase (:func:`alignment.pipeline.export_feedback_stores`) and that file is
+hashed, so new or revised judgments that change the exported pairs re-run the phases that train on it.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -24,26 +24,18 @@ def _file_digest(path: Path, h: Any) -> None:
 
 
 def source_digest(spec: str) -> str:
-    """A content hash of one data source: a file, a saved dataset folder (``DIR`` or ``DIR::split``) or a
-    feedback store (``feedback.db``, ``feedback.db#project`` or a database URL). "missing" when absent."""
-    from alignment.data.preferences import is_feedback_store
-
+    """A content hash of one data source: a file or a saved dataset folder (``DIR`` or ``DIR::split``).
+    "missing" when absent."""
     h = hashlib.sha256()
     path = Path(spec)
     if not path.exists() and "::" in spec:
         path = Path(spec.rsplit("::", 1)[0])  # a split of a saved DatasetDict: the whole folder counts
-    if path.is_file() and not is_feedback_store(spec):
+    if path.is_file():
         _file_digest(path, h)
     elif path.is_dir():
         for f in sorted(p for p in path.rglob("*") if p.is_file()):
             h.update(str(f.relative_to(path)).encode() + b"\0")
             _file_digest(f, h)
-    elif is_feedback_store(spec):
-        from feedback_app.export import preference_examples
-
-        examples, _ = preference_examples(spec)
-        h.update(json.dumps([[e.prompt, e.chosen, e.rejected, e.margin] for e in examples], sort_keys=True,
-                            default=str).encode())
     else:
         return "missing"
     return h.hexdigest()[:16]

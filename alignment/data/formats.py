@@ -33,7 +33,7 @@ from typing import Any
 
 import datasets
 
-from alignment.data.io import LINE_COLUMN, iter_records, load_records
+from alignment.data.io import LINE_COLUMN, cache_key, cached, iter_records, keep, load_records
 from alignment.errors import AlignError
 
 FORMATS = ("sft", "preference", "ranked", "unpaired", "prompts")
@@ -157,9 +157,14 @@ def normalise_dataset(ds: datasets.Dataset, info: FormatInfo) -> datasets.Datase
 
 
 def load_dataset_file(path: str | Path, kind: str) -> tuple[datasets.Dataset, FormatInfo]:
-    """Load and validate a data file in one call: the entry point for phases and ``align data validate``."""
+    """Load and validate a data file in one call: the entry point for phases and ``align data validate``.
+
+    Inside :func:`~alignment.data.io.one_read_per_file` a file is read and validated as one kind once."""
+    key = cache_key(path)
+    if (loaded := cached(key, ("validated", kind))) is not None:
+        return loaded
     ds = load_records(path)
-    return ds, validate(ds, kind, str(path))
+    return keep(key, ("validated", kind), (ds, validate(ds, kind, str(path))))
 
 
 # ----------------------------------------------------------------------------------------- detection

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,62 @@ SUFFIXES = (*JSONL_SUFFIXES, ".json", ".csv", ".parquet")
 
 Row = tuple[int, dict[str, Any]]  # (line in the file, record)
 
+SQLITE_HEADER = b"SQLite format 3\x00"
+_cache: dict[Any, Any] | None = None  # see one_read_per_file
+
+
+@contextmanager
+def one_read_per_file() -> Iterator[None]:
+    """Within this block each data file is parsed (:func:`load_records`) and validated as one kind
+    (:func:`~alignment.data.formats.load_dataset_file`) once: a phase asks for the same file several times
+    on its way to training (which kind is it, KTO or DPO, the pairs), and each answer is the same.
+
+    A file counts as unchanged while its resolved path, inode, size and modification times stay the same;
+    a saved ``datasets`` folder is read every time. Failures are never kept, so a second call raises the
+    same error. Outside the block (and after it) nothing is kept; nested blocks share the outer one. The
+    loaders that hand a phase its examples call :func:`release_reads` when done, so the raw records are not
+    held through training.
+    """
+    global _cache
+    if _cache is not None:
+        yield
+        return
+    _cache = {}
+    try:
+        yield
+    finally:
+        _cache = None
+
+
+def release_reads() -> None:
+    """A phase has its examples: let go of what :func:`one_read_per_file` kept (the block stays open)."""
+    if _cache is not None:
+        _cache.clear()
+
+
+def cache_key(path: str | Path) -> tuple[Any, ...] | None:
+    """The key under which a file's reads are kept inside :func:`one_read_per_file`; None: not kept."""
+    if _cache is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if not Path(path).is_file():
+        return None
+    return (os.path.realpath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def cached(key: tuple[Any, ...] | None, what: Any) -> Any:
+    """What :func:`keep` kept for this file key (``what``: which read), or None."""
+    return None if key is None or _cache is None else _cache.get((key, what))
+
+
+def keep(key: tuple[Any, ...] | None, what: Any, value: Any) -> Any:
+    if key is not None and _cache is not None:
+        _cache[(key, what)] = value
+    return value
+
 
 def load_records(path: str | Path) -> datasets.Dataset:
     """Load a data file (or saved ``datasets`` directory) into a Dataset with a ``__line__`` column.
@@ -41,9 +99,18 @@ def load_records(path: str | Path) -> datasets.Dataset:
     naming the file and line for anything a user must fix: a missing file, an unknown extension, a line
     that is not a JSON object, no records at all, or a field whose type changes from record to record.
     """
+    key = cache_key(path)
+    if (ds := cached(key, "records")) is not None:
+        return ds
+    return keep(key, "records", _load_records(path))
+
+
+def _load_records(path: str | Path) -> datasets.Dataset:
     source = str(path)
     path, split = _split_spec(Path(path))
     if not path.exists():
+        if _looks_like_store(source):
+            raise AlignError(STORE_HINT, file=source)
         raise AlignError("file not found", file=source)
     if path.is_dir():
         return _with_lines(_load_saved(path, split, source), source)
@@ -58,6 +125,8 @@ def load_records(path: str | Path) -> datasets.Dataset:
         rows = _csv_rows(_read_text(path, source), source)
     elif suffix == ".parquet":
         return _with_lines(_load_parquet(path, source), source)
+    elif _looks_like_store(source):
+        raise AlignError(STORE_HINT, file=source)
     else:
         raise AlignError(
             f"unsupported file type '{path.suffix or path.name}'; use {', '.join(SUFFIXES)}, "
@@ -89,6 +158,24 @@ def iter_records(ds: datasets.Dataset, batch_size: int = 1000) -> Iterator[Row]:
         for j in range(n):
             yield int(lines[j]), {name: batch[name][j] for name in names}
         index += n
+
+
+STORE_HINT = ("is a feedback store, not a data file: `align` (rm, dpo, sft, run) exports a store named as an RM "
+              "or DPO phase's data.train/data.validation (data.kind auto or feedback) or as SFT's data.preferred "
+              "to JSONL in the run folder before the phase starts; anywhere else, export it first with "
+              "`align feedback export --store STORE --out FILE`")
+
+
+def _looks_like_store(source: str) -> bool:
+    """A database URL or an SQLite file, ``#project`` allowed (the data layer reads files, never a store)."""
+    if "://" in source and not source.startswith("file://"):
+        return True
+    for candidate in (source, source.rsplit("#", 1)[0]):
+        p = Path(candidate)
+        if p.is_file():
+            with p.open("rb") as f:
+                return f.read(16) == SQLITE_HEADER
+    return False
 
 
 # ---------------------------------------------------------------------------------------------- text

@@ -1,10 +1,11 @@
 """Preference pairs for reward modeling and DPO, from any source that yields them.
 
-Sources: the feedback app's store (see :mod:`feedback_app.export`), preference data
-(``prompt`` + ``chosen`` + ``rejected``), ranked data (turned into pairs by
+Sources: preference data (``prompt`` + ``chosen`` + ``rejected``), ranked data (turned into pairs by
 :func:`alignment.data.pairs.ranking_to_pairs` with the recipe's policy), and unpaired data whose
 negative examples (``label: false``) become the rejected side when a good answer (``label: true``)
-exists for the same prompt.
+exists for the same prompt. Files only: a feedback store named as a phase's data is exported to a
+preference file in the run folder by the layer above (``align`` and pipelines, see
+:func:`alignment.pipeline.export_feedback_stores`) before the phase starts; this library never reads it.
 
 Tokenization renders ``prompt + response`` with the chat template and labels only the response turns
 (their end-of-turn token included), so DPO's log-probabilities and the reward model's last token
@@ -56,13 +57,10 @@ def load_preference_examples(path: str, *, kind: str | None = None, pair_policy:
     from alignment.data import deduplicate, load_dataset_file, to_conversation
     from alignment.data.pairs import ranking_to_pairs
 
-    if kind in (None, "feedback") and is_feedback_store(path):
-        from feedback_app.export import preference_examples
-
-        examples, info = preference_examples(path, pair_policy)
-        if not examples:
-            raise AlignError("the feedback store holds no judgments that make preference pairs yet", file=path)
-        return examples, info
+    if kind == "feedback":
+        raise AlignError("data.kind 'feedback' is for a feedback store, which `align` (rm, dpo, run) exports to a "
+                         "preference file in the run folder before the phase starts; the data loaders read files "
+                         "only (export a store with `align feedback export`, or set data.kind: auto)", file=path)
     if kind is None:
         kind = detect_kind(path)
     ds, info = load_dataset_file(path, kind)
@@ -105,15 +103,23 @@ def split_pairs(examples: list[PreferenceExample], ratios: dict[str, float], see
 def load_pairs(data: PreferenceDataConfig, seed: int) -> tuple[
         list[PreferenceExample], list[PreferenceExample], dict[str, Any]]:
     """Train and validation pairs of a recipe's ``data`` section (the RM and DPO phases): ``data.validation``
-    when given, else ``data.split`` of the training pairs by prompt with ``seed``; plus what loading did."""
+    when given, else ``data.split`` of the training pairs by prompt with ``seed``; plus what loading did.
+
+    Each file is read and validated once, whatever asked before inside the same
+    :func:`~alignment.data.io.one_read_per_file` block (the DPO phase's :func:`~alignment.phases.use_kto`)."""
+    from alignment.data.io import one_read_per_file, release_reads
+
     kind = None if data.kind == "auto" else data.kind
-    train, info = load_preference_examples(data.train, kind=kind, pair_policy=data.pair_policy, dedup=data.dedup)
-    if data.validation:
-        val, _ = load_preference_examples(data.validation, kind=kind, pair_policy=data.pair_policy,
-                                          dedup=data.dedup)
-    else:
-        parts = split_pairs(train, data.split, seed)
-        train, val = parts["train"], parts.get("validation", [])
+    with one_read_per_file():
+        train, info = load_preference_examples(data.train, kind=kind, pair_policy=data.pair_policy,
+                                               dedup=data.dedup)
+        if data.validation:
+            val, _ = load_preference_examples(data.validation, kind=kind, pair_policy=data.pair_policy,
+                                              dedup=data.dedup)
+        else:
+            parts = split_pairs(train, data.split, seed)
+            train, val = parts["train"], parts.get("validation", [])
+        release_reads()
     return train, val, info
 
 
@@ -138,20 +144,9 @@ def count_orphan_negatives(records: list[dict[str, Any]]) -> int:
     return sum(1 for r in records if not r["label"] and _key(r["prompt"]) not in good)
 
 
-def is_feedback_store(path: str) -> bool:
-    """A feedback app store (``feedback.db``, ``feedback.db#project`` or a database URL) given as data."""
-    from feedback_app.export import split_store_spec
-    from feedback_app.store import is_store
-
-    return is_store(split_store_spec(path)[0])
-
-
 def detect_kind(path: str) -> str:
-    """preference, ranked or unpaired from the columns of a data file; feedback for a feedback store."""
+    """preference, ranked or unpaired from the columns of a data file."""
     from alignment.data import load_records
-
-    if is_feedback_store(path):
-        return "feedback"
 
     columns = set(load_records(path).column_names)
     return "ranked" if {"responses", "ranks"} <= columns else "unpaired" if "label" in columns else "preference"
