@@ -413,7 +413,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
       "logging or checkpoints, ours' learning rate (no effect on speed) and, for RLOO, ours' updates per "
       "rollout batch; and it runs under the same memory allocator as ours (see How measured).\n")
     w("## PPO (ours) vs RLOO (TRL): not the same algorithm\n")
-    bs, epochs, minibatches = settings.get("batch_size"), settings.get("ppo_epochs"), settings.get("num_minibatches")
+    bs = settings.get("ppo_batch_size", settings.get("batch_size"))
+    epochs, minibatches = settings.get("ppo_epochs"), settings.get("num_minibatches")
     critic = settings.get("critic")
     w(f"- **Ours, PPO**: a critic (`critic: {critic}`: "
       + ("a value head on the policy initialised from the reward model's score head" if critic == "shared"
@@ -549,12 +550,13 @@ def workload_settings(model: str) -> dict[str, Any]:
 
     cfgs = {w: load_config(PHASES[w].config, RECIPES / f"{w}.yaml", {"model": model, "tracking.backends": []})
             for w in WORKLOADS}
+    # Each workload runs at its own recipe's batch size, ours and TRL's alike (PPO's is prompts per rollout).
     sizes = {w: c.train.batch_size for w, c in cfgs.items()}
-    if len(set(sizes.values())) != 1:
-        raise SystemExit(f"the quickstart recipes disagree on train.batch_size: {sizes}")
     ppo = cfgs["ppo"]
     return {
-        "batch_size": sizes["sft"],
+        "batch_size": (str(sizes["sft"]) if len(set(sizes.values())) == 1
+                       else ", ".join(f"{w.upper()} {n}" for w, n in sizes.items())),
+        "ppo_batch_size": sizes["ppo"],
         "lengths": (f"SFT max_length {cfgs['sft'].data.max_length}, RM/DPO max_length {cfgs['rm'].data.max_length}, "
                     f"PPO max_new_tokens {ppo.generation.max_new_tokens}"),
         "max_new_tokens": ppo.generation.max_new_tokens,

@@ -169,7 +169,8 @@ def test_dry_run_runs_nothing(tmp_path, capsys):
     out = tmp_path / "RESULTS.md"
     assert bench.main(["--dry-run", "--only", "dpo", "--out", str(out), "--workdir", str(tmp_path / "w")]) == 0
     printed = capsys.readouterr().out
-    assert "dpo/ours" in printed and "dpo/trl-tuned" in printed and "batch 8" in printed
+    assert "dpo/ours" in printed and "dpo/trl-tuned" in printed
+    assert "batch SFT 8, RM 8, DPO 8, PPO 16" in printed  # each workload at its own recipe's batch size
     assert not out.exists() and not (tmp_path / "w").exists()
 
 
