@@ -193,7 +193,7 @@ def materialise(spec: str | Path, out: str | Path, pair_policy: str = "all") -> 
         raise AlignError(EMPTY_STORE, file=str(spec))
     rows = [{"prompt": e.prompt, "chosen": e.chosen, "rejected": e.rejected,
              **({"margin": e.margin} if e.margin is not None else {})} for e in examples]
-    text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8")
+    text = _jsonl_bytes(rows)
     path, prov_path = Path(out), provenance_path(out)
     if path.is_file() and prov_path.is_file() and path.read_bytes() == text:
         return json.loads(prov_path.read_text(encoding="utf-8"))
@@ -241,21 +241,16 @@ def _side(name: str, cand: Candidate | None, annotator: str) -> dict[str, Any]:
     return {f"{name}_model": cand.model, f"{name}_generation": json.dumps(cand.generation, sort_keys=True)}
 
 
+def _jsonl_bytes(rows: Iterable[Row]) -> bytes:
+    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8")
+
+
 def _atomic_jsonl(path: Path, rows: Iterable[Row]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    _atomic_write(path, _jsonl_bytes(rows))
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside ``path``, fsync, then rename: readers see the old file or the new."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
