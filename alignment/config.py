@@ -308,9 +308,21 @@ class PPOConfig:
     ref_model: str | None = None
     reward_model: str = ""
     """A reward model from `align rm` (its reward_stats.json normalises scores)."""
-    critic: Literal["separate", "shared"] = "separate"
+    advantage: Literal["gae", "grpo", "dr_grpo", "rloo", "reinforce_pp"] = "gae"
+    """How each sampled token's advantage is estimated:
+    gae: a critic's values and GAE, whitened per batch (PPO, Schulman et al. 2017);
+    grpo: each answer against the other answers to its prompt, (r - mean) / std (arXiv 2402.03300);
+    dr_grpo: the same without the division by std, loss summed per answer over a constant (arXiv 2503.20783);
+    rloo: the answer's reward minus the mean of its siblings' (leave-one-out, arXiv 2402.14740);
+    reinforce_pp: reward-to-go with the KL at every token, whitened over the batch (arXiv 2501.03262).
+    All but gae need no critic; grpo, dr_grpo and rloo need num_generations >= 2. The update is PPO's
+    clipped objective in every case (ppo_epochs, num_minibatches, clip_range)."""
+    num_generations: int = 1
+    """Answers sampled per prompt; the rollout batch holds train.batch_size * num_generations answers."""
+    critic: Literal["separate", "shared", "none"] | None = None
     """separate: a value model initialised from the reward model; shared: a value head on the policy's
-    backbone, initialised from the reward model's score head (one model fewer in memory)."""
+    backbone, initialised from the reward model's score head (one model fewer in memory); none: no value
+    model (the critic-free estimators). Unset: separate for gae, none otherwise."""
     output_dir: str = "runs/ppo"
     data: PromptDataConfig = field(default_factory=PromptDataConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
@@ -329,13 +341,24 @@ class PPOConfig:
     gamma: float = 1.0
     lam: float = 0.95
     clip_range: float = 0.2
+    clip_range_high: float | None = None
+    """Upper clip of the ratio when it differs from clip_range (DAPO's clip-higher, e.g. 0.28)."""
     clip_range_value: float = 0.2
     vf_coef: float = 0.1
     critic_lr: float | None = None
     """Learning rate of a separate critic; defaults to train.lr."""
-    whiten_advantages: bool = True
+    whiten_advantages: bool | None = None
+    """Normalise the advantages over the batch. Unset: on for gae and reinforce_pp (their definition),
+    off for the group estimators, whose baseline already centres them."""
+    loss_aggregation: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] | None = None
+    """token_mean: every token of the batch weighs the same; seq_mean_token_mean: every answer weighs the
+    same (GRPO); seq_mean_token_sum_norm: token sums over generation.max_new_tokens (Dr. GRPO). Unset:
+    seq_mean_token_mean for grpo, seq_mean_token_sum_norm for dr_grpo, token_mean otherwise."""
     kl_coef: float = 0.05
     kl_estimator: Literal["k1", "k3"] = "k1"
+    kl_penalty: Literal["reward", "loss"] = "reward"
+    """reward: -kl_coef * KL at every token of the reward (PPO, RLOO, REINFORCE++); loss: kl_coef times the
+    k3 estimate added to the loss instead (GRPO's Eq. 3), so the advantage holds the reward alone."""
     adaptive_kl: bool = False
     """Adapt kl_coef towards kl_target (Ziegler et al. 2019)."""
     kl_target: float = 6.0
@@ -359,9 +382,30 @@ class PPOConfig:
             raise AlignError("must be >= 0", field="rule_reward_weight")
         if self.rule_reward_weight > 0 and not self.policies:
             raise AlignError("needs `policies`: the rules file the rule reward checks", field="rule_reward_weight")
-        if self.train.batch_size % self.num_minibatches:
-            raise AlignError(f"train.batch_size ({self.train.batch_size}) must be a multiple of num_minibatches "
-                             f"({self.num_minibatches})", field="num_minibatches")
+        if self.num_generations < 1:
+            raise AlignError("must be >= 1", field="num_generations")
+        if self.advantage in ("grpo", "dr_grpo", "rloo") and self.num_generations < 2:
+            raise AlignError(f"advantage {self.advantage} compares answers to the same prompt: set "
+                             "num_generations to 2 or more", field="num_generations")
+        if self.critic is None:
+            self.critic = "separate" if self.advantage == "gae" else "none"
+        if self.advantage == "gae" and self.critic == "none":
+            raise AlignError("advantage gae needs a critic (separate or shared); the critic-free estimators "
+                             "are grpo, dr_grpo, rloo and reinforce_pp", field="critic")
+        if self.advantage != "gae" and self.critic != "none":
+            raise AlignError(f"advantage {self.advantage} uses no value model; a {self.critic} critic would be "
+                             "trained for nothing (set critic: none or leave it unset)", field="critic")
+        if self.whiten_advantages is None:
+            self.whiten_advantages = self.advantage in ("gae", "reinforce_pp")
+        if self.loss_aggregation is None:
+            self.loss_aggregation = {"grpo": "seq_mean_token_mean",
+                                     "dr_grpo": "seq_mean_token_sum_norm"}.get(self.advantage, "token_mean")
+        if self.clip_range_high is not None and self.clip_range_high < self.clip_range:
+            raise AlignError(f"must be >= clip_range ({self.clip_range})", field="clip_range_high")
+        answers = self.train.batch_size * self.num_generations
+        if answers % self.num_minibatches:
+            raise AlignError(f"train.batch_size x num_generations ({answers} answers per rollout batch) must be a "
+                             f"multiple of num_minibatches ({self.num_minibatches})", field="num_minibatches")
         if self.generation.temperature <= 0:
             raise AlignError("must be positive (PPO samples)", field="generation.temperature")
         if self.train.grad_accum != 1:

@@ -43,12 +43,17 @@ from alignment.modeling import (
 from alignment.ppo_math import (
     AdaptiveKLController,
     FixedKLController,
+    aggregate_loss,
     entropy_from_logits,
     gae,
+    group_advantages,
+    group_mean_baseline,
+    kl_estimate,
     masked_mean,
     masked_whiten,
     policy_loss,
     response_mask_from_stop,
+    returns_to_go,
     rule_rewards,
     shaped_rewards,
     truncate_after_stop,
@@ -188,6 +193,7 @@ def rollout(policy: Engine, critic: Engine | None, reference: Any, reward: Rewar
             values = all_values[:, prompt_len - 1 : -1].float()  # (B, R) value of the state before each token
         else:
             logits = (policy.ds or policy.module)(**lm_inputs).logits
+            values = torch.zeros(responses.shape, device=device)  # (B, R) replaced below by a separate critic
         old_logps, scaled = response_logprobs(logits, responses, cfg.generation.temperature)
         entropy = masked_mean(entropy_from_logits(scaled), response_mask.float())
         del logits, scaled
@@ -200,15 +206,12 @@ def rollout(policy: Engine, critic: Engine | None, reference: Any, reward: Rewar
 
     # 4. rewards and advantages -----------------------------------------------------------------
     m = response_mask.float()
-    rewards, kl = shaped_rewards(scores, old_logps, ref_logps, m, kl_coef, cfg.kl_estimator)
-    advantages, returns = gae(rewards, values * m, m, cfg.gamma, cfg.lam)
-    if cfg.whiten_advantages:
-        advantages = masked_whiten(advantages, m)
+    advantages, returns, kl = advantages_of(scores, old_logps, ref_logps, values * m, m, cfg, kl_coef)
     lengths = m.sum(dim=1)
     return {
         "full": full, "mask": mask, "positions": pos, "responses": responses, "response_mask": m,
-        "prompt_len": prompt_len, "old_logps": old_logps, "values": values * m, "advantages": advantages,
-        "returns": returns,
+        "prompt_len": prompt_len, "old_logps": old_logps, "ref_logps": ref_logps, "values": values * m,
+        "advantages": advantages, "returns": returns,
         "metrics": {
             "objective/kl": float((kl * m).sum(dim=1).mean()),
             "objective/entropy": float(entropy),
@@ -222,6 +225,30 @@ def rollout(policy: Engine, critic: Engine | None, reference: Any, reward: Rewar
         "texts": texts,
         "timing": timing,
     }
+
+
+def advantages_of(scores: torch.Tensor, logps: torch.Tensor, ref_logps: torch.Tensor, values: torch.Tensor,
+                  mask: torch.Tensor, cfg: PPOConfig, kl_coef: float) -> tuple[torch.Tensor, torch.Tensor,
+                                                                             torch.Tensor]:
+    """(B,) scores and (B, R) rollout tensors -> (B, R) advantages, returns (the critic's targets; the
+    advantages again without a critic) and the per-token KL, by ``cfg.advantage``. The answers of a prompt
+    are ``cfg.num_generations`` consecutive rows."""
+    k = cfg.num_generations
+    in_reward = kl_coef if cfg.kl_penalty == "reward" else 0.0
+    if cfg.advantage == "gae":
+        rewards, kl = shaped_rewards(scores, logps, ref_logps, mask, in_reward, cfg.kl_estimator)
+        advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
+    elif cfg.advantage == "reinforce_pp":
+        rewards, kl = shaped_rewards(group_mean_baseline(scores, k), logps, ref_logps, mask, in_reward,
+                                     cfg.kl_estimator)
+        advantages = returns = returns_to_go(rewards, mask)
+    else:  # grpo, dr_grpo, rloo: one sequence reward per answer, its advantage on every token
+        _, kl = shaped_rewards(scores, logps, ref_logps, mask, 0.0, cfg.kl_estimator)
+        sequence = scores - in_reward * kl.sum(dim=1)  # (B,)
+        advantages = returns = group_advantages(sequence, k, cfg.advantage)[:, None] * mask  # (B, R)
+    if cfg.whiten_advantages:
+        advantages = masked_whiten(advantages, mask)
+    return advantages, returns, kl
 
 
 def model_reward(reward_model: torch.nn.Module, pad_id: int, autocast: Any) -> RewardFn:
@@ -243,7 +270,7 @@ def model_reward(reward_model: torch.nn.Module, pad_id: int, autocast: Any) -> R
 # Learn
 # --------------------------------------------------------------------------------------------------
 def ppo_update(policy: Engine, critic: Engine | None, critic_scores: LastTokenScores | None,
-               batch: dict[str, Any], cfg: PPOConfig) -> dict[str, float]:
+               batch: dict[str, Any], cfg: PPOConfig, kl_coef: float = 0.0) -> dict[str, float]:
     """ppo_epochs passes over num_minibatches minibatches; one optimizer step per minibatch."""
     n = batch["full"].shape[0]
     size = n // cfg.num_minibatches
@@ -267,21 +294,33 @@ def ppo_update(policy: Engine, critic: Engine | None, critic_scores: LastTokenSc
             logps, _ = response_logprobs(logits, batch["responses"][idx], cfg.generation.temperature)
             del logits
             pg_loss, pg_stats = policy_loss(logps, batch["old_logps"][idx], batch["advantages"][idx], m,
-                                            cfg.clip_range)
-            if critic is not None:
-                with critic.autocast():
-                    (critic.ds or critic.module)(**inputs)
-                values = critic_scores.per_token()[:, p - 1 : -1].float()
-            vf_loss, vf_stats = value_loss(values, batch["values"][idx], batch["returns"][idx], m,
-                                           cfg.clip_range_value)
-            if critic is None:
-                policy.backward(pg_loss + cfg.vf_coef * vf_loss)
+                                            cfg.clip_range, cfg.clip_range_high, cfg.loss_aggregation,
+                                            cfg.generation.max_new_tokens)
+            step_stats = {"policy/loss": pg_loss, **pg_stats}
+            loss = pg_loss
+            if cfg.kl_penalty == "loss":
+                # k3: unlike k1, its gradient pulls towards the reference (E_p[grad log p] = 0 makes k1's zero)
+                kl_loss = aggregate_loss(kl_estimate(logps, batch["ref_logps"][idx], "k3"), m,
+                                         cfg.loss_aggregation, cfg.generation.max_new_tokens)
+                loss = loss + kl_coef * kl_loss
+                step_stats["policy/kl_loss"] = kl_loss
+            if cfg.critic == "none":
+                policy.backward(loss)
             else:
-                policy.backward(pg_loss)
-                critic.backward(vf_loss)
-                critic.step()
+                if critic is not None:
+                    with critic.autocast():
+                        (critic.ds or critic.module)(**inputs)
+                    values = critic_scores.per_token()[:, p - 1 : -1].float()
+                vf_loss, vf_stats = value_loss(values, batch["values"][idx], batch["returns"][idx], m,
+                                               cfg.clip_range_value)
+                step_stats.update({"val/vf_loss": vf_loss, **vf_stats})
+                if critic is None:
+                    policy.backward(loss + cfg.vf_coef * vf_loss)
+                else:
+                    policy.backward(loss)
+                    critic.backward(vf_loss)
+                    critic.step()
             policy.step()
-            step_stats = {"policy/loss": pg_loss, "val/vf_loss": vf_loss, **pg_stats, **vf_stats}
             for key, value in step_stats.items():
                 sums[key] = sums.get(key, 0.0) + float(value.detach())
             count += 1
@@ -333,7 +372,7 @@ def run_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> Path:
         if source is not None and source.weight.shape[1] == head.weight.shape[1]:
             head.weight.data.copy_(source.weight.data.float())
         policy_model = PolicyWithValueHead(policy_model, head)
-    else:
+    elif cfg.critic == "separate":
         critic_model = load_reward_model(cfg.reward_model or cfg.model)
         critic_model.config.pad_token_id = tokenizer.pad_token_id
 
@@ -342,10 +381,11 @@ def run_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> Path:
         if n:
             log(f"[ppo] dropout turned off in {n} places (disable_dropout: false keeps it)")
     bf16 = use_bf16(cfg.train.bf16)
+    answers = cfg.train.batch_size * cfg.num_generations  # per process and rollout batch
     schedule = Schedule.create(len(prompts), cfg.train, dist.world_size())
     updates = schedule.total_steps * cfg.ppo_epochs * cfg.num_minibatches
     ds_config = deepspeed_config(cfg.deepspeed, cfg.train, bf16,
-                                 micro_batch=cfg.train.batch_size // cfg.num_minibatches, grad_accum=1)
+                                 micro_batch=answers // cfg.num_minibatches, grad_accum=1)
     train_cfg = dataclasses.replace(cfg.train, grad_accum=1)
     policy = Engine(policy_model, train_cfg, updates, bf16, ds_config)
     critic = critic_scores = None
@@ -363,7 +403,8 @@ def run_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> Path:
     kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
               else FixedKLController(cfg.kl_coef))
     trainable, total = count_parameters(policy.module)
-    log(f"[ppo] policy {cfg.model}: {trainable:,} trainable of {total:,}; critic {cfg.critic}; reference "
+    log(f"[ppo] policy {cfg.model}: {trainable:,} trainable of {total:,}; advantage {cfg.advantage}, "
+        f"{cfg.num_generations} answer(s) per prompt; critic {cfg.critic}; reference "
         f"{'adapter disabled' if cfg.lora.enabled and not cfg.ref_model else 'frozen copy'}; reward "
         f"{'a function' if reward_fn else cfg.reward_model}; bf16={bf16}; processes={dist.world_size()}; "
         f"deepspeed={cfg.deepspeed or 'off'}; steps={schedule.total_steps} ({updates} updates)")
@@ -385,12 +426,14 @@ def run_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> Path:
     for step in iterate_steps(start_step, schedule.total_steps, "ppo"):
         started = time.perf_counter()
         (idx,) = schedule.micro_batches(step, dist.rank())
-        batch = rollout(policy, critic, reference, reward, critic_scores, [prompts[i] for i in idx], cfg,
-                        tokenizer, stop_ids, stats, kl_ctl.value, policies)
+        # the answers to one prompt are consecutive rows: the group estimators compare them
+        batch_prompts = [prompts[i] for i in idx for _ in range(cfg.num_generations)]
+        batch = rollout(policy, critic, reference, reward, critic_scores, batch_prompts, cfg, tokenizer,
+                        stop_ids, stats, kl_ctl.value, policies)
         learn_start = time.perf_counter()
-        metrics = ppo_update(policy, critic, critic_scores, batch, cfg)
+        metrics = ppo_update(policy, critic, critic_scores, batch, cfg, kl_ctl.value)
         timing = {**batch["timing"], "train": time.perf_counter() - learn_start}
-        kl_ctl.update(batch["metrics"]["objective/kl"], cfg.train.batch_size * dist.world_size())
+        kl_ctl.update(batch["metrics"]["objective/kl"], answers * dist.world_size())
         done = step + 1
         elapsed = time.perf_counter() - started
         if policies:
@@ -401,7 +444,7 @@ def run_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> Path:
         values = dist.all_reduce_sum([batch["metrics"][k] if k in batch["metrics"] else metrics[k] for k in keys])
         row = {k: v / dist.world_size() for k, v in zip(keys, values)}
         row.update({"objective/kl_coef": kl_ctl.value, "train/lr": policy.lr(),
-                    "perf/episodes_per_second": cfg.train.batch_size * dist.world_size() / elapsed,
+                    "perf/episodes_per_second": answers * dist.world_size() / elapsed,
                     **{f"time/{k}": v / elapsed for k, v in timing.items()}})
         if not math.isfinite(row["policy/loss"]):
             raise FloatingPointError(f"policy loss became {row['policy/loss']} at step {done}; lower train.lr")

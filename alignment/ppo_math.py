@@ -233,11 +233,123 @@ def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float)
     return advantages, returns
 
 
+GroupEstimator = Literal["grpo", "dr_grpo", "rloo"]
+
+
+def group_advantages(scores: Tensor, group_size: int, kind: GroupEstimator, eps: float = 1e-6) -> Tensor:
+    """Critic-free advantages from several sampled answers to the same prompt: each answer is judged
+    against its siblings, so how hard the prompt is drops out of the advantage.
+
+    ``scores`` holds ``group_size`` consecutive answers per prompt (answers ``g*k .. g*k + k-1`` share a
+    prompt). With ``r`` one group's scores, ``mean`` and ``std`` (unbiased) over its k answers:
+
+    - ``grpo``: ``(r_i - mean) / (std + eps)`` (Shao et al. 2024, "DeepSeekMath", arXiv 2402.03300, Sec. 4.1.2);
+    - ``dr_grpo``: ``r_i - mean``, no division by std, which up-weights groups that barely differ
+      (Liu et al. 2025, "Understanding R1-Zero-Like Training", arXiv 2503.20783, Sec. 3.2);
+    - ``rloo``: ``r_i - mean_{j != i} r_j = k / (k - 1) * (r_i - mean)``, the leave-one-out baseline
+      (Ahmadian et al. 2024, "Back to Basics", arXiv 2402.14740, Eq. 8; Kool et al. 2019).
+
+    A group whose answers all scored the same gets 0 for every answer: nothing to learn from it.
+
+    Args:
+        scores: (B,) one score per answer, B a multiple of group_size.
+        group_size: k >= 2 answers per prompt.
+        kind: the estimator.
+        eps: keeps grpo finite on a group with no spread.
+
+    Returns:
+        (B,) advantages, one per answer (broadcast them over its tokens).
+    """
+    if group_size < 2:
+        raise ValueError(f"group advantages need at least 2 answers per prompt, got group_size={group_size}")
+    if scores.ndim != 1 or scores.shape[0] % group_size:
+        raise ValueError(f"expected (B,) scores with B a multiple of {group_size}, got {tuple(scores.shape)}")
+    groups = scores.view(-1, group_size)  # (G, k)
+    mean = groups.mean(dim=1, keepdim=True)  # (G, 1)
+    if kind == "grpo":
+        out = (groups - mean) / (groups.std(dim=1, keepdim=True) + eps)
+    elif kind == "dr_grpo":
+        out = groups - mean
+    elif kind == "rloo":
+        out = (groups - mean) * group_size / (group_size - 1)
+    else:
+        raise ValueError(f"unknown group estimator {kind!r}; expected 'grpo', 'dr_grpo' or 'rloo'")
+    return out.reshape(-1)
+
+
+def group_mean_baseline(scores: Tensor, group_size: int) -> Tensor:
+    """``scores`` minus the mean of their group (``group_size`` consecutive answers per prompt); unchanged
+    when group_size is 1. The baseline of REINFORCE++ with several answers per prompt (Hu 2025,
+    arXiv 2501.03262, "REINFORCE++-baseline")."""
+    if group_size == 1:
+        return scores
+    groups = scores.view(-1, group_size)  # (G, k)
+    return (groups - groups.mean(dim=1, keepdim=True)).reshape(-1)
+
+
+def returns_to_go(rewards: Tensor, mask: Tensor) -> Tensor:
+    """Undiscounted reward-to-go ``A_t = sum_{s >= t} r_s`` over each row's response tokens, 0 on padding:
+    the advantage of REINFORCE++ (Hu 2025, arXiv 2501.03262, Eq. 6 with gamma = 1) before it is whitened
+    over the batch. With the score at the last token and a KL penalty at every token (:func:`shaped_rewards`),
+    each token's advantage is the score minus the KL still to come.
+
+    Args:
+        rewards: (B, T) per-token rewards.
+        mask: (B, T) response mask.
+
+    Returns:
+        (B, T) returns.
+    """
+    _check_shapes(rewards=rewards, mask=mask)
+    r = torch.where(mask.bool(), rewards, torch.zeros_like(rewards))  # (B, T)
+    return r.flip(-1).cumsum(-1).flip(-1) * _float_mask(mask, rewards)  # (B, T) suffix sums
+
+
+Aggregation = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"]
+
+
+def aggregate_loss(loss: Tensor, mask: Tensor, aggregation: Aggregation = "token_mean",
+                   norm: int | None = None) -> Tensor:
+    """One scalar from per-token loss terms.
+
+    - ``token_mean``: the mean over every response token of the batch; a long answer weighs as much per
+      token as a short one (PPO as OpenAI and TRL wrote it; DAPO's token-level loss, arXiv 2503.14476 Sec. 3.3);
+    - ``seq_mean_token_mean``: the mean over each answer's tokens, then over answers; each answer weighs
+      the same, so the tokens of long answers weigh less (GRPO's Eq. 3, arXiv 2402.03300);
+    - ``seq_mean_token_sum_norm``: each answer's token sum divided by the constant ``norm`` (the
+      generation budget), then the mean over answers: no length bias either way (Dr. GRPO, arXiv 2503.20783).
+
+    Args:
+        loss: (B, T) per-token terms.
+        mask: (B, T) response mask.
+        aggregation: one of the three above.
+        norm: the constant of ``seq_mean_token_sum_norm`` (required there, ignored otherwise).
+
+    Returns:
+        Scalar.
+    """
+    _check_shapes(loss=loss, mask=mask)
+    if aggregation == "token_mean":
+        return masked_mean(loss, mask)
+    keep = mask.bool()
+    per_token = torch.where(keep, loss, torch.zeros_like(loss))  # (B, T)
+    if aggregation == "seq_mean_token_mean":
+        per_row = per_token.sum(-1) / keep.sum(-1).clamp(min=1).to(loss.dtype)  # (B,)
+    elif aggregation == "seq_mean_token_sum_norm":
+        if not norm or norm <= 0:
+            raise ValueError("seq_mean_token_sum_norm needs a positive norm (the generation budget in tokens)")
+        per_row = per_token.sum(-1) / norm  # (B,)
+    else:
+        raise ValueError(f"unknown aggregation {aggregation!r}")
+    return per_row.mean()
+
+
 # --------------------------------------------------------------------------------------------------
 # Losses
 # --------------------------------------------------------------------------------------------------
 def policy_loss(
-    logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, clip_range: float
+    logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, clip_range: float,
+    clip_range_high: float | None = None, aggregation: Aggregation = "token_mean", norm: int | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """PPO clipped surrogate objective, as a loss (Schulman et al. 2017, "Proximal Policy Optimization
     Algorithms", Eq. 7): ``mean_t max(-A_t * ratio_t, -A_t * clip(ratio_t, 1 - eps, 1 + eps))``.
@@ -253,6 +365,10 @@ def policy_loss(
         advantages: (B, T) from :func:`gae`, usually whitened.
         mask: (B, T) response mask.
         clip_range: epsilon, e.g. 0.2.
+        clip_range_high: the upper epsilon when it differs from the lower one: DAPO's "clip-higher" (Yu et
+            al. 2025, arXiv 2503.14476, Sec. 3.1) lets unlikely tokens with a positive advantage grow
+            further (e.g. 0.28) so the policy keeps exploring. None: ``clip_range``.
+        aggregation, norm: how the per-token terms become one loss, see :func:`aggregate_loss`.
 
     Returns:
         ``(loss, stats)``: scalar loss and detached scalars ``policy/clipfrac`` (fraction of tokens
@@ -264,8 +380,9 @@ def policy_loss(
     log_ratio = logprobs - old_logprobs  # (B, T)
     ratio = torch.exp(log_ratio)  # (B, T) pi / pi_old
     unclipped = -advantages * ratio  # (B, T)
-    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)  # (B, T)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    high = clip_range if clip_range_high is None else clip_range_high
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + high)  # (B, T)
+    loss = aggregate_loss(torch.maximum(unclipped, clipped), mask, aggregation, norm)
     with torch.no_grad():
         stats = {
             "policy/clipfrac": masked_mean((clipped > unclipped).to(ratio.dtype), mask),

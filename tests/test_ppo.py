@@ -180,3 +180,80 @@ def test_rule_reward_needs_its_rules(prompts_file, tmp_path):
         load_config(PPOConfig, None, {"model": "x", "data.train": str(prompts_file), "rule_reward_weight": 1.0})
     with pytest.raises(AlignError, match=">= 0"):
         load_config(PPOConfig, None, {"model": "x", "data.train": str(prompts_file), "rule_reward_weight": -1.0})
+
+
+# --------------------------------------------------------------------------------------------------
+# Critic-free estimators (advantage: grpo | dr_grpo | rloo | reinforce_pp)
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("advantage", ["rloo", "grpo", "dr_grpo", "reinforce_pp"])
+def test_critic_free_estimators_learn_the_paid_token(tmp_path, chatty_policy, prompts_file, advantage):
+    """Four answers per prompt, no value model: each estimator turns the same reward into a policy that says yes."""
+    from alignment.modeling import load_tokenizer
+    from alignment.ppo import run_ppo
+
+    out = tmp_path / advantage
+    cfg = load_config(PPOConfig, None, _overrides(chatty_policy, prompts_file, out, advantage=advantage,
+                                                  num_generations=4, **{"train.batch_size": 4}))
+    assert cfg.critic == "none"
+    run_ppo(cfg, reward_fn=_yes_reward(load_tokenizer(chatty_policy)))
+    rows = read_metrics(out / "metrics.jsonl")
+    first, last = rows[0]["objective/scores"], sum(r["objective/scores"] for r in rows[-3:]) / 3
+    assert first < 0.5 and last >= 0.8, [r["objective/scores"] for r in rows]
+    assert "val/vf_loss" not in rows[-1]  # no critic was trained
+    assert rows[-1]["perf/episodes_per_second"] > 0
+
+
+def test_group_estimator_with_kl_in_the_loss_resumes_exactly(tmp_path, chatty_policy, prompts_file):
+    """GRPO-style: k3 KL as a loss term, clip-higher; a run resumed at step 2 matches the uninterrupted one."""
+    from alignment.modeling import load_tokenizer
+    from alignment.ppo import run_ppo
+
+    def run(out: Path) -> list[dict]:
+        cfg = load_config(PPOConfig, None, _overrides(
+            chatty_policy, prompts_file, out, advantage="grpo", num_generations=2, kl_penalty="loss",
+            kl_coef=0.1, clip_range_high=0.28, **{"train.batch_size": 4, "train.max_steps": 4,
+                                                  "train.save_every": 2, "train.keep_checkpoints": 5}))
+        run_ppo(cfg, reward_fn=_yes_reward(load_tokenizer(chatty_policy)))
+        return read_metrics(out / "metrics.jsonl")
+
+    full = run(tmp_path / "full")
+    assert all("policy/kl_loss" in r for r in full)
+    assert full[0]["objective/kl"] == pytest.approx(0.0, abs=1e-5)  # the first rollout is the reference's
+    assert full[-1]["policy/kl_loss"] > 0
+    part = tmp_path / "part"
+    (part / "checkpoints").mkdir(parents=True)
+    shutil.copytree(tmp_path / "full" / "checkpoints" / "step-2", part / "checkpoints" / "step-2")
+    resumed = {r["step"]: r for r in run(part)}
+    assert sorted(resumed) == [3, 4]
+    for row in full[2:]:
+        for key in ("objective/scores", "objective/kl", "policy/loss", "policy/kl_loss"):
+            assert resumed[row["step"]][key] == pytest.approx(row[key], rel=1e-4, abs=1e-6), (row["step"], key)
+
+
+@pytest.mark.parametrize("overrides, field", [
+    ({"advantage": "rloo"}, "num_generations"),
+    ({"advantage": "grpo", "num_generations": 2, "critic": "shared"}, "critic"),
+    ({"advantage": "gae", "critic": "none"}, "critic"),
+    ({"num_generations": 0}, "num_generations"),
+    ({"advantage": "rloo", "num_generations": 3, "train.batch_size": 3, "num_minibatches": 2}, "num_minibatches"),
+    ({"clip_range_high": 0.1}, "clip_range_high"),
+])
+def test_estimator_settings_that_would_train_the_wrong_thing_are_refused(prompts_file, overrides, field):
+    from alignment.errors import AlignError
+
+    with pytest.raises(AlignError) as err:
+        load_config(PPOConfig, None, {"model": "x", "data.train": str(prompts_file), **overrides})
+    assert field in str(err.value)
+
+
+def test_estimator_defaults_follow_their_papers(prompts_file):
+    def cfg(**o):
+        return load_config(PPOConfig, None, {"model": "x", "data.train": str(prompts_file), **o})
+
+    gae_cfg = cfg()
+    assert (gae_cfg.critic, gae_cfg.whiten_advantages, gae_cfg.loss_aggregation) == ("separate", True, "token_mean")
+    grpo = cfg(advantage="grpo", num_generations=4)
+    assert (grpo.critic, grpo.whiten_advantages, grpo.loss_aggregation) == ("none", False, "seq_mean_token_mean")
+    assert cfg(advantage="dr_grpo", num_generations=4).loss_aggregation == "seq_mean_token_sum_norm"
+    assert cfg(advantage="rloo", num_generations=2).whiten_advantages is False
+    assert cfg(advantage="reinforce_pp").whiten_advantages is True

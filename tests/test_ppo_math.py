@@ -495,3 +495,102 @@ def test_rule_rewards_by_hand():
         rule_rewards([[True]], -1.0)
     with pytest.raises(ValueError, match="no rule"):
         rule_rewards([[]], 1.0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Critic-free estimators: group advantages, REINFORCE++ returns, loss aggregation, clip-higher
+# --------------------------------------------------------------------------------------------------
+# Two prompts, three answers each: scores (1, 2, 6) and (4, 4, 4).
+# Group 1: mean 3, unbiased std sqrt(((1-3)^2 + (2-3)^2 + (6-3)^2) / 2) = sqrt(7).
+#   grpo    (-2, -1, 3) / sqrt(7)
+#   dr_grpo (-2, -1, 3)
+#   rloo    1 - (2+6)/2 = -3,  2 - (1+6)/2 = -1.5,  6 - (1+2)/2 = 4.5
+# Group 2: every answer scored the same: 0 for all three, whatever the estimator.
+GROUP_SCORES = [1.0, 2.0, 6.0, 4.0, 4.0, 4.0]
+
+
+@pytest.mark.parametrize("kind, expected", [
+    ("grpo", [-2 / math.sqrt(7), -1 / math.sqrt(7), 3 / math.sqrt(7), 0.0, 0.0, 0.0]),
+    ("dr_grpo", [-2.0, -1.0, 3.0, 0.0, 0.0, 0.0]),
+    ("rloo", [-3.0, -1.5, 4.5, 0.0, 0.0, 0.0]),
+])
+def test_group_advantages_by_hand(kind, expected):
+    from alignment.ppo_math import group_advantages
+
+    out = group_advantages(t(GROUP_SCORES), 3, kind, eps=0.0 if kind != "grpo" else 1e-12)
+    assert out.tolist() == pytest.approx(expected, abs=1e-9)
+
+
+def test_rloo_matches_a_leave_one_out_loop():
+    from alignment.ppo_math import group_advantages
+
+    scores = torch.randn(12, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    k = 4
+    expected = []
+    for i in range(12):
+        group = range(i // k * k, i // k * k + k)
+        expected.append(float(scores[i]) - sum(float(scores[j]) for j in group if j != i) / (k - 1))
+    assert group_advantages(scores, k, "rloo").tolist() == pytest.approx(expected)
+
+
+def test_group_advantages_refuse_bad_groups():
+    from alignment.ppo_math import group_advantages
+
+    with pytest.raises(ValueError, match="at least 2"):
+        group_advantages(t([1.0, 2.0]), 1, "rloo")
+    with pytest.raises(ValueError, match="multiple of 2"):
+        group_advantages(t([1.0, 2.0, 3.0]), 2, "grpo")
+    with pytest.raises(ValueError, match="unknown"):
+        group_advantages(t([1.0, 2.0]), 2, "ppo")
+
+
+def test_group_mean_baseline_by_hand():
+    from alignment.ppo_math import group_mean_baseline
+
+    assert group_mean_baseline(t(GROUP_SCORES), 3).tolist() == pytest.approx([-2, -1, 3, 0, 0, 0])
+    assert group_mean_baseline(t([1.0, 5.0]), 1).tolist() == [1.0, 5.0]
+
+
+def test_returns_to_go_by_hand():
+    from alignment.ppo_math import returns_to_go
+
+    rewards = t([[-0.1, -0.2, 1.0, 9e9], [0.5, 7.0, 7.0, 7.0]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]])
+    # row 1: 0.7, 0.8, 1.0 (suffix sums); row 2: 0.5; padding 0 whatever the rewards hold there
+    assert returns_to_go(rewards, mask).flatten().tolist() == pytest.approx([0.7, 0.8, 1.0, 0.0, 0.5, 0.0, 0.0, 0.0])
+
+
+# Per-token losses of two answers: (1, 2, 3) and (10), padding 1e4; norm 4.
+#   token_mean              (1 + 2 + 3 + 10) / 4 = 4
+#   seq_mean_token_mean     ((1 + 2 + 3) / 3 + 10 / 1) / 2 = 6
+#   seq_mean_token_sum_norm ((1 + 2 + 3) / 4 + 10 / 4) / 2 = 2
+@pytest.mark.parametrize("aggregation, expected", [
+    ("token_mean", 4.0), ("seq_mean_token_mean", 6.0), ("seq_mean_token_sum_norm", 2.0)])
+def test_aggregate_loss_by_hand(aggregation, expected):
+    from alignment.ppo_math import aggregate_loss
+
+    loss = t([[1.0, 2.0, 3.0], [10.0, 1e4, 1e4]])
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
+    assert aggregate_loss(loss, mask, aggregation, norm=4).item() == pytest.approx(expected)
+
+
+def test_aggregate_loss_sum_norm_needs_a_norm():
+    from alignment.ppo_math import aggregate_loss
+
+    with pytest.raises(ValueError, match="norm"):
+        aggregate_loss(t([[1.0]]), torch.ones(1, 1), "seq_mean_token_sum_norm")
+
+
+def test_clip_higher_lets_a_rewarded_token_grow_further():
+    # One token, advantage +1, ratio 1.25: clipped at 1.2 by a symmetric 0.2, not by an upper 0.28.
+    old = t([[math.log(0.4)]])
+    logp = t([[math.log(0.5)]], grad=True)
+    loss, stats = policy_loss(logp, old, t([[1.0]]), torch.ones(1, 1), clip_range=0.2)
+    assert loss.item() == pytest.approx(-1.2) and stats["policy/clipfrac"].item() == 1.0
+    high, stats = policy_loss(logp, old, t([[1.0]]), torch.ones(1, 1), clip_range=0.2, clip_range_high=0.28)
+    assert high.item() == pytest.approx(-1.25) and stats["policy/clipfrac"].item() == 0.0
+    high.backward()
+    assert logp.grad.item() == pytest.approx(-1.25)  # gradient still flows: -A * ratio
+    # the lower clip is unchanged: ratio 0.5 with a negative advantage is clipped at 0.8 either way
+    low, _ = policy_loss(t([[math.log(0.2)]]), old, t([[-1.0]]), torch.ones(1, 1), 0.2, clip_range_high=0.28)
+    assert low.item() == pytest.approx(0.8)
