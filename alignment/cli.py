@@ -135,7 +135,7 @@ def _preflight(command: str, cfg: object) -> None:
     with one_read_per_file():
         if command == "ppo":
             resolve_model(cfg.reward_model)
-            from alignment.data.formats import load_prompt_file
+            from alignment.data.prompts import load_prompt_file
 
             load_prompt_file(cfg.data.train)
         elif command == "sft":

@@ -374,12 +374,20 @@ class PPOConfig:
     """Add the domain rules in `policies` to the reward: each answer gets
     `weight * (rules followed - rules broken) / rules`, on top of the (normalised) reward model score; with
     no `reward_model`, the rules are the whole reward. 0: the reward model alone."""
+    rule_weights: dict[str, float] = field(default_factory=dict)
+    """Relative weights of the rules in the rule reward, by policy name (unnamed rules weigh 1, 0 takes a
+    rule out): answer i gets ``rule_reward_weight * sum_j w_j * (+1 followed, -1 broken) / sum_j w_j``."""
 
     def __post_init__(self) -> None:
         if not self.data.train:
             raise AlignError("is required: the prompts file", field="data.train")
         if self.rule_reward_weight < 0:
             raise AlignError("must be >= 0", field="rule_reward_weight")
+        if self.rule_weights and self.rule_reward_weight == 0:
+            raise AlignError("weigh the rules of a rule reward: set rule_reward_weight > 0 too", field="rule_weights")
+        for name, w in self.rule_weights.items():
+            if not isinstance(w, (int, float)) or w < 0:
+                raise AlignError(f"must be a number >= 0, got {w!r}", field=f"rule_weights.{name}")
         if self.rule_reward_weight > 0 and not self.policies:
             raise AlignError("needs `policies`: the rules file the rule reward checks", field="rule_reward_weight")
         if self.num_generations < 1:

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from alignment.data.chat import generation_eos_ids
 from alignment.training import autocast, use_bf16
 
 
@@ -33,8 +34,8 @@ def generate(model: Any, tokenizer: Any, prompts: list[list[dict[str, str]]], *,
     texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     answers: list[Answer] = [Answer("", 0, False)] * len(texts)
-    eos = model.generation_config.eos_token_id
-    stop_ids = torch.tensor(eos if isinstance(eos, list) else [eos if eos is not None else tokenizer.eos_token_id])
+    # model.generate gets no eos_token_id, so it stops on the generation config's: mark those answers finished
+    stop_ids = torch.tensor(generation_eos_ids(tokenizer, model.generation_config), dtype=torch.long)
     torch.manual_seed(seed)
     sampling = temperature > 0
     with autocast(use_bf16(bf16)):

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-IGNORE_INDEX = -100
+from alignment.data.chat import IGNORE_INDEX  # defined once, in the data layer that writes the labels
 
 
 @dataclass

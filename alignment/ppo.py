@@ -7,7 +7,8 @@ One rollout batch per step, read top to bottom:
    normalised with the statistics `align rm` saved; responses that never stop are penalised;
 3. evaluate: log-probs of the sampled tokens under the policy and the reference (logits divided by the
    sampling temperature), and the critic's values;
-4. advantages: per-token rewards = score at the last token - kl_coef * KL, then GAE and whitening;
+4. advantages: per-token rewards = score at the last token - kl_coef * KL, then GAE and whitening; or,
+   without a critic, each answer against the other answers to its prompt (`advantage`, `num_generations`);
 5. learn: `ppo_epochs` passes over `num_minibatches` minibatches, clipped policy and value losses.
 The maths lives in `alignment/ppo_math.py` (pure functions with tests against naive loops).
 
@@ -54,7 +55,7 @@ from alignment.ppo_math import (
     policy_loss,
     response_mask_from_stop,
     returns_to_go,
-    rule_rewards,
+    rule_reward_terms,
     shaped_rewards,
     truncate_after_stop,
     value_loss,
@@ -95,15 +96,11 @@ class PolicyWithValueHead(torch.nn.Module):
 
 def load_prompts(cfg: PPOConfig, tokenizer: Any) -> tuple[list[list[int]], int]:
     """Chat-templated prompt ids, cut from the left to max_prompt_length (counted)."""
-    from alignment.data import deduplicate, load_dataset_file, to_conversation
-    from alignment.data.formats import load_prompt_file
+    from alignment.data.prompts import load_prompt_file
 
-    load_prompt_file(cfg.data.train)  # refuses a blank prompt with its file, line and field
-    ds, info = load_dataset_file(cfg.data.train, "prompts")
-    ds, _ = deduplicate(ds, "prompts", info.variant, cfg.data.dedup)
+    conversations, _ = load_prompt_file(cfg.data.train, dedup=cfg.data.dedup)  # a blank prompt: AlignError
     out, cut = [], 0
-    for record in ds:
-        messages = to_conversation(record, "prompts", info.variant)["prompt"]
+    for messages in conversations:
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(ids) > cfg.data.max_prompt_length:
@@ -170,12 +167,15 @@ def rollout(policy: Engine, critic: Engine | None, reference: Any, reward: Rewar
         scores = (scores - stats["mean"]) / stats["std"]
     if cfg.reward_clip is not None:
         scores = scores.clamp(-cfg.reward_clip, cfg.reward_clip)
-    rule_scores = None
+    rule_scores, rule_terms = None, {}
     if rules and cfg.rule_reward_weight > 0:
         from alignment.evaluation.policies import check_answer
 
         passed = [list(check_answer(t, rules).values()) for t in texts]
-        rule_scores = rule_rewards(passed, cfg.rule_reward_weight).to(device)  # (B,)
+        weights = [cfg.rule_weights.get(rule.name, 1.0) for rule in rules]
+        terms = rule_reward_terms(passed, cfg.rule_reward_weight, weights).to(device)  # (B, J)
+        rule_scores = terms.sum(dim=1)  # (B,)
+        rule_terms = {f"rule_reward/{rule.name}": float(terms[:, j].mean()) for j, rule in enumerate(rules)}
         scores = scores + rule_scores
     scores = scores - cfg.missing_eos_penalty * (~finished).float()
     timing["score"] = time.perf_counter() - start
@@ -221,6 +221,7 @@ def rollout(policy: Engine, critic: Engine | None, reference: Any, reward: Rewar
             "rollout/response_length": float(lengths.mean()),
             "rollout/unfinished": float((~finished).float().mean()),
             **({"objective/rule_reward": float(rule_scores.mean())} if rule_scores is not None else {}),
+            **rule_terms,
         },
         "texts": texts,
         "timing": timing,
@@ -345,6 +346,21 @@ def run_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> Path:
     log(f"[ppo] {len(prompts)} prompts" + (f"; {cut} cut to {cfg.data.max_prompt_length} tokens" if cut else ""))
     stop_ids = sorted({tokenizer.eos_token_id, *_generation_eos(cfg.model, tokenizer)})
 
+    # the rules first: a misnamed rule weight is refused before any model loads or any file is written
+    policies = None
+    if cfg.policies:
+        from alignment.evaluation.policies import load_policies
+
+        policies = load_policies(cfg.policies)
+        unknown = sorted(set(cfg.rule_weights) - {p.name for p in policies})
+        if unknown:
+            from alignment.errors import AlignError
+
+            raise AlignError(f"names no rule of {cfg.policies}: {', '.join(unknown)} (its rules: "
+                             f"{', '.join(p.name for p in policies)})", field="rule_weights")
+        if cfg.rule_reward_weight > 0:
+            log(f"[ppo] rule reward: {len(policies)} rules from {cfg.policies}, weight {cfg.rule_reward_weight}")
+
     # --- models ------------------------------------------------------------------------------
     reward_model, stats = None, None
     if reward_fn is None and not cfg.reward_model and cfg.rule_reward_weight > 0:
@@ -415,13 +431,6 @@ def run_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> Path:
     if "kl_controller" in state:
         kl_ctl.load_state_dict(state["kl_controller"])
 
-    policies = None
-    if cfg.policies:
-        from alignment.evaluation.policies import load_policies
-
-        policies = load_policies(cfg.policies)
-        if cfg.rule_reward_weight > 0:
-            log(f"[ppo] rule reward: {len(policies)} rules from {cfg.policies}, weight {cfg.rule_reward_weight}")
     policy.train()
     for step in iterate_steps(start_step, schedule.total_steps, "ppo"):
         started = time.perf_counter()
@@ -472,13 +481,16 @@ def _no_model_reward(prompts: list[list[int]], responses: list[list[int]]) -> to
 
 
 def _generation_eos(model: str, tokenizer: Any) -> list[int]:
+    """What generation stops on, from the generation_config.json saved with the model (the tokenizer's EOS
+    when there is none): read from disk because the policy is not loaded yet when the stop ids are needed."""
     from transformers import GenerationConfig
 
+    from alignment.data.chat import generation_eos_ids
     from alignment.modeling import resolve_model
 
     try:
-        eos = GenerationConfig.from_pretrained(str(resolve_model(model))).eos_token_id
-    except OSError:
-        return []
-    return [] if eos is None else (list(eos) if isinstance(eos, (list, tuple)) else [int(eos)])
+        config = GenerationConfig.from_pretrained(str(resolve_model(model)))
+    except OSError:  # no generation_config.json
+        config = None
+    return generation_eos_ids(tokenizer, config)
 

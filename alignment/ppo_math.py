@@ -1,4 +1,5 @@
-"""Tensor math of PPO for language models: masks, KL estimates, reward shaping, GAE, the two losses.
+"""Tensor math of PPO for language models: masks, KL estimates, reward shaping, GAE and the critic-free
+group baselines (GRPO, Dr. GRPO, RLOO, REINFORCE++), loss aggregation, the two losses.
 
 Pure functions and two small controller classes, torch only (no transformers, no device names), so
 the unit tests import this without a model or a GPU. The trainer owns the
@@ -516,24 +517,38 @@ KLController = FixedKLController | AdaptiveKLController
 # --------------------------------------------------------------------------------------------------
 # Response masks from generated tokens
 # --------------------------------------------------------------------------------------------------
-def rule_rewards(passed: Sequence[Sequence[bool]], weight: float) -> Tensor:
-    """Reward from checkable rules: ``weight * (followed - broken) / n_rules`` per answer, in [-w, +w].
+def rule_reward_terms(passed: Sequence[Sequence[bool]], weight: float,
+                      rule_weights: Sequence[float] | None = None) -> Tensor:
+    """Each rule's share of the rule reward: ``weight * w_j / sum(w) * (+1 if followed else -1)``.
 
-    ``passed[i][j]`` says whether answer i follows rule j. Every rule counts the same, so an answer that
-    follows two of three rules earns ``weight / 3``: each rule moves the reward, not only the last one
-    that makes an answer fully compliant (an all-or-nothing reward gives PPO no gradient while no
-    sample follows every rule).
+    ``passed[i][j]`` says whether answer i follows rule j; ``rule_weights`` are the rules' relative
+    weights (all 1 when None). An answer's rule reward is the row sum, in [-weight, +weight]: each rule
+    moves it on its own, so an answer that follows two of three rules already earns more than one that
+    follows none (an all-or-nothing reward gives no gradient while no sample follows every rule).
+
+    Returns:
+        (B, J) float32 terms; the column means are the per-rule reward curves.
     """
     if weight < 0:
         raise ValueError(f"weight must be >= 0, got {weight}")
-    out = []
-    for row in passed:
-        n = len(row)
-        if n == 0:
-            raise ValueError("an answer was checked against no rule")
-        followed = sum(bool(p) for p in row)
-        out.append(weight * (followed - (n - followed)) / n)
-    return torch.tensor(out, dtype=torch.float32)
+    rows = [[bool(p) for p in row] for row in passed]
+    if any(not row for row in rows):
+        raise ValueError("an answer was checked against no rule")
+    n = len(rows[0]) if rows else 0
+    if any(len(row) != n for row in rows):
+        raise ValueError("every answer must be checked against the same rules")
+    w = torch.ones(n) if rule_weights is None else torch.tensor([float(x) for x in rule_weights])
+    if w.shape != (n,) or (w < 0).any() or (n and w.sum() <= 0):
+        raise ValueError(f"expected {n} rule weights >= 0 with a positive sum, got {list(rule_weights or [])}")
+    signs = torch.tensor(rows, dtype=torch.float32).reshape(len(rows), n) * 2 - 1  # (B, J) +1 followed, -1 broken
+    return weight * signs * (w / w.sum())[None, :]
+
+
+def rule_rewards(passed: Sequence[Sequence[bool]], weight: float,
+                 rule_weights: Sequence[float] | None = None) -> Tensor:
+    """Reward from checkable rules, one per answer: the row sums of :func:`rule_reward_terms`; with equal
+    weights ``weight * (followed - broken) / n_rules``, in [-weight, +weight]."""
+    return rule_reward_terms(passed, weight, rule_weights).sum(dim=1)
 
 
 def response_mask_from_stop(tokens: Tensor, stop_ids: Sequence[int] | Tensor) -> Tensor:

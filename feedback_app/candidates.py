@@ -59,20 +59,13 @@ def load_prompts(path: str | Path, skipped: list[str] | None = None) -> list[lis
 
     A prompt whose last message is empty is refused with an AlignError naming file, line and field; with
     a ``skipped`` list the row is left out instead and described there ("line 3 (prompt): ...")."""
-    from alignment.data import iter_records, load_dataset_file, to_conversation
+    from alignment.data.prompts import load_prompt_file
 
-    source = str(path)
-    ds, info = load_dataset_file(path, "prompts")
-    field = "messages" if "messages" in ds.column_names else "prompt"
-    out, problems = [], []
-    for line, record in iter_records(ds):
-        prompt = to_conversation(record, "prompts", info.variant)["prompt"]
-        if blank_prompt(prompt):
-            problems.append((line, field, "the prompt is empty"))
-            continue
-        out.append(prompt)
-    _report(source, problems, skipped)
-    return out
+    blank: list[int] = []  # the library skips; the app words the problem as import_candidates does
+    prompts, info = load_prompt_file(path, blank_lines=blank)
+    field = "messages" if info.variant == "messages" else "prompt"
+    _report(str(path), [(line, field, "the prompt is empty") for line in blank], skipped)
+    return prompts
 
 
 def import_candidates(store: Store, project_id: int, path: str | Path,

@@ -368,7 +368,7 @@ def test_empty_prompts_are_refused_with_file_line_and_field(tmp_path, kind, reco
             "prompts": {"prompt": "hi"} if "prompt" in record else {"messages": [user("hi")]},
             "sft": {"prompt": "hi", "completion": "a"}}[kind]
     if kind == "prompts":  # as a format, a blank prompt passes (the app may skip it); PPO and eval refuse it
-        from alignment.data.formats import load_prompt_file
+        from alignment.data.prompts import load_prompt_file
 
         path = write_jsonl(tmp_path / "d", [good, record])
         load_dataset_file(path, kind)
@@ -380,6 +380,21 @@ def test_empty_prompts_are_refused_with_file_line_and_field(tmp_path, kind, reco
         err = bad(tmp_path, kind, [good, record])
     assert (err.line, err.field) == (2, field)
     assert "is empty" in err.message
+
+
+def test_prompt_file_deduplicates_first_and_skips_blank_prompts_when_asked(tmp_path):
+    """PPO de-duplicates its prompts, the feedback app skips blank ones; a refusal still names the first
+    blank line, which de-duplication keeps."""
+    from alignment.data.prompts import load_prompt_file
+
+    path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "a"}, {"prompt": " "}, {"prompt": "a "}, {"prompt": ""}])
+    blank: list[int] = []
+    assert load_prompt_file(path, blank_lines=blank)[0] == [[user("a")], [user("a ")]] and blank == [2, 4]
+    blank = []
+    assert load_prompt_file(path, dedup="whitespace", blank_lines=blank)[0] == [[user("a")]] and blank == [2]
+    with pytest.raises(AlignError) as info:
+        load_prompt_file(path, dedup="whitespace")
+    assert (info.value.line, info.value.field) == (2, "prompt")
 
 
 # ----------------------------------------------------------------------------------- preference

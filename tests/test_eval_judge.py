@@ -83,6 +83,7 @@ def test_pearson_and_summaries():
     assert pearson([1, 2, 3], [2, 4, 7]) == pytest.approx(5 / math.sqrt(2 * 38 / 3))
     assert pearson([1, 2, 3, 4], [8, 6, 4, 2]) == pytest.approx(-1.0)
     assert pearson([1, 2, 3], [5, 5, 5]) is None  # constant
+    assert pearson([0.1] * 3, [1, 2, 3]) is None  # constant, though their mean rounds to 0.10000000000000002
     assert pearson([1, 2], [3, 4]) is None  # too few points
     assert mean([1.0, 2.0, 6.0]) == 3.0 and mean([]) is None
     assert std([1.0, 3.0]) == 1.0

@@ -126,12 +126,13 @@ def test_reward_model_drives_ppo_and_resume_matches(tmp_path, chatty_policy, pro
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", ["zero2", "zero3"])
-def test_ppo_deepspeed_two_processes(tmp_path, chatty_policy, prompts_file, stage):
+@pytest.mark.parametrize("stage, advantage", [("zero2", "gae"), ("zero3", "gae"), ("zero2", "rloo")])
+def test_ppo_deepspeed_two_processes(tmp_path, chatty_policy, prompts_file, stage, advantage):
     out = tmp_path / stage
     from alignment.modeling import resolve_model
 
-    o = _overrides(chatty_policy, prompts_file, out, **{"train.max_steps": 3, "train.batch_size": 8})
+    extra = {"advantage": advantage, "num_generations": 2, "train.batch_size": 4} if advantage != "gae" else {}
+    o = _overrides(chatty_policy, prompts_file, out, **{"train.max_steps": 3, "train.batch_size": 8, **extra})
     o["reward_model"] = str(resolve_model(chatty_policy))  # a fresh score head on the policy: any RM will do
     nested: dict = {"phase": "ppo"}
     for key, value in o.items():
@@ -146,6 +147,7 @@ def test_ppo_deepspeed_two_processes(tmp_path, chatty_policy, prompts_file, stag
                            stage, "--num-processes", "2"], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "processes=2" in proc.stdout
+    assert f"advantage {advantage}" in proc.stdout
     rows = read_metrics(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2, 3]
     from transformers import AutoModelForCausalLM
@@ -257,3 +259,45 @@ def test_estimator_defaults_follow_their_papers(prompts_file):
     assert cfg(advantage="dr_grpo", num_generations=4).loss_aggregation == "seq_mean_token_sum_norm"
     assert cfg(advantage="rloo", num_generations=2).whiten_advantages is False
     assert cfg(advantage="reinforce_pp").whiten_advantages is True
+
+
+def test_rule_weights_shape_the_reward_and_log_each_rule(tmp_path, chatty_policy, prompts_file):
+    """Two rules weighted 3:1 with a critic-free estimator: the per-rule reward curves add up to the rule
+    reward, each is its weight share times (2 * adherence - 1), and the heavier rule is learned."""
+    from alignment.ppo import run_ppo
+
+    rules = tmp_path / "policies.yaml"
+    rules.write_text("policies:\n"
+                     "  - name: says_yes\n    description: The answer says yes.\n    must_match: ['yes']\n"
+                     "  - name: not_maybe\n    description: Never maybe.\n    must_not_match: ['maybe']\n")
+    out = tmp_path / "weighted"
+    cfg = load_config(PPOConfig, None, _overrides(
+        chatty_policy, prompts_file, out, policies=str(rules), rule_reward_weight=1.0, advantage="rloo",
+        num_generations=4, **{"train.batch_size": 4, "rule_weights.says_yes": 3.0, "rule_weights.not_maybe": 1.0}))
+    run_ppo(cfg)
+    rows = read_metrics(out / "metrics.jsonl")
+    for r in rows:
+        assert r["rule_reward/says_yes"] == pytest.approx(0.75 * (2 * r["adherence/says_yes"] - 1), abs=1e-5)
+        assert r["rule_reward/not_maybe"] == pytest.approx(0.25 * (2 * r["adherence/not_maybe"] - 1), abs=1e-5)
+        assert r["objective/rule_reward"] == pytest.approx(r["rule_reward/says_yes"] + r["rule_reward/not_maybe"],
+                                                           abs=1e-5)
+    first, last = rows[0]["adherence/says_yes"], sum(r["adherence/says_yes"] for r in rows[-3:]) / 3
+    assert first < 0.5 and last >= 0.8, [r["adherence/says_yes"] for r in rows]
+
+
+def test_rule_weight_for_a_missing_rule_is_refused_before_anything_is_written(tmp_path, chatty_policy,
+                                                                            prompts_file):
+    from alignment.errors import AlignError
+    from alignment.ppo import run_ppo
+
+    rules = tmp_path / "policies.yaml"
+    rules.write_text("policies:\n  - name: says_yes\n    description: The answer says yes.\n    must_match: ['yes']\n")
+    out = tmp_path / "typo"
+    cfg = load_config(PPOConfig, None, _overrides(chatty_policy, prompts_file, out, policies=str(rules),
+                                                  rule_reward_weight=1.0, **{"rule_weights.says_yess": 2.0}))
+    with pytest.raises(AlignError, match="says_yess"):
+        run_ppo(cfg)
+    assert not out.exists()
+    with pytest.raises(AlignError, match="rule_reward_weight"):
+        load_config(PPOConfig, None, {"model": "x", "data.train": str(prompts_file), "policies": str(rules),
+                                      "rule_weights.says_yes": 2.0})

@@ -487,9 +487,10 @@ def test_truncate_after_stop_by_hand():
 def test_rule_rewards_by_hand():
     from alignment.ppo_math import rule_rewards
 
-    r = rule_rewards([[True, True, False], [False, False, False], [True, True, True], [True, False]], 1.5)
-    # (followed - broken) / rules * weight: (2-1)/3*1.5, (0-3)/3*1.5, 3/3*1.5, (1-1)/2*1.5
-    assert torch.allclose(r, torch.tensor([0.5, -1.5, 1.5, 0.0]))
+    r = rule_rewards([[True, True, False], [False, False, False], [True, True, True]], 1.5)
+    # (followed - broken) / rules * weight: (2-1)/3*1.5, (0-3)/3*1.5, 3/3*1.5
+    assert torch.allclose(r, torch.tensor([0.5, -1.5, 1.5]))
+    assert torch.allclose(rule_rewards([[True, False]], 1.5), torch.tensor([0.0]))  # (1-1)/2*1.5
     assert rule_rewards([[True]], 0.0).tolist() == [0.0]
     with pytest.raises(ValueError, match="weight"):
         rule_rewards([[True]], -1.0)
@@ -594,3 +595,22 @@ def test_clip_higher_lets_a_rewarded_token_grow_further():
     # the lower clip is unchanged: ratio 0.5 with a negative advantage is clipped at 0.8 either way
     low, _ = policy_loss(t([[math.log(0.2)]]), old, t([[-1.0]]), torch.ones(1, 1), 0.2, clip_range_high=0.28)
     assert low.item() == pytest.approx(0.8)
+
+
+def test_rule_reward_terms_with_weights_by_hand():
+    from alignment.ppo_math import rule_reward_terms, rule_rewards
+
+    # weights 2, 1, 1 (shares 0.5, 0.25, 0.25), overall weight 2:
+    #   answer 1 follows rules 1 and 3: +1.0, -0.5, +0.5 -> 1.0
+    #   answer 2 follows only rule 2:   -1.0, +0.5, -0.5 -> -1.0
+    passed = [[True, False, True], [False, True, False]]
+    terms = rule_reward_terms(passed, 2.0, [2.0, 1.0, 1.0])
+    assert terms.tolist() == [[1.0, -0.5, 0.5], [-1.0, 0.5, -0.5]]
+    assert rule_rewards(passed, 2.0, [2.0, 1.0, 1.0]).tolist() == [1.0, -1.0]
+    # a weight of 0 takes a rule out of the reward
+    assert rule_rewards(passed, 1.0, [1.0, 0.0, 1.0]).tolist() == [1.0, -1.0]
+    for bad in ([1.0, 1.0], [1.0, -1.0, 1.0], [0.0, 0.0, 0.0]):
+        with pytest.raises(ValueError, match="rule weights"):
+            rule_reward_terms(passed, 1.0, bad)
+    with pytest.raises(ValueError, match="same rules"):
+        rule_reward_terms([[True], [True, False]], 1.0)

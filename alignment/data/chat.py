@@ -136,6 +136,12 @@ class StopCheck:
 
 
 def generation_eos_ids(tokenizer: Any, generation_config: Any | None) -> list[int]:
+    """The token ids that end an answer: the generation config's ``eos_token_id`` (one id or a list), else
+    the tokenizer's EOS; [] when neither names one.
+
+    Resolved here only, so the SFT pre-flight, ``generate`` (evaluation, the feedback app) and PPO (which
+    also stops on the tokenizer's EOS) agree on when an answer ends.
+    """
     eos = getattr(generation_config, "eos_token_id", None) if generation_config is not None else None
     if eos is None:
         eos = tokenizer.eos_token_id

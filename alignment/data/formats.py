@@ -268,7 +268,7 @@ def _unpaired(record: dict[str, Any], variant: str, problems: Problems) -> dict[
 
 def _prompts(record: dict[str, Any], variant: str, problems: Problems) -> dict[str, Any] | None:
     # A blank prompt is not a format error here: the feedback app skips such rows when asked to, and the
-    # training and evaluation loaders refuse them with `blank_prompt_lines`.
+    # training and evaluation loaders refuse them (both through `alignment.data.prompts.load_prompt_file`).
     if variant == "prompt":
         return {"prompt": _prompt_turns(record["prompt"], "prompt", problems, allow_blank=True)}
     messages = _message_list(record["messages"], "messages", problems)
@@ -378,23 +378,6 @@ def _prompt_turns(value: Any, field: str, problems: Problems, *, allow_blank: bo
 def blank_prompt(turns: list[Message]) -> bool:
     """The prompt's last turn has no text."""
     return not turns or not str(turns[-1].get("content") or "").strip()
-
-
-def load_prompt_file(path: str | Path) -> tuple[list[list[Message]], FormatInfo]:
-    """Prompts to train on or to evaluate (PPO, ``align eval``): a blank prompt is an error naming the file,
-    line and field (the feedback app, which may skip such rows, reads prompts files with its own rules)."""
-    from alignment.data.io import iter_records
-
-    ds, info = load_dataset_file(path, "prompts")
-    field = "messages" if info.variant == "messages" else "prompt"
-    prompts = []
-    for line, record in iter_records(ds):
-        turns = to_conversation(record, "prompts", info.variant)["prompt"]
-        if blank_prompt(turns):
-            raise AlignError("is empty; a prompt needs the text the answer responds to", file=str(path), line=line,
-                             field=field if field == "prompt" else f"messages[{len(turns) - 1}].content")
-        prompts.append(turns)
-    return prompts, info
 
 
 def _check_prompt_end(turns: list[Message], field: str, problems: Problems, hint: str = "", *,

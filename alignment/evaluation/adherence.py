@@ -23,7 +23,8 @@ from alignment.evaluation.policies import ALL, Policy, adherence, check_answer, 
 
 
 def load_prompts(path: str | Path) -> list[list[dict[str, str]]]:
-    from alignment.data.formats import load_prompt_file
+    """The held-out prompts, as message lists; a blank prompt is refused naming its file, line and field."""
+    from alignment.data.prompts import load_prompt_file
 
     return load_prompt_file(path)[0]
 

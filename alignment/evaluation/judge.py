@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from alignment.errors import AlignError
+from alignment.evaluation.stats import pearson  # shared with rm_diagnostics; still importable from here
 
 if TYPE_CHECKING:
     import torch
@@ -157,21 +158,6 @@ def order_bias(p_one_a_first: Sequence[float], p_one_a_second: Sequence[float]) 
     if not both:
         raise ValueError("no pairs to compare")
     return sum(both) / len(both) - 0.5
-
-
-def pearson(x: Sequence[float], y: Sequence[float]) -> float | None:
-    """Pearson correlation; None when undefined (fewer than 3 points, or either side constant)."""
-    _same_length(x, y)
-    n = len(x)
-    if n < 3:
-        return None
-    mx, my = sum(x) / n, sum(y) / n
-    sxx = sum((a - mx) ** 2 for a in x)
-    syy = sum((b - my) ** 2 for b in y)
-    if sxx <= 0 or syy <= 0:
-        return None
-    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y))
-    return max(-1.0, min(1.0, sxy / math.sqrt(sxx * syy)))
 
 
 def std(values: Sequence[float]) -> float | None:

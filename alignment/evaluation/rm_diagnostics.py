@@ -11,7 +11,7 @@
   bins, each pair counted in both orders so the bins cover [0, 1] (Bradley-Terry models are
   probabilistic; a badly calibrated one gives PPO rewards on the wrong scale).
 
-Pure numpy, so the maths is testable without a model.
+Numpy and pure Python, no torch, so the maths is testable without a model.
 """
 
 from __future__ import annotations
@@ -21,11 +21,14 @@ from typing import Any
 
 import numpy as np
 
+from alignment.evaluation.stats import pearson
+
 
 def _pearson(x: np.ndarray, y: np.ndarray) -> float:
-    if len(x) < 3 or np.std(x) == 0 or np.std(y) == 0:
-        return float("nan")
-    return float(np.corrcoef(x, y)[0, 1])
+    """:func:`pearson` with NaN for undefined: this report's numbers are floats (NaN skipped by
+    :func:`_mean_defined`, printed as "nan" by :func:`verdict`), never None."""
+    r = pearson(x.tolist(), y.tolist())
+    return float("nan") if r is None else r
 
 
 def _mean_defined(values: list[float]) -> float:
