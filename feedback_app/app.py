@@ -42,11 +42,13 @@ from feedback_app.export import export_store, summary_lines, write_export
 from feedback_app.render import render_guidelines, render_prompt, render_response
 from feedback_app.security import Guard, Uploads
 from feedback_app.store import (
+    DEFAULT_CLAIM_TTL_MINUTES,
     MAX_TEXT,
     Item,
     Judgment,
     Project,
     Store,
+    StoredJudgment,
     StoreError,
     User,
     display_order,
@@ -537,8 +539,25 @@ class AdminSection:
         with gr.Accordion("Dashboard", open=True):
             self.refresh = gr.Button("Refresh dashboard", elem_id="refresh-dashboard")
             self.summary = gr.Markdown(elem_id="dashboard-summary")
-            self.per_user = gr.Dataframe(headers=["annotator", "items judged", "revisions", "last activity"],
+            self.per_user = gr.Dataframe(headers=["annotator", "items judged", "revisions", "last activity",
+                                                  "open claims", "oldest open claim"],
                                          interactive=False, elem_id="per-user")
+            # Claims: how long one holds before another annotator may take the item, and releasing the
+            # claims of an annotator who left (or of one prompt) at once.
+            with gr.Row():
+                self.claim_ttl = gr.Number(label="Claims expire after (minutes; 0 = never)", precision=0, minimum=0,
+                                           elem_id="claim-ttl")
+                self.save_ttl = gr.Button("Save claim expiry", elem_id="save-claim-ttl")
+            with gr.Row():
+                # Custom values allowed: the handler checks the name (and the role of the caller) itself.
+                self.release_who = gr.Dropdown(label="Annotator with open claims", choices=[], allow_custom_value=True,
+                                               elem_id="release-annotator")
+                self.release_user = gr.Button("Release this annotator's open claims",
+                                              elem_id="release-annotator-claims")
+                self.release_item_id = gr.Number(label="Prompt (item id)", precision=0, minimum=1,
+                                                 elem_id="release-item")
+                self.release_item = gr.Button("Release this prompt's open claims", elem_id="release-item-claims")
+            self.claims_msg = gr.Markdown(elem_id="claims-msg")
             self.disagree = gr.Dataframe(headers=["item", "mean tau", "annotators", "prompt"], interactive=False,
                                          elem_id="disagreements")
             self.tag_plot = gr.BarPlot(x="tag", y="count", title="Problem tags (latest judgments)",
@@ -573,35 +592,37 @@ class AdminSection:
     def wire(self, timer: Any) -> None:
         store = self.store
         settings_out = [self.guidelines, self.tags, self.k, self.overlap, self.batch]
+        # What a project pick shows: the settings saved together, and the claim expiry saved on its own.
+        shown = [self.heading, *settings_out, self.claim_ttl]
 
         def settings(p: Project | None) -> list[Any]:
-            """The heading and the settings fields for project ``p``."""
+            """The heading, the settings fields and the claim expiry for project ``p``."""
             if p is None:
-                return ["### No project selected", "", "", 4, 2, 5]
+                return ["### No project selected", "", "", 4, 2, 5, DEFAULT_CLAIM_TTL_MINUTES]
             return [f"### Editing project: {html.escape(p.name)}\nSettings, prompts, candidates, dashboard and "
                     "export on this tab apply to this project; pick another in the Project menu of the Annotate tab.",
-                    p.guidelines, ", ".join(p.tags), p.candidates_per_item, p.overlap, p.assign_batch]
+                    p.guidelines, ", ".join(p.tags), p.candidates_per_item, p.overlap, p.assign_batch,
+                    p.claim_ttl_minutes]
 
         def show_settings(name: str | None, request: gr.Request) -> list[Any]:
             # Fires for everyone when the page sets the project; only admins get the settings, quietly.
             if not require(store, request).is_admin:
-                return [gr.skip()] * (len(settings_out) + 1)
+                return [gr.skip()] * len(shown)
             return settings(store.project(name) if name else None)
 
-        self.project_dd.change(show_settings, self.project_dd, [self.heading, *settings_out],
-                               api_name="admin_settings")
+        self.project_dd.change(show_settings, self.project_dd, shown, api_name="admin_settings")
 
         def create(name: str, request: gr.Request) -> list[Any]:
             require(store, request, "admin")
             name = (name or "").strip()
             if not name:
-                return [gr.Dropdown(), "Give the project a name.", *[gr.skip()] * (len(settings_out) + 1)]
+                return [gr.Dropdown(), "Give the project a name.", *[gr.skip()] * len(shown)]
             project = store.ensure_project(name)
             # The new project's settings at once: the dropdown's own change event may answer later.
             return [gr.Dropdown(choices=[p.name for p in store.list_projects()], value=name),
                     f"Project **{html.escape(name)}** ready.", *settings(project)]
 
-        self.create.click(create, self.new_name, [self.project_dd, self.project_msg, self.heading, *settings_out],
+        self.create.click(create, self.new_name, [self.project_dd, self.project_msg, *shown],
                           api_name="admin_create_project")
 
         def save(name: str, guidelines: str, tags: str, k: float, overlap: float, batch: float,
@@ -691,6 +712,7 @@ class AdminSection:
         self.refresh.click(dashboard, self.project_dd,
                            [self.summary, self.per_user, self.disagree, self.tag_plot, self.notes],
                            api_name="admin_dashboard")
+        self.wire_claims()
 
         def export(name: str | None, policy: str, request: gr.Request) -> list[Any]:
             require(store, request, "admin")
@@ -722,6 +744,82 @@ class AdminSection:
                             api_name="admin_add_user")
         self.refresh.click(users, None, self.users, api_name="admin_users")
 
+    def wire_claims(self) -> None:
+        """Claim expiry and releases. Each handler checks the caller's role itself, like every admin handler."""
+        store = self.store
+
+        def who_choices(project: Project) -> Any:
+            """The annotators with open claims in the project, for the release menu."""
+            now = store.clock()
+            choices = [(f"{c.user_name} · {c.count} open, oldest {age_text(now - c.oldest_at)}", c.user_name)
+                       for c in store.open_claims(project)]
+            return gr.Dropdown(choices=choices, value=None)
+
+        def claims_view(name: str | None, request: gr.Request) -> Any:
+            require(store, request, "admin")
+            return who_choices(self._project(name))
+
+        self.refresh.click(claims_view, self.project_dd, self.release_who, api_name="admin_claims")
+
+        def save_ttl(name: str | None, minutes: float | None, request: gr.Request) -> str:
+            require(store, request, "admin")
+            project = self._project(name)
+            try:
+                p = store.update_project(project.id, claim_ttl_minutes=int(minutes or 0))
+            except StoreError as e:
+                return f"**Not saved:** {html.escape(str(e))}"
+            if not p.claim_ttl_minutes:
+                return f"Claims in project **{html.escape(p.name)}** never expire."
+            return (f"Claims in project **{html.escape(p.name)}** expire after {p.claim_ttl_minutes} minutes "
+                    f"({age_text(60 * p.claim_ttl_minutes)}) without a submission.")
+
+        self.save_ttl.click(save_ttl, [self.project_dd, self.claim_ttl], self.claims_msg,
+                            api_name="admin_save_claim_ttl")
+
+        def after_release(project: Project, message: str) -> list[Any]:
+            return [message, annotator_rows(store, project), who_choices(project)]
+
+        def release_user(name: str | None, who: str | None, request: gr.Request) -> list[Any]:
+            require(store, request, "admin")
+            project = self._project(name)
+            user = store.get_user(who.strip()) if who and who.strip() else None
+            if user is None:
+                text = (f"No user **{html.escape(who.strip())}**." if who and who.strip()
+                        else "Pick an annotator with open claims first.")
+                return [text, gr.skip(), gr.skip()]
+            n = store.release_claims(project.id, user_id=user.id)
+            label = f"**{html.escape(user.name)}** in project **{html.escape(project.name)}**"
+            text = (f"Released {n} open claim{'s' if n != 1 else ''} of {label}: those prompts can be claimed by "
+                    "others now." if n else f"No open claims of {label}.")
+            return after_release(project, text)
+
+        self.release_user.click(release_user, [self.project_dd, self.release_who],
+                                [self.claims_msg, self.per_user, self.release_who], api_name="admin_release_user")
+
+        def release_item(name: str | None, item_id: float | None, request: gr.Request) -> list[Any]:
+            require(store, request, "admin")
+            project = self._project(name)
+            if not item_id or not 1 <= item_id < 2**31:
+                return ["Enter the item id of a prompt first.", gr.skip(), gr.skip()]
+            n = store.release_claims(project.id, item_id=int(item_id))
+            label = f"prompt {int(item_id)} in project **{html.escape(project.name)}**"
+            text = (f"Released {n} open claim{'s' if n != 1 else ''} on {label}: it can be claimed again now."
+                    if n else f"No open claims on {label}.")
+            return after_release(project, text)
+
+        self.release_item.click(release_item, [self.project_dd, self.release_item_id],
+                                [self.claims_msg, self.per_user, self.release_who], api_name="admin_release_item")
+
+
+def age_text(seconds: float) -> str:
+    """A duration as the admin reads it: minutes, hours or days."""
+    minutes = max(0.0, seconds) / 60
+    if minutes < 90:
+        return f"{round(minutes)} min"
+    if minutes < 48 * 60:
+        return f"{round(minutes / 60)} h"
+    return f"{round(minutes / 1440)} d"
+
 
 def _without_folder(message: str, path: str) -> str:
     """An error message about an uploaded file, naming the file but not the server's folders."""
@@ -737,27 +835,41 @@ def skipped_text(skipped: list[str]) -> str:
     return f"\n\n**{len(skipped)} row{'s' if len(skipped) != 1 else ''} skipped:** {shown}{more}."
 
 
+def annotator_rows(store: Store, project: Project, latest: list[StoredJudgment] | None = None) -> list[list[Any]]:
+    """The dashboard's per-annotator table: judged items, revisions, last activity, open claims, oldest one."""
+    latest = store.latest_judgments(project.id) if latest is None else latest
+    per_user: dict[str, list[Any]] = {}
+    for sj in latest:
+        row = per_user.setdefault(sj.user_name, [sj.user_name, 0, 0, 0.0, 0, ""])
+        row[1] += 1
+        row[2] += sj.revision - 1
+        row[3] = max(row[3], sj.created_at)
+    now = store.clock()
+    for c in store.open_claims(project):  # annotators who claimed but never submitted are listed too
+        row = per_user.setdefault(c.user_name, [c.user_name, 0, 0, 0.0, 0, ""])
+        row[4] = c.count
+        row[5] = age_text(now - c.oldest_at) + (f" ({c.expired} expired)" if c.expired else "")
+    return [[r[0], r[1], r[2], time.strftime("%Y-%m-%d %H:%M", time.localtime(r[3])) if r[3] else "", r[4], r[5]]
+            for r in sorted(per_user.values())]
+
+
 def dashboard_values(store: Store, project: Project) -> list[Any]:
     """Summary text, per-annotator table, disagreement table, tag counts and notes for one project."""
     import pandas as pd
 
     latest = store.latest_judgments(project.id)
     rankings: dict[str, dict[str, dict[str, float]]] = {}
-    per_user: dict[str, list[Any]] = {}
+    annotators: set[str] = set()
     tags: Counter[str] = Counter()
     for sj in latest:
-        row = per_user.setdefault(sj.user_name, [sj.user_name, 0, 0, 0.0])
-        row[1] += 1
-        row[2] += sj.revision - 1
-        row[3] = max(row[3], sj.created_at)
+        annotators.add(sj.user_name)
         if not sj.judgment.all_unacceptable and sj.judgment.ranks:
             rankings.setdefault(str(sj.item_id), {})[sj.user_name] = {
                 str(c): float(r) for c, r in sj.judgment.ranks.items()}
         for values in sj.judgment.tags.values():
             tags.update(values)
     report = agreement(rankings)
-    users_table = [[r[0], r[1], r[2], time.strftime("%Y-%m-%d %H:%M", time.localtime(r[3]))]
-                   for r in sorted(per_user.values())]
+    users_table = annotator_rows(store, project, latest)
     dis = []
     for item_id, tau in report.disagreements[:50]:
         item = store.item(int(item_id))
@@ -765,7 +877,7 @@ def dashboard_values(store: Store, project: Project) -> list[Any]:
         dis.append([int(item_id), round(tau, 3), ", ".join(sorted(rankings[item_id])), text])
     fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
     unacceptable = sum(1 for sj in latest if sj.judgment.all_unacceptable)
-    summary = (f"**{len(latest)}** current judgments from **{len(per_user)}** annotators · "
+    summary = (f"**{len(latest)}** current judgments from **{len(annotators)}** annotators · "
                f"**{report.items}** prompts judged by 2+ annotators · mean Kendall tau-b **{fmt(report.mean_tau)}** · "
                f"Krippendorff's alpha (ordinal) **{fmt(report.alpha)}** · **{len(report.disagreements)}** prompts "
                f"with strong disagreement (tau ≤ 0) · {unacceptable} marked all unacceptable")

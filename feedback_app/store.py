@@ -13,7 +13,14 @@ make it safe to run under many annotators and to kill at any moment:
 - claiming an item for an annotator is a conditional ``UPDATE ... WHERE n_assigned < overlap``, atomic
   on every database, so no item gets more annotators than the project's overlap; and a claim re-checks,
   inside its transaction, that the annotator has no open item in the project, so concurrent requests of
-  one annotator claim one batch between them.
+  one annotator claim one batch between them;
+- a claim not submitted within the project's ``claim_ttl_minutes`` expires: the next claim in the project
+  releases it (and an admin can release claims at any time) in the same kind of transaction, row by
+  row under a lock, so a slot freed once is claimed once. A released claim is remembered
+  (``released_claims``): its annotator's late submission is stored only while the item still has a
+  free slot, and the claim is taken again for it in the same transaction;
+- a store made by an older version is brought up to date when it is opened (:meth:`Store._upgrade`):
+  new tables are created, new columns added with their defaults.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import os
 import random
 import secrets
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,15 +51,19 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    case,
     create_engine,
+    delete,
     event,
     func,
     insert,
+    inspect,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 ROLES = ("annotator", "admin")
 DEFAULT_TAGS = ("factual error", "unsafe", "policy violation", "off tone", "hallucination", "other")
@@ -63,7 +74,9 @@ Tick **All unacceptable** when no answer could be given to a customer as it stan
 response you would fix) and a **negative example**: a plausible answer that must never be given.
 """
 MAX_TEXT = 20_000  # characters in a corrected answer, negative example or note
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # 2: projects.claim_ttl_minutes, released_claims
+DEFAULT_CLAIM_TTL_MINUTES = 24 * 60  # an annotator who has not submitted a claimed item in a day has left it
+MAX_CLAIM_TTL_MINUTES = 366 * 24 * 60  # longer is "never" (0); the bound keeps the value a 32-bit integer
 
 
 class StoreError(ValueError):
@@ -98,6 +111,10 @@ projects = Table(
     Column("overlap", Integer, nullable=False, default=2),  # annotators per item
     Column("assign_batch", Integer, nullable=False, default=5),  # items claimed at once per annotator
     Column("created_at", Float, nullable=False),
+    # Minutes after which a claimed, unsubmitted item may go to another annotator; 0: never. Added in
+    # schema 2: older stores get the column (and this default) when opened, see _ADDED_COLUMNS.
+    Column("claim_ttl_minutes", Integer, nullable=False, default=DEFAULT_CLAIM_TTL_MINUTES,
+           server_default=text(str(DEFAULT_CLAIM_TTL_MINUTES))),
 )
 
 items = Table(
@@ -132,6 +149,25 @@ assignments = Table(
     Column("user_id", Integer, ForeignKey("users.id"), nullable=False, index=True),
     Column("assigned_at", Float, nullable=False),
     UniqueConstraint("item_id", "user_id"),
+)
+
+# The last release of an annotator's open claim on an item (expired, or released by an admin): a late
+# submission from a form shown before is told apart from a judgment of an item never assigned to them.
+released_claims = Table(
+    "released_claims", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("item_id", Integer, ForeignKey("items.id"), nullable=False),
+    Column("user_id", Integer, ForeignKey("users.id"), nullable=False),
+    Column("assigned_at", Float, nullable=False),  # when the released claim was made
+    Column("released_at", Float, nullable=False),
+    Column("reason", String(16), nullable=False),  # expired | released
+    UniqueConstraint("item_id", "user_id"),
+)
+
+# Columns added to existing tables after the first release, as (table, column, SQL type and default): a
+# store made before them gets them when opened; rows that existed take the default.
+_ADDED_COLUMNS = (
+    ("projects", "claim_ttl_minutes", f"INTEGER NOT NULL DEFAULT {DEFAULT_CLAIM_TTL_MINUTES}"),
 )
 
 judgments = Table(
@@ -198,6 +234,7 @@ class Project:
     candidates_per_item: int
     overlap: int
     assign_batch: int
+    claim_ttl_minutes: int = DEFAULT_CLAIM_TTL_MINUTES  # 0: claims never expire
 
 
 @dataclass(frozen=True)
@@ -262,6 +299,17 @@ class Progress:
     done: int  # items this annotator has submitted in the project
     assigned: int  # items claimed by (assigned to) this annotator, done or not
     available: int  # items that could still be claimed by this annotator
+
+
+@dataclass(frozen=True)
+class OpenClaims:
+    """One annotator's claimed, unsubmitted items in a project (for the admin)."""
+
+    user_id: int
+    user_name: str
+    count: int
+    oldest_at: float  # when the oldest of them was claimed
+    expired: int  # how many are past the project's claim expiry (released by the next claim in the project)
 
 
 @dataclass(frozen=True)
@@ -338,8 +386,10 @@ def is_store(path: str | Path) -> bool:
 class Store:
     """All reads and writes of the feedback database. Thread-safe: one short transaction per call."""
 
-    def __init__(self, store: str | Path, *, create: bool = True) -> None:
+    def __init__(self, store: str | Path, *, create: bool = True, clock: Callable[[], float] = time.time) -> None:
         self.url = database_url(store)
+        # The time of claims (made, expired, released): tests replace it to move time without sleeping.
+        self.clock = clock
         self.is_sqlite = self.url.startswith("sqlite")
         if self.is_sqlite:
             path = Path(self.url.removeprefix("sqlite:///"))
@@ -353,12 +403,43 @@ class Store:
             self.engine = create_engine(self.url, pool_pre_ping=True, pool_size=8, max_overflow=32)
         self._writer: Engine = self.engine.execution_options(begin="IMMEDIATE")
         if create:
-            metadata.create_all(self.engine)
             with self.write() as c:
+                self._schema_lock(c)
+                metadata.create_all(c)
                 if c.execute(select(meta.c.value).where(meta.c.key == "secret")).first() is None:
                     c.execute(insert(meta).values(key="secret", value=secrets.token_hex(32)))
                     c.execute(insert(meta).values(key="schema_version", value=SCHEMA_VERSION))
+        self._upgrade()
         self._secret: bytes | None = None
+
+    def _upgrade(self) -> None:
+        """Bring a store made by an older version up to this schema: missing tables, missing columns.
+
+        Runs on every open, read-only uses included (the queries name the new columns), and costs two small
+        reads when the store is current. One transaction; concurrent openers queue (SQLite's BEGIN IMMEDIATE,
+        an advisory lock on PostgreSQL) and the later ones find nothing left to do."""
+        with self.read() as c:
+            if not inspect(c).has_table("meta"):
+                return  # not a store: create=False on an empty database; the first query says so
+            version = c.execute(select(meta.c.value).where(meta.c.key == "schema_version")).scalar()
+        if version == SCHEMA_VERSION:
+            return
+        with self.write() as c:
+            self._schema_lock(c)
+            metadata.create_all(c)  # checks first: only the tables this store lacks
+            inspector = inspect(c)
+            for table, column, ddl in _ADDED_COLUMNS:
+                if column not in {col["name"] for col in inspector.get_columns(table)}:
+                    c.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}")
+            if not c.execute(update(meta).where(meta.c.key == "schema_version").values(value=SCHEMA_VERSION)).rowcount:
+                c.execute(insert(meta).values(key="schema_version", value=SCHEMA_VERSION))
+
+    def _schema_lock(self, c: Connection) -> None:
+        """Inside a write that changes the schema: one such transaction at a time. SQLite's BEGIN IMMEDIATE
+        already queues writers; on PostgreSQL two openers would otherwise both create a missing table and
+        one would fail."""
+        if not self.is_sqlite:
+            c.execute(text("SELECT pg_advisory_xact_lock(7460212)"))  # any constant, the same in every process
 
     # -------------------------------------------------------------------------------- transactions
 
@@ -447,7 +528,8 @@ class Store:
             if c.execute(select(projects.c.id).where(projects.c.name == name)).first() is None:
                 c.execute(insert(projects).values(
                     name=name, guidelines=DEFAULT_GUIDELINES, guideline_version=1, tags=json.dumps(DEFAULT_TAGS),
-                    candidates_per_item=4, overlap=2, assign_batch=5, created_at=time.time()))
+                    candidates_per_item=4, overlap=2, assign_batch=5, claim_ttl_minutes=DEFAULT_CLAIM_TTL_MINUTES,
+                    created_at=time.time()))
         project = self.project(name)
         assert project is not None
         return project
@@ -496,8 +578,10 @@ class Store:
 
     def update_project(self, project_id: int, *, guidelines: str | None = None, tags: Sequence[str] | None = None,
                        candidates_per_item: int | None = None, overlap: int | None = None,
-                       assign_batch: int | None = None) -> Project:
-        """Changed guidelines get a new version number; every judgment records the version it was made under."""
+                       assign_batch: int | None = None, claim_ttl_minutes: int | None = None) -> Project:
+        """Changed guidelines get a new version number; every judgment records the version it was made under.
+
+        ``claim_ttl_minutes``: minutes before a claimed, unsubmitted item may go to another annotator (0: never)."""
         values: dict[str, Any] = {}
         if tags is not None:
             clean = [t.strip() for t in tags if t.strip()]
@@ -510,6 +594,11 @@ class Store:
                 if int(value) < low:
                     raise StoreError(f"{key.replace('_', ' ')} must be at least {low}")
                 values[key] = int(value)
+        if claim_ttl_minutes is not None:
+            if not 0 <= int(claim_ttl_minutes) <= MAX_CLAIM_TTL_MINUTES:
+                raise StoreError(f"claim expiry goes from 0 (never) to {MAX_CLAIM_TTL_MINUTES} minutes (a year), "
+                                 f"not {int(claim_ttl_minutes)}")
+            values["claim_ttl_minutes"] = int(claim_ttl_minutes)
         with self.write() as c:
             row = c.execute(select(projects).where(projects.c.id == project_id)).first()
             if row is None:
@@ -604,7 +693,8 @@ class Store:
         """The annotator's oldest claimed-but-not-submitted item; when there is none, claim a new batch.
 
         Safe when one annotator calls it many times at once (two tabs, a repeated event): the claim
-        re-checks for an open assignment inside its write transaction, so only one batch is claimed."""
+        re-checks for an open assignment inside its write transaction, so only one batch is claimed.
+        An annotator's own expired claims stay theirs until another claim in the project releases them."""
         open_id = self._open_assignment(user.id, project.id)
         if open_id is not None:
             return open_id
@@ -614,6 +704,9 @@ class Store:
                 break
             except IntegrityError:
                 continue
+            except OperationalError as e:
+                if not _lock_conflict(e):
+                    raise
         return self._open_assignment(user.id, project.id)
 
     def _open_assignment(self, user_id: int, project_id: int, c: Connection | None = None) -> int | None:
@@ -635,7 +728,7 @@ class Store:
                                       n_cands >= 2, ~mine)
              .order_by(items.c.n_assigned.desc(), items.c.id).limit(project.assign_batch * 4))
         claimed = 0
-        now = time.time()
+        now = self.clock()
         with self.write() as c:
             # One claim per annotator at a time: the user's row stays locked to the end of the transaction
             # (PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises writers), and a claim that finds an
@@ -643,6 +736,10 @@ class Store:
             c.execute(select(users.c.id).where(users.c.id == user_id).with_for_update())
             if self._open_assignment(user_id, project.id, c) is not None:
                 return 0
+            # Expired claims give their slots back first, in this transaction: the candidates below see them.
+            cutoff = _cutoff(project, now)
+            if cutoff is not None:
+                self._release(c, project.id, "expired", now, assignments.c.assigned_at < cutoff)
             for item_id in c.execute(q).scalars().all():
                 ok = c.execute(update(items).where(items.c.id == item_id, items.c.n_assigned < project.overlap)
                                .values(n_assigned=items.c.n_assigned + 1)).rowcount
@@ -653,16 +750,96 @@ class Store:
                         break
         return claimed
 
-    @staticmethod
-    def _require_assignment(c: Connection, user_id: int, item_id: int, lock: bool = False) -> None:
-        """Inside a write: only the annotators an item is assigned to may judge it or keep a draft of it.
+    def release_claims(self, project_id: int, *, user_id: int | None = None, item_id: int | None = None) -> int:
+        """Release the open (claimed, unsubmitted) claims in a project of one annotator, of one item, or of
+        that annotator on that item; returns how many. Submitted items stay with their annotators.
 
-        With `lock`, the assignment row stays locked until the transaction ends (PostgreSQL's FOR UPDATE;
-        SQLite's BEGIN IMMEDIATE already serialises every writer), so one annotator's concurrent writes
-        to one item queue instead of racing.
-        """
+        One transaction: every released slot can be claimed again at once, and each is claimed once."""
+        if user_id is None and item_id is None:
+            raise StoreError("name an annotator or an item whose claims to release")
+        scope = []
+        if user_id is not None:
+            scope.append(assignments.c.user_id == user_id)
+        if item_id is not None:
+            scope.append(assignments.c.item_id == item_id)
+        with self.write() as c:
+            return self._release(c, project_id, "released", self.clock(), *scope)
+
+    @staticmethod
+    def _release(c: Connection, project_id: int, reason: str, now: float, *where: Any) -> int:
+        """Inside a write: delete the project's open assignments matching ``where``, give their slots back and
+        remember each release for a late submission. Returns how many were released.
+
+        The rows are locked first, in id order (concurrent releases and claims queue in one order instead
+        of deadlocking), and each delete re-checks, in a statement of its own, that no judgment arrived
+        meanwhile: on PostgreSQL a submission holding the row commits before the lock is granted, and only
+        a new statement sees its judgment. A row already released by a concurrent transaction is gone
+        when the lock is granted, so its slot is counted back once."""
+        in_project = assignments.c.item_id.in_(select(items.c.id).where(items.c.project_id == project_id))
+        rows = c.execute(select(assignments.c.id, assignments.c.item_id, assignments.c.user_id,
+                                assignments.c.assigned_at)
+                         .where(in_project, _unsubmitted(), *where).order_by(assignments.c.id)
+                         .with_for_update()).all()
+        released = 0
+        for row in rows:
+            if not c.execute(delete(assignments).where(assignments.c.id == row.id, _unsubmitted())).rowcount:
+                continue
+            c.execute(update(items).where(items.c.id == row.item_id).values(n_assigned=items.c.n_assigned - 1))
+            c.execute(delete(released_claims).where(released_claims.c.item_id == row.item_id,
+                                                    released_claims.c.user_id == row.user_id))
+            c.execute(insert(released_claims).values(item_id=row.item_id, user_id=row.user_id,
+                                                     assigned_at=row.assigned_at, released_at=now, reason=reason))
+            released += 1
+        return released
+
+    def open_claims(self, project: Project) -> list[OpenClaims]:
+        """Every annotator's open claims in the project (count, oldest, expired), by name."""
+        cutoff = _cutoff(project, self.clock())
+        expired = (func.sum(case((assignments.c.assigned_at < cutoff, 1), else_=0)) if cutoff is not None
+                   else func.sum(0))
+        q = (select(users.c.id, users.c.name, func.count(), func.min(assignments.c.assigned_at), expired)
+             .select_from(assignments.join(users).join(items))
+             .where(items.c.project_id == project.id, _unsubmitted())
+             .group_by(users.c.id, users.c.name).order_by(users.c.name))
+        with self.read() as c:
+            return [OpenClaims(int(r[0]), r[1], int(r[2]), float(r[3]), int(r[4] or 0)) for r in c.execute(q)]
+
+    def _judgment_assignment(self, c: Connection, user_id: int, item: Item) -> None:
+        """Inside a submission's write: lock the annotator's assignment of the item; a released one is taken
+        again when the item still has a free slot (a late submission), else refused with the reason.
+
+        The lock queues one annotator's concurrent revisions of an item (PostgreSQL's FOR UPDATE; SQLite's
+        BEGIN IMMEDIATE already serialises every writer) and orders a submission against a release."""
+        mine = select(assignments.c.id).where(assignments.c.user_id == user_id,
+                                              assignments.c.item_id == item.id).with_for_update()
+        if c.execute(mine).first() is not None:
+            return
+        release = c.execute(select(released_claims.c.reason).where(
+            released_claims.c.user_id == user_id, released_claims.c.item_id == item.id)).first()
+        if release is None:
+            raise StoreError("this item is not assigned to you")
+        # Queue behind this annotator's claim in another tab (it holds the user row), which may be taking
+        # this very item back; then look again.
+        c.execute(select(users.c.id).where(users.c.id == user_id).with_for_update())
+        if c.execute(mine).first() is not None:
+            return
+        overlap = select(projects.c.overlap).where(projects.c.id == item.project_id).scalar_subquery()
+        if not c.execute(update(items).where(items.c.id == item.id, items.c.n_assigned < overlap)
+                         .values(n_assigned=items.c.n_assigned + 1)).rowcount:
+            why = ("your claim on this prompt expired" if release.reason == "expired"
+                   else "an admin released your claim on this prompt")
+            raise StoreError(f"{why} and other annotators have taken it since, so this judgment was not stored; "
+                             "reload the page for your next prompt")
+        c.execute(insert(assignments).values(item_id=item.id, user_id=user_id, assigned_at=self.clock()))
+        c.execute(delete(released_claims).where(released_claims.c.user_id == user_id,
+                                                released_claims.c.item_id == item.id))
+
+    @staticmethod
+    def _require_assignment(c: Connection, user_id: int, item_id: int) -> None:
+        """Inside a write: only the annotators an item is assigned to may keep a draft of it (judgments:
+        :meth:`_judgment_assignment`)."""
         q = select(assignments.c.id).where(assignments.c.user_id == user_id, assignments.c.item_id == item_id)
-        if c.execute(q.with_for_update() if lock else q).first() is None:
+        if c.execute(q).first() is None:
             raise StoreError("this item is not assigned to you")
 
     def progress(self, user: User, project: Project) -> Progress:
@@ -674,8 +851,15 @@ class Store:
             n_cands = select(func.count()).where(candidates.c.item_id == items.c.id).scalar_subquery()
             mine = select(assignments.c.id).where(assignments.c.item_id == items.c.id,
                                                   assignments.c.user_id == user.id).exists()
+            # Expired claims count as free: the claim that this annotator's next request makes releases them.
+            taken = items.c.n_assigned
+            cutoff = _cutoff(project, self.clock())
+            if cutoff is not None:
+                taken = taken - (select(func.count()).select_from(assignments)
+                                 .where(assignments.c.item_id == items.c.id, assignments.c.assigned_at < cutoff,
+                                        _unsubmitted()).scalar_subquery())
             available = c.execute(select(func.count()).select_from(items).where(
-                items.c.project_id == project.id, items.c.n_assigned < project.overlap, n_cands >= 2, ~mine)
+                items.c.project_id == project.id, taken < project.overlap, n_cands >= 2, ~mine)
             ).scalar_one()
         return Progress(int(done), int(assigned), int(available))
 
@@ -708,7 +892,7 @@ class Store:
     def _insert_judgment(self, user: User, item: Item, judgment: Judgment, submission_key: str) -> int:
         with self.write() as c:
             # Locked: two tabs revising the same item would otherwise both read the same latest revision.
-            self._require_assignment(c, user.id, item.id, lock=True)
+            self._judgment_assignment(c, user.id, item)
             previous = c.execute(select(func.max(judgments.c.revision)).where(
                 judgments.c.user_id == user.id, judgments.c.item_id == item.id)).scalar()
             version = c.execute(select(projects.c.guideline_version).where(
@@ -886,13 +1070,30 @@ def _sqlite_pragmas(engine: Engine) -> None:
         conn.exec_driver_sql(f"BEGIN {conn.get_execution_options().get('begin', 'DEFERRED')}")
 
 
+def _unsubmitted() -> Any:
+    """An assignment row (of ``assignments``) whose annotator has not submitted the item: an open claim."""
+    return ~select(judgments.c.id).where(judgments.c.item_id == assignments.c.item_id,
+                                         judgments.c.user_id == assignments.c.user_id).exists()
+
+
+def _cutoff(project: Project, now: float) -> float | None:
+    """Claims made before this time have expired; None when the project's claims never expire."""
+    return now - 60 * project.claim_ttl_minutes if project.claim_ttl_minutes > 0 else None
+
+
+def _lock_conflict(e: OperationalError) -> bool:
+    """PostgreSQL broke a lock cycle (deadlock) or a serialisation conflict by aborting this transaction: a
+    retry may succeed. Claims lock items in the order they find them, so two claimers can cross."""
+    return getattr(getattr(e, "orig", None), "sqlstate", None) in ("40P01", "40001")
+
+
 def _user(row: Any) -> User:
     return User(row.id, row.name, row.role, row.session_epoch, bool(row.active))
 
 
 def _project(row: Any) -> Project:
     return Project(row.id, row.name, row.guidelines, row.guideline_version, tuple(json.loads(row.tags)),
-                   row.candidates_per_item, row.overlap, row.assign_batch)
+                   row.candidates_per_item, row.overlap, row.assign_batch, row.claim_ttl_minutes)
 
 
 def _judgment(row: Any) -> StoredJudgment:
