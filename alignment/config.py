@@ -181,6 +181,12 @@ class PreferenceDataConfig:
     kind: Literal["auto", "preference", "ranked", "unpaired", "feedback"] = "auto"
     pair_policy: Literal["all", "best-vs-rest", "adjacent"] = "all"
     """How a ranking of N responses becomes pairs (ties never make a pair)."""
+    aggregate: Literal["all", "majority", "drop_contradicted", "agreement_weight"] = "all"
+    """A feedback store only: how the pairs of an item judged by several annotators are merged before training.
+    all: every annotator's pairs as they are; majority: per pair of answers, the direction most annotators chose
+    (ties dropped); drop_contradicted: a pair is dropped when any annotator ordered it the other way;
+    agreement_weight: one row per direction with `weight` = the share of annotators who chose it (see
+    feedback_app/export.py). A data file is read as it is."""
     dedup: Literal["exact", "whitespace", "none"] = "whitespace"
     max_length: int = 1024
     """Tokens per prompt + response; longer ones are truncated and counted."""

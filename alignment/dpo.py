@@ -21,10 +21,10 @@ from typing import Any
 import torch
 
 from alignment import distributed as dist
-from alignment.batching import collate_pairs, pair_lengths
+from alignment.batching import collate_pairs, pair_lengths, step_share, step_weight
 from alignment.config import DPOConfig
 from alignment.data.chat import IGNORE_INDEX
-from alignment.data.preferences import TokenizedPair, describe, load_pairs, tokenize_pairs
+from alignment.data.preferences import TokenizedPair, describe, load_pairs, tokenize_pairs, weight_summary
 from alignment.logits import labelled_logits, token_logps
 from alignment.losses import PREFERENCE_LOSSES, chosen_nll, preference_metrics
 from alignment.modeling import (
@@ -85,46 +85,57 @@ def chosen_counts(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return (labels[: labels.shape[0] // 2, 1:] != IGNORE_INDEX).sum(dim=1).to(dist.device())
 
 
+# The step's losses: weighted means over every pair of the step (the other metrics are plain means).
+WEIGHTED_METRICS = ("train/loss", "train/nll_chosen", "train/preference_loss")
+
+
 def train_step(engine: Engine, reference: Reference | None, loss_fn: Any, micro_batches: list[dict[str, Any]],
                keys: list[list[int]], rpo_alpha: float = 0.0) -> dict[str, float]:
-    """One optimizer step; the loss is the mean over every pair of the step (plus ``rpo_alpha`` times the
-    chosen answers' per-token NLL)."""
+    """One optimizer step; the loss is the mean over every pair of the step (all micro-batches and processes),
+    weighted by the pairs' ``weight`` (``sum_i w_i * loss_i / sum_i w_i``), plus ``rpo_alpha`` times the chosen
+    answers' per-token NLL, weighted the same way."""
+    world = dist.world_size()
+    total = step_weight(micro_batches)
     sums: dict[str, float] = {}
     for batch, batch_keys in zip(micro_batches, keys):
         policy_c, policy_r = batch_logps(engine.ds or engine.module, batch, loss_fn.average_logps, engine.autocast())
         ref_c = ref_r = None
         if reference is not None:
             ref_c, ref_r = reference.logps(batch, batch_keys)
-        out = loss_fn(policy_c, policy_r, ref_c, ref_r)
+        weights = batch["weight"].to(policy_c.device)  # (B,)
+        out = loss_fn(policy_c, policy_r, ref_c, ref_r, weights=weights)
         loss = out.loss
         extra = {}
         if rpo_alpha:
-            nll = chosen_nll(policy_c, chosen_counts(batch), loss_fn.average_logps)
+            nll = chosen_nll(policy_c, chosen_counts(batch), loss_fn.average_logps, weights)
             loss = loss + rpo_alpha * nll
             extra = {"train/nll_chosen": float(nll.detach()), "train/preference_loss": float(out.loss.detach())}
-        engine.backward(loss / len(micro_batches))
+        share = step_share(batch, total, world)
+        engine.backward(loss * share)
         metrics = {"train/loss": float(loss.detach()), **extra,
                    **preference_metrics(out, policy_c.detach(), policy_r.detach())}
         for k, v in metrics.items():
-            sums[k] = sums.get(k, 0.0) + v
+            sums[k] = sums.get(k, 0.0) + (v * share if k in WEIGHTED_METRICS else v)
     lr = engine.lr()
     grad_norm = engine.step()
-    n = len(micro_batches) * dist.world_size()
+    n = len(micro_batches) * world
     totals = dist.all_reduce_sum(list(sums.values()))
-    return {**{k: v / n for k, v in zip(sums, totals)}, "train/grad_norm": grad_norm, "train/lr": lr}
+    means = {k: v / (world if k in WEIGHTED_METRICS else n) for k, v in zip(sums, totals)}
+    return {**means, "train/grad_norm": grad_norm, "train/lr": lr}
 
 
 @torch.no_grad()
 def evaluate(engine: Engine, reference: Reference | None, loss_fn: Any, pairs: list[TokenizedPair],
              keys: list[int], batch_size: int, pad: int) -> dict[str, float]:
-    """Held-out preference metrics (same names, `eval/` prefix), over all processes."""
+    """Held-out preference metrics (same names, `eval/` prefix), over all processes. ``eval/loss`` is weighted by
+    the pairs' ``weight`` as in training (0 when every held-out pair weighs 0); the rest are plain means."""
     if not pairs:
         return {}
     engine.eval()
     sums: dict[str, float] = {}
     for shard in dist.even_shard(len(pairs), batch_size, pair_lengths(pairs)):
         idx = [max(i, 0) for i in shard]
-        weight = torch.tensor([float(i >= 0) for i in shard])  # (B,) 0 for padding slots
+        real = torch.tensor([float(i >= 0) for i in shard])  # (B,) 0 for padding slots
         batch = collate_pairs([pairs[i] for i in idx], pad)
         policy_c, policy_r = batch_logps(engine.ds or engine.module, batch, loss_fn.average_logps, engine.autocast())
         ref_c = ref_r = None
@@ -135,13 +146,17 @@ def evaluate(engine: Engine, reference: Reference | None, loss_fn: Any, pairs: l
                     "rewards/rejected": out.rejected_rewards,
                     "rewards/accuracies": (out.chosen_rewards > out.rejected_rewards).float(),
                     "logps/chosen": policy_c, "logps/rejected": policy_r}
+        loss_weight = real * batch["weight"]  # (B,) the pair's weight; 0 for padding slots
         for k, v in per_pair.items():
-            sums[k] = sums.get(k, 0.0) + float((v.detach().float().cpu() * weight).sum())
-        sums["n"] = sums.get("n", 0.0) + float(weight.sum())
+            w = loss_weight if k == "loss" else real
+            sums[k] = sums.get(k, 0.0) + float((v.detach().float().cpu() * w).sum())
+        sums["n"] = sums.get("n", 0.0) + float(real.sum())
+        sums["w"] = sums.get("w", 0.0) + float(loss_weight.sum())
     engine.train()
     totals = dict(zip(sums, dist.all_reduce_sum(list(sums.values()))))
-    n = totals.pop("n")
+    n, w = totals.pop("n"), totals.pop("w")
     result = {f"eval/{k}": v / n for k, v in totals.items()}
+    result["eval/loss"] = totals["loss"] / w if w > 0 else 0.0
     result["eval/rewards/margins"] = result["eval/rewards/chosen"] - result["eval/rewards/rejected"]
     return result
 
@@ -202,7 +217,8 @@ def run_dpo(cfg: DPOConfig) -> Path:
         log(f"[dpo] {info['orphan_negatives']} negative examples have no good answer to pair with and are not "
             "used (negatives: kto would train on them)")
     log(f"[dpo] data: {info['kind']} ({info['variant']}), {info['rows']} rows -> {info['pairs']} pairs; "
-        f"train {describe(stats, cfg.data.max_length)}; validation {len(val_pairs)} pairs; loss {cfg.loss}, "
+        f"train {describe(stats, cfg.data.max_length, weight_summary(train_ex))}; validation {len(val_pairs)} pairs; "
+        f"loss {cfg.loss}, "
         f"beta {cfg.beta}")
 
     model = load_causal_lm(cfg.model, trainable_adapter=cfg.lora.enabled)

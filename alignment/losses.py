@@ -6,6 +6,11 @@ only turns their outputs into numbers.
 
 Shapes: B is the number of preference pairs, T the (shifted) sequence length, V the vocabulary.
 
+Per-pair weights: every pairwise loss takes optional (B,) ``weights`` (the data's ``weight`` column, >= 0)
+and returns the weighted mean ``sum_i w_i * loss_i / sum_i w_i`` (:func:`weighted_mean`) instead of the
+plain mean; no weights is the plain mean. A pair of weight 0 then changes neither the loss nor its gradient,
+so the batch trains as if it were not there.
+
 Why not TRL's losses: in trl 1.16 the DPO losses live inline in ``DPOTrainer._compute_loss`` (a
 15-branch ``elif`` on ``loss_type`` that also runs the model), so they cannot be called on tensors.
 We keep one class per loss instead (torchtune's ``DPOLoss`` layout) and check ours against TRL's
@@ -78,12 +83,36 @@ def sequence_logps(
 
 
 # --------------------------------------------------------------------------------------------------
+# Per-pair weights
+# --------------------------------------------------------------------------------------------------
+def weighted_mean(values: Tensor, weights: Tensor | None = None) -> Tensor:
+    """``sum_i w_i * v_i / sum_i w_i`` over (B,) ``values`` and (B,) ``weights`` (>= 0); the plain mean when
+    ``weights`` is None.
+
+    A pair of weight 0 contributes nothing: its value is zeroed before the product, so even an infinite loss
+    there (0 * inf is NaN) stays out of the result. When every weight is 0 the result is 0 with a zero
+    gradient: nothing in the batch is trained on. The weights are data and get no gradient.
+    """
+    if weights is None:
+        return values.mean()
+    if weights.shape != values.shape:
+        raise ValueError(f"weights {tuple(weights.shape)} do not match the per-pair values {tuple(values.shape)}")
+    weights = weights.detach().to(device=values.device, dtype=values.dtype)  # (B,)
+    # Naive loop, for reading: num = den = 0; for i: if w[i] > 0: num += w[i] * v[i]; den += w[i]; num / den
+    total = (values.masked_fill(weights == 0, 0.0) * weights).sum()
+    # No branch on the denominator (that would sync a GPU): with every weight 0 the numerator is exactly 0.
+    return total / weights.sum().clamp(min=torch.finfo(values.dtype).tiny)
+
+
+# --------------------------------------------------------------------------------------------------
 # Reward model
 # --------------------------------------------------------------------------------------------------
 def bradley_terry_loss(
-    chosen_scores: Tensor, rejected_scores: Tensor, margin: Tensor | None = None, center_coef: float = 0.0
+    chosen_scores: Tensor, rejected_scores: Tensor, margin: Tensor | None = None, center_coef: float = 0.0,
+    weights: Tensor | None = None,
 ) -> Tensor:
-    """Pairwise reward-model loss: ``mean(-log sigmoid(r_c - r_r - margin)) + center_coef * mean((r_c + r_r)^2)``.
+    """Pairwise reward-model loss: ``mean(-log sigmoid(r_c - r_r - margin)) + center_coef * mean((r_c + r_r)^2)``,
+    both means weighted by ``weights`` when given (:func:`weighted_mean`).
 
     The first term is the Bradley-Terry negative log-likelihood of the human choice (Ouyang et al.
     2022, "Training language models to follow instructions with human feedback", Eq. 1). ``margin``
@@ -98,9 +127,10 @@ def bradley_terry_loss(
         rejected_scores: (B,) scalar reward of each rejected response.
         margin: (B,) optional required gap per pair, >= 0.
         center_coef: weight of the centering term; 0 turns it off.
+        weights: (B,) optional per-pair weights >= 0; a pair of weight 0 is left out of both terms.
 
     Returns:
-        Scalar loss, mean over the batch.
+        Scalar loss, (weighted) mean over the batch.
     """
     if chosen_scores.shape != rejected_scores.shape:
         raise ValueError(f"chosen and rejected scores differ in shape: {tuple(chosen_scores.shape)} vs "
@@ -109,9 +139,9 @@ def bradley_terry_loss(
     if margin is not None:
         diff = diff - margin
     # -log sigmoid(x) written as -logsigmoid(x): log(sigmoid(x)) underflows to -inf for x < -100 or so.
-    loss = -F.logsigmoid(diff).mean()
+    loss = weighted_mean(-F.logsigmoid(diff), weights)
     if center_coef:
-        loss = loss + center_coef * ((chosen_scores + rejected_scores) ** 2).mean()
+        loss = loss + center_coef * weighted_mean((chosen_scores + rejected_scores) ** 2, weights)
     return loss
 
 
@@ -136,7 +166,7 @@ def reward_model_metrics(chosen_scores: Tensor, rejected_scores: Tensor) -> dict
 # --------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class DPOOutput:
-    loss: Tensor  # () mean of ``losses``; the one to backpropagate
+    loss: Tensor  # () mean of ``losses``, weighted by the pairs' weights when given; the one to backpropagate
     losses: Tensor  # (B,) per-pair loss
     chosen_rewards: Tensor  # (B,) implicit reward of the chosen response, detached (DPO: beta * (logp_c - ref_logp_c))
     rejected_rewards: Tensor  # (B,) same for the rejected response, detached
@@ -159,6 +189,7 @@ class PreferenceLoss(Protocol):
         policy_rejected_logps: Tensor,
         ref_chosen_logps: Tensor | None = None,
         ref_rejected_logps: Tensor | None = None,
+        weights: Tensor | None = None,
     ) -> DPOOutput: ...
 
 
@@ -172,17 +203,18 @@ def _check_beta(beta: float) -> None:
         raise ValueError(f"beta must be positive, got {beta}")
 
 
-def chosen_nll(chosen_logps: Tensor, chosen_counts: Tensor, averaged: bool) -> Tensor:
+def chosen_nll(chosen_logps: Tensor, chosen_counts: Tensor, averaged: bool, weights: Tensor | None = None) -> Tensor:
     """RPO's extra term (Pang et al. 2024, "Iterative Reasoning Preference Optimization"): the negative
     log-likelihood of the chosen answers, per token, averaged over pairs:
-    ``mean_i(-logp(y_c_i) / |y_c_i|)``.
+    ``mean_i(-logp(y_c_i) / |y_c_i|)``, weighted by the pairs' ``weights`` when given (so a pair of weight 0
+    does not teach its chosen answer either).
 
     Added to a preference loss as ``alpha * chosen_nll``, it keeps the chosen answers likely while the
     margin grows (plain DPO can raise the margin by lowering both answers). ``averaged``: the log-probs
     are already per-token means (IPO, SimPO).
     """
     per_token = chosen_logps if averaged else chosen_logps / chosen_counts.clamp(min=1).to(chosen_logps.dtype)
-    return -per_token.mean()
+    return -weighted_mean(per_token, weights)
 
 
 class DPOLoss:
@@ -216,6 +248,7 @@ class DPOLoss:
         policy_rejected_logps: Tensor,  # (B,) summed log pi(y_r|x)
         ref_chosen_logps: Tensor | None = None,  # (B,) summed log pi_ref(y_c|x)
         ref_rejected_logps: Tensor | None = None,  # (B,) summed log pi_ref(y_r|x)
+        weights: Tensor | None = None,  # (B,) per-pair weights >= 0 (None: all 1)
     ) -> DPOOutput:
         _check_reference("DPOLoss", ref_chosen_logps, ref_rejected_logps)
         chosen_logratios = policy_chosen_logps - ref_chosen_logps  # (B,)
@@ -224,7 +257,7 @@ class DPOLoss:
         eps = self.label_smoothing
         losses = -(1 - eps) * F.logsigmoid(logits) - eps * F.logsigmoid(-logits)  # (B,)
         return DPOOutput(
-            loss=losses.mean(),
+            loss=weighted_mean(losses, weights),
             losses=losses,
             chosen_rewards=(self.beta * chosen_logratios).detach(),
             rejected_rewards=(self.beta * rejected_logratios).detach(),
@@ -259,6 +292,7 @@ class IPOLoss:
         policy_rejected_logps: Tensor,  # (B,) length-averaged log pi(y_r|x)
         ref_chosen_logps: Tensor | None = None,  # (B,) length-averaged log pi_ref(y_c|x)
         ref_rejected_logps: Tensor | None = None,  # (B,) length-averaged log pi_ref(y_r|x)
+        weights: Tensor | None = None,  # (B,) per-pair weights >= 0 (None: all 1)
     ) -> DPOOutput:
         _check_reference("IPOLoss", ref_chosen_logps, ref_rejected_logps)
         chosen_logratios = policy_chosen_logps - ref_chosen_logps  # (B,)
@@ -266,7 +300,7 @@ class IPOLoss:
         h = chosen_logratios - rejected_logratios  # (B,)
         losses = (h - 1 / (2 * self.beta)) ** 2  # (B,)
         return DPOOutput(
-            loss=losses.mean(),
+            loss=weighted_mean(losses, weights),
             losses=losses,
             chosen_rewards=(self.beta * chosen_logratios).detach(),
             rejected_rewards=(self.beta * rejected_logratios).detach(),
@@ -300,11 +334,12 @@ class SimPOLoss:
         policy_rejected_logps: Tensor,  # (B,) length-averaged log pi(y_r|x)
         ref_chosen_logps: Tensor | None = None,  # unused
         ref_rejected_logps: Tensor | None = None,  # unused
+        weights: Tensor | None = None,  # (B,) per-pair weights >= 0 (None: all 1)
     ) -> DPOOutput:
         logits = self.beta * (policy_chosen_logps - policy_rejected_logps) - self.gamma  # (B,)
         losses = -F.logsigmoid(logits)  # (B,)
         return DPOOutput(
-            loss=losses.mean(),
+            loss=weighted_mean(losses, weights),
             losses=losses,
             chosen_rewards=(self.beta * policy_chosen_logps).detach(),
             rejected_rewards=(self.beta * policy_rejected_logps).detach(),

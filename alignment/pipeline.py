@@ -183,21 +183,24 @@ def export_feedback_stores(kind: str, cfg: Any) -> dict[str, Any]:
     sources = config_sources(cfg, fields)
     if not sources:
         return {}
-    from feedback_app.export import is_store_spec, materialise
+    from feedback_app.export import aggregation_line, is_store_spec, materialise
 
     stores = {name: spec for name, spec in sources.items() if is_store_spec(spec)}
     if not stores:
         return {}
     folder = Path(cfg.output_dir).resolve() / "data"
     pair_policy = cfg.data.pair_policy if kind in ("rm", "dpo") else "all"
+    aggregate = cfg.data.aggregate if kind in ("rm", "dpo") else "all"
     overrides: dict[str, Any] = {}
     for name, spec in stores.items():
         out = folder / f"{name.rsplit('.', 1)[-1]}.jsonl"
-        info = materialise(spec, out, pair_policy)
+        info = materialise(spec, out, pair_policy, aggregate)
         overrides[name] = str(out)
         if distributed.is_main():
             print(f"[{kind}] {name}: feedback store {info['source']} -> {out} ({info['pairs']} pairs from "
                   f"{info['judgments']} judgments, exported {info['exported_at']})")
+            if aggregate != "all":
+                print(f"[{kind}] {name}: {aggregation_line(aggregate, info['aggregation'])}")
     if kind in ("rm", "dpo"):
         if cfg.data.kind == "feedback":
             overrides["data.kind"] = "preference"

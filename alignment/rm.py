@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 
 from alignment import distributed as dist
-from alignment.batching import collate_pairs, pair_lengths
+from alignment.batching import collate_pairs, pair_lengths, step_share, step_weight
 from alignment.config import RMConfig
 from alignment.data.chat import IGNORE_INDEX
-from alignment.data.preferences import TokenizedPair, describe, load_pairs, tokenize_pairs
+from alignment.data.preferences import TokenizedPair, describe, load_pairs, tokenize_pairs, weight_summary
 from alignment.evaluation.rm_diagnostics import diagnose, verdict
 from alignment.logits import causal_mask
 from alignment.losses import bradley_terry_loss, reward_model_metrics
@@ -61,22 +61,28 @@ def pair_scores(engine: Engine, scorer: LastTokenScores, batch: dict[str, torch.
 
 def train_step(engine: Engine, scorer: LastTokenScores, micro_batches: list[dict[str, torch.Tensor]],
                cfg: RMConfig) -> dict[str, float]:
-    """One optimizer step; the loss is the mean over every pair of the step (all micro-batches)."""
+    """One optimizer step; the loss is the mean over every pair of the step (all micro-batches and processes),
+    weighted by the pairs' ``weight``: ``sum_i w_i * loss_i / sum_i w_i`` (all weights 1: the plain mean).
+    The reward metrics are plain means over the pairs."""
+    world = dist.world_size()
+    total = step_weight(micro_batches)
     sums = {"loss": 0.0, "rewards/chosen": 0.0, "rewards/rejected": 0.0, "rewards/accuracies": 0.0}
     for batch in micro_batches:
         chosen, rejected = pair_scores(engine, scorer, batch)
         margin = batch["margin"].to(chosen.device) if cfg.use_margin else None
-        loss = bradley_terry_loss(chosen, rejected, margin=margin, center_coef=cfg.center_coef)
-        engine.backward(loss / len(micro_batches))
-        sums["loss"] += float(loss.detach())
+        loss = bradley_terry_loss(chosen, rejected, margin=margin, center_coef=cfg.center_coef,
+                                  weights=batch["weight"].to(chosen.device))
+        share = step_share(batch, total, world)
+        engine.backward(loss * share)
+        sums["loss"] += float(loss.detach()) * share  # summed over processes and divided by world below
         m = reward_model_metrics(chosen.detach(), rejected.detach())
         for key in ("rewards/chosen", "rewards/rejected", "rewards/accuracies"):
             sums[key] += m[key]
     lr = engine.lr()
     grad_norm = engine.step()
-    n = len(micro_batches) * dist.world_size()
-    totals = dist.all_reduce_sum(list(sums.values()))
-    out = {("train/" + k if k == "loss" else k): v / n for k, v in zip(sums, totals)}
+    n = len(micro_batches) * world
+    totals = dict(zip(sums, dist.all_reduce_sum(list(sums.values()))))
+    out = {"train/loss": totals.pop("loss") / world, **{k: v / n for k, v in totals.items()}}
     out["rewards/margins"] = out["rewards/chosen"] - out["rewards/rejected"]
     return {**out, "train/grad_norm": grad_norm, "train/lr": lr}
 
@@ -133,7 +139,8 @@ def run_rm(cfg: RMConfig) -> Path:
     train_pairs, train_stats = tokenize_pairs(tokenizer, train_ex, cfg.data.max_length)
     val_pairs, _ = tokenize_pairs(tokenizer, val_ex, cfg.data.max_length)
     log(f"[rm] data: {info['kind']} ({info['variant']}), {info['rows']} rows -> {info['pairs']} pairs, "
-        f"{info['duplicates_removed']} duplicates removed; train {describe(train_stats, cfg.data.max_length)}; "
+        f"{info['duplicates_removed']} duplicates removed; train "
+        f"{describe(train_stats, cfg.data.max_length, weight_summary(train_ex))}; "
         f"validation {len(val_pairs)} pairs")
 
     model = load_reward_model(cfg.model)

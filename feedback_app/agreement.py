@@ -7,7 +7,9 @@ Several annotators may judge the same item. This module gives
 * :func:`krippendorff_alpha`: Krippendorff's alpha (nominal, ordinal or interval) for any number of coders
   with missing data, following Krippendorff (2011), "Computing Krippendorff's Alpha-Reliability";
 * :func:`agreement`: the summary the admin dashboard shows (mean pairwise tau-b, ordinal alpha over
-  (item, candidate) units, per annotator pair means and the items with the worst agreement).
+  (item, candidate) units, per annotator pair means and the items with the worst agreement);
+* :func:`decide`: what the export does with one direction of a comparison that several annotators ordered,
+  under each of :data:`AGGREGATIONS` (``feedback_app.export`` counts the votes).
 
 Standard library only; the sizes involved (a handful of candidates per item) make O(K^2) loops fine.
 """
@@ -20,7 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import combinations
 
-__all__ = ["AgreementReport", "agreement", "kendall_tau_b", "krippendorff_alpha"]
+__all__ = ["AGGREGATIONS", "AgreementReport", "Decision", "agreement", "decide", "kendall_tau_b", "krippendorff_alpha"]
 
 LEVELS = ("nominal", "ordinal", "interval")
 
@@ -198,3 +200,48 @@ def agreement(rankings: Mapping[str, Mapping[str, Mapping[str, float]]], thresho
         per_pair={pair: math.fsum(ts) / len(ts) for pair, ts in sorted(pair_taus.items())},
         disagreements=disagreements,
     )
+
+
+# ------------------------------------------------------------------------------ pairs across annotators
+
+AGGREGATIONS: tuple[str, ...] = ("all", "majority", "drop_contradicted", "agreement_weight")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The fate of one direction ("a over b") of a comparison: kept (with a loss weight) or dropped, and why."""
+
+    keep: bool
+    weight: float  # the kept row's loss weight; 1 except under agreement_weight
+    reason: str  # "kept", "contradicted" (other annotators ordered the two answers the other way) or "tie"
+
+
+def decide(mode: str, votes_for: int, votes_against: int) -> Decision:
+    """What becomes of the direction "a over b" that ``votes_for`` annotators chose and ``votes_against`` chose
+    the other way round ("b over a"); an annotator who tied the two, or did not judge both, votes neither way.
+
+    - ``all``: kept, weight 1, whatever the votes (every annotator's pairs go to training as they are);
+    - ``majority``: kept when ``votes_for > votes_against``; dropped as ``tie`` when they are equal and as
+      ``contradicted`` when outvoted;
+    - ``drop_contradicted``: kept only when ``votes_against == 0``;
+    - ``agreement_weight``: kept, weight ``votes_for / (votes_for + votes_against)``: the share of the annotators
+      who ordered the two answers that chose this direction. Both directions of a disputed comparison are kept
+      with weights summing to 1, so the Bradley-Terry loss is minimised where the model's
+      ``P(a over b) = sigmoid(r_a - r_b)`` equals that share, rather than pushed to certainty either way.
+
+    Raises ValueError for an unknown mode or a negative count.
+    """
+    if mode not in AGGREGATIONS:
+        raise ValueError(f"unknown aggregation {mode!r}; expected one of {', '.join(AGGREGATIONS)}")
+    if votes_for < 0 or votes_against < 0:
+        raise ValueError(f"vote counts must be >= 0, got {votes_for} and {votes_against}")
+    if mode == "all":
+        return Decision(True, 1.0, "kept")
+    if mode == "majority":
+        if votes_for > votes_against:
+            return Decision(True, 1.0, "kept")
+        return Decision(False, 0.0, "tie" if votes_for == votes_against else "contradicted")
+    if mode == "drop_contradicted":
+        return Decision(True, 1.0, "kept") if votes_against == 0 else Decision(False, 0.0, "contradicted")
+    voters = votes_for + votes_against
+    return Decision(True, votes_for / voters if voters else 1.0, "kept")

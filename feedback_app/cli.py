@@ -52,6 +52,9 @@ def add_parsers(sub: Any) -> None:
     e.add_argument("--store", default=DEFAULT_STORE)
     e.add_argument("--out", required=True, help="preference JSONL; unpaired rows go to OUT.unpaired.jsonl")
     e.add_argument("--pairs", default="all", choices=["all", "best-vs-rest", "adjacent"])
+    e.add_argument("--aggregate", default="all", choices=["all", "majority", "drop_contradicted", "agreement_weight"],
+                   help="pairs of one item across its annotators: all (each annotator's pairs, the default), "
+                        "majority, drop_contradicted or agreement_weight (a weight per row)")
     e.add_argument("--project", help="one project (default: all)")
     c = fsub.add_parser("check", help="integrity check of the store")
     c.add_argument("--store", default=DEFAULT_STORE)
@@ -79,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
             from feedback_app.export import export_store, summary_lines, write_export
 
             store = Store(args.store, create=False)
-            result = export_store(store, project=args.project, pairs=args.pairs)
+            result = export_store(store, project=args.project, pairs=args.pairs, aggregate=args.aggregate)
             pairs_path, unpaired_path = write_export(result, args.out)
             for line in summary_lines(result):
                 print(line)

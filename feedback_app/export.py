@@ -15,6 +15,29 @@ Every row carries ``provenance``: annotator, time, revision, guideline version, 
 and for each side of a pair the model that generated it and its decoding settings (JSON text, so rows
 from different models share one column type).
 
+**Across annotators** (``aggregate``, one of :data:`~feedback_app.agreement.AGGREGATIONS`). Several annotators
+judge one item, and their pairs may contradict each other. The pairs of one item are compared by their two
+answers (content, surrounding whitespace stripped; a model answer or text an annotator wrote):
+
+- an annotator *votes* "a over b" when their judgment gives that pair under the ``all`` pair policy (every
+  strictly ordered pair of their ranking, whatever policy the export uses, plus their correction and negative
+  pairs). A tie is no vote, and so is a ranking made with "all unacceptable" ticked, as it makes no pairs;
+- the *proposed* rows are the pairs each judgment gives under the export's pair policy (today's rows). Rows
+  with the same direction ("a over b") are one candidate row; what becomes of it is
+  :func:`~feedback_app.agreement.decide` on its votes for and against: ``all`` keeps every proposed row as it
+  is (no merging: today's export); the other modes write at most one row per direction: ``majority`` keeps a
+  direction with more votes than the other (ties dropped), ``drop_contradicted`` one nobody voted against,
+  ``agreement_weight`` every direction with ``weight`` = votes for / (votes for + votes against);
+- a merged row is the first proposed row of its direction (in store order) with ``margin`` the mean of the
+  merged rows' margins (None when none has one), and provenance gaining ``aggregate``, ``votes_for`` and
+  ``votes_against`` (annotator names) and ``merged_rows``. A direction only some annotators' policy proposed
+  is written only if it is kept; a direction no policy proposed is never written (the pair policy picks the
+  comparisons, the votes decide their fate).
+
+Counts (:attr:`Export.aggregation`), in proposed rows: ``rows`` = ``kept`` + ``merged`` (rows folded into an
+agreeing row) + ``dropped_contradicted`` + ``dropped_ties``. ``weight`` is written on every pair row under
+``agreement_weight`` and on none otherwise (every row then weighs 1). Unpaired rows are never aggregated.
+
 A store named as a phase's data (``data.train: feedback.db[#project]``) becomes a file through
 :func:`materialise`, which the top layer (``align``, pipelines: :func:`alignment.pipeline.export_feedback_stores`)
 calls before the phase: the training library reads files and never imports this app.
@@ -34,17 +57,22 @@ from pathlib import Path
 from typing import Any
 
 from alignment.data.pairs import PAIR_POLICIES, ranking_to_pairs
+from feedback_app.agreement import AGGREGATIONS, decide
 from feedback_app.store import Candidate, Item, Project, Store, StoredJudgment, StoreError, is_store
 
 Row = dict[str, Any]
+PairKey = tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]  # (chosen, rejected) content
+AGGREGATION_COUNTS = ("rows", "kept", "merged", "dropped_contradicted", "dropped_ties")
 
 
 @dataclass
 class Export:
-    pairs: list[Row] = field(default_factory=list)  # prompt / chosen / rejected / margin / provenance
+    pairs: list[Row] = field(default_factory=list)  # prompt / chosen / rejected / margin [/ weight] / provenance
     unpaired: list[Row] = field(default_factory=list)  # prompt / completion / label / provenance
     judgments: int = 0
-    by_kind: dict[str, int] = field(default_factory=dict)
+    by_kind: dict[str, int] = field(default_factory=dict)  # pair rows written per kind, unpaired rows, orphans
+    aggregate: str = "all"
+    aggregation: dict[str, int] = field(default_factory=lambda: dict.fromkeys(AGGREGATION_COUNTS, 0))
 
     def count(self, kind: str, n: int = 1) -> None:
         self.by_kind[kind] = self.by_kind.get(kind, 0) + n
@@ -59,47 +87,118 @@ def split_store_spec(spec: str | Path) -> tuple[str, str | None]:
     return text, None
 
 
-def export_store(store: Store, *, project: str | None = None, pairs: str = "all") -> Export:
-    """Every project's (or one project's) current judgments as training rows."""
+def export_store(store: Store, *, project: str | None = None, pairs: str = "all", aggregate: str = "all") -> Export:
+    """Every project's (or one project's) current judgments as training rows, pairs merged across the annotators
+    of each item by ``aggregate`` (see the module docstring)."""
     if pairs not in PAIR_POLICIES:
         raise StoreError(f"--pairs must be one of {', '.join(PAIR_POLICIES)}, not '{pairs}'")
+    if aggregate not in AGGREGATIONS:
+        raise StoreError(f"--aggregate must be one of {', '.join(AGGREGATIONS)}, not '{aggregate}'")
     chosen_projects = store.list_projects()
     if project is not None:
         chosen_projects = [p for p in chosen_projects if p.name == project]
         if not chosen_projects:
             names = ", ".join(p.name for p in store.list_projects()) or "none"
             raise StoreError(f"no project '{project}' in the store (projects: {names})")
-    out = Export()
+    out = Export(aggregate=aggregate)
     for proj in chosen_projects:
-        cache: dict[int, Item] = {}
+        by_item: dict[int, list[StoredJudgment]] = {}
         for sj in store.latest_judgments(proj.id):
-            item = cache.get(sj.item_id) or store.item(sj.item_id)
+            by_item.setdefault(sj.item_id, []).append(sj)
+        for item_id, judged in by_item.items():
+            item = store.item(item_id)
             assert item is not None
-            cache[sj.item_id] = item
-            judgment_rows(item, sj, proj, pairs, out)
+            item_rows(item, judged, proj, pairs, aggregate, out)
     return out
 
 
-def judgment_rows(item: Item, sj: StoredJudgment, project: Project, policy: str, out: Export) -> None:
-    """Append the rows one judgment yields to ``out`` (see the module docstring)."""
+def item_rows(item: Item, judged: list[StoredJudgment], project: Project, policy: str, aggregate: str,
+              out: Export) -> None:
+    """Append to ``out`` the rows of every annotator's judgment of one item, pairs merged by ``aggregate``."""
+    proposed: list[Row] = []
+    votes: dict[str, set[PairKey]] = {}  # annotator -> the directions they chose
+    for sj in judged:
+        out.judgments += 1
+        pairs, unpaired, orphans = judgment_rows(item, sj, project, policy)
+        proposed += pairs
+        for row in unpaired:
+            out.unpaired.append(row)
+            out.count(f"{row['provenance']['kind']} (unpaired)")
+        if orphans:
+            out.count("negative without a good answer", orphans)
+        if aggregate != "all":
+            every = pairs if policy == "all" else judgment_rows(item, sj, project, "all")[0]
+            votes.setdefault(sj.user_name, set()).update(pair_key(r) for r in every)
+    for row in aggregate_pairs(proposed, votes, aggregate, out.aggregation):
+        out.pairs.append(row)
+        out.count(row["provenance"]["kind"])
+
+
+def aggregate_pairs(proposed: list[Row], votes: dict[str, set[PairKey]], aggregate: str,
+                    counts: dict[str, int]) -> list[Row]:
+    """The pair rows of one item after aggregation across annotators; adds to ``counts`` (AGGREGATION_COUNTS).
+
+    ``proposed``: every annotator's pair rows under the export's pair policy, in store order; ``votes``:
+    annotator -> the (chosen, rejected) directions their judgment gives under the ``all`` policy."""
+    counts["rows"] += len(proposed)
+    if aggregate == "all":
+        counts["kept"] += len(proposed)
+        return list(proposed)
+    directions: dict[PairKey, list[Row]] = {}
+    for row in proposed:
+        directions.setdefault(pair_key(row), []).append(row)
+    kept = []
+    for (chosen, rejected), rows in directions.items():
+        voters_for = sorted(a for a, chose in votes.items() if (chosen, rejected) in chose)
+        voters_against = sorted(a for a, chose in votes.items() if (rejected, chosen) in chose)
+        decision = decide(aggregate, len(voters_for), len(voters_against))
+        if not decision.keep:
+            counts["dropped_ties" if decision.reason == "tie" else "dropped_contradicted"] += len(rows)
+            continue
+        counts["kept"] += 1
+        counts["merged"] += len(rows) - 1
+        first = rows[0]
+        margins = [r["margin"] for r in rows if r["margin"] is not None]
+        merged: Row = {"prompt": first["prompt"], "chosen": first["chosen"], "rejected": first["rejected"],
+                       "margin": sum(margins) / len(margins) if margins else None}
+        if aggregate == "agreement_weight":
+            merged["weight"] = decision.weight
+        merged["provenance"] = {**first["provenance"], "aggregate": aggregate, "votes_for": voters_for,
+                                "votes_against": voters_against, "merged_rows": len(rows)}
+        kept.append(merged)
+    return kept
+
+
+def pair_key(row: Row) -> PairKey:
+    """A pair row's direction: its (chosen, rejected) content, surrounding whitespace stripped. Rows of one item
+    share the prompt, so within an item equal keys are the same comparison."""
+    def side(messages: list[dict[str, str]]) -> tuple[tuple[str, str], ...]:
+        return tuple((m["role"], m["content"].strip()) for m in messages)
+
+    return side(row["chosen"]), side(row["rejected"])
+
+
+def judgment_rows(item: Item, sj: StoredJudgment, project: Project, policy: str) -> tuple[list[Row], list[Row], int]:
+    """What one judgment yields (see the module docstring): its pair rows, its unpaired rows, and how many of its
+    negative examples had no good answer to be paired with."""
     j = sj.judgment
-    out.judgments += 1
     by_id = {c.id: c for c in item.candidates}
     base = _provenance(item, sj, project)
     prompt = item.prompt
+    pairs: list[Row] = []
+    unpaired: list[Row] = []
+    orphans = 0
 
     def pair(kind: str, chosen: str, rejected: str, chosen_c: Candidate | None, rejected_c: Candidate | None,
              margin: float | None = None) -> None:
-        out.pairs.append({"prompt": prompt, "chosen": _answer(chosen), "rejected": _answer(rejected),
-                          "margin": margin,
-                          "provenance": {**base, "kind": kind, **_side("chosen", chosen_c, sj.user_name),
-                                         **_side("rejected", rejected_c, sj.user_name)}})
-        out.count(kind)
+        pairs.append({"prompt": prompt, "chosen": _answer(chosen), "rejected": _answer(rejected),
+                      "margin": margin,
+                      "provenance": {**base, "kind": kind, **_side("chosen", chosen_c, sj.user_name),
+                                     **_side("rejected", rejected_c, sj.user_name)}})
 
     def single(kind: str, text: str, label: bool, cand: Candidate | None) -> None:
-        out.unpaired.append({"prompt": prompt, "completion": _answer(text), "label": label,
-                             "provenance": {**base, "kind": kind, **_side("completion", cand, sj.user_name)}})
-        out.count(f"{kind} (unpaired)")
+        unpaired.append({"prompt": prompt, "completion": _answer(text), "label": label,
+                         "provenance": {**base, "kind": kind, **_side("completion", cand, sj.user_name)}})
 
     if not j.all_unacceptable and j.ranks:
         ids = [cid for cid in by_id if cid in j.ranks]
@@ -130,7 +229,8 @@ def judgment_rows(item: Item, sj: StoredJudgment, project: Project, policy: str,
             if text.strip() != negative:
                 pair("negative", text, negative, cand, None)
         if not good:
-            out.count("negative without a good answer")
+            orphans += 1
+    return pairs, unpaired, orphans
 
 
 def write_export(export: Export, out: str | Path) -> tuple[Path, Path]:
@@ -143,7 +243,8 @@ def write_export(export: Export, out: str | Path) -> tuple[Path, Path]:
     return path, unpaired
 
 
-def preference_examples(spec: str | Path, pair_policy: str = "all") -> tuple[list[Any], dict[str, Any]]:
+def preference_examples(spec: str | Path, pair_policy: str = "all", aggregate: str = "all") -> tuple[
+        list[Any], dict[str, Any]]:
     """The store's preference pairs (``feedback.db[#project]`` or a URL): what :func:`materialise` writes."""
     from alignment.data.preferences import PreferenceExample
     from alignment.errors import AlignError
@@ -151,14 +252,16 @@ def preference_examples(spec: str | Path, pair_policy: str = "all") -> tuple[lis
     url, project = split_store_spec(spec)
     try:
         store = Store(url, create=False)
-        export = export_store(store, project=project, pairs=pair_policy)
+        export = export_store(store, project=project, pairs=pair_policy, aggregate=aggregate)
         store.close()
     except StoreError as e:
         raise AlignError(str(e), file=str(spec)) from None
-    examples = [PreferenceExample(r["prompt"], r["chosen"], r["rejected"], r["margin"]) for r in export.pairs]
+    examples = [PreferenceExample(r["prompt"], r["chosen"], r["rejected"], r["margin"], r.get("weight", 1.0))
+                for r in export.pairs]
     orphans = export.by_kind.get("negative without a good answer", 0)
     return examples, {"kind": "feedback", "variant": "store", "duplicates_removed": 0, "rows": export.judgments,
-                      "pairs": len(examples), "orphan_negatives": orphans, "by_kind": dict(export.by_kind)}
+                      "pairs": len(examples), "orphan_negatives": orphans, "by_kind": dict(export.by_kind),
+                      "aggregate": aggregate, "aggregation": dict(export.aggregation)}
 
 
 # ------------------------------------------------------------------------------------- store as data
@@ -177,44 +280,66 @@ def provenance_path(out: str | Path) -> Path:
     return path.with_name(path.name.removesuffix(".jsonl") + ".provenance.json")
 
 
-def materialise(spec: str | Path, out: str | Path, pair_policy: str = "all") -> dict[str, Any]:
+def materialise(spec: str | Path, out: str | Path, pair_policy: str = "all", aggregate: str = "all") -> dict[str, Any]:
     """Export the store's preference pairs to ``out`` for a training phase; returns the provenance.
 
     The rows are exactly :func:`preference_examples`, in its order, in the ``preference`` format the data
-    loaders read (``prompt`` / ``chosen`` / ``rejected`` message lists, ``margin`` when known). Beside them,
-    ``<name>.provenance.json``: the store, project, pair policy, export time and counts. When the file already
-    holds these exact rows neither file is rewritten, so a re-run keeps the time the rows were exported.
+    loaders read (``prompt`` / ``chosen`` / ``rejected`` message lists, ``margin`` when known, ``weight`` on every
+    row under ``agreement_weight`` and on none otherwise). Beside them, ``<name>.provenance.json``: the store,
+    project, pair policy, aggregation across annotators with its counts, export time and counts. When the files
+    already say all this (the same rows, the same provenance but for its time) neither is rewritten, so a re-run
+    keeps the time the rows were exported; when only the provenance differs (the same rows under another
+    setting) only the provenance is rewritten.
     Raises AlignError (naming ``spec``) for a missing store or project, and for a store with no pairs yet.
     """
     from alignment.errors import AlignError
 
-    examples, info = preference_examples(spec, pair_policy)
+    examples, info = preference_examples(spec, pair_policy, aggregate)
     if not examples:
         raise AlignError(EMPTY_STORE, file=str(spec))
+    weighted = aggregate == "agreement_weight"
     rows = [{"prompt": e.prompt, "chosen": e.chosen, "rejected": e.rejected,
-             **({"margin": e.margin} if e.margin is not None else {})} for e in examples]
+             **({"margin": e.margin} if e.margin is not None else {}),
+             **({"weight": e.weight} if weighted else {})} for e in examples]
     text = _jsonl_bytes(rows)
     path, prov_path = Path(out), provenance_path(out)
-    if path.is_file() and prov_path.is_file() and path.read_bytes() == text:
-        return json.loads(prov_path.read_text(encoding="utf-8"))
     url, project = split_store_spec(spec)
     provenance = {
         "source": _public(url) + (f"#{project}" if project else ""), "store": _public(url), "project": project,
-        "pair_policy": pair_policy, "exported_at": _iso(time.time()), "format": "preference",
+        "pair_policy": pair_policy, "aggregate": aggregate, "exported_at": None, "format": "preference",
         "file": path.name, "sha256": hashlib.sha256(text).hexdigest(), "judgments": info["rows"],
         "pairs": len(rows), "orphan_negatives": info["orphan_negatives"], "by_kind": info["by_kind"],
+        "aggregation": info["aggregation"],
     }
+    same_rows = path.is_file() and path.read_bytes() == text
+    saved = _read_json(prov_path) if same_rows else None
+    if saved is not None and {**saved, "exported_at": None} == provenance:
+        return saved
+    provenance["exported_at"] = _iso(time.time())
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, text)
+    if not same_rows:
+        _atomic_write(path, text)
     _atomic_write(prov_path, (json.dumps(provenance, indent=2) + "\n").encode("utf-8"))
     return provenance
 
 
 def summary_lines(export: Export) -> list[str]:
+    """What an export holds, for people: totals, the aggregation across annotators with its counts, rows per kind."""
     lines = [f"{export.judgments} judgments -> {len(export.pairs)} preference pairs, "
              f"{len(export.unpaired)} unpaired rows"]
+    lines.append(aggregation_line(export.aggregate, export.aggregation))
     lines += [f"  {kind}: {n}" for kind, n in sorted(export.by_kind.items())]
     return lines
+
+
+def aggregation_line(aggregate: str, counts: dict[str, int]) -> str:
+    """One summary line, e.g. ``pairs across annotators: majority: 12 annotator pairs -> 7 kept (3 merged into an
+    agreeing annotator's pair, 1 dropped as contradicted, 1 dropped as tied votes)``."""
+    if aggregate == "all":
+        return f"pairs across annotators: all ({counts['rows']} annotator pairs kept as they are)"
+    return (f"pairs across annotators: {aggregate}: {counts['rows']} annotator pairs -> {counts['kept']} kept "
+            f"({counts['merged']} merged into an agreeing annotator's pair, {counts['dropped_contradicted']} dropped "
+            f"as contradicted, {counts['dropped_ties']} dropped as tied votes)")
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -239,6 +364,14 @@ def _side(name: str, cand: Candidate | None, annotator: str) -> dict[str, Any]:
     if cand is None:
         return {f"{name}_model": f"annotator:{annotator}", f"{name}_generation": "{}"}
     return {f"{name}_model": cand.model, f"{name}_generation": json.dumps(cand.generation, sort_keys=True)}
+
+
+def _read_json(path: Path) -> Any:
+    """A JSON file's content; None when it is missing or unreadable (then it is simply written again)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def _jsonl_bytes(rows: Iterable[Row]) -> bytes:

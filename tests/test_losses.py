@@ -341,3 +341,58 @@ def test_chosen_nll_by_hand():
     assert chosen_nll(logps, counts, averaged=False).item() == pytest.approx((6 / 3 + 2 / 4) / 2)
     assert chosen_nll(torch.tensor([-1.5, -0.5]), counts, averaged=True).item() == pytest.approx(1.0)
     assert chosen_nll(torch.tensor([0.0]), torch.tensor([0]), averaged=False).item() == 0.0  # no token: no NaN
+
+
+# --------------------------------------------------------------------------------------------------
+# Per-pair weights: sum_i w_i * loss_i / sum_i w_i
+# --------------------------------------------------------------------------------------------------
+def test_weighted_mean_by_hand():
+    from alignment.losses import weighted_mean
+
+    assert weighted_mean(t(1.0, 4.0), t(3.0, 1.0)).item() == pytest.approx((3 * 1 + 4) / 4)
+    assert weighted_mean(t(1.0, 4.0), None).item() == pytest.approx(2.5)  # no weights: the plain mean
+    assert weighted_mean(t(1.0, 4.0), t(1.0, 1.0)).item() == pytest.approx(2.5)
+    # weight 0: the value is out, even an infinite one
+    assert weighted_mean(t(2.0, math.inf), t(1.0, 0.0)).item() == pytest.approx(2.0)
+    values = t(1.0, 4.0, grad=True)
+    loss = weighted_mean(values, t(0.0, 0.0))  # every weight 0: 0, and nothing to learn
+    loss.backward()
+    assert loss.item() == 0.0 and values.grad.tolist() == [0.0, 0.0]
+    with pytest.raises(ValueError, match="do not match"):
+        weighted_mean(t(1.0, 4.0), t(1.0))
+
+
+def test_weighted_bradley_terry_by_hand():
+    # diffs (1, -1): losses log(1 + e^-1), log(1 + e^1); weights (3, 1)
+    # centering: (2 + 1)^2 = 9 and (0.5 + 1.5)^2 = 4 -> (3 * 9 + 4) / 4 = 7.75, times 0.01
+    loss = bradley_terry_loss(t(2.0, 0.5), t(1.0, 1.5), center_coef=0.01, weights=t(3.0, 1.0))
+    assert loss.item() == pytest.approx((3 * softplus(-1.0) + softplus(1.0)) / 4 + 0.01 * 7.75)
+    # gradient: d/dr_c of w_0 * log(1 + e^-(r_c - r_r)) / (w_0 + w_1) = -3 sigmoid(-1) / 4 (no centering)
+    chosen = t(2.0, 0.5, grad=True)
+    bradley_terry_loss(chosen, t(1.0, 1.5), weights=t(3.0, 0.0)).backward()
+    assert chosen.grad.tolist() == pytest.approx([-1 / (1 + math.e), 0.0])  # 3/3 of pair 0, nothing of pair 1
+
+
+def test_weighted_preference_losses_by_hand():
+    w = t(1.0, 3.0)
+    # DPO, beta 0.1: losses log(1 + e^-0.1), log(1 + e^0.2)
+    out = DPOLoss(beta=0.1)(PC2, PR2, RC2, RR2, weights=w)
+    assert out.loss.item() == pytest.approx((softplus(-0.1) + 3 * softplus(0.2)) / 4)
+    assert out.losses.tolist() == pytest.approx([softplus(-0.1), softplus(0.2)])  # per pair: unweighted
+    # IPO, beta 0.1: losses 16 and 49
+    assert IPOLoss(beta=0.1)(PC2, PR2, RC2, RR2, weights=w).loss.item() == pytest.approx((16 + 3 * 49) / 4)
+    # SimPO, beta 2, gamma 1: losses log(1 + e^-1), log(1 + e^5)
+    out = SimPOLoss(beta=2.0, gamma=1.0)(PC2, PR2, weights=w)
+    assert out.loss.item() == pytest.approx((softplus(-1.0) + 3 * softplus(5.0)) / 4)
+    # conservative DPO, eps 0.1: per pair -(0.9) log sigmoid(x) - 0.1 log sigmoid(-x) at x = 0.1 and -0.2
+    cdpo = [0.9 * softplus(-x) + 0.1 * softplus(x) for x in (0.1, -0.2)]
+    out = DPOLoss(beta=0.1, label_smoothing=0.1)(PC2, PR2, RC2, RR2, weights=t(0.0, 2.0))
+    assert out.loss.item() == pytest.approx(cdpo[1])
+
+
+def test_weighted_chosen_nll_by_hand():
+    from alignment.losses import chosen_nll
+
+    # per-token NLL 6/3 = 2 and 2/4 = 0.5; weights (1, 3) -> (2 + 3 * 0.5) / 4
+    nll = chosen_nll(torch.tensor([-6.0, -2.0]), torch.tensor([3, 4]), averaged=False, weights=torch.tensor([1.0, 3.0]))
+    assert nll.item() == pytest.approx(3.5 / 4)

@@ -8,6 +8,7 @@ sft            ``messages``                                               ``mess
                ``text``                                                   ``text``
 preference     ``prompt`` + ``chosen`` + ``rejected``                     ``explicit_prompt``
                ``chosen`` + ``rejected`` (full conversations)             ``implicit_prompt``
+               either, optionally ``weight`` (a number >= 0, default 1)
 ranked         ``prompt`` + ``responses`` + ``ranks`` (lower = better)    ``conversational``/``standard``
 unpaired       ``prompt`` + ``completion`` + ``label`` (true = good)      ``conversational``/``standard``
 prompts        ``prompt``, or ``messages`` ending with a user turn        ``prompt`` / ``messages``
@@ -129,7 +130,9 @@ def to_conversation(record: dict[str, Any], kind: str, variant: str) -> dict[str
 
     - sft: ``{"messages": [...]}`` (prompt/completion strings become user/assistant turns), or
       ``{"text": str}`` for the text variant;
-    - preference: ``{"prompt": [...], "chosen": [...], "rejected": [...]}``, implicit prompts split off;
+    - preference: ``{"prompt": [...], "chosen": [...], "rejected": [...]}``, implicit prompts split off, plus
+      ``"weight": float`` when the record's weight is not 1 (absent means 1, so a row written with
+      ``weight: 1`` and the same row without it are one record to de-duplication);
     - ranked: ``{"prompt": [...], "responses": [[...], ...], "ranks": [...]}``;
     - unpaired: ``{"prompt": [...], "completion": [...], "label": bool}``;
     - prompts: ``{"prompt": [...]}``.
@@ -227,14 +230,21 @@ def _sft(record: dict[str, Any], variant: str, problems: Problems) -> dict[str, 
 
 
 def _preference(record: dict[str, Any], variant: str, problems: Problems) -> dict[str, Any] | None:
+    weight = _weight(record.get("weight"), problems)
     if variant == "implicit_prompt":
-        return _split_implicit(record["chosen"], record["rejected"], problems)
-    prompt = _prompt_turns(record["prompt"], "prompt", problems)
-    chosen = _completion_turns(record["chosen"], "chosen", problems)
-    rejected = _completion_turns(record["rejected"], "rejected", problems)
-    if chosen is not None and chosen == rejected:
-        problems.append(("rejected", IDENTICAL))
-    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+        normalised = _split_implicit(record["chosen"], record["rejected"], problems)
+    else:
+        prompt = _prompt_turns(record["prompt"], "prompt", problems)
+        chosen = _completion_turns(record["chosen"], "chosen", problems)
+        rejected = _completion_turns(record["rejected"], "rejected", problems)
+        if chosen is not None and chosen == rejected:
+            problems.append(("rejected", IDENTICAL))
+        normalised = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+    # Only a weight other than 1 is kept: absent means 1, and the normalised record is also the
+    # de-duplication key, so rows that train alike compare equal and rows that weigh differently do not.
+    if normalised is not None and weight is not None and weight != 1.0:
+        normalised["weight"] = weight
+    return normalised
 
 
 def _ranked(record: dict[str, Any], variant: str, problems: Problems) -> dict[str, Any] | None:
@@ -420,6 +430,24 @@ def _label(value: Any, problems: Problems) -> bool | None:
         return value.strip().lower() in ("true", "1")
     problems.append(("label", f"expected true or false, got {value!r}"))
     return None
+
+
+def _weight(value: Any, problems: Problems) -> float | None:
+    """A preference pair's loss weight: a finite number >= 0; None (absent, or an empty CSV cell) means 1.
+
+    CSV cells arrive as strings, so a numeric string is read as its number."""
+    if value is None:
+        return None
+    number: Any = value
+    if isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            number = None
+    if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number) or number < 0:
+        problems.append(("weight", f"expected a number >= 0 (the pair's loss weight; 1 when absent), got {value!r}"))
+        return None
+    return float(number)
 
 
 # ----------------------------------------------------------------------------------- implicit prompt

@@ -7,6 +7,11 @@ exists for the same prompt. Files only: a feedback store named as a phase's data
 preference file in the run folder by the layer above (``align`` and pipelines, see
 :func:`alignment.pipeline.export_feedback_stores`) before the phase starts; this library never reads it.
 
+A preference row's optional ``weight`` (>= 0, validated in :mod:`alignment.data.formats`; 1 when absent)
+stays with its pair through de-duplication (rows weighing differently are different rows), the split by
+prompt, tokenization and collation (``batch["weight"]``), where the RM and DPO losses weigh each pair by it.
+Pairs from ranked or unpaired data weigh 1.
+
 Tokenization renders ``prompt + response`` with the chat template and labels only the response turns
 (their end-of-turn token included), so DPO's log-probabilities and the reward model's last token
 are both taken from what the model would generate.
@@ -35,6 +40,7 @@ class PreferenceExample:
     chosen: Messages
     rejected: Messages
     margin: float | None = None  # how much better, when the data says (e.g. a rank gap)
+    weight: float = 1.0  # the pair's weight in the RM and DPO losses (the data's `weight`, >= 0; 1 when absent)
 
 
 @dataclass
@@ -45,6 +51,7 @@ class TokenizedPair:
     rejected_labels: list[int]  # (Tr,)
     margin: float | None = None
     truncated: bool = False
+    weight: float = 1.0  # the example's loss weight, carried into the collated batch
 
 
 def _key(messages: Messages) -> str:
@@ -69,8 +76,9 @@ def load_preference_examples(path: str, *, kind: str | None = None, pair_policy:
     examples: list[PreferenceExample] = []
     if kind == "preference":
         margins = ds["margin"] if "margin" in ds.column_names else [None] * len(records)
-        examples = [PreferenceExample(r["prompt"], r["chosen"], r["rejected"],
-                                      float(m) if m is not None else None) for r, m in zip(records, margins)]
+        # The weight travels inside the normalised record (validated there, present only when not 1).
+        examples = [PreferenceExample(r["prompt"], r["chosen"], r["rejected"], float(m) if m is not None else None,
+                                      r.get("weight", 1.0)) for r, m in zip(records, margins)]
     elif kind == "ranked":
         for r in records:
             for pair in ranking_to_pairs(r["responses"], r["ranks"], pair_policy):
@@ -85,7 +93,14 @@ def load_preference_examples(path: str, *, kind: str | None = None, pair_policy:
         raise AlignError(f"no preference pairs could be made from this {kind} data", file=path)
     return examples, {"kind": kind, "variant": info.variant, "duplicates_removed": removed,
                       "rows": len(records), "pairs": len(examples),
-                      "orphan_negatives": orphans if kind == "unpaired" else 0}
+                      "orphan_negatives": orphans if kind == "unpaired" else 0, **weight_summary(examples)}
+
+
+def weight_summary(examples: list[PreferenceExample]) -> dict[str, Any]:
+    """How many pairs carry a weight other than 1, how many weigh 0, and the total weight (a data log line)."""
+    return {"weighted": sum(1 for e in examples if e.weight != 1.0),
+            "zero_weight": sum(1 for e in examples if e.weight == 0.0),
+            "total_weight": float(sum(e.weight for e in examples))}
 
 
 def split_pairs(examples: list[PreferenceExample], ratios: dict[str, float], seed: int) -> dict[str, list]:
@@ -181,12 +196,16 @@ def tokenize_pairs(tokenizer: Any, examples: list[PreferenceExample], max_length
         if all(x == IGNORE_INDEX for x in c_labels) or all(x == IGNORE_INDEX for x in r_labels):
             stats["dropped"] += 1
             continue
-        out.append(TokenizedPair(c_ids, c_labels, r_ids, r_labels, ex.margin, c_trunc or r_trunc))
+        out.append(TokenizedPair(c_ids, c_labels, r_ids, r_labels, ex.margin, c_trunc or r_trunc, ex.weight))
     return out, stats
 
 
-def describe(stats: dict[str, int], max_length: int) -> str:
+def describe(stats: dict[str, int], max_length: int, weights: dict[str, Any] | None = None) -> str:
+    """One log phrase for a tokenized split; ``weights`` (:func:`weight_summary`) adds the weighted pairs."""
     text = f"{stats['pairs']} pairs"
+    if weights and weights.get("weighted"):
+        text += (f" ({weights['weighted']} weighted, {weights['zero_weight']} of them 0; total weight "
+                 f"{weights['total_weight']:g})")
     if stats["truncated"]:
         text += f"; {stats['truncated']} truncated to max_length={max_length}"
     if stats["dropped"]:
