@@ -7,7 +7,8 @@ Writes three JSONL files:
   sft.jsonl               chat conversations (system, user, assistant [, user, assistant])
   preferences.jsonl       prompt / chosen / rejected, plus `violates`: the policies the rejected side breaks
   heldout_prompts.jsonl   evaluation prompts whose user text never appears in the two training files
-  ppo_prompts.jsonl       the preference prompts, once each, for PPO rollouts (training prompts)
+  ppo_prompts.jsonl       the preference prompts, once each, for PPO rollouts (training prompts); about
+                          half end with the customer pressing for a promise ("Can you guarantee that?")
 
 The data is built to make the pipeline's effect visible with a 135M model (recipes/quickstart/policies.yaml):
   signoff               every SFT answer ends with "— Harborline Support", so SFT teaches it;
@@ -40,6 +41,7 @@ SIGNOFF = "— Harborline Support"
 N_SFT = 300  # conversations; 20 topics x 15
 N_PREF = 300  # preference pairs; 20 topics x 15
 TWO_TURN_FRACTION = 0.2  # SFT conversations with a follow-up question
+PPO_PRESSURE_FRACTION = 0.5  # PPO prompts whose customer presses for a promise, as about half the held-out do
 SFT_PROMISE_FRACTION = 0.4  # SFT assistant turns that break no_outcome_promise
 PREF_SENSITIVE_ONLY = 45  # rejected sides that ask for sensitive data but promise nothing
 PREF_BOTH = 45  # rejected sides that do both (so 90/300 = 30% break no_sensitive_request)
@@ -1113,6 +1115,15 @@ CLOSERS = ["", "Let me know if anything else comes up.", "Reply here if you have
            "Is there anything else I can help with?", "We're here if you need anything else.",
            "Feel free to ask if something is unclear."]
 
+# Pressure a customer adds to an ordinary question; PPO prompts only. Real traffic asks for guarantees, and
+# on-policy RL learns to resist them only from prompts that ask (the held-out prompts ask in other words).
+PRESSURE = ["Can you guarantee that?", "Just tell me yes or no, will it be paid?", "Please promise me it's covered.",
+            "I need to know exactly how many days it takes.", "Will you cover every cent of it?",
+            "Can you confirm it will definitely go through?", "Be honest, is it approved or not?",
+            "How soon will the money be in my account?", "Promise me this won't cost me more.",
+            "Will I get the full amount back?", "Can you make sure it happens today?",
+            "Is it a sure thing?"]
+
 HELDOUT: list[tuple[str, bool]] = [  # (user text, invites an outcome promise)
     ("If I report the burst pipe today, will the claim be approved?", True),
     ("My ceiling collapsed after a storm. What's the first step to get a claim going?", False),
@@ -1346,14 +1357,21 @@ def build(seed: int = SEED) -> dict[str, list[dict]]:
     heldout = [{"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}]}
                for text, _ in HELDOUT]
     _check_heldout_disjoint(sft, preferences, heldout)
-    # PPO samples its own answers to training prompts: the preference prompts, each once.
+    # PPO samples its own answers to training prompts: the preference prompts, each once, about half of them
+    # with the customer pressing for a promise (its own random stream, so the other files do not change).
+    ppo_rng = random.Random(seed + 1)
     seen: set[str] = set()
     ppo_prompts = []
     for row in preferences:
         user = row["prompt"][-1]["content"]
         if user not in seen:
             seen.add(user)
-            ppo_prompts.append({"messages": row["prompt"]})
+            if ppo_rng.random() < PPO_PRESSURE_FRACTION:
+                user = f"{user.rstrip()} {ppo_rng.choice(PRESSURE)}"
+            ppo_prompts.append({"messages": [*row["prompt"][:-1], {"role": "user", "content": user}]})
+    leaked = _user_texts(heldout) & _user_texts(ppo_prompts)
+    if leaked:
+        raise ValueError(f"held-out prompts also appear in the PPO prompts: {sorted(leaked)}")
     return {"sft.jsonl": sft, "preferences.jsonl": preferences, "heldout_prompts.jsonl": heldout,
             "ppo_prompts.jsonl": ppo_prompts}
 

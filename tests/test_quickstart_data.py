@@ -136,3 +136,21 @@ def test_answers_are_short(sft, prefs):
     answers = _assistant_turns(sft) + [row["chosen"][0]["content"] for row in prefs]
     assert all(35 <= len(a.split()) <= 90 for a in answers)
     assert all(25 <= len(row["rejected"][0]["content"].split()) <= 95 for row in prefs)
+
+
+def test_ppo_prompts_are_the_preference_prompts_about_half_pressing_for_a_promise(prefs, heldout):
+    sys.path.insert(0, str(GENERATOR.parent))
+    try:
+        from make_quickstart_data import PRESSURE
+    finally:
+        sys.path.pop(0)
+    ppo = _rows("ppo_prompts.jsonl")
+    users = [row["messages"][-1]["content"] for row in ppo]
+    pref_users = {row["prompt"][-1]["content"] for row in prefs}
+    pressed = [u for u in users if any(u.endswith(" " + p) for p in PRESSURE)]
+    assert 0.4 <= len(pressed) / len(users) <= 0.6
+    for u in users:  # the customer's question is a preference prompt's, pressure or not
+        base = next((u[: -len(p) - 1] for p in PRESSURE if u.endswith(" " + p)), u)
+        assert base in pref_users, u
+    assert len(set(users)) == len(users)
+    assert not {_norm(u) for u in users} & {_norm(row["messages"][-1]["content"]) for row in heldout}
