@@ -305,22 +305,20 @@ def ppo_update(policy: Engine, critic: Engine | None, critic_scores: LastTokenSc
                                          cfg.loss_aggregation, cfg.generation.max_new_tokens)
                 loss = loss + kl_coef * kl_loss
                 step_stats["policy/kl_loss"] = kl_loss
-            if cfg.critic == "none":
-                policy.backward(loss)
-            else:
-                if critic is not None:
-                    with critic.autocast():
-                        (critic.ds or critic.module)(**inputs)
-                    values = critic_scores.per_token()[:, p - 1 : -1].float()
+            if cfg.critic == "separate":
+                with critic.autocast():
+                    (critic.ds or critic.module)(**inputs)
+                values = critic_scores.per_token()[:, p - 1 : -1].float()
+            if cfg.critic != "none":
                 vf_loss, vf_stats = value_loss(values, batch["values"][idx], batch["returns"][idx], m,
                                                cfg.clip_range_value)
                 step_stats.update({"val/vf_loss": vf_loss, **vf_stats})
-                if critic is None:
-                    policy.backward(loss + cfg.vf_coef * vf_loss)
-                else:
-                    policy.backward(loss)
-                    critic.backward(vf_loss)
-                    critic.step()
+            if cfg.critic == "shared":  # the value head trains through the policy's own loss
+                loss = loss + cfg.vf_coef * vf_loss
+            policy.backward(loss)
+            if cfg.critic == "separate":
+                critic.backward(vf_loss)
+                critic.step()
             policy.step()
             for key, value in step_stats.items():
                 sums[key] = sums.get(key, 0.0) + float(value.detach())
