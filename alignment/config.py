@@ -325,6 +325,14 @@ class PPOConfig:
     clipped objective in every case (ppo_epochs, num_minibatches, clip_range)."""
     num_generations: int = 1
     """Answers sampled per prompt; the rollout batch holds train.batch_size * num_generations answers."""
+    dynamic_sampling: bool = False
+    """DAPO's dynamic sampling (arXiv 2503.14476): a prompt whose answers all got the same reward teaches a
+    group estimator nothing (every advantage is zero), so it is dropped and fresh prompts are sampled in its
+    place, up to `dynamic_sampling_max_rounds` generation rounds per rollout batch; a batch still short
+    after them is filled with the dropped prompts. For grpo, dr_grpo, rloo and reinforce_pp with
+    num_generations >= 2."""
+    dynamic_sampling_max_rounds: int = 3
+    """Generation rounds per rollout batch at most, the first included (each costs one batch of answers)."""
     critic: Literal["separate", "shared", "none"] | None = None
     """separate: a value model initialised from the reward model; shared: a value head on the policy's
     backbone, initialised from the reward model's score head (one model fewer in memory); none: no value
@@ -401,6 +409,12 @@ class PPOConfig:
         if self.advantage in ("grpo", "dr_grpo", "rloo") and self.num_generations < 2:
             raise AlignError(f"advantage {self.advantage} compares answers to the same prompt: set "
                              "num_generations to 2 or more", field="num_generations")
+        if self.dynamic_sampling and (self.advantage == "gae" or self.num_generations < 2):
+            raise AlignError("drops prompts whose answers all scored the same, which only a group baseline "
+                             "learns nothing from: use it with grpo, dr_grpo, rloo or reinforce_pp and "
+                             "num_generations >= 2", field="dynamic_sampling")
+        if self.dynamic_sampling_max_rounds < 1:
+            raise AlignError("must be >= 1", field="dynamic_sampling_max_rounds")
         if self.critic is None:
             self.critic = "separate" if self.advantage == "gae" else "none"
         if self.advantage == "gae" and self.critic == "none":

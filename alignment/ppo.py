@@ -20,6 +20,7 @@ Model copies held (full fine-tuning / LoRA policy):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -49,6 +50,7 @@ from alignment.ppo_math import (
     gae,
     group_advantages,
     group_mean_baseline,
+    informative_groups,
     kl_estimate,
     masked_mean,
     masked_whiten,
@@ -57,7 +59,6 @@ from alignment.ppo_math import (
     returns_to_go,
     rule_reward_terms,
     shaped_rewards,
-    truncate_after_stop,
     value_loss,
 )
 from alignment.reference import load_frozen, place_reference, token_reference
@@ -128,21 +129,22 @@ RewardFn = Callable[[list[list[int]], list[list[int]]], torch.Tensor]
 (a domain policy check, a unit test) instead of, or in tests in place of, a reward model."""
 
 
-@torch.no_grad()
-def rollout(policy: Engine, critic: Engine | None, reference: Any, reward: RewardFn,
-            critic_scores: LastTokenScores | None, prompts: list[list[int]], cfg: PPOConfig, tokenizer: Any,
-            stop_ids: list[int], stats: dict[str, float] | None, kl_coef: float,
-            rules: Sequence[Policy] | None = None) -> dict[str, Any]:
-    """Generate, score and evaluate one batch of prompts; everything the PPO update needs.
+Samples = dict[str, Any]
+"""One round of sampled answers, one entry per answer: ``prompts`` and ``responses`` (token id lists, the
+response up to and incl. its stop), ``finished`` (stopped before max_new_tokens), ``texts``, and (B,) tensors
+``raw_scores`` (the reward), ``scores`` (what the estimator sees: normalised, clipped, plus the rule reward,
+minus the missing-EOS penalty) and ``rule_terms`` ((B, J) per rule, or None)."""
 
-    ``rules``: with ``cfg.rule_reward_weight`` > 0, the rule reward is added to the normalised score."""
+
+@torch.no_grad()
+def sample_answers(policy: Engine, reward: RewardFn, prompts: list[list[int]], cfg: PPOConfig, tokenizer: Any,
+                   stop_ids: list[int], stats: dict[str, float] | None, rules: Sequence[Policy] | None,
+                   timing: dict[str, float]) -> Samples:
+    """Generate one answer per prompt row and score it; adds to ``timing`` (generate, score)."""
     device = dist.device()
-    timing = {}
     pad = tokenizer.pad_token_id
     prompt_ids, prompt_mask = (t.to(device) for t in pad_sequences(prompts, pad, left=True))  # (B, P), (B, P)
-    prompt_len = prompt_ids.shape[1]
 
-    # 1. generate -------------------------------------------------------------------------------
     start = time.perf_counter()
     policy.eval()
     module = policy.module.policy if cfg.critic == "shared" else policy.module
@@ -151,15 +153,14 @@ def rollout(policy: Engine, critic: Engine | None, reference: Any, reward: Rewar
                               temperature=cfg.generation.temperature, top_p=cfg.generation.top_p, top_k=0,
                               max_new_tokens=cfg.generation.max_new_tokens, pad_token_id=pad,
                               eos_token_id=stop_ids, use_cache=True)
-    responses = out[:, prompt_len:]  # (B, R)
-    response_mask = response_mask_from_stop(responses, stop_ids)  # (B, R), 1 up to and incl. the stop
+    policy.train()
+    responses = out[:, prompt_ids.shape[1]:]  # (B, R)
+    keep = response_mask_from_stop(responses, stop_ids).bool()  # (B, R), up to and incl. the stop
     finished = torch.isin(responses, torch.tensor(stop_ids, device=responses.device)).any(dim=1)  # (B,)
-    responses = truncate_after_stop(responses, stop_ids, pad)
-    timing["generate"] = time.perf_counter() - start
+    kept = [responses[i][keep[i]].tolist() for i in range(len(prompts))]
+    timing["generate"] = timing.get("generate", 0.0) + time.perf_counter() - start
 
-    # 2. score ----------------------------------------------------------------------------------
     start = time.perf_counter()
-    kept = [responses[i][response_mask[i].bool()].tolist() for i in range(len(prompts))]
     texts = [tokenizer.decode(r, skip_special_tokens=True) for r in kept]
     raw_scores = reward(prompts, kept).to(device).float()  # (B,)
     scores = raw_scores.clone()
@@ -167,18 +168,91 @@ def rollout(policy: Engine, critic: Engine | None, reference: Any, reward: Rewar
         scores = (scores - stats["mean"]) / stats["std"]
     if cfg.reward_clip is not None:
         scores = scores.clamp(-cfg.reward_clip, cfg.reward_clip)
-    rule_scores, rule_terms = None, {}
+    rule_terms = None
     if rules and cfg.rule_reward_weight > 0:
         from alignment.evaluation.policies import check_answer
 
         passed = [list(check_answer(t, rules).values()) for t in texts]
         weights = [cfg.rule_weights.get(rule.name, 1.0) for rule in rules]
-        terms = rule_reward_terms(passed, cfg.rule_reward_weight, weights).to(device)  # (B, J)
-        rule_scores = terms.sum(dim=1)  # (B,)
-        rule_terms = {f"rule_reward/{rule.name}": float(terms[:, j].mean()) for j, rule in enumerate(rules)}
-        scores = scores + rule_scores
+        rule_terms = rule_reward_terms(passed, cfg.rule_reward_weight, weights).to(device)  # (B, J)
+        scores = scores + rule_terms.sum(dim=1)
     scores = scores - cfg.missing_eos_penalty * (~finished).float()
-    timing["score"] = time.perf_counter() - start
+    timing["score"] = timing.get("score", 0.0) + time.perf_counter() - start
+    return {"prompts": list(prompts), "responses": kept, "finished": finished, "texts": texts,
+            "raw_scores": raw_scores, "scores": scores, "rule_terms": rule_terms}
+
+
+def _take(samples: Samples, rows: Sequence[int]) -> Samples:
+    """The answers at ``rows``, in that order."""
+    index = torch.tensor(list(rows), dtype=torch.long, device=samples["scores"].device)
+    return {key: (None if value is None else value[index] if torch.is_tensor(value) else [value[i] for i in rows])
+            for key, value in samples.items()}
+
+
+def _join(a: Samples, b: Samples) -> Samples:
+    return {key: (None if value is None else torch.cat([value, b[key]]) if torch.is_tensor(value) else value + b[key])
+            for key, value in a.items()}
+
+
+def dynamic_sampling(first: Samples, sample_more: Callable[[int], Samples], cfg: PPOConfig) -> tuple[
+        Samples, int]:
+    """DAPO's dynamic sampling: keep the prompts whose answers got different rewards, sample more rounds
+    (``sample_more(round)``) while the batch has fewer of them than it has prompts, at most
+    ``cfg.dynamic_sampling_max_rounds`` rounds in all; fill what is still missing with the dropped prompts
+    (zero advantage, so the batch keeps its size). Every process runs the same number of rounds (generation
+    under ZeRO-3 gathers weights collectively). Returns the batch and the number of rounds."""
+    k = cfg.num_generations
+    groups = len(first["prompts"]) // k
+    kept: list[Samples] = []
+    dropped: list[Samples] = []
+    rounds, samples, have = 0, first, 0
+    while True:
+        rounds += 1
+        informative = informative_groups(samples["scores"], k).tolist()  # (G,)
+        for flag, into in ((True, kept), (False, dropped)):
+            rows = [g * k + j for g, ok in enumerate(informative) if ok == flag for j in range(k)]
+            if rows:
+                into.append(_take(samples, rows))
+        have += sum(informative)
+        short = dist.all_reduce_sum([float(have < groups)])[0] > 0  # any process short: all sample again
+        if not short or rounds >= cfg.dynamic_sampling_max_rounds:
+            break
+        samples = sample_more(rounds)
+    batch = functools.reduce(_join, kept + dropped)
+    return _take(batch, range(groups * k)), rounds
+
+
+@torch.no_grad()
+def rollout(policy: Engine, critic: Engine | None, reference: Any, reward: RewardFn,
+            critic_scores: LastTokenScores | None, prompts: list[list[int]], cfg: PPOConfig, tokenizer: Any,
+            stop_ids: list[int], stats: dict[str, float] | None, kl_coef: float,
+            rules: Sequence[Policy] | None = None,
+            more_prompts: Callable[[int], list[list[int]]] | None = None) -> dict[str, Any]:
+    """Generate, score and evaluate one batch of prompts; everything the PPO update needs.
+
+    ``rules``: with ``cfg.rule_reward_weight`` > 0, the rule reward is added to the normalised score.
+    ``more_prompts(round)``: the prompt rows of a further generation round (``cfg.dynamic_sampling``)."""
+    device = dist.device()
+    timing: dict[str, float] = {}
+    pad = tokenizer.pad_token_id
+
+    # 1-2. generate and score (more rounds with dynamic sampling) ---------------------------------
+    samples = sample_answers(policy, reward, prompts, cfg, tokenizer, stop_ids, stats, rules, timing)
+    sampling: dict[str, float] = {}
+    if cfg.num_generations > 1:  # how many prompts' answers differ at all: the group estimators' signal
+        sampling["rollout/informative_prompts"] = float(
+            informative_groups(samples["scores"], cfg.num_generations).float().mean())
+    if cfg.dynamic_sampling:
+        if more_prompts is None:
+            raise ValueError("dynamic sampling needs more_prompts")
+        samples, rounds = dynamic_sampling(
+            samples, lambda r: sample_answers(policy, reward, more_prompts(r), cfg, tokenizer, stop_ids, stats,
+                                              rules, timing), cfg)
+        sampling["rollout/sampling_rounds"] = float(rounds)
+    prompt_ids, prompt_mask = (t.to(device) for t in pad_sequences(samples["prompts"], pad, left=True))  # (B, P)
+    responses, response_mask = (t.to(device) for t in pad_sequences(samples["responses"], pad))  # (B, R)
+    prompt_len = prompt_ids.shape[1]
+    finished, scores, raw_scores = samples["finished"], samples["scores"], samples["raw_scores"]
 
     # 3. evaluate: policy and reference log-probs, values ---------------------------------------
     start = time.perf_counter()
@@ -187,6 +261,7 @@ def rollout(policy: Engine, critic: Engine | None, reference: Any, reward: Rewar
     pos = positions(mask)
     inputs = {"input_ids": full, "attention_mask": mask, "position_ids": pos, "use_cache": False}
     lm_inputs = {**inputs, "logits_to_keep": responses.shape[1] + 1}  # no output layer on the prompt
+    policy.eval()
     with policy.autocast():
         if cfg.critic == "shared":
             logits, all_values = (policy.ds or policy.module)(**lm_inputs)
@@ -208,6 +283,11 @@ def rollout(policy: Engine, critic: Engine | None, reference: Any, reward: Rewar
     m = response_mask.float()
     advantages, returns, kl = advantages_of(scores, old_logps, ref_logps, values * m, m, cfg, kl_coef)
     lengths = m.sum(dim=1)
+    rule_terms = samples["rule_terms"]
+    rule_metrics = {}
+    if rule_terms is not None:
+        rule_metrics = {"objective/rule_reward": float(rule_terms.sum(dim=1).mean()),
+                        **{f"rule_reward/{rule.name}": float(rule_terms[:, j].mean()) for j, rule in enumerate(rules)}}
     return {
         "full": full, "mask": mask, "positions": pos, "responses": responses, "response_mask": m,
         "prompt_len": prompt_len, "old_logps": old_logps, "ref_logps": ref_logps, "values": values * m,
@@ -220,10 +300,10 @@ def rollout(policy: Engine, critic: Engine | None, reference: Any, reward: Rewar
             "objective/non_score_reward": float((-kl_coef * kl * m).sum(dim=1).mean()),
             "rollout/response_length": float(lengths.mean()),
             "rollout/unfinished": float((~finished).float().mean()),
-            **({"objective/rule_reward": float(rule_scores.mean())} if rule_scores is not None else {}),
-            **rule_terms,
+            **rule_metrics,
+            **sampling,
         },
-        "texts": texts,
+        "texts": samples["texts"],
         "timing": timing,
     }
 
@@ -436,7 +516,8 @@ def run_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> Path:
         # the answers to one prompt are consecutive rows: the group estimators compare them
         batch_prompts = [prompts[i] for i in idx for _ in range(cfg.num_generations)]
         batch = rollout(policy, critic, reference, reward, critic_scores, batch_prompts, cfg, tokenizer,
-                        stop_ids, stats, kl_ctl.value, policies)
+                        stop_ids, stats, kl_ctl.value, policies,
+                        more_prompts=lambda r, s=step: extra_prompts(prompts, cfg, s, r))
         learn_start = time.perf_counter()
         metrics = ppo_update(policy, critic, critic_scores, batch, cfg, kl_ctl.value)
         timing = {**batch["timing"], "train": time.perf_counter() - learn_start}
@@ -471,6 +552,16 @@ def run_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> Path:
     dist.barrier()
     tracker.close()
     return out / "model"
+
+
+def extra_prompts(prompts: list[list[int]], cfg: PPOConfig, step: int, round_: int) -> list[list[int]]:
+    """The prompt rows of dynamic sampling's round ``round_`` (>= 1) of ``step`` on this process:
+    ``train.batch_size`` prompts drawn from the whole set, each ``num_generations`` times. Drawn from a
+    generator seeded by (seed, step, round, rank), so a resumed run draws what the uninterrupted one drew."""
+    key = ((cfg.train.seed * 1_000_003 + step) * 1_009 + round_) * 1_013 + dist.rank()
+    rng = torch.Generator().manual_seed(key % (2**63 - 1))
+    idx = torch.randint(len(prompts), (cfg.train.batch_size,), generator=rng).tolist()
+    return [prompts[i] for i in idx for _ in range(cfg.num_generations)]
 
 
 def _no_model_reward(prompts: list[list[int]], responses: list[list[int]]) -> torch.Tensor:

@@ -278,6 +278,23 @@ def group_advantages(scores: Tensor, group_size: int, kind: GroupEstimator, eps:
     return out.reshape(-1)
 
 
+def informative_groups(scores: Tensor, group_size: int, tol: float = 1e-6) -> Tensor:
+    """Which prompts' answers did not all get the same reward: (B,) scores, ``group_size`` consecutive answers
+    per prompt -> (B / group_size,) bool. A group whose rewards are all equal gets a zero advantage from every
+    group baseline, so it adds nothing to the policy gradient; DAPO's dynamic sampling (Yu et al. 2025,
+    arXiv 2503.14476, Sec. 3.2) drops such groups and samples other prompts in their place.
+
+    Args:
+        scores: (B,) one reward per answer, B a multiple of group_size.
+        group_size: k >= 1 answers per prompt (a group of one is never informative).
+        tol: rewards closer than this count as equal.
+    """
+    if scores.ndim != 1 or scores.shape[0] % group_size:
+        raise ValueError(f"expected (B,) scores with B a multiple of {group_size}, got {tuple(scores.shape)}")
+    groups = scores.view(-1, group_size)  # (G, k)
+    return (groups.max(dim=1).values - groups.min(dim=1).values) > tol  # (G,)
+
+
 def group_mean_baseline(scores: Tensor, group_size: int) -> Tensor:
     """``scores`` minus the mean of their group (``group_size`` consecutive answers per prompt); unchanged
     when group_size is 1. The baseline of REINFORCE++ with several answers per prompt (Hu 2025,

@@ -38,7 +38,9 @@ def _curves(phase: str, rows: list[dict[str, Any]]) -> str:
               ("reward", ("objective/scores", "objective/rewards")),
               ("KL to the reference", ("objective/kl",)),
               ("policy adherence of samples", sorted({k for r in rows for k in r if k.startswith("adherence/")})),
-              ("rule reward per rule", sorted({k for r in rows for k in r if k.startswith("rule_reward/")}))]
+              ("rule reward per rule", sorted({k for r in rows for k in r if k.startswith("rule_reward/")})),
+              # group estimators: how many prompts' answers differed at all (the rest teach nothing)
+              ("prompts with a learning signal", ("rollout/informative_prompts",))]
     panels = [(title, [k for k in keys if any(k in r for r in rows)]) for title, keys in panels]
     panels = [(title, keys) for title, keys in panels if keys]
     if not panels:

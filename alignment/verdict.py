@@ -51,6 +51,9 @@ LOSS_BARELY_FELL = 0.05
 
 STATUSES = ("learned", "no gain", "regressed", "not measured")
 _ALGORITHMS = {"sft": "SFT", "dpo": "DPO", "ppo": "PPO"}
+# the `advantage` of a ppo-kind phase names the algorithm it ran
+_ESTIMATORS = {"gae": "PPO", "grpo": "GRPO", "dr_grpo": "Dr. GRPO", "rloo": "RLOO", "reinforce_pp": "REINFORCE++"}
+FEW_INFORMATIVE = 0.25  # below: most prompts' sampled answers all scored alike
 
 
 @dataclass
@@ -386,6 +389,16 @@ def _cause(p: PhaseNode, algorithm: str, v: dict[str, Any], before: dict[str, An
                 f"lower {_now(d, 'train.lr')}" + (f" and raise {_now(d, leash)}" if leash else "")
                 + f"; or raise `evaluation.max_new_tokens`{eval_limit}.")
 
+    informative = d.get("informative_prompts")
+    if p.kind == "ppo" and status == "no gain" and isinstance(informative, (int, float)) \
+            and informative < FEW_INFORMATIVE:
+        k = _config(d, "num_generations")
+        return (f"in only {informative:.0%} of its rollout prompts did the {k if isinstance(k, int) else 'several'} "
+                f"sampled answers score differently; {algorithm} compares the answers to one prompt, so the rest "
+                "taught nothing.",
+                f"raise {_now(d, 'num_generations')} or {_now(d, 'generation.temperature')}, or set "
+                "`dynamic_sampling: true` (fresh prompts replace those whose answers all scored alike).")
+
     # a policy that no answer follows before or after: nothing to reinforce (a regression has other causes)
     stuck = [k for k, c in changes.items() if c["before_count"] == 0 and c["after_count"] == 0 and status == "no gain"]
     if stuck and "all" in stuck and len(stuck) > 1:
@@ -508,6 +521,11 @@ def phase_diagnostics(phase_dir: Path, kind: str) -> dict[str, Any]:
     elif kind == "ppo":
         d["rollout_unfinished"] = tail_mean("rollout/unfinished")
         d["kl"] = tail_mean("objective/kl")
+        advantage = (d.get("config") or {}).get("advantage")
+        if advantage in _ESTIMATORS and advantage != "gae":
+            d["algorithm"] = _ESTIMATORS[advantage]
+        if series("rollout/informative_prompts"):
+            d["informative_prompts"] = _mean(series("rollout/informative_prompts"))
         adherence = {k[len("adherence/"):]: max(series(k)) for k in {k for r in rows for k in r}
                      if k.startswith("adherence/") and series(k)}
         if adherence:

@@ -179,6 +179,23 @@ def test_ppo_never_samples_the_preferred_behaviour():
     assert "`data.preferred` in the sft recipe" in v["fix"]
 
 
+def test_group_estimator_whose_answers_all_scored_alike():
+    """RLOO with 4 answers per prompt: when most groups scored alike, the verdict says why nothing was learned."""
+    config = {"advantage": "rloo", "num_generations": 4, "generation": {"temperature": 0.7}}
+    results = _results(_model("base", _first(5)), _model("sft", _first(30)), _model("rules", _first(31)))
+    rules = PhaseNode("rules", "ppo", "sft")
+    d = {"rules": {"algorithm": "RLOO", "informative_prompts": 0.1, "config": config}}
+    v = _by_phase(learning_verdicts(results, [SFT, rules], d))["rules"]
+    assert v["status"] == "no gain" and v["algorithm"] == "RLOO"
+    assert v["summary"].startswith("rules (RLOO) ")
+    assert v["cause"] == ("in only 10% of its rollout prompts did the 4 sampled answers score differently; RLOO "
+                          "compares the answers to one prompt, so the rest taught nothing.")
+    assert v["fix"] == ("raise `num_generations` (now 4) or `generation.temperature` (now 0.7), or set "
+                        "`dynamic_sampling: true` (fresh prompts replace those whose answers all scored alike).")
+    d["rules"]["informative_prompts"] = 0.6  # enough signal: another cause
+    assert "scored differently" not in _by_phase(learning_verdicts(results, [SFT, rules], d))["rules"]["cause"]
+
+
 def test_ceiling_and_weak_reward_model():
     results = _results(_model("base", _first(5)), _model("sft", _first(39)), _model("ppo", _first(39)))
     v = _by_phase(learning_verdicts(results, [SFT, PPO]))["ppo"]
@@ -305,6 +322,11 @@ def test_phase_diagnostics_read_from_the_phase_folders(tmp_path):
     assert d["rollout_adherence"] == {"signoff": 0.0, "no_promise": pytest.approx(0.2)}
     assert d["reward_model_diagnostics"] == {"accuracy": 0.97, "pairs": 80}
     assert phase_diagnostics(tmp_path / "missing", "ppo") == {"rollout_unfinished": None, "kl": None}
+    _jsonl(tmp_path / "rules" / "metrics.jsonl", [{"step": 1, "rollout/informative_prompts": 0.25},
+                                                  {"step": 2, "rollout/informative_prompts": 0.75}])
+    (tmp_path / "rules" / "config.yaml").write_text("advantage: rloo\nnum_generations: 4\n")
+    d = phase_diagnostics(tmp_path / "rules", "ppo")
+    assert d["algorithm"] == "RLOO" and d["informative_prompts"] == 0.5
 
 
 def test_format_verdicts_one_line_per_phase():

@@ -205,21 +205,28 @@ def test_critic_free_estimators_learn_the_paid_token(tmp_path, chatty_policy, pr
     assert rows[-1]["perf/episodes_per_second"] > 0
 
 
-def test_group_estimator_with_kl_in_the_loss_resumes_exactly(tmp_path, chatty_policy, prompts_file):
-    """GRPO-style: k3 KL as a loss term, clip-higher; a run resumed at step 2 matches the uninterrupted one."""
+@pytest.mark.parametrize("dynamic", [False, True], ids=["grpo", "dapo"])
+def test_group_estimator_with_kl_in_the_loss_resumes_exactly(tmp_path, chatty_policy, prompts_file, dynamic):
+    """GRPO-style: k3 KL as a loss term, clip-higher (and DAPO's dynamic sampling); a run resumed at step 2
+    matches the uninterrupted one, the extra generation rounds included."""
     from alignment.modeling import load_tokenizer
     from alignment.ppo import run_ppo
 
     def run(out: Path) -> list[dict]:
         cfg = load_config(PPOConfig, None, _overrides(
             chatty_policy, prompts_file, out, advantage="grpo", num_generations=2, kl_penalty="loss",
-            kl_coef=0.1, clip_range_high=0.28, **{"train.batch_size": 4, "train.max_steps": 4,
-                                                  "train.save_every": 2, "train.keep_checkpoints": 5}))
+            kl_coef=0.1, clip_range_high=0.28, dynamic_sampling=dynamic,
+            **{"train.batch_size": 4, "train.max_steps": 4, "train.save_every": 2, "train.keep_checkpoints": 5}))
         run_ppo(cfg, reward_fn=_yes_reward(load_tokenizer(chatty_policy)))
         return read_metrics(out / "metrics.jsonl")
 
     full = run(tmp_path / "full")
     assert all("policy/kl_loss" in r for r in full)
+    assert all(0 <= r["rollout/informative_prompts"] <= 1 for r in full)
+    if dynamic:  # two answers of a 1-in-4 "yes": most pairs score alike, so more rounds were sampled
+        assert max(r["rollout/sampling_rounds"] for r in full) >= 2
+    else:
+        assert "rollout/sampling_rounds" not in full[0]
     assert full[0]["objective/kl"] == pytest.approx(0.0, abs=1e-5)  # the first rollout is the reference's
     assert full[-1]["policy/kl_loss"] > 0
     part = tmp_path / "part"
@@ -228,8 +235,43 @@ def test_group_estimator_with_kl_in_the_loss_resumes_exactly(tmp_path, chatty_po
     resumed = {r["step"]: r for r in run(part)}
     assert sorted(resumed) == [3, 4]
     for row in full[2:]:
-        for key in ("objective/scores", "objective/kl", "policy/loss", "policy/kl_loss"):
+        for key in ("objective/scores", "objective/kl", "policy/loss", "policy/kl_loss",
+                    "rollout/informative_prompts"):
             assert resumed[row["step"]][key] == pytest.approx(row[key], rel=1e-4, abs=1e-6), (row["step"], key)
+
+
+def _samples(scores: list[float], tag: str) -> dict:
+    n = len(scores)
+    return {"prompts": [[i] for i in range(n)], "responses": [[ord(tag), i] for i in range(n)],
+            "finished": torch.ones(n, dtype=torch.bool), "texts": [f"{tag}{i}" for i in range(n)],
+            "raw_scores": torch.tensor(scores), "scores": torch.tensor(scores), "rule_terms": None}
+
+
+@pytest.mark.parametrize("max_rounds, texts, rounds", [
+    # round 1 keeps its second prompt; round 2 adds its first; full, so no round 3 is sampled
+    (3, ["a2", "a3", "b0", "b1"], 2),
+    # one round only: the kept prompt, then the dropped one fills the batch
+    (1, ["a2", "a3", "a0", "a1"], 1),
+])
+def test_dynamic_sampling_keeps_prompts_whose_answers_differ(prompts_file, max_rounds, texts, rounds):
+    from alignment.ppo import dynamic_sampling
+
+    cfg = load_config(PPOConfig, None, {"model": "x", "data.train": str(prompts_file), "advantage": "rloo",
+                                        "num_generations": 2, "train.batch_size": 2, "dynamic_sampling": True,
+                                        "dynamic_sampling_max_rounds": max_rounds})
+    rounds_asked = []
+    more = {1: _samples([1.0, 0.0, 5.0, 5.0], "b"), 2: _samples([0.0, 1.0, 1.0, 0.0], "c")}
+
+    def sample_more(r: int) -> dict:
+        rounds_asked.append(r)
+        return more[r]
+
+    batch, n = dynamic_sampling(_samples([0.5, 0.5, 0.0, 1.0], "a"), sample_more, cfg)
+    assert (batch["texts"], n) == (texts, rounds)
+    assert rounds_asked == list(range(1, rounds))
+    by_text = {"a0": 0.5, "a1": 0.5, "a2": 0.0, "a3": 1.0, "b0": 1.0, "b1": 0.0}
+    assert batch["scores"].tolist() == [by_text[t] for t in texts]  # every field follows its answer
+    assert [r[0] for r in batch["responses"]] == [ord(t[0]) for t in texts]
 
 
 @pytest.mark.parametrize("overrides, field", [
@@ -239,6 +281,10 @@ def test_group_estimator_with_kl_in_the_loss_resumes_exactly(tmp_path, chatty_po
     ({"num_generations": 0}, "num_generations"),
     ({"advantage": "rloo", "num_generations": 3, "train.batch_size": 3, "num_minibatches": 2}, "num_minibatches"),
     ({"clip_range_high": 0.1}, "clip_range_high"),
+    ({"dynamic_sampling": True}, "dynamic_sampling"),
+    ({"advantage": "reinforce_pp", "dynamic_sampling": True}, "dynamic_sampling"),
+    ({"advantage": "rloo", "num_generations": 2, "dynamic_sampling": True, "dynamic_sampling_max_rounds": 0},
+     "dynamic_sampling_max_rounds"),
 ])
 def test_estimator_settings_that_would_train_the_wrong_thing_are_refused(prompts_file, overrides, field):
     from alignment.errors import AlignError

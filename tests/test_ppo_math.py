@@ -534,6 +534,17 @@ def test_rloo_matches_a_leave_one_out_loop():
     assert group_advantages(scores, k, "rloo").tolist() == pytest.approx(expected)
 
 
+def test_informative_groups_by_hand():
+    from alignment.ppo_math import informative_groups
+
+    # groups of 3: [1, 1, 1] all equal; [0, 1, 0] differ; [2, 2, 2 + 1e-9] equal within tol; [-1, 0.5, -1] differ
+    scores = t([1.0, 1.0, 1.0, 0.0, 1.0, 0.0, 2.0, 2.0, 2.0 + 1e-9, -1.0, 0.5, -1.0])
+    assert informative_groups(scores, 3).tolist() == [False, True, False, True]
+    assert informative_groups(t([0.0, 0.0]), 1).tolist() == [False, False]  # one answer compares with nothing
+    with pytest.raises(ValueError, match="multiple of 3"):
+        informative_groups(t([1.0, 2.0]), 3)
+
+
 def test_group_advantages_refuse_bad_groups():
     from alignment.ppo_math import group_advantages
 
