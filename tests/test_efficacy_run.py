@@ -29,12 +29,15 @@ def test_domain_pipelines_differ_only_in_data_paths(tmp_path: Path):
         path = tmp_path / name / "pipeline.yaml"
         path.write_text(yaml.safe_dump(raw))
         cfg = load_pipeline(path, [])  # the framework accepts it
-        assert [p.kind for p in cfg.phases] == ["sft", "rm", "ppo", "dpo"]  # eval left to the suite
+        assert [p.kind for p in cfg.phases] == ["sft", "rm", "ppo", "dpo", "ppo"]  # eval left to the suite
         for step in cfg.phases:
             phase = load_config(PHASES[step.kind].config, step.recipe, step.overrides)
             assert Path(phase.data.train).parent == data and Path(phase.data.train).exists()
             if step.kind == "ppo":
                 assert Path(phase.policies) == data / "policies.yaml"
+            if step.name == "rules":  # the rules are the whole reward: no reward model, no critic
+                assert (phase.reward_model, phase.critic, phase.advantage) == ("", "none", "rloo")
+                assert phase.rule_reward_weight > 0 and step.overrides["model"] == "@sft"
         assert cfg.evaluation.policies == str(data / "policies.yaml")
         pipelines[name] = json.dumps(raw).replace(str(data), "DATA")
     assert pipelines["bank"] == pipelines["travel"]
@@ -79,7 +82,8 @@ def _row(all_rate: float) -> dict:
 def test_report_has_every_row_and_failures():
     domain = {"rules": ["opening_line", "no_hype_words"], "sizes": {"sft": 120, "prefs": 200, "heldout": 50},
               "models": {m: _row(0.1) for m in run.MODELS},
-              "ours": {"ok": True, "phases": {"sft": 100.0, "rm": 50.0, "ppo": 40.0, "dpo": 60.0}},
+              "ours": {"ok": True, "phases": {"sft": 100.0, "rm": 50.0, "ppo": 40.0, "dpo": 60.0,
+                                                  "rules": 30.0}},
               "trl": {"ok": False, "phases": {"sft": 300.0}, "error": "ValueError: boom (log: x)"}}
     domain["models"]["trl-dpo"] = {"ok": False, "error": "evaluation failed: OSError: no model"}
     report = {"date": "2026-12-01 18:00 UTC", "machine": {"cpu": "CPU X", "cpu_flags": ["avx512_bf16"], "cores": 2},
@@ -91,6 +95,7 @@ def test_report_has_every_row_and_failures():
         assert f"| {title} |" in table
     assert "| DPO | 10.0% | 50.0% | 25.0% | 80.0% | 90.0% | 60 | 1 | dpo 60 s | 12 |" in table
     assert "| RM+PPO | 10.0% |" in table and "rm 50 s + ppo 40 s" in table
+    assert "| rules RLOO | 10.0% | 50.0% | 25.0% | 80.0% | 90.0% | 60 | 1 | rules 30 s | 12 |" in table
     assert "| TRL SFT+DPO | evaluation failed: OSError: no model |" in table
     assert "trl: ValueError: boom" in table
     assert "CPU X (avx512_bf16), 2 cores" in text and "2026-12-01 18:00 UTC" in text
@@ -137,7 +142,7 @@ def test_quick_run_produces_every_row(tmp_path: Path, tiny_model_dir: Path, caps
         assert row.count("%") == 6, row  # all rules, three rules, content, facts: a number in every column
     results = json.loads((tmp_path / "w" / "results.json").read_text())["domains"]["it"]
     assert set(results["models"]) == set(run.MODELS) and all(r["ok"] for r in results["models"].values())
-    assert set(results["ours"]["phases"]) == {"sft", "rm", "ppo", "dpo"}
+    assert set(results["ours"]["phases"]) == {"sft", "rm", "ppo", "dpo", "rules"}
     assert set(results["trl"]["phases"]) == {"sft", "dpo"}
     answers = json.loads((tmp_path / "w" / "it" / "eval" / "dpo.json").read_text())["answers"]
     assert len(answers) == 40 and all("content" in a for a in answers)

@@ -55,8 +55,9 @@ QUICK_WORKDIR = REPO / "runs" / "efficacy-quick"
 
 SIDES = ("ours", "trl")
 # Row order of every table, and how each row is named there.
-MODELS = ("base", "sft", "dpo", "ppo", "trl-sft", "trl-dpo")
-TITLES = {"base": "base", "sft": "SFT", "dpo": "DPO", "ppo": "RM+PPO", "trl-sft": "TRL SFT", "trl-dpo": "TRL SFT+DPO"}
+MODELS = ("base", "sft", "dpo", "ppo", "rules", "trl-sft", "trl-dpo")
+TITLES = {"base": "base", "sft": "SFT", "dpo": "DPO", "ppo": "RM+PPO", "rules": "rules RLOO", "trl-sft": "TRL SFT",
+          "trl-dpo": "TRL SFT+DPO"}
 # The only keys the suite sets on a phase recipe per domain: where its data is.
 # Optional data settings: pointed at the domain's file only when the recipe uses them.
 OPTIONAL_DATA_KEYS = {"sft": {"data.preferred": "prefs.jsonl"}}
@@ -217,8 +218,9 @@ def run_ours(args: argparse.Namespace, domain: str, folder: Path) -> dict[str, A
         marker = folder / "ours" / step["name"] / "complete.json"
         if marker.exists():  # seconds of the run that completed the phase (also when this run skipped it)
             result["phases"][step["name"]] = json.loads(marker.read_text())["seconds"]
-            if step["kind"] in ("sft", "dpo", "ppo"):
-                result["models"][step["kind"]] = str(folder / "ours" / step["name"] / "model")
+            if step["kind"] in ("sft", "dpo", "ppo"):  # a row of its own when its name is one (rules)
+                row = step["name"] if step["name"] in MODELS else step["kind"]
+                result["models"][row] = str(folder / "ours" / step["name"] / "model")
     if rc != 0:
         reason = "killed after the timeout" if rc in (-9, 137) else f"exit code {rc}"
         result["error"] = f"align run failed ({reason}; log: {folder / 'logs' / 'ours.log'})"
@@ -338,7 +340,7 @@ def _secs(x: float | None) -> str:
 def training_cell(label: str, ours: Mapping[str, Any], trl: Mapping[str, Any]) -> str:
     """The training phases that produced a model, with their seconds (each phase's own time)."""
     phases = {"sft": [("sft", ours)], "dpo": [("dpo", ours)], "ppo": [("rm", ours), ("ppo", ours)],
-              "trl-sft": [("sft", trl)], "trl-dpo": [("dpo", trl)]}.get(label, [])
+              "rules": [("rules", ours)], "trl-sft": [("sft", trl)], "trl-dpo": [("dpo", trl)]}.get(label, [])
     parts = []
     for name, side in phases:
         seconds = (side.get("phases") or {}).get(name)
@@ -408,8 +410,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "Columns: *all rules*: share of held-out answers that follow every rule; one column per rule; "
         "*content*: share that mention every key fact of their topic (regexes in `content.json`); *facts*: mean "
         "share of key facts mentioned; *tokens*: mean answer length; *unfinished*: answers cut at the token "
-        "limit; *training*: the phases that made the model, each with its own wall time (DPO and RM+PPO start "
-        "from SFT, TRL SFT+DPO from TRL SFT); *eval s*: generation and checks.",
+        "limit; *training*: the phases that made the model, each with its own wall time (DPO, RM+PPO and rules "
+        "RLOO start from SFT, TRL SFT+DPO from TRL SFT); *eval s*: generation and checks. *rules RLOO*: "
+        "critic-free RL (RLOO, 4 answers per prompt) with the domain's rules as the whole reward, no reward model.",
         "",
         "## Summary (all-rules adherence and content per domain)",
         "",
