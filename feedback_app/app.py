@@ -44,6 +44,7 @@ from feedback_app.security import Guard, Uploads
 from feedback_app.store import (
     DEFAULT_CLAIM_TTL_MINUTES,
     MAX_TEXT,
+    GoldScore,
     Item,
     Judgment,
     Project,
@@ -52,6 +53,7 @@ from feedback_app.store import (
     StoreError,
     User,
     display_order,
+    gold_accuracy,
 )
 
 K_MAX = 8  # response slots on the page; projects use 2..K_MAX candidates per prompt
@@ -540,8 +542,15 @@ class AdminSection:
             self.refresh = gr.Button("Refresh dashboard", elem_id="refresh-dashboard")
             self.summary = gr.Markdown(elem_id="dashboard-summary")
             self.per_user = gr.Dataframe(headers=["annotator", "items judged", "revisions", "last activity",
-                                                  "open claims", "oldest open claim"],
+                                                  "open claims", "oldest open claim", "gold judged",
+                                                  "gold accuracy"],
                                          interactive=False, elem_id="per-user")
+            # Gold items: orderings the admin knows, against which the table above scores each annotator.
+            with gr.Row():
+                self.gold_file = gr.File(label="Gold orderings (JSONL: item_id or prompt, ordering best first)",
+                                         type="filepath", elem_id="gold-file")
+                self.import_gold = gr.Button("Import gold orderings", elem_id="import-gold")
+            self.gold_msg = gr.Markdown(elem_id="gold-msg")
             # Claims: how long one holds before another annotator may take the item, and releasing the
             # claims of an annotator who left (or of one prompt) at once.
             with gr.Row():
@@ -714,6 +723,26 @@ class AdminSection:
                            api_name="admin_dashboard")
         self.wire_claims()
 
+        def import_gold(name: str | None, path: str | None, request: gr.Request) -> list[Any]:
+            require(store, request, "admin")
+            if not path:
+                return ["Choose a gold orderings file first.", gr.skip()]
+            if not self._uploaded(path):
+                return ["**Not imported:** upload the file again.", gr.skip()]
+            project = self._project(name)
+            try:
+                marked, cleared = store.import_gold(project.id, path, source=Path(path).name)
+            except StoreError as e:  # names file, line and field; nothing of the file was stored
+                return [f"**Not imported:** {html.escape(_without_folder(str(e), path))}", gr.skip()]
+            n = len(store.gold(project.id))
+            text = (f"{marked} item{'s' if marked != 1 else ''} marked gold"
+                    + (f", {cleared} cleared" if cleared else "")
+                    + f". Project **{html.escape(project.name)}** has {n} gold item{'s' if n != 1 else ''}.")
+            return [text, annotator_table(store, project)]
+
+        self.import_gold.click(import_gold, [self.project_dd, self.gold_file], [self.gold_msg, self.per_user],
+                               api_name="admin_import_gold")
+
         def export(name: str | None, policy: str, request: gr.Request) -> list[Any]:
             require(store, request, "admin")
             project = self._project(name)
@@ -777,7 +806,7 @@ class AdminSection:
                             api_name="admin_save_claim_ttl")
 
         def after_release(project: Project, message: str) -> list[Any]:
-            return [message, annotator_rows(store, project), who_choices(project)]
+            return [message, annotator_table(store, project), who_choices(project)]
 
         def release_user(name: str | None, who: str | None, request: gr.Request) -> list[Any]:
             require(store, request, "admin")
@@ -836,7 +865,8 @@ def skipped_text(skipped: list[str]) -> str:
 
 
 def annotator_rows(store: Store, project: Project, latest: list[StoredJudgment] | None = None) -> list[list[Any]]:
-    """The dashboard's per-annotator table: judged items, revisions, last activity, open claims, oldest one."""
+    """Activity per annotator: judged items, revisions, last activity, open claims, oldest one (the dashboard
+    shows these with the gold columns: :func:`annotator_table`)."""
     latest = store.latest_judgments(project.id) if latest is None else latest
     per_user: dict[str, list[Any]] = {}
     for sj in latest:
@@ -851,6 +881,28 @@ def annotator_rows(store: Store, project: Project, latest: list[StoredJudgment] 
         row[5] = age_text(now - c.oldest_at) + (f" ({c.expired} expired)" if c.expired else "")
     return [[r[0], r[1], r[2], time.strftime("%Y-%m-%d %H:%M", time.localtime(r[3])) if r[3] else "", r[4], r[5]]
             for r in sorted(per_user.values())]
+
+
+def gold_text(score: GoldScore | None) -> str:
+    """An annotator's gold accuracy for the table: the mean pairwise agreement, and the judgments not scored."""
+    if score is None or not score.judged:
+        return ""
+    text = "n/a" if score.accuracy is None else f"{score.accuracy:.3f}"
+    unscored = score.judged - score.scored
+    return text + (f" ({unscored} all unacceptable)" if unscored else "")
+
+
+def annotator_table(store: Store, project: Project, latest: list[StoredJudgment] | None = None) -> list[list[Any]]:
+    """The dashboard's per-annotator table: :func:`annotator_rows` and, per annotator, the gold items they
+    judged and their accuracy on them (:func:`feedback_app.store.gold_accuracy`). Admins only: it is computed
+    from the gold orderings."""
+    latest = store.latest_judgments(project.id) if latest is None else latest
+    scores = gold_accuracy(latest, store.gold(project.id))
+    out = []
+    for row in annotator_rows(store, project, latest):
+        score = scores.get(row[0])
+        out.append([*row, score.judged if score else 0, gold_text(score)])
+    return out
 
 
 def dashboard_values(store: Store, project: Project) -> list[Any]:
@@ -869,7 +921,7 @@ def dashboard_values(store: Store, project: Project) -> list[Any]:
         for values in sj.judgment.tags.values():
             tags.update(values)
     report = agreement(rankings)
-    users_table = annotator_rows(store, project, latest)
+    users_table = annotator_table(store, project, latest)
     dis = []
     for item_id, tau in report.disagreements[:50]:
         item = store.item(int(item_id))
@@ -880,7 +932,8 @@ def dashboard_values(store: Store, project: Project) -> list[Any]:
     summary = (f"**{len(latest)}** current judgments from **{len(annotators)}** annotators · "
                f"**{report.items}** prompts judged by 2+ annotators · mean Kendall tau-b **{fmt(report.mean_tau)}** · "
                f"Krippendorff's alpha (ordinal) **{fmt(report.alpha)}** · **{len(report.disagreements)}** prompts "
-               f"with strong disagreement (tau ≤ 0) · {unacceptable} marked all unacceptable")
+               f"with strong disagreement (tau ≤ 0) · {unacceptable} marked all unacceptable · "
+               f"**{len(store.gold(project.id))}** gold items")
     tag_df = pd.DataFrame({"tag": list(tags), "count": [tags[t] for t in tags]}) if tags else \
         pd.DataFrame({"tag": [], "count": []})
     # An explicit y range from 0: with every count equal, the plot's automatic range collapses to one

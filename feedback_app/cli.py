@@ -1,4 +1,4 @@
-"""``align app``, ``align app users ...`` and ``align feedback export``."""
+"""``align app``, ``align app users ...``, ``align feedback export``, ``check`` and ``gold``."""
 
 from __future__ import annotations
 
@@ -58,6 +58,11 @@ def add_parsers(sub: Any) -> None:
     e.add_argument("--project", help="one project (default: all)")
     c = fsub.add_parser("check", help="integrity check of the store")
     c.add_argument("--store", default=DEFAULT_STORE)
+    g = fsub.add_parser("gold", help="mark items gold from a JSONL file of orderings (item_id or prompt, "
+                                     "ordering best first; null clears)")
+    g.add_argument("file", help="JSONL: one object per item with 'item_id' or 'prompt', and 'ordering'")
+    g.add_argument("--store", default=DEFAULT_STORE)
+    g.add_argument("--project", default="default", help="the project the items are in (default: default)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -94,6 +99,15 @@ def run(args: argparse.Namespace) -> int:
                 print(p)
             print("ok" if not problems else f"{len(problems)} problem(s)")
             return 0 if not problems else 1
+        if args.feedback_command == "gold":
+            store = Store(args.store, create=False)
+            project = store.project(args.project)
+            if project is None:
+                raise StoreError(f"no project '{args.project}' in {store.url}")
+            marked, cleared = store.import_gold(project.id, args.file)
+            print(f"{marked} item(s) marked gold, {cleared} cleared; project {project.name} has "
+                  f"{len(store.gold(project.id))} gold item(s)")
+            return 0
     except StoreError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

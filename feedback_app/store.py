@@ -21,6 +21,10 @@ make it safe to run under many annotators and to kill at any moment:
   free slot, and the claim is taken again for it in the same transaction;
 - a store made by an older version is brought up to date when it is opened (:meth:`Store._upgrade`):
   new tables are created, new columns added with their defaults.
+
+Gold items (:meth:`Store.set_gold`, :meth:`Store.import_gold`) live in a table of their own that nothing on
+the annotator's path reads: an item marked gold is claimed, shown and stored like any other, and only the
+admin's dashboard (:func:`gold_accuracy`) compares judgments with the gold ordering.
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ import os
 import random
 import secrets
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,7 +79,7 @@ Tick **All unacceptable** when no answer could be given to a customer as it stan
 response you would fix) and a **negative example**: a plausible answer that must never be given.
 """
 MAX_TEXT = 20_000  # characters in a corrected answer, negative example or note
-SCHEMA_VERSION = "2"  # 2: projects.claim_ttl_minutes, released_claims
+SCHEMA_VERSION = "3"  # 2: projects.claim_ttl_minutes, released_claims; 3: gold_items
 DEFAULT_CLAIM_TTL_MINUTES = 24 * 60  # an annotator who has not submitted a claimed item in a day has left it
 MAX_CLAIM_TTL_MINUTES = 366 * 24 * 60  # longer is "never" (0); the bound keeps the value a 32-bit integer
 
@@ -162,6 +167,16 @@ released_claims = Table(
     Column("released_at", Float, nullable=False),
     Column("reason", String(16), nullable=False),  # expired | released
     UniqueConstraint("item_id", "user_id"),
+)
+
+# Items an admin marked gold, with the known ordering of their candidates (schema 3; an older store gets
+# the table when opened). A table of its own rather than a column of ``items``: the annotator's queries
+# (claims, the item shown, progress) never read it, so nothing they are served can depend on it.
+gold_items = Table(
+    "gold_items", metadata,
+    Column("item_id", Integer, ForeignKey("items.id"), primary_key=True),
+    Column("ordering", Text, nullable=False),  # JSON list of every candidate id of the item, best first
+    Column("updated_at", Float, nullable=False),
 )
 
 # Columns added to existing tables after the first release, as (table, column, SQL type and default): a
@@ -310,6 +325,15 @@ class OpenClaims:
     count: int
     oldest_at: float  # when the oldest of them was claimed
     expired: int  # how many are past the project's claim expiry (released by the next claim in the project)
+
+
+@dataclass(frozen=True)
+class GoldScore:
+    """One annotator's agreement with the gold orderings of a project (see :func:`gold_accuracy`)."""
+
+    judged: int  # gold items the annotator has a current judgment of
+    scored: int  # of those, judgments with a ranking to compare (not ticked "all unacceptable")
+    accuracy: float | None  # mean pairwise agreement over the scored ones; None when none is scored
 
 
 @dataclass(frozen=True)
@@ -687,6 +711,127 @@ class Store:
             n_judged = c.execute(select(func.count()).select_from(latest)).scalar_one()
         return {"prompts": int(n_items), "candidates": int(n_cands), "ready": int(ready), "judgments": int(n_judged)}
 
+    # -------------------------------------------------------------------------------- gold items
+
+    def set_gold(self, project_id: int, item_id: int, ordering: Sequence[int] | None) -> None:
+        """Mark an item of the project as gold with ``ordering``: every candidate id of the item once, best
+        first (ties are not expressible: a gold item has one right order). ``None`` clears the mark.
+
+        Annotators are served a gold item like any other; only the admin's dashboard reads the ordering."""
+        with self.write() as c:
+            ids = self._gold_candidates(c, project_id, item_id)
+            if ordering is not None:
+                problem = _gold_problem(list(ordering), ids)
+                if problem:
+                    raise StoreError(f"item {item_id}: {problem}")
+            self._write_gold(c, item_id, None if ordering is None else [int(x) for x in ordering])
+
+    def gold(self, project_id: int) -> dict[int, list[int]]:
+        """item id -> its gold ordering (candidate ids, best first) for every gold item of the project."""
+        q = (select(gold_items.c.item_id, gold_items.c.ordering).join(items)
+             .where(items.c.project_id == project_id).order_by(gold_items.c.item_id))
+        with self.read() as c:
+            return {int(r.item_id): [int(x) for x in json.loads(r.ordering)] for r in c.execute(q)}
+
+    def import_gold(self, project_id: int, path: str | Path, *, source: str | None = None) -> tuple[int, int]:
+        """Gold orderings from a JSONL file; returns (items marked gold, items cleared).
+
+        One object per line: the item as ``item_id`` or ``prompt`` (as in the prompts file: a string is one
+        user turn, or a list of messages), and ``ordering``, best first: every response of the item once, as
+        letters (``"A"`` is the item's first stored candidate: the first of ``responses`` in the candidates
+        file it came from) or 0-based indices in the same order; ``null`` clears the item's mark. Blank lines
+        are skipped. The first bad row is refused with a StoreError naming ``source`` (default: the path),
+        line and field, and then nothing is written: the rows are checked first, then written in one
+        transaction."""
+        name = source or str(path)
+        try:
+            raw = Path(path).read_bytes().decode("utf-8")
+        except OSError as e:  # strerror only: the message must not name the server's folders
+            raise StoreError(f"{name}: cannot read the file ({e.strerror or type(e).__name__})") from None
+        except UnicodeDecodeError:
+            raise StoreError(f"{name}: not UTF-8 text") from None
+        if self.project(project_id) is None:
+            raise StoreError(f"no project {project_id}")
+        rows: dict[int, list[int] | None] = {}
+        first_line: dict[int, int] = {}
+        # split on "\n" only: str.splitlines would also split inside a JSON string holding U+2028 and friends
+        for line, text_ in enumerate(raw.split("\n"), start=1):
+            if not text_.strip():
+                continue
+            bad = functools.partial(_gold_file_error, name, line)
+            try:
+                row = json.loads(text_)
+            except json.JSONDecodeError as e:
+                raise bad(f"not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise bad("each line is a JSON object with 'item_id' or 'prompt', and 'ordering'")
+            item_id, key = self._gold_row_item(project_id, row, bad)
+            if item_id in first_line:
+                raise bad(f"names the same item as line {first_line[item_id]}", key)
+            if "ordering" not in row:
+                raise bad("missing: the item's responses best first (null clears the item's gold mark)",
+                          "ordering")
+            first_line[item_id] = line
+            with self.read() as c:
+                ids = self._gold_candidates(c, project_id, item_id)
+            rows[item_id] = None if row["ordering"] is None else _gold_positions(row["ordering"], ids, bad)
+        with self.write() as c:
+            for item_id, ordering in rows.items():
+                self._write_gold(c, item_id, ordering)
+        marked = sum(1 for o in rows.values() if o is not None)
+        return marked, len(rows) - marked
+
+    def _gold_row_item(self, project_id: int, row: dict[str, Any],
+                       bad: Callable[..., StoreError]) -> tuple[int, str]:
+        """The item a gold file row names, and the field that named it."""
+        item_id: int | None = None
+        if "item_id" in row:
+            value = row["item_id"]
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise bad("must be an integer item id", "item_id")
+            with self.read() as c:
+                found = c.execute(select(items.c.id).where(items.c.id == value,
+                                                           items.c.project_id == project_id)).scalar()
+            if found is None:
+                raise bad(f"no item {value} in this project", "item_id")
+            item_id = int(found)
+        if "prompt" in row:
+            prompt = row["prompt"]
+            if isinstance(prompt, str):
+                prompt = [{"role": "user", "content": prompt}]
+            if not (isinstance(prompt, list) and prompt and all(
+                    isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                    for m in prompt)):
+                raise bad("must be the prompt's text or a list of messages (role, content)", "prompt")
+            by_prompt = self.item_id_for_prompt(project_id, prompt)
+            if by_prompt is None:
+                raise bad("no prompt with this text in this project", "prompt")
+            if item_id is not None and by_prompt != item_id:
+                raise bad(f"is the prompt of item {by_prompt}, not of item_id {item_id}", "prompt")
+            item_id = by_prompt
+        if item_id is None:
+            raise bad("name the item by 'item_id' or 'prompt'", "item_id")
+        return item_id, "item_id" if "item_id" in row else "prompt"
+
+    @staticmethod
+    def _gold_candidates(c: Connection, project_id: int, item_id: int) -> list[int]:
+        """The item's candidate ids in stored order; refuses an item that is not in the project."""
+        found = c.execute(select(items.c.id).where(items.c.id == item_id, items.c.project_id == project_id)).first()
+        if found is None:
+            raise StoreError(f"no item {item_id} in project {project_id}")
+        return [int(x) for x in c.execute(select(candidates.c.id).where(candidates.c.item_id == item_id)
+                                          .order_by(candidates.c.id)).scalars()]
+
+    @staticmethod
+    def _write_gold(c: Connection, item_id: int, ordering: list[int] | None) -> None:
+        """Inside a write: replace (or, for None, remove) the item's gold ordering."""
+        # The item row locked first: two admins marking one item queue on PostgreSQL instead of both
+        # inserting after the delete (SQLite's BEGIN IMMEDIATE already queues them).
+        c.execute(select(items.c.id).where(items.c.id == item_id).with_for_update())
+        c.execute(delete(gold_items).where(gold_items.c.item_id == item_id))
+        if ordering is not None:
+            c.execute(insert(gold_items).values(item_id=item_id, ordering=json.dumps(ordering), updated_at=time.time()))
+
     # -------------------------------------------------------------------------------- assignment
 
     def next_item(self, user: User, project: Project) -> int | None:
@@ -1049,6 +1194,96 @@ def display_order(user_id: int, item: Item) -> list[Candidate]:
     order = list(item.candidates)
     random.Random(f"{user_id}:{item.id}").shuffle(order)
     return order
+
+
+# ------------------------------------------------------------------------------------------------ gold
+
+
+def gold_agreement(gold: Sequence[int], ranks: Mapping[int, int]) -> float | None:
+    """The share of candidate pairs a ranking orders as the gold ordering does (pairwise agreement).
+
+    ``gold``: candidate ids, best first; ``ranks``: candidate id -> rank (1 = best, ties allowed). Every pair
+    of candidates in both counts: 1 when the ranking puts the gold-better one first, 1/2 for a tie, 0 when
+    reversed. Candidates missing from either side are left out; None when no pair is left."""
+    ranked = [cid for cid in gold if cid in ranks]
+    pairs = 0
+    agree = 0.0
+    for i, better in enumerate(ranked):
+        for worse in ranked[i + 1:]:
+            pairs += 1
+            if ranks[better] < ranks[worse]:
+                agree += 1.0
+            elif ranks[better] == ranks[worse]:
+                agree += 0.5
+    return agree / pairs if pairs else None
+
+
+def gold_accuracy(latest: Iterable[StoredJudgment], gold: Mapping[int, Sequence[int]]) -> dict[str, GoldScore]:
+    """Per annotator (by name): their current judgments of gold items, and the mean :func:`gold_agreement`.
+
+    ``latest``: the latest revision per annotator and item (:meth:`Store.latest_judgments`); ``gold``: item
+    id -> gold ordering (:meth:`Store.gold`). Each gold item weighs the same, whatever its number of
+    candidates. A judgment ticked "all unacceptable" is counted as judged but not scored: it gives no order
+    to compare, as it gives no pairs in the export. Annotators without a gold judgment are not listed."""
+    shares: dict[str, list[float]] = {}
+    judged: Counter[str] = Counter()
+    for sj in latest:
+        if sj.item_id not in gold:
+            continue
+        judged[sj.user_name] += 1
+        shares.setdefault(sj.user_name, [])
+        if sj.judgment.all_unacceptable:
+            continue
+        share = gold_agreement(gold[sj.item_id], sj.judgment.ranks)
+        if share is not None:
+            shares[sj.user_name].append(share)
+    return {name: GoldScore(judged[name], len(s), sum(s) / len(s) if s else None) for name, s in shares.items()}
+
+
+def _gold_problem(ordering: list[Any], ids: Sequence[int]) -> str | None:
+    """Why ``ordering`` (candidate ids) is not a gold ordering of an item with candidates ``ids``; None if it is."""
+    if len(ids) < 2:
+        return f"a gold ordering needs an item with 2 or more responses (this one has {len(ids)})"
+    if any(isinstance(x, bool) or not isinstance(x, int) for x in ordering):
+        return "a gold ordering is a list of candidate ids"
+    if len(set(ordering)) != len(ordering):
+        return "a gold ordering names each response once"
+    if set(ordering) != set(ids):
+        return f"a gold ordering names every response of the item once ({len(ids)}), best first"
+    return None
+
+
+def _gold_positions(value: Any, ids: Sequence[int], bad: Callable[..., StoreError]) -> list[int]:
+    """A gold file's ``ordering`` (letters or 0-based indices of the item's stored candidates) as candidate ids."""
+    k = len(ids)
+    if k < 2:
+        raise bad(f"the item has {k} response{'s' if k != 1 else ''}; a gold ordering needs 2 or more", "ordering")
+    if not isinstance(value, list):
+        raise bad("must be a list of the item's responses, best first (letters or 0-based indices), or null",
+                  "ordering")
+    letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[:k]
+    out: list[int] = []
+    for i, x in enumerate(value):
+        if isinstance(x, str) and len(x.strip()) == 1 and x.strip().upper() in letters:
+            pos = letters.index(x.strip().upper())
+        elif isinstance(x, int) and not isinstance(x, bool) and 0 <= x < k:
+            pos = x
+        else:
+            raise bad(f"{x!r} is not one of the item's {k} responses (letters {letters[0]}-{letters[-1]} or "
+                      f"indices 0-{k - 1})", f"ordering[{i}]")
+        if ids[pos] in out:
+            raise bad(f"names response {letters[pos]} a second time", f"ordering[{i}]")
+        out.append(ids[pos])
+    if len(out) != k:
+        missing = ", ".join(letters[j] for j in range(k) if ids[j] not in out)
+        raise bad(f"names {len(out)} of the item's {k} responses (missing: {missing}); a gold ordering names "
+                  "every response once, best first", "ordering")
+    return out
+
+
+def _gold_file_error(source: str, line: int, message: str, field_: str | None = None) -> StoreError:
+    """A gold file problem, located as :class:`alignment.errors.AlignError` locates one (file:line, field)."""
+    return StoreError(f"{source}:{line}" + (f", field '{field_}'" if field_ else "") + f": {message}")
 
 
 # ------------------------------------------------------------------------------------------------ helpers
