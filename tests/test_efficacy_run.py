@@ -120,7 +120,9 @@ def test_merge_writes_one_table_from_several_runs(tmp_path: Path):
     assert run.main(["--merge", str(first), str(second), "--out", str(out), "--note", "measured under load"]) == 0
     text = out.read_text()
     assert "## bank" in text and "## travel" in text
-    assert "(domains from 2 runs: bank on 2026-12-01 20:00 UTC; travel on 2026-12-01 22:00 UTC)" in text
+    every = ", ".join(run.TITLES[m] for m in run.MODELS)
+    assert f"(rows from 2 runs: bank ({every}) on 2026-12-01 20:00 UTC; travel ({every}) on 2026-12-01 22:00 UTC)" \
+        in text
     assert text.count("- shared note") == 1 and "- measured under load" in text
     assert "| model | bank all | travel all |" in text
     with pytest.raises(SystemExit, match="another machine"):
@@ -151,3 +153,33 @@ def test_quick_run_produces_every_row(tmp_path: Path, tiny_model_dir: Path, caps
     printed = capsys.readouterr().out
     assert "sft: complete, skipped" in printed and "[trl] dpo: complete, skipped" in printed
     assert "eval TRL SFT+DPO: cached" in printed
+
+
+def test_merge_puts_a_later_runs_rows_over_an_earlier_runs(tmp_path: Path):
+    """An --only trl run (or a recipe folder with one more phase) adds its rows to a full run's domain."""
+    def domain(models: dict, ours: dict, trl: dict) -> dict:
+        return {"rules": ["opening_line", "no_hype_words"], "sizes": {"sft": 1, "prefs": 1, "heldout": 1},
+                "models": models, "ours": ours, "trl": trl}
+
+    full = domain({"base": _row(0.0), "sft": _row(0.9), "dpo": _row(0.95)},
+                  {"ok": True, "phases": {"sft": 100.0, "dpo": 60.0}, "models": {"sft": "s", "dpo": "d"}}, {})
+    trl = domain({"base": _row(0.0), "trl-sft": _row(0.02)}, {},
+                 {"ok": True, "phases": {"sft": 300.0}, "models": {"trl-sft": "t"}})
+    rules = domain({"sft": _row(0.9), "rules": _row(1.0)},
+                   {"ok": True, "phases": {"sft": 100.0, "rules": 30.0}, "models": {"sft": "s", "rules": "r"}}, {})
+    paths = []
+    for i, (date, d) in enumerate([("A", full), ("B", trl), ("C", rules)]):
+        paths.append(tmp_path / f"{i}.json")
+        paths[-1].write_text(json.dumps({"date": date, "machine": {"cpu": "CPU X"}, "recipes": "r", "model": "m",
+                                         "quick": False, "eval": {"max_new_tokens": 128}, "domains": {"bank": d},
+                                         "notes": []}))
+    merged = run.merge_reports(paths, [])
+    bank = merged["domains"]["bank"]
+    assert set(bank["models"]) == {"base", "sft", "dpo", "trl-sft", "rules"}
+    assert bank["models"]["rules"]["adherence"]["all"] == 1.0 and bank["models"]["dpo"]["adherence"]["all"] == 0.95
+    assert bank["ours"]["phases"] == {"sft": 100.0, "dpo": 60.0, "rules": 30.0}
+    assert bank["ours"]["models"] == {"sft": "s", "dpo": "d", "rules": "r"}
+    assert bank["trl"]["phases"] == {"sft": 300.0}
+    assert [r["rows"] for r in merged["runs"]] == [["base", "sft", "dpo"], ["base", "trl-sft"], ["sft", "rules"]]
+    table = run.render_markdown(merged)
+    assert "bank (SFT, rules RLOO) on C" in table and "rules 30 s" in table

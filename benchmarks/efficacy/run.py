@@ -94,7 +94,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--timeout", type=int, default=6 * 3600, help="seconds before a training process is killed")
     p.add_argument("--merge", type=Path, nargs="+", default=None, metavar="RESULTS_JSON",
                    help="train nothing: write the report from the results.json (or results.partial.json) of "
-                        "earlier runs, domains in the order given, a later file's domain replacing an earlier's")
+                        "earlier runs, domains in the order given; where runs share a domain, a later file's rows "
+                        "replace an earlier's and the rest stay (e.g. TRL's rows from an --only trl run)")
     p.add_argument("--note", action="append", default=[], help="a line for the report's notes (repeatable)")
     args = p.parse_args(argv)
     try:
@@ -389,8 +390,10 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "already follow the rules; TRL's SFT sees the SFT conversations only. The held-out prompts rephrase the "
         "training topics with wording no training file uses.",
         "",
-        f"- date: {report['date']}" + (f" (domains from {len(report['runs'])} runs: " + "; ".join(
-            f"{', '.join(r['domains'])} on {r['date']}" for r in report["runs"]) + ")"
+        f"- date: {report['date']}" + (f" (rows from {len(report['runs'])} runs: " + "; ".join(
+            f"{', '.join(r['domains'])}"
+            + (f" ({', '.join(TITLES[m] for m in r['rows'])})" if r.get("rows") else "") + f" on {r['date']}"
+            for r in report["runs"]) + ")"
             if len(report.get("runs") or []) > 1 else ""),
         f"- machine: {m.get('cpu')} ({flags}), {m.get('cores')} cores, {m.get('memory_gib')} GiB; "
         f"GPU: {m.get('gpu') or 'none'}; {m.get('platform')}",
@@ -491,14 +494,33 @@ def run_domain(args: argparse.Namespace, domain: str, settings: Mapping[str, int
     return report
 
 
+def merge_domain(earlier: Mapping[str, Any], later: Mapping[str, Any]) -> dict[str, Any]:
+    """One domain's results from two runs: the later run's rows, and its phases' times, replace the earlier's;
+    rows and sides the later run did not produce (``--only trl``, or a recipe folder with fewer phases) stay."""
+    out = {**earlier, "rules": later["rules"], "sizes": later["sizes"],
+           "models": {**earlier.get("models", {}), **later.get("models", {})}}
+    for side in SIDES:
+        before, after = earlier.get(side) or {}, later.get(side) or {}
+        if after:
+            out[side] = {**before, **after, "phases": {**(before.get("phases") or {}), **(after.get("phases") or {})},
+                         "models": {**(before.get("models") or {}), **(after.get("models") or {})}}
+    return out
+
+
 def merge_reports(paths: Sequence[Path], notes: Sequence[str]) -> dict[str, Any]:
-    """One report from several runs' results: the first run's header, every run's domains."""
+    """One report from several runs' results: the first run's header, every run's domains; a domain in several
+    runs gets each later run's rows over the earlier's (:func:`merge_domain`)."""
     reports = [json.loads(Path(p).read_text(encoding="utf-8")) for p in paths]
     merged = {**reports[0], "domains": {}, "runs": [],
               "notes": list(dict.fromkeys(n for r in reports for n in r.get("notes", [])))}
     for report in reports:
-        merged["domains"].update(report["domains"])
-        merged["runs"].append({"date": report["date"], "domains": list(report["domains"])})
+        for name, domain in report["domains"].items():
+            merged["domains"][name] = (merge_domain(merged["domains"][name], domain) if name in merged["domains"]
+                                       else domain)
+        rows = {label for d in report["domains"].values() for label, row in d.get("models", {}).items()
+                if row.get("ok")}
+        merged["runs"].append({"date": report["date"], "domains": list(report["domains"]),
+                               "rows": [label for label in MODELS if label in rows]})
         merged["trl_defaults"] = merged.get("trl_defaults") or report.get("trl_defaults")
         if report.get("machine", {}).get("cpu") != merged["machine"].get("cpu"):
             raise SystemExit(f"{report['date']} ran on another machine ({report['machine'].get('cpu')}); "
