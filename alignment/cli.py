@@ -69,8 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _phase(args: argparse.Namespace, argv: list[str]) -> int:
     from alignment import distributed
-    from alignment.config import load_config
     from alignment.phases import PHASES
+    from alignment.pipeline import load_phase_config
 
     phase = PHASES[args.command]
 
@@ -84,35 +84,28 @@ def _phase(args: argparse.Namespace, argv: list[str]) -> int:
             distributed.resolve_config_path(args.deepspeed)  # fail before starting processes
         # Validate the recipe and the data once, here, so a mistake is one message rather than one per process;
         # a feedback store named as data is exported once, here, and every process reads that file.
-        cfg = load_config(phase.config, args.config, args.overrides)
-        if exported := _export_stores(args.command, cfg):
-            cfg = load_config(phase.config, args.config, [*args.overrides, *exported])
-            argv = _launch_argv(args, [*args.overrides, *exported])
+        _, cfg, exported = load_phase_config(args.command, args.config, args.overrides)
+        if exported:
+            argv = _launch_argv(args, [*args.overrides, *_as_overrides(exported)])
         _preflight(args.command, cfg)
         return distributed.launch(argv, args.num_processes or 1, args.hostfile)
     overrides = list(args.overrides)
     if args.deepspeed:
         overrides.append(f"deepspeed={args.deepspeed}")
-    cfg = load_config(phase.config, args.config, overrides)
     # One process, or one rank started by a launcher: ours passed the exported files along (nothing to do
     # here then); under torchrun/accelerate/deepspeed each rank exports, as each read the store before.
-    if exported := _export_stores(args.command, cfg):
-        cfg = load_config(phase.config, args.config, [*overrides, *exported])
+    _, cfg, _ = load_phase_config(args.command, args.config, overrides)
     if distributed.is_main():
         print(f"[{args.command}] memory allocator: {allocator.describe()}")
     phase.run(cfg)
     return 0
 
 
-def _export_stores(command: str, cfg: object) -> list[str]:
-    """``key=value`` overrides pointing the phase at JSONL exports of the feedback stores its data names
-    (none when it names none): see :func:`alignment.pipeline.export_feedback_stores`."""
+def _as_overrides(exported: dict[str, object]) -> list[str]:
+    """``key=value`` command-line overrides for the processes a launch starts (quoted: read back as strings)."""
     import json
 
-    from alignment.pipeline import export_feedback_stores
-
-    exported = export_feedback_stores(command, cfg)
-    return [f"{key}={json.dumps(value)}" for key, value in exported.items()]  # quoted: read back as strings
+    return [f"{key}={json.dumps(value)}" for key, value in exported.items()]
 
 
 def _launch_argv(args: argparse.Namespace, overrides: list[str]) -> list[str]:

@@ -209,6 +209,19 @@ def export_feedback_stores(kind: str, cfg: Any) -> dict[str, Any]:
     return overrides
 
 
+def load_phase_config(kind: str, recipe: str | None, overrides: list[str] | dict[str, Any]) -> tuple[
+        Any, Any, dict[str, Any]]:
+    """A phase's config as written, and as it trains: when its data names feedback stores, they are exported
+    (:func:`export_feedback_stores`) and the config is loaded again pointed at the exported files. Returns
+    (as written, to train with, the overrides the export added: empty when it named no store)."""
+    written = load_config(PHASES[kind].config, recipe, overrides)
+    exported = export_feedback_stores(kind, written)
+    if not exported:
+        return written, written, {}
+    given = parse_overrides(overrides) if isinstance(overrides, list) else dict(overrides)
+    return written, load_config(PHASES[kind].config, recipe, {**given, **exported}), exported
+
+
 def run_recipe(path: str, overrides: list[str]) -> int:
     """`align run`: a pipeline (has `phases`) or a single phase recipe (has `phase: <kind>`)."""
     data, _ = load_yaml(path)
@@ -219,9 +232,7 @@ def run_recipe(path: str, overrides: list[str]) -> int:
     if kind not in PHASES:
         raise AlignError(f"a recipe for `align run` needs 'phases' (a pipeline) or 'phase: "
                          f"{'|'.join(PHASES)}'", file=path, field="phase")
-    cfg = load_config(PHASES[kind].config, path, overrides)
-    if exported := export_feedback_stores(kind, cfg):
-        cfg = load_config(PHASES[kind].config, path, {**parse_overrides(overrides), **exported})
+    _, cfg, _ = load_phase_config(kind, path, overrides)
     _run_training_phase(kind, cfg, deepspeed=cfg.deepspeed, num_processes=1)
     return 0
 
@@ -267,11 +278,9 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, float]:
             for key in ("model", "ref_model", "reward_model"):
                 if key in phase_overrides:
                     phase_overrides[key] = _resolve_reference(phase_overrides[key], outputs)
-            phase_cfg = load_config(PHASES[step.kind].config, step.recipe, phase_overrides)
-            recipe = to_dict(phase_cfg)  # as written: a store stays a store, its exported pairs are in `data`
-            sources = config_sources(phase_cfg)
-            if exported := export_feedback_stores(step.kind, phase_cfg):
-                phase_cfg = load_config(PHASES[step.kind].config, step.recipe, {**phase_overrides, **exported})
+            written, phase_cfg, _ = load_phase_config(step.kind, step.recipe, phase_overrides)
+            recipe = to_dict(written)  # as written: a store stays a store, its exported pairs are in `data`
+            sources = config_sources(written)
             data = data_fingerprint(config_sources(phase_cfg))
             fingerprint = _fingerprint([fingerprints, recipe, cfg.deepspeed, cfg.num_processes, data])
             if _is_complete(phase_dir, fingerprint, data, sources):
