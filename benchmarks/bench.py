@@ -43,17 +43,26 @@ RECIPES = REPO / "recipes" / "quickstart"
 DEFAULT_OUT = REPO / "benchmarks" / "RESULTS.md"
 DEFAULT_WORKDIR = REPO / "runs" / "bench"
 
-WORKLOADS = ("sft", "rm", "dpo", "ppo")
+WORKLOADS = ("sft", "rm", "dpo", "ppo", "grpo", "rloo")
+# The online RL workloads: our PPO phase (`align ppo`) with the quickstart's ppo.yaml; grpo and rloo set
+# `advantage` to the critic-free estimator and sample GROUP_SIZE answers per prompt.
+RL_WORKLOADS = ("ppo", "grpo", "rloo")
+GROUP_SIZE = 4
 VARIANTS = ("ours", "ours-ckpt", "trl-defaults", "trl-tuned")
-WORKLOAD_TITLES = {"sft": "SFT", "rm": "Reward model", "dpo": "DPO (sigmoid)", "ppo": "PPO vs RLOO"}
+WORKLOAD_TITLES = {"sft": "SFT", "rm": "Reward model", "dpo": "DPO (sigmoid)", "ppo": "PPO vs RLOO",
+                   "grpo": "GRPO", "rloo": "RLOO"}
 VARIANT_TITLES = {"ours": "ours", "ours-ckpt": "ours + grad. ckpt", "trl-defaults": "TRL defaults",
                   "trl-tuned": "TRL tuned"}
-UNITS = {"sft": "tokens/s", "rm": "pairs/s", "dpo": "pairs/s", "ppo": "episodes/s"}
-TRL_TRAINERS = {"sft": "SFTTrainer", "rm": "RewardTrainer", "dpo": "DPOTrainer", "ppo": "RLOOTrainer"}
+UNITS = {"sft": "tokens/s", "rm": "pairs/s", "dpo": "pairs/s", "ppo": "episodes/s", "grpo": "episodes/s",
+         "rloo": "episodes/s"}
+TRL_TRAINERS = {"sft": "SFTTrainer", "rm": "RewardTrainer", "dpo": "DPOTrainer", "ppo": "RLOOTrainer",
+                "grpo": "GRPOTrainer", "rloo": "RLOOTrainer"}
 
 # Targets, checked against the measured numbers (never hard-coded verdicts).
 TARGET_VS_DEFAULTS = 1.3
 TARGET_VS_TUNED = 1.0
+# GRPO and RLOO run the same algorithm on both sides, so ours must beat TRL tuned clearly.
+TARGET_VS_TUNED_RL = {"grpo": 1.5, "rloo": 1.5}
 TARGET_MFU_BF16 = 0.5
 MFU_WORKLOADS = ("sft", "rm", "dpo")
 
@@ -66,6 +75,22 @@ CHILD_ENV = {
     "TOKENIZERS_PARALLELISM": "false",
     "PYTHONUNBUFFERED": "1",
 }
+
+
+def phase_of(workload: str) -> str:
+    """The `align` phase a workload runs: the RL workloads all run the PPO phase."""
+    return "ppo" if workload in RL_WORKLOADS else workload
+
+
+def recipe_overrides(workload: str, ppo_batch_size: int) -> dict[str, Any]:
+    """What a critic-free workload changes in the quickstart's ppo.yaml: the estimator, GROUP_SIZE answers
+    per prompt and as many prompts as make PPO's episodes per rollout batch (equal work per batch), no
+    critic; GRPO keeps the KL in the loss, as its paper does. Empty for every other workload."""
+    if workload not in ("grpo", "rloo"):
+        return {}
+    return {"advantage": workload, "num_generations": GROUP_SIZE, "critic": "none",
+            "train.batch_size": max(1, ppo_batch_size // GROUP_SIZE),
+            **({"kl_penalty": "loss"} if workload == "grpo" else {})}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -167,7 +192,7 @@ def summarize(result: Mapping[str, Any], workload: str, warmup: int, dims: Model
         if all(f is not None for f in per_step):
             flops = sum(per_step) / total  # type: ignore[arg-type]
     split = None
-    if workload == "ppo" and all("generate" in s and "score" in s for s in timed):
+    if workload in RL_WORKLOADS and all("generate" in s and "score" in s for s in timed):
         gen, score = sum(s["generate"] for s in timed), sum(s["score"] for s in timed)
         split = {"generate": gen / total, "score": score / total, "train": max(0.0, total - gen - score) / total}
     perf = [float(v) for v in (result.get("metrics_throughput") or [])[warmup:] if v is not None]
@@ -199,13 +224,18 @@ def memory_at_most(ours: Summary | None, other: Summary | None) -> bool | None:
     return None if a is None or b is None else a <= b
 
 
+def target_vs_tuned(workload: str) -> float:
+    return TARGET_VS_TUNED_RL.get(workload, TARGET_VS_TUNED)
+
+
 def check_targets(workload: str, rows: Mapping[str, Summary],
                   peak: Mapping[str, float] | None) -> dict[str, bool | None]:
     """Each target's verdict for one workload (None: not measurable from what ran).
 
     Speed: ours (and ours with gradient checkpointing) at least 1.3x TRL defaults; ours at least 1.0x
-    TRL tuned. Memory is compared at equal checkpointing: ours against TRL tuned (which checkpoints as
-    ours does, i.e. not), ours + grad. ckpt against TRL defaults (which checkpoint)."""
+    TRL tuned (GRPO and RLOO, the same algorithm on both sides: 1.5x). Memory is compared at equal
+    checkpointing: ours against TRL tuned (which checkpoints as ours does, i.e. not), ours + grad. ckpt
+    against TRL defaults (which checkpoint)."""
     ours, ckpt = rows.get("ours"), rows.get("ours-ckpt")
     defaults, tuned = rows.get("trl-defaults"), rows.get("trl-tuned")
     vs_def, vs_tuned, ckpt_def = ratio(ours, defaults), ratio(ours, tuned), ratio(ckpt, defaults)
@@ -213,7 +243,7 @@ def check_targets(workload: str, rows: Mapping[str, Summary],
     if workload in MFU_WORKLOADS and ours is not None and ours.ok and ours.flops_per_s and peak and peak.get("bf16"):
         mfu = ours.flops_per_s / peak["bf16"] >= TARGET_MFU_BF16
     return {"vs_defaults": None if vs_def is None else vs_def >= TARGET_VS_DEFAULTS,
-            "vs_tuned": None if vs_tuned is None else vs_tuned >= TARGET_VS_TUNED,
+            "vs_tuned": None if vs_tuned is None else vs_tuned >= target_vs_tuned(workload),
             "ckpt_vs_defaults": None if ckpt_def is None else ckpt_def >= TARGET_VS_DEFAULTS,
             "memory": memory_at_most(ours, tuned), "memory_ckpt": memory_at_most(ckpt, defaults), "mfu": mfu}
 
@@ -316,7 +346,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         mfu = "—"
         if ours is not None and ours.ok and ours.flops_per_s and peak:
             mfu = f"{_pct(ours.flops_per_s / peak['fp32'])}, {_pct(ours.flops_per_s / peak['bf16'])}"
-        elif workload == "ppo":
+        elif workload in RL_WORKLOADS:
             mfu = "n/a (generation)"
         w(f"| {WORKLOAD_TITLES[workload]} | {' | '.join(cells)} | {_ratio_cell(ratio(ours, rows.get('trl-defaults')))}"
           f" | {_ratio_cell(ratio(ours, rows.get('trl-tuned')))}"
@@ -325,11 +355,12 @@ def render_markdown(report: Mapping[str, Any]) -> str:
 
     w("## Targets\n")
     w(f"Targets: ≥{TARGET_VS_DEFAULTS}× TRL defaults (ours, and ours with gradient checkpointing), "
-      f"≥{TARGET_VS_TUNED}× TRL tuned, peak RSS no higher than TRL's at the same checkpointing setting (ours vs "
-      "TRL tuned, which both do not checkpoint; ours + grad. ckpt vs TRL defaults, which both do), and for "
+      f"≥{TARGET_VS_TUNED}× TRL tuned (GRPO and RLOO, which run the same algorithm on both sides: "
+      f"≥{max(TARGET_VS_TUNED_RL.values())}×), peak RSS no higher than TRL's at the same checkpointing setting "
+      "(ours vs TRL tuned, which both do not checkpoint; ours + grad. ckpt vs TRL defaults, which both do), and for "
       f"SFT/RM/DPO ≥ {TARGET_MFU_BF16:.0%} of the bf16 peak (model FLOP/s). Computed from the numbers above; "
       "— where a number is missing.\n")
-    w("| workload | ours ≥1.3× TRL defaults | ours ≥1.0× TRL tuned | ours + grad. ckpt ≥1.3× TRL defaults | "
+    w("| workload | ours ≥1.3× TRL defaults | ours ≥ target × TRL tuned | ours + grad. ckpt ≥1.3× TRL defaults | "
       "memory: ours ≤ TRL tuned | memory: ours + grad. ckpt ≤ TRL defaults | ≥50% of bf16 peak |")
     w("|---|---|---|---|---|---|---|")
     for workload, rows in summaries.items():
@@ -342,9 +373,10 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         if workload in MFU_WORKLOADS and ours is not None and ours.ok and ours.flops_per_s and peak:
             mfu_detail = f"({_pct(ours.flops_per_s / peak['bf16'])})"
         elif workload not in MFU_WORKLOADS:
-            mfu_detail = "(not a target for PPO)"
+            mfu_detail = "(not a target for online RL)"
+        tuned_detail = (f"{_ratio_cell(r_tuned)} " if r_tuned else "") + f"(target {target_vs_tuned(workload)}×)"
         w(f"| {WORKLOAD_TITLES[workload]} | {_mark(t['vs_defaults'], _ratio_cell(r_def) if r_def else '')} | "
-          f"{_mark(t['vs_tuned'], _ratio_cell(r_tuned) if r_tuned else '')} | "
+          f"{_mark(t['vs_tuned'], tuned_detail)} | "
           f"{_mark(t['ckpt_vs_defaults'], _ratio_cell(r_ckpt) if r_ckpt else '')} | "
           f"{_mark(t['memory'], _mem_detail(rows, 'ours', 'trl-tuned'))} | "
           f"{_mark(t['memory_ckpt'], _mem_detail(rows, 'ours-ckpt', 'trl-defaults'))} | "
@@ -376,15 +408,17 @@ def render_markdown(report: Mapping[str, Any]) -> str:
               f"{s.allocator or '—'} | {own} |")
     w("")
 
-    if "ppo" in summaries:
-        w("### PPO / RLOO: where a rollout batch's time goes\n")
-        w("| variant | generation | scoring (reward model) | training (log-probs, values, updates) |")
-        w("|---|---:|---:|---:|")
-        for variant in VARIANTS:
-            s = summaries["ppo"].get(variant)
-            if s is not None and s.ok and s.split:
-                w(f"| {VARIANT_TITLES[variant]} | {_pct(s.split['generate'])} | {_pct(s.split['score'])} | "
-                  f"{_pct(s.split['train'])} |")
+    rl = [wl for wl in RL_WORKLOADS if wl in summaries]
+    if rl:
+        w("### Online RL: where a rollout batch's time goes\n")
+        w("| workload | variant | generation | scoring (reward model) | training (log-probs, values, updates) |")
+        w("|---|---|---:|---:|---:|")
+        for workload in rl:
+            for variant in VARIANTS:
+                s = summaries[workload].get(variant)
+                if s is not None and s.ok and s.split:
+                    w(f"| {WORKLOAD_TITLES[workload]} | {VARIANT_TITLES[variant]} | {_pct(s.split['generate'])} | "
+                      f"{_pct(s.split['score'])} | {_pct(s.split['train'])} |")
         w("")
 
     w("## How measured\n")
@@ -412,7 +446,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
       "only what its line lists: the precision ours ran with, ours' gradient checkpointing setting, no "
       "logging or checkpoints, ours' learning rate (no effect on speed) and, for RLOO, ours' updates per "
       "rollout batch; and it runs under the same memory allocator as ours (see How measured).\n")
-    w("## PPO (ours) vs RLOO (TRL): not the same algorithm\n")
+    w("## Online RL: what each side runs\n")
     bs = settings.get("ppo_batch_size", settings.get("batch_size"))
     epochs, minibatches = settings.get("ppo_epochs"), settings.get("num_minibatches")
     critic = settings.get("critic")
@@ -426,6 +460,14 @@ def render_markdown(report: Mapping[str, Any]) -> str:
       "leave-one-out baseline (the other samples' mean reward) instead of a value estimate; KL to the reference "
       f"(`beta`) as in TRL. \"TRL defaults\" uses each batch of {bs} episodes ({bs // 2 if bs else '?'} prompts "
       "× 2) for one optimizer step (`num_iterations=1`); \"TRL tuned\" uses it for as many updates as ours "
+      f"(`steps_per_generation={minibatches}`, `num_iterations={epochs}`).")
+    k = settings.get("group_size", GROUP_SIZE)
+    w(f"- **GRPO and RLOO rows: the same algorithm on both sides.** Ours: the PPO phase with `advantage: grpo` "
+      f"(KL as a k3 loss term, `kl_penalty: loss`) or `advantage: rloo` (KL in the reward), `critic: none`, "
+      f"k = `num_generations` = {k} answers to each of {max(1, (bs or 0) // k)} prompts per rollout batch, so a "
+      f"batch holds {bs} episodes as PPO's does; TRL's `GRPOTrainer` / `RLOOTrainer` with `num_generations={k}` "
+      f"and {bs} completions per generation batch, `beta` = our `kl_coef` (a reference model on both sides). "
+      "\"TRL defaults\" takes one optimizer step per generation batch, \"TRL tuned\" as many as ours "
       f"(`steps_per_generation={minibatches}`, `num_iterations={epochs}`).")
     w("- An episode is one (prompt, sampled answer) used for an update; both sides sample at most "
       f"{settings.get('max_new_tokens')} new tokens at temperature {settings.get('temperature')} from the same "
@@ -549,7 +591,7 @@ def workload_settings(model: str) -> dict[str, Any]:
     from alignment.phases import PHASES
 
     cfgs = {w: load_config(PHASES[w].config, RECIPES / f"{w}.yaml", {"model": model, "tracking.backends": []})
-            for w in WORKLOADS}
+            for w in WORKLOADS if w == phase_of(w)}
     # Each workload runs at its own recipe's batch size, ours and TRL's alike (PPO's is prompts per rollout).
     sizes = {w: c.train.batch_size for w, c in cfgs.items()}
     ppo = cfgs["ppo"]
@@ -564,6 +606,7 @@ def workload_settings(model: str) -> dict[str, Any]:
         "ppo_epochs": ppo.ppo_epochs,
         "num_minibatches": ppo.num_minibatches,
         "critic": ppo.critic,
+        "group_size": GROUP_SIZE,
     }
 
 
@@ -688,8 +731,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             report["notes"].append(f"peak measurement failed: {peak.get('error')}")
 
     reward_model = None
-    if "ppo" in args.only:
-        print("[bench] building the reward model for PPO/RLOO (base model + a score head) ...", flush=True)
+    if any(wl in RL_WORKLOADS for wl in args.only):
+        print("[bench] building the reward model for online RL (base model + a score head) ...", flush=True)
         built = run_child({**base, "workload": "make_rm", "variant": "-"}, "make_rm", workdir, args.timeout)
         reward_model = built.get("path") if built.get("ok") else None
         if reward_model is None:
@@ -705,7 +748,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if ours_result and ours_result.get("ok"):  # TRL tuned uses the precision ours picked
             spec["ours_bf16"] = str(ours_result.get("precision", "")).startswith("bf16")
             spec["batch_keys"] = ours_result.get("batch_keys")  # TRL trains on the very same batches
-        if workload == "ppo" and reward_model is None:
+        if workload in RL_WORKLOADS and reward_model is None:
             result = {"ok": False, "error": "no reward model (see notes)"}
         else:
             result = run_child(spec, name, workdir, args.timeout)

@@ -25,7 +25,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from benchmarks.bench import ModelDims
+from benchmarks.bench import RL_WORKLOADS, ModelDims, phase_of, recipe_overrides
 
 SPEC: dict[str, Any] = {}
 
@@ -136,9 +136,12 @@ def ours_config(workload: str, checkpointing: bool | None = None) -> Any:
         overrides["train.gradient_checkpointing"] = checkpointing
     if workload == "dpo":
         overrides["precompute_ref"] = SPEC["dpo_ref"] == "precomputed"
-    if workload == "ppo":
+    phase = phase_of(workload)
+    if phase == "ppo":
         overrides["reward_model"] = SPEC["reward_model"]
-    return load_config(PHASES[workload].config, Path(SPEC["recipes"]) / f"{workload}.yaml", overrides)
+        recipe = load_config(PHASES[phase].config, Path(SPEC["recipes"]) / "ppo.yaml", {"model": SPEC["model"]})
+        overrides.update(recipe_overrides(workload, recipe.train.batch_size))
+    return load_config(PHASES[phase].config, Path(SPEC["recipes"]) / f"{phase}.yaml", overrides)
 
 
 def _find(args: tuple, kwargs: dict, test: Callable[[Any], bool], what: str) -> Any:
@@ -161,7 +164,7 @@ def run_ours(workload: str, variant: str, clock: StepClock, result: dict[str, An
 
     from alignment.phases import PHASES
 
-    module = importlib.import_module(PHASES[workload].module)
+    module = importlib.import_module(PHASES[phase_of(workload)].module)
     cfg = ours_config(workload, checkpointing=True if variant == "ours-ckpt" else None)
     result["gradient_checkpointing"] = cfg.train.gradient_checkpointing
 
@@ -210,7 +213,7 @@ def run_ours(workload: str, variant: str, clock: StepClock, result: dict[str, An
         module.rollout, module.ppo_update = timed_rollout, timed_update
 
     try:
-        PHASES[workload].run(cfg)
+        PHASES[phase_of(workload)].run(cfg)
     except StepsDone:
         pass
     else:
@@ -219,7 +222,7 @@ def run_ours(workload: str, variant: str, clock: StepClock, result: dict[str, An
     from alignment.tracking import read_metrics
 
     key = {"sft": "perf/tokens_per_second", "rm": "perf/pairs_per_second", "dpo": "perf/pairs_per_second",
-           "ppo": "perf/episodes_per_second"}[workload]
+           "ppo": "perf/episodes_per_second"}[phase_of(workload)]
     by_step = {row["step"]: row[key] for row in read_metrics(Path(cfg.output_dir) / "metrics.jsonl") if key in row}
     result["metrics_throughput"] = [by_step.get(step) for step in range(1, clock.total + 1)]
 
@@ -372,13 +375,19 @@ def run_trl(workload: str, variant: str, clock: StepClock, result: dict[str, Any
         config_cls, trainer_cls = trl.DPOConfig, trl.DPOTrainer
         data = datasets.Dataset.from_list(in_ours_order(pair_items(cfg, tokenizer), cfg, total, result))
     else:
+        # PPO: RLOO with 2 samples per prompt, as many episodes per batch as ours (bs prompts x 1 answer);
+        # GRPO / RLOO: ours' num_generations and the same episodes (bs prompts x k answers).
+        k = cfg.num_generations if workload != "ppo" else 2
+        episodes = bs * cfg.num_generations
         common.update(max_completion_length=cfg.generation.max_new_tokens, temperature=cfg.generation.temperature,
-                      top_p=cfg.generation.top_p, top_k=0, num_generations=2, beta=cfg.kl_coef)
-        if tuned:  # the same updates per rollout batch as our PPO: ppo_epochs x num_minibatches
-            extra.update(per_device_train_batch_size=bs // cfg.num_minibatches,
+                      top_p=cfg.generation.top_p, top_k=0, num_generations=k, beta=cfg.kl_coef,
+                      per_device_train_batch_size=episodes)
+        if tuned:  # the same updates per rollout batch as ours: ppo_epochs x num_minibatches
+            extra.update(per_device_train_batch_size=episodes // cfg.num_minibatches,
                          steps_per_generation=cfg.num_minibatches, num_iterations=cfg.ppo_epochs)
             group = cfg.num_minibatches * cfg.ppo_epochs
-        config_cls, trainer_cls = trl.RLOOConfig, trl.RLOOTrainer
+        config_cls, trainer_cls = ((trl.GRPOConfig, trl.GRPOTrainer) if workload == "grpo"
+                                   else (trl.RLOOConfig, trl.RLOOTrainer))
         data = datasets.Dataset.from_list(prompt_records(cfg))
         tokenizer.padding_side = "left"
 
@@ -389,7 +398,7 @@ def run_trl(workload: str, variant: str, clock: StepClock, result: dict[str, Any
     result["precision"] = "bf16 autocast" if args.bf16 else "fp32"
     result["gradient_checkpointing"] = bool(args.gradient_checkpointing)
 
-    if workload == "ppo":
+    if workload in RL_WORKLOADS:
         class Counting(trainer_cls):  # type: ignore[valid-type,misc]
             def _generate(self, *a: Any, **k: Any) -> Any:
                 t0 = time.perf_counter()

@@ -77,6 +77,10 @@ def _report() -> dict:
                    "trl-tuned": _row([9.0, 0.5, 0.5], 8, 900)},                          # 2x faster than ours
             "ppo": {"ours": _row([9.0, 4.0], 8, 1000, generate=2.0, score=1.0),
                     "trl-defaults": _row([9.0, 2.0], 8, 1200), "trl-tuned": _row([9.0, 8.0], 8, 1100)},
+            # the same algorithm on both sides: 1.5x TRL tuned is the target
+            "grpo": {"ours": _row([9.0, 4.0], 8, 900, generate=3.0, score=0.5),
+                     "trl-tuned": _row([9.0, 8.0], 8, 1000)},                            # 2.00x
+            "rloo": {"ours": _row([9.0, 4.0], 8, 900), "trl-tuned": _row([9.0, 5.0], 8, 1000)},  # 1.25x
         },
         "trl_settings": {"sft": {"trl-tuned": {"workload": {"max_length": 512},
                                                "tuned": {"bf16": False, "gradient_checkpointing": False}}}},
@@ -99,7 +103,7 @@ def test_render_ratios_and_verdicts_come_from_the_numbers():
     targets = text.split("## Targets")[1].split("## Details")[0]
     sft = next(line for line in targets.splitlines() if line.startswith("| SFT"))
     cells = [c.strip() for c in sft.split("|")[2:8]]
-    assert cells[0] == "✓ 4.00×" and cells[1] == "✓ 1.25×" and cells[2] == "✓ 2.67×"
+    assert cells[0] == "✓ 4.00×" and cells[1] == "✓ 1.25× (target 1.0×)" and cells[2] == "✓ 2.67×"
     assert cells[3] == "✗ (900 vs 800 MiB)"  # ours vs TRL tuned: neither checkpoints
     assert cells[4] == "✓ (1,400 vs 1,500 MiB)"  # ours + grad. ckpt vs TRL defaults: both checkpoint
     assert cells[5].startswith("✗ (1.7%)")
@@ -108,17 +112,32 @@ def test_render_ratios_and_verdicts_come_from_the_numbers():
     assert cells[0] == "—" and cells[2] == "—" and cells[4] == "—"  # TRL defaults failed, no ckpt row: no verdict
     assert cells[1].startswith("✗ 0.50×") and cells[3] == "✓ (700 vs 900 MiB)"
     ppo = next(line for line in targets.splitlines() if line.startswith("| PPO"))
-    assert "✗ 0.50×" in ppo and "✓ 2.00×" in ppo and "not a target for PPO" in ppo
+    assert "✗ 0.50×" in ppo and "✓ 2.00× (target 1.0×)" in ppo and "not a target for online RL" in ppo
+    grpo = next(line for line in targets.splitlines() if line.startswith("| GRPO"))
+    rloo = next(line for line in targets.splitlines() if line.startswith("| RLOO"))
+    assert "✓ 2.00× (target 1.5×)" in grpo and "✓ (900 vs 1,000 MiB)" in grpo
+    assert "✗ 1.25× (target 1.5×)" in rloo
 
     details = text.split("## Details per row")[1].split("###")[0]
     sft_rows = {line.split("|")[2].strip(): line for line in details.splitlines() if line.startswith("| SFT")}
     assert "| 900 | tcmalloc |" in sft_rows["ours"] and "| 800 | — |" in sft_rows["TRL tuned"]
 
     split = text.split("where a rollout batch's time goes")[1].split("##")[0]
-    assert "| ours | 50.0% | 25.0% | 25.0% |" in split
+    assert "| PPO vs RLOO | ours | 50.0% | 25.0% | 25.0% |" in split
+    assert "| GRPO | ours | 75.0% | 12.5% | 12.5% |" in split
+    assert "GRPOTrainer" not in split and "the same algorithm on both sides" in text
     assert "SFT (SFTTrainer), both columns: `max_length=512`" in text
     assert "SFT, TRL tuned also: `bf16=False`, `gradient_checkpointing=False`" in text
     assert "a note" in text and "Test CPU" in text
+
+
+def test_critic_free_workloads_change_only_the_estimator():
+    assert bench.recipe_overrides("ppo", 16) == {} and bench.recipe_overrides("sft", 16) == {}
+    assert bench.recipe_overrides("grpo", 16) == {"advantage": "grpo", "num_generations": 4, "critic": "none",
+                                                  "train.batch_size": 4, "kl_penalty": "loss"}
+    assert bench.recipe_overrides("rloo", 16) == {"advantage": "rloo", "num_generations": 4, "critic": "none",
+                                                  "train.batch_size": 4}
+    assert [bench.phase_of(w) for w in bench.WORKLOADS] == ["sft", "rm", "dpo", "ppo", "ppo", "ppo"]
 
 
 def test_check_targets_without_peak_or_trl_rows():
@@ -192,3 +211,19 @@ def test_smoke_run_on_the_tiny_model(tmp_path, tiny_model_dir: Path, capsys):
     row = next(line for line in text.splitlines() if line.startswith("| Reward model"))
     assert row.count("pairs/s") == 2 and "not run" in row
     assert "[bench] [2/2] Reward model · TRL tuned" in capsys.readouterr().out
+
+
+def test_grpo_smoke_run_on_the_tiny_model(tmp_path, tiny_model_dir: Path):
+    """Ours and TRL's GRPOTrainer on the same prompts: 4 answers to each of 4 prompts per rollout batch."""
+    out = tmp_path / "RESULTS.md"
+    code = bench.main(["--model", str(tiny_model_dir), "--steps", "1", "--warmup", "0", "--only", "grpo",
+                       "--variants", "ours,trl-tuned", "--no-peak", "--out", str(out),
+                       "--workdir", str(tmp_path / "w")])
+    assert code == 0
+    raw = json.loads((tmp_path / "w" / "results.json").read_text())
+    for variant in ("ours", "trl-tuned"):
+        result = raw["rows"]["grpo"][variant]
+        assert result["ok"], result.get("error")
+        assert [s["items"] for s in result["steps"]] == [16]  # episodes of the one timed rollout batch
+    assert raw["trl_settings"]["grpo"]["trl-tuned"]["workload"]["num_generations"] == 4
+    assert "| GRPO |" in out.read_text()
