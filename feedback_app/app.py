@@ -519,6 +519,14 @@ class AdminSection:
                 self.overlap = gr.Number(label="Annotators per prompt", precision=0, minimum=1)
                 self.batch = gr.Number(label="Prompts claimed at once", precision=0, minimum=1)
             self.save = gr.Button("Save project settings", elem_id="save-project")
+            # The serving order, saved on its own (like the claim expiry): the settings button above keeps
+            # the inputs API clients already send it.
+            with gr.Row():
+                self.uncertain_first = gr.Checkbox(
+                    label="Serve uncertain first: prompts whose two best answers the reward model scores closest "
+                          "come first (scores from `align feedback score`; unscored prompts after them)",
+                    value=False, elem_id="uncertain-first", scale=3)
+                self.save_order = gr.Button("Save serving order", elem_id="save-serving-order", scale=1)
             self.project_msg = gr.Markdown(elem_id="project-msg")
         with gr.Accordion("Prompts and candidates", open=True):
             with gr.Row():
@@ -601,17 +609,18 @@ class AdminSection:
     def wire(self, timer: Any) -> None:
         store = self.store
         settings_out = [self.guidelines, self.tags, self.k, self.overlap, self.batch]
-        # What a project pick shows: the settings saved together, and the claim expiry saved on its own.
-        shown = [self.heading, *settings_out, self.claim_ttl]
+        # What a project pick shows: the settings saved together, and the claim expiry and the serving order
+        # saved on their own.
+        shown = [self.heading, *settings_out, self.claim_ttl, self.uncertain_first]
 
         def settings(p: Project | None) -> list[Any]:
-            """The heading, the settings fields and the claim expiry for project ``p``."""
+            """The heading, the settings fields, the claim expiry and the serving order for project ``p``."""
             if p is None:
-                return ["### No project selected", "", "", 4, 2, 5, DEFAULT_CLAIM_TTL_MINUTES]
+                return ["### No project selected", "", "", 4, 2, 5, DEFAULT_CLAIM_TTL_MINUTES, False]
             return [f"### Editing project: {html.escape(p.name)}\nSettings, prompts, candidates, dashboard and "
                     "export on this tab apply to this project; pick another in the Project menu of the Annotate tab.",
                     p.guidelines, ", ".join(p.tags), p.candidates_per_item, p.overlap, p.assign_batch,
-                    p.claim_ttl_minutes]
+                    p.claim_ttl_minutes, p.uncertain_first]
 
         def show_settings(name: str | None, request: gr.Request) -> list[Any]:
             # Fires for everyone when the page sets the project; only admins get the settings, quietly.
@@ -647,6 +656,15 @@ class AdminSection:
             return f"Saved. Guideline version {p.guideline_version}."
 
         self.save.click(save, [self.project_dd, *settings_out], self.project_msg, api_name="admin_save_project")
+
+        def save_order(name: str | None, on: bool | None, request: gr.Request) -> str:
+            require(store, request, "admin")  # the role checked here: an API call skips the hidden tab
+            project = self._project(name)
+            p = store.update_project(project.id, uncertain_first=bool(on))
+            return serving_order_text(store, p)
+
+        self.save_order.click(save_order, [self.project_dd, self.uncertain_first], self.project_msg,
+                              api_name="admin_save_uncertain_first")
 
         def load(name: str, path: str | None, request: gr.Request) -> str:
             require(store, request, "admin")
@@ -838,6 +856,23 @@ class AdminSection:
 
         self.release_item.click(release_item, [self.project_dd, self.release_item_id],
                                 [self.claims_msg, self.per_user, self.release_who], api_name="admin_release_item")
+
+
+def serving_order_text(store: Store, project: Project) -> str:
+    """What the saved serving order means for the project now: how many prompts the scores order, by which
+    reward model, or that there are no scores yet."""
+    name = html.escape(project.name)
+    if not project.uncertain_first:
+        return f"Project **{name}** serves prompts in the usual order."
+    summary = store.score_summary(project.id)
+    if summary is None or not summary.items:
+        return (f"Project **{name}** serves uncertain first, but none of its prompts has reward-model scores yet: "
+                "score them with `align feedback score --project NAME --reward-model DIR`. Until then, the usual "
+                "order.")
+    models = ", ".join(f"{html.escape(path)} (weights {digest[:12]})" for path, digest in summary.reward_models)
+    n = summary.items
+    return (f"Project **{name}** serves uncertain first: {n} prompt{'s' if n != 1 else ''} scored by {models}, "
+            "smallest gap between the two best answers first; unscored prompts after them.")
 
 
 def age_text(seconds: float) -> str:

@@ -1,4 +1,4 @@
-"""``align app``, ``align app users ...``, ``align feedback export``, ``check`` and ``gold``."""
+"""``align app``, ``align app users ...``, ``align feedback export``, ``check``, ``gold`` and ``score``."""
 
 from __future__ import annotations
 
@@ -63,6 +63,14 @@ def add_parsers(sub: Any) -> None:
     g.add_argument("file", help="JSONL: one object per item with 'item_id' or 'prompt', and 'ordering'")
     g.add_argument("--store", default=DEFAULT_STORE)
     g.add_argument("--project", default="default", help="the project the items are in (default: default)")
+    s = fsub.add_parser("score", help="score every candidate of a project with a reward model (replacing earlier "
+                                      "scores), for serving the prompts it is least sure of first")
+    s.add_argument("--store", default=DEFAULT_STORE)
+    s.add_argument("--project", default="default", help="the project to score (default: default)")
+    s.add_argument("--reward-model", required=True, help="a reward model directory trained by `align rm`")
+    s.add_argument("--batch-size", type=int, default=16, help="answers per forward pass (default 16)")
+    s.add_argument("--max-length", type=int, default=4096,
+                   help="tokens of prompt + answer scored; longer ones are truncated and counted (default 4096)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -108,9 +116,37 @@ def run(args: argparse.Namespace) -> int:
             print(f"{marked} item(s) marked gold, {cleared} cleared; project {project.name} has "
                   f"{len(store.gold(project.id))} gold item(s)")
             return 0
+        if args.feedback_command == "score":
+            return _score(args)
     except StoreError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    from feedback_app.scoring import score_project
+    from feedback_app.store import Store, StoreError
+
+    store = Store(args.store, create=False)
+    project = store.project(args.project)
+    if project is None:
+        raise StoreError(f"no project '{args.project}' in {store.url}")
+    result = score_project(store, project.id, args.reward_model, batch_size=args.batch_size,
+                           max_length=args.max_length)
+    ordered = len(store.uncertainty(project.id))
+    print(f"scored {result.candidates} candidate(s) of {result.items} prompt(s) in project {project.name} in "
+          f"{result.seconds:.0f} s with reward model {result.reward_model} (weights sha256 "
+          f"{result.weights_sha256[:16]}...); earlier scores replaced")
+    if result.truncated:
+        print(f"{result.truncated} prompt + answer(s) longer than {args.max_length} tokens were scored on their "
+              "first tokens only (--max-length)")
+    if project.uncertain_first:
+        print(f"serving uncertain first: {ordered} prompt(s) ordered by the gap between their two best scores, "
+              "smallest first; the others after them")
+    else:
+        print(f"{ordered} prompt(s) can be ordered by these scores; turn on 'Serve uncertain first' in the "
+              "Admin tab to claim them smallest score gap first")
     return 0
 
 

@@ -25,6 +25,12 @@ make it safe to run under many annotators and to kill at any moment:
 Gold items (:meth:`Store.set_gold`, :meth:`Store.import_gold`) live in a table of their own that nothing on
 the annotator's path reads: an item marked gold is claimed, shown and stored like any other, and only the
 admin's dashboard (:func:`gold_accuracy`) compares judgments with the gold ordering.
+
+Reward-model scores of candidates (:meth:`Store.replace_scores`, written by ``align feedback score``) live in
+a table of their own too. They change one thing, and only in a project whose ``uncertain_first`` setting is
+on: the order in which :meth:`Store.next_item` claims items (the smallest gap between an item's two
+best-scored candidates first, :meth:`Store.uncertainty`). Which items may be claimed, by how many annotators,
+and everything else about claims stays as it is.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import functools
 import hashlib
 import hmac
 import json
+import math
 import os
 import random
 import secrets
@@ -60,6 +67,7 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    false,
     func,
     insert,
     inspect,
@@ -79,7 +87,8 @@ Tick **All unacceptable** when no answer could be given to a customer as it stan
 response you would fix) and a **negative example**: a plausible answer that must never be given.
 """
 MAX_TEXT = 20_000  # characters in a corrected answer, negative example or note
-SCHEMA_VERSION = "3"  # 2: projects.claim_ttl_minutes, released_claims; 3: gold_items
+# 2: projects.claim_ttl_minutes, released_claims; 3: gold_items; 4: candidate_scores, projects.uncertain_first
+SCHEMA_VERSION = "4"
 DEFAULT_CLAIM_TTL_MINUTES = 24 * 60  # an annotator who has not submitted a claimed item in a day has left it
 MAX_CLAIM_TTL_MINUTES = 366 * 24 * 60  # longer is "never" (0); the bound keeps the value a 32-bit integer
 
@@ -120,6 +129,9 @@ projects = Table(
     # schema 2: older stores get the column (and this default) when opened, see _ADDED_COLUMNS.
     Column("claim_ttl_minutes", Integer, nullable=False, default=DEFAULT_CLAIM_TTL_MINUTES,
            server_default=text(str(DEFAULT_CLAIM_TTL_MINUTES))),
+    # Claim the items the reward model is least sure of first (see candidate_scores); off: the usual order.
+    # Added in schema 4, like claim_ttl_minutes in 2.
+    Column("uncertain_first", Boolean, nullable=False, default=False, server_default=false()),
 )
 
 items = Table(
@@ -179,10 +191,25 @@ gold_items = Table(
     Column("updated_at", Float, nullable=False),
 )
 
+# A reward model's score of each candidate (schema 4; an older store gets the table when opened), with the
+# reward model's identity: the directory it was loaded from and a SHA-256 over its weights files, so a score
+# can be traced to the exact weights even after the directory is overwritten by another training run. One
+# scoring run writes every candidate of a project at once (:meth:`Store.replace_scores`).
+candidate_scores = Table(
+    "candidate_scores", metadata,
+    Column("candidate_id", Integer, ForeignKey("candidates.id"), primary_key=True),
+    Column("score", Float, nullable=False),
+    Column("reward_model", Text, nullable=False),
+    Column("weights_sha256", String(64), nullable=False),
+    Column("scored_at", Float, nullable=False),
+)
+
 # Columns added to existing tables after the first release, as (table, column, SQL type and default): a
 # store made before them gets them when opened; rows that existed take the default.
 _ADDED_COLUMNS = (
     ("projects", "claim_ttl_minutes", f"INTEGER NOT NULL DEFAULT {DEFAULT_CLAIM_TTL_MINUTES}"),
+    # FALSE, not 0: PostgreSQL refuses an integer default for a boolean (SQLite reads FALSE as 0 since 3.23)
+    ("projects", "uncertain_first", "BOOLEAN NOT NULL DEFAULT FALSE"),
 )
 
 judgments = Table(
@@ -250,6 +277,7 @@ class Project:
     overlap: int
     assign_batch: int
     claim_ttl_minutes: int = DEFAULT_CLAIM_TTL_MINUTES  # 0: claims never expire
+    uncertain_first: bool = False  # claim the items the reward model is least sure of first
 
 
 @dataclass(frozen=True)
@@ -334,6 +362,26 @@ class GoldScore:
     judged: int  # gold items the annotator has a current judgment of
     scored: int  # of those, judgments with a ranking to compare (not ticked "all unacceptable")
     accuracy: float | None  # mean pairwise agreement over the scored ones; None when none is scored
+
+
+@dataclass(frozen=True)
+class CandidateScore:
+    """A reward model's score of one candidate, and which reward model gave it."""
+
+    score: float
+    reward_model: str  # the directory the reward model was loaded from
+    weights_sha256: str  # over its weights files (see feedback_app.scoring.weights_sha256)
+    scored_at: float
+
+
+@dataclass(frozen=True)
+class ScoreSummary:
+    """The scores of a project's candidates, for the admin (:meth:`Store.score_summary`)."""
+
+    candidates: int  # candidates with a score
+    items: int  # items whose every candidate has a score: the ones ordered by uncertainty
+    reward_models: tuple[tuple[str, str], ...]  # (directory, weights SHA-256) of the scores, one per run
+    scored_at: float  # the latest scoring
 
 
 @dataclass(frozen=True)
@@ -553,7 +601,7 @@ class Store:
                 c.execute(insert(projects).values(
                     name=name, guidelines=DEFAULT_GUIDELINES, guideline_version=1, tags=json.dumps(DEFAULT_TAGS),
                     candidates_per_item=4, overlap=2, assign_batch=5, claim_ttl_minutes=DEFAULT_CLAIM_TTL_MINUTES,
-                    created_at=time.time()))
+                    uncertain_first=False, created_at=time.time()))
         project = self.project(name)
         assert project is not None
         return project
@@ -602,10 +650,12 @@ class Store:
 
     def update_project(self, project_id: int, *, guidelines: str | None = None, tags: Sequence[str] | None = None,
                        candidates_per_item: int | None = None, overlap: int | None = None,
-                       assign_batch: int | None = None, claim_ttl_minutes: int | None = None) -> Project:
+                       assign_batch: int | None = None, claim_ttl_minutes: int | None = None,
+                       uncertain_first: bool | None = None) -> Project:
         """Changed guidelines get a new version number; every judgment records the version it was made under.
 
-        ``claim_ttl_minutes``: minutes before a claimed, unsubmitted item may go to another annotator (0: never)."""
+        ``claim_ttl_minutes``: minutes before a claimed, unsubmitted item may go to another annotator (0: never).
+        ``uncertain_first``: claim items in order of the reward model's uncertainty (see :meth:`uncertainty`)."""
         values: dict[str, Any] = {}
         if tags is not None:
             clean = [t.strip() for t in tags if t.strip()]
@@ -623,6 +673,10 @@ class Store:
                 raise StoreError(f"claim expiry goes from 0 (never) to {MAX_CLAIM_TTL_MINUTES} minutes (a year), "
                                  f"not {int(claim_ttl_minutes)}")
             values["claim_ttl_minutes"] = int(claim_ttl_minutes)
+        if uncertain_first is not None:
+            if not isinstance(uncertain_first, bool):  # "false" would be truthy: refuse rather than guess
+                raise StoreError(f"uncertain_first is true or false, not {uncertain_first!r}")
+            values["uncertain_first"] = uncertain_first
         with self.write() as c:
             row = c.execute(select(projects).where(projects.c.id == project_id)).first()
             if row is None:
@@ -832,6 +886,88 @@ class Store:
         if ordering is not None:
             c.execute(insert(gold_items).values(item_id=item_id, ordering=json.dumps(ordering), updated_at=time.time()))
 
+    # -------------------------------------------------------------------------------- reward-model scores
+
+    def project_candidates(self, project_id: int) -> list[tuple[int, list[dict[str, str]], int, str]]:
+        """(item id, prompt, candidate id, text) of every candidate in the project, by item and candidate id."""
+        q = (select(items.c.id, items.c.prompt, candidates.c.id, candidates.c.text)
+             .select_from(items.join(candidates)).where(items.c.project_id == project_id)
+             .order_by(items.c.id, candidates.c.id))
+        prompts: dict[int, list[dict[str, str]]] = {}
+        with self.read() as c:
+            rows = c.execute(q).all()
+        return [(int(item_id), prompts.setdefault(int(item_id), json.loads(prompt)), int(cid), text_)
+                for item_id, prompt, cid, text_ in rows]
+
+    def replace_scores(self, project_id: int, scores: Mapping[int, float], *, reward_model: str,
+                       weights_sha256: str) -> int:
+        """Replace every reward-model score in the project by ``scores`` (candidate id -> score), all from the
+        reward model at ``reward_model`` whose weights hash to ``weights_sha256``; returns how many were stored.
+
+        One transaction: a scoring run that dies before it leaves the previous scores whole, and a claim never
+        orders by a mix of two runs. A candidate of the project missing from ``scores`` (added while the run
+        went on) is left without a score; its item then counts as unscored (:meth:`uncertainty`)."""
+        if not reward_model.strip():
+            raise StoreError("name the reward model the scores come from")
+        if not (len(weights_sha256) == 64 and all(ch in "0123456789abcdef" for ch in weights_sha256)):
+            raise StoreError(f"weights_sha256 is a SHA-256 in hex (64 characters), not {weights_sha256!r}")
+        clean: dict[int, float] = {}
+        for cid, score in scores.items():
+            try:
+                value = float(score)
+            except (TypeError, ValueError):
+                raise StoreError(f"candidate {cid}: a score is a number, not {score!r}; nothing was stored") from None
+            if not math.isfinite(value):  # NaN sorts differently on each database: never store one
+                raise StoreError(f"candidate {cid}: the reward model's score is {value}; nothing was stored")
+            clean[int(cid)] = value
+        in_project = select(candidates.c.id).join(items).where(items.c.project_id == project_id)
+        now = time.time()
+        with self.write() as c:
+            # The project row locked first: two scoring runs of one project queue on PostgreSQL instead of
+            # both inserting after their deletes (SQLite's BEGIN IMMEDIATE already queues them).
+            if c.execute(select(projects.c.id).where(projects.c.id == project_id).with_for_update()).first() is None:
+                raise StoreError(f"no project {project_id}")
+            stray = sorted(set(clean) - set(c.execute(in_project).scalars()))
+            if stray:
+                raise StoreError(f"candidate {stray[0]} is not in project {project_id}; nothing was stored")
+            c.execute(delete(candidate_scores).where(candidate_scores.c.candidate_id.in_(in_project)))
+            if clean:
+                c.execute(insert(candidate_scores), [
+                    {"candidate_id": cid, "score": value, "reward_model": reward_model,
+                     "weights_sha256": weights_sha256, "scored_at": now} for cid, value in clean.items()])
+        return len(clean)
+
+    def scores(self, project_id: int) -> dict[int, CandidateScore]:
+        """candidate id -> its reward-model score, for every scored candidate of the project."""
+        q = (select(candidate_scores).select_from(_scored_candidates()).where(items.c.project_id == project_id)
+             .order_by(candidate_scores.c.candidate_id))
+        with self.read() as c:
+            return {int(r.candidate_id): CandidateScore(float(r.score), r.reward_model, r.weights_sha256,
+                                                        float(r.scored_at)) for r in c.execute(q)}
+
+    def uncertainty(self, project_id: int) -> dict[int, float]:
+        """item id -> how sure the reward model is of the item's best answer: the score gap between its two
+        best-scored candidates (0 when they tie). Only items whose candidates, two or more, all have a score;
+        uncertain-first serving claims the smallest gap first and the items missing here after them."""
+        gaps = _score_gaps(project_id)
+        with self.read() as c:
+            return {int(r.item_id): float(r.gap) for r in c.execute(select(gaps).order_by(gaps.c.item_id))}
+
+    def score_summary(self, project_id: int) -> ScoreSummary | None:
+        """How many candidates and items of the project have scores, and from which reward model(s); None
+        when none has."""
+        scored = (select(candidate_scores).select_from(_scored_candidates())
+                  .where(items.c.project_id == project_id).subquery())
+        with self.read() as c:
+            n, latest = c.execute(select(func.count(), func.max(scored.c.scored_at))).one()
+            if not n:
+                return None
+            models = tuple((r[0], r[1]) for r in c.execute(
+                select(scored.c.reward_model, scored.c.weights_sha256).group_by(
+                    scored.c.reward_model, scored.c.weights_sha256).order_by(func.max(scored.c.scored_at).desc())))
+            n_items = c.execute(select(func.count()).select_from(_score_gaps(project_id))).scalar_one()
+        return ScoreSummary(int(n), int(n_items), models, float(latest))
+
     # -------------------------------------------------------------------------------- assignment
 
     def next_item(self, user: User, project: Project) -> int | None:
@@ -869,9 +1005,19 @@ class Store:
         n_cands = select(func.count()).where(candidates.c.item_id == items.c.id).scalar_subquery()
         mine = select(assignments.c.id).where(assignments.c.item_id == items.c.id,
                                               assignments.c.user_id == user_id).exists()
-        q = (select(items.c.id).where(items.c.project_id == project.id, items.c.n_assigned < project.overlap,
-                                      n_cands >= 2, ~mine)
-             .order_by(items.c.n_assigned.desc(), items.c.id).limit(project.assign_batch * 4))
+        q = select(items.c.id).where(items.c.project_id == project.id, items.c.n_assigned < project.overlap,
+                                     n_cands >= 2, ~mine)
+        # The usual order: items others have started first (their overlap fills), then the oldest.
+        order: list[Any] = [items.c.n_assigned.desc(), items.c.id]
+        if project.uncertain_first:
+            # Before it, the reward model's uncertainty: the smallest gap between an item's two best scores
+            # first, items without scores after every scored one (an explicit flag: SQLite and PostgreSQL put
+            # NULLs at opposite ends). The order only picks which free slots are tried first; taking one
+            # is the same conditional UPDATE below, so the overlap holds as before.
+            gaps = _score_gaps(project.id)
+            q = q.select_from(items.outerjoin(gaps, gaps.c.item_id == items.c.id))
+            order = [case((gaps.c.gap.is_(None), 1), else_=0), gaps.c.gap, *order]
+        q = q.order_by(*order).limit(project.assign_batch * 4)
         claimed = 0
         now = self.clock()
         with self.write() as c:
@@ -1305,6 +1451,28 @@ def _sqlite_pragmas(engine: Engine) -> None:
         conn.exec_driver_sql(f"BEGIN {conn.get_execution_options().get('begin', 'DEFERRED')}")
 
 
+def _scored_candidates() -> Any:
+    """candidate_scores joined to their candidates and items (to pick a project's scores)."""
+    return candidate_scores.join(candidates, candidates.c.id == candidate_scores.c.candidate_id).join(
+        items, items.c.id == candidates.c.item_id)
+
+
+def _score_gaps(project_id: int) -> Any:
+    """A subquery (item_id, gap): per item of the project whose candidates, two or more, all have a score, the
+    best score minus the second best (0 for a tie at the top). Items with an unscored candidate are left out:
+    the gap of the others says nothing about how the new answer compares."""
+    ranked = (select(candidates.c.item_id.label("item_id"), candidate_scores.c.score.label("score"),
+                     func.row_number().over(partition_by=candidates.c.item_id,
+                                            order_by=(candidate_scores.c.score.desc(), candidates.c.id)).label("rn"))
+              .select_from(candidates.outerjoin(candidate_scores,
+                                                candidate_scores.c.candidate_id == candidates.c.id))
+              .where(candidates.c.item_id.in_(select(items.c.id).where(items.c.project_id == project_id)))
+              .subquery())
+    gap = (func.max(case((ranked.c.rn == 1, ranked.c.score))) - func.max(case((ranked.c.rn == 2, ranked.c.score))))
+    return (select(ranked.c.item_id, gap.label("gap")).group_by(ranked.c.item_id)
+            .having(func.count(ranked.c.score) == func.count(), func.count() >= 2).subquery())
+
+
 def _unsubmitted() -> Any:
     """An assignment row (of ``assignments``) whose annotator has not submitted the item: an open claim."""
     return ~select(judgments.c.id).where(judgments.c.item_id == assignments.c.item_id,
@@ -1328,7 +1496,8 @@ def _user(row: Any) -> User:
 
 def _project(row: Any) -> Project:
     return Project(row.id, row.name, row.guidelines, row.guideline_version, tuple(json.loads(row.tags)),
-                   row.candidates_per_item, row.overlap, row.assign_batch, row.claim_ttl_minutes)
+                   row.candidates_per_item, row.overlap, row.assign_batch, row.claim_ttl_minutes,
+                   bool(row.uncertain_first))
 
 
 def _judgment(row: Any) -> StoredJudgment:
