@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _phase(args: argparse.Namespace, argv: list[str]) -> int:
     from alignment import distributed
     from alignment.phases import PHASES
-    from alignment.pipeline import load_phase_config
+    from alignment.pipeline import load_phase_config, record_lineage
 
     phase = PHASES[args.command]
 
@@ -97,7 +97,7 @@ def _phase(args: argparse.Namespace, argv: list[str]) -> int:
     _, cfg, _ = load_phase_config(args.command, args.config, overrides)
     if distributed.is_main():
         print(f"[{args.command}] memory allocator: {allocator.describe()}")
-    phase.run(cfg)
+    record_lineage(args.command, cfg, phase.run(cfg))  # what the model trained on, beside it (main rank only)
     return 0
 
 

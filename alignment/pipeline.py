@@ -209,6 +209,32 @@ def export_feedback_stores(kind: str, cfg: Any) -> dict[str, Any]:
     return overrides
 
 
+def record_lineage(kind: str, cfg: Any, model_dir: str | Path | None = None) -> Path | None:
+    """After a training phase, in the process that trained it (the main rank): ``<output_dir>/lineage.json``
+    naming the trained weights (their hash) and the feedback-store snapshots they were trained on, read from the
+    ``.provenance.json`` beside each data file the phase read (:func:`feedback_app.export.write_lineage`; a PPO
+    phase adds its reward model's lineage). The app's ``align feedback lineage`` follows a round of candidates
+    back to those judgments through it.
+
+    The model is trained and saved by then: a lineage that cannot be written is a warning, never a failed
+    phase (a pipeline would train it again). Returns the file, or None."""
+    if not distributed.is_main():
+        return None
+    from feedback_app.export import LINEAGE_FILE, write_lineage
+
+    out = Path(cfg.output_dir)
+    model = Path(model_dir) if model_dir else out / "model"
+    reward_model = getattr(cfg, "reward_model", None) if kind == "ppo" else None
+    try:
+        return write_lineage(out, model, config_sources(cfg), phase=kind, reward_model=reward_model)
+    except (AlignError, OSError) as e:
+        # One from an earlier training of this folder would describe the weights this run replaced.
+        (out / LINEAGE_FILE).unlink(missing_ok=True)
+        print(f"[{kind}] warning: lineage.json not written ({e}); the model is saved, but which judgments it "
+              "was trained on is not recorded beside it")
+        return None
+
+
 def load_phase_config(kind: str, recipe: str | None, overrides: list[str] | dict[str, Any]) -> tuple[
         Any, Any, dict[str, Any]]:
     """A phase's config as written, and as it trains: when its data names feedback stores, they are exported
@@ -249,7 +275,7 @@ def _run_training_phase(kind: str, cfg: Any, deepspeed: str | None, num_processe
             raise AlignError(f"phase '{kind}' failed on {num_processes} processes (exit {code}); "
                              "re-run to resume from its last checkpoint")
         return
-    PHASES[kind].run(cfg)
+    record_lineage(kind, cfg, PHASES[kind].run(cfg))
 
 
 def run_pipeline(cfg: PipelineConfig) -> dict[str, float]:

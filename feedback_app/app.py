@@ -43,6 +43,7 @@ from feedback_app.render import render_guidelines, render_prompt, render_respons
 from feedback_app.security import Guard, Uploads
 from feedback_app.store import (
     DEFAULT_CLAIM_TTL_MINUTES,
+    LINEAGE_HEADERS,
     MAX_TEXT,
     GoldScore,
     Item,
@@ -54,6 +55,7 @@ from feedback_app.store import (
     User,
     display_order,
     gold_accuracy,
+    lineage_rows,
 )
 
 K_MAX = 8  # response slots on the page; projects use 2..K_MAX candidates per prompt
@@ -582,6 +584,11 @@ class AdminSection:
             self.notes = gr.Dataframe(headers=["annotator", "prompt", "note", "time"], interactive=False,
                                       label="Notes for the admin (latest judgments, newest first)",
                                       elem_id="notes", wrap=True)
+            # Rounds: which model wrote the candidates and what it was trained on (Store.rounds); filled by a
+            # handler of its own on the same refresh, so the dashboard's outputs stay what API clients expect.
+            self.rounds = gr.Dataframe(headers=list(LINEAGE_HEADERS), interactive=False, wrap=True,
+                                       label="Rounds and lineage: each model that wrote candidates, and the store "
+                                             "snapshot it was trained on", elem_id="rounds")
         with gr.Accordion("Export", open=True):
             self.policy = gr.Radio(["all", "best-vs-rest", "adjacent"], value="all", label="Pairs from rankings",
                                    elem_id="pair-policy")
@@ -739,6 +746,13 @@ class AdminSection:
         self.refresh.click(dashboard, self.project_dd,
                            [self.summary, self.per_user, self.disagree, self.tag_plot, self.notes],
                            api_name="admin_dashboard")
+
+        def lineage(name: str | None, request: gr.Request) -> list[list[Any]]:
+            # The role checked here: the table names model directories on the server, for admins only.
+            require(store, request, "admin")
+            return lineage_rows(store.rounds(self._project(name).id))
+
+        self.refresh.click(lineage, self.project_dd, self.rounds, api_name="admin_lineage")
         self.wire_claims()
 
         def import_gold(name: str | None, path: str | None, request: gr.Request) -> list[Any]:

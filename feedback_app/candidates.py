@@ -3,7 +3,11 @@
 Generation runs as a background job: batched sampling (``alignment.generation.generate``) on any model the
 recipes accept (the embedded default out of the box), progress written to the store's ``jobs`` table after
 every batch so the admin page can show it, and every candidate stored with the model name and the
-decoding settings that produced it (they end up in the exported rows' provenance).
+decoding settings that produced it (they end up in the exported rows' provenance), and the model's identity:
+the directory it was loaded from and a SHA-256 of its weights files (:func:`feedback_app.scoring.weights_sha256`),
+so every candidate leads to the exact weights that wrote it and, through their ``lineage.json``, to the
+judgments those weights were trained on (:meth:`feedback_app.store.Store.rounds`). Imported candidates keep the
+model name their file gives (or ``imported:<file>``) and no hash: nothing says which weights wrote them.
 """
 
 from __future__ import annotations
@@ -146,14 +150,19 @@ def generate_candidates(store: Store, project_id: int, settings: GenerationSetti
     """Fill every item of the project up to ``k`` distinct candidates; returns the number stored."""
 
     from alignment.generation import generate
-    from alignment.modeling import load_causal_lm, load_tokenizer
+    from alignment.modeling import load_causal_lm, load_tokenizer, resolve_model
+    from feedback_app.scoring import weights_sha256
 
     settings.check()
     todo = store.items_short_of_candidates(project_id, settings.k)
     total = sum(missing for _, _, missing in todo)
     store.update_job(job_id, status="running", total=total, message=f"loading {settings.model}")
-    tokenizer = load_tokenizer(settings.model)
-    model = load_causal_lm(settings.model)
+    # The directory the loaders below read (an alias or a phase folder resolved as they resolve it), hashed
+    # before loading: the hash names the weights that write this job's candidates.
+    model_path = resolve_model(settings.model).resolve()
+    digest = weights_sha256(model_path, "model")
+    tokenizer = load_tokenizer(model_path)
+    model = load_causal_lm(model_path)
     decoding = {"temperature": settings.temperature, "top_p": settings.top_p,
                 "max_new_tokens": settings.max_new_tokens, "seed": settings.seed}
     stored = 0
@@ -166,7 +175,8 @@ def generate_candidates(store: Store, project_id: int, settings: GenerationSetti
                            batch_size=settings.batch_size, temperature=settings.temperature,
                            top_p=settings.top_p, seed=seed, desc="candidates")
         for (item_id, _), answer in zip(chunk, answers):
-            stored += store.add_candidates(item_id, [(answer.text, settings.model, {**decoding, "seed": seed})])
+            stored += store.add_candidates(item_id, [(answer.text, settings.model, {**decoding, "seed": seed})],
+                                           model_path=str(model_path), model_sha256=digest)
         done += len(chunk)
         store.update_job(job_id, done=done, message=f"generated {done}/{total}")
         if on_progress:

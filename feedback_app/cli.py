@@ -1,4 +1,4 @@
-"""``align app``, ``align app users ...``, ``align feedback export``, ``check``, ``gold`` and ``score``."""
+"""``align app``, ``align app users ...``, ``align feedback export``, ``check``, ``gold``, ``score`` and ``lineage``."""
 
 from __future__ import annotations
 
@@ -71,6 +71,10 @@ def add_parsers(sub: Any) -> None:
     s.add_argument("--batch-size", type=int, default=16, help="answers per forward pass (default 16)")
     s.add_argument("--max-length", type=int, default=4096,
                    help="tokens of prompt + answer scored; longer ones are truncated and counted (default 4096)")
+    ln = fsub.add_parser("lineage", help="the rounds of a project: each model that wrote candidates, its candidates "
+                                         "and judgments, and the store snapshot it was trained on")
+    ln.add_argument("--store", default=DEFAULT_STORE)
+    ln.add_argument("--project", default="default", help="the project (default: default)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -118,6 +122,8 @@ def run(args: argparse.Namespace) -> int:
             return 0
         if args.feedback_command == "score":
             return _score(args)
+        if args.feedback_command == "lineage":
+            return _lineage(args)
     except StoreError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -147,6 +153,25 @@ def _score(args: argparse.Namespace) -> int:
     else:
         print(f"{ordered} prompt(s) can be ordered by these scores; turn on 'Serve uncertain first' in the "
               "Admin tab to claim them smallest score gap first")
+    return 0
+
+
+def _lineage(args: argparse.Namespace) -> int:
+    from feedback_app.store import Store, StoreError, format_rounds, public_url
+
+    store = Store(args.store, create=False)
+    project = store.project(args.project)
+    if project is None:
+        names = ", ".join(p.name for p in store.list_projects()) or "none"
+        raise StoreError(f"no project '{args.project}' in {store.url} (projects: {names})")
+    rounds = store.rounds(project.id)
+    where = public_url(str(args.store))  # as given: a database URL's password hidden
+    if not rounds:
+        print(f"project {project.name} in {where} has no candidates yet")
+        return 0
+    print(f"project {project.name} in {where}: {len(rounds)} round{'s' if len(rounds) != 1 else ''}")
+    for line in format_rounds(rounds):
+        print(line)
     return 0
 
 

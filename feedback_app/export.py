@@ -50,7 +50,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -58,7 +58,19 @@ from typing import Any
 
 from alignment.data.pairs import PAIR_POLICIES, ranking_to_pairs
 from feedback_app.agreement import AGGREGATIONS, decide
-from feedback_app.store import Candidate, Item, Project, Store, StoredJudgment, StoreError, is_store
+from feedback_app.store import (
+    LINEAGE_FILE,
+    Candidate,
+    Item,
+    Project,
+    Store,
+    StoredJudgment,
+    StoreError,
+    database_url,
+    is_store,
+    public_url,
+    read_lineage,
+)
 
 Row = dict[str, Any]
 PairKey = tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]  # (chosen, rejected) content
@@ -73,6 +85,10 @@ class Export:
     by_kind: dict[str, int] = field(default_factory=dict)  # pair rows written per kind, unpaired rows, orphans
     aggregate: str = "all"
     aggregation: dict[str, int] = field(default_factory=lambda: dict.fromkeys(AGGREGATION_COUNTS, 0))
+    # The snapshot the rows are: the newest judgment included (judgment ids only grow, so a later export with
+    # the same id holds the same judgments) and who judged. None / empty when no judgment was included.
+    latest_judgment_id: int | None = None
+    annotators: set[str] = field(default_factory=set)
 
     def count(self, kind: str, n: int = 1) -> None:
         self.by_kind[kind] = self.by_kind.get(kind, 0) + n
@@ -105,6 +121,8 @@ def export_store(store: Store, *, project: str | None = None, pairs: str = "all"
         by_item: dict[int, list[StoredJudgment]] = {}
         for sj in store.latest_judgments(proj.id):
             by_item.setdefault(sj.item_id, []).append(sj)
+            out.latest_judgment_id = max(out.latest_judgment_id or 0, sj.id)
+            out.annotators.add(sj.user_name)
         for item_id, judged in by_item.items():
             item = store.item(item_id)
             assert item is not None
@@ -261,7 +279,8 @@ def preference_examples(spec: str | Path, pair_policy: str = "all", aggregate: s
     orphans = export.by_kind.get("negative without a good answer", 0)
     return examples, {"kind": "feedback", "variant": "store", "duplicates_removed": 0, "rows": export.judgments,
                       "pairs": len(examples), "orphan_negatives": orphans, "by_kind": dict(export.by_kind),
-                      "aggregate": aggregate, "aggregation": dict(export.aggregation)}
+                      "aggregate": aggregate, "aggregation": dict(export.aggregation),
+                      "latest_judgment_id": export.latest_judgment_id, "annotators": len(export.annotators)}
 
 
 # ------------------------------------------------------------------------------------- store as data
@@ -286,7 +305,9 @@ def materialise(spec: str | Path, out: str | Path, pair_policy: str = "all", agg
     The rows are exactly :func:`preference_examples`, in its order, in the ``preference`` format the data
     loaders read (``prompt`` / ``chosen`` / ``rejected`` message lists, ``margin`` when known, ``weight`` on every
     row under ``agreement_weight`` and on none otherwise). Beside them, ``<name>.provenance.json``: the store,
-    project, pair policy, aggregation across annotators with its counts, export time and counts. When the files
+    project, pair policy, aggregation across annotators with its counts, export time and counts, and the snapshot
+    the rows are (``latest_judgment_id``: the newest judgment included; ``annotators``; ``store_url``: the store
+    resolved, which :meth:`~feedback_app.store.Store.rounds` matches a trained model's lineage by). When the files
     already say all this (the same rows, the same provenance but for its time) neither is rewritten, so a re-run
     keeps the time the rows were exported; when only the provenance differs (the same rows under another
     setting) only the provenance is rewritten.
@@ -305,9 +326,11 @@ def materialise(spec: str | Path, out: str | Path, pair_policy: str = "all", agg
     path, prov_path = Path(out), provenance_path(out)
     url, project = split_store_spec(spec)
     provenance = {
-        "source": _public(url) + (f"#{project}" if project else ""), "store": _public(url), "project": project,
+        "source": public_url(url) + (f"#{project}" if project else ""), "store": public_url(url),
+        "store_url": public_url(database_url(url)), "project": project,
         "pair_policy": pair_policy, "aggregate": aggregate, "exported_at": None, "format": "preference",
         "file": path.name, "sha256": hashlib.sha256(text).hexdigest(), "judgments": info["rows"],
+        "latest_judgment_id": info["latest_judgment_id"], "annotators": info["annotators"],
         "pairs": len(rows), "orphan_negatives": info["orphan_negatives"], "by_kind": info["by_kind"],
         "aggregation": info["aggregation"],
     }
@@ -321,6 +344,64 @@ def materialise(spec: str | Path, out: str | Path, pair_policy: str = "all", agg
         _atomic_write(path, text)
     _atomic_write(prov_path, (json.dumps(provenance, indent=2) + "\n").encode("utf-8"))
     return provenance
+
+
+# ------------------------------------------------------------------------------------------------ lineage
+
+# What a lineage.json keeps of each provenance file: the snapshot (store, project, newest judgment, counts) and
+# how the rows were made from it.
+SNAPSHOT_KEYS = ("source", "store", "store_url", "project", "latest_judgment_id", "judgments", "pairs", "annotators",
+                 "pair_policy", "aggregate", "exported_at", "sha256")
+
+
+def write_lineage(output_dir: str | Path, model_dir: str | Path, data_files: Mapping[str, str | Path], *,
+                  phase: str, reward_model: str | Path | None = None) -> Path:
+    """After a training phase: ``<output_dir>/lineage.json``, naming the trained weights (their directory and
+    :func:`feedback_app.scoring.weights_sha256`; the LoRA ``merged/`` folder beside ``model/`` too, when there
+    is one) and the store snapshots it trained on: the ``.provenance.json`` beside each of ``data_files``
+    (dotted field -> the file the phase read) that :func:`materialise` wrote. Files that are not store exports
+    add nothing. For a PPO policy, ``reward_model``'s own lineage, when it has one for its present weights,
+    is kept under ``reward_model``: the judgments reached the policy through it.
+
+    :meth:`feedback_app.store.Store.rounds` reads it to say which judgments a round of candidates came from.
+    Raises AlignError (naming the directory) when the model folder holds no weights files."""
+    from feedback_app.scoring import weights_sha256
+
+    model = Path(model_dir).resolve()
+    models = [{"path": str(model), "weights_sha256": weights_sha256(model, "output_dir")}]
+    merged = model.parent / "merged"
+    if merged.is_dir() and merged != model and any(merged.glob("*.safetensors")):
+        models.append({"path": str(merged), "weights_sha256": weights_sha256(merged, "output_dir")})
+    snapshots = []
+    for name, file in data_files.items():
+        provenance = _read_json(provenance_path(file))
+        if isinstance(provenance, dict) and provenance.get("format") == "preference" and "store" in provenance:
+            snapshots.append({"field": name, "file": str(Path(file).resolve()),
+                              **{k: provenance.get(k) for k in SNAPSHOT_KEYS}})
+    lineage: dict[str, Any] = {"phase": phase, "written_at": _iso(time.time()), "models": models,
+                               "snapshots": snapshots}
+    if reward_model:
+        from alignment.errors import AlignError
+
+        rm = _model_folder(Path(reward_model))
+        try:
+            digest: str | None = weights_sha256(rm, "reward_model")
+        except AlignError:  # not a local directory of weights (a hub name): its identity and data are unknown
+            digest = None
+        found, data, _ = read_lineage(rm, digest) if digest else (None, None, "")
+        # "lineage": None when the reward model has none (trained elsewhere, or before lineage): its data is unknown
+        lineage["reward_model"] = {"path": str(rm.resolve()) if rm.exists() else str(reward_model),
+                                   "weights_sha256": digest, "lineage": str(found) if found else None,
+                                   "snapshots": data.get("snapshots", []) if data else []}
+    out = Path(output_dir) / LINEAGE_FILE
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(out, (json.dumps(lineage, indent=2) + "\n").encode("utf-8"))
+    return out
+
+
+def _model_folder(path: Path) -> Path:
+    """A model directory, given it or the phase folder holding it in ``model/`` (as recipes name models)."""
+    return path / "model" if not (path / "config.json").exists() and (path / "model").is_dir() else path
 
 
 def summary_lines(export: Export) -> list[str]:
@@ -394,15 +475,3 @@ def _atomic_write(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def _public(store: str) -> str:
-    """A store (path or database URL, no ``#project``) fit for a file others read: a URL's password hidden."""
-    if "://" not in store:
-        return store
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(store).render_as_string(hide_password=True)
-    except Exception:  # not a URL SQLAlchemy can parse: say only its scheme
-        return store.split("://", 1)[0] + "://..."

@@ -34,20 +34,24 @@ class ScoringResult:
     seconds: float
 
 
-def weight_files(model_dir: Path) -> list[Path]:
-    """The weights files of a model directory, in name order; an AlignError naming the directory if none."""
+def weight_files(model_dir: Path, field: str = "--reward-model") -> list[Path]:
+    """The weights files of a model directory, in name order; an AlignError naming the directory (and ``field``,
+    the option or recipe key that named it) if none."""
     files = sorted({p for pattern in WEIGHT_PATTERNS for p in model_dir.glob(pattern) if p.is_file()})
     if not files:
-        raise AlignError(f"no weights file ({', '.join(WEIGHT_PATTERNS)}) in the reward model directory",
-                         file=model_dir, field="--reward-model")
+        raise AlignError(f"no weights file ({', '.join(WEIGHT_PATTERNS)}) in the model directory",
+                         file=model_dir, field=field)
     return files
 
 
-def weights_sha256(model_dir: Path) -> str:
+def weights_sha256(model_dir: Path, field: str = "--reward-model") -> str:
     """SHA-256 over the name and content of every weights file of ``model_dir``: the same weights hash the
-    same wherever the directory lies, and another training run into the same directory hashes differently."""
+    same wherever the directory lies, and another training run into the same directory hashes differently.
+
+    The one weights hash of the app: reward-model scores, the models that wrote candidates and the lineage.json
+    of trained models all use it, so one set of weights has one identity everywhere."""
     digest = hashlib.sha256()
-    for path in weight_files(model_dir):
+    for path in weight_files(Path(model_dir), field):
         digest.update(path.name.encode() + b"\0")
         with path.open("rb") as f:
             while chunk := f.read(1 << 20):

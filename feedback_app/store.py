@@ -31,6 +31,10 @@ a table of their own too. They change one thing, and only in a project whose ``u
 on: the order in which :meth:`Store.next_item` claims items (the smallest gap between an item's two
 best-scored candidates first, :meth:`Store.uncertainty`). Which items may be claimed, by how many annotators,
 and everything else about claims stays as it is.
+
+Lineage: every candidate records the model that wrote it (a generated one its directory and weights hash, an
+imported one the name its file gives), a trained phase's ``lineage.json`` names its weights and the store
+snapshots it trained on, and :meth:`Store.rounds` joins the two: which judgments led to which round of answers.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -87,10 +91,15 @@ Tick **All unacceptable** when no answer could be given to a customer as it stan
 response you would fix) and a **negative example**: a plausible answer that must never be given.
 """
 MAX_TEXT = 20_000  # characters in a corrected answer, negative example or note
-# 2: projects.claim_ttl_minutes, released_claims; 3: gold_items; 4: candidate_scores, projects.uncertain_first
-SCHEMA_VERSION = "4"
+# 2: projects.claim_ttl_minutes, released_claims; 3: gold_items; 4: candidate_scores, projects.uncertain_first;
+# 5: candidates.model_path, candidates.model_sha256 (the identity of the model that wrote each candidate)
+SCHEMA_VERSION = "5"
 DEFAULT_CLAIM_TTL_MINUTES = 24 * 60  # an annotator who has not submitted a claimed item in a day has left it
 MAX_CLAIM_TTL_MINUTES = 366 * 24 * 60  # longer is "never" (0); the bound keeps the value a 32-bit integer
+# What a trained model's folder says it was trained on (written by feedback_app.export.write_lineage after
+# training, read by Store.rounds): in the phase's output folder, beside model/, or in the model folder itself.
+LINEAGE_FILE = "lineage.json"
+LINEAGE_HEADERS = ("round", "model", "weights sha256", "candidates", "judgments", "trained on")
 
 
 class StoreError(ValueError):
@@ -156,6 +165,13 @@ candidates = Table(
     Column("generation", Text, nullable=False, default="{}"),  # JSON decoding settings
     Column("source", String(32), nullable=False, default="generated"),  # generated | imported
     Column("created_at", Float, nullable=False),
+    # The identity of the model that wrote the candidate (schema 5, added to older stores like
+    # claim_ttl_minutes in 2): the directory it was loaded from and a SHA-256 of its weights files, so a
+    # round of candidates can be traced to the exact weights (and, through the lineage.json of a trained
+    # model, to the judgments it trained on) even after the directory is overwritten. Empty for imported
+    # candidates and for candidates stored before schema 5: only ``model`` (a name) is known of them.
+    Column("model_path", Text, nullable=False, default="", server_default=text("''")),
+    Column("model_sha256", String(64), nullable=False, default="", server_default=text("''")),
     UniqueConstraint("item_id", "text_hash"),
 )
 
@@ -210,6 +226,8 @@ _ADDED_COLUMNS = (
     ("projects", "claim_ttl_minutes", f"INTEGER NOT NULL DEFAULT {DEFAULT_CLAIM_TTL_MINUTES}"),
     # FALSE, not 0: PostgreSQL refuses an integer default for a boolean (SQLite reads FALSE as 0 since 3.23)
     ("projects", "uncertain_first", "BOOLEAN NOT NULL DEFAULT FALSE"),
+    ("candidates", "model_path", "TEXT NOT NULL DEFAULT ''"),
+    ("candidates", "model_sha256", "VARCHAR(64) NOT NULL DEFAULT ''"),
 )
 
 judgments = Table(
@@ -286,6 +304,8 @@ class Candidate:
     text: str
     model: str
     generation: dict[str, Any]
+    model_path: str = ""  # the directory the generating model was loaded from; "" when imported
+    model_sha256: str = ""  # SHA-256 of its weights files (feedback_app.scoring.weights_sha256); "" when imported
 
 
 @dataclass(frozen=True)
@@ -382,6 +402,44 @@ class ScoreSummary:
     items: int  # items whose every candidate has a score: the ones ordered by uncertainty
     reward_models: tuple[tuple[str, str], ...]  # (directory, weights SHA-256) of the scores, one per run
     scored_at: float  # the latest scoring
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A store export a trained model learned from, as its ``lineage.json`` records it (the ``.provenance.json``
+    written beside the exported file, :func:`feedback_app.export.materialise`)."""
+
+    store: str  # the store's URL (password hidden) or, from an export before lineage, the path as given
+    project: str | None  # None: every project of the store
+    latest_judgment_id: int | None  # the newest judgment the export included; None in exports before lineage
+    judgments: int
+    pairs: int
+    annotators: int | None  # None in exports before lineage
+    exported_at: str
+    this_store: bool  # the store and project the rounds are listed for (or all its projects)
+    via: str = ""  # "": the model trained on it; else the reward model (directory) that did, for a PPO policy
+
+
+@dataclass(frozen=True)
+class Round:
+    """One model's candidates in a project (:meth:`Store.rounds`): which weights wrote them, how much was
+    judged, and what those weights were trained on."""
+
+    number: int  # 1 = the model with no snapshot of this store (or the oldest), then by the snapshot's judgment
+    model: str  # the name the candidates record (the generation settings' model, or the imported file's)
+    model_path: str  # the directory it was loaded from; "" for imported candidates
+    weights_sha256: str  # over its weights files; "" for imported candidates (and those stored before schema 5)
+    candidates: int
+    judgments: int  # current judgments (latest per annotator and item) of items with one of its candidates
+    first_candidate_id: int
+    snapshots: tuple[Snapshot, ...]  # every snapshot its lineage.json names, this store's and others
+    lineage: str  # the lineage.json that describes these weights; "" when none was found
+    note: str = ""  # why no lineage is shown although a lineage.json was found (other weights, unreadable)
+
+    @property
+    def store_snapshots(self) -> tuple[Snapshot, ...]:
+        """The snapshots of the store (and project) the rounds were listed for."""
+        return tuple(s for s in self.snapshots if s.this_store)
 
 
 @dataclass(frozen=True)
@@ -715,8 +773,16 @@ class Store:
                                                       items.c.prompt_hash == prompt_hash(prompt))).scalar()
 
     def add_candidates(self, item_id: int, answers: Sequence[tuple[str, str, dict[str, Any]]],
-                       source: str = "generated") -> int:
-        """(text, model, decoding settings) per answer; blank and duplicate texts are skipped. Returns added."""
+                       source: str = "generated", *, model_path: str = "", model_sha256: str = "") -> int:
+        """(text, model, decoding settings) per answer; blank and duplicate texts are skipped. Returns added.
+
+        ``model_path`` and ``model_sha256``: the identity of the model that wrote every answer of the call (its
+        resolved directory and :func:`feedback_app.scoring.weights_sha256`); empty when it is not known (an
+        imported file names a model at most)."""
+        if model_sha256 and not _is_sha256(model_sha256):
+            raise StoreError(f"model_sha256 is a SHA-256 in hex (64 characters), not {model_sha256!r}")
+        if model_sha256 and not model_path.strip():
+            raise StoreError("a weights hash needs the model directory it was computed from (model_path)")
         added = 0
         now = time.time()
         with self.write() as c:
@@ -728,6 +794,7 @@ class Store:
                 seen.add(h)
                 c.execute(insert(candidates).values(item_id=item_id, text=text, text_hash=h, model=model,
                                                     generation=json.dumps(generation), source=source,
+                                                    model_path=model_path, model_sha256=model_sha256,
                                                     created_at=now))
                 added += 1
         return added
@@ -749,7 +816,8 @@ class Store:
             cands = c.execute(select(candidates).where(candidates.c.item_id == item_id)
                               .order_by(candidates.c.id)).all()
         return Item(row.id, row.project_id, json.loads(row.prompt),
-                    tuple(Candidate(r.id, r.text, r.model, json.loads(r.generation)) for r in cands))
+                    tuple(Candidate(r.id, r.text, r.model, json.loads(r.generation), r.model_path, r.model_sha256)
+                          for r in cands))
 
     def counts(self, project_id: int) -> dict[str, int]:
         """Prompts, candidates, items ready (2+ candidates), judgments (latest per annotator and item)."""
@@ -909,7 +977,7 @@ class Store:
         went on) is left without a score; its item then counts as unscored (:meth:`uncertainty`)."""
         if not reward_model.strip():
             raise StoreError("name the reward model the scores come from")
-        if not (len(weights_sha256) == 64 and all(ch in "0123456789abcdef" for ch in weights_sha256)):
+        if not _is_sha256(weights_sha256):
             raise StoreError(f"weights_sha256 is a SHA-256 in hex (64 characters), not {weights_sha256!r}")
         clean: dict[int, float] = {}
         for cid, score in scores.items():
@@ -967,6 +1035,62 @@ class Store:
                     scored.c.reward_model, scored.c.weights_sha256).order_by(func.max(scored.c.scored_at).desc())))
             n_items = c.execute(select(func.count()).select_from(_score_gaps(project_id))).scalar_one()
         return ScoreSummary(int(n), int(n_items), models, float(latest))
+
+    # -------------------------------------------------------------------------------- lineage
+
+    def rounds(self, project_id: int) -> list[Round]:
+        """The project's rounds: one per model that wrote candidates (its weights hash when recorded, else its
+        name), with its candidates, the current judgments of items holding one of them, and, when a
+        ``lineage.json`` is found for its directory (:func:`read_lineage`) that names these weights, the store
+        snapshots it was trained on. Round 1 is the model with no snapshot of this store (several: the oldest
+        candidates first), then the others by the newest judgment id of their snapshot.
+
+        A judgment of an item whose candidates came from two models counts for both: it compared them."""
+        project = self.project(project_id)
+        if project is None:
+            raise StoreError(f"no project {project_id}")
+        per_model = (select(candidates.c.item_id, candidates.c.model, candidates.c.model_path,
+                            candidates.c.model_sha256, func.count(), func.min(candidates.c.id))
+                     .select_from(candidates.join(items)).where(items.c.project_id == project_id)
+                     .group_by(candidates.c.item_id, candidates.c.model, candidates.c.model_path,
+                               candidates.c.model_sha256))
+        per_item = (select(judgments.c.item_id, func.count(func.distinct(judgments.c.user_id)))
+                    .select_from(judgments.join(items)).where(items.c.project_id == project_id)
+                    .group_by(judgments.c.item_id))
+        with self.read() as c:
+            rows = c.execute(per_model).all()
+            judged = {int(item_id): int(n) for item_id, n in c.execute(per_item)}
+        # One model is one set of weights: the hash when it was recorded (two directories holding the same
+        # weights are one model), else the name (imported candidates, candidates stored before schema 5).
+        groups: dict[tuple[str, str], dict[str, Any]] = {}
+        for item_id, model, path, sha, n, first in sorted(rows, key=lambda r: r[5]):
+            g = groups.setdefault((sha, "") if sha else ("", model), {
+                "model": model, "path": path, "sha": sha, "paths": [], "items": set(), "n": 0, "first": first})
+            if path and path not in g["paths"]:
+                g["paths"].append(path)
+            g["items"].add(int(item_id))
+            g["n"] += int(n)
+            g["first"] = min(g["first"], first)
+        here = public_url(self.url)
+        found = []
+        for g in groups.values():
+            lineage, snapshots, note = "", (), ""
+            for path in g["paths"]:
+                where, data, note = read_lineage(path, g["sha"])
+                if data is not None:
+                    lineage, snapshots = str(where), _snapshots(data, here, project.name)
+                    note = ""
+                    break
+            found.append(Round(0, g["model"], g["path"], g["sha"], g["n"], sum(judged.get(i, 0) for i in g["items"]),
+                               int(g["first"]), snapshots, lineage, note))
+
+        def order(r: Round) -> tuple[int, int, int]:
+            ids = [s.latest_judgment_id for s in r.store_snapshots]
+            if not ids:
+                return 0, 0, r.first_candidate_id
+            return 1, max((i for i in ids if i is not None), default=-1), r.first_candidate_id
+
+        return [replace(r, number=n) for n, r in enumerate(sorted(found, key=order), start=1)]
 
     # -------------------------------------------------------------------------------- assignment
 
@@ -1342,6 +1466,110 @@ def display_order(user_id: int, item: Item) -> list[Candidate]:
     return order
 
 
+# ------------------------------------------------------------------------------------------------ lineage
+
+
+def public_url(store: str) -> str:
+    """A store (path or database URL, no ``#project``) fit for a file others read: a URL's password hidden."""
+    if "://" not in store:
+        return store
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(store).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy can parse: say only its scheme
+        return store.split("://", 1)[0] + "://..."
+
+
+def read_lineage(model_path: str | Path, weights_sha256: str = "") -> tuple[Path | None, dict[str, Any] | None, str]:
+    """The ``lineage.json`` of the model at ``model_path`` (in the directory, or in the phase folder above it),
+    when it describes these weights: (its path, its content, ""). Otherwise (None, None, why): "" when there is
+    none, else the reason the one found does not count (unreadable, or written for other weights: the folder
+    was trained again after the candidates were generated). Without ``weights_sha256`` the directory must match.
+    """
+    model = Path(model_path)
+    why = ""
+    for folder in (model, model.parent):
+        path = folder / LINEAGE_FILE
+        if not path.is_file():
+            continue
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            models = data["models"]
+            hashes = {str(m["weights_sha256"]) for m in models}
+            dirs = {str(m["path"]) for m in models}
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            why = f"{path} is unreadable ({type(e).__name__})"
+            continue
+        if (weights_sha256 in hashes) if weights_sha256 else (str(model) in dirs):
+            return path, data, ""
+        why = f"{path} is for other weights (the folder was trained again after these candidates)"
+    return None, None, why
+
+
+def _snapshots(lineage: dict[str, Any], here: str, project: str) -> tuple[Snapshot, ...]:
+    """The snapshots a lineage.json names: the model's own data, then its reward model's (a PPO policy)."""
+    out = []
+
+    def add(entries: Any, via: str) -> None:
+        for e in entries if isinstance(entries, list) else []:
+            if not isinstance(e, dict):
+                continue
+            store = str(e.get("store_url") or e.get("store") or "")
+            # An export from before lineage names the store as it was given; only an absolute path compares.
+            key = store if e.get("store_url") or "://" in store or not Path(store).is_absolute() \
+                else public_url(database_url(store))
+            out.append(Snapshot(store, e.get("project"), _int(e.get("latest_judgment_id")),
+                                _int(e.get("judgments")) or 0, _int(e.get("pairs")) or 0,
+                                _int(e.get("annotators")), str(e.get("exported_at") or ""),
+                                key == here and e.get("project") in (None, project), via))
+
+    add(lineage.get("snapshots"), "")
+    reward_model = lineage.get("reward_model")
+    if isinstance(reward_model, dict):
+        add(reward_model.get("snapshots"), str(reward_model.get("path") or "reward model"))
+    return tuple(out)
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def lineage_rows(rounds: Sequence[Round]) -> list[list[Any]]:
+    """The rounds as table rows under :data:`LINEAGE_HEADERS` (``align feedback lineage``, the dashboard)."""
+    rows = []
+    for r in rounds:
+        model = r.model if not r.model_path or r.model == r.model_path else f"{r.model} ({r.model_path})"
+        rows.append([r.number, model, r.weights_sha256[:12] or "-", r.candidates, r.judgments, trained_on_text(r)])
+    return rows
+
+
+def trained_on_text(r: Round) -> str:
+    """What a round's model was trained on, in one cell: this store's snapshots, then other data."""
+    if r.note:
+        return f"unknown: {r.note}"
+    if not r.lineage:
+        return "-"
+    parts = []
+    for s in dict.fromkeys(r.store_snapshots):  # train and validation from one export: said once
+        who = "? annotators" if s.annotators is None else f"{s.annotators} annotator{'s' if s.annotators != 1 else ''}"
+        parts.append(f"{s.project or 'all projects'} up to judgment {s.latest_judgment_id or '?'} "
+                     f"({s.judgments} judgments, {s.pairs} pairs, {who})"
+                     + (f" via reward model {s.via}" if s.via else ""))
+    others = list(dict.fromkeys(s.store + (f"#{s.project}" if s.project else "") for s in r.snapshots
+                                if not s.this_store))
+    if others:
+        parts.append("other stores: " + ", ".join(others))
+    return "; ".join(parts) or "no feedback store (trained on files)"
+
+
+def format_rounds(rounds: Sequence[Round]) -> list[str]:
+    """The rounds as an aligned text table, one line per round under a header line."""
+    table = [list(LINEAGE_HEADERS), *[[str(v) for v in row] for row in lineage_rows(rounds)]]
+    widths = [max(len(row[i]) for row in table) for i in range(len(LINEAGE_HEADERS) - 1)]
+    return ["  ".join([*(v.ljust(w) for v, w in zip(row, widths)), row[-1]]).rstrip() for row in table]
+
+
 # ------------------------------------------------------------------------------------------------ gold
 
 
@@ -1433,6 +1661,11 @@ def _gold_file_error(source: str, line: int, message: str, field_: str | None = 
 
 
 # ------------------------------------------------------------------------------------------------ helpers
+
+
+def _is_sha256(value: str) -> bool:
+    """A SHA-256 as :func:`feedback_app.scoring.weights_sha256` writes it: 64 lowercase hex digits."""
+    return len(value) == 64 and all(ch in "0123456789abcdef" for ch in value)
 
 
 def _sqlite_pragmas(engine: Engine) -> None:

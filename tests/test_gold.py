@@ -360,6 +360,8 @@ def test_gold_is_for_admins_only_and_invisible_on_the_annotate_page(tmp_path):
 def _downgrade(store: Store, version: str) -> None:
     """Make the store look like one written before gold items (schema 2) or before claim expiry too (1)."""
     with store.write() as c:
+        c.execute(text("ALTER TABLE candidates DROP COLUMN model_path"))  # schema 5 (tests/test_lineage.py)
+        c.execute(text("ALTER TABLE candidates DROP COLUMN model_sha256"))
         c.execute(text("DROP TABLE candidate_scores"))  # schema 4 (tests/test_uncertainty.py)
         c.execute(text("ALTER TABLE projects DROP COLUMN uncertain_first"))
         c.execute(text("DROP TABLE gold_items"))
@@ -371,7 +373,7 @@ def _downgrade(store: Store, version: str) -> None:
 
 @pytest.mark.parametrize("version", ["2", "1"])
 def test_an_old_store_is_upgraded_when_opened(store, version):
-    assert SCHEMA_VERSION == "4"  # _downgrade undoes 4 and 3 (and 2)
+    assert SCHEMA_VERSION == "5"  # _downgrade undoes 5, 4 and 3 (and 2)
     p = store.update_project(_fill(store, 2).id, overlap=1, assign_batch=1)
     u = _users(store, 1)[0]
     a = store.next_item(u, p)

@@ -195,13 +195,15 @@ def test_scores_are_checked_and_replaced_per_project(store):
 def _downgrade_to_schema_3(store: Store) -> None:
     """Make the store look like one written before scores: no table, no setting, schema version 3."""
     with store.write() as c:
+        c.execute(text("ALTER TABLE candidates DROP COLUMN model_path"))  # schema 5 (tests/test_lineage.py)
+        c.execute(text("ALTER TABLE candidates DROP COLUMN model_sha256"))
         c.execute(text("DROP TABLE candidate_scores"))
         c.execute(text("ALTER TABLE projects DROP COLUMN uncertain_first"))
         c.execute(meta.update().where(meta.c.key == "schema_version").values(value="3"))
 
 
 def test_a_schema_3_store_is_upgraded_when_opened(store):
-    assert SCHEMA_VERSION == "4"
+    assert SCHEMA_VERSION == "5"  # _downgrade_to_schema_3 undoes 5 and 4
     p = store.update_project(_fill(store, 3).id, overlap=1, assign_batch=1, uncertain_first=True)
     a, b, c = _items(store, p, 3)
     u, v = _users(store, 2)
