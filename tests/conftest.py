@@ -90,3 +90,28 @@ def tiny_rm_dir(tmp_path_factory, tiny_model_dir) -> Path:
     AutoModelForSequenceClassification.from_config(config).save_pretrained(str(out))
     AutoTokenizer.from_pretrained(str(tiny_model_dir)).save_pretrained(str(out))
     return out
+
+
+def open_store_concurrently(url: str, n: int = 4) -> list[BaseException]:
+    """Open the store at ``url`` from ``n`` threads at once, half with ``create=True`` (the server and CLI
+    commands starting together on an old store): the errors raised, none when the upgrade runs once."""
+    import threading
+
+    from feedback_app.store import Store
+
+    errors: list[BaseException] = []
+    start = threading.Barrier(n)
+
+    def open_store(create: bool) -> None:
+        try:
+            start.wait()
+            Store(url, create=create).close()
+        except BaseException as e:  # noqa: BLE001 - reported to the caller
+            errors.append(e)
+
+    threads = [threading.Thread(target=open_store, args=(k % 2 == 0,)) for k in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors

@@ -28,6 +28,7 @@ from feedback_app.store import (
     meta,
     released_claims,
 )
+from tests.conftest import open_store_concurrently
 from tests.test_feedback_store import _fill, _postgres_url, _rank_all, _users
 
 
@@ -322,22 +323,7 @@ def test_concurrent_opens_upgrade_an_old_store_once(store):
     _fill(store, 1)
     _downgrade_to_schema_1(store)
     store.close()
-    errors: list[BaseException] = []
-    start = threading.Barrier(4)
-
-    def open_store(create: bool):
-        try:
-            start.wait()
-            Store(store.url, create=create).close()
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append(e)
-
-    # the server and a CLI command (an export, a new user) starting together on an old store
-    threads = [threading.Thread(target=open_store, args=(k % 2 == 0,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = open_store_concurrently(store.url)  # the server and CLI commands starting together
     assert not errors, errors
     reopened = Store(store.url)
     assert reopened.project("default").claim_ttl_minutes == DEFAULT_CLAIM_TTL_MINUTES

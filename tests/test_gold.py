@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from feedback_app.store import (
     gold_agreement,
     meta,
 )
+from tests.conftest import open_store_concurrently
 from tests.test_feedback_store import _fill, _postgres_url, _prompt, _rank_all, _users
 
 
@@ -397,21 +397,7 @@ def test_concurrent_opens_upgrade_an_old_store_once(store):
     _fill(store, 1)
     _downgrade(store, "2")
     store.close()
-    errors: list[BaseException] = []
-    start = threading.Barrier(4)
-
-    def open_store(create: bool) -> None:
-        try:
-            start.wait()
-            Store(store.url, create=create).close()
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append(e)
-
-    threads = [threading.Thread(target=open_store, args=(k % 2 == 0,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = open_store_concurrently(store.url)  # the server and CLI commands starting together
     assert not errors, errors
     reopened = Store(store.url)
     assert reopened.gold(reopened.project("default").id) == {}

@@ -10,7 +10,6 @@ Every store test runs on SQLite and, when ALIGN_TEST_POSTGRES_URL is set, on Pos
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -22,7 +21,7 @@ from alignment.cli import main
 from feedback_app.export import materialise, write_lineage
 from feedback_app.scoring import weights_sha256
 from feedback_app.store import LINEAGE_HEADERS, SCHEMA_VERSION, Store, StoreError, format_rounds, meta
-from tests.conftest import write_jsonl
+from tests.conftest import open_store_concurrently, write_jsonl
 from tests.test_feedback_store import _postgres_url, _prompt, _rank_all, _users
 
 
@@ -342,21 +341,7 @@ def test_concurrent_opens_upgrade_a_schema_4_store_once(store):
     _answers(store, p, "m")
     _downgrade_to_schema_4(store)
     store.close()
-    errors: list[BaseException] = []
-    start = threading.Barrier(4)
-
-    def open_store(create: bool) -> None:
-        try:
-            start.wait()
-            Store(store.url, create=create).close()
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append(e)
-
-    threads = [threading.Thread(target=open_store, args=(k % 2 == 0,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = open_store_concurrently(store.url)  # the server and CLI commands starting together
     assert not errors, errors
     reopened = Store(store.url)
     assert [r.candidates for r in reopened.rounds(p.id)] == [2]

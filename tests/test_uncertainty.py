@@ -20,6 +20,7 @@ from sqlalchemy import inspect, select, text
 
 from alignment.cli import main
 from feedback_app.store import SCHEMA_VERSION, Store, StoreError, assignments, meta
+from tests.conftest import open_store_concurrently
 from tests.test_feedback_store import _fill, _postgres_url, _prompt, _rank_all, _users
 
 SHA = "0" * 64  # a weights hash for hand-made scores
@@ -234,21 +235,7 @@ def test_concurrent_opens_upgrade_a_schema_3_store_once(store):
     _fill(store, 1)
     _downgrade_to_schema_3(store)
     store.close()
-    errors: list[BaseException] = []
-    start = threading.Barrier(4)
-
-    def open_store(create: bool) -> None:
-        try:
-            start.wait()
-            Store(store.url, create=create).close()
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append(e)
-
-    threads = [threading.Thread(target=open_store, args=(k % 2 == 0,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = open_store_concurrently(store.url)  # the server and CLI commands starting together
     assert not errors, errors
     reopened = Store(store.url)
     assert reopened.project("default").uncertain_first is False
