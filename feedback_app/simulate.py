@@ -41,12 +41,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from alignment.evaluation.policies import Policy, check_answer
 from feedback_app.auth import COOKIE
 from feedback_app.render import render_markdown
 from feedback_app.store import MAX_TEXT, prompt_hash
+
+if TYPE_CHECKING:
+    import httpx
 
 LETTERS = "ABCDEFGH"  # the page's response letters (feedback_app.app.LETTERS, which would import gradio)
 
@@ -430,6 +433,39 @@ class AppError(RuntimeError):
     """The app refused a request or answered in an unexpected way."""
 
 
+def queue_call(client: httpx.Client, session_hash: str, fn_index: int, data: list[Any], what: str) -> list[Any]:
+    """Run one Gradio event to completion through the queue, as the page does (``queue/join``, then the
+    ``queue/data`` stream of this session until the event completes); returns its output list. The session
+    hash keeps the server-side state (``gr.State``) between events. Raises :class:`AppError` naming ``what``."""
+    r = client.post("/gradio_api/queue/join", json={
+        "data": data, "fn_index": fn_index, "trigger_id": None, "session_hash": session_hash, "event_data": None})
+    if r.status_code != 200:
+        raise AppError(f"{what}: queue/join HTTP {r.status_code}: {r.text[:200]}")
+    event_id = r.json()["event_id"]
+    done: dict[str, Any] | None = None
+    with client.stream("GET", "/gradio_api/queue/data", params={"session_hash": session_hash}) as s:
+        if s.status_code != 200:
+            raise AppError(f"{what}: queue/data HTTP {s.status_code}")
+        for line in s.iter_lines():
+            if not line.startswith("data:"):
+                continue
+            msg = json.loads(line[5:])
+            kind = msg.get("msg")
+            if kind == "process_completed" and msg.get("event_id") == event_id:
+                done = msg
+                break
+            if kind == "unexpected_error":
+                raise AppError(f"{what}: {msg.get('message')}")
+            if kind in ("close_stream", "server_stopped"):
+                break
+    if done is None:
+        raise AppError(f"{what}: the event stream ended without a result")
+    if not done.get("success", False):
+        out = done.get("output") or {}
+        raise AppError(f"{what}: {out.get('error') or str(out)[:300]}")
+    return done["output"]["data"]
+
+
 @dataclass(frozen=True)
 class Api:
     """Event ids and component positions of the annotate page, read from the app's ``/config``."""
@@ -540,34 +576,7 @@ class AppSession:
     def call(self, api_name: str, data: list[Any]) -> list[Any]:
         """Run one event to completion through the queue (as the page does); returns its output list."""
         assert self.api is not None, "login first"
-        r = self.client.post("/gradio_api/queue/join", json={
-            "data": data, "fn_index": self.api.fn[api_name], "trigger_id": None,
-            "session_hash": self.session_hash, "event_data": None})
-        if r.status_code != 200:
-            raise AppError(f"{api_name}: queue/join HTTP {r.status_code}: {r.text[:200]}")
-        event_id = r.json()["event_id"]
-        done: dict[str, Any] | None = None
-        with self.client.stream("GET", "/gradio_api/queue/data", params={"session_hash": self.session_hash}) as s:
-            if s.status_code != 200:
-                raise AppError(f"{api_name}: queue/data HTTP {s.status_code}")
-            for line in s.iter_lines():
-                if not line.startswith("data:"):
-                    continue
-                msg = json.loads(line[5:])
-                kind = msg.get("msg")
-                if kind == "process_completed" and msg.get("event_id") == event_id:
-                    done = msg
-                    break
-                if kind == "unexpected_error":
-                    raise AppError(f"{api_name}: {msg.get('message')}")
-                if kind in ("close_stream", "server_stopped"):
-                    break
-        if done is None:
-            raise AppError(f"{api_name}: the event stream ended without a result")
-        if not done.get("success", False):
-            out = done.get("output") or {}
-            raise AppError(f"{api_name}: {out.get('error') or str(out)[:300]}")
-        return done["output"]["data"]
+        return queue_call(self.client, self.session_hash, self.api.fn[api_name], data, api_name)
 
     def event(self, api_name: str, values: Mapping[str, Any]) -> View:
         """Call ``api_name`` with inputs by component name (the gr.State: None, the server keeps it)."""

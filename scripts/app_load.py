@@ -48,6 +48,7 @@ if str(REPO) not in sys.path:
 
 from feedback_app.app import LETTERS, render_prompt, render_response  # noqa: E402
 from feedback_app.auth import COOKIE  # noqa: E402
+from feedback_app.simulate import AppError, queue_call  # noqa: E402
 from feedback_app.store import Project, Store, display_order, judgments, users  # noqa: E402
 
 TOKEN_PREFIX = "load-"
@@ -189,32 +190,10 @@ class Session:
 
     def call(self, fn_index: int, data: list[Any]) -> list[Any]:
         """Run one Gradio event to completion; returns its output list."""
-        r = self.client.post("/gradio_api/queue/join", json={
-            "data": data, "fn_index": fn_index, "trigger_id": None, "session_hash": self.session_hash,
-            "event_data": None})
-        if r.status_code != 200:
-            raise GradioError(f"queue/join HTTP {r.status_code}: {r.text[:200]}")
-        event_id = r.json()["event_id"]
-        done: dict[str, Any] | None = None
-        with self.client.stream("GET", "/gradio_api/queue/data", params={"session_hash": self.session_hash}) as s:
-            if s.status_code != 200:
-                raise GradioError(f"queue/data HTTP {s.status_code}")
-            for line in s.iter_lines():
-                if not line.startswith("data:"):
-                    continue
-                msg = json.loads(line[5:])
-                kind = msg.get("msg")
-                if kind == "process_completed" and msg.get("event_id") == event_id:
-                    done = msg
-                elif kind == "unexpected_error":
-                    raise GradioError(f"unexpected error: {msg.get('message')}")
-                elif kind in ("close_stream", "server_stopped"):
-                    break
-        if done is None:
-            raise GradioError("event stream ended without a result")
-        if not done.get("success", False):
-            raise GradioError(f"event failed: {str(done.get('output'))[:300]}")
-        return done["output"]["data"]
+        try:
+            return queue_call(self.client, self.session_hash, fn_index, data, f"event {fn_index}")
+        except AppError as e:
+            raise GradioError(str(e)) from e
 
     def load(self) -> View:
         return _view(self.call(self.api.load_fn, []), self.api.load_outputs)
