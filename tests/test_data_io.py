@@ -27,6 +27,17 @@ def test_jsonl_skips_blank_lines_but_keeps_true_line_numbers(tmp_path):
     assert [r for _, r in iter_records(ds)] == [{"text": "a"}, {"text": "b"}, {"text": "c"}]
 
 
+def test_jsonl_lines_end_at_newlines_only(tmp_path):
+    """A string may hold U+2028 or U+0085 raw (json.dumps(..., ensure_ascii=False) writes them so), and a
+    Windows file ends its lines with \\r\\n: neither splits or breaks a record."""
+    rows = [{"text": "one\u2028line"}, {"text": "next\x85line"}]
+    text = "\r\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\r\n"
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(text.encode("utf-8"))
+    ds = load_records(path)
+    assert [r for _, r in iter_records(ds)] == rows and ds[LINE_COLUMN] == [1, 2]
+
+
 def test_ndjson_and_string_path(tmp_path):
     write(tmp_path / "d.ndjson", '{"text": "a"}\n')
     assert load_records(str(tmp_path / "d.ndjson"))["text"] == ["a"]

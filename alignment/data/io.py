@@ -211,7 +211,9 @@ def _json_type(value: Any) -> str:
 def _jsonl_rows(text: str, source: str) -> list[Row]:
     """One JSON object per line; blank lines are skipped but still counted."""
     rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # "\n" only: str.splitlines also splits at U+2028, U+0085 and others, which a JSON string may hold raw
+    # (json.dumps(..., ensure_ascii=False) writes them so); a "\r" left before "\n" is JSON whitespace.
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
