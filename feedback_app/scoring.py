@@ -50,12 +50,12 @@ def weights_sha256(model_dir: Path, field: str = "--reward-model") -> str:
 
     The one weights hash of the app: reward-model scores, the models that wrote candidates and the lineage.json
     of trained models all use it, so one set of weights has one identity everywhere."""
+    from alignment.data.fingerprint import file_digest
+
     digest = hashlib.sha256()
     for path in weight_files(Path(model_dir), field):
         digest.update(path.name.encode() + b"\0")
-        with path.open("rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
+        file_digest(path, digest)
         digest.update(b"\0")
     return digest.hexdigest()
 

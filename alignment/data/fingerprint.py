@@ -17,7 +17,8 @@ DATA_FIELDS = ("data.train", "data.validation", "data.preferred", "policies")  #
 CHUNK = 1 << 20
 
 
-def _file_digest(path: Path, h: Any) -> None:
+def file_digest(path: Path, h: Any) -> None:
+    """Feed a file's bytes to the hash ``h`` a chunk at a time (a model's weights need not fit in memory)."""
     with path.open("rb") as f:
         while block := f.read(CHUNK):
             h.update(block)
@@ -31,11 +32,11 @@ def source_digest(spec: str) -> str:
     if not path.exists() and "::" in spec:
         path = Path(spec.rsplit("::", 1)[0])  # a split of a saved DatasetDict: the whole folder counts
     if path.is_file():
-        _file_digest(path, h)
+        file_digest(path, h)
     elif path.is_dir():
         for f in sorted(p for p in path.rglob("*") if p.is_file()):
             h.update(str(f.relative_to(path)).encode() + b"\0")
-            _file_digest(f, h)
+            file_digest(f, h)
     else:
         return "missing"
     return h.hexdigest()[:16]
