@@ -112,10 +112,7 @@ def run(args: argparse.Namespace) -> int:
             print("ok" if not problems else f"{len(problems)} problem(s)")
             return 0 if not problems else 1
         if args.feedback_command == "gold":
-            store = Store(args.store, create=False)
-            project = store.project(args.project)
-            if project is None:
-                raise StoreError(f"no project '{args.project}' in {store.url}")
+            store, project = _open_project(args)
             marked, cleared = store.import_gold(project.id, args.file)
             print(f"{marked} item(s) marked gold, {cleared} cleared; project {project.name} has "
                   f"{len(store.gold(project.id))} gold item(s)")
@@ -130,14 +127,23 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _score(args: argparse.Namespace) -> int:
-    from feedback_app.scoring import score_project
-    from feedback_app.store import Store, StoreError
+def _open_project(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The store of ``--store`` (which must exist) and its project ``--project``; a StoreError naming the
+    projects there (and the store with a database URL's password hidden) when there is no such project."""
+    from feedback_app.store import Store, StoreError, public_url
 
     store = Store(args.store, create=False)
     project = store.project(args.project)
     if project is None:
-        raise StoreError(f"no project '{args.project}' in {store.url}")
+        names = ", ".join(p.name for p in store.list_projects()) or "none"
+        raise StoreError(f"no project '{args.project}' in {public_url(str(args.store))} (projects: {names})")
+    return store, project
+
+
+def _score(args: argparse.Namespace) -> int:
+    from feedback_app.scoring import score_project
+
+    store, project = _open_project(args)
     result = score_project(store, project.id, args.reward_model, batch_size=args.batch_size,
                            max_length=args.max_length)
     ordered = len(store.uncertainty(project.id))
@@ -157,13 +163,9 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def _lineage(args: argparse.Namespace) -> int:
-    from feedback_app.store import Store, StoreError, format_rounds, public_url
+    from feedback_app.store import format_rounds, public_url
 
-    store = Store(args.store, create=False)
-    project = store.project(args.project)
-    if project is None:
-        names = ", ".join(p.name for p in store.list_projects()) or "none"
-        raise StoreError(f"no project '{args.project}' in {store.url} (projects: {names})")
+    store, project = _open_project(args)
     rounds = store.rounds(project.id)
     where = public_url(str(args.store))  # as given: a database URL's password hidden
     if not rounds:
