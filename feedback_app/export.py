@@ -382,12 +382,13 @@ def write_lineage(output_dir: str | Path, model_dir: str | Path, data_files: Map
                                "snapshots": snapshots}
     if reward_model:
         from alignment.errors import AlignError
+        from alignment.modeling import resolve_model
 
-        rm = _model_folder(Path(reward_model))
         try:
+            rm = resolve_model(reward_model)  # a phase folder's model/, as the loaders read it
             digest: str | None = weights_sha256(rm, "reward_model")
         except AlignError:  # not a local directory of weights (a hub name): its identity and data are unknown
-            digest = None
+            rm, digest = Path(reward_model), None
         found, data, _ = read_lineage(rm, digest) if digest else (None, None, "")
         # "lineage": None when the reward model has none (trained elsewhere, or before lineage): its data is unknown
         lineage["reward_model"] = {"path": str(rm.resolve()) if rm.exists() else str(reward_model),
@@ -397,11 +398,6 @@ def write_lineage(output_dir: str | Path, model_dir: str | Path, data_files: Map
     out.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write(out, (json.dumps(lineage, indent=2) + "\n").encode("utf-8"))
     return out
-
-
-def _model_folder(path: Path) -> Path:
-    """A model directory, given it or the phase folder holding it in ``model/`` (as recipes name models)."""
-    return path / "model" if not (path / "config.json").exists() and (path / "model").is_dir() else path
 
 
 def summary_lines(export: Export) -> list[str]:
