@@ -6,6 +6,7 @@ import json
 import os
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -115,3 +116,43 @@ def open_store_concurrently(url: str, n: int = 4) -> list[BaseException]:
     for t in threads:
         t.join()
     return errors
+
+
+# What each feedback-store schema version added, oldest first: downgrade_store undoes them to make a store
+# that looks as an older release wrote it. A new schema version adds its line here.
+SCHEMA_ADDED = {
+    "2": ["DROP TABLE released_claims", "ALTER TABLE projects DROP COLUMN claim_ttl_minutes"],
+    "3": ["DROP TABLE gold_items"],
+    "4": ["DROP TABLE candidate_scores", "ALTER TABLE projects DROP COLUMN uncertain_first"],
+    "5": ["ALTER TABLE candidates DROP COLUMN model_path", "ALTER TABLE candidates DROP COLUMN model_sha256"],
+}
+
+
+def downgrade_store(store: Any, version: str) -> None:
+    """Make ``store`` look like one written at schema ``version``: every later version's tables and columns
+    dropped (newest first) and the version recorded, so opening it again must run the real upgrade."""
+    from sqlalchemy import text
+
+    from feedback_app.store import SCHEMA_VERSION, meta
+
+    assert SCHEMA_VERSION == max(SCHEMA_ADDED, key=int), "list what the new schema version adds in SCHEMA_ADDED"
+    with store.write() as c:
+        for added in sorted(SCHEMA_ADDED, key=int, reverse=True):
+            if int(added) > int(version):
+                for statement in SCHEMA_ADDED[added]:
+                    c.execute(text(statement))
+        c.execute(meta.update().where(meta.c.key == "schema_version").values(value=version))
+
+
+def app_login(client: Any, user: str, password: str) -> None:
+    """Sign ``user`` in through the app's login form on a test client (replacing any earlier session)."""
+    client.cookies.clear()
+    r = client.post("/login", data={"username": user, "password": password}, follow_redirects=False)
+    assert r.status_code == 303, r.text
+
+
+def call_api(client: Any, api: str, data: list) -> str:
+    """Gradio's HTTP API on a test client: start the event ``api`` with ``data``, return its result stream."""
+    r = client.post(f"/gradio_api/call/{api}", json={"data": data})
+    assert r.status_code == 200, r.text
+    return client.get(f"/gradio_api/call/{api}/{r.json()['event_id']}").text

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, inspect, select, text
+from sqlalchemy import func, inspect, select
 
 from feedback_app.store import (
     DEFAULT_CLAIM_TTL_MINUTES,
@@ -28,7 +28,7 @@ from feedback_app.store import (
     meta,
     released_claims,
 )
-from tests.conftest import open_store_concurrently
+from tests.conftest import app_login, call_api, downgrade_store, open_store_concurrently
 from tests.test_feedback_store import _fill, _postgres_url, _rank_all, _users
 
 
@@ -286,19 +286,11 @@ def test_concurrent_claims_late_submissions_and_releases_never_exceed_the_overla
 # ------------------------------------------------------------------------------------------------ migration
 
 
-def _downgrade_to_schema_1(store: Store) -> None:
-    """Make the store look like one written before claim expiry: no column, no table, schema version 1."""
-    with store.write() as c:
-        c.execute(text("DROP TABLE released_claims"))
-        c.execute(text("ALTER TABLE projects DROP COLUMN claim_ttl_minutes"))
-        c.execute(meta.update().where(meta.c.key == "schema_version").values(value="1"))
-
-
 def test_an_old_store_is_upgraded_when_opened(store, clock):
     p = store.update_project(_fill(store, 3).id, overlap=1, assign_batch=2)
     u, v = _users(store, 2)
     item_id = store.next_item(u, p)
-    _downgrade_to_schema_1(store)
+    downgrade_store(store, "1")
     store.close()
     checker = Store(store.url, create=False)  # what an export or a check opens: upgraded as well
     with checker.read() as c:
@@ -321,7 +313,7 @@ def test_an_old_store_is_upgraded_when_opened(store, clock):
 
 def test_concurrent_opens_upgrade_an_old_store_once(store):
     _fill(store, 1)
-    _downgrade_to_schema_1(store)
+    downgrade_store(store, "1")
     store.close()
     errors = open_store_concurrently(store.url)  # the server and CLI commands starting together
     assert not errors, errors
@@ -350,12 +342,8 @@ def test_release_and_expiry_from_the_app_are_for_admins_only(tmp_path, clock):
 
     with TestClient(create_app(store, upload_dir=tmp_path / "uploads")) as client:
         def call(user: str, password: str, api: str, data: list) -> str:
-            client.cookies.clear()
-            assert client.post("/login", data={"username": user, "password": password},
-                               follow_redirects=False).status_code == 303
-            r = client.post(f"/gradio_api/call/{api}", json={"data": data})
-            assert r.status_code == 200, r.text
-            return client.get(f"/gradio_api/call/{api}/{r.json()['event_id']}").text
+            app_login(client, user, password)
+            return call_api(client, api, data)
 
         # an annotator calling the admin endpoints directly: the handlers' role check refuses
         for api, data in (("admin_release_user", [None, "<b>eve</b>"]), ("admin_release_item", [None, item_id]),

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import inspect, select, text
+from sqlalchemy import inspect, select
 
 from alignment.cli import main
 from feedback_app.store import (
@@ -27,7 +27,7 @@ from feedback_app.store import (
     gold_agreement,
     meta,
 )
-from tests.conftest import open_store_concurrently
+from tests.conftest import app_login, call_api, downgrade_store, open_store_concurrently
 from tests.test_feedback_store import _fill, _postgres_url, _prompt, _rank_all, _users
 
 
@@ -298,14 +298,10 @@ def test_gold_is_for_admins_only_and_invisible_on_the_annotate_page(tmp_path):
 
     with TestClient(create_app(store, upload_dir=tmp_path / "uploads")) as client:
         def login(user: str, password: str) -> None:
-            client.cookies.clear()
-            assert client.post("/login", data={"username": user, "password": password},
-                               follow_redirects=False).status_code == 303
+            app_login(client, user, password)
 
         def call(api: str, data: list) -> str:
-            r = client.post(f"/gradio_api/call/{api}", json={"data": data})
-            assert r.status_code == 200, r.text
-            return client.get(f"/gradio_api/call/{api}/{r.json()['event_id']}").text
+            return call_api(client, api, data)
 
         def page() -> str:
             """The annotate page's load event as the annotator gets it, the per-form random key blanked."""
@@ -357,28 +353,14 @@ def test_gold_is_for_admins_only_and_invisible_on_the_annotate_page(tmp_path):
 # ------------------------------------------------------------------------------------------------ migration
 
 
-def _downgrade(store: Store, version: str) -> None:
-    """Make the store look like one written before gold items (schema 2) or before claim expiry too (1)."""
-    with store.write() as c:
-        c.execute(text("ALTER TABLE candidates DROP COLUMN model_path"))  # schema 5 (tests/test_lineage.py)
-        c.execute(text("ALTER TABLE candidates DROP COLUMN model_sha256"))
-        c.execute(text("DROP TABLE candidate_scores"))  # schema 4 (tests/test_uncertainty.py)
-        c.execute(text("ALTER TABLE projects DROP COLUMN uncertain_first"))
-        c.execute(text("DROP TABLE gold_items"))
-        if version == "1":
-            c.execute(text("DROP TABLE released_claims"))
-            c.execute(text("ALTER TABLE projects DROP COLUMN claim_ttl_minutes"))
-        c.execute(meta.update().where(meta.c.key == "schema_version").values(value=version))
-
-
 @pytest.mark.parametrize("version", ["2", "1"])
 def test_an_old_store_is_upgraded_when_opened(store, version):
-    assert SCHEMA_VERSION == "5"  # _downgrade undoes 5, 4 and 3 (and 2)
+    assert SCHEMA_VERSION == "5"  # downgrade_store undoes 5, 4 and 3 (and 2)
     p = store.update_project(_fill(store, 2).id, overlap=1, assign_batch=1)
     u = _users(store, 1)[0]
     a = store.next_item(u, p)
     store.submit(u, a, _rank_all(store.item(a), [0, 1, 2]), "u-a")
-    _downgrade(store, version)
+    downgrade_store(store, version)
     store.close()
     checker = Store(store.url, create=False)  # what an export or `align feedback gold` opens: upgraded too
     with checker.read() as c:
@@ -395,7 +377,7 @@ def test_an_old_store_is_upgraded_when_opened(store, version):
 
 def test_concurrent_opens_upgrade_an_old_store_once(store):
     _fill(store, 1)
-    _downgrade(store, "2")
+    downgrade_store(store, "2")
     store.close()
     errors = open_store_concurrently(store.url)  # the server and CLI commands starting together
     assert not errors, errors

@@ -15,13 +15,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from sqlalchemy import inspect, select, text
+from sqlalchemy import inspect, select
 
 from alignment.cli import main
 from feedback_app.export import materialise, write_lineage
 from feedback_app.scoring import weights_sha256
 from feedback_app.store import LINEAGE_HEADERS, SCHEMA_VERSION, Store, StoreError, format_rounds, meta
-from tests.conftest import open_store_concurrently, write_jsonl
+from tests.conftest import app_login, call_api, downgrade_store, open_store_concurrently, write_jsonl
 from tests.test_feedback_store import _postgres_url, _prompt, _rank_all, _users
 
 
@@ -301,21 +301,13 @@ def test_record_lineage_is_the_pipelines_hook(tmp_path, capsys):
 # ------------------------------------------------------------------------------------------------ migration
 
 
-def _downgrade_to_schema_4(store: Store) -> None:
-    """Make the store look like one written before lineage: no model identity columns, schema version 4."""
-    with store.write() as c:
-        c.execute(text("ALTER TABLE candidates DROP COLUMN model_path"))
-        c.execute(text("ALTER TABLE candidates DROP COLUMN model_sha256"))
-        c.execute(meta.update().where(meta.c.key == "schema_version").values(value="4"))
-
-
 def test_a_schema_4_store_is_upgraded_when_opened(store, tmp_path):
     assert SCHEMA_VERSION == "5"
     p = store.update_project(store.ensure_project().id, overlap=1, assign_batch=5)
     store.add_prompts(p.id, [_prompt(f"question {i}") for i in range(2)])
     _answers(store, p, "old-model")
     _judge_all(store, _users(store, 1)[0], p)
-    _downgrade_to_schema_4(store)
+    downgrade_store(store, "4")
     store.close()
     checker = Store(store.url, create=False)  # what `align feedback lineage` opens: upgraded as well
     with checker.read() as c:
@@ -339,7 +331,7 @@ def test_concurrent_opens_upgrade_a_schema_4_store_once(store):
     p = store.ensure_project()
     store.add_prompts(p.id, [_prompt("q")])
     _answers(store, p, "m")
-    _downgrade_to_schema_4(store)
+    downgrade_store(store, "4")
     store.close()
     errors = open_store_concurrently(store.url)  # the server and CLI commands starting together
     assert not errors, errors
@@ -366,12 +358,8 @@ def test_the_lineage_table_is_for_admins_only(tmp_path, capsys):
 
     with TestClient(create_app(store, upload_dir=tmp_path / "uploads")) as client:
         def call(user: str, password: str) -> str:
-            client.cookies.clear()
-            assert client.post("/login", data={"username": user, "password": password},
-                               follow_redirects=False).status_code == 303
-            r = client.post("/gradio_api/call/admin_lineage", json={"data": [None]})
-            assert r.status_code == 200, r.text
-            return client.get(f"/gradio_api/call/admin_lineage/{r.json()['event_id']}").text
+            app_login(client, user, password)
+            return call_api(client, "admin_lineage", [None])
 
         # an annotator calling the admin endpoint directly: the handler's role check refuses, naming nothing
         result = call("ann", "ann-password")

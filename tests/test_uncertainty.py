@@ -16,11 +16,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import inspect, select, text
+from sqlalchemy import inspect, select
 
 from alignment.cli import main
 from feedback_app.store import SCHEMA_VERSION, Store, StoreError, assignments, meta
-from tests.conftest import open_store_concurrently
+from tests.conftest import app_login, call_api, downgrade_store, open_store_concurrently
 from tests.test_feedback_store import _fill, _postgres_url, _prompt, _rank_all, _users
 
 SHA = "0" * 64  # a weights hash for hand-made scores
@@ -193,25 +193,15 @@ def test_scores_are_checked_and_replaced_per_project(store):
 # ------------------------------------------------------------------------------------------------ migration
 
 
-def _downgrade_to_schema_3(store: Store) -> None:
-    """Make the store look like one written before scores: no table, no setting, schema version 3."""
-    with store.write() as c:
-        c.execute(text("ALTER TABLE candidates DROP COLUMN model_path"))  # schema 5 (tests/test_lineage.py)
-        c.execute(text("ALTER TABLE candidates DROP COLUMN model_sha256"))
-        c.execute(text("DROP TABLE candidate_scores"))
-        c.execute(text("ALTER TABLE projects DROP COLUMN uncertain_first"))
-        c.execute(meta.update().where(meta.c.key == "schema_version").values(value="3"))
-
-
 def test_a_schema_3_store_is_upgraded_when_opened(store):
-    assert SCHEMA_VERSION == "5"  # _downgrade_to_schema_3 undoes 5 and 4
+    assert SCHEMA_VERSION == "5"  # downgrade_store(store, "3") undoes 5 and 4
     p = store.update_project(_fill(store, 3).id, overlap=1, assign_batch=1, uncertain_first=True)
     a, b, c = _items(store, p, 3)
     u, v = _users(store, 2)
     assert store.next_item(u, p) == a
     store.submit(u, a, _rank_all(store.item(a), [0, 1, 2]), "u-a")
     store.set_gold(p.id, b, [x.id for x in store.item(b).candidates])
-    _downgrade_to_schema_3(store)
+    downgrade_store(store, "3")
     store.close()
     checker = Store(store.url, create=False)  # what `align feedback score` opens: upgraded as well
     with checker.read() as conn:
@@ -233,7 +223,7 @@ def test_a_schema_3_store_is_upgraded_when_opened(store):
 
 def test_concurrent_opens_upgrade_a_schema_3_store_once(store):
     _fill(store, 1)
-    _downgrade_to_schema_3(store)
+    downgrade_store(store, "3")
     store.close()
     errors = open_store_concurrently(store.url)  # the server and CLI commands starting together
     assert not errors, errors
@@ -258,12 +248,8 @@ def test_the_serving_order_setting_is_for_admins_only(tmp_path):
 
     with TestClient(create_app(store, upload_dir=tmp_path / "uploads")) as client:
         def call(user: str, password: str, api: str, data: list) -> str:
-            client.cookies.clear()
-            assert client.post("/login", data={"username": user, "password": password},
-                               follow_redirects=False).status_code == 303
-            r = client.post(f"/gradio_api/call/{api}", json={"data": data})
-            assert r.status_code == 200, r.text
-            return client.get(f"/gradio_api/call/{api}/{r.json()['event_id']}").text
+            app_login(client, user, password)
+            return call_api(client, api, data)
 
         # an annotator calling the admin endpoint directly: the handler's role check refuses
         result = call("ann", "ann-password", "admin_save_uncertain_first", [None, True])
