@@ -433,6 +433,16 @@ class AppError(RuntimeError):
     """The app refused a request or answered in an unexpected way."""
 
 
+def app_login(client: httpx.Client, name: str, password: str) -> str:
+    """Sign in through the login form; returns the session cookie, which ``client`` now sends."""
+    r = client.post("/login", data={"username": name, "password": password}, follow_redirects=False)
+    if r.status_code != 303 or not r.cookies.get(COOKIE):
+        why = {401: "wrong user name or password", 429: "too many failed attempts"}.get(r.status_code, "")
+        raise AppError(f"login of {name} failed: HTTP {r.status_code} {why}".rstrip())
+    client.cookies.set(COOKIE, r.cookies[COOKIE])
+    return r.cookies[COOKIE]
+
+
 def queue_call(client: httpx.Client, session_hash: str, fn_index: int, data: list[Any], what: str) -> list[Any]:
     """Run one Gradio event to completion through the queue, as the page does (``queue/join``, then the
     ``queue/data`` stream of this session until the event completes); returns its output list. The session
@@ -562,12 +572,7 @@ class AppSession:
         self.client.close()
 
     def login(self) -> None:
-        r = self.client.post("/login", data={"username": self.name, "password": self._password},
-                             follow_redirects=False)
-        if r.status_code != 303 or not r.cookies.get(COOKIE):
-            why = {401: "wrong user name or password", 429: "too many failed attempts"}.get(r.status_code, "")
-            raise AppError(f"login of {self.name} failed: HTTP {r.status_code} {why}".rstrip())
-        self.client.cookies.set(COOKIE, r.cookies[COOKIE])
+        app_login(self.client, self.name, self._password)
         r = self.client.get("/config")
         if r.status_code != 200:
             raise AppError(f"/config: HTTP {r.status_code}")

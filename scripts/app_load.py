@@ -47,8 +47,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from feedback_app.app import LETTERS, render_prompt, render_response  # noqa: E402
-from feedback_app.auth import COOKIE  # noqa: E402
-from feedback_app.simulate import AppError, queue_call  # noqa: E402
+from feedback_app.simulate import Api, app_login, queue_call  # noqa: E402
 from feedback_app.store import Project, Store, display_order, judgments, users  # noqa: E402
 
 TOKEN_PREFIX = "load-"
@@ -99,49 +98,9 @@ class LoadResult:
 # ------------------------------------------------------------------------------------------------ protocol
 
 
-class GradioError(RuntimeError):
-    """The server answered a Gradio event with an error (or not at all)."""
-
-
-@dataclass(frozen=True)
-class Api:
-    """What the client needs of the app's Gradio config: event ids and the components of /load and /submit."""
-
-    load_fn: int
-    submit_fn: int
-    submit_inputs: tuple[str, ...]  # elem_id (or "state") of each /submit input, in the order the server expects
-    load_outputs: dict[str, int]  # elem_id -> position in the /load output list
-    submit_outputs: dict[str, int]
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> Api:
-        comps = {c["id"]: c for c in config["components"]}
-
-        def name(cid: int) -> str:
-            c = comps[cid]
-            return c["props"].get("elem_id") or c["type"]
-
-        deps = {d.get("api_name"): d for d in config["dependencies"]}
-        load, submit = deps["load"], deps["submit"]
-        return cls(load_fn=load["id"], submit_fn=submit["id"],
-                   submit_inputs=tuple(name(i) for i in submit["inputs"]),
-                   load_outputs={name(i): n for n, i in enumerate(load["outputs"])},
-                   submit_outputs={name(i): n for n, i in enumerate(submit["outputs"])})
-
-
-def login(client: httpx.Client, name: str, password: str) -> str:
-    """Sign in; returns the session cookie (and sets it on ``client``)."""
-    r = client.post("/login", data={"username": name, "password": password}, follow_redirects=False)
-    cookie = r.cookies.get(COOKIE)
-    if r.status_code != 303 or not cookie:
-        raise GradioError(f"login of {name} failed: HTTP {r.status_code}")
-    client.cookies.set(COOKIE, cookie)
-    return cookie
-
-
 def fetch_api(url: str, name: str, password: str, timeout: float = 60.0) -> Api:
     with httpx.Client(base_url=url, timeout=timeout) as client:
-        login(client, name, password)
+        app_login(client, name, password)
         r = client.get("/config")
         r.raise_for_status()
         return Api.from_config(r.json())
@@ -186,23 +145,20 @@ class Session:
         self.client.close()
 
     def login(self) -> None:
-        login(self.client, self.name, self.password)
+        app_login(self.client, self.name, self.password)
 
     def call(self, fn_index: int, data: list[Any]) -> list[Any]:
         """Run one Gradio event to completion; returns its output list."""
-        try:
-            return queue_call(self.client, self.session_hash, fn_index, data, f"event {fn_index}")
-        except AppError as e:
-            raise GradioError(str(e)) from e
+        return queue_call(self.client, self.session_hash, fn_index, data, f"event {fn_index}")
 
     def load(self) -> View:
-        return _view(self.call(self.api.load_fn, []), self.api.load_outputs)
+        return _view(self.call(self.api.fn["load"], []), self.api.outputs["load"])
 
     def submit(self, ranks: Sequence[int], note: str) -> View:
         values: dict[str, Any] = {"unacceptable": False, "correction-of": None, "correction": "", "negative": "",
                                   "note": note}
         data = []
-        for key in self.api.submit_inputs:
+        for key in self.api.inputs["submit"]:
             if key.startswith("rank-"):
                 i = int(key.removeprefix("rank-"))
                 data.append(str(ranks[i]) if i < len(ranks) else None)
@@ -210,7 +166,7 @@ class Session:
                 data.append([])
             else:
                 data.append(values.get(key))  # the gr.State: None, the server keeps it
-        return _view(self.call(self.api.submit_fn, data), self.api.submit_outputs)
+        return _view(self.call(self.api.fn["submit"], data), self.api.outputs["submit"])
 
 
 def _annotate(session: Session, per_user: int, result: LoadResult, run_id: str, seed: int,
