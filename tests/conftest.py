@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -93,29 +94,35 @@ def tiny_rm_dir(tmp_path_factory, tiny_model_dir) -> Path:
     return out
 
 
-def open_store_concurrently(url: str, n: int = 4) -> list[BaseException]:
-    """Open the store at ``url`` from ``n`` threads at once, half with ``create=True`` (the server and CLI
-    commands starting together on an old store): the errors raised, none when the upgrade runs once."""
+def run_at_once(calls: Sequence[Callable[[], Any]]) -> list[BaseException]:
+    """Run every call in a thread of its own, all released together (a barrier), and wait for them: the
+    errors they raised, in no particular order (none when every call went through)."""
     import threading
 
-    from feedback_app.store import Store
-
     errors: list[BaseException] = []
-    start = threading.Barrier(n)
+    start = threading.Barrier(len(calls))
 
-    def open_store(create: bool) -> None:
+    def run(call: Callable[[], Any]) -> None:
         try:
             start.wait()
-            Store(url, create=create).close()
+            call()
         except BaseException as e:  # noqa: BLE001 - reported to the caller
             errors.append(e)
 
-    threads = [threading.Thread(target=open_store, args=(k % 2 == 0,)) for k in range(n)]
+    threads = [threading.Thread(target=run, args=(call,)) for call in calls]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     return errors
+
+
+def open_store_concurrently(url: str, n: int = 4) -> list[BaseException]:
+    """Open the store at ``url`` from ``n`` threads at once, half with ``create=True`` (the server and CLI
+    commands starting together on an old store): the errors raised, none when the upgrade runs once."""
+    from feedback_app.store import Store
+
+    return run_at_once([lambda create=(k % 2 == 0): Store(url, create=create).close() for k in range(n)])
 
 
 # What each feedback-store schema version added, oldest first: downgrade_store undoes them to make a store

@@ -9,7 +9,6 @@ ALIGN_TEST_POSTGRES_URL is set, on PostgreSQL.
 from __future__ import annotations
 
 import json
-import threading
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +27,7 @@ from feedback_app.store import (
     meta,
     released_claims,
 )
-from tests.conftest import app_login, call_api, downgrade_store, open_store_concurrently
+from tests.conftest import app_login, call_api, downgrade_store, open_store_concurrently, run_at_once
 from tests.test_feedback_store import _fill, _postgres_url, _rank_all, _users
 
 
@@ -226,43 +225,19 @@ def test_concurrent_claims_late_submissions_and_releases_never_exceed_the_overla
     assert sum(len(v) for v in held.values()) == 12
     clock.advance(61)
     newcomers = _users(store, 8)
-    start = threading.Barrier(8 + 3 + 1)
-    errors: list[BaseException] = []
     late: list[tuple[int, int, str]] = []  # (user, item, "stored" | the refusal)
 
-    def claim(u):
-        try:
-            start.wait()
-            store.next_item(u, p)
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append(e)
-
     def submit_late(u):
-        try:
-            start.wait()
-            for item_id in held[u.id]:
-                try:
-                    _submit(store, u, item_id, f"late-{u.id}-{item_id}")
-                    late.append((u.id, item_id, "stored"))
-                except StoreError as e:
-                    late.append((u.id, item_id, str(e)))
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append(e)
+        for item_id in held[u.id]:
+            try:
+                _submit(store, u, item_id, f"late-{u.id}-{item_id}")
+                late.append((u.id, item_id, "stored"))
+            except StoreError as e:
+                late.append((u.id, item_id, str(e)))
 
-    def release():
-        try:
-            start.wait()
-            store.release_claims(p.id, user_id=early[3].id)
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append(e)
-
-    threads = ([threading.Thread(target=claim, args=(u,)) for u in newcomers]
-               + [threading.Thread(target=submit_late, args=(u,)) for u in early[:3]]
-               + [threading.Thread(target=release)])
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = run_at_once([*(lambda u=u: store.next_item(u, p) for u in newcomers),
+                          *(lambda u=u: submit_late(u) for u in early[:3]),
+                          lambda: store.release_claims(p.id, user_id=early[3].id)])
     assert not errors, errors
     assert store.integrity_problems() == []  # n_assigned = assignment rows; every judgment has its assignment
     per_item = _claimed(store)

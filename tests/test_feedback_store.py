@@ -15,7 +15,7 @@ from alignment.cli import main
 from alignment.errors import AlignError
 from feedback_app.export import export_store, materialise, preference_examples, write_export
 from feedback_app.store import Judgment, Progress, Store, StoreError, display_order
-from tests.conftest import write_jsonl
+from tests.conftest import run_at_once, write_jsonl
 
 
 def _prompt(text: str) -> list[dict[str, str]]:
@@ -167,19 +167,7 @@ def test_items_need_two_candidates(store):
 def test_concurrent_claims_never_exceed_overlap(store):
     p = store.update_project(_fill(store, 10).id, overlap=3, assign_batch=4)
     annotators = _users(store, 8)
-    errors: list[BaseException] = []
-
-    def work(u):
-        try:
-            store.next_item(u, p)
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append(e)
-
-    threads = [threading.Thread(target=work, args=(u,)) for u in annotators]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = run_at_once([lambda u=u: store.next_item(u, p) for u in annotators])
     assert not errors
     assert store.integrity_problems() == []  # n_assigned matches the assignment rows
     from sqlalchemy import func, select
@@ -197,22 +185,8 @@ def test_concurrent_claims_never_exceed_overlap(store):
 def test_one_annotator_claims_one_batch_when_asking_many_times_at_once(store):
     p = store.update_project(_fill(store, 20).id, overlap=3, assign_batch=5)
     u = _users(store, 1)[0]
-    start = threading.Barrier(8)
     got: list[int | None] = []
-    errors: list[BaseException] = []
-
-    def work():
-        try:
-            start.wait()
-            got.append(store.next_item(u, p))
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append(e)
-
-    threads = [threading.Thread(target=work) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = run_at_once([lambda: got.append(store.next_item(u, p))] * 8)
     assert not errors
     assert store.progress(u, p).assigned == 5  # one batch, not one per call
     assert len(set(got)) == 1 and got[0] is not None  # every call answers with the same first item

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,7 @@ from sqlalchemy import inspect, select
 
 from alignment.cli import main
 from feedback_app.store import SCHEMA_VERSION, Store, StoreError, assignments, meta
-from tests.conftest import app_login, call_api, downgrade_store, open_store_concurrently
+from tests.conftest import app_login, call_api, downgrade_store, open_store_concurrently, run_at_once
 from tests.test_feedback_store import _fill, _postgres_url, _prompt, _rank_all, _users
 
 SHA = "0" * 64  # a weights hash for hand-made scores
@@ -133,21 +132,7 @@ def test_concurrent_claimers_fill_the_least_sure_items_first(store):
     _score(store, p, {item: [gap, 0.0, -1.0] for item, gap in zip(ids, gaps)})
     order = [item for _, item in sorted(zip(gaps, ids))]
     claimers = _users(store, 7)
-    start = threading.Barrier(len(claimers))
-    errors: list[BaseException] = []
-
-    def claim(user):
-        try:
-            start.wait()
-            store.next_item(user, p)
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append(e)
-
-    threads = [threading.Thread(target=claim, args=(u,)) for u in claimers]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = run_at_once([lambda u=u: store.next_item(u, p) for u in claimers])
     assert not errors, errors
     assert store.integrity_problems() == []
     with store.read() as conn:
