@@ -23,6 +23,7 @@ httpx = pytest.importorskip("httpx")
 
 from feedback_app.auth import COOKIE, LoginThrottle  # noqa: E402
 from feedback_app.security import Uploads, file_references, foreign_origin  # noqa: E402
+from feedback_app.simulate import app_login  # noqa: E402
 from feedback_app.store import Store  # noqa: E402
 from tests.test_app_load import app_load  # noqa: E402
 
@@ -42,7 +43,7 @@ class Server:
     def client(self, name: str | None = None) -> httpx.Client:
         c = httpx.Client(base_url=self.url, timeout=30)
         if name is not None:
-            app_load.login(c, name, PASSWORDS[name])
+            app_login(c, name, PASSWORDS[name])
         return c
 
 
@@ -194,7 +195,7 @@ def test_files_are_served_to_admins_only_and_only_from_the_upload_folder(server:
 def test_exports_are_served_to_admins_only(server: Server) -> None:
     admin, annotator = server.client("admin"), server.client("ann")
     try:
-        status, text = call(admin, "admin_export", [None, "all"])
+        status, text = call(admin, "admin_export", [None, "all", "all"])
         assert status == 200 and "event: complete" in text, text
         data = json.loads(text.split("data:", 1)[1].strip().splitlines()[0])
         urls = [f["url"] for f in data[1]]
@@ -203,7 +204,10 @@ def test_exports_are_served_to_admins_only(server: Server) -> None:
             path = url.split("/gradio_api/file=", 1)[1]
             assert admin.get(f"/gradio_api/file={path}").status_code == 200
             assert annotator.get(f"/gradio_api/file={path}").status_code == 403
-        status, text = call(annotator, "admin_export", [None, "all"])
+        # an aggregation the menu does not offer is refused before anything is written or offered
+        status, text = call(admin, "admin_export", [None, "all", "vote"])
+        assert status == 200 and "event: error" in text and "/gradio_api/file=" not in text, text
+        status, text = call(annotator, "admin_export", [None, "all", "all"])
         assert status == 200, text  # the event starts, and the handler's role check refuses it
         assert "event: error" in text and "admin role" in text and "/gradio_api/file=" not in text, text
     finally:
