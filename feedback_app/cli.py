@@ -1,4 +1,5 @@
-"""``align app``, ``align app users ...``, ``align feedback export``, ``check``, ``gold``, ``score`` and ``lineage``."""
+"""``align app``, ``align app users ...``, ``align feedback export``, ``check``, ``gold``, ``score``, ``lineage`` and
+``h2h create|report``."""
 
 from __future__ import annotations
 
@@ -75,6 +76,36 @@ def add_parsers(sub: Any) -> None:
                                          "and judgments, and the store snapshot it was trained on")
     ln.add_argument("--store", default=DEFAULT_STORE)
     ln.add_argument("--project", default="default", help="the project (default: default)")
+    h = fsub.add_parser("h2h", help="head-to-head evaluation: experts compare a baseline's and a challenger's answers "
+                                    "to held-out prompts, blind")
+    hsub = h.add_subparsers(dest="h2h_command", required=True)
+    # --store on each leaf only, as on every feedback subcommand: a default on a subparser overrides what its parent
+    # parsed, so `--store` given before `create` would be silently replaced by feedback.db.
+    hc = hsub.add_parser("create", help="a head-to-head project: generate both models' answers to the prompts, or "
+                                        "import two answers files")
+    hc.add_argument("--store", default=DEFAULT_STORE)
+    hc.add_argument("--project", required=True, help="the evaluation's name (a new project, or one to extend)")
+    hc.add_argument("--baseline", help="the old model (a directory, or a phase folder): generates its answers")
+    hc.add_argument("--challenger", help="the new model: generates its answers")
+    hc.add_argument("--prompts", help="held-out prompts (a prompts file) for --baseline and --challenger to answer")
+    hc.add_argument("--baseline-answers", help="JSONL of the old model's answers: prompt, answer [, model] per line")
+    hc.add_argument("--challenger-answers", help="JSONL of the new model's answers, the same prompts")
+    hc.add_argument("--baseline-name", help="the baseline's name in the report (default: --baseline as given, or the "
+                                            "answers file's model)")
+    hc.add_argument("--challenger-name", help="the challenger's name in the report")
+    hc.add_argument("--overlap", type=int, help="annotators per prompt (default 2)")
+    hc.add_argument("--max-new-tokens", type=int, default=256,  # headtohead.DEFAULT_MAX_NEW_TOKENS
+                    help="answer length limit when generating (default 256)")
+    hc.add_argument("--batch-size", type=int, default=16, help="prompts per generation batch (default 16)")
+    hc.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy; above: sampled, --seed")
+    hc.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    hr = hsub.add_parser("report", help="the experts' win rate of the challenger with confidence intervals, beside "
+                                        "the rules and the reward model")
+    hr.add_argument("--store", default=DEFAULT_STORE)
+    hr.add_argument("--project", required=True, help="the head-to-head project")
+    hr.add_argument("--policies", help="a policies YAML (the domain's rules): adds the rules as a judge")
+    hr.add_argument("--samples", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    hr.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -121,6 +152,8 @@ def run(args: argparse.Namespace) -> int:
             return _score(args)
         if args.feedback_command == "lineage":
             return _lineage(args)
+        if args.feedback_command == "h2h":
+            return _h2h_create(args) if args.h2h_command == "create" else _h2h_report(args)
     except StoreError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -173,6 +206,61 @@ def _lineage(args: argparse.Namespace) -> int:
         return 0
     print(f"project {project.name} in {where}: {len(rounds)} round{'s' if len(rounds) != 1 else ''}")
     for line in format_rounds(rounds):
+        print(line)
+    return 0
+
+
+def _h2h_create(args: argparse.Namespace) -> int:
+    from feedback_app.headtohead import create_from_files, create_from_models
+    from feedback_app.store import Store, StoreError, public_url
+
+    generate = {"--baseline": args.baseline, "--challenger": args.challenger, "--prompts": args.prompts}
+    files = {"--baseline-answers": args.baseline_answers, "--challenger-answers": args.challenger_answers}
+    if any(generate.values()) and any(files.values()):
+        raise StoreError("give --baseline, --challenger and --prompts (generate the answers) or --baseline-answers "
+                         "and --challenger-answers (import them), not both")
+    chosen = generate if any(generate.values()) else files
+    missing = [option for option, value in chosen.items() if not value]
+    if missing:
+        raise StoreError(f"missing {', '.join(missing)}: give --baseline, --challenger and --prompts, "
+                         "or --baseline-answers and --challenger-answers")
+    store = Store(args.store, create=False)
+    if chosen is generate:
+        created = create_from_models(store, args.project, args.prompts, args.baseline, args.challenger,
+                                     baseline_name=args.baseline_name, challenger_name=args.challenger_name,
+                                     overlap=args.overlap, max_new_tokens=args.max_new_tokens,
+                                     batch_size=args.batch_size, temperature=args.temperature, seed=args.seed)
+    else:
+        created = create_from_files(store, args.project, args.baseline_answers, args.challenger_answers,
+                                    baseline_name=args.baseline_name, challenger_name=args.challenger_name,
+                                    overlap=args.overlap)
+    s, p = created.stored, created.stored.project
+    print(f"project {p.name}: challenger {p.challenger} vs baseline {p.baseline}: {s.added} prompt(s) added"
+          + (f" ({s.identical} answered identically by both: never shown)" if s.identical else "")
+          + (f", {s.already_present} already there (their answers kept)" if s.already_present else "")
+          + f"; {p.overlap} annotator(s) per prompt")
+    for line in created.skipped:
+        print(f"warning: left out {line}")
+    print(f"experts judge it in the app; `align feedback h2h report --store {public_url(str(args.store))} "
+          f"--project {p.name}` reports")
+    return 0
+
+
+def _h2h_report(args: argparse.Namespace) -> int:
+    from feedback_app.headtohead import format_summary, project_summary
+    from feedback_app.store import StoreError
+
+    if args.samples < 1:
+        raise StoreError(f"--samples must be at least 1, not {args.samples}")
+    policies = None
+    if args.policies:
+        from alignment.evaluation.policies import load_policies
+
+        policies = load_policies(args.policies)
+    store, project = _open_project(args)
+    summary = project_summary(store, project, policies=policies, policies_name=args.policies or "",
+                              samples=args.samples, seed=args.seed)
+    for line in format_summary(summary):
         print(line)
     return 0
 

@@ -11,6 +11,10 @@ What each judgment (the latest revision of each annotator's judgment of an item)
   correction, else the responses ranked first), rejected against it;
 - "all unacceptable" -> every response as an unpaired ``label: false`` example.
 
+Head-to-head evaluation projects (:mod:`feedback_app.headtohead`) are never exported: an export of every project
+leaves them out and says so (:attr:`Export.skipped_evaluations`), and naming one is refused. Their judgments grade
+two models on held-out prompts; training on them would leak the test set into the next round.
+
 Every row carries ``provenance``: annotator, time, revision, guideline version, item and judgment ids,
 and for each side of a pair the model that generated it and its decoding settings (JSON text, so rows
 from different models share one column type).
@@ -89,6 +93,9 @@ class Export:
     # the same id holds the same judgments) and who judged. None / empty when no judgment was included.
     latest_judgment_id: int | None = None
     annotators: set[str] = field(default_factory=set)
+    # Head-to-head evaluation projects an export of every project left out: their judgments measure two models
+    # on held-out prompts, and a model trained on them would be graded on its own training data.
+    skipped_evaluations: list[str] = field(default_factory=list)
 
     def count(self, kind: str, n: int = 1) -> None:
         self.by_kind[kind] = self.by_kind.get(kind, 0) + n
@@ -116,8 +123,15 @@ def export_store(store: Store, *, project: str | None = None, pairs: str = "all"
         if not chosen_projects:
             names = ", ".join(p.name for p in store.list_projects()) or "none"
             raise StoreError(f"no project '{project}' in the store (projects: {names})")
+        if chosen_projects[0].is_head_to_head:
+            raise StoreError(f"project '{project}' is a head-to-head evaluation: its judgments compare two models on "
+                             "held-out prompts and are never exported as training data (see `align feedback h2h "
+                             "report`)")
     out = Export(aggregate=aggregate)
+    out.skipped_evaluations = [p.name for p in chosen_projects if p.is_head_to_head]
     for proj in chosen_projects:
+        if proj.is_head_to_head:
+            continue
         by_item: dict[int, list[StoredJudgment]] = {}
         for sj in store.latest_judgments(proj.id):
             by_item.setdefault(sj.item_id, []).append(sj)
@@ -406,6 +420,9 @@ def summary_lines(export: Export) -> list[str]:
              f"{len(export.unpaired)} unpaired rows"]
     lines.append(aggregation_line(export.aggregate, export.aggregation))
     lines += [f"  {kind}: {n}" for kind, n in sorted(export.by_kind.items())]
+    if export.skipped_evaluations:
+        lines.append(f"left out {len(export.skipped_evaluations)} head-to-head evaluation project(s), never training "
+                     f"data: {', '.join(export.skipped_evaluations)}")
     return lines
 
 

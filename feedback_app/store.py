@@ -32,6 +32,12 @@ on: the order in which :meth:`Store.next_item` claims items (the smallest gap be
 best-scored candidates first, :meth:`Store.uncertainty`). Which items may be claimed, by how many annotators,
 and everything else about claims stays as it is.
 
+Head-to-head evaluations (:meth:`Store.add_head_to_head`, ``align feedback h2h``) are projects too, with ``task``
+HEAD_TO_HEAD and the names of the two models they compare: each item holds the old model's and the new model's
+answer to a held-out prompt, claimed, shown (in an order of its own per annotator) and judged as any item is.
+Their prompts and answers are fixed when they are created, and their judgments are an evaluation: the export
+(:mod:`feedback_app.export`) never turns them into training data.
+
 Lineage: every candidate records the model that wrote it (a generated one its directory and weights hash, an
 imported one the name its file gives), a trained phase's ``lineage.json`` names its weights and the store
 snapshots it trained on, and :meth:`Store.rounds` joins the two: which judgments led to which round of answers.
@@ -92,8 +98,21 @@ response you would fix) and a **negative example**: a plausible answer that must
 """
 MAX_TEXT = 20_000  # characters in a corrected answer, negative example or note
 # 2: projects.claim_ttl_minutes, released_claims; 3: gold_items; 4: candidate_scores, projects.uncertain_first;
-# 5: candidates.model_path, candidates.model_sha256 (the identity of the model that wrote each candidate)
-SCHEMA_VERSION = "5"
+# 5: candidates.model_path, candidates.model_sha256 (the identity of the model that wrote each candidate);
+# 6: projects.task, projects.baseline, projects.challenger (head-to-head evaluations)
+SCHEMA_VERSION = "6"
+# What a project is for: "rank", experts rank candidates and their judgments are training data; "head_to_head",
+# experts compare two models' answers on held-out prompts: an evaluation, never exported for training.
+RANK = "rank"
+HEAD_TO_HEAD = "head_to_head"
+TASKS = (RANK, HEAD_TO_HEAD)
+HEAD_TO_HEAD_GUIDELINES = """\
+Two answers to the same question, in a random order: you are not told which model wrote which.
+**Rank** the better answer 1 and the other 2, or give both rank 1 when neither is better.
+Tick **All unacceptable** when neither answer could be given to a customer as it stands.
+**Tag** every problem you see in an answer.
+"""
+MAX_MODEL_NAME = 512  # characters: the length of candidates.model, which records a side's name
 DEFAULT_CLAIM_TTL_MINUTES = 24 * 60  # an annotator who has not submitted a claimed item in a day has left it
 MAX_CLAIM_TTL_MINUTES = 366 * 24 * 60  # longer is "never" (0); the bound keeps the value a 32-bit integer
 # What a trained model's folder says it was trained on (written by feedback_app.export.write_lineage after
@@ -141,6 +160,12 @@ projects = Table(
     # Claim the items the reward model is least sure of first (see candidate_scores); off: the usual order.
     # Added in schema 4, like claim_ttl_minutes in 2.
     Column("uncertain_first", Boolean, nullable=False, default=False, server_default=false()),
+    # What the project is for (RANK or HEAD_TO_HEAD) and, for a head-to-head evaluation, the names of the two
+    # models it compares: the Candidate.model its items' two candidates record. Added in schema 6, like
+    # claim_ttl_minutes in 2: every project of an older store is a ranking project.
+    Column("task", String(16), nullable=False, default=RANK, server_default=text(f"'{RANK}'")),
+    Column("baseline", String(MAX_MODEL_NAME), nullable=False, default="", server_default=text("''")),
+    Column("challenger", String(MAX_MODEL_NAME), nullable=False, default="", server_default=text("''")),
 )
 
 items = Table(
@@ -228,6 +253,9 @@ _ADDED_COLUMNS = (
     ("projects", "uncertain_first", "BOOLEAN NOT NULL DEFAULT FALSE"),
     ("candidates", "model_path", "TEXT NOT NULL DEFAULT ''"),
     ("candidates", "model_sha256", "VARCHAR(64) NOT NULL DEFAULT ''"),
+    ("projects", "task", f"VARCHAR(16) NOT NULL DEFAULT '{RANK}'"),
+    ("projects", "baseline", f"VARCHAR({MAX_MODEL_NAME}) NOT NULL DEFAULT ''"),
+    ("projects", "challenger", f"VARCHAR({MAX_MODEL_NAME}) NOT NULL DEFAULT ''"),
 )
 
 judgments = Table(
@@ -296,6 +324,13 @@ class Project:
     assign_batch: int
     claim_ttl_minutes: int = DEFAULT_CLAIM_TTL_MINUTES  # 0: claims never expire
     uncertain_first: bool = False  # claim the items the reward model is least sure of first
+    task: str = RANK  # RANK, or HEAD_TO_HEAD: an evaluation of two models, never training data
+    baseline: str = ""  # head-to-head: the model name the old model's candidates record; "" when ranking
+    challenger: str = ""  # head-to-head: the model name the new model's candidates record; "" when ranking
+
+    @property
+    def is_head_to_head(self) -> bool:
+        return self.task == HEAD_TO_HEAD
 
 
 @dataclass(frozen=True)
@@ -314,6 +349,28 @@ class Item:
     project_id: int
     prompt: list[dict[str, str]]
     candidates: tuple[Candidate, ...]  # in database order; the app shuffles per annotator
+
+
+@dataclass(frozen=True)
+class ModelSide:
+    """One side of a head-to-head evaluation: the name its candidates record (``Candidate.model``) and, for
+    generated answers, the model's directory, weights hash (:func:`feedback_app.scoring.weights_sha256`) and
+    decoding settings; empty for answers imported from a file."""
+
+    name: str
+    path: str = ""
+    sha256: str = ""
+    generation: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class HeadToHeadAdded:
+    """What :meth:`Store.add_head_to_head` stored."""
+
+    project: Project
+    added: int  # prompts added, each with its two answers
+    identical: int  # of those, prompts both models answered with the same text: one candidate, never served
+    already_present: int  # prompts the project had already: their stored answers (and judgments) are kept
 
 
 @dataclass
@@ -739,6 +796,9 @@ class Store:
             row = c.execute(select(projects).where(projects.c.id == project_id)).first()
             if row is None:
                 raise StoreError(f"no project {project_id}")
+            if row.task == HEAD_TO_HEAD and values.get("candidates_per_item", 2) != 2:
+                raise StoreError("a head-to-head evaluation compares 2 answers per prompt; its responses per prompt "
+                                 "stay 2")
             if guidelines is not None and guidelines.strip() != row.guidelines.strip():
                 values["guidelines"] = guidelines
                 values["guideline_version"] = row.guideline_version + 1
@@ -756,6 +816,7 @@ class Store:
         added = 0
         now = time.time()
         with self.write() as c:
+            _refuse_head_to_head(c, select(projects.c.task).where(projects.c.id == project_id))
             existing = set(c.execute(select(items.c.prompt_hash).where(items.c.project_id == project_id)).scalars())
             for prompt in prompts:
                 h = prompt_hash(prompt)
@@ -786,6 +847,7 @@ class Store:
         added = 0
         now = time.time()
         with self.write() as c:
+            _refuse_head_to_head(c, select(projects.c.task).join(items).where(items.c.id == item_id))
             seen = set(c.execute(select(candidates.c.text_hash).where(candidates.c.item_id == item_id)).scalars())
             for text, model, generation in answers:
                 h = text_hash(text)
@@ -798,6 +860,131 @@ class Store:
                                                     created_at=now))
                 added += 1
         return added
+
+    def add_head_to_head(self, name: str, baseline: ModelSide | str, challenger: ModelSide | str,
+                         rows: Sequence[tuple[Sequence[dict[str, str]], str, str]], *, overlap: int | None = None,
+                         source: str = "", candidate_source: str = "generated") -> HeadToHeadAdded:
+        """Create (or extend) the head-to-head evaluation ``name``: per row (prompt messages, the baseline's
+        answer, the challenger's answer) an item with the two answers as its candidates, each recording its
+        side's name, directory, weights hash and decoding settings (:class:`ModelSide`; a plain string is a
+        name alone). All or nothing: every row is checked first, then everything is written in one transaction.
+
+        The project gets ``task`` HEAD_TO_HEAD, two candidates per item and ``overlap`` annotators per prompt
+        (default 2); everything else (claims, display order shuffled per annotator, judgments) is the ranking
+        projects'. Refused: a name that is a ranking project, or a head-to-head evaluation of other models (or
+        of the same names with other weights: the directory was trained again since); a blank prompt or answer;
+        a prompt given twice. A prompt the project already has keeps its stored answers (counted as already
+        present). When both answers are the same text (after stripping) the item keeps one candidate, the
+        baseline's: it is an automatic tie that is never served (an item is claimed with 2 candidates or more),
+        rather than two rows of one text (``candidates`` allows a text once per item) shown for a forced tie."""
+        base = baseline if isinstance(baseline, ModelSide) else ModelSide(str(baseline))
+        chal = challenger if isinstance(challenger, ModelSide) else ModelSide(str(challenger))
+        name = name.strip()
+        if not name or len(name) > 128:
+            raise StoreError("a project name is 1-128 characters")
+        for side, label in ((base, "baseline"), (chal, "challenger")):
+            if not side.name.strip() or len(side.name) > MAX_MODEL_NAME:
+                raise StoreError(f"the {label}'s name is 1-{MAX_MODEL_NAME} characters")
+            if side.sha256 and not _is_sha256(side.sha256):
+                raise StoreError(f"the {label}'s weights hash is a SHA-256 in hex (64 characters), "
+                                 f"not {side.sha256!r}")
+            if side.sha256 and not side.path.strip():
+                raise StoreError(f"the {label}'s weights hash needs the model directory it was computed from")
+        if base.name == chal.name:
+            raise StoreError(f"the baseline and the challenger are both named '{base.name}': the two sides are told "
+                             "apart by their names, give them different ones")
+        if overlap is not None and int(overlap) < 1:
+            raise StoreError("overlap must be at least 1")
+        if candidate_source not in ("generated", "imported"):
+            raise StoreError(f"candidate_source is generated or imported, not {candidate_source!r}")
+        if not rows:
+            raise StoreError("no prompts to compare")
+        prepared: list[tuple[str, list[dict[str, str]], str, str]] = []
+        first_row: dict[str, int] = {}
+        for i, row in enumerate(rows, start=1):
+            prompt, base_answer, chal_answer = row
+            prompt = list(prompt)
+            if not (prompt and all(isinstance(m, dict) and isinstance(m.get("role"), str)
+                                   and isinstance(m.get("content"), str) for m in prompt)):
+                raise StoreError(f"row {i}: a prompt is a non-empty list of messages (role, content)")
+            if not prompt[-1]["content"].strip():
+                raise StoreError(f"row {i}: the prompt is empty")
+            for answer, label in ((base_answer, "baseline"), (chal_answer, "challenger")):
+                if not isinstance(answer, str) or not answer.strip():
+                    raise StoreError(f"row {i}: the {label}'s answer is empty")
+            h = prompt_hash(prompt)
+            if h in first_row:  # two answer pairs for one prompt: which to keep would be a guess
+                raise StoreError(f"row {i}: the same prompt as row {first_row[h]}; give each prompt once")
+            first_row[h] = i
+            prepared.append((h, prompt, base_answer, chal_answer))
+        for attempt in range(2):  # two first calls with one new name: the second insert collides once, then extends
+            try:
+                return self._write_head_to_head(name, base, chal, prepared, overlap, source, candidate_source)
+            except IntegrityError:
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _write_head_to_head(self, name: str, base: ModelSide, chal: ModelSide,
+                            prepared: Sequence[tuple[str, list[dict[str, str]], str, str]], overlap: int | None,
+                            source: str, candidate_source: str) -> HeadToHeadAdded:
+        """The one transaction of :meth:`add_head_to_head` (its arguments checked)."""
+        now = time.time()
+        added = identical = present = 0
+        with self.write() as c:
+            # Locked: a second call extending the project queues behind this one (PostgreSQL; SQLite's BEGIN
+            # IMMEDIATE already queues writers), so both see every prompt the other stored.
+            row = c.execute(select(projects).where(projects.c.name == name).with_for_update()).first()
+            if row is None:
+                project_id = int(c.execute(insert(projects).values(
+                    name=name, guidelines=HEAD_TO_HEAD_GUIDELINES, guideline_version=1,
+                    tags=json.dumps(DEFAULT_TAGS), candidates_per_item=2, overlap=int(overlap or 2), assign_batch=5,
+                    claim_ttl_minutes=DEFAULT_CLAIM_TTL_MINUTES, uncertain_first=False, task=HEAD_TO_HEAD,
+                    baseline=base.name, challenger=chal.name, created_at=now)).inserted_primary_key[0])
+            else:
+                _check_head_to_head(_project(row), base.name, chal.name)
+                project_id = int(row.id)
+                # One name is one set of weights within an evaluation: answers of a directory trained again
+                # would be counted as the same model's.
+                known = c.execute(select(candidates.c.model, candidates.c.model_sha256).join(items)
+                                  .where(items.c.project_id == project_id, candidates.c.model_sha256 != "")
+                                  .distinct()).all()
+                for model, sha in known:
+                    for side, label in ((base, "baseline"), (chal, "challenger")):
+                        if model == side.name and side.sha256 and sha != side.sha256:
+                            raise StoreError(
+                                f"project '{name}': the {label} '{side.name}' wrote its answers with other weights "
+                                f"(sha256 {sha[:12]}..., now {side.sha256[:12]}...): the directory was trained "
+                                "again since; compare the new weights in a project of their own")
+                if overlap is not None and int(overlap) != row.overlap:
+                    c.execute(update(projects).where(projects.c.id == project_id).values(overlap=int(overlap)))
+            existing = set(c.execute(select(items.c.prompt_hash).where(items.c.project_id == project_id)).scalars())
+            for h, prompt, base_answer, chal_answer in prepared:
+                if h in existing:
+                    present += 1
+                    continue
+                item_id = c.execute(insert(items).values(
+                    project_id=project_id, prompt=json.dumps(prompt, ensure_ascii=False), prompt_hash=h,
+                    source=source, n_assigned=0, created_at=now)).inserted_primary_key[0]
+                added += 1
+                same = text_hash(base_answer) == text_hash(chal_answer)
+                identical += same
+                for side, answer in ((base, base_answer), (chal, chal_answer))[:1 if same else 2]:
+                    c.execute(insert(candidates).values(
+                        item_id=item_id, text=answer, text_hash=text_hash(answer), model=side.name,
+                        generation=json.dumps(side.generation), source=candidate_source, model_path=side.path,
+                        model_sha256=side.sha256, created_at=now))
+            project = _project(c.execute(select(projects).where(projects.c.id == project_id)).one())
+        return HeadToHeadAdded(project, added, identical, present)
+
+    def check_head_to_head(self, name: str, baseline: str, challenger: str) -> Project | None:
+        """Refuse (StoreError) what :meth:`add_head_to_head` would refuse for the project's name: a ranking
+        project, or a head-to-head evaluation of other models. Returns the existing project, None when new.
+        For a caller that generates answers first: a wrong name fails before the models run."""
+        project = self.project(name.strip())
+        if project is not None:
+            _check_head_to_head(project, baseline, challenger)
+        return project
 
     def items_short_of_candidates(self, project_id: int, k: int) -> list[tuple[int, list[dict[str, str]], int]]:
         """(item id, prompt, candidates missing) for every item with fewer than ``k`` candidates."""
@@ -818,6 +1005,20 @@ class Store:
         return Item(row.id, row.project_id, json.loads(row.prompt),
                     tuple(Candidate(r.id, r.text, r.model, json.loads(r.generation), r.model_path, r.model_sha256)
                           for r in cands))
+
+    def project_items(self, project_id: int) -> list[Item]:
+        """Every item of the project with its candidates (in stored order), by item id: two queries, not one
+        per item (a head-to-head report reads them all)."""
+        with self.read() as c:
+            rows = c.execute(select(items.c.id, items.c.prompt).where(items.c.project_id == project_id)
+                             .order_by(items.c.id)).all()
+            cands = c.execute(select(candidates).join(items).where(items.c.project_id == project_id)
+                              .order_by(candidates.c.item_id, candidates.c.id)).all()
+        by_item: dict[int, list[Candidate]] = {}
+        for r in cands:
+            by_item.setdefault(int(r.item_id), []).append(
+                Candidate(r.id, r.text, r.model, json.loads(r.generation), r.model_path, r.model_sha256))
+        return [Item(int(r.id), project_id, json.loads(r.prompt), tuple(by_item.get(int(r.id), ()))) for r in rows]
 
     def counts(self, project_id: int) -> dict[str, int]:
         """Prompts, candidates, items ready (2+ candidates), judgments (latest per annotator and item)."""
@@ -1723,6 +1924,25 @@ def _lock_conflict(e: OperationalError) -> bool:
     return getattr(getattr(e, "orig", None), "sqlstate", None) in ("40P01", "40001")
 
 
+def _refuse_head_to_head(c: Connection, task_query: Any) -> None:
+    """Inside a write adding prompts or candidates: refuse a head-to-head evaluation (``task_query`` selects its
+    task). Its items hold exactly its two models' answers, written when it is created; a third answer (the
+    app's generation job fills items up to candidates_per_item) would no longer compare the two models."""
+    if c.execute(task_query).scalar() == HEAD_TO_HEAD:
+        raise StoreError("this is a head-to-head evaluation: its prompts and answers are set when it is created "
+                         "(`align feedback h2h create`), not added to")
+
+
+def _check_head_to_head(project: Project, baseline: str, challenger: str) -> None:
+    """Refuse to add ``baseline`` vs ``challenger`` answers to ``project`` unless it is their evaluation."""
+    if not project.is_head_to_head:
+        raise StoreError(f"project '{project.name}' is a ranking project; choose another name for the head-to-head "
+                         "evaluation")
+    if (project.baseline, project.challenger) != (baseline, challenger):
+        raise StoreError(f"project '{project.name}' compares '{project.challenger}' (challenger) with "
+                         f"'{project.baseline}' (baseline), not '{challenger}' with '{baseline}'; choose another name")
+
+
 def _user(row: Any) -> User:
     return User(row.id, row.name, row.role, row.session_epoch, bool(row.active))
 
@@ -1730,7 +1950,7 @@ def _user(row: Any) -> User:
 def _project(row: Any) -> Project:
     return Project(row.id, row.name, row.guidelines, row.guideline_version, tuple(json.loads(row.tags)),
                    row.candidates_per_item, row.overlap, row.assign_batch, row.claim_ttl_minutes,
-                   bool(row.uncertain_first))
+                   bool(row.uncertain_first), row.task, row.baseline, row.challenger)
 
 
 def _judgment(row: Any) -> StoredJudgment:

@@ -132,6 +132,8 @@ SCHEMA_ADDED = {
     "3": ["DROP TABLE gold_items"],
     "4": ["DROP TABLE candidate_scores", "ALTER TABLE projects DROP COLUMN uncertain_first"],
     "5": ["ALTER TABLE candidates DROP COLUMN model_path", "ALTER TABLE candidates DROP COLUMN model_sha256"],
+    "6": ["ALTER TABLE projects DROP COLUMN task", "ALTER TABLE projects DROP COLUMN baseline",
+          "ALTER TABLE projects DROP COLUMN challenger"],
 }
 
 

@@ -355,7 +355,7 @@ def test_gold_is_for_admins_only_and_invisible_on_the_annotate_page(tmp_path):
 
 @pytest.mark.parametrize("version", ["2", "1"])
 def test_an_old_store_is_upgraded_when_opened(store, version):
-    assert SCHEMA_VERSION == "5"  # downgrade_store undoes 5, 4 and 3 (and 2)
+    assert SCHEMA_VERSION == "6"  # downgrade_store undoes 6, 5, 4 and 3 (and 2)
     p = store.update_project(_fill(store, 2).id, overlap=1, assign_batch=1)
     u = _users(store, 1)[0]
     a = store.next_item(u, p)

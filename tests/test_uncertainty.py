@@ -179,7 +179,7 @@ def test_scores_are_checked_and_replaced_per_project(store):
 
 
 def test_a_schema_3_store_is_upgraded_when_opened(store):
-    assert SCHEMA_VERSION == "5"  # downgrade_store(store, "3") undoes 5 and 4
+    assert SCHEMA_VERSION == "6"  # downgrade_store(store, "3") undoes 6, 5 and 4
     p = store.update_project(_fill(store, 3).id, overlap=1, assign_batch=1, uncertain_first=True)
     a, b, c = _items(store, p, 3)
     u, v = _users(store, 2)
