@@ -64,6 +64,22 @@ class SFTDataConfig(DataConfig):
     DPO little to sharpen and PPO nothing to reinforce. The pairs that the preference phases hold out with
     their default split (10% of prompts, same seed) are left out, so their held-out diagnostics stay held
     out."""
+    aggregate: Literal["all", "majority", "drop_contradicted", "agreement_weight"] = "majority"
+    """A feedback store as `preferred` only (a data file is read as it is, whatever this says): how the pairs of
+    an item judged by several annotators are merged before their chosen answers are trained on; the same modes
+    as the preference phases' `data.aggregate`. The default differs from theirs (all): SFT imitates every
+    chosen answer at full weight, so under `all` two annotators who ordered a pair both ways put both answers
+    in as "preferred". `majority` trains on the answer most annotators chose and on neither side of a tie;
+    `drop_contradicted` only on answers nobody ranked below the other; `all` on every annotator's choices. An
+    item judged by one annotator is the same under all three. `agreement_weight` is refused: SFT has no
+    per-example weight, so it would train on the outvoted answer as fully as on the winner."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.aggregate == "agreement_weight":
+            raise AlignError("agreement_weight needs a per-pair loss weight, which SFT does not have: it would "
+                             "train on an answer most annotators rejected as fully as on the one they chose; "
+                             "use majority or drop_contradicted", field="data.aggregate")
 
 
 @dataclass

@@ -190,7 +190,9 @@ def export_feedback_stores(kind: str, cfg: Any) -> dict[str, Any]:
         return {}
     folder = Path(cfg.output_dir).resolve() / "data"
     pair_policy = cfg.data.pair_policy if kind in ("rm", "dpo") else "all"
-    aggregate = cfg.data.aggregate if kind in ("rm", "dpo") else "all"
+    # SFT's data.preferred merges annotators too (its own default, majority: SFTDataConfig.aggregate), so that
+    # a pair two annotators ordered both ways does not put both answers into SFT as "preferred".
+    aggregate = cfg.data.aggregate
     overrides: dict[str, Any] = {}
     for name, spec in stores.items():
         out = folder / f"{name.rsplit('.', 1)[-1]}.jsonl"

@@ -35,7 +35,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware.cors import CORSMiddleware
 
-from feedback_app.agreement import agreement
+from feedback_app.agreement import AGGREGATIONS, agreement
 from feedback_app.auth import COOKIE, SESSION_SECONDS, LoginThrottle, Sessions, make_cookie
 from feedback_app.candidates import GenerationSettings, import_candidates, load_prompts, start_generation
 from feedback_app.export import export_store, summary_lines, write_export
@@ -58,6 +58,10 @@ from feedback_app.store import (
     lineage_rows,
 )
 
+# The Export's "Pairs across annotators" menu, in the admin's words (feedback_app/export.py has the details).
+AGGREGATE_INFO = ("Where annotators of one prompt disagree. all: every annotator's pairs as they are; majority: "
+                  "the order most annotators chose (ties dropped); drop_contradicted: only pairs nobody ordered "
+                  "the other way; agreement_weight: both orders, each weighted by its share of the votes.")
 K_MAX = 8  # response slots on the page; projects use 2..K_MAX candidates per prompt
 LETTERS = "ABCDEFGH"
 RANKS = [str(r) for r in range(1, K_MAX + 1)]
@@ -114,16 +118,26 @@ KEYBOARD_JS = """
 </script>
 """
 
-# Answers sit side by side (two) or in a grid (more), each in a box of bounded height that scrolls on its
-# own, with its rank control above the text: every rank control stays in view however long one answer is.
+# Answers sit side by side in columns, so answer A and answer D are compared without scrolling: on a wide
+# screen every answer of the prompt in one row (at most four to a row, as five to eight would be too narrow to
+# read: those wrap after the fourth), two columns on a narrower one, one on a phone. The four-column width is a
+# quarter of the row (gaps out, 1px spare for rounding) and auto-fit collapses the tracks no answer fills, so
+# two or three answers share the whole row. Hidden slots are display:none and take no cell. Each answer is in
+# a box of bounded height that scrolls on its own, its rank control above the text and its tags below:
+# the rank controls stay in one line, in view, however long one answer is.
 CSS = """
 .msg {white-space: pre-wrap; overflow-wrap: anywhere; padding: 8px 12px; border-radius: 8px;
       border: 1px solid var(--border-color-primary); margin: 4px 0; font-size: 15px; line-height: 1.45}
 .role {font-weight: 600; font-size: 12px; text-transform: uppercase; opacity: .7; margin-top: 6px}
 .resp-title {font-weight: 700; margin: 4px 0}
-#answers {display: grid !important; grid-template-columns: repeat(auto-fit, minmax(360px, 1fr)); gap: 12px;
+#answers {display: grid !important; grid-template-columns: repeat(2, minmax(0, 1fr)); gap: 12px;
           align-items: start}
-#answers:has(> #slot-3):not(:has(> #slot-4)) {grid-template-columns: repeat(2, minmax(0, 1fr))}
+@media (min-width: 1200px) {
+  #answers {grid-template-columns: repeat(auto-fit, minmax(calc((100% - 36px) / 4 - 1px), 1fr))}
+}
+@media (max-width: 640px) {
+  #answers {grid-template-columns: minmax(0, 1fr)}
+}
 #answers > .slot {min-width: 0 !important; border: 1px solid var(--border-color-primary); border-radius: 8px;
                   padding: 6px}
 .md {white-space: normal}
@@ -592,7 +606,12 @@ class AdminSection:
         with gr.Accordion("Export", open=True):
             self.policy = gr.Radio(["all", "best-vs-rest", "adjacent"], value="all", label="Pairs from rankings",
                                    elem_id="pair-policy")
-            self.export = gr.Button("Export training data", elem_id="export")
+            # Beside the button: what becomes of the pairs when the annotators of one item disagree (the same
+            # choice as `align feedback export --aggregate`; see feedback_app/export.py).
+            with gr.Row():
+                self.aggregate = gr.Dropdown(list(AGGREGATIONS), value="all", label="Pairs across annotators",
+                                             info=AGGREGATE_INFO, elem_id="export-aggregate", scale=3)
+                self.export = gr.Button("Export training data", elem_id="export", scale=1)
             self.export_msg = gr.Markdown(elem_id="export-msg")
             self.export_files = gr.File(label="Exported files", file_count="multiple", elem_id="export-files")
         with gr.Accordion("Users", open=False):
@@ -775,17 +794,27 @@ class AdminSection:
         self.import_gold.click(import_gold, [self.project_dd, self.gold_file], [self.gold_msg, self.per_user],
                                api_name="admin_import_gold")
 
-        def export(name: str | None, policy: str, request: gr.Request) -> list[Any]:
+        def export(name: str | None, policy: str | None, aggregate: str | None, request: gr.Request) -> list[Any]:
             require(store, request, "admin")
             project = self._project(name)
-            result = export_store(store, project=project.name, pairs=policy or "all")
+            aggregate = aggregate or "all"  # like the pair policy: nothing chosen is the default
+            # Checked here and not only by the menu: an API call can send any text, and a mode that is not
+            # one must be refused, not exported as something else. Nothing is written then, and the files of
+            # an earlier export are no longer offered (they were made under other settings).
+            if aggregate not in AGGREGATIONS:
+                return [f"**Not exported:** pairs across annotators must be one of {', '.join(AGGREGATIONS)}, "
+                        f"not '{html.escape(str(aggregate))}'.", None]
+            try:
+                result = export_store(store, project=project.name, pairs=policy or "all", aggregate=aggregate)
+            except StoreError as e:  # an unknown pair policy, from an API call
+                return [f"**Not exported:** {html.escape(str(e))}", None]
             folder = self.uploads.export_folder() if self.uploads else Path(tempfile.mkdtemp(prefix="align-export-"))
             stamp = time.strftime("%Y%m%d-%H%M%S")
             paths = write_export(result, folder / f"{project.name}-{stamp}.jsonl")
             return ["\n".join(f"- {html.escape(line.strip())}" for line in summary_lines(result)),
                     [str(p) for p in paths]]
 
-        self.export.click(export, [self.project_dd, self.policy], [self.export_msg, self.export_files],
+        self.export.click(export, [self.project_dd, self.policy, self.aggregate], [self.export_msg, self.export_files],
                           api_name="admin_export")
 
         def users(request: gr.Request) -> list[list[Any]]:

@@ -40,7 +40,7 @@ httpx = pytest.importorskip("httpx")
 from gradio_client.exceptions import AuthenticationError  # noqa: E402
 from sqlalchemy import select  # noqa: E402
 
-from feedback_app.export import export_store  # noqa: E402
+from feedback_app.export import aggregation_line, export_store  # noqa: E402
 from feedback_app.store import Judgment, Store, judgments  # noqa: E402
 
 expect = sync_api.expect
@@ -516,7 +516,7 @@ def test_admin_exports_and_annotator_cannot(app: App, login: Callable[[str], Ses
         # Gradio's HTTP API called directly: the project name None passes the dropdown's check, so the
         # handler's role check is what refuses
         for api, data in (("admin_save_project", [None, "Hacked guidelines", "hacked", 2, 1, 1]),
-                          ("admin_export", [None, "all"]), ("admin_add_user", ["intruder", "admin"])):
+                          ("admin_export", [None, "all", "all"]), ("admin_add_user", ["intruder", "admin"])):
             r = client.post(f"/gradio_api/call/{api}", json={"data": data})
             assert r.status_code == 200, r.text
             result = client.get(f"/gradio_api/call/{api}/{r.json()['event_id']}").text
@@ -534,6 +534,7 @@ def test_admin_exports_and_annotator_cannot(app: App, login: Callable[[str], Ses
     latest = app.store.latest_judgments(app.project_id)
     expect(page.locator("#dashboard-summary")).to_contain_text(f"{len(latest)} current judgments")
     page.locator('#pair-policy input[value="all"]').check()
+    expect(page.locator("#export-aggregate input")).to_have_value("all")  # across annotators: every row, as before
     page.click("#export")
     expect(page.locator("#export-msg")).to_contain_text("preference pairs")
     result = export_store(app.store, project=project.name, pairs="all")
@@ -541,6 +542,7 @@ def test_admin_exports_and_annotator_cannot(app: App, login: Callable[[str], Ses
     msg = page.locator("#export-msg").inner_text()
     assert f"{result.judgments} judgments -> {len(result.pairs)} preference pairs, {len(result.unpaired)} unpaired" \
         in msg, msg
+    assert aggregation_line("all", result.aggregation) in msg, msg
     links = page.locator("#export-files a[download]")
     expect(links).to_have_count(2)
     files = {}
@@ -553,6 +555,13 @@ def test_admin_exports_and_annotator_cannot(app: App, login: Callable[[str], Ses
     unpaired = next(rows for name, rows in files.items() if name.endswith(".unpaired.jsonl"))
     assert len(pairs) == len(result.pairs) and len(unpaired) == len(result.unpaired)
     assert {r["provenance"]["judgment_id"] for r in pairs} == {r["provenance"]["judgment_id"] for r in result.pairs}
+
+    # across annotators by majority: the menu beside the button reaches the export, and the result says so
+    pick(page, "#export-aggregate", "majority")
+    page.click("#export")
+    expect(page.locator("#export-msg")).to_contain_text("pairs across annotators: majority")
+    majority = export_store(app.store, project=project.name, pairs="all", aggregate="majority")
+    assert aggregation_line("majority", majority.aggregation) in page.locator("#export-msg").inner_text()
     assert app.store.project(app.project_id) == project
     assert not s.dialogs and not a.dialogs
 
@@ -646,6 +655,32 @@ def test_every_rank_control_is_in_view_beside_a_long_answer(app: App, login: Cal
     assert shown_item(app, page) == app.item_of_prompt[PAIR_PROMPT]
     a, b = box(page, "#slot-0"), box(page, "#slot-1")
     assert abs(a["y"] - b["y"]) < 1 and b["x"] >= a["x"] + a["width"], (a, b)
+    assert not s.errors and not s.dialogs
+
+
+def test_answers_sit_side_by_side(app: App, login: Callable[[str], Session]) -> None:
+    """All four answers in one row on a wide screen (A and D compared without scrolling), two columns on a
+    narrower one, one on a phone."""
+    remember(app, "reader", "markdown")
+    s = login("reader")
+    page = s.page
+    page.set_viewport_size({"width": 1400, "height": 900})
+    shown_item(app, page)
+    slots = [box(page, f"#slot-{i}") for i in range(K)]
+    assert all(abs(b["y"] - slots[0]["y"]) < 1 for b in slots), slots  # one row: the same top
+    assert all(b["x"] >= a["x"] + a["width"] for a, b in zip(slots, slots[1:])), slots  # left to right, apart
+    assert all(b["width"] >= 250 for b in slots), slots  # wide enough to read
+
+    page.set_viewport_size({"width": 900, "height": 900})
+    wait_until(lambda: box(page, "#slot-2")["y"] > box(page, "#slot-0")["y"], what="answers wrapping")
+    a, b, c, d = [box(page, f"#slot-{i}") for i in range(K)]
+    assert abs(a["y"] - b["y"]) < 1 and b["x"] >= a["x"] + a["width"], (a, b)  # two columns
+    assert abs(c["y"] - d["y"]) < 1 and abs(c["x"] - a["x"]) < 1 and c["y"] >= a["y"] + a["height"], (a, c, d)
+
+    page.set_viewport_size({"width": 500, "height": 900})
+    wait_until(lambda: box(page, "#slot-1")["y"] > box(page, "#slot-0")["y"], what="one column")
+    a, b = box(page, "#slot-0"), box(page, "#slot-1")
+    assert abs(a["x"] - b["x"]) < 1 and b["y"] >= a["y"] + a["height"], (a, b)
     assert not s.errors and not s.dialogs
 
 

@@ -8,6 +8,7 @@ margin), weight None where the row has none.
 from __future__ import annotations
 
 import copy
+import html
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -16,6 +17,7 @@ import pytest
 import torch
 
 from alignment.cli import main
+from alignment.config import PreferenceDataConfig, SFTConfig, SFTDataConfig, load_config
 from alignment.errors import AlignError
 from feedback_app.agreement import decide
 from feedback_app.export import Export, item_rows, materialise, preference_examples, summary_lines
@@ -490,3 +492,137 @@ def test_dpo_step_with_a_zero_weight_pair_equals_the_step_without_it(tiny_model_
     b = step([[unit[0]], [unit[2], unit[3]]], 2)
     _same_step(a, b)
     assert a[0]["train/nll_chosen"] == pytest.approx(b[0]["train/nll_chosen"], rel=1e-5)
+
+
+# ------------------------------------------------------------------------------- a store, by votes
+
+
+def votes_store(path: Path, votes: dict[int, dict[str, str]]) -> str:
+    """A store of one project "desk" whose item n has the answers "A n" and "B n" and is judged as ``votes``
+    says: item -> annotator -> ">" (A over B), "<" (B over A) or "=" (a tie). Every annotator judges every item
+    (overlap = the number of annotators). Returns ``<db>#desk``."""
+    store = Store(path)
+    annotators = sorted({name for by in votes.values() for name in by})
+    project = store.ensure_project("desk")
+    project = store.update_project(project.id, overlap=len(annotators), assign_batch=len(votes))
+    store.add_prompts(project.id, [[{"role": "user", "content": f"Question {n}?"}] for n in votes])
+    for item_id, prompt, missing in store.items_short_of_candidates(project.id, 2):
+        n = prompt[0]["content"].split()[1].rstrip("?")
+        store.add_candidates(item_id, [(f"{x} {n}", "m", {"seed": k}) for k, x in enumerate("AB")][:missing])
+    for name in annotators:
+        user = store.add_user(name, "annotator", f"password-{name}")
+        while (item_id := store.next_item(user, project)) is not None:
+            item = store.item(item_id)
+            a, b = sorted(item.candidates, key=lambda c: c.text)
+            vote = votes[int(a.text.split()[1])][name]
+            ranks = {a.id: 1, b.id: 1 if vote == "=" else 2} if vote != "<" else {a.id: 2, b.id: 1}
+            store.submit(user, item_id, Judgment(ranks=ranks), f"{name}:{item_id}")
+    store.close()
+    return f"{path}#desk"
+
+
+# ------------------------------------------------------------------------------- the admin's Export
+
+
+def test_admin_export_aggregates_across_annotators(tmp_path):
+    """The dashboard's Export handler, as the page (or an API call) runs it, with "Pairs across annotators".
+
+    ann1 and ann3 contradict each other on item 0 and ann1 and ann2 on item 2:
+      item 0: ann1 A>B, ann2 A>B, ann3 B>A -> A0>B0 2-1: one row (ann2's merged into ann1's), ann3's outvoted
+      item 1: all three A>B                -> A1>B1 3-0: one row, 2 merged
+      item 2: ann1 A>B, ann2 B>A, ann3 tie -> 1-1 (a tie is no vote): both rows dropped as tied
+    majority: 8 annotator rows (3 + 3 + 2) -> 2 kept, 3 merged, 1 contradicted, 2 tied."""
+    from feedback_app.app import Denied, build_blocks
+
+    spec = votes_store(tmp_path / "feedback.db", {0: {"ann1": ">", "ann2": ">", "ann3": "<"},
+                                                  1: {"ann1": ">", "ann2": ">", "ann3": ">"},
+                                                  2: {"ann1": ">", "ann2": "<", "ann3": "="}})
+    store = Store(spec.split("#")[0])
+    store.add_user("boss", "admin", "password-boss")
+    try:
+        demo = build_blocks(store)
+        handler = next(f.fn for f in demo.fns.values() if f.api_name == "admin_export")
+        admin = SimpleNamespace(username="boss")
+
+        message, files = handler("desk", "all", "majority", admin)
+        pairs_file = next(Path(f) for f in files if not f.endswith(".unpaired.jsonl"))
+        got = [(r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in _rows(pairs_file)]
+        assert got == [("A 0", "B 0"), ("A 1", "B 1")]
+        assert [(r["provenance"]["votes_for"], r["provenance"]["votes_against"]) for r in _rows(pairs_file)] == [
+            (["ann1", "ann2"], ["ann3"]), (["ann1", "ann2", "ann3"], [])]
+        assert all("weight" not in r and r["provenance"]["aggregate"] == "majority" for r in _rows(pairs_file))
+        message = html.unescape(message)  # Markdown with the text escaped, as the page shows it
+        assert "9 judgments -> 2 preference pairs, 0 unpaired rows" in message
+        assert ("pairs across annotators: majority: 8 annotator pairs -> 2 kept (3 merged into an agreeing "
+                "annotator's pair, 1 dropped as contradicted, 2 dropped as tied votes)") in message
+
+        message, files = handler("desk", "all", "all", admin)  # the default: every annotator's row
+        pairs_file = next(Path(f) for f in files if not f.endswith(".unpaired.jsonl"))
+        assert len(_rows(pairs_file)) == 8 and "pairs across annotators: all (8 annotator pairs" in message
+
+        # an unknown mode (an API call can send any text) is refused, and no file is offered
+        message, files = handler("desk", "all", "vote", admin)
+        assert message.startswith("**Not exported:**") and "'vote'" in message and "majority" in message
+        assert files is None
+        message, files = handler("desk", "pairs-please", "majority", admin)
+        assert message.startswith("**Not exported:**") and "pairs-please" in message and files is None
+        with pytest.raises(Denied, match="admin role"):
+            handler("desk", "all", "majority", SimpleNamespace(username="ann1"))
+    finally:
+        store.close()
+
+
+# ------------------------------------------------------------------------------- SFT data.preferred
+
+
+# Two annotators, twelve items: they agree on every item (A over B) but item 0, which ann1 orders A over B and
+# ann2 B over A (1-1).
+SFT_VOTES = {n: {"ann1": ">", "ann2": "<" if n == 0 else ">"} for n in range(12)}
+
+
+@pytest.mark.parametrize("aggregate", [None, "majority", "drop_contradicted", "all"])
+def test_sft_preferred_from_a_store_aggregates(tmp_path, sft_file, aggregate, capsys):
+    """Only the chosen answers of the aggregated pairs join SFT: under all both sides of item 0 (each annotator
+    "preferred" one), under majority (the SFT default: 1-1 is a tie) and drop_contradicted neither; every other
+    item's A answer under each. Minus the prompts the preference phases hold out, as for a file."""
+    from alignment.data.preferences import load_preference_examples, split_pairs
+    from alignment.pipeline import load_phase_config
+    from alignment.sft import PREFERENCE_HOLDOUT, load_sft_records
+
+    spec = votes_store(tmp_path / "feedback.db", SFT_VOTES)
+    data = {"train": str(sft_file), "preferred": spec, **({"aggregate": aggregate} if aggregate else {})}
+    recipe = tmp_path / "sft.yaml"
+    recipe.write_text(json.dumps({"phase": "sft", "model": "x", "output_dir": str(tmp_path / "sft"), "data": data}))
+    written, cfg, exported = load_phase_config("sft", str(recipe), [])
+    mode = aggregate or "majority"
+    assert written.data.aggregate == mode and exported == {"data.preferred": str(tmp_path / "sft/data/preferred.jsonl")}
+    assert json.loads(provenance_file(Path(cfg.data.preferred)).read_text())["aggregate"] == mode
+    if mode != "all":
+        printed = capsys.readouterr().out  # items 1-11: 2 rows -> 1 kept each; item 0's 2 rows dropped
+        assert f"data.preferred: pairs across annotators: {mode}: 24 annotator pairs -> 11 kept" in printed
+
+    train, _, report = load_sft_records(cfg)
+    plain = SFTConfig(data=SFTDataConfig(train=str(sft_file)))
+    added = {(r["messages"][0]["content"], r["messages"][-1]["content"])
+             for r in train[len(load_sft_records(plain)[0]):]}
+    examples, _ = load_preference_examples(cfg.data.preferred)
+    held_out = {e.prompt[0]["content"]
+                for e in split_pairs(examples, PREFERENCE_HOLDOUT, cfg.train.seed)["validation"]}
+    assert held_out and "Question 0?" not in held_out  # item 0 is trained on, or this test would test nothing
+    expected = {(f"Question {n}?", f"A {n}") for n in range(1, 12)} - {(q, f"A {q[9:-1]}") for q in held_out}
+    if mode == "all":
+        expected |= {("Question 0?", "A 0"), ("Question 0?", "B 0")}
+    assert added == expected and report["preferred_added"] == len(expected)
+
+
+def test_sft_aggregate_is_checked_where_it_is_written(tmp_path, sft_file):
+    recipe = tmp_path / "sft.yaml"
+    for value, words in (("vote", "expected one of 'all', 'majority', 'drop_contradicted', 'agreement_weight'"),
+                         ("agreement_weight", "SFT does not have")):
+        recipe.write_text(json.dumps({"phase": "sft", "model": "x",
+                                      "data": {"train": str(sft_file), "preferred": "prefs.jsonl",
+                                               "aggregate": value}}))
+        with pytest.raises(AlignError) as e:
+            load_config(SFTConfig, recipe)
+        assert str(recipe) in str(e.value) and "field 'data.aggregate'" in str(e.value) and words in str(e.value)
+    assert SFTDataConfig().aggregate == "majority" and PreferenceDataConfig().aggregate == "all"
