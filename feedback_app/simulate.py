@@ -98,6 +98,7 @@ class Decision:
     correction: str = ""
     swapped: int | None = None  # noise: position i and i+1 of the ranking were swapped
     biases_used: tuple[str | None, ...] = ()  # per group of tied answers: the bias that ordered it, or None
+    unacceptable: bool = False  # "All unacceptable" ticked (a head-to-head "both bad")
 
 
 def rule_scores(texts: Sequence[str], policies: Sequence[Policy]) -> list[int]:
@@ -264,11 +265,15 @@ def repair(text: str, policies: Sequence[Policy]) -> str | None:
 
 
 def judge(texts: Sequence[str], policies: Sequence[Policy], expert: Expert, item_key: str, *,
-          tag_choices: Sequence[str] = (), exact: Sequence[bool] | None = None) -> Decision:
+          tag_choices: Sequence[str] = (), exact: Sequence[bool] | None = None,
+          head_to_head: bool = False) -> Decision:
     """The expert's judgment of the answers ``texts`` (display order) of the item ``item_key``.
 
     ``tag_choices``: the project's problem tags; ``exact``: per answer, whether its text is exactly what was
-    shown (a correction is only written from such a text; default: all)."""
+    shown (a correction is only written from such a text; default: all). ``head_to_head``: see
+    :func:`judge_head_to_head`."""
+    if head_to_head:
+        return judge_head_to_head(texts, policies, expert, item_key, tag_choices=tag_choices)
     verdicts = [check_answer(t, policies) for t in texts]
     scores = [sum(v.values()) for v in verdicts]
     keys = [tie_key(expert.seed, expert.name, item_key, t) for t in texts]
@@ -288,6 +293,26 @@ def judge(texts: Sequence[str], policies: Sequence[Policy], expert: Expert, item
                 break
     return Decision(tuple(order), ranks_from_order(order), broken, tags, correction_of, correction, swapped,
                     tuple(used))
+
+
+def judge_head_to_head(texts: Sequence[str], policies: Sequence[Policy], expert: Expert, item_key: str, *,
+                       tag_choices: Sequence[str] = ()) -> Decision:
+    """The expert's vote on a head-to-head item (two answers, display order): the answer that follows more
+    rules is better, and with probability ``expert.noise`` the other one is picked instead; equal counts are a
+    tie when both follow every rule and "both bad" (all unacceptable) otherwise, without noise. No correction:
+    an evaluation is not training data."""
+    if len(texts) != 2:
+        raise ValueError(f"a head-to-head item shows two answers, not {len(texts)}")
+    verdicts = [check_answer(t, policies) for t in texts]
+    scores = [sum(v.values()) for v in verdicts]
+    broken = tuple(tuple(name for name, ok in v.items() if not ok) for v in verdicts)
+    tags = tuple(problem_tags(b, tag_choices) for b in broken)
+    noise_rng = random.Random(f"{expert.seed}:{expert.name}:{item_key}:noise")
+    if scores[0] == scores[1]:
+        noise_rng.random()  # the same draws whatever the answers, as in judge()
+        return Decision((0, 1), (1, 1), broken, tags, unacceptable=any(broken))
+    order, swapped = add_noise([0, 1] if scores[0] > scores[1] else [1, 0], noise_rng, expert.noise)
+    return Decision(tuple(order), ranks_from_order(order), broken, tags, swapped=swapped)
 
 
 # ------------------------------------------------------------------------------------------------ what the page shows
@@ -598,7 +623,7 @@ class AppSession:
         return self.event("select_project", {"project": name})
 
     def submit(self, k: int, decision: Decision) -> View:
-        values: dict[str, Any] = {"unacceptable": False, "negative": "", "note": "",
+        values: dict[str, Any] = {"unacceptable": decision.unacceptable, "negative": "", "note": "",
                                   "correction": decision.correction,
                                   "correction-of": LETTERS[decision.correction_of]
                                   if decision.correction_of is not None else None}
@@ -659,8 +684,10 @@ class SimulatedAnnotator:
     MAX_FAILURES = 3  # consecutive transport failures before giving up
 
     def __init__(self, url: str, expert: Expert, password: str, policies: Sequence[Policy], result: RunResult, *,
-                 project: str | None = None, max_items: int | None = None, timeout: float = 120.0) -> None:
+                 project: str | None = None, max_items: int | None = None, timeout: float = 120.0,
+                 head_to_head: bool = False) -> None:
         self.expert = expert
+        self.head_to_head = head_to_head
         self.policies = list(policies)
         self.result = result
         self.project = project
@@ -717,7 +744,7 @@ class SimulatedAnnotator:
         read = [answer_from_html(h) for h in view.responses]
         texts = [t for t, _ in read]
         decision = judge(texts, self.policies, self.expert, item_key, tag_choices=view.tag_choices or (),
-                         exact=[e for _, e in read])
+                         exact=[e for _, e in read], head_to_head=self.head_to_head)
         try:
             after = self.session.submit(len(texts), decision)
         except Exception as e:
@@ -786,16 +813,19 @@ def make_experts(names: Sequence[str], *, seed: int = 0, noise: float = 0.0,
 
 def simulate(url: str, accounts: Sequence[tuple[str, str]], policies: Sequence[Policy], *, seed: int = 0,
              noise: float = 0.0, biases: Sequence[tuple[str | None, str, float]] = (), project: str | None = None,
-             max_items: int | None = None, threads: int = 0, timeout: float = 120.0) -> RunResult:
+             max_items: int | None = None, threads: int = 0, timeout: float = 120.0,
+             head_to_head: bool = False) -> RunResult:
     """Run one simulated expert per (name, password) against the app at ``url`` until no work is left.
 
+    ``head_to_head``: the project is a head-to-head evaluation (:func:`judge_head_to_head` votes).
     ``threads``: 1 runs the annotators in turns, one item each, in one thread (a reproducible run); 0 (the
     default) one thread per annotator; n, at most n annotators at once. ``max_items``: per annotator."""
     experts = make_experts([name for name, _ in accounts], seed=seed, noise=noise, biases=biases)
     result = RunResult()
     t0 = time.perf_counter()
     annotators = [SimulatedAnnotator(url, e, pw, policies, result, project=project, max_items=max_items,
-                                     timeout=timeout) for e, (_, pw) in zip(experts, accounts)]
+                                     timeout=timeout, head_to_head=head_to_head)
+                  for e, (_, pw) in zip(experts, accounts)]
     if threads == 1:
         for a in annotators:
             a.start()

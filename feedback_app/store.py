@@ -1279,7 +1279,10 @@ class Store:
             for path in g["paths"]:
                 where, data, note = read_lineage(path, g["sha"])
                 if data is not None:
-                    lineage, snapshots = str(where), _snapshots(data, here, project.name)
+                    # An evaluation project is never trained on: the data of the models it compares lives in
+                    # the store's other projects, so all of them are this store's rounds there.
+                    lineage = str(where)
+                    snapshots = _snapshots(data, here, None if project.is_head_to_head else project.name)
                     note = ""
                     break
             found.append(Round(0, g["model"], g["path"], g["sha"], g["n"], sum(judged.get(i, 0) for i in g["items"]),
@@ -1708,8 +1711,9 @@ def read_lineage(model_path: str | Path, weights_sha256: str = "") -> tuple[Path
     return None, None, why
 
 
-def _snapshots(lineage: dict[str, Any], here: str, project: str) -> tuple[Snapshot, ...]:
-    """The snapshots a lineage.json names: the model's own data, then its reward model's (a PPO policy)."""
+def _snapshots(lineage: dict[str, Any], here: str, project: str | None) -> tuple[Snapshot, ...]:
+    """The snapshots a lineage.json names: the model's own data, then its reward model's (a PPO policy).
+    ``this_store`` marks those of the store at ``here`` and of ``project`` (None: any of its projects)."""
     out = []
 
     def add(entries: Any, via: str) -> None:
@@ -1723,7 +1727,7 @@ def _snapshots(lineage: dict[str, Any], here: str, project: str) -> tuple[Snapsh
             out.append(Snapshot(store, e.get("project"), _int(e.get("latest_judgment_id")),
                                 _int(e.get("judgments")) or 0, _int(e.get("pairs")) or 0,
                                 _int(e.get("annotators")), str(e.get("exported_at") or ""),
-                                key == here and e.get("project") in (None, project), via))
+                                key == here and (project is None or e.get("project") in (None, project)), via))
 
     add(lineage.get("snapshots"), "")
     reward_model = lineage.get("reward_model")

@@ -183,6 +183,28 @@ def test_judge_ranks_tags_and_corrects(policies: list[Policy]) -> None:
     assert (d.correction_of, d.correction) == (None, "")
 
 
+def test_head_to_head_votes_more_rules_better_equal_tie_or_both_bad(policies: list[Policy]) -> None:
+    good = "Let me check." + DISC + SIGN  # 3 rules
+    half = "Let me check." + SIGN  # 2 rules
+    poor = "We guarantee it."  # 0 rules
+    tags = ["policy violation"]
+    d = sim.judge([half, good], policies, sim.Expert("ann"), "i1", tag_choices=tags, head_to_head=True)
+    assert (d.order, d.ranks, d.unacceptable, d.swapped) == ((1, 0), (2, 1), False, None)
+    assert d.tags == (("policy violation",), ()) and (d.correction_of, d.correction) == (None, "")
+    d = sim.judge([good, good + " "], policies, sim.Expert("ann"), "i2", head_to_head=True)
+    assert (d.ranks, d.unacceptable) == ((1, 1), False)  # both follow every rule: a tie
+    d = sim.judge([half, "Sure." + SIGN], policies, sim.Expert("ann", noise=1.0), "i3", head_to_head=True)
+    assert (d.ranks, d.unacceptable, d.swapped) == ((1, 1), True, None)  # equal but breaking a rule: both bad
+    d = sim.judge([poor, good], policies, sim.Expert("ann", noise=1.0), "i4", head_to_head=True)
+    assert (d.ranks, d.swapped) == ((1, 2), 0)  # noise picks the worse answer
+    # about 15% of decisive votes flipped at noise 0.15, the same count in every run
+    flips = sum(sim.judge([poor, good], policies, sim.Expert("ann", seed=2, noise=0.15), f"n{i}",
+                          head_to_head=True).ranks == (1, 2) for i in range(200))
+    assert 15 <= flips <= 45
+    with pytest.raises(ValueError, match="two answers"):
+        sim.judge([good, half, poor], policies, sim.Expert("ann"), "i5", head_to_head=True)
+
+
 def test_judge_is_deterministic_and_per_annotator(policies: list[Policy]) -> None:
     texts = ["One.", "Two two.", "Three three three.", "Four."]  # all tied: score 1 (no_promise)
     orders = {}

@@ -1,0 +1,285 @@
+"""Two rounds of expert feedback on the quickstart domain, end to end, with simulated experts.
+
+    .venv/bin/python scripts/feedback_rounds.py            # or: make rounds-demo
+
+Round 1: the SFT model (the quickstart's SFT recipe) writes K sampled answers to training prompts; a feedback
+app is started on a fresh store and N simulated experts (``feedback_app.simulate``: an oracle that prefers the
+answers following more of the domain's rules, with noise) rank them through its real HTTP API, each prompt
+judged by ``--overlap`` of them. The store is then the training data: a reward model and a DPO policy are
+trained on it (``align rm`` / ``align dpo`` with ``data.train: feedback.db#round-1``, pairs merged across
+annotators by ``--aggregate``), each writing ``lineage.json`` (the store snapshot it learned from).
+
+Round 2: the DPO model (challenger) and the SFT model (baseline) answer the held-out prompts, greedy; the
+answers become a head-to-head project that the same experts judge blind; the reward model scores them too.
+
+Printed at the end and written to ``<workdir>/summary.md``: the lineage of both rounds (which judgments
+trained which model, which model wrote which answers), the head-to-head table (the experts' win rate of
+round 2 over round 1 with its intervals, the rules and reward-model judges and their agreement with the
+experts), the held-out adherence of both models, the time of every step, and the demo's targets
+(round 2 adheres more, experts' win rate >= 70%, all in under 20 minutes) with whether each was met.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+for path in (REPO, REPO / "scripts"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+from alignment.evaluation.policies import check_answer, load_policies  # noqa: E402
+from feedback_app.candidates import GenerationSettings, generate_candidates, load_prompts  # noqa: E402
+from feedback_app.headtohead import create_from_models, format_summary, project_summary, sides  # noqa: E402
+from feedback_app.simulate import simulate  # noqa: E402
+from feedback_app.store import Store, format_rounds  # noqa: E402
+
+QUICKSTART = REPO / "recipes" / "quickstart"
+ROUND1, ROUND2 = "round-1", "round-2-vs-round-1"
+TARGET_WIN_RATE = 0.70
+TARGET_MINUTES = 20.0
+
+
+@dataclass
+class Settings:
+    """What the demo runs; the defaults are the documented demo, tests shrink them."""
+
+    workdir: Path = REPO / "runs" / "rounds-demo"
+    model: str = "smollm2-135m-instruct"  # the base model SFT starts from
+    annotators: int = 5
+    overlap: int = 3  # experts per round-1 prompt and per head-to-head prompt
+    noise: float = 0.15  # the simulated experts' probability of swapping two adjacent answers
+    prompts: int = 48  # round-1 training prompts (from the quickstart's PPO prompt file)
+    k: int = 4  # sampled answers per round-1 prompt
+    temperature: float = 0.8
+    max_new_tokens: int = 128
+    heldout: Path = QUICKSTART / "data" / "heldout_prompts.jsonl"
+    heldout_limit: int | None = None  # the first N held-out prompts only (tests)
+    h2h_temperature: float = 0.0  # greedy head-to-head answers; tests sample (a tiny random model's greedy
+    # answer can be all special tokens, which is no answer)
+    aggregate: str = "majority"  # how round-1 pairs of annotators who disagree are merged (feedback export)
+    seed: int = 0
+    sft_overrides: list[str] = field(default_factory=list)  # extra `align sft` key=value overrides
+    rm_overrides: list[str] = field(default_factory=list)
+    dpo_overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Result:
+    times: dict[str, float] = field(default_factory=dict)
+    round1_judgments: int = 0
+    round2_votes: int = 0
+    adherence: dict[str, float] = field(default_factory=dict)  # model -> held-out all-rules adherence
+    win_rate: float | None = None
+    win_interval: tuple[float, float] | None = None
+    lines: list[str] = field(default_factory=list)  # the printed summary
+
+    @property
+    def total_minutes(self) -> float:
+        return sum(self.times.values()) / 60
+
+
+class Step:
+    """Times a step into ``result.times`` and says when it starts and ends."""
+
+    def __init__(self, result: Result, name: str) -> None:
+        self.result, self.name = result, name
+
+    def __enter__(self) -> Step:
+        print(f"[rounds] {self.name} ...", flush=True)
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.result.times[self.name] = time.perf_counter() - self.t0
+        if exc[0] is None:
+            print(f"[rounds] {self.name}: {self.result.times[self.name]:.0f} s", flush=True)
+
+
+def align(args: Sequence[str], log: Path) -> None:
+    """Run ``align ARGS`` as a user would, its output to ``log``; a failure raises with the log's tail."""
+    exe = Path(sys.executable).with_name("align")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-c", "from alignment.cli import entry; entry()"]
+    with log.open("ab") as out:
+        rc = subprocess.call([*cmd, *args], stdout=out, stderr=subprocess.STDOUT, cwd=str(REPO))
+    if rc:
+        tail = log.read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"`align {' '.join(args[:2])}` failed with exit code {rc}; its log {log} ends:\n{tail}")
+
+
+def add_accounts(store: Store, n: int) -> list[tuple[str, str]]:
+    """``n`` annotator accounts with fresh random passwords that live only in this process."""
+    accounts = [(f"expert{i + 1:02d}", secrets.token_urlsafe(12)) for i in range(n)]
+    for name, password in accounts:
+        store.add_user(name, "annotator", password)
+    return accounts
+
+
+def run_experts(url: str, accounts: Sequence[tuple[str, str]], policies: Sequence[Any], s: Settings,
+                project: str, head_to_head: bool = False) -> int:
+    """The simulated experts judge every item of ``project`` they are served; returns the judgments stored."""
+    result = simulate(url, accounts, policies, seed=s.seed, noise=s.noise, project=project,
+                      head_to_head=head_to_head)
+    if result.errors:
+        raise RuntimeError(f"simulated experts on {project}: {len(result.errors)} errors, first: {result.errors[0]}")
+    return len(result.submissions)
+
+
+def adherence(store: Store, project_name: str, policies: Sequence[Any]) -> dict[str, float]:
+    """Held-out all-rules adherence of both sides of a head-to-head project, over every prompt (an identical
+    answer counts for both models)."""
+    project = store.project(project_name)
+    assert project is not None
+    passed = {project.baseline: 0, project.challenger: 0}
+    n = 0
+    for item in store.project_items(project.id):
+        pair = sides(item, project)
+        answers = ((project.baseline, item.candidates[0]), (project.challenger, item.candidates[0])) if pair is None \
+            else ((project.baseline, pair[0]), (project.challenger, pair[1]))
+        n += 1
+        for model, cand in answers:
+            passed[model] += all(check_answer(cand.text, policies).values())
+    return {model: count / n for model, count in passed.items()} if n else {}
+
+
+def run(s: Settings) -> Result:
+    """The whole demo; see the module docstring."""
+    from app_load import Server  # scripts/app_load.py: `align app` as a subprocess on a free port
+
+    w = s.workdir.resolve()
+    if (w / "feedback.db").exists():
+        raise SystemExit(f"{w} holds an earlier demo's store; remove the folder or pass another --workdir")
+    w.mkdir(parents=True, exist_ok=True)
+    logs = w / "logs"
+    logs.mkdir(exist_ok=True)
+    res = Result()
+    policies_file = QUICKSTART / "policies.yaml"
+    policies = load_policies(policies_file)
+    sft, rm, dpo = w / "round1-sft", w / "round2-rm", w / "round2-dpo"
+    db = w / "feedback.db"
+    store = Store(db)
+    accounts = add_accounts(store, s.annotators)
+    admin = store.add_user("demo-admin", "admin", secrets.token_urlsafe(12))
+
+    with Step(res, "round 1: SFT"):
+        align(["sft", "--config", str(QUICKSTART / "sft.yaml"), f"model={s.model}", f"output_dir={sft}",
+               *s.sft_overrides], logs / "sft.log")
+
+    with Step(res, "round 1: candidates"):
+        project = store.ensure_project(ROUND1)
+        store.update_project(project.id, candidates_per_item=s.k, overlap=s.overlap)
+        prompts = load_prompts(QUICKSTART / "data" / "ppo_prompts.jsonl")[:s.prompts]
+        store.add_prompts(project.id, prompts)
+        settings = GenerationSettings(model=str(sft / "model"), k=s.k, temperature=s.temperature,
+                                      max_new_tokens=s.max_new_tokens, seed=s.seed)
+        job = store.create_job(project.id, "generate", asdict(settings), admin.id, len(prompts) * s.k)
+        generate_candidates(store, project.id, settings, job)
+
+    server = Server(db, log=logs / "app.log").start(timeout=300)  # a loaded machine starts it slowly
+    try:
+        with Step(res, "round 1: experts rank"):
+            res.round1_judgments = run_experts(server.url, accounts, policies, s, ROUND1)
+
+        data = [f"data.train={db}#{ROUND1}", f"data.aggregate={s.aggregate}"]
+        with Step(res, "round 2: reward model"):
+            align(["rm", "--config", str(QUICKSTART / "rm.yaml"), f"model={sft / 'model'}", f"output_dir={rm}",
+                   *data, *s.rm_overrides], logs / "rm.log")
+        with Step(res, "round 2: DPO"):
+            align(["dpo", "--config", str(QUICKSTART / "dpo.yaml"), f"model={sft / 'model'}", f"output_dir={dpo}",
+                   *data, *s.dpo_overrides], logs / "dpo.log")
+
+        with Step(res, "round 2: head-to-head answers"):
+            heldout = s.heldout
+            if s.heldout_limit:
+                heldout = w / "heldout.jsonl"
+                lines = s.heldout.read_text(encoding="utf-8").splitlines()[:s.heldout_limit]
+                heldout.write_text("\n".join(lines) + "\n", encoding="utf-8")
+            create_from_models(store, ROUND2, heldout, sft / "model", dpo / "model", baseline_name="round-1 SFT",
+                               challenger_name="round-2 DPO", overlap=s.overlap, max_new_tokens=s.max_new_tokens,
+                               temperature=s.h2h_temperature, seed=s.seed)
+            from feedback_app.scoring import score_project
+
+            h2h = store.project(ROUND2)
+            assert h2h is not None
+            score_project(store, h2h.id, str(rm / "model"), progress=False)
+
+        with Step(res, "round 2: experts judge head-to-head"):
+            res.round2_votes = run_experts(server.url, accounts, policies, s, ROUND2, head_to_head=True)
+    finally:
+        server.stop()
+
+    h2h = store.project(ROUND2)
+    assert h2h is not None
+    summary = project_summary(store, h2h, policies=policies, policies_name=str(policies_file.relative_to(REPO)))
+    res.win_rate, res.win_interval = summary.counts.win_rate, summary.bootstrap
+    res.adherence = adherence(store, ROUND2, policies)
+    res.lines = report(store, s, res, format_summary(summary))
+    (w / "summary.md").write_text("\n".join(["```", *res.lines, "```", ""]), encoding="utf-8")
+    (w / "summary.json").write_text(json.dumps({
+        "times_s": res.times, "total_minutes": res.total_minutes, "round1_judgments": res.round1_judgments,
+        "round2_votes": res.round2_votes, "adherence": res.adherence, "win_rate": res.win_rate,
+        "win_interval": res.win_interval, "settings": {k: str(v) for k, v in asdict(s).items()},
+    }, indent=2) + "\n", encoding="utf-8")
+    return res
+
+
+def report(store: Store, s: Settings, res: Result, h2h_lines: list[str]) -> list[str]:
+    """The lineage, the head-to-head table, adherence, times and targets, as printed lines."""
+    r1, r2 = store.project(ROUND1), store.project(ROUND2)
+    assert r1 is not None and r2 is not None
+    lines = [f"# Two feedback rounds on the quickstart domain ({s.annotators} simulated experts, overlap {s.overlap}, "
+             f"noise {s.noise}, {s.aggregate} across annotators)", "",
+             f"## Lineage: round 1 ({ROUND1}: {res.round1_judgments} judgments)", *format_rounds(store.rounds(r1.id)),
+             "", f"## Lineage: round 2 ({ROUND2})", *format_rounds(store.rounds(r2.id)), "",
+             "## Head-to-head, judged blind by the simulated experts", *h2h_lines, "",
+             "## Held-out adherence to all rules (the head-to-head answers)"]
+    lines += [f"  {model}: {rate:.1%}" for model, rate in res.adherence.items()]
+    lines += ["", "## Time"] + [f"  {name}: {sec:.0f} s" for name, sec in res.times.items()]
+    lines.append(f"  total: {res.total_minutes:.1f} min")
+    rates = list(res.adherence.values())
+    higher = len(rates) == 2 and rates[1] > rates[0]
+    win = res.win_rate is not None and res.win_rate >= TARGET_WIN_RATE
+    lines += ["", "## Targets",
+              f"  round 2 adheres more than round 1: {'met' if higher else 'NOT met'}",
+              f"  experts' win rate of round 2 >= {TARGET_WIN_RATE:.0%}: "
+              f"{'met' if win else 'NOT met'} ({'-' if res.win_rate is None else f'{res.win_rate:.1%}'})",
+              f"  under {TARGET_MINUTES:.0f} minutes: {'met' if res.total_minutes < TARGET_MINUTES else 'NOT met'} "
+              f"({res.total_minutes:.1f} min)"]
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    d = Settings()
+    p.add_argument("--workdir", type=Path, default=d.workdir)
+    p.add_argument("--model", default=d.model, help="base model SFT starts from (default: the embedded model)")
+    p.add_argument("--annotators", type=int, default=d.annotators)
+    p.add_argument("--overlap", type=int, default=d.overlap)
+    p.add_argument("--noise", type=float, default=d.noise)
+    p.add_argument("--prompts", type=int, default=d.prompts, help="round-1 prompts")
+    p.add_argument("--k", type=int, default=d.k, help="answers per round-1 prompt")
+    p.add_argument("--aggregate", default=d.aggregate,
+                   choices=["all", "majority", "drop_contradicted", "agreement_weight"])
+    p.add_argument("--seed", type=int, default=d.seed)
+    a = p.parse_args(argv)
+    if a.overlap > a.annotators:
+        p.error(f"--overlap ({a.overlap}) cannot exceed --annotators ({a.annotators})")
+    os.environ.setdefault("WANDB_MODE", "offline")
+    res = run(Settings(workdir=a.workdir, model=a.model, annotators=a.annotators, overlap=a.overlap, noise=a.noise,
+                       prompts=a.prompts, k=a.k, aggregate=a.aggregate, seed=a.seed))
+    print("\n".join(res.lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
