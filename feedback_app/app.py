@@ -39,6 +39,7 @@ from feedback_app.agreement import AGGREGATIONS, agreement
 from feedback_app.auth import COOKIE, SESSION_SECONDS, LoginThrottle, Sessions, make_cookie
 from feedback_app.candidates import GenerationSettings, import_candidates, load_prompts, start_generation
 from feedback_app.export import export_store, summary_lines, write_export
+from feedback_app.headtohead import format_summary, project_summary
 from feedback_app.render import render_guidelines, render_prompt, render_response
 from feedback_app.security import Guard, Uploads
 from feedback_app.store import (
@@ -149,7 +150,15 @@ CSS = """
 .md th, .md td {border: 1px solid var(--border-color-primary); padding: 4px 8px; text-align: left}
 .md p {margin: 4px 0}
 .md h1, .md h2, .md h3, .md h4 {margin: 8px 0 4px}
+.h2h-report {font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: 13px; white-space: pre;
+             overflow-x: auto; padding: 8px; border-radius: 6px; background: var(--background-fill-secondary)}
 """
+
+# Above the two answers of a head-to-head item: how the usual form records a comparison (the judgment
+# feedback_app.headtohead.judgment_for makes of each verdict).
+H2H_INSTRUCTION = ("**Which answer is better?** Rank it **1** and the other **2**; rank both **1** for a tie; tick "
+                   "**All responses are unacceptable** when both are bad. (An evaluation of two models: there is no "
+                   "corrected answer or negative example to give.)")
 
 
 class Denied(gr.Error):
@@ -200,6 +209,7 @@ class Form:
     progress: Any
     guidelines: Any
     prompt: Any
+    instruction: Any  # shown for a head-to-head item only
     slots: list[Slot]
     unacceptable: Any
     correction_of: Any
@@ -213,7 +223,7 @@ class Form:
         return [self.state, self.progress, self.guidelines, self.prompt, *[s.box for s in self.slots],
                 *[s.text for s in self.slots], *[s.rank for s in self.slots], *[s.tags for s in self.slots],
                 self.unacceptable, self.correction_of, self.correction, self.negative, self.note, self.submit,
-                self.message]
+                self.message, self.instruction]
 
     def inputs(self) -> set[Any]:
         return {self.state, *[s.rank for s in self.slots], *[s.tags for s in self.slots], self.unacceptable,
@@ -286,17 +296,26 @@ class Form:
                 tags.append(gr.CheckboxGroup(choices=[], value=[]))
         letters = list(LETTERS[:k])
         corr_letter = LETTERS[state["order"].index(j.correction_of)] if j.correction_of in state["order"] else None
+        # A head-to-head item is an evaluation, never exported for training: no correction or negative example
+        # to give (the store refuses one), and the instruction says how the ranks record the comparison.
+        h2h = project.is_head_to_head
+        if h2h:
+            corr_letter, correction, negative = None, "", ""
+        else:
+            correction, negative = j.correction, j.negative
         return [state, progress_html(progress_text, state["key"]), guidelines, render_prompt(item.prompt), *boxes,
                 *texts, *ranks, *tags, gr.Checkbox(value=j.all_unacceptable),
-                gr.Dropdown(choices=letters, value=corr_letter), j.correction, j.negative, j.note,
-                gr.Button(interactive=True), message]
+                gr.Dropdown(choices=[] if h2h else letters, value=corr_letter, visible=not h2h),
+                gr.Textbox(value=correction, visible=not h2h), gr.Textbox(value=negative, visible=not h2h), j.note,
+                gr.Button(interactive=True), message, gr.Markdown(value=H2H_INSTRUCTION if h2h else "", visible=h2h)]
 
     def _empty(self, state: dict[str, Any], progress: str, guidelines: str, message: str) -> list[Any]:
         n = len(self.slots)
         return [state, progress, guidelines, "", *[gr.Column(visible=False)] * n, *[""] * n,
                 *[gr.Radio(choices=[], value=None)] * n, *[gr.CheckboxGroup(choices=[], value=[])] * n,
-                gr.Checkbox(value=False), gr.Dropdown(choices=[], value=None), "", "", "",
-                gr.Button(interactive=False), message]
+                gr.Checkbox(value=False), gr.Dropdown(choices=[], value=None, visible=True),
+                gr.Textbox(value="", visible=True), gr.Textbox(value="", visible=True), "",
+                gr.Button(interactive=False), message, gr.Markdown(value="", visible=False)]
 
 
 def _draft_or_latest(store: Store, user: User, item_id: int) -> Judgment | None:
@@ -324,6 +343,7 @@ def build_blocks(store: Store, uploads: Uploads | None = None) -> gr.Blocks:
                     guidelines = gr.HTML(elem_id="guidelines")
                 gr.Markdown(SHORTCUTS)
                 prompt = gr.HTML(elem_id="prompt")
+                instruction = gr.Markdown(visible=False, elem_id="h2h-instruction")
                 slots = []
                 with gr.Row(elem_id="answers"):
                     for i in range(K_MAX):
@@ -359,8 +379,8 @@ def build_blocks(store: Store, uploads: Uploads | None = None) -> gr.Blocks:
             with gr.Tab("Admin", id="admin", visible=False) as admin_tab:
                 admin = AdminSection(store, project_dd, uploads)
         state = gr.State({})
-        form = Form(state, progress, guidelines, prompt, slots, unacceptable, correction_of, correction, negative,
-                    note, submit, message)
+        form = Form(state, progress, guidelines, prompt, instruction, slots, unacceptable, correction_of, correction,
+                    negative, note, submit, message)
         timer = gr.Timer(2.0, active=False)
 
         def project_of(name: str | None) -> Project | None:
@@ -565,6 +585,9 @@ class AdminSection:
         with gr.Accordion("Dashboard", open=True):
             self.refresh = gr.Button("Refresh dashboard", elem_id="refresh-dashboard")
             self.summary = gr.Markdown(elem_id="dashboard-summary")
+            # A head-to-head evaluation's report (feedback_app.headtohead.format_summary); hidden for a ranking
+            # project. Filled by a handler of its own, so the dashboard's outputs stay what API clients expect.
+            self.h2h_report = gr.HTML(visible=False, elem_id="h2h-report")
             self.per_user = gr.Dataframe(headers=["annotator", "items judged", "revisions", "last activity",
                                                   "open claims", "oldest open claim", "gold judged",
                                                   "gold accuracy"],
@@ -772,6 +795,15 @@ class AdminSection:
             return lineage_rows(store.rounds(self._project(name).id))
 
         self.refresh.click(lineage, self.project_dd, self.rounds, api_name="admin_lineage")
+
+        def h2h_report(name: str | None, request: gr.Request) -> Any:
+            require(store, request, "admin")  # the role checked here: an API call skips the hidden tab
+            project = self._project(name)
+            if not project.is_head_to_head:
+                return gr.HTML(value="", visible=False)
+            return gr.HTML(value=h2h_report_html(store, project), visible=True)
+
+        self.refresh.click(h2h_report, self.project_dd, self.h2h_report, api_name="admin_h2h_report")
         self.wire_claims()
 
         def import_gold(name: str | None, path: str | None, request: gr.Request) -> list[Any]:
@@ -981,6 +1013,15 @@ def annotator_table(store: Store, project: Project, latest: list[StoredJudgment]
         score = scores.get(row[0])
         out.append([*row, score.judged if score else 0, gold_text(score)])
     return out
+
+
+def h2h_report_html(store: Store, project: Project) -> str:
+    """The head-to-head report of an evaluation project for the dashboard: the lines of
+    :func:`feedback_app.headtohead.format_summary` (win rate with its bootstrap and Wilson intervals, vote counts,
+    the judges, one row per annotator) in a monospace block, every text escaped."""
+    lines = format_summary(project_summary(store, project))
+    return ('<div class="h2h"><div class="resp-title">Head-to-head evaluation</div>'
+            f'<pre class="h2h-report">{html.escape(chr(10).join(lines))}</pre></div>')
 
 
 def dashboard_values(store: Store, project: Project) -> list[Any]:

@@ -1656,6 +1656,9 @@ def validate_judgment(j: Judgment, item: Item, project: Project) -> None:
         unknown = set(tags) - allowed
         if unknown:
             raise StoreError(f"unknown tag(s): {', '.join(sorted(unknown))}")
+    if project.is_head_to_head and (j.correction.strip() or j.negative.strip() or j.correction_of is not None):
+        raise StoreError("a head-to-head evaluation takes no corrected answer or negative example: it is never "
+                         "exported for training, so they would be lost")
     if j.correction.strip() and j.correction_of not in ids:
         raise StoreError("choose which response your corrected answer replaces")
     for name in ("correction", "negative", "note"):

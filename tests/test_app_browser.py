@@ -9,7 +9,8 @@ whose prompt and one candidate carry HTML and script. Tests that change a user's
 remembered project, its claims, its drafts) have a user of their own and set that state first.
 
 Projects: ``default`` (K=4, seven prompts), ``markdown`` (K=4, one prompt whose answers are Markdown, one
-of them 200 lines long) and ``pair`` (K=2, one prompt).
+of them 200 lines long) and ``pair`` (K=2, one prompt). The head-to-head test makes its own evaluation project
+(``versus``), judged by ``assessor``.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ expect = sync_api.expect
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync"]
 USERS = ("admin", "admin2", "admin3", "ann1", "ann2", "ann3", "ann4", "ann5", "ann6", "ann7", "ann8", "picker",
-         "reader")
+         "reader", "assessor")
 PASSWORDS = {name: f"{name}-pass-123" for name in USERS}
 EVIL_CANDIDATE = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2">'
 EVIL_PROMPT = '<img src=x onerror="window.__pwned=3"> How do I <b>reset</b> my password?'
@@ -987,3 +988,85 @@ def test_a_page_open_across_a_restart_stays_in_its_project(browser: Any, tmp_pat
         context.close()
         server.stop()
         store.close()
+
+
+def test_a_head_to_head_item_is_judged_and_reported(app: App, login: Callable[[str], Session]) -> None:
+    """A head-to-head evaluation through the usual form: the instruction above the two answers and no correction
+    boxes; one answer B ranked better, one tie, one both bad, stored as the challenger's votes the display order
+    implies; then the admin's dashboard shows the win rate."""
+    from feedback_app.headtohead import BOTH_BAD, LOSS, TIE, WIN, outcome_of, sides
+
+    store = app.store
+    rows = [([{"role": "user", "content": f"Versus question {i}: what helps a sore throat?"}],
+             f"Baseline reply {i}: drink warm tea with honey.", f"Challenger reply {i}: gargle salt water often.")
+            for i in range(3)]
+    project = store.add_head_to_head("versus", "model-old", "model-new", rows, overlap=2).project
+    item_of = {item.prompt[-1]["content"]: item.id for item in store.project_items(project.id)}
+    remember(app, "assessor", "versus")
+    user = app.user("assessor")
+    s = login("assessor")
+    page = s.page
+    expect(page.locator("#project input")).to_have_value("versus")
+    instruction = page.locator("#h2h-instruction")
+    outcomes = {}
+    for verdict in ("B better", "tie", "both bad"):
+        page.wait_for_selector("#response-0 .msg")
+        prompt = page.locator("#prompt .msg").last.inner_text()
+        item_id = item_of[prompt]
+        order = slot_candidates(app, page, item_id)  # candidate id per slot, read from the texts shown
+        expect(instruction).to_be_visible()
+        expect(instruction).to_contain_text("Which answer is better? Rank it 1 and the other 2")
+        for hidden in ("#correction", "#negative", "#correction-of"):
+            expect(page.locator(hidden)).to_be_hidden()
+        if verdict == "B better":
+            page.locator('#rank-1 input[value="1"]').click()
+            page.locator('#rank-0 input[value="2"]').click()
+            expect_ranks(page, ["2", "1"])
+        elif verdict == "tie":
+            page.locator('#rank-0 input[value="1"]').click()
+            page.locator('#rank-1 input[value="1"]').click()
+            expect_ranks(page, ["1", "1"])
+        else:
+            page.locator("#unacceptable input").check()
+        page.click("#submit")
+        latest = wait_until(lambda item_id=item_id: store.latest_judgment(user.id, item_id), what="the judgment")
+        expect(page.locator("#message")).to_contain_text("Saved.")
+        item = store.item(item_id)
+        base, chal = sides(item, project)
+        assert sorted(order) == sorted([base.id, chal.id])
+        j = latest.judgment
+        assert (j.correction_of, j.correction, j.negative) == (None, "", "")
+        expected = {"B better": WIN if order[1] == chal.id else LOSS, "tie": TIE, "both bad": BOTH_BAD}[verdict]
+        assert outcome_of(item, project, j) == expected, (verdict, order, j)
+        outcomes[verdict] = expected
+        if verdict != "both bad":  # the next item replaces this one
+            expect(page.locator("#prompt .msg").last).not_to_have_text(prompt)
+    expect(page.locator("#message")).to_contain_text("Nothing more to annotate in project versus.")
+
+    # a ranking project: no instruction, the correction boxes back
+    pick(page, "#project", "pair")
+    expect(page.locator("#prompt")).to_contain_text(PAIR_PROMPT)
+    expect(instruction).to_be_hidden()
+    expect(page.locator("#correction textarea")).to_be_visible()
+    assert not s.errors and not s.dialogs
+
+    # the admin's dashboard: 1 win (or loss) + 1 tie + 1 both bad, ties and both bad count 1/2
+    wins = int(outcomes["B better"] == WIN)
+    rate = (wins + 0.5 + 0.5) / 3
+    assert f"{rate:.3f}" == ("0.667" if wins else "0.333")
+    remember(app, "admin3", "versus")
+    a = login("admin3")
+    open_tab(a.page, "Admin")
+    expect(a.page.locator("#admin-project")).to_contain_text("Editing project: versus")
+    a.page.click("#refresh-dashboard")
+    report = a.page.locator("#h2h-report")
+    expect(report).to_contain_text("challenger model-new vs baseline model-old")
+    expect(report).to_contain_text(f"3 votes: {wins} wins, {1 - wins} losses, 1 ties, 1 both bad")
+    expect(report).to_contain_text(re.compile(rf"win rate {rate:.3f}  95% CI \[[0-9.]+, [0-9.]+\]"))
+    expect(report).to_contain_text(re.compile(r"decisive votes \d/1 = [01]\.000  95% CI \["))
+    # the judges table (the experts' row; no reward-model scores) and the annotator's row
+    expect(report).to_contain_text(re.compile(rf"experts\s+3 votes\s+{wins}\s+{1 - wins}\s+1 \(\+1 both bad\)\s+"
+                                              rf"{rate:.3f}"))
+    expect(report).to_contain_text(re.compile(rf"assessor\s+3\s+{wins}\s+{1 - wins}\s+1\s+1\s+{rate:.3f}"))
+    expect(report).to_contain_text("note: no reward-model scores")
+    assert not a.errors and not a.dialogs

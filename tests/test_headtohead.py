@@ -7,6 +7,7 @@ Every store test runs on SQLite and, when ALIGN_TEST_POSTGRES_URL is set, on Pos
 
 from __future__ import annotations
 
+import html
 import math
 import re
 from collections.abc import Iterator
@@ -38,7 +39,7 @@ from feedback_app.headtohead import (
     summarize,
     wilson_interval,
 )
-from feedback_app.store import SCHEMA_VERSION, ModelSide, Store, StoreError, display_order, meta
+from feedback_app.store import SCHEMA_VERSION, Judgment, ModelSide, Store, StoreError, display_order, meta
 from tests.conftest import downgrade_store, write_jsonl
 from tests.test_feedback_store import _fill, _postgres_url, _prompt, _rank_all, _users
 
@@ -160,6 +161,49 @@ def test_identical_answers_are_an_automatic_tie_never_served(store):
     summary = project_summary(store, p)
     assert (summary.prompts, summary.identical, summary.judged_prompts, summary.counts) == (1, 1, 1, Counts(wins=1))
     assert "1 more answered identically by both (never shown, in no rate)" in "\n".join(format_summary(summary))
+
+
+def test_a_head_to_head_judgment_takes_no_correction_or_negative(store):
+    """An evaluation is never exported for training: a corrected answer or negative example given for one would
+    be lost, so the store refuses it (the app's form hides those boxes for a head-to-head item)."""
+    p = store.add_head_to_head("eval", OLD, NEW, _rows(1)).project
+    u = _users(store, 1)[0]
+    item = store.item(store.next_item(u, p))
+    base, chal = sides(item, p)
+    ranks = {base.id: 2, chal.id: 1}
+    for extra in ({"correction_of": base.id, "correction": "A better answer."}, {"negative": "Never say this."},
+                  {"correction_of": base.id}):
+        with pytest.raises(StoreError, match="no corrected answer or negative example"):
+            store.submit(u, item.id, Judgment(ranks=ranks, **extra), f"k-{len(extra)}-{sorted(extra)}")
+    assert store.latest_judgment(u.id, item.id) is None
+    store.submit(u, item.id, Judgment(ranks=ranks, note="fine"), "ok")  # a note for the admin is fine
+    assert outcome_of(item, p, store.latest_judgment(u.id, item.id).judgment) == WIN
+
+
+def test_the_dashboard_report_is_for_admins_and_head_to_head_projects(tmp_path):
+    from types import SimpleNamespace
+
+    from feedback_app.app import Denied, build_blocks
+
+    store = Store(tmp_path / "feedback.db")
+    try:
+        p = store.add_head_to_head("eval", OLD, NEW, _rows(3)).project
+        store.ensure_project("ranking")
+        store.add_user("boss", "admin", "password-boss")
+        u = _users(store, 1)[0]
+        _judge_everything(store, u, p, lambda q: {"0": "challenger", "1": "tie"}.get(q[-1], "both_bad"))
+        handler = next(f.fn for f in build_blocks(store).fns.values() if f.api_name == "admin_h2h_report")
+        report = handler("eval", SimpleNamespace(username="boss"))
+        assert report.visible
+        text = html.unescape(report.value)
+        assert "\n".join(format_summary(project_summary(store, p))) in text  # the CLI's report, as it is
+        assert "1 wins, 0 losses, 1 ties, 1 both bad" in text and "win rate 0.667  95% CI [" in text
+        assert "'eval'" not in report.value  # escaped
+        assert not handler("ranking", SimpleNamespace(username="boss")).visible  # ranking: the usual dashboard
+        with pytest.raises(Denied, match="admin role"):
+            handler("eval", SimpleNamespace(username=u.name))
+    finally:
+        store.close()
 
 
 def test_a_schema_5_store_is_upgraded_when_opened(store):
