@@ -3,6 +3,7 @@
 # make lint         ruff
 # make bench        our training phases vs TRL's trainers (same model, data, batch); writes benchmarks/RESULTS.md
 # make efficacy     rule adherence and content on four synthetic domains, ours vs TRL; writes benchmarks/efficacy/RESULTS.md
+# make rounds-demo  two rounds of simulated expert feedback -> RM + DPO -> head-to-head; writes runs/rounds-demo/summary.md
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -13,7 +14,7 @@ TORCH_VERSION := $(shell sed -n 's/^torch==//p' constraints.txt)
 # when pip's find-links has one, else PyTorch's CPU index). With CUDA, the default build.
 HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
 
-.PHONY: setup tcmalloc model quickstart test test-fast lint bench efficacy clean
+.PHONY: setup tcmalloc model quickstart test test-fast lint bench efficacy rounds-demo clean
 
 setup: $(VENV)/.installed tcmalloc
 
@@ -65,6 +66,10 @@ bench: model
 # (--quick: a smoke run of a few steps per phase, written to runs/efficacy-quick/RESULTS.md)
 efficacy: model
 	$(PY) benchmarks/efficacy/run.py $(EFFICACY_ARGS)
+
+# ROUNDS_ARGS passes options through, e.g. make rounds-demo ROUNDS_ARGS="--workdir runs/rounds2 --noise 0.3"
+rounds-demo: model
+	$(PY) scripts/feedback_rounds.py $(ROUNDS_ARGS)
 
 clean:
 	rm -rf runs .pytest_cache

@@ -82,6 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--create-users", action="store_true", help="add the accounts to --store first (annotator role)")
     p.add_argument("--store", help="the app's store (SQLite file or database URL), for --create-users only")
     p.add_argument("--project", help="the project to annotate (default: the one the app starts each account in)")
+    p.add_argument("--head-to-head", action="store_true",
+                   help="the project is a head-to-head evaluation: vote better / tie / both bad, no corrections")
     p.add_argument("--max-items", type=int, metavar="N", help="at most N judgments per annotator (default: all work)")
     p.add_argument("--noise", type=float, default=0.0,
                    help="probability of swapping two adjacent answers of a ranking (default 0)")
@@ -122,6 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         creds = [(n, pw) for n, pw in accounts if pw is not None]
 
     result = simulate(args.url, creds, policies, seed=args.seed, noise=args.noise, biases=biases,
+                      head_to_head=args.head_to_head,
                       project=args.project, max_items=args.max_items, threads=args.threads, timeout=args.timeout)
     counts = result.per_annotator()
     for name, _ in creds:
