@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -84,8 +84,7 @@ def import_candidates(store: Store, project_id: int, path: str | Path,
     the file) is refused the same way; with a ``skipped`` list it is left out and described there, and
     the rest of the file is imported.
     """
-    from alignment.data import iter_records, load_records, to_conversation
-    from alignment.data.formats import detect_variant
+    from alignment.data import load_records
 
     source = str(path)
     ds = load_records(path)
@@ -94,18 +93,11 @@ def import_candidates(store: Store, project_id: int, path: str | Path,
     if answers_field is None:
         raise AlignError("a candidates file needs a 'responses' (list per prompt) or 'completion' column",
                          file=source, field="responses")
-    prompt_info = detect_variant(ds.remove_columns([c for c in ds.column_names if c not in
-                                                    ("prompt", "messages", "__line__")]), "prompts", source)
-    prompt_field = "messages" if "messages" in columns else "prompt"
+    prompt_field, records = prompt_records(ds, source)
     grouped: dict[str, tuple[list[dict[str, str]], list[tuple[str, str, dict[str, Any]]]]] = {}
     first_line: dict[str, int] = {}  # where each prompt first appears, for messages about it
     problems: list[tuple[int, str, str]] = []
-    for line, record in iter_records(ds):
-        try:
-            prompt = to_conversation({k: record[k] for k in ("prompt", "messages") if k in record},
-                                     "prompts", prompt_info.variant)["prompt"]
-        except AlignError as e:
-            raise AlignError(e.message, file=source, line=line, field=e.field) from None
+    for line, prompt, record in records:
         if blank_prompt(prompt):
             problems.append((line, prompt_field, "the prompt is empty"))
             continue
@@ -143,6 +135,29 @@ def import_candidates(store: Store, project_id: int, path: str | Path,
         assert item_id is not None
         added += store.add_candidates(item_id, answers, source="imported")
     return prompts_added, added
+
+
+def prompt_records(ds: Any, source: str) -> tuple[str, Iterator[tuple[int, list[dict[str, str]], dict[str, Any]]]]:
+    """A file of prompts with answers (candidates, or one model's answers), loaded by
+    ``alignment.data.load_records``: the prompt column's name (``messages`` or ``prompt``) and, row by row,
+    (line, the prompt as a conversation, the record). A prompt that is not one raises, naming file, line and field."""
+    from alignment.data import iter_records, to_conversation
+    from alignment.data.formats import detect_variant
+
+    kept = ("prompt", "messages", "__line__")
+    variant = detect_variant(ds.remove_columns([c for c in ds.column_names if c not in kept]), "prompts",
+                             source).variant
+
+    def rows() -> Iterator[tuple[int, list[dict[str, str]], dict[str, Any]]]:
+        for line, record in iter_records(ds):
+            try:
+                prompt = to_conversation({k: record[k] for k in ("prompt", "messages") if k in record}, "prompts",
+                                         variant)["prompt"]
+            except AlignError as e:
+                raise AlignError(e.message, file=source, line=line, field=e.field) from None
+            yield line, prompt, record
+
+    return ("messages" if "messages" in ds.column_names else "prompt"), rows()
 
 
 def generate_candidates(store: Store, project_id: int, settings: GenerationSettings, job_id: int,

@@ -464,9 +464,9 @@ def read_answers(path: str | Path) -> tuple[list[tuple[int, list[dict[str, str]]
     """An answers file: (line, prompt, answer) per row in file order, and the model name its rows give (None when
     none does). Read with the candidates file's readers (:mod:`feedback_app.candidates`); errors name the file,
     line and field."""
-    from alignment.data import iter_records, load_records, to_conversation
-    from alignment.data.formats import blank_prompt, detect_variant
-    from feedback_app.candidates import _answer_text
+    from alignment.data import load_records
+    from alignment.data.formats import blank_prompt
+    from feedback_app.candidates import _answer_text, prompt_records
 
     source = str(path)
     ds = load_records(path)
@@ -475,18 +475,11 @@ def read_answers(path: str | Path) -> tuple[list[tuple[int, list[dict[str, str]]
     if answer_field is None:
         raise AlignError("an answers file needs an 'answer' (or 'completion') column: one model's answer per prompt",
                          file=source, field="answer")
-    prompt_info = detect_variant(ds.remove_columns([c for c in ds.column_names if c not in
-                                                    ("prompt", "messages", "__line__")]), "prompts", source)
-    prompt_field = "messages" if "messages" in columns else "prompt"
+    prompt_field, records = prompt_records(ds, source)
     rows: list[tuple[int, list[dict[str, str]], str]] = []
     first_line: dict[str, int] = {}
     model: tuple[int, str] | None = None  # (first line naming it, the name)
-    for line, record in iter_records(ds):
-        try:
-            prompt = to_conversation({k: record[k] for k in ("prompt", "messages") if k in record},
-                                     "prompts", prompt_info.variant)["prompt"]
-        except AlignError as e:
-            raise AlignError(e.message, file=source, line=line, field=e.field) from None
+    for line, prompt, record in records:
         if blank_prompt(prompt):
             raise AlignError("the prompt is empty", file=source, line=line, field=prompt_field)
         h = prompt_hash(prompt)
