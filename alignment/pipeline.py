@@ -64,6 +64,11 @@ class EvaluationConfig:
     mean P(better) = sigmoid(r - r_base), with the score-length correlation beside them. "auto": the model
     of the last `rm` phase before the eval phase (none if there is none); "@<phase>": that `rm` phase's
     model; a path: a reward model from `align rm`; null or "none": no reward-model judging."""
+    head_to_head: str | None = None
+    """A feedback store's head-to-head project (`feedback.db#project`, or a database URL with `#project`): the
+    report shows the experts' blind votes of the challenger against the baseline there (win rate with its
+    intervals, the rules of `policies` and the reward-model scores as judges, their agreement with the
+    experts), read from the store each time the report is written. null: no such section."""
 
 
 @dataclass
@@ -91,6 +96,10 @@ class PipelineConfig:
             if p.kind == "eval" and not (self.evaluation.prompts and self.evaluation.policies):
                 raise AlignError("an eval phase needs evaluation.prompts and evaluation.policies",
                                  field="evaluation")
+        h2h = self.evaluation.head_to_head
+        if h2h is not None and (h2h.count("#") != 1 or not h2h.split("#")[0] or not h2h.split("#")[1]):
+            raise AlignError(f"name a store and its head-to-head project as STORE#PROJECT, not '{h2h}'",
+                             field="evaluation.head_to_head")
         rm = self.evaluation.reward_model
         if rm is not None and rm.strip().lower() in ("none", ""):
             self.evaluation.reward_model = None
@@ -155,6 +164,11 @@ def load_pipeline(path: str | Path, overrides: list[str]) -> PipelineConfig:
         if value and value != "auto" and not value.startswith("@") and not Path(value).is_absolute() \
                 and (base / value).exists():
             setattr(cfg.evaluation, key, str(base / value))
+    h2h = cfg.evaluation.head_to_head
+    if h2h and "://" not in h2h:
+        store, project = h2h.split("#")
+        if not Path(store).is_absolute():  # a store file, like the other paths: relative to the recipe
+            cfg.evaluation.head_to_head = f"{base / store}#{project}"
     for step in cfg.phases:
         if step.recipe and not Path(step.recipe).is_absolute():
             step.recipe = str(base / step.recipe)
@@ -353,6 +367,10 @@ def _finish(out: Path, cfg: PipelineConfig, timings: dict[str, float]) -> Path:
     report = write_report(out, cfg, timings, verdicts)
     if verdicts:
         print("\n" + "\n".join(f"[pipeline] {line}" for line in format_verdicts(verdicts).splitlines()))
+    if cfg.evaluation.head_to_head:
+        from alignment.report import head_to_head_lines
+
+        print("\n" + "\n".join(f"[pipeline] {line}" for line in head_to_head_lines(cfg)))
     for name, seconds in timings.items():
         print(f"[pipeline] {name}: {seconds:.0f} s" + (" (skipped: already complete)" if seconds == 0 else ""))
     print(f"[pipeline] total: {sum(timings.values()):.0f} s")

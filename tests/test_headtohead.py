@@ -517,3 +517,48 @@ def test_create_from_models_generates_both_sides(tmp_path, tiny_model_dir):
     with pytest.raises(AlignError, match="both"):
         create_from_models(store, "x", prompts, tiny_model_dir, tiny_model_dir)
     assert store.project("x") is None
+
+
+# ------------------------------------------------------------------------------------------------ the pipeline report
+
+
+def test_the_pipeline_report_shows_the_experts_head_to_head(tmp_path):
+    from alignment.pipeline import load_pipeline
+    from alignment.report import write_report
+
+    store = Store(tmp_path / "feedback.db")
+    rows = [(_prompt(f"q{i}"), f"Old answer {i}.", f"New answer {i}. Thanks!") for i in range(4)]
+    p = store.add_head_to_head("eval-r2", OLD, NEW, rows, overlap=1).project
+    (u,) = _users(store, 1)
+    _judge_everything(store, u, p, lambda q: {"q2": "baseline", "q3": "tie"}.get(q, "challenger"))
+    store.close()
+    (tmp_path / "rules.yaml").write_text("policies:\n  - name: thanks\n    must_match: ['Thanks']\n", encoding="utf-8")
+    recipe = tmp_path / "pipeline.yaml"
+    recipe.write_text("name: r2\nphases:\n  - {name: sft, kind: sft, recipe: sft.yaml}\n"
+                      "evaluation:\n  policies: rules.yaml\n  head_to_head: feedback.db#eval-r2\n", encoding="utf-8")
+    cfg = load_pipeline(recipe, [])
+    assert cfg.evaluation.head_to_head == f"{tmp_path / 'feedback.db'}#eval-r2"  # relative to the recipe
+    run = tmp_path / "run"
+    run.mkdir()
+    page = write_report(run, cfg, {}).read_text(encoding="utf-8")
+    block = html.unescape(re.search(r'<pre id="head-to-head">(.*?)</pre>', page, re.S).group(1))
+    # 2 wins, 1 loss, 1 tie: (2 + 1/2) / 4; the rules prefer the challenger on every prompt.
+    assert "4 votes: 2 wins, 1 losses, 1 ties" in block and "win rate 0.625" in block
+    assert re.search(r"rules\s+4 prompts\s+4\s+0\s+0\s+1\.000", block)
+
+    for spec, why in (("feedback.db#nope", "the store has no project 'nope'"),
+                      ("missing.db#eval-r2", "no feedback store at")):
+        cfg.evaluation.head_to_head = str(tmp_path / spec)
+        page = write_report(run, cfg, {}).read_text(encoding="utf-8")
+        assert why in html.unescape(page)
+
+
+def test_a_head_to_head_recipe_names_a_project(tmp_path):
+    from alignment.pipeline import load_pipeline
+
+    recipe = tmp_path / "pipeline.yaml"
+    recipe.write_text("name: r2\nphases:\n  - {name: sft, kind: sft, recipe: sft.yaml}\n"
+                      "evaluation:\n  head_to_head: feedback.db\n", encoding="utf-8")
+    with pytest.raises(AlignError, match="STORE#PROJECT") as e:
+        load_pipeline(recipe, [])
+    assert "evaluation.head_to_head" in str(e.value)
