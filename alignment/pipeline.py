@@ -359,18 +359,50 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, float]:
     return timings
 
 
+def head_to_head_lines(cfg: Any) -> list[str]:
+    """The experts' head-to-head report of ``cfg.evaluation.head_to_head`` (a store's head-to-head project) as
+    text lines, the rules of ``cfg.evaluation.policies`` judging beside them; [] when the recipe names none. A
+    store or project that cannot be read gives one line saying why: the report is still written."""
+    spec = getattr(getattr(cfg, "evaluation", None), "head_to_head", None)
+    if not spec:
+        return []
+    # The feedback app's store and statistics, imported here: only a recipe that names a store needs them.
+    from alignment.errors import AlignError
+    from alignment.evaluation.policies import load_policies
+    from feedback_app.headtohead import format_summary, project_summary
+    from feedback_app.store import Store, StoreError, is_store
+
+    store_spec, project_name = spec.rsplit("#", 1)
+    if "://" not in store_spec and not is_store(store_spec):
+        return [f"head-to-head: no feedback store at {store_spec}"]
+    try:
+        store = Store(store_spec, create=False)
+        try:
+            project = store.project(project_name)
+            if project is None:
+                return [f"head-to-head: the store has no project '{project_name}'"]
+            policies_file = cfg.evaluation.policies
+            policies = load_policies(policies_file) if policies_file else None
+            summary = project_summary(store, project, policies=policies, policies_name=Path(policies_file).name
+                                      if policies_file else "")
+        finally:
+            store.close()
+    except (StoreError, AlignError) as err:
+        return [f"head-to-head: {err}"]
+    return format_summary(summary)
+
+
 def _finish(out: Path, cfg: PipelineConfig, timings: dict[str, float]) -> Path:
     """Verdicts (stored with the eval results), the report, then the closing lines: verdicts, times, report."""
     from alignment.report import write_report
 
     verdicts = _learning_verdicts(out, cfg)
-    report = write_report(out, cfg, timings, verdicts)
+    h2h = head_to_head_lines(cfg)
+    report = write_report(out, cfg, timings, verdicts, h2h)
     if verdicts:
         print("\n" + "\n".join(f"[pipeline] {line}" for line in format_verdicts(verdicts).splitlines()))
-    if cfg.evaluation.head_to_head:
-        from alignment.report import head_to_head_lines
-
-        print("\n" + "\n".join(f"[pipeline] {line}" for line in head_to_head_lines(cfg)))
+    if h2h:
+        print("\n" + "\n".join(f"[pipeline] {line}" for line in h2h))
     for name, seconds in timings.items():
         print(f"[pipeline] {name}: {seconds:.0f} s" + (" (skipped: already complete)" if seconds == 0 else ""))
     print(f"[pipeline] total: {sum(timings.values()):.0f} s")

@@ -123,10 +123,12 @@ def _adherence_plot(results: list[dict[str, Any]], names: list[str]) -> str:
 
 
 def write_report(run_dir: Path, cfg: Any, timings: dict[str, float],
-                 verdicts: list[dict[str, Any]] | None = None) -> Path:
+                 verdicts: list[dict[str, Any]] | None = None, head_to_head: list[str] | None = None) -> Path:
     """Write ``run_dir/report.html`` from what the phases left on disk.
 
     ``verdicts``: :func:`alignment.verdict.run_verdicts`'s, when the caller has them; else read from disk.
+    ``head_to_head``: the experts' head-to-head report as text lines
+    (:func:`alignment.pipeline.head_to_head_lines`, which reads the feedback store); None: no such section.
     """
     e = html.escape
     if verdicts is None:
@@ -147,7 +149,7 @@ def write_report(run_dir: Path, cfg: Any, timings: dict[str, float],
     parts.append("<p><small>Wall time of each phase's last complete run; a re-run skips complete "
                  "phases.</small></p>")
 
-    parts.append(_head_to_head_section(cfg))
+    parts.append(_head_to_head_section(head_to_head))
     for step in cfg.phases:
         if step.kind == "eval":
             parts.append(_eval_section(run_dir / step.name))
@@ -174,41 +176,7 @@ text-align:left}}.answer{{white-space:pre-wrap;font-size:0.9em}}.fail{{backgroun
     return path
 
 
-def head_to_head_lines(cfg: Any) -> list[str]:
-    """The experts' head-to-head report of ``cfg.evaluation.head_to_head`` (a store's head-to-head project) as
-    text lines, the rules of ``cfg.evaluation.policies`` judging beside them; [] when the recipe names none. A
-    store or project that cannot be read gives one line saying why: the report is still written."""
-    spec = getattr(getattr(cfg, "evaluation", None), "head_to_head", None)
-    if not spec:
-        return []
-    # The feedback app's store and statistics, imported here: only a recipe that names a store needs them.
-    from alignment.errors import AlignError
-    from alignment.evaluation.policies import load_policies
-    from feedback_app.headtohead import format_summary, project_summary
-    from feedback_app.store import Store, StoreError, is_store
-
-    store_spec, project_name = spec.rsplit("#", 1)
-    if "://" not in store_spec and not is_store(store_spec):
-        return [f"head-to-head: no feedback store at {store_spec}"]
-    try:
-        store = Store(store_spec, create=False)
-        try:
-            project = store.project(project_name)
-            if project is None:
-                return [f"head-to-head: the store has no project '{project_name}'"]
-            policies_file = cfg.evaluation.policies
-            policies = load_policies(policies_file) if policies_file else None
-            summary = project_summary(store, project, policies=policies, policies_name=Path(policies_file).name
-                                      if policies_file else "")
-        finally:
-            store.close()
-    except (StoreError, AlignError) as err:
-        return [f"head-to-head: {err}"]
-    return format_summary(summary)
-
-
-def _head_to_head_section(cfg: Any) -> str:
-    lines = head_to_head_lines(cfg)
+def _head_to_head_section(lines: list[str] | None) -> str:
     if not lines:
         return ""
     return ("<h2>Head-to-head: the experts' blind votes</h2><pre id=\"head-to-head\">"

@@ -523,7 +523,7 @@ def test_create_from_models_generates_both_sides(tmp_path, tiny_model_dir):
 
 
 def test_the_pipeline_report_shows_the_experts_head_to_head(tmp_path):
-    from alignment.pipeline import load_pipeline
+    from alignment.pipeline import head_to_head_lines, load_pipeline
     from alignment.report import write_report
 
     store = Store(tmp_path / "feedback.db")
@@ -540,7 +540,7 @@ def test_the_pipeline_report_shows_the_experts_head_to_head(tmp_path):
     assert cfg.evaluation.head_to_head == f"{tmp_path / 'feedback.db'}#eval-r2"  # relative to the recipe
     run = tmp_path / "run"
     run.mkdir()
-    page = write_report(run, cfg, {}).read_text(encoding="utf-8")
+    page = write_report(run, cfg, {}, head_to_head=head_to_head_lines(cfg)).read_text(encoding="utf-8")
     block = html.unescape(re.search(r'<pre id="head-to-head">(.*?)</pre>', page, re.S).group(1))
     # 2 wins, 1 loss, 1 tie: (2 + 1/2) / 4; the rules prefer the challenger on every prompt.
     assert "4 votes: 2 wins, 1 losses, 1 ties" in block and "win rate 0.625" in block
@@ -549,8 +549,9 @@ def test_the_pipeline_report_shows_the_experts_head_to_head(tmp_path):
     for spec, why in (("feedback.db#nope", "the store has no project 'nope'"),
                       ("missing.db#eval-r2", "no feedback store at")):
         cfg.evaluation.head_to_head = str(tmp_path / spec)
-        page = write_report(run, cfg, {}).read_text(encoding="utf-8")
+        page = write_report(run, cfg, {}, head_to_head=head_to_head_lines(cfg)).read_text(encoding="utf-8")
         assert why in html.unescape(page)
+    assert "head-to-head" not in write_report(run, cfg, {}).read_text(encoding="utf-8")  # no lines, no section
 
 
 def test_a_head_to_head_recipe_names_a_project(tmp_path):

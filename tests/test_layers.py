@@ -20,7 +20,8 @@ APP_IMPORTERS = {
     "alignment.cli": "the `align` command line mounts the app's own commands (`align app`, `align feedback`)",
     "alignment.pipeline": "turns a feedback store named as a phase's data into the JSONL file the phase reads "
                           "(export_feedback_stores -> feedback_app.export.materialise), for pipelines and, "
-                          "through it, `align rm|dpo|sft`",
+                          "through it, `align rm|dpo|sft`; reads a store's head-to-head report for the pipeline's "
+                          "report (head_to_head_lines -> feedback_app.headtohead)",
 }
 
 
