@@ -1002,9 +1002,7 @@ class Store:
                 return None
             cands = c.execute(select(candidates).where(candidates.c.item_id == item_id)
                               .order_by(candidates.c.id)).all()
-        return Item(row.id, row.project_id, json.loads(row.prompt),
-                    tuple(Candidate(r.id, r.text, r.model, json.loads(r.generation), r.model_path, r.model_sha256)
-                          for r in cands))
+        return Item(row.id, row.project_id, json.loads(row.prompt), tuple(_candidate(r) for r in cands))
 
     def project_items(self, project_id: int) -> list[Item]:
         """Every item of the project with its candidates (in stored order), by item id: two queries, not one
@@ -1016,8 +1014,7 @@ class Store:
                               .order_by(candidates.c.item_id, candidates.c.id)).all()
         by_item: dict[int, list[Candidate]] = {}
         for r in cands:
-            by_item.setdefault(int(r.item_id), []).append(
-                Candidate(r.id, r.text, r.model, json.loads(r.generation), r.model_path, r.model_sha256))
+            by_item.setdefault(int(r.item_id), []).append(_candidate(r))
         return [Item(int(r.id), project_id, json.loads(r.prompt), tuple(by_item.get(int(r.id), ()))) for r in rows]
 
     def counts(self, project_id: int) -> dict[str, int]:
@@ -1952,6 +1949,10 @@ def _check_head_to_head(project: Project, baseline: str, challenger: str) -> Non
 
 def _user(row: Any) -> User:
     return User(row.id, row.name, row.role, row.session_epoch, bool(row.active))
+
+
+def _candidate(row: Any) -> Candidate:
+    return Candidate(row.id, row.text, row.model, json.loads(row.generation), row.model_path, row.model_sha256)
 
 
 def _project(row: Any) -> Project:
