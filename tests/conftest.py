@@ -154,10 +154,12 @@ def downgrade_store(store: Any, version: str) -> None:
 
 
 def app_login(client: Any, user: str, password: str) -> None:
-    """Sign ``user`` in through the app's login form on a test client (replacing any earlier session)."""
+    """Sign ``user`` in through the app's login form on a test client (replacing any earlier session), as the
+    simulated experts do."""
+    from feedback_app.simulate import app_login as login
+
     client.cookies.clear()
-    r = client.post("/login", data={"username": user, "password": password}, follow_redirects=False)
-    assert r.status_code == 303, r.text
+    login(client, user, password)
 
 
 def call_api(client: Any, api: str, data: list) -> str:
