@@ -829,17 +829,13 @@ class AdminSection:
         def export(name: str | None, policy: str | None, aggregate: str | None, request: gr.Request) -> list[Any]:
             require(store, request, "admin")
             project = self._project(name)
-            aggregate = aggregate or "all"  # like the pair policy: nothing chosen is the default
-            # Checked here and not only by the menu: an API call can send any text, and a mode that is not
-            # one must be refused, not exported as something else. Nothing is written then, and the files of
-            # an earlier export are no longer offered (they were made under other settings).
-            if aggregate not in AGGREGATIONS:
-                return [f"**Not exported:** pairs across annotators must be one of {', '.join(AGGREGATIONS)}, "
-                        f"not '{html.escape(str(aggregate))}'.", None]
+            # An API call can send any text: export_store refuses a pair policy or aggregation that is not one
+            # (nothing chosen is the default). Nothing is written then, and the files of an earlier export are no
+            # longer offered (they were made under other settings).
             try:
-                result = export_store(store, project=project.name, pairs=policy or "all", aggregate=aggregate)
-            except StoreError as e:  # an unknown pair policy, from an API call
-                return [f"**Not exported:** {html.escape(str(e))}", None]
+                result = export_store(store, project=project.name, pairs=policy or "all", aggregate=aggregate or "all")
+            except StoreError as e:
+                return [f"**Not exported:** {html.escape(str(e), quote=False)}", None]
             folder = self.uploads.export_folder() if self.uploads else Path(tempfile.mkdtemp(prefix="align-export-"))
             stamp = time.strftime("%Y%m%d-%H%M%S")
             paths = write_export(result, folder / f"{project.name}-{stamp}.jsonl")
