@@ -140,16 +140,14 @@ def adherence(store: Store, project_name: str, policies: Sequence[Any]) -> dict[
     answer counts for both models)."""
     project = store.project(project_name)
     assert project is not None
-    passed = {project.baseline: 0, project.challenger: 0}
-    n = 0
-    for item in store.project_items(project.id):
-        pair = sides(item, project)
-        answers = ((project.baseline, item.candidates[0]), (project.challenger, item.candidates[0])) if pair is None \
-            else ((project.baseline, pair[0]), (project.challenger, pair[1]))
-        n += 1
-        for model, cand in answers:
+    names = (project.baseline, project.challenger)
+    passed = dict.fromkeys(names, 0)
+    prompts = store.project_items(project.id)
+    for item in prompts:
+        pair = sides(item, project) or (item.candidates[0],) * 2  # identical answers: one candidate for both
+        for model, cand in zip(names, pair):
             passed[model] += all(check_answer(cand.text, policies).values())
-    return {model: count / n for model, count in passed.items()} if n else {}
+    return {model: count / len(prompts) for model, count in passed.items()} if prompts else {}
 
 
 def run(s: Settings) -> Result:
