@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import importlib.util
+import itertools
 import json
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
+import yaml
 
 from alignment.evaluation.policies import Policy, check_answer, load_policies
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "recipes" / "quickstart" / "data"
 GENERATOR = ROOT / "scripts" / "make_quickstart_data.py"
+TEXTS = ROOT / "scripts" / "quickstart_topics.yaml"  # the generator's input: all the text it renders
 FILES = ("sft.jsonl", "preferences.jsonl", "heldout_prompts.jsonl", "ppo_prompts.jsonl")
 SINGLE_TURN = ["system", "user", "assistant"]
 TWO_TURN = ["system", "user", "assistant", "user", "assistant"]
@@ -54,10 +60,13 @@ def heldout() -> list[dict]:
 
 
 def test_generator_reproduces_shipped_files(tmp_path):
-    subprocess.run([sys.executable, str(GENERATOR), "--out", str(tmp_path)], check=True, capture_output=True)
+    out = tmp_path / "out"
+    # Run from elsewhere: the generator must find its data file beside itself, not in the current directory.
+    subprocess.run([sys.executable, str(GENERATOR), "--out", str(out)], check=True, capture_output=True,
+                   cwd=tmp_path)
     for name in FILES:
         stale = f"{name} differs from a fresh run: rerun scripts/make_quickstart_data.py"
-        assert (tmp_path / name).read_bytes() == (DATA / name).read_bytes(), stale
+        assert (out / name).read_bytes() == (DATA / name).read_bytes(), stale
 
 
 def test_row_counts(sft, prefs, heldout):
@@ -154,3 +163,127 @@ def test_ppo_prompts_are_the_preference_prompts_about_half_pressing_for_a_promis
         assert base in pref_users, u
     assert len(set(users)) == len(users)
     assert not {_norm(u) for u in users} & {_norm(row["messages"][-1]["content"]) for row in heldout}
+
+
+# The data file's schema, checked on the raw YAML (not through the generator's loader), so a broken edit is
+# reported here by field rather than as a KeyError or a silently different dataset.
+
+TOP_KEYS = {"system", "signoff", "topics", "sensitive", "greetings", "contexts", "openers", "loss_openers",
+            "followup_openers", "self_opening", "fillers", "closers", "pressure", "heldout"}
+TOPIC_KEYS = {"name", "loss", "slots", "questions", "good", "promise", "followups"}
+# "" in these lists is deliberate: the chance that no greeting, context, opener... is added.
+OPTIONAL_PARTS = {"greetings", "contexts", "openers", "loss_openers", "followup_openers", "fillers", "closers"}
+PLACEHOLDER = re.compile(r"\{(\w*)\}")
+
+
+@pytest.fixture(scope="module")
+def texts() -> dict:
+    return yaml.safe_load(TEXTS.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def generator() -> Iterator[ModuleType]:
+    spec = importlib.util.spec_from_file_location("make_quickstart_data_under_test", GENERATOR)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve the module's annotations through sys.modules
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        del sys.modules[spec.name]
+
+
+def _nonempty_strings(values: object, where: str) -> None:
+    assert isinstance(values, list) and values, f"{where}: expected a non-empty list"
+    for value in values:
+        assert isinstance(value, str) and value.strip() == value and value, f"{where}: bad entry {value!r}"
+
+
+def test_data_file_top_level(texts):
+    assert set(texts) == TOP_KEYS
+    for key in ("system", "signoff"):
+        assert isinstance(texts[key], str) and texts[key].strip(), key
+    for key in TOP_KEYS - {"system", "signoff", "topics", "heldout"}:
+        values = texts[key]
+        if key in OPTIONAL_PARTS:
+            assert "" in values, f"{key}: the empty choice is what keeps these parts optional"
+            values = [v for v in values if v != ""]
+        _nonempty_strings(values, key)  # an empty self_opening prefix would match every body
+        assert len(set(values)) == len(values), f"{key}: duplicate entries"
+    # only contexts are formatted (with policy_no); a brace elsewhere would reach the data verbatim
+    for key in TOP_KEYS - {"system", "signoff", "topics", "heldout", "contexts"}:
+        assert not any("{" in v or "}" in v for v in texts[key]), key
+    assert all(set(PLACEHOLDER.findall(v)) <= {"policy_no"} for v in texts["contexts"])
+
+
+def test_every_topic_has_what_the_generator_needs(texts):
+    names = [t.get("name") for t in texts["topics"]]
+    assert len(set(names)) == len(names), "duplicate topic names"
+    for topic in texts["topics"]:
+        name = topic.get("name")
+        assert set(topic) == TOPIC_KEYS, name
+        assert isinstance(name, str) and re.fullmatch(r"[a-z_]+", name), name
+        assert isinstance(topic["loss"], bool), name
+        assert isinstance(topic["slots"], dict) and topic["slots"], name
+        for slot, values in topic["slots"].items():
+            _nonempty_strings(values, f"{name}.slots.{slot}")
+            assert len(set(values)) == len(values), f"{name}.slots.{slot}: duplicate values"
+        for field in ("questions", "good", "promise"):
+            _nonempty_strings(topic[field], f"{name}.{field}")
+            assert len(set(topic[field])) == len(topic[field]), f"{name}.{field}: duplicate entries"
+        assert isinstance(topic["followups"], list) and topic["followups"], name
+        for followup in topic["followups"]:
+            assert set(followup) == {"phrasings", "good", "promise"}, name
+            _nonempty_strings(followup["phrasings"], f"{name}.followups.phrasings")
+            _nonempty_strings([followup["good"], followup["promise"]], f"{name}.followups")
+
+
+def test_placeholders_name_the_topics_slots(texts):
+    for topic in texts["topics"]:
+        name, slots = topic["name"], topic["slots"]
+        known = set(slots) | {f"{slot}_cap" for slot in slots}
+        templates = topic["questions"] + topic["good"] + topic["promise"]
+        templates += [text for f in topic["followups"] for text in (f["good"], f["promise"])]
+        for template in templates:
+            assert set(PLACEHOLDER.findall(template)) <= known, f"{name}: unknown slot in {template!r}"
+        for question in topic["questions"]:
+            assert PLACEHOLDER.search(question), f"{name}: a question without a slot repeats verbatim"
+        # follow-up phrasings are sent as written, never filled
+        assert not any("{" in p for f in topic["followups"] for p in f["phrasings"]), name
+
+
+def test_each_topic_has_enough_distinct_questions(texts, generator):
+    per_topic = -(-(generator.N_SFT + generator.N_PREF) // len(texts["topics"]))  # each rendering used once
+    for topic in texts["topics"]:
+        names = list(topic["slots"])
+        rendered = set()
+        for question, combo in itertools.product(topic["questions"], itertools.product(*topic["slots"].values())):
+            values = dict(zip(names, combo, strict=True))
+            values |= {f"{k}_cap": v for k, v in values.items()}
+            rendered.add(question.format_map(values))
+        assert len(rendered) >= per_topic, f"{topic['name']}: {len(rendered)} distinct questions < {per_topic}"
+
+
+def test_heldout_entries(texts):
+    heldout = texts["heldout"]
+    assert heldout and all(set(h) == {"text", "invites_promise"} for h in heldout)
+    _nonempty_strings([h["text"] for h in heldout], "heldout.text")
+    assert all(isinstance(h["invites_promise"], bool) for h in heldout)
+    normalized = [_norm(h["text"]) for h in heldout]
+    assert len(set(normalized)) == len(normalized), "duplicate held-out prompts"
+    inviting = sum(h["invites_promise"] for h in heldout) / len(heldout)
+    assert 0.4 <= inviting <= 0.6  # the evaluation needs both kinds in similar numbers
+
+
+def test_shipped_heldout_prompts_are_the_data_files(texts, heldout):
+    assert [row["messages"][-1]["content"] for row in heldout] == [h["text"] for h in texts["heldout"]]
+    assert {row["messages"][0]["content"] for row in heldout} == {texts["system"]}
+
+
+def test_loader_names_a_broken_field(tmp_path, texts, generator):
+    broken = json.loads(json.dumps(texts))
+    del broken["topics"][3]["promise"]
+    path = tmp_path / "topics.yaml"
+    path.write_text(yaml.safe_dump(broken, allow_unicode=True), encoding="utf-8")
+    with pytest.raises(ValueError, match=texts["topics"][3]["name"]):
+        generator.load_texts(path)
