@@ -51,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge-model", help="causal LM judging each answer against --baseline's, both orders")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--out", help="write results as JSON here")
+    p.add_argument("--out", help="write results as JSON here (the shape of a pipeline's eval/results.json)")
+    p.add_argument("--cache", metavar="DIR", help="keep each model's answers and the reward-model scores in DIR "
+                   "and reuse them while the prompts, settings and models are unchanged")
 
     from feedback_app.cli import add_parsers
 
@@ -167,11 +169,11 @@ def main(argv: list[str] | None = None) -> int:
 
             return validate_command(args.file, args.kind, args.model)
         if args.command == "eval":
-            from alignment.evaluation.adherence import eval_command
+            from alignment.evaluation.run import eval_command
 
             return eval_command(args.model, args.prompts, args.policies, args.max_new_tokens, args.batch_size,
                                 args.out, baseline=args.baseline, reward_model=args.reward_model,
-                                judge_model=args.judge_model)
+                                judge_model=args.judge_model, cache=args.cache)
         if args.command in ("app", "feedback"):
             from feedback_app.cli import run
 

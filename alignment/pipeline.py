@@ -29,6 +29,7 @@ from alignment.config import (
 )
 from alignment.data.fingerprint import config_sources, data_fingerprint
 from alignment.errors import AlignError
+from alignment.evaluation.run import model_stamp
 from alignment.phases import PHASES
 from alignment.verdict import format_verdicts, run_verdicts
 
@@ -346,7 +347,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, float]:
             sources = config_sources(cfg.evaluation, ("prompts", "policies"))
             data = data_fingerprint(sources)
             fingerprint = _fingerprint([fingerprints, _generation_settings(cfg.evaluation), models, reward_model,
-                                        _model_stamp(reward_model) if reward_model else None, data])
+                                        model_stamp(reward_model) if reward_model else None, data])
             if _is_complete(phase_dir, fingerprint, data, sources):
                 print(f"[pipeline] {step.name}: complete, skipped")
                 timings[step.name] = 0.0
@@ -415,11 +416,11 @@ def _learning_verdicts(out: Path, cfg: PipelineConfig) -> list[dict[str, Any]]:
     verdicts, results_file = run_verdicts(out, cfg)
     if results_file is not None:
         # rewritten on every run, so the verdicts follow the current diagnostics even when eval was skipped
-        from alignment.evaluation.adherence import _finite
+        from alignment.evaluation.records import EvalReport
 
-        data = json.loads(results_file.read_text())
-        data["verdicts"] = verdicts
-        results_file.write_text(json.dumps(_finite(data), indent=2, allow_nan=False))
+        report = EvalReport.read(results_file)
+        report.verdicts = verdicts
+        report.write(results_file)
     return verdicts
 
 
@@ -469,89 +470,27 @@ def _run_eval_phase(cfg: PipelineConfig, phase_dir: Path, models: dict[str, str]
                     reward_model: str | None = None) -> None:
     """Every model answers the held-out prompts (cached per model); policy checks, then the reward model.
 
-    ``models`` starts with "base", the baseline of the win rates. A model's answers are cached in
-    ``<label>.json`` under a key of the generation settings and the model's files; the reward-model
-    judgement of the whole set in ``rm.json`` under a key of those answer keys and the reward model's files,
-    so a retrained reward model rescores the answers without generating them again.
+    ``models`` starts with "base", the baseline of the win rates. :func:`alignment.evaluation.run.evaluate`
+    does the work with ``phase_dir`` as its cache: a model's answers in ``<label>.json``, the reward-model
+    judgement of the whole set in ``rm.json``, so a retrained reward model rescores the answers without
+    generating them again.
     """
-    from alignment.evaluation import judge
-    from alignment.evaluation.adherence import LEGEND, _finite, evaluate_model, format_table, load_prompts
+    from alignment.evaluation.adherence import LEGEND, format_table, load_prompts
     from alignment.evaluation.policies import load_policies
+    from alignment.evaluation.run import evaluate, pooled_length_line
 
     policies = load_policies(cfg.evaluation.policies)
     prompts = load_prompts(cfg.evaluation.prompts)
     if reward_model:  # before any generation: a wrong path costs seconds, not a generation run
         _check_reward_model(reward_model)
-    phase_dir.mkdir(parents=True, exist_ok=True)
-    settings = _generation_settings(cfg.evaluation)
-    results, keys = [], []
-    for label, model in models.items():
-        cache = phase_dir / f"{label}.json"
-        key = _fingerprint([settings, model, _model_stamp(model)])
-        result = json.loads(cache.read_text()) if cache.exists() else {}
-        # answers cached before per-answer lengths were recorded cannot be judged: generate them again
-        if result.get("key") != key or not all({"tokens", "chars"} <= set(a) for a in result["answers"]):
-            print(f"[pipeline] eval: {label} ({model})")
-            result = evaluate_model(model, prompts, policies, max_new_tokens=cfg.evaluation.max_new_tokens,
-                                    batch_size=cfg.evaluation.batch_size, label=label)
-            result["key"] = key
-            cache.write_text(json.dumps(result, indent=2))
-        results.append(result)
-        keys.append([label, key])
-
-    judge.add_length_deltas(results, 0)
-    summary = None
-    if reward_model:
-        summary = _judge_with_reward_model(phase_dir, results, prompts, reward_model, keys,
-                                           cfg.evaluation.batch_size)
-    else:
-        for r in results:
-            r["reward"] = None
-    table = format_table(results, policies)
-    report = {"results": results, "prompts": len(prompts), "policies": [p.name for p in policies],
-              "baseline": results[0]["label"], "reward_model": summary}
-    (phase_dir / "results.json").write_text(json.dumps(_finite(report), indent=2, allow_nan=False))
+    report = evaluate(models, prompts, policies, baseline=next(iter(models)), reward_model=reward_model,
+                      max_new_tokens=cfg.evaluation.max_new_tokens, batch_size=cfg.evaluation.batch_size,
+                      prompts_file=cfg.evaluation.prompts, cache_dir=phase_dir,
+                      log=lambda message: print(f"[pipeline] eval: {message}"))
+    table = format_table(report.results, policies)
+    report.write(phase_dir / "results.json")
     (phase_dir / "table.txt").write_text(table + "\n")
     print(f"\nPolicy adherence on {len(prompts)} held-out prompts:\n{table}\n")
-    if summary:
-        pooled = summary.get("length_corr_tokens")
-        print(f"Reward model: {reward_model}; RM score vs answer tokens over all "
-              f"{sum(len(r['answers']) for r in results)} answers: r = {'-' if pooled is None else f'{pooled:+.2f}'}")
+    if report.reward_model:
+        print(f"Reward model: {reward_model}; {pooled_length_line(report)}")
         print(LEGEND + "\n")
-
-
-def _judge_with_reward_model(phase_dir: Path, results: list[dict[str, Any]], prompts: list[Any],
-                             reward_model: str, keys: list[list[str]], batch_size: int) -> dict[str, Any]:
-    """Reward-model scores and win rates against ``results[0]``, from ``rm.json`` when nothing changed."""
-    from alignment.evaluation import judge
-
-    cache = phase_dir / "rm.json"
-    key = _fingerprint([keys, reward_model, _model_stamp(reward_model)])
-    per_answer = ("rm_score", "rm_p_a")
-    if cache.exists():
-        cached = json.loads(cache.read_text())
-        if cached.get("key") == key:
-            for r in results:
-                saved = cached["results"][r["label"]]
-                r["reward"] = saved["reward"]
-                if saved["vs_baseline"] is not None:
-                    r["vs_baseline"] = {**(r["vs_baseline"] or {}), **saved["vs_baseline"]}
-                for a, values in zip(r["answers"], saved["answers"]):
-                    a.update(values)
-            return cached["summary"]
-    print(f"[pipeline] eval: scoring every answer with the reward model {reward_model}")
-    summary = judge.judge_with_reward_model(results, prompts, reward_model, 0, batch_size=batch_size)
-    saved = {r["label"]: {"reward": r["reward"], "vs_baseline": r["vs_baseline"],
-                          "answers": [{k: a[k] for k in per_answer if k in a} for a in r["answers"]]}
-             for r in results}
-    cache.write_text(json.dumps({"key": key, "summary": summary, "results": saved}, indent=2))
-    return summary
-
-
-def _model_stamp(model: str) -> float:
-    """When a model folder last changed, so a retrained phase is evaluated again."""
-    path = Path(model)
-    if (path / "model").is_dir() and not (path / "config.json").exists():
-        path = path / "model"  # a finished phase folder
-    files = list(path.glob("*.safetensors")) if path.is_dir() else []
-    return max((f.stat().st_mtime for f in files), default=0.0)

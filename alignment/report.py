@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from alignment.evaluation.records import EvalReport, ModelResult, RewardComparison, RewardSummary, VsBaseline
 from alignment.tracking import read_metrics
 
 
@@ -102,7 +103,7 @@ def _rm_section(rm_dir: Path) -> str:
             f"{_png(fig)}")
 
 
-def _adherence_plot(results: list[dict[str, Any]], names: list[str]) -> str:
+def _adherence_plot(results: list[ModelResult], names: list[str]) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -112,7 +113,7 @@ def _adherence_plot(results: list[dict[str, Any]], names: list[str]) -> str:
     width = 0.8 / max(len(results), 1)
     for i, r in enumerate(results):
         xs = [j + i * width for j in range(len(names))]
-        ax.bar(xs, [100 * r["adherence"][n] for n in names], width=width, label=r["label"])
+        ax.bar(xs, [100 * r.adherence[n] for n in names], width=width, label=r.label)
     ax.set_xticks([j + width * (len(results) - 1) / 2 for j in range(len(names))], names, rotation=12)
     ax.set_ylabel("% of answers passing")
     ax.set_ylim(0, 100)
@@ -236,7 +237,7 @@ def _num(value: Any, fmt: str) -> str:
     return "–" if value is None else format(value, fmt)
 
 
-def _length_plot(results: list[dict[str, Any]]) -> str:
+def _length_plot(results: list[ModelResult]) -> str:
     """RM score against answer length, one colour per model: a longer-is-better hack slopes up and right."""
     import matplotlib
 
@@ -245,10 +246,11 @@ def _length_plot(results: list[dict[str, Any]]) -> str:
 
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     for r, marker in zip(results, "osD^vP*X" * len(results)):  # markers tell overlapping models apart
-        pts = [(a["tokens"], a["rm_score"]) for a in r["answers"] if isinstance(a.get("rm_score"), (int, float))]
-        corr = (r.get("reward") or {}).get("length_corr_tokens")
+        pts = [(a.tokens, a.rm_score) for a in r.answers
+               if isinstance(a.rm_score, (int, float)) and a.tokens is not None]
+        corr = r.reward.length_corr_tokens if r.reward else None
         ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=16, alpha=0.6, marker=marker,
-                   label=f"{r['label']} (r = {_num(corr, '+.2f')})")
+                   label=f"{r.label} (r = {_num(corr, '+.2f')})")
     ax.set_xlabel("answer length (tokens)")
     ax.set_ylabel("reward-model score")
     ax.set_title("RM score vs answer length")
@@ -263,21 +265,22 @@ def _eval_section(eval_dir: Path, examples: int = 6) -> str:
     results_file = eval_dir / "results.json"
     if not results_file.exists():
         return ""
-    data = json.loads(results_file.read_text())
-    results = data["results"]
+    report = EvalReport.read(results_file)
+    results = report.results
     if not results:
         return ""
-    names = list(results[0]["adherence"])
-    rm = data.get("reward_model")
-    scored = bool(rm) and any(r.get("reward") for r in results)
-    baseline = data.get("baseline", results[0]["label"])
+    names = list(results[0].adherence)
+    rm = report.reward_model
+    scored = rm is not None and any(r.reward for r in results)
+    # a file written before the baseline was recorded: the first model is the one the others were compared with
+    baseline = report.baseline.label if report.baseline else results[0].label
     out = [f"<h2>Evaluation: Policy adherence{' and reward-model scores' if scored else ''} on "
-           f"{len(results[0]['answers'])} held-out prompts</h2>"]
+           f"{len(results[0].answers)} held-out prompts</h2>"]
     if scored:
-        pooled = rm.get("length_corr_tokens")
-        out.append(f"<p>Judged by the policy checks and the reward model <code>{e(str(rm['model']))}</code>; "
+        out.append(f"<p>Judged by the policy checks and the reward model <code>{e(str(rm.model))}</code>; "
                    f"win rates and P(better) are against <b>{e(baseline)}</b>, prompt by prompt. "
-                   f"Correlation of RM score and answer length over all answers: r = {_num(pooled, '+.2f')}.</p>")
+                   f"Correlation of RM score and answer length over all answers: "
+                   f"r = {_num(rm.length_corr_tokens, '+.2f')}.</p>")
     else:
         out.append("<p>Judged by the policy checks (no reward model: <code>evaluation.reward_model</code> is off "
                    "or the pipeline has no rm phase).</p>")
@@ -289,20 +292,20 @@ def _eval_section(eval_dir: Path, examples: int = 6) -> str:
     head += ["unfinished"]
     out.append('<table id="evaluation"><tr><th>model</th>' + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr>")
     for r in results:
-        vs = r.get("vs_baseline") or {}
-        is_base = r["label"] == baseline
-        cells = [f"{100 * r['adherence'][n]:.1f}%" for n in names]
+        vs = r.vs_baseline or VsBaseline(baseline=baseline)
+        pair = vs.rm or RewardComparison()
+        reward = r.reward or RewardSummary()
+        is_base = r.label == baseline
+        cells = [f"{100 * r.adherence[n]:.1f}%" for n in names]
         if scored:
-            reward = r.get("reward") or {}
-            cells += [_num(reward.get("mean"), "+.3f")]
-            cells += ["baseline", "baseline"] if is_base else [_num(vs.get("rm_win_rate"), ".3f"),
-                                                               _num(vs.get("rm_p_a"), ".3f")]
-        delta = "baseline" if is_base else _num(vs.get("length_delta_tokens"), "+.1f")
-        cells += [f"{r['mean_length_tokens']:.1f}", delta]
+            cells += [_num(reward.mean, "+.3f")]
+            cells += ["baseline", "baseline"] if is_base else [_num(pair.win_rate, ".3f"), _num(pair.p_a, ".3f")]
+        delta = "baseline" if is_base else _num(vs.length_delta_tokens, "+.1f")
+        cells += [f"{r.mean_length_tokens:.1f}", delta]
         if scored:
-            cells += [_num((r.get("reward") or {}).get("length_corr_tokens"), "+.2f")]
-        cells += [str(r["unfinished"])]
-        out.append(f"<tr><td>{e(r['label'])}</td>" + "".join(f'<td class="num">{c}</td>' for c in cells) + "</tr>")
+            cells += [_num(reward.length_corr_tokens, "+.2f")]
+        cells += [str(r.unfinished)]
+        out.append(f"<tr><td>{e(r.label)}</td>" + "".join(f'<td class="num">{c}</td>' for c in cells) + "</tr>")
     out.append("</table>")
     if scored:
         out.append("<p><small>Win rate: share of prompts where the reward model scores the answer above the "
@@ -317,20 +320,20 @@ def _eval_section(eval_dir: Path, examples: int = 6) -> str:
         plots.append(_length_plot(results))
     out.append('<div class="plots">' + "".join(plots) + "</div>")
     out.append("<h3>Example answers</h3><table><tr><th>prompt</th>")
-    out += [f"<th>{e(r['label'])}</th>" for r in results] + ["</tr>"]
-    for i in range(min(examples, len(results[0]["answers"]))):
-        out.append(f"<tr><td>{e(results[0]['answers'][i]['prompt'])}</td>")
+    out += [f"<th>{e(r.label)}</th>" for r in results] + ["</tr>"]
+    for i in range(min(examples, len(results[0].answers))):
+        out.append(f"<tr><td>{e(results[0].answers[i].prompt)}</td>")
         for r in results:
-            a = r["answers"][i]
-            css = "pass" if all(a["checks"].values()) else "fail"
-            failed = ", ".join(k for k, ok in a["checks"].items() if not ok)
+            a = r.answers[i]
+            css = "pass" if all(a.checks.values()) else "fail"
+            failed = ", ".join(k for k, ok in a.checks.items() if not ok)
             notes = [f"breaks: {e(failed)}"] if failed else []
-            if isinstance(a.get("rm_score"), (int, float)):
-                notes.append(f"RM score {a['rm_score']:+.3f}")
-            if "tokens" in a:
-                notes.append(f"{a['tokens']} tokens")
+            if isinstance(a.rm_score, (int, float)):
+                notes.append(f"RM score {a.rm_score:+.3f}")
+            if a.tokens is not None:
+                notes.append(f"{a.tokens} tokens")
             note = f"<br><small>{' · '.join(notes)}</small>"
-            out.append(f'<td class="{css}"><div class="answer">{e(a["answer"])}</div>{note}</td>')
+            out.append(f'<td class="{css}"><div class="answer">{e(a.answer)}</div>{note}</td>')
         out.append("</tr>")
     out.append("</table>")
     return "\n".join(out)

@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from alignment.evaluation.records import EvalReport, ModelResult
 from alignment.tracking import read_metrics
 
 Z = 2.0
@@ -111,21 +113,21 @@ def _status(diff: float, se: float, net: int) -> str:
     return "no gain"
 
 
-def _passes(result: dict[str, Any], policy: str | None) -> list[float] | None:
+def _passes(result: ModelResult, policy: str | None) -> list[float] | None:
     """1/0 per answer: passes every policy (``policy`` None) or that one; None when the checks are missing."""
-    answers = result.get("answers") or []
-    if not answers or not all(isinstance(a.get("checks"), dict) and a["checks"] for a in answers):
+    answers = result.answers
+    if not answers or not all(a.checks for a in answers):
         return None
     if policy is None:
-        return [float(all(a["checks"].values())) for a in answers]
-    if not all(policy in a["checks"] for a in answers):
+        return [float(all(a.checks.values())) for a in answers]
+    if not all(policy in a.checks for a in answers):
         return None
-    return [float(a["checks"][policy]) for a in answers]
+    return [float(a.checks[policy]) for a in answers]
 
 
-def _change(before: dict[str, Any], after: dict[str, Any], policy: str, n: int) -> dict[str, Any]:
+def _change(before: ModelResult, after: ModelResult, policy: str, n: int) -> dict[str, Any]:
     """Rates before and after, their difference and the noise band (``Z`` standard errors) for one policy."""
-    b, a = before["adherence"][policy], after["adherence"][policy]
+    b, a = before.adherence[policy], after.adherence[policy]
     key = None if policy == "all" else policy
     pb, pa = _passes(before, key), _passes(after, key)
     if pb is not None and pa is not None and len(pb) == len(pa) == n:
@@ -140,10 +142,10 @@ def _change(before: dict[str, Any], after: dict[str, Any], policy: str, n: int) 
             "method": method, "before_count": before_count, "after_count": after_count, "status": status}
 
 
-def _rm_head_to_head(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any] | None:
+def _rm_head_to_head(before: ModelResult, after: ModelResult) -> dict[str, Any] | None:
     """Per-prompt RM win rate of ``after``'s answers over ``before``'s (ties 1/2) and its noise band."""
-    sb = [a.get("rm_score") for a in before.get("answers") or []]
-    sa = [a.get("rm_score") for a in after.get("answers") or []]
+    sb = [a.rm_score for a in before.answers]
+    sa = [a.rm_score for a in after.answers]
     if not sb or len(sb) != len(sa) or not all(isinstance(s, (int, float)) for s in sb + sa):
         return None
     wins = [1.0 if y > x else 0.0 if y < x else 0.5 for x, y in zip(sb, sa)]
@@ -152,10 +154,12 @@ def _rm_head_to_head(before: dict[str, Any], after: dict[str, Any]) -> dict[str,
     return {"win_rate": win, "noise": Z * se if math.isfinite(se) else None, "status": status}
 
 
-def _vs_base(result: dict[str, Any], key: str, is_base: bool) -> float | None:
+def _vs_base(result: ModelResult, key: str, is_base: bool) -> float | None:
+    """The reward model's ``win_rate`` or ``p_a`` against the base model."""
     if is_base:
         return 0.5  # the base model against itself: every prompt ties
-    value = (result.get("vs_baseline") or {}).get(key)
+    rm = result.vs_baseline.rm if result.vs_baseline else None
+    value = getattr(rm, key) if rm else None
     return value if isinstance(value, (int, float)) else None
 
 
@@ -170,23 +174,22 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
-def learning_verdicts(results: dict[str, Any], phases: list[PhaseNode],
+def learning_verdicts(results: EvalReport | Mapping[str, Any], phases: list[PhaseNode],
                       diagnostics: dict[str, dict[str, Any]] | None = None,
                       eval_max_new_tokens: int | None = None) -> list[dict[str, Any]]:
     """One verdict per policy phase, in pipeline order.
 
-    ``results``: an eval phase's results.json. ``phases``: :func:`phase_graph`. ``diagnostics``: per phase
-    name, what :func:`phase_diagnostics` read from its folder (all optional). Each verdict is a JSON-ready dict:
-    phase, kind, algorithm, start, status, prompts, adherence (per policy and "all": before, after, change,
-    noise), rm (win rate and mean P(better) against the base model before and after, and the head-to-head win
-    rate against the start model) or None, unfinished answers before and after, and the sentences: summary,
-    cause, fix (None when it learned), notes.
+    ``results``: an eval phase's results.json (read, or its JSON). ``phases``: :func:`phase_graph`.
+    ``diagnostics``: per phase name, what :func:`phase_diagnostics` read from its folder (all optional). Each
+    verdict is a JSON-ready dict: phase, kind, algorithm, start, status, prompts, adherence (per policy and
+    "all": before, after, change, noise), rm (win rate and mean P(better) against the base model before and
+    after, and the head-to-head win rate against the start model) or None, unfinished answers before and
+    after, and the sentences: summary, cause, fix (None when it learned), notes.
     """
     diagnostics = diagnostics or {}
-    by_label = {r["label"]: r for r in results.get("results") or []}
-    baseline = results.get("baseline") or "base"
-    if isinstance(baseline, dict):
-        baseline = baseline.get("label", "base")
+    report = results if isinstance(results, EvalReport) else EvalReport.from_json(results)
+    by_label = {r.label: r for r in report.results}
+    baseline = report.baseline.label if report.baseline else "base"
     labels = {p.name: _display(p.name, p.kind, diagnostics.get(p.name, {}).get("algorithm") or _ALGORITHMS[p.kind])
               for p in phases}
     verdicts = []
@@ -206,10 +209,10 @@ def learning_verdicts(results: dict[str, Any], phases: list[PhaseNode],
                             f"{p.name if after is None else p.start} ({why}).")
             verdicts.append(v)
             continue
-        n = len(after.get("answers") or []) or results.get("prompts") or 0
+        n = len(after.answers) or report.prompts or 0
         v["prompts"] = n
-        v["unfinished"] = {"before": before.get("unfinished"), "after": after.get("unfinished")}
-        names = [k for k in after.get("adherence") or {} if k in (before.get("adherence") or {})]
+        v["unfinished"] = {"before": before.unfinished, "after": after.unfinished}
+        names = [k for k in after.adherence if k in before.adherence]
         changes = {k: _change(before, after, k, n) for k in names} if n else {}
         v["adherence"] = changes or None
         primary = changes.get("all")
@@ -238,9 +241,9 @@ def learning_verdicts(results: dict[str, Any], phases: list[PhaseNode],
     return verdicts
 
 
-def _rm_section(before: dict[str, Any], after: dict[str, Any], start_is_base: bool) -> dict[str, Any] | None:
-    win = (_vs_base(before, "rm_win_rate", start_is_base), _vs_base(after, "rm_win_rate", False))
-    p_better = (_vs_base(before, "rm_p_a", start_is_base), _vs_base(after, "rm_p_a", False))
+def _rm_section(before: ModelResult, after: ModelResult, start_is_base: bool) -> dict[str, Any] | None:
+    win = (_vs_base(before, "win_rate", start_is_base), _vs_base(after, "win_rate", False))
+    p_better = (_vs_base(before, "p_a", start_is_base), _vs_base(after, "p_a", False))
     head = _rm_head_to_head(before, after)
     if win[1] is None and head is None:
         return None
@@ -334,7 +337,7 @@ def _rule_reward(d: dict[str, Any]) -> str:
             "the policies file) in the ppo recipe")
 
 
-def _cause(p: PhaseNode, algorithm: str, v: dict[str, Any], before: dict[str, Any], after: dict[str, Any],
+def _cause(p: PhaseNode, algorithm: str, v: dict[str, Any], before: ModelResult, after: ModelResult,
            d: dict[str, Any], start: str, eval_max_new_tokens: int | None) -> tuple[str, str]:
     """The first rule that the data supports, most specific first; (likely cause, what to change)."""
     n = v["prompts"]
@@ -342,8 +345,8 @@ def _cause(p: PhaseNode, algorithm: str, v: dict[str, Any], before: dict[str, An
     primary = changes.get("all") or next(iter(changes.values()), None)
     status = v["status"]
     recipe = f"the {p.name} recipe"
-    unfinished_after = (after.get("unfinished") or 0) / n if n else 0.0
-    unfinished_before = (before.get("unfinished") or 0) / n if n else 0.0
+    unfinished_after = (after.unfinished or 0) / n if n else 0.0
+    unfinished_before = (before.unfinished or 0) / n if n else 0.0
     eval_limit = f" (now {eval_max_new_tokens})" if eval_max_new_tokens else ""
 
     if primary is not None and status == "no gain" and primary["before"] >= CEILING:
@@ -370,7 +373,7 @@ def _cause(p: PhaseNode, algorithm: str, v: dict[str, Any], before: dict[str, An
     if p.kind == "ppo" and ((rollout_unfinished or 0) >= TRUNCATED or unfinished_after >= TRUNCATED):
         limit = _config(d, "generation.max_new_tokens")
         seen = (f"{rollout_unfinished:.0%} of its training rollouts" if (rollout_unfinished or 0) >= TRUNCATED
-                else f"{after.get('unfinished')} of {n} held-out answers")
+                else f"{after.unfinished} of {n} held-out answers")
         now = f" (now {limit}; try {2 * limit})" if isinstance(limit, int) else ""
         return (f"{seen} stopped at the token limit unfinished: each such answer takes the missing-EOS penalty "
                 "instead of a reward for its content, and a cut answer fails the checks that look at its end.",
@@ -379,13 +382,13 @@ def _cause(p: PhaseNode, algorithm: str, v: dict[str, Any], before: dict[str, An
 
     if unfinished_after >= TRUNCATED:
         if unfinished_before >= TRUNCATED:
-            return (f"{after.get('unfinished')} of {n} held-out answers (and {before.get('unfinished')} of the "
+            return (f"{after.unfinished} of {n} held-out answers (and {before.unfinished} of the "
                     f"start model's) hit the evaluation's token limit before finishing, and a cut answer fails "
                     "the checks that look at its end.",
                     f"raise `evaluation.max_new_tokens`{eval_limit} in the pipeline.")
         leash = {"dpo": "beta", "ppo": "kl_coef"}.get(p.kind)
-        return (f"{after.get('unfinished')} of {n} held-out answers run past the token limit (the start model's: "
-                f"{before.get('unfinished')}): the phase taught the model to ramble.",
+        return (f"{after.unfinished} of {n} held-out answers run past the token limit (the start model's: "
+                f"{before.unfinished}): the phase taught the model to ramble.",
                 f"lower {_now(d, 'train.lr')}" + (f" and raise {_now(d, leash)}" if leash else "")
                 + f"; or raise `evaluation.max_new_tokens`{eval_limit}.")
 
@@ -545,7 +548,7 @@ def run_verdicts(run_dir: Path, cfg: Any) -> tuple[list[dict[str, Any]], Path | 
     existing = [f for f in evals if f.exists()]
     if not existing:
         return [], None
-    results = json.loads(existing[-1].read_text())
+    results = EvalReport.read(existing[-1])
     nodes = phase_graph(cfg)
     diagnostics = {n.name: phase_diagnostics(run_dir / n.name, n.kind) for n in nodes}
     evaluation = getattr(cfg, "evaluation", None)

@@ -53,7 +53,8 @@ def test_eval_phase_scores_with_a_reward_model_and_caches(tmp_path, tiny_model_d
     for column in ("RM mean", "RM win", "RM P(A)", "r(RM,len)", "Δtokens"):
         assert column in out
     data = _results(eval_dir)
-    assert data["reward_model"]["model"] == str(tiny_rm_dir) and data["baseline"] == "base"
+    assert data["reward_model"]["model"] == str(tiny_rm_dir)
+    assert data["baseline"] == {"label": "base", "model": str(tiny_model_dir)}  # the shape `align eval` writes
     assert data["prompts"] == len(PROMPTS)
     base, copy, smol = data["results"]
     assert base["vs_baseline"] is None

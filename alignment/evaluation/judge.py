@@ -1,6 +1,8 @@
 """Judging answers: reward-model scores, win rates against a baseline, a position-swapped judge, lengths.
 
-`align eval` has each model answer the same held-out prompts; this module judges those answers.
+`align eval` and a pipeline's eval phase have each model answer the same held-out prompts
+(:func:`alignment.evaluation.run.evaluate`); this module judges those answers, filling in the typed records of
+:mod:`alignment.evaluation.records`.
 
 Reward model (``--reward-model``, a one-score sequence classifier trained by ``align rm``)
     Every answer is scored the way the reward model was trained: ``prompt + answer`` rendered with the
@@ -53,6 +55,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from alignment.errors import AlignError
+from alignment.evaluation.records import (
+    AnswerJudgement,
+    JudgeComparison,
+    JudgeModelSummary,
+    ModelResult,
+    RewardComparison,
+    RewardModelSummary,
+    RewardSummary,
+    VsBaseline,
+)
 from alignment.evaluation.stats import pearson  # shared with rm_diagnostics; still importable from here
 
 if TYPE_CHECKING:
@@ -362,37 +374,39 @@ class PairwiseJudge:
 # ------------------------------------------------------------------------------------- orchestration
 
 
-def _answers(result: dict[str, Any]) -> list[str]:
-    return [a["answer"] for a in result["answers"]]
+def _answers(result: ModelResult) -> list[str]:
+    return [a.answer for a in result.answers]
 
 
-def _lengths(result: dict[str, Any], key: str) -> list[float]:
-    return [float(a[key]) for a in result["answers"]]
+def _lengths(result: ModelResult, key: str) -> list[float]:
+    """Per-answer ``tokens`` or ``chars``; answers cached without lengths are generated again before judging."""
+    return [float(getattr(a, key)) for a in result.answers]
 
 
-def _vs_baseline(result: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
-    if not result.get("vs_baseline"):
-        result["vs_baseline"] = {"baseline": baseline["label"]}
-    return result["vs_baseline"]
+def _vs_baseline(result: ModelResult, baseline: ModelResult) -> VsBaseline:
+    if result.vs_baseline is None:
+        result.vs_baseline = VsBaseline(baseline=baseline.label)
+    return result.vs_baseline
 
 
-def add_length_deltas(results: list[dict[str, Any]], baseline: int | None) -> None:
+def add_length_deltas(results: list[ModelResult], baseline: int | None) -> None:
     """Mean per-prompt length difference (tokens, characters) of each model against the baseline."""
     for i, r in enumerate(results):
         if baseline is None or i == baseline:
-            r["vs_baseline"] = None
+            r.vs_baseline = None
             continue
         b = results[baseline]
-        r["vs_baseline"] = {
-            "baseline": b["label"],
-            "length_delta_tokens": mean([x - y for x, y in zip(_lengths(r, "tokens"), _lengths(b, "tokens"))]),
-            "length_delta_chars": mean([x - y for x, y in zip(_lengths(r, "chars"), _lengths(b, "chars"))]),
-        }
+        r.vs_baseline = VsBaseline(
+            baseline=b.label,
+            length_delta_tokens=mean([x - y for x, y in zip(_lengths(r, "tokens"), _lengths(b, "tokens"))]),
+            length_delta_chars=mean([x - y for x, y in zip(_lengths(r, "chars"), _lengths(b, "chars"))]),
+        )
 
 
-def judge_with_reward_model(results: list[dict[str, Any]], prompts: list[Messages], reward_model: str,
-                            baseline: int | None, *, batch_size: int = 16) -> dict[str, Any]:
-    """Score every answer with the reward model; fill ``reward`` and the RM part of ``vs_baseline``.
+def judge_with_reward_model(results: list[ModelResult], prompts: list[Messages], reward_model: str,
+                            baseline: int | None, *, batch_size: int = 16) -> RewardModelSummary:
+    """Score every answer with the reward model; fill ``reward``, per answer ``rm_score`` (and ``rm_p_a``
+    against the baseline), and the reward-model part of ``vs_baseline``.
 
     Identical answers to the same prompt are scored once, so they tie exactly. Returns the summary over
     all answers (the pooled score-length correlation).
@@ -414,36 +428,37 @@ def judge_with_reward_model(results: list[dict[str, Any]], prompts: list[Message
     all_scores, all_tokens = [], []
     for r in results:
         rs = [scores[unique[(i, a)]] for i, a in enumerate(_answers(r))]
-        for row, s in zip(r["answers"], rs):
-            row["rm_score"] = s
+        for answer, s in zip(r.answers, rs):
+            answer.rm_score = s
         tokens = _lengths(r, "tokens")
-        r["reward"] = {"mean": mean(rs), "std": std(rs), "length_corr_tokens": pearson(rs, tokens),
-                       "length_corr_chars": pearson(rs, _lengths(r, "chars"))}
+        r.reward = RewardSummary(mean=mean(rs), std=std(rs), length_corr_tokens=pearson(rs, tokens),
+                                 length_corr_chars=pearson(rs, _lengths(r, "chars")))
         all_scores += rs
         all_tokens += tokens
     if baseline is not None:
-        b_scores = [a["rm_score"] for a in results[baseline]["answers"]]
-        b_tokens = _lengths(results[baseline], "tokens")
+        b = results[baseline]
+        b_scores = [a.rm_score for a in b.answers]
+        b_tokens = _lengths(b, "tokens")
         for i, r in enumerate(results):
             if i == baseline:
                 continue
-            a_scores = [a["rm_score"] for a in r["answers"]]
+            a_scores = [a.rm_score for a in r.answers]
             prefs = bt_preferences(a_scores, b_scores)
-            for row, p in zip(r["answers"], prefs):
-                row["rm_p_a"] = p
+            for answer, p in zip(r.answers, prefs):
+                answer.rm_p_a = p
             deltas = [x - y for x, y in zip(_lengths(r, "tokens"), b_tokens)]
-            _vs_baseline(r, results[baseline]).update({
-                "rm_win_rate": win_rate(a_scores, b_scores),
-                "rm_ties": sum(1 for a, b in zip(a_scores, b_scores) if a == b),
-                "rm_p_a": mean(prefs),
-                "rm_length_delta_corr": pearson([a - b for a, b in zip(a_scores, b_scores)], deltas),
-            })
-    return {"model": reward_model, "answers_scored": len(keys), "truncated": truncated,
-            "length_corr_tokens": pearson(all_scores, all_tokens)}
+            _vs_baseline(r, b).rm = RewardComparison(
+                win_rate=win_rate(a_scores, b_scores),
+                ties=sum(1 for x, y in zip(a_scores, b_scores) if x == y),
+                p_a=mean(prefs),
+                length_delta_corr=pearson([x - y for x, y in zip(a_scores, b_scores)], deltas),
+            )
+    return RewardModelSummary(model=reward_model, answers_scored=len(keys), truncated=truncated,
+                              length_corr_tokens=pearson(all_scores, all_tokens))
 
 
-def judge_with_model(results: list[dict[str, Any]], prompts: list[Messages], judge_model: str, baseline: int, *,
-                     batch_size: int = 16) -> dict[str, Any]:
+def judge_with_model(results: list[ModelResult], prompts: list[Messages], judge_model: str, baseline: int, *,
+                     batch_size: int = 16) -> JudgeModelSummary:
     """Compare every model's answers with the baseline's through the generative judge, both orders."""
     from alignment.modeling import load_causal_lm, load_tokenizer
 
@@ -457,17 +472,17 @@ def judge_with_model(results: list[dict[str, Any]], prompts: list[Messages], jud
             continue
         v = judge.compare(prompts, _answers(r), _answers(b), batch_size=batch_size)
         p_a = v.p_a
-        for row, p1, p2, pa in zip(r["answers"], v.p_one_a_first, v.p_one_a_second, p_a):
-            row["judge"] = {"p_one_a_first": p1, "p_one_a_second": p2, "p_a": pa}
+        for answer, p1, p2, pa in zip(r.answers, v.p_one_a_first, v.p_one_a_second, p_a):
+            answer.judge = AnswerJudgement(p_one_a_first=p1, p_one_a_second=p2, p_a=pa)
         deltas = [x - y for x, y in zip(_lengths(r, "tokens"), b_tokens)]
-        _vs_baseline(r, b).update({
-            "judge_win_rate": mean(p_a),
-            "judge_position_consistency": position_consistency(v.p_one_a_first, v.p_one_a_second),
-            "judge_order_bias": order_bias(v.p_one_a_first, v.p_one_a_second),
-            "judge_label_mass": mean(v.label_mass),
-            "judge_length_delta_corr": pearson(p_a, deltas),
-        })
+        _vs_baseline(r, b).judge = JudgeComparison(
+            win_rate=mean(p_a),
+            position_consistency=position_consistency(v.p_one_a_first, v.p_one_a_second),
+            order_bias=order_bias(v.p_one_a_first, v.p_one_a_second),
+            label_mass=mean(v.label_mass),
+            length_delta_corr=pearson(p_a, deltas),
+        )
     del judge, model
     _free_memory()
-    return {"model": judge_model, "template": JUDGE_TEMPLATE, "labels": list(JUDGE_LABELS),
-            "method": "P(A) = (P('1' | A first) + P('2' | A second)) / 2, labels renormalised"}
+    return JudgeModelSummary(model=judge_model, template=JUDGE_TEMPLATE, labels=list(JUDGE_LABELS),
+                             method="P(A) = (P('1' | A first) + P('2' | A second)) / 2, labels renormalised")

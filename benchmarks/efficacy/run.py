@@ -292,7 +292,7 @@ def evaluate(label: str, model: str, folder: Path, settings: Mapping[str, int]) 
     print(f"[efficacy] {folder.name} eval {TITLES[label]} ({model}) ...", flush=True)
     policies = load_policies(data / "policies.yaml")
     prompts = load_prompts(data / "heldout_prompts.jsonl")
-    result = evaluate_model(model, prompts, policies, label=label, **settings)
+    result = evaluate_model(model, prompts, policies, label=label, **settings).to_json()
     content = json.loads((data / "content.json").read_text())
     if [a["prompt"] for a in result["answers"]] != [e["prompt"] for e in content["heldout"]]:
         raise ValueError(f"{data / 'content.json'} does not list the held-out prompts in file order")
