@@ -36,14 +36,11 @@ from alignment.modeling import (
     save_model,
 )
 from alignment.reference import Reference, load_frozen, place_reference, precompute
+from alignment.run import Run
 from alignment.training import (
     Engine,
     Schedule,
-    begin_run,
     deepspeed_config,
-    find_resume_checkpoint,
-    iterate_steps,
-    prune_checkpoints,
     set_seed,
     use_bf16,
 )
@@ -203,9 +200,8 @@ def run_dpo(cfg: DPOConfig) -> Path:
     """DPO on preference pairs (unpaired data is paired by prompt). `align dpo` sends unpaired data with
     negatives to KTO instead: see :func:`alignment.phases.use_kto`."""
     dist.init_process_group()
-    out = Path(cfg.output_dir)
-    main = dist.is_main()
-    log = print if main else (lambda *a, **k: None)
+    run = Run(cfg, "dpo")
+    out = run.out
     set_seed(cfg.train.seed)
     loss_fn = build_loss(cfg)
 
@@ -214,9 +210,9 @@ def run_dpo(cfg: DPOConfig) -> Path:
     train_pairs, stats = tokenize_pairs(tokenizer, train_ex, cfg.data.max_length)
     val_pairs, _ = tokenize_pairs(tokenizer, val_ex, cfg.data.max_length)
     if info.get("orphan_negatives"):
-        log(f"[dpo] {info['orphan_negatives']} negative examples have no good answer to pair with and are not "
+        run.log(f"{info['orphan_negatives']} negative examples have no good answer to pair with and are not "
             "used (negatives: kto would train on them)")
-    log(f"[dpo] data: {info['kind']} ({info['variant']}), {info['rows']} rows -> {info['pairs']} pairs; "
+    run.log(f"data: {info['kind']} ({info['variant']}), {info['rows']} rows -> {info['pairs']} pairs; "
         f"train {describe(stats, cfg.data.max_length, weight_summary(train_ex))}; validation {len(val_pairs)} pairs; "
         f"loss {cfg.loss}, "
         f"beta {cfg.beta}")
@@ -229,7 +225,7 @@ def run_dpo(cfg: DPOConfig) -> Path:
         if cfg.lora.enabled:
             model.enable_input_require_grads()
     if cfg.disable_dropout and (n := disable_dropout(model)):
-        log(f"[dpo] dropout turned off in {n} places (disable_dropout: false keeps it)")
+        run.log(f"dropout turned off in {n} places (disable_dropout: false keeps it)")
     separate_ref = cfg.ref_model is not None and cfg.ref_model != cfg.model
     frozen = None
     if loss_fn.needs_reference and (separate_ref or not cfg.lora.enabled) and not (
@@ -248,10 +244,10 @@ def run_dpo(cfg: DPOConfig) -> Path:
         if loss_fn.needs_reference else None
     where = ("none (reference-free)" if reference is None else "precomputed" if cfg.precompute_ref else
              "adapter disabled" if frozen is None else "frozen copy")
-    log(f"[dpo] model {cfg.model}: {trainable:,} trainable of {total:,} parameters; reference: {where}; "
+    run.log(f"model {cfg.model}: {trainable:,} trainable of {total:,} parameters; reference: {where}; "
         f"bf16={bf16}; processes={dist.world_size()}; deepspeed={cfg.deepspeed or 'off'}; steps={schedule.total_steps}")
 
-    resume_from = find_resume_checkpoint(out, cfg.train.resume)
+    resume_from = run.resume_from
     pad = tokenizer.pad_token_id
     val_keys = [len(train_pairs) + i for i in range(len(val_pairs))]
     if reference is not None and cfg.precompute_ref:
@@ -263,52 +259,50 @@ def run_dpo(cfg: DPOConfig) -> Path:
             # pairs the run reads (a run shorter than an epoch reads fewer), and the held-out ones.
             keys = sorted(schedule.examples_read(0, schedule.total_steps)) + val_keys
             reference.cache = precompute(reference, train_pairs + val_pairs, cfg.train.batch_size, pad, keys)
-            if main:
+            if run.main:
                 out.mkdir(parents=True, exist_ok=True)
                 torch.save(reference.cache, cache_file)
         if frozen is not None:
             reference.frozen = frozen = None  # free the copy
-    state, tracker = begin_run(cfg, engine, resume_from, "dpo")
-    start_step = state["step"]
+    start_step = run.start(engine, schedule.total_steps)["step"]
     watch = LikelihoodWatch(schedule.total_steps, cfg.beta, loss_fn.needs_reference)
 
     engine.train()
     window_start, window_pairs = time.perf_counter(), 0
-    for step in iterate_steps(start_step, schedule.total_steps, "dpo"):
+    for step in run.steps(start_step):
+        done = step + 1
         idx_lists = schedule.micro_batches(step, dist.rank())
         batches = [collate_pairs([train_pairs[i] for i in idx], pad) for idx in idx_lists]
-        metrics = train_step(engine, reference, loss_fn, batches, idx_lists, cfg.rpo_alpha)
+        with run.step(done, engine, batches):
+            metrics = train_step(engine, reference, loss_fn, batches, idx_lists, cfg.rpo_alpha)
         window_pairs += sum(len(idx) for idx in idx_lists) * dist.world_size()
-        done = step + 1
         if not math.isfinite(metrics["train/loss"]):
             raise FloatingPointError(f"loss became {metrics['train/loss']} at step {done}; lower train.lr")
         warning = watch.update(done, metrics)
         if warning:
-            log(f"[dpo] WARNING at step {done}: {warning}")
+            run.log(f"WARNING at step {done}: {warning}")
             metrics["warnings/chosen_logps_falling"] = 1.0
-        if done % cfg.train.log_every == 0 or done == schedule.total_steps:
+        if run.log_due(done):
             elapsed = time.perf_counter() - window_start
             metrics.update({"train/epoch": schedule.epoch_of(done), "perf/pairs_per_second": window_pairs / elapsed})
-            tracker.log(metrics, done)
+            run.metrics(metrics, done)
             window_start, window_pairs = time.perf_counter(), 0
-        if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done != schedule.total_steps:
-            tracker.log(evaluate(engine, reference, loss_fn, val_pairs, val_keys, cfg.train.batch_size, pad), done)
-        if cfg.train.save_every and done % cfg.train.save_every == 0 and done != schedule.total_steps:
-            engine.save_checkpoint(out / "checkpoints" / f"step-{done}", {"step": done})
-            prune_checkpoints(out, cfg.train.keep_checkpoints)
+        if run.eval_due(done):
+            run.metrics(evaluate(engine, reference, loss_fn, val_pairs, val_keys, cfg.train.batch_size, pad), done)
+        if run.save_due(done):
+            run.checkpoint(engine, done)
 
     final = evaluate(engine, reference, loss_fn, val_pairs, val_keys, cfg.train.batch_size, pad)
-    tracker.log(final, schedule.total_steps)
+    run.metrics(final, schedule.total_steps)
     with engine.gathered():
-        if main:
+        if run.main:
             save_model(engine.module, tokenizer, out / "model",
                        out / "merged" if cfg.lora.enabled and cfg.lora.save_merged else None)
-    if main and final:
-        log(f"[dpo] held-out: accuracy {final['eval/rewards/accuracies']:.3f}, margin "
-            f"{final['eval/rewards/margins']:+.3f}, logps chosen {final['eval/logps/chosen']:.2f} / rejected "
-            f"{final['eval/logps/rejected']:.2f}")
-    log(f"[dpo] saved {out / 'model'}")
-    dist.barrier()
-    tracker.close()
+    if final:
+        run.log(f"held-out: accuracy {final['eval/rewards/accuracies']:.3f}, margin "
+                f"{final['eval/rewards/margins']:+.3f}, logps chosen {final['eval/logps/chosen']:.2f} / rejected "
+                f"{final['eval/logps/rejected']:.2f}")
+    run.log(f"saved {out / 'model'}")
+    run.close()
     return out / "model"
 

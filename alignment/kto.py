@@ -33,13 +33,14 @@ import torch
 from transformers import ProgressCallback, TrainerCallback
 
 from alignment import distributed as dist
-from alignment.config import DPOConfig, save_config, to_dict
+from alignment.config import DPOConfig
 from alignment.data import deduplicate, iter_records, load_dataset_file, split_dataset, to_conversation
 from alignment.data.io import one_read_per_file, release_reads
 from alignment.errors import AlignError
 from alignment.modeling import count_parameters, load_causal_lm, load_tokenizer, save_model
+from alignment.run import Run
 from alignment.tracking import MetricsLogger
-from alignment.training import clear_checkpoints, set_seed, use_bf16
+from alignment.training import deepspeed_config, set_seed, use_bf16
 
 # TRL / transformers log key -> our shared metric name; TRL's own KTO keys (rewards/*,
 # logps/*, logits/*, kl, entropy) pass through as they are, with `eval/` in front of held-out ones.
@@ -257,9 +258,7 @@ def configure_processes(cfg: DPOConfig, bf16: bool) -> tuple[dict[str, Any] | No
     """
     if not cfg.deepspeed:
         return None, False
-    ds_config = dist.fill_auto(dist.load_config(cfg.deepspeed), micro_batch=cfg.train.batch_size,
-                               grad_accum=cfg.train.grad_accum, max_grad_norm=cfg.train.max_grad_norm,
-                               bf16_weights=bf16 and torch.cuda.is_available())
+    ds_config = deepspeed_config(cfg.deepspeed, cfg.train, bf16)
     if torch.cuda.is_available():
         return ds_config, False
     if "LOCAL_RANK" not in os.environ:
@@ -306,20 +305,19 @@ def run_kto(cfg: DPOConfig) -> Path:
     from trl import KTOTrainer
 
     out = Path(cfg.output_dir)
-    main = dist.is_main()
-    log = print if main else (lambda *a, **k: None)
+    run = Run(cfg, "kto", resume_from=find_checkpoint(out, cfg.train.resume))
     set_seed(cfg.train.seed)
     if cfg.train.batch_size < 2:
         raise AlignError("KTO needs at least 2 examples per micro-batch: its KL reference point pairs each "
                          "prompt with another example's answer", field="train.batch_size")
 
     train_rows, val_rows, info = load_unpaired(cfg)
-    log(f"[kto] data: unpaired ({info['variant']}), {info['rows']} rows, {info['duplicates']} duplicates removed; "
+    run.log(f"data: unpaired ({info['variant']}), {info['rows']} rows, {info['duplicates']} duplicates removed; "
         f"train {info['train']} ({info['desirable']} desirable / {info['undesirable']} undesirable), validation "
         f"{info['validation']}; beta {cfg.beta}, weights {cfg.kto_desirable_weight} / {cfg.kto_undesirable_weight}")
     hint = weight_hint(cfg, info["desirable"], info["undesirable"])
     if hint:
-        log(f"[kto] note: {hint}")
+        run.log(f"note: {hint}")
 
     tokenizer = load_tokenizer(cfg.model)
     # An adapter as the starting model: with LoRA keep training it (TRL then copies it as a frozen "ref"
@@ -346,18 +344,12 @@ def run_kto(cfg: DPOConfig) -> Path:
     ds_config, configured = configure_processes(cfg, bf16)
     args = build_args(cfg, out, bf16, has_eval=bool(val_rows), ds_config=ds_config, configured_state=configured)
 
-    resume_from = find_checkpoint(out, cfg.train.resume)
+    resume_from = run.resume_from
     start_step = 0
     if resume_from is not None:
         start_step = json.loads((resume_from / "trainer_state.json").read_text())["global_step"]
-    else:
-        clear_checkpoints(out)
-    if main:
-        save_config(cfg, out / "config.yaml")
-    run_name = cfg.tracking.run_name or "/".join(out.parts[-2:])
-    tracker = MetricsLogger(out, cfg.tracking.backends, cfg.tracking.project, run_name, to_dict(cfg),
-                            enabled=main, resume_step=start_step)
-    callback = TrackerCallback(tracker)
+    run.start(None, 0, start_step=start_step)  # transformers' Trainer keeps the step cadence itself
+    callback = TrackerCallback(run.tracker)
 
     _no_telemetry()
     trainer = KTOTrainer(
@@ -376,18 +368,16 @@ def run_kto(cfg: DPOConfig) -> Path:
     too_long = sum(len(p) + len(c) > cfg.data.max_length for p, c in
                    zip(trainer.train_dataset["prompt_ids"], trainer.train_dataset["completion_ids"]))
     if kept < len(train_rows) or too_long:
-        log(f"[kto] max_length {cfg.data.max_length}: {len(train_rows) - kept} examples dropped (prompt alone too "
+        run.log(f"max_length {cfg.data.max_length}: {len(train_rows) - kept} examples dropped (prompt alone too "
             f"long), {too_long} truncated")
     trainable, total = count_parameters(trainer.model)
     where = ("precomputed" if cfg.precompute_ref else "frozen copy" if ref_model is not None else
              "frozen copy of the starting adapter" if continues_adapter else "adapter disabled")
-    log(f"[kto] model {cfg.model}: {trainable:,} trainable of {total:,} parameters; reference: {where}; "
+    run.log(f"model {cfg.model}: {trainable:,} trainable of {total:,} parameters; reference: {where}; "
         f"bf16={bf16}; processes={trainer.accelerator.num_processes}; deepspeed={cfg.deepspeed or 'off'}")
     if cfg.lora.enabled and cfg.lora.dropout:
-        log(f"[kto] note: dropout is off in KTO (TRL's disable_dropout), so lora.dropout={cfg.lora.dropout} has no "
+        run.log(f"note: dropout is off in KTO (TRL's disable_dropout), so lora.dropout={cfg.lora.dropout} has no "
             "effect")
-    if resume_from is not None:
-        log(f"[kto] resuming from {resume_from} at step {start_step}")
 
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
     if val_rows and callback.last_eval_step != trainer.state.global_step:
@@ -398,12 +388,11 @@ def run_kto(cfg: DPOConfig) -> Path:
     policy = trainer.accelerator.unwrap_model(trainer.model)
     merged_dir = out / "merged" if cfg.lora.enabled and cfg.lora.save_merged else None
     with gathered(trainer, policy):
-        if main:
+        if run.main:
             save_model(policy, tokenizer, model_dir, merged_dir)
     if final:
-        log(f"[kto] held-out: loss {final['eval/loss']:.4f}, rewards chosen {final.get('eval/rewards/chosen', 0):+.3f}"
+        run.log(f"held-out: loss {final['eval/loss']:.4f}, rewards chosen {final.get('eval/rewards/chosen', 0):+.3f}"
             f" / rejected {final.get('eval/rewards/rejected', 0):+.3f}, kl {final.get('eval/kl', 0):.3f}")
-    log(f"[kto] saved {model_dir}")
-    dist.barrier()
-    tracker.close()
+    run.log(f"saved {model_dir}")
+    run.close()
     return model_dir

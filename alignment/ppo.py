@@ -63,14 +63,11 @@ from alignment.ppo_math import (
 )
 from alignment.reference import load_frozen, place_reference, token_reference
 from alignment.reward import LastTokenScores, load_reward_stats, score_module
+from alignment.run import Run
 from alignment.training import (
     Engine,
     Schedule,
-    begin_run,
     deepspeed_config,
-    find_resume_checkpoint,
-    iterate_steps,
-    prune_checkpoints,
     set_seed,
     use_bf16,
 )
@@ -129,11 +126,60 @@ RewardFn = Callable[[list[list[int]], list[list[int]]], torch.Tensor]
 (a domain policy check, a unit test) instead of, or in tests in place of, a reward model."""
 
 
-Samples = dict[str, Any]
-"""One round of sampled answers, one entry per answer: ``prompts`` and ``responses`` (token id lists, the
-response up to and incl. its stop), ``finished`` (stopped before max_new_tokens), ``texts``, and (B,) tensors
-``raw_scores`` (the reward), ``scores`` (what the estimator sees: normalised, clipped, plus the rule reward,
-minus the missing-EOS penalty) and ``rule_terms`` ((B, J) per rule, or None)."""
+@dataclasses.dataclass
+class Samples:
+    """One round of sampled answers, one row per answer (B rows)."""
+
+    prompts: list[list[int]]  # B prompt token ids
+    responses: list[list[int]]  # B answer token ids, up to and incl. the stop token
+    finished: torch.Tensor  # (B,) bool: stopped before max_new_tokens
+    texts: list[str]  # B decoded answers
+    raw_scores: torch.Tensor  # (B,) the reward
+    scores: torch.Tensor  # (B,) what the estimator sees: normalised, clipped, + rule reward, - missing-EOS penalty
+    rule_terms: torch.Tensor | None  # (B, J) rule reward per rule; None without rules
+
+    def take(self, rows: Sequence[int]) -> Samples:
+        """The answers at ``rows``, in that order."""
+        index = torch.tensor(list(rows), dtype=torch.long, device=self.scores.device)
+        return Samples(**{f.name: _take_rows(getattr(self, f.name), index, rows) for f in dataclasses.fields(self)})
+
+    def join(self, other: Samples) -> Samples:
+        """These answers, then ``other``'s."""
+        return Samples(**{f.name: _join_rows(getattr(self, f.name), getattr(other, f.name))
+                          for f in dataclasses.fields(self)})
+
+
+def _take_rows(value: Any, index: torch.Tensor, rows: Sequence[int]) -> Any:
+    if value is None:
+        return None
+    return value[index] if torch.is_tensor(value) else [value[i] for i in rows]
+
+
+def _join_rows(a: Any, b: Any) -> Any:
+    if a is None:
+        return None
+    return torch.cat([a, b]) if torch.is_tensor(a) else a + b
+
+
+@dataclasses.dataclass
+class Rollout:
+    """Everything one PPO update needs from a rollout batch: B answers, prompts left-padded to P tokens,
+    responses right-padded to R."""
+
+    full: torch.Tensor  # (B, P+R) prompt + response token ids
+    mask: torch.Tensor  # (B, P+R) attention mask
+    positions: torch.Tensor  # (B, P+R) position ids (count real tokens only)
+    responses: torch.Tensor  # (B, R) response token ids
+    response_mask: torch.Tensor  # (B, R) float: 1 on the response tokens up to and incl. the stop
+    prompt_len: int  # P
+    old_logps: torch.Tensor  # (B, R) the sampling policy's log-probs at the sampling temperature
+    ref_logps: torch.Tensor  # (B, R) the reference's
+    values: torch.Tensor  # (B, R) the critic's values (zeros without one), masked
+    advantages: torch.Tensor  # (B, R)
+    returns: torch.Tensor  # (B, R) the critic's targets
+    metrics: dict[str, float]  # rollout metrics: objective/*, rollout/*, rule_reward/*
+    texts: list[str]  # B decoded answers
+    timing: dict[str, float]  # seconds: generate, score, evaluate
 
 
 @torch.no_grad()
@@ -178,20 +224,8 @@ def sample_answers(policy: Engine, reward: RewardFn, prompts: list[list[int]], c
         scores = scores + rule_terms.sum(dim=1)
     scores = scores - cfg.missing_eos_penalty * (~finished).float()
     timing["score"] = timing.get("score", 0.0) + time.perf_counter() - start
-    return {"prompts": list(prompts), "responses": kept, "finished": finished, "texts": texts,
-            "raw_scores": raw_scores, "scores": scores, "rule_terms": rule_terms}
-
-
-def _take(samples: Samples, rows: Sequence[int]) -> Samples:
-    """The answers at ``rows``, in that order."""
-    index = torch.tensor(list(rows), dtype=torch.long, device=samples["scores"].device)
-    return {key: (None if value is None else value[index] if torch.is_tensor(value) else [value[i] for i in rows])
-            for key, value in samples.items()}
-
-
-def _join(a: Samples, b: Samples) -> Samples:
-    return {key: (None if value is None else torch.cat([value, b[key]]) if torch.is_tensor(value) else value + b[key])
-            for key, value in a.items()}
+    return Samples(prompts=list(prompts), responses=kept, finished=finished, texts=texts, raw_scores=raw_scores,
+                   scores=scores, rule_terms=rule_terms)
 
 
 def dynamic_sampling(first: Samples, sample_more: Callable[[int], Samples], cfg: PPOConfig) -> tuple[
@@ -202,24 +236,24 @@ def dynamic_sampling(first: Samples, sample_more: Callable[[int], Samples], cfg:
     (zero advantage, so the batch keeps its size). Every process runs the same number of rounds (generation
     under ZeRO-3 gathers weights collectively). Returns the batch and the number of rounds."""
     k = cfg.num_generations
-    groups = len(first["prompts"]) // k
+    groups = len(first.prompts) // k
     kept: list[Samples] = []
     dropped: list[Samples] = []
     rounds, samples, have = 0, first, 0
     while True:
         rounds += 1
-        informative = informative_groups(samples["scores"], k).tolist()  # (G,)
+        informative = informative_groups(samples.scores, k).tolist()  # (G,)
         for flag, into in ((True, kept), (False, dropped)):
             rows = [g * k + j for g, ok in enumerate(informative) if ok == flag for j in range(k)]
             if rows:
-                into.append(_take(samples, rows))
+                into.append(samples.take(rows))
         have += sum(informative)
         short = dist.all_reduce_sum([float(have < groups)])[0] > 0  # any process short: all sample again
         if not short or rounds >= cfg.dynamic_sampling_max_rounds:
             break
         samples = sample_more(rounds)
-    batch = functools.reduce(_join, kept + dropped)
-    return _take(batch, range(groups * k)), rounds
+    batch = functools.reduce(Samples.join, kept + dropped)
+    return batch.take(range(groups * k)), rounds
 
 
 @torch.no_grad()
@@ -227,7 +261,7 @@ def rollout(policy: Engine, critic: Engine | None, reference: Any, reward: Rewar
             critic_scores: LastTokenScores | None, prompts: list[list[int]], cfg: PPOConfig, tokenizer: Any,
             stop_ids: list[int], stats: dict[str, float] | None, kl_coef: float,
             rules: Sequence[Policy] | None = None,
-            more_prompts: Callable[[int], list[list[int]]] | None = None) -> dict[str, Any]:
+            more_prompts: Callable[[int], list[list[int]]] | None = None) -> Rollout:
     """Generate, score and evaluate one batch of prompts; everything the PPO update needs.
 
     ``rules``: with ``cfg.rule_reward_weight`` > 0, the rule reward is added to the normalised score.
@@ -241,7 +275,7 @@ def rollout(policy: Engine, critic: Engine | None, reference: Any, reward: Rewar
     sampling: dict[str, float] = {}
     if cfg.num_generations > 1:  # how many prompts' answers differ at all: the group estimators' signal
         sampling["rollout/informative_prompts"] = float(
-            informative_groups(samples["scores"], cfg.num_generations).float().mean())
+            informative_groups(samples.scores, cfg.num_generations).float().mean())
     if cfg.dynamic_sampling:
         if more_prompts is None:
             raise ValueError("dynamic sampling needs more_prompts")
@@ -249,10 +283,10 @@ def rollout(policy: Engine, critic: Engine | None, reference: Any, reward: Rewar
             samples, lambda r: sample_answers(policy, reward, more_prompts(r), cfg, tokenizer, stop_ids, stats,
                                               rules, timing), cfg)
         sampling["rollout/sampling_rounds"] = float(rounds)
-    prompt_ids, prompt_mask = (t.to(device) for t in pad_sequences(samples["prompts"], pad, left=True))  # (B, P)
-    responses, response_mask = (t.to(device) for t in pad_sequences(samples["responses"], pad))  # (B, R)
+    prompt_ids, prompt_mask = (t.to(device) for t in pad_sequences(samples.prompts, pad, left=True))  # (B, P)
+    responses, response_mask = (t.to(device) for t in pad_sequences(samples.responses, pad))  # (B, R)
     prompt_len = prompt_ids.shape[1]
-    finished, scores, raw_scores = samples["finished"], samples["scores"], samples["raw_scores"]
+    finished, scores, raw_scores = samples.finished, samples.scores, samples.raw_scores
 
     # 3. evaluate: policy and reference log-probs, values ---------------------------------------
     start = time.perf_counter()
@@ -283,16 +317,15 @@ def rollout(policy: Engine, critic: Engine | None, reference: Any, reward: Rewar
     m = response_mask.float()
     advantages, returns, kl = advantages_of(scores, old_logps, ref_logps, values * m, m, cfg, kl_coef)
     lengths = m.sum(dim=1)
-    rule_terms = samples["rule_terms"]
+    rule_terms = samples.rule_terms
     rule_metrics = {}
     if rule_terms is not None:
         rule_metrics = {"objective/rule_reward": float(rule_terms.sum(dim=1).mean()),
                         **{f"rule_reward/{rule.name}": float(rule_terms[:, j].mean()) for j, rule in enumerate(rules)}}
-    return {
-        "full": full, "mask": mask, "positions": pos, "responses": responses, "response_mask": m,
-        "prompt_len": prompt_len, "old_logps": old_logps, "ref_logps": ref_logps, "values": values * m,
-        "advantages": advantages, "returns": returns,
-        "metrics": {
+    return Rollout(
+        full=full, mask=mask, positions=pos, responses=responses, response_mask=m, prompt_len=prompt_len,
+        old_logps=old_logps, ref_logps=ref_logps, values=values * m, advantages=advantages, returns=returns,
+        metrics={
             "objective/kl": float((kl * m).sum(dim=1).mean()),
             "objective/entropy": float(entropy),
             "objective/scores": float(raw_scores.mean()),
@@ -303,9 +336,9 @@ def rollout(policy: Engine, critic: Engine | None, reference: Any, reward: Rewar
             **rule_metrics,
             **sampling,
         },
-        "texts": samples["texts"],
-        "timing": timing,
-    }
+        texts=samples.texts,
+        timing=timing,
+    )
 
 
 def advantages_of(scores: torch.Tensor, logps: torch.Tensor, ref_logps: torch.Tensor, values: torch.Tensor,
@@ -351,37 +384,37 @@ def model_reward(reward_model: torch.nn.Module, pad_id: int, autocast: Any) -> R
 # Learn
 # --------------------------------------------------------------------------------------------------
 def ppo_update(policy: Engine, critic: Engine | None, critic_scores: LastTokenScores | None,
-               batch: dict[str, Any], cfg: PPOConfig, kl_coef: float = 0.0) -> dict[str, float]:
+               batch: Rollout, cfg: PPOConfig, kl_coef: float = 0.0) -> dict[str, float]:
     """ppo_epochs passes over num_minibatches minibatches; one optimizer step per minibatch."""
-    n = batch["full"].shape[0]
+    n = batch.full.shape[0]
     size = n // cfg.num_minibatches
     sums: dict[str, float] = {}
     count = 0
-    p = batch["prompt_len"]
+    p = batch.prompt_len
     for _epoch in range(cfg.ppo_epochs):
         order = torch.randperm(n)
         for k in range(cfg.num_minibatches):
-            idx = order[k * size : (k + 1) * size].to(batch["full"].device)
-            inputs = {"input_ids": batch["full"][idx], "attention_mask": batch["mask"][idx],
-                      "position_ids": batch["positions"][idx], "use_cache": False}
-            m = batch["response_mask"][idx]
-            lm_inputs = {**inputs, "logits_to_keep": batch["responses"].shape[1] + 1}
+            idx = order[k * size : (k + 1) * size].to(batch.full.device)
+            inputs = {"input_ids": batch.full[idx], "attention_mask": batch.mask[idx],
+                      "position_ids": batch.positions[idx], "use_cache": False}
+            m = batch.response_mask[idx]
+            lm_inputs = {**inputs, "logits_to_keep": batch.responses.shape[1] + 1}
             with policy.autocast():
                 if cfg.critic == "shared":
                     logits, all_values = (policy.ds or policy.module)(**lm_inputs)
                     values = all_values[:, p - 1 : -1].float()
                 else:
                     logits = (policy.ds or policy.module)(**lm_inputs).logits
-            logps, _ = response_logprobs(logits, batch["responses"][idx], cfg.generation.temperature)
+            logps, _ = response_logprobs(logits, batch.responses[idx], cfg.generation.temperature)
             del logits
-            pg_loss, pg_stats = policy_loss(logps, batch["old_logps"][idx], batch["advantages"][idx], m,
+            pg_loss, pg_stats = policy_loss(logps, batch.old_logps[idx], batch.advantages[idx], m,
                                             cfg.clip_range, cfg.clip_range_high, cfg.loss_aggregation,
                                             cfg.generation.max_new_tokens)
             step_stats = {"policy/loss": pg_loss, **pg_stats}
             loss = pg_loss
             if cfg.kl_penalty == "loss":
                 # k3: unlike k1, its gradient pulls towards the reference (E_p[grad log p] = 0 makes k1's zero)
-                kl_loss = aggregate_loss(kl_estimate(logps, batch["ref_logps"][idx], "k3"), m,
+                kl_loss = aggregate_loss(kl_estimate(logps, batch.ref_logps[idx], "k3"), m,
                                          cfg.loss_aggregation, cfg.generation.max_new_tokens)
                 loss = loss + kl_coef * kl_loss
                 step_stats["policy/kl_loss"] = kl_loss
@@ -390,7 +423,7 @@ def ppo_update(policy: Engine, critic: Engine | None, critic_scores: LastTokenSc
                     (critic.ds or critic.module)(**inputs)
                 values = critic_scores.per_token()[:, p - 1 : -1].float()
             if cfg.critic != "none":
-                vf_loss, vf_stats = value_loss(values, batch["values"][idx], batch["returns"][idx], m,
+                vf_loss, vf_stats = value_loss(values, batch.values[idx], batch.returns[idx], m,
                                                cfg.clip_range_value)
                 step_stats.update({"val/vf_loss": vf_loss, **vf_stats})
             if cfg.critic == "shared":  # the value head trains through the policy's own loss
@@ -413,15 +446,14 @@ def ppo_update(policy: Engine, critic: Engine | None, critic_scores: LastTokenSc
 def run_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> Path:
     """Train; `reward_fn` replaces the reward model with a rule (see RewardFn)."""
     dist.init_process_group()
-    out = Path(cfg.output_dir)
-    main = dist.is_main()
-    log = print if main else (lambda *a, **k: None)
+    run = Run(cfg, "ppo")
+    out = run.out
     set_seed(cfg.train.seed)
     device = dist.device()
 
     tokenizer = load_tokenizer(cfg.model)
     prompts, cut = load_prompts(cfg, tokenizer)
-    log(f"[ppo] {len(prompts)} prompts" + (f"; {cut} cut to {cfg.data.max_prompt_length} tokens" if cut else ""))
+    run.log(f"{len(prompts)} prompts" + (f"; {cut} cut to {cfg.data.max_prompt_length} tokens" if cut else ""))
     stop_ids = sorted({tokenizer.eos_token_id, *_generation_eos(cfg.model, tokenizer)})
 
     # the rules first: a misnamed rule weight is refused before any model loads or any file is written
@@ -437,7 +469,7 @@ def run_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> Path:
             raise AlignError(f"names no rule of {cfg.policies}: {', '.join(unknown)} (its rules: "
                              f"{', '.join(p.name for p in policies)})", field="rule_weights")
         if cfg.rule_reward_weight > 0:
-            log(f"[ppo] rule reward: {len(policies)} rules from {cfg.policies}, weight {cfg.rule_reward_weight}")
+            run.log(f"rule reward: {len(policies)} rules from {cfg.policies}, weight {cfg.rule_reward_weight}")
 
     # --- models ------------------------------------------------------------------------------
     reward_model, stats = None, None
@@ -452,7 +484,7 @@ def run_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> Path:
         reward_model.config.pad_token_id = tokenizer.pad_token_id
         stats = load_reward_stats(Path(cfg.reward_model) / "model") or load_reward_stats(Path(cfg.reward_model))
         if cfg.normalize_rewards and stats is None:
-            log("[ppo] WARNING: the reward model has no reward_stats.json; scores are used unnormalised")
+            run.log("WARNING: the reward model has no reward_stats.json; scores are used unnormalised")
     policy_model = load_causal_lm(cfg.model, trainable_adapter=cfg.lora.enabled)
     if cfg.lora.enabled:
         policy_model = apply_lora(policy_model, cfg.lora)
@@ -473,7 +505,7 @@ def run_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> Path:
     if cfg.disable_dropout:
         n = sum(disable_dropout(m) for m in (policy_model, critic_model) if m is not None)
         if n:
-            log(f"[ppo] dropout turned off in {n} places (disable_dropout: false keeps it)")
+            run.log(f"dropout turned off in {n} places (disable_dropout: false keeps it)")
     bf16 = use_bf16(cfg.train.bf16)
     answers = cfg.train.batch_size * cfg.num_generations  # per process and rollout batch
     schedule = Schedule.create(len(prompts), cfg.train, dist.world_size())
@@ -497,60 +529,58 @@ def run_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> Path:
     kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
               else FixedKLController(cfg.kl_coef))
     trainable, total = count_parameters(policy.module)
-    log(f"[ppo] policy {cfg.model}: {trainable:,} trainable of {total:,}; advantage {cfg.advantage}, "
+    run.log(f"policy {cfg.model}: {trainable:,} trainable of {total:,}; advantage {cfg.advantage}, "
         f"{cfg.num_generations} answer(s) per prompt; critic {cfg.critic}; reference "
         f"{'adapter disabled' if cfg.lora.enabled and not cfg.ref_model else 'frozen copy'}; reward "
         f"{'a function' if reward_fn else cfg.reward_model}; bf16={bf16}; processes={dist.world_size()}; "
         f"deepspeed={cfg.deepspeed or 'off'}; steps={schedule.total_steps} ({updates} updates)")
 
     others = {"critic": critic} if critic is not None else {}
-    state, tracker = begin_run(cfg, policy, find_resume_checkpoint(out, cfg.train.resume), "ppo", others)
+    state = run.start(policy, schedule.total_steps, others)
     start_step = state["step"]
     if "kl_controller" in state:
         kl_ctl.load_state_dict(state["kl_controller"])
 
     policy.train()
-    for step in iterate_steps(start_step, schedule.total_steps, "ppo"):
+    for step in run.steps(start_step):
+        done = step + 1
         started = time.perf_counter()
         (idx,) = schedule.micro_batches(step, dist.rank())
         # the answers to one prompt are consecutive rows: the group estimators compare them
         batch_prompts = [prompts[i] for i in idx for _ in range(cfg.num_generations)]
-        batch = rollout(policy, critic, reference, reward, critic_scores, batch_prompts, cfg, tokenizer,
-                        stop_ids, stats, kl_ctl.value, policies,
-                        more_prompts=lambda r, s=step: extra_prompts(prompts, cfg, s, r))
-        learn_start = time.perf_counter()
-        metrics = ppo_update(policy, critic, critic_scores, batch, cfg, kl_ctl.value)
-        timing = {**batch["timing"], "train": time.perf_counter() - learn_start}
-        kl_ctl.update(batch["metrics"]["objective/kl"], answers * dist.world_size())
-        done = step + 1
+        with run.step(done, policy) as timed:
+            batch = timed.rollout = rollout(policy, critic, reference, reward, critic_scores, batch_prompts, cfg,
+                                            tokenizer, stop_ids, stats, kl_ctl.value, policies,
+                                            more_prompts=lambda r, s=step: extra_prompts(prompts, cfg, s, r))
+            learn_start = time.perf_counter()
+            metrics = ppo_update(policy, critic, critic_scores, batch, cfg, kl_ctl.value)
+        timing = {**batch.timing, "train": time.perf_counter() - learn_start}
+        kl_ctl.update(batch.metrics["objective/kl"], answers * dist.world_size())
         elapsed = time.perf_counter() - started
         if policies:
             from alignment.evaluation.policies import adherence
 
-            batch["metrics"].update({f"adherence/{k}": v for k, v in adherence(batch["texts"], policies).items()})
-        keys = list(batch["metrics"]) + list(metrics)
-        values = dist.all_reduce_sum([batch["metrics"][k] if k in batch["metrics"] else metrics[k] for k in keys])
+            batch.metrics.update({f"adherence/{k}": v for k, v in adherence(batch.texts, policies).items()})
+        keys = list(batch.metrics) + list(metrics)
+        values = dist.all_reduce_sum([batch.metrics[k] if k in batch.metrics else metrics[k] for k in keys])
         row = {k: v / dist.world_size() for k, v in zip(keys, values)}
         row.update({"objective/kl_coef": kl_ctl.value, "train/lr": policy.lr(),
                     "perf/episodes_per_second": answers * dist.world_size() / elapsed,
                     **{f"time/{k}": v / elapsed for k, v in timing.items()}})
         if not math.isfinite(row["policy/loss"]):
             raise FloatingPointError(f"policy loss became {row['policy/loss']} at step {done}; lower train.lr")
-        if done % cfg.train.log_every == 0 or done == schedule.total_steps:
-            tracker.log(row, done)
-        if cfg.train.save_every and done % cfg.train.save_every == 0 and done != schedule.total_steps:
-            policy.save_checkpoint(out / "checkpoints" / f"step-{done}",
-                                   {"step": done, "kl_controller": kl_ctl.state_dict()}, others)
-            prune_checkpoints(out, cfg.train.keep_checkpoints)
+        if run.log_due(done):
+            run.metrics(row, done)
+        if run.save_due(done):
+            run.checkpoint(policy, done, {"kl_controller": kl_ctl.state_dict()}, others)
 
     with policy.gathered():
-        if main:
+        if run.main:
             module = policy.module.policy if cfg.critic == "shared" else policy.module
             save_model(module, tokenizer, out / "model",
                        out / "merged" if cfg.lora.enabled and cfg.lora.save_merged else None)
-            log(f"[ppo] saved {out / 'model'}")
-    dist.barrier()
-    tracker.close()
+            run.log(f"saved {out / 'model'}")
+    run.close()
     return out / "model"
 
 

@@ -32,14 +32,11 @@ from alignment.modeling import (
     save_model,
 )
 from alignment.reward import LastTokenScores, save_reward_stats
+from alignment.run import Run
 from alignment.training import (
     Engine,
     Schedule,
-    begin_run,
     deepspeed_config,
-    find_resume_checkpoint,
-    iterate_steps,
-    prune_checkpoints,
     set_seed,
     use_bf16,
 )
@@ -129,16 +126,15 @@ def _response_length(labels: list[int]) -> int:
 # --------------------------------------------------------------------------------------------------
 def run_rm(cfg: RMConfig) -> Path:
     dist.init_process_group()
-    out = Path(cfg.output_dir)
-    main = dist.is_main()
-    log = print if main else (lambda *a, **k: None)
+    run = Run(cfg, "rm")
+    out = run.out
     set_seed(cfg.train.seed)
 
     tokenizer = load_tokenizer(cfg.model)
     train_ex, val_ex, info = load_pairs(cfg.data, cfg.train.seed)
     train_pairs, train_stats = tokenize_pairs(tokenizer, train_ex, cfg.data.max_length)
     val_pairs, _ = tokenize_pairs(tokenizer, val_ex, cfg.data.max_length)
-    log(f"[rm] data: {info['kind']} ({info['variant']}), {info['rows']} rows -> {info['pairs']} pairs, "
+    run.log(f"data: {info['kind']} ({info['variant']}), {info['rows']} rows -> {info['pairs']} pairs, "
         f"{info['duplicates_removed']} duplicates removed; train "
         f"{describe(train_stats, cfg.data.max_length, weight_summary(train_ex))}; "
         f"validation {len(val_pairs)} pairs")
@@ -148,7 +144,7 @@ def run_rm(cfg: RMConfig) -> Path:
     if cfg.lora.enabled:
         model = apply_lora(model, cfg.lora, task_type="SEQ_CLS")
     if cfg.disable_dropout and (n := disable_dropout(model)):
-        log(f"[rm] dropout turned off in {n} places (disable_dropout: false keeps it)")
+        run.log(f"dropout turned off in {n} places (disable_dropout: false keeps it)")
     if cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     trainable, total = count_parameters(model)
@@ -158,11 +154,10 @@ def run_rm(cfg: RMConfig) -> Path:
     ds_config = deepspeed_config(cfg.deepspeed, cfg.train, bf16)
     engine = Engine(model, cfg.train, schedule.total_steps, bf16, ds_config)
     scorer = LastTokenScores(engine.module)
-    log(f"[rm] model {cfg.model}: {trainable:,} trainable of {total:,} parameters; bf16={bf16}; "
+    run.log(f"model {cfg.model}: {trainable:,} trainable of {total:,} parameters; bf16={bf16}; "
         f"processes={dist.world_size()}; deepspeed={cfg.deepspeed or 'off'}; steps={schedule.total_steps}")
 
-    state, tracker = begin_run(cfg, engine, find_resume_checkpoint(out, cfg.train.resume), "rm")
-    start_step = state["step"]
+    start_step = run.start(engine, schedule.total_steps)["step"]
     pad = tokenizer.pad_token_id
 
     def held_out_metrics() -> dict[str, float]:
@@ -174,24 +169,24 @@ def run_rm(cfg: RMConfig) -> Path:
 
     engine.train()
     window_start, window_pairs = time.perf_counter(), 0
-    for step in iterate_steps(start_step, schedule.total_steps, "rm"):
+    for step in run.steps(start_step):
+        done = step + 1
         batches = [collate_pairs([train_pairs[i] for i in idx], pad)
                    for idx in schedule.micro_batches(step, dist.rank())]
-        metrics = train_step(engine, scorer, batches, cfg)
+        with run.step(done, engine, batches):
+            metrics = train_step(engine, scorer, batches, cfg)
         window_pairs += sum(b["margin"].shape[0] for b in batches) * dist.world_size()
-        done = step + 1
         if not math.isfinite(metrics["train/loss"]):
             raise FloatingPointError(f"loss became {metrics['train/loss']} at step {done}; lower train.lr")
-        if done % cfg.train.log_every == 0 or done == schedule.total_steps:
+        if run.log_due(done):
             elapsed = time.perf_counter() - window_start
             metrics.update({"train/epoch": schedule.epoch_of(done), "perf/pairs_per_second": window_pairs / elapsed})
-            tracker.log(metrics, done)
+            run.metrics(metrics, done)
             window_start, window_pairs = time.perf_counter(), 0
-        if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done != schedule.total_steps:
-            tracker.log(held_out_metrics(), done)
-        if cfg.train.save_every and done % cfg.train.save_every == 0 and done != schedule.total_steps:
-            engine.save_checkpoint(out / "checkpoints" / f"step-{done}", {"step": done})
-            prune_checkpoints(out, cfg.train.keep_checkpoints)
+        if run.eval_due(done):
+            run.metrics(held_out_metrics(), done)
+        if run.save_due(done):
+            run.checkpoint(engine, done)
 
     # --- diagnose on held-out pairs; score statistics on the training responses ----------------
     vc, vr = score_pairs(engine, scorer, val_pairs, cfg.train.batch_size, pad)
@@ -202,28 +197,27 @@ def run_rm(cfg: RMConfig) -> Path:
     if vc:
         diagnostics = diagnose(vc, vr, [_response_length(p.chosen_labels) for p in val_pairs],
                                [_response_length(p.rejected_labels) for p in val_pairs])
-        tracker.log({"eval/" + k: v for k, v in reward_model_metrics(torch.tensor(vc), torch.tensor(vr)).items()},
+        run.metrics({"eval/" + k: v for k, v in reward_model_metrics(torch.tensor(vc), torch.tensor(vr)).items()},
                     schedule.total_steps)
 
     with engine.gathered():
-        if main:
+        if run.main:
             save_model(engine.module, tokenizer, out / "model")
-    if main:
+    if run.main:
         save_reward_stats(out / "model", mean, std, len(train_scores))
         if diagnostics is not None:
             text, fit = verdict(diagnostics)
             diagnostics.update({"verdict": text, "fit_for_ppo": fit, "train_score_mean": mean,
                                 "train_score_std": std, "scores": {"chosen": vc, "rejected": vr}})
             (out / "diagnostics.json").write_text(json.dumps(diagnostics, indent=2))
-            print(f"[rm] held-out: accuracy {diagnostics['accuracy']:.3f}, chosen {diagnostics['chosen_mean']:+.2f}"
+            run.log(f"held-out: accuracy {diagnostics['accuracy']:.3f}, chosen {diagnostics['chosen_mean']:+.2f}"
                   f" ± {diagnostics['chosen_std']:.2f}, rejected {diagnostics['rejected_mean']:+.2f} ± "
-                  f"{diagnostics['rejected_std']:.2f}, prefers longer {diagnostics['prefers_longer']:.2f} "
-                  f"(data {diagnostics['data_prefers_longer']:.2f}), ECE {diagnostics['ece']:.3f}")
-            print(f"[rm] verdict: {text}")
+                    f"{diagnostics['rejected_std']:.2f}, prefers longer {diagnostics['prefers_longer']:.2f} "
+                    f"(data {diagnostics['data_prefers_longer']:.2f}), ECE {diagnostics['ece']:.3f}")
+            run.log(f"verdict: {text}")
         else:
-            print("[rm] no held-out pairs: no diagnostics (set data.validation or data.split)")
-        print(f"[rm] saved {out / 'model'}; training score mean {mean:+.3f}, std {std:.3f}")
-    dist.barrier()
+            run.log("no held-out pairs: no diagnostics (set data.validation or data.split)")
+        run.log(f"saved {out / 'model'}; training score mean {mean:+.3f}, std {std:.3f}")
     scorer.remove()
-    tracker.close()
+    run.close()
     return out / "model"

@@ -23,14 +23,11 @@ from alignment.config import PreferenceDataConfig, SFTConfig
 from alignment.data.chat import IGNORE_INDEX, Tokenized, check_stop_tokens, tokenize_sft
 from alignment.logits import labelled_logits
 from alignment.modeling import apply_lora, count_parameters, load_causal_lm, load_tokenizer, save_model
+from alignment.run import Run
 from alignment.training import (
     Engine,
     Schedule,
-    begin_run,
     deepspeed_config,
-    find_resume_checkpoint,
-    iterate_steps,
-    prune_checkpoints,
     set_seed,
     use_bf16,
 )
@@ -212,9 +209,8 @@ def evaluate(engine: Engine, examples: list[Tokenized], batch_size: int, pad_id:
 def run_sft(cfg: SFTConfig) -> Path:
     """Train and save; returns the model directory. Safe to re-run: resumes from the last checkpoint."""
     dist.init_process_group()
-    out = Path(cfg.output_dir)
-    main = dist.is_main()
-    log = print if main else (lambda *a, **k: None)
+    run = Run(cfg, "sft")
+    out = run.out
     set_seed(cfg.train.seed)
 
     # --- data -------------------------------------------------------------------------------
@@ -224,7 +220,7 @@ def run_sft(cfg: SFTConfig) -> Path:
     val_examples, _ = tokenize_sft(tokenizer, val_records, cfg.data.max_length)
     preferred = (f"; {prep['preferred_added']} preferred answers added from {cfg.data.preferred}"
                  if cfg.data.preferred else "")
-    log(f"[sft] data: {prep['format']} format, {prep['duplicates_removed']} duplicates removed{preferred}; "
+    run.log(f"data: {prep['format']} format, {prep['duplicates_removed']} duplicates removed{preferred}; "
         f"train {stats.summary(cfg.data.max_length)}; validation {len(val_examples)} examples")
     if not train_examples:
         from alignment.errors import AlignError
@@ -232,19 +228,19 @@ def run_sft(cfg: SFTConfig) -> Path:
         raise AlignError("no training example has an assistant token to learn from", file=cfg.data.train)
     if cfg.data.packing:
         train_examples = pack(train_examples, cfg.data.max_length)
-        log(f"[sft] packing: {stats.examples - stats.dropped_no_target} examples into {len(train_examples)} rows")
+        run.log(f"packing: {stats.examples - stats.dropped_no_target} examples into {len(train_examples)} rows")
 
     # --- model ------------------------------------------------------------------------------
     model = load_causal_lm(cfg.model, trainable_adapter=cfg.lora.enabled)
     stop = check_stop_tokens(tokenizer, getattr(model, "generation_config", None))
     if not stop.ok:
         end = tokenizer.convert_ids_to_tokens(stop.end_of_turn_id) if stop.end_of_turn_id is not None else None
-        log(f"[sft] WARNING: the chat template ends an assistant turn with {end!r} but generation stops on "
+        run.log(f"WARNING: the chat template ends an assistant turn with {end!r} but generation stops on "
             f"{stop.eos_ids}; adding it to the saved generation_config's eos_token_id so the model stops")
         if stop.end_of_turn_id is not None:
             model.generation_config.eos_token_id = stop.eos_ids + [stop.end_of_turn_id]
     for note in stop.notes:
-        log(f"[sft] pre-flight: {note}")
+        run.log(f"pre-flight: {note}")
     if cfg.lora.enabled:
         model = apply_lora(model, cfg.lora)
     if cfg.train.gradient_checkpointing:
@@ -258,45 +254,42 @@ def run_sft(cfg: SFTConfig) -> Path:
                                [len(e.input_ids) for e in train_examples])
     ds_config = deepspeed_config(cfg.deepspeed, cfg.train, bf16)
     engine = Engine(model, cfg.train, schedule.total_steps, bf16, ds_config)
-    log(f"[sft] model {cfg.model}: {trainable:,} trainable of {total:,} parameters; bf16={bf16}; "
+    run.log(f"model {cfg.model}: {trainable:,} trainable of {total:,} parameters; bf16={bf16}; "
         f"processes={dist.world_size()}; deepspeed={cfg.deepspeed or 'off'}; steps={schedule.total_steps}")
 
-    state, tracker = begin_run(cfg, engine, find_resume_checkpoint(out, cfg.train.resume), "sft")
-    start_step = state["step"]
+    start_step = run.start(engine, schedule.total_steps)["step"]
 
     # --- loop -------------------------------------------------------------------------------
     engine.train()
     window_tokens, window_start = 0.0, time.perf_counter()
-    step = start_step
-    for step in iterate_steps(start_step, schedule.total_steps, "sft"):
+    for step in run.steps(start_step):
+        done = step + 1
         batches = [collate([train_examples[i] for i in idx], tokenizer.pad_token_id)
                    for idx in schedule.micro_batches(step, dist.rank())]
-        metrics = train_step(engine, batches)
+        with run.step(done, engine, batches):
+            metrics = train_step(engine, batches)
         window_tokens += sum(_real_tokens(b) for b in batches) * dist.world_size()
-        done = step + 1
         if not math.isfinite(metrics["train/loss"]):
             raise FloatingPointError(f"loss became {metrics['train/loss']} at step {done}; lower train.lr")
-        if done % cfg.train.log_every == 0 or done == schedule.total_steps:
+        if run.log_due(done):
             elapsed = time.perf_counter() - window_start
             metrics.update({"train/epoch": schedule.epoch_of(done),
                             "perf/tokens_per_second": window_tokens / max(elapsed, 1e-9)})
-            tracker.log(metrics, done)
+            run.metrics(metrics, done)
             window_tokens, window_start = 0.0, time.perf_counter()
-        if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done != schedule.total_steps:
-            tracker.log({"eval/loss": evaluate(engine, val_examples, cfg.train.batch_size,
-                                               tokenizer.pad_token_id)}, done)
-        if cfg.train.save_every and done % cfg.train.save_every == 0 and done != schedule.total_steps:
-            engine.save_checkpoint(out / "checkpoints" / f"step-{done}", {"step": done})
-            prune_checkpoints(out, cfg.train.keep_checkpoints)
+        if run.eval_due(done):
+            run.metrics({"eval/loss": evaluate(engine, val_examples, cfg.train.batch_size, tokenizer.pad_token_id)},
+                        done)
+        if run.save_due(done):
+            run.checkpoint(engine, done)
 
     # --- save -------------------------------------------------------------------------------
     final = {"eval/loss": evaluate(engine, val_examples, cfg.train.batch_size, tokenizer.pad_token_id)}
-    tracker.log(final, schedule.total_steps)
+    run.metrics(final, schedule.total_steps)
     with engine.gathered():
-        if main:
+        if run.main:
             save_model(engine.module, tokenizer, out / "model",
                        out / "merged" if cfg.lora.enabled and cfg.lora.save_merged else None)
-            log(f"[sft] saved {out / 'model'}; validation loss {final['eval/loss']:.4f}")
-    dist.barrier()
-    tracker.close()
+            run.log(f"saved {out / 'model'}; validation loss {final['eval/loss']:.4f}")
+    run.close()
     return out / "model"

@@ -415,31 +415,6 @@ def deepspeed_config(name: str | None, train: TrainConfig, bf16: bool, micro_bat
                           bf16_weights=bf16 and torch.cuda.is_available())
 
 
-def begin_run(cfg: Any, engine: Engine, resume_from: Path | None, tag: str,
-              others: dict[str, Engine] | None = None) -> tuple[dict[str, Any], Any]:
-    """Resume from a checkpoint (or clear an earlier run's), write config.yaml, open the tracker.
-
-    Returns the trainer state ({"step": 0} for a fresh run) and the metrics logger.
-    """
-    from alignment.config import save_config, to_dict
-    from alignment.tracking import MetricsLogger
-
-    out = Path(cfg.output_dir)
-    state: dict[str, Any] = {"step": 0}
-    if resume_from is not None:
-        state = engine.load_checkpoint(resume_from, others)
-        if dist.is_main():
-            print(f"[{tag}] resumed from {resume_from} at step {state['step']}")
-    else:
-        clear_checkpoints(out)
-    if dist.is_main():
-        save_config(cfg, out / "config.yaml")
-    run_name = cfg.tracking.run_name or "/".join(out.parts[-2:])
-    tracker = MetricsLogger(out, cfg.tracking.backends, cfg.tracking.project, run_name, to_dict(cfg),
-                            enabled=dist.is_main(), resume_step=state["step"])
-    return state, tracker
-
-
 def iterate_steps(start: int, total: int, desc: str) -> Iterator[int]:
     """Optimizer steps with a progress bar on rank 0."""
     from tqdm.auto import tqdm

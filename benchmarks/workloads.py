@@ -6,7 +6,8 @@ each one from the outside, then stops at once (no final evaluation or save), and
 per-step seconds and unit counts, the peak RSS of this process and the settings used.
 
 How the steps are timed without touching the code being measured:
-- ours: the phase module's ``train_step`` (PPO: ``rollout`` .. ``ppo_update``) is wrapped in this process;
+- ours: a step hook (:func:`alignment.run.step_hook`) sees each step begin and end (PPO: from ``rollout`` to the
+  end of ``ppo_update``);
 - TRL: a ``TrainerCallback`` records ``on_step_begin`` / ``on_step_end``, and a subclass counts the units in
   ``training_step`` (RLOO: in ``_generate_and_score_completions``, timing ``_generate`` and
   ``_calculate_rewards`` for the generation / scoring split).
@@ -20,7 +21,6 @@ import resource
 import sys
 import time
 import traceback
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -144,76 +144,40 @@ def ours_config(workload: str, checkpointing: bool | None = None) -> Any:
     return load_config(PHASES[phase].config, Path(SPEC["recipes"]) / f"{phase}.yaml", overrides)
 
 
-def _find(args: tuple, kwargs: dict, test: Callable[[Any], bool], what: str) -> Any:
-    for value in (*args, *kwargs.values()):
-        if test(value):
-            return value
-    raise RuntimeError(f"benchmark hook: no {what} among the arguments; did the phase's signature change?")
-
-
-def _is_batches(x: Any) -> bool:
-    return isinstance(x, list) and bool(x) and isinstance(x[0], dict) and "input_ids" in x[0]
-
-
-def _is_engine(x: Any) -> bool:
-    return hasattr(x, "bf16") and hasattr(x, "step") and hasattr(x, "module")
-
-
 def run_ours(workload: str, variant: str, clock: StepClock, result: dict[str, Any]) -> None:
-    import importlib
-
     from alignment.phases import PHASES
 
-    module = importlib.import_module(PHASES[phase_of(workload)].module)
     cfg = ours_config(workload, checkpointing=True if variant == "ours-ckpt" else None)
     result["gradient_checkpointing"] = cfg.train.gradient_checkpointing
 
-    if workload in ("sft", "rm", "dpo"):
-        original = getattr(module, "train_step", None)
-        if original is None:
-            raise RuntimeError(f"alignment.{workload}.train_step is gone: update benchmarks/workloads.py")
+    class Timer:
+        """Times each training step through the phases' step hook (PPO: rollout through its updates)."""
 
-        def timed_step(*args: Any, **kwargs: Any) -> Any:
-            batches = _find(args, kwargs, _is_batches, "list of micro-batches")
-            engine = _find(args, kwargs, _is_engine, "Engine")
-            result["precision"] = "bf16 autocast" if engine.bf16 else "fp32"
-            counts = [batch_counts(b) for b in batches]
-            keys = [batch_keys(b, workload) for b in batches]
-            if variant == "ours" and all(k is not None for k in keys) and not clock.done:
-                result.setdefault("batch_keys", []).append([k for ks in keys for k in ks])  # type: ignore[union-attr]
+        def begin(self, step: Any) -> None:
+            result["precision"] = "bf16 autocast" if step.engine.bf16 else "fp32"
+            counts = []
+            if step.batches is not None:
+                counts = [batch_counts(b) for b in step.batches]
+                keys = [batch_keys(b, workload) for b in step.batches]
+                if variant == "ours" and all(k is not None for k in keys) and not clock.done:
+                    result.setdefault("batch_keys", []).append([k for ks in keys for k in ks])
             clock.begin()
             for c in counts:
                 clock.add(items=units(workload, c), tokens=c["tokens"], tokens_sq=c["tokens_sq"],
                           targets=c["targets"])
-            out = original(*args, **kwargs)
+
+        def end(self, step: Any) -> None:
+            if step.rollout is not None:
+                batch = step.rollout
+                clock.add(items=batch.full.shape[0], tokens=float(batch.mask.sum()),
+                          generate=batch.timing.get("generate", 0.0), score=batch.timing.get("score", 0.0))
             clock.end()
-            return out
 
-        module.train_step = timed_step
-    else:
-        rollout, update = getattr(module, "rollout", None), getattr(module, "ppo_update", None)
-        if rollout is None or update is None:
-            raise RuntimeError("alignment.ppo.rollout / ppo_update are gone: update benchmarks/workloads.py")
-
-        def timed_rollout(*args: Any, **kwargs: Any) -> Any:
-            engine = _find(args, kwargs, _is_engine, "Engine")
-            result["precision"] = "bf16 autocast" if engine.bf16 else "fp32"
-            clock.begin()
-            batch = rollout(*args, **kwargs)
-            timing = batch.get("timing", {})
-            clock.add(items=batch["full"].shape[0], tokens=float(batch["mask"].sum()),
-                      generate=timing.get("generate", 0.0), score=timing.get("score", 0.0))
-            return batch
-
-        def timed_update(*args: Any, **kwargs: Any) -> Any:
-            out = update(*args, **kwargs)
-            clock.end()
-            return out
-
-        module.rollout, module.ppo_update = timed_rollout, timed_update
+    from alignment.run import step_hook
 
     try:
-        PHASES[phase_of(workload)].run(cfg)
+        with step_hook(Timer()):
+            PHASES[phase_of(workload)].run(cfg)
     except StepsDone:
         pass
     else:

@@ -240,11 +240,13 @@ def test_group_estimator_with_kl_in_the_loss_resumes_exactly(tmp_path, chatty_po
             assert resumed[row["step"]][key] == pytest.approx(row[key], rel=1e-4, abs=1e-6), (row["step"], key)
 
 
-def _samples(scores: list[float], tag: str) -> dict:
+def _samples(scores: list[float], tag: str):
+    from alignment.ppo import Samples
+
     n = len(scores)
-    return {"prompts": [[i] for i in range(n)], "responses": [[ord(tag), i] for i in range(n)],
-            "finished": torch.ones(n, dtype=torch.bool), "texts": [f"{tag}{i}" for i in range(n)],
-            "raw_scores": torch.tensor(scores), "scores": torch.tensor(scores), "rule_terms": None}
+    return Samples(prompts=[[i] for i in range(n)], responses=[[ord(tag), i] for i in range(n)],
+                   finished=torch.ones(n, dtype=torch.bool), texts=[f"{tag}{i}" for i in range(n)],
+                   raw_scores=torch.tensor(scores), scores=torch.tensor(scores), rule_terms=None)
 
 
 @pytest.mark.parametrize("max_rounds, texts, rounds", [
@@ -262,16 +264,16 @@ def test_dynamic_sampling_keeps_prompts_whose_answers_differ(prompts_file, max_r
     rounds_asked = []
     more = {1: _samples([1.0, 0.0, 5.0, 5.0], "b"), 2: _samples([0.0, 1.0, 1.0, 0.0], "c")}
 
-    def sample_more(r: int) -> dict:
+    def sample_more(r: int):
         rounds_asked.append(r)
         return more[r]
 
     batch, n = dynamic_sampling(_samples([0.5, 0.5, 0.0, 1.0], "a"), sample_more, cfg)
-    assert (batch["texts"], n) == (texts, rounds)
+    assert (batch.texts, n) == (texts, rounds)
     assert rounds_asked == list(range(1, rounds))
     by_text = {"a0": 0.5, "a1": 0.5, "a2": 0.0, "a3": 1.0, "b0": 1.0, "b1": 0.0}
-    assert batch["scores"].tolist() == [by_text[t] for t in texts]  # every field follows its answer
-    assert [r[0] for r in batch["responses"]] == [ord(t[0]) for t in texts]
+    assert batch.scores.tolist() == [by_text[t] for t in texts]  # every field follows its answer
+    assert [r[0] for r in batch.responses] == [ord(t[0]) for t in texts]
 
 
 @pytest.mark.parametrize("overrides, field", [

@@ -1,0 +1,146 @@
+"""What every training phase does around its loop, in one place.
+
+A :class:`Run` owns the parts that would otherwise be repeated in each phase and drift apart: log lines on
+rank 0 under the phase's tag, resuming from the newest checkpoint (or clearing an earlier run's),
+config.yaml and the metrics tracker, "is this step due" for logging, held-out evaluation and checkpoints,
+and saving a checkpoint with pruning of the old ones.
+
+Step hooks are how code outside the phases (the benchmark) sees each optimizer step without patching the
+phase's functions: ``with step_hook(hook): run_sft(cfg)`` calls ``hook.begin(step)`` before the step's
+work and ``hook.end(step)`` after it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+from alignment import distributed as dist
+from alignment.training import Engine, clear_checkpoints, find_resume_checkpoint, iterate_steps, prune_checkpoints
+
+
+@dataclasses.dataclass
+class Step:
+    """One optimizer step as a step hook sees it (PPO: one rollout batch and all its updates)."""
+
+    phase: str  # "sft", "rm", "dpo", "ppo"
+    number: int  # 1-based: the step that is being taken
+    engine: Engine  # the trained model's engine (PPO: the policy's)
+    batches: list[dict[str, Any]] | None = None  # this process's micro-batches (sft, rm, dpo)
+    rollout: Any = None  # PPO: the alignment.ppo.Rollout, set once it is generated and scored
+
+
+class StepHook(Protocol):
+    def begin(self, step: Step) -> None: ...
+
+    def end(self, step: Step) -> None: ...
+
+
+_HOOKS: list[StepHook] = []
+
+
+@contextlib.contextmanager
+def step_hook(hook: StepHook) -> Iterator[StepHook]:
+    """Call ``hook`` around every training step of the phases run inside this block."""
+    _HOOKS.append(hook)
+    try:
+        yield hook
+    finally:
+        _HOOKS.remove(hook)
+
+
+class Run:
+    """One phase's run: ``Run(cfg, "sft")`` right after the process group is up, ``start`` once the engine
+    exists, then ``steps`` / ``step`` / the ``*_due`` checks / ``checkpoint`` in the loop, ``close`` at the end.
+
+    ``resume_from`` replaces the checkpoint lookup for trainers with their own checkpoint layout (KTO's)."""
+
+    def __init__(self, cfg: Any, tag: str, *, resume_from: Path | None | str = "auto") -> None:
+        self.cfg = cfg
+        self.tag = tag
+        self.out = Path(cfg.output_dir)
+        self.main = dist.is_main()
+        self.resume_from: Path | None = (find_resume_checkpoint(self.out, cfg.train.resume)
+                                         if resume_from == "auto" else resume_from)  # type: ignore[assignment]
+        self.total_steps = 0
+        self.tracker: Any = None
+
+    def log(self, message: str) -> None:
+        """A line on rank 0, under the phase's tag."""
+        if self.main:
+            print(f"[{self.tag}] {message}")
+
+    # --- start and end -------------------------------------------------------------------------------
+    def start(self, engine: Engine | None, total_steps: int, others: dict[str, Engine] | None = None, *,
+              start_step: int | None = None) -> dict[str, Any]:
+        """Resume from ``resume_from`` (or clear an earlier run's checkpoints), write config.yaml, open the
+        tracker. Returns the trainer state saved with the checkpoint ({"step": 0} for a fresh run).
+
+        ``start_step`` instead of an engine: the trainer resumes itself (KTO); only the step is needed."""
+        from alignment.config import save_config, to_dict
+        from alignment.tracking import MetricsLogger
+
+        self.total_steps = total_steps
+        state: dict[str, Any] = {"step": 0}
+        if self.resume_from is not None:
+            if engine is not None:
+                state = engine.load_checkpoint(self.resume_from, others)
+            elif start_step is not None:
+                state = {"step": start_step}
+            self.log(f"resumed from {self.resume_from} at step {state['step']}")
+        else:
+            clear_checkpoints(self.out)
+        if self.main:
+            save_config(self.cfg, self.out / "config.yaml")
+        name = self.cfg.tracking.run_name or "/".join(self.out.parts[-2:])
+        self.tracker = MetricsLogger(self.out, self.cfg.tracking.backends, self.cfg.tracking.project, name,
+                                     to_dict(self.cfg), enabled=self.main, resume_step=state["step"])
+        return state
+
+    def close(self) -> None:
+        """Wait for every process (rank 0 may still be saving), then close the tracker."""
+        dist.barrier()
+        if self.tracker is not None:
+            self.tracker.close()
+
+    # --- the loop ------------------------------------------------------------------------------------
+    def steps(self, start: int) -> Iterator[int]:
+        """The 0-based steps from ``start``, with a progress bar on rank 0."""
+        return iterate_steps(start, self.total_steps, self.tag)
+
+    @contextlib.contextmanager
+    def step(self, number: int, engine: Engine, batches: list[dict[str, Any]] | None = None) -> Iterator[Step]:
+        """Around one step's work, for the step hooks; ``number`` is 1-based."""
+        step = Step(self.tag, number, engine, batches)
+        for hook in _HOOKS:
+            hook.begin(step)
+        yield step
+        for hook in _HOOKS:
+            hook.end(step)
+
+    def metrics(self, values: dict[str, float], step: int) -> None:
+        self.tracker.log(values, step)
+
+    def log_due(self, done: int) -> bool:
+        return done % self.cfg.train.log_every == 0 or done == self.total_steps
+
+    def eval_due(self, done: int) -> bool:
+        """Held-out evaluation inside the loop; the final one is the phase's own, after it."""
+        return self._due(done, self.cfg.train.eval_every)
+
+    def save_due(self, done: int) -> bool:
+        """A checkpoint inside the loop; the finished model is saved after it."""
+        return self._due(done, self.cfg.train.save_every)
+
+    def _due(self, done: int, every: int) -> bool:
+        return bool(every) and done % every == 0 and done != self.total_steps
+
+    def checkpoint(self, engine: Engine, done: int, state: dict[str, Any] | None = None,
+                   others: dict[str, Engine] | None = None) -> None:
+        """``checkpoints/step-N`` (the trainer state: the step and ``state``), then keep only the newest."""
+        engine.save_checkpoint(self.out / "checkpoints" / f"step-{done}", {"step": done, **(state or {})},
+                               others)
+        prune_checkpoints(self.out, self.cfg.train.keep_checkpoints)
