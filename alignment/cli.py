@@ -121,31 +121,13 @@ def _launch_argv(args: argparse.Namespace, overrides: list[str]) -> list[str]:
 
 
 def _preflight(command: str, cfg: object) -> None:
-    from alignment.data import load_dataset_file
     from alignment.data.io import one_read_per_file
     from alignment.modeling import resolve_model
-    from alignment.phases import use_kto
+    from alignment.phases import PHASES
 
     resolve_model(cfg.model)
     with one_read_per_file():
-        if command == "ppo":
-            resolve_model(cfg.reward_model)
-            from alignment.data.prompts import load_prompt_file
-
-            load_prompt_file(cfg.data.train)
-        elif command == "sft":
-            load_dataset_file(cfg.data.train, "sft")
-            if cfg.data.validation:
-                load_dataset_file(cfg.data.validation, "sft")
-        elif command == "dpo" and use_kto(cfg):
-            for path in filter(None, (cfg.data.train, cfg.data.validation)):
-                load_dataset_file(path, "unpaired")  # what KTO reads (pairs need not exist)
-        else:
-            from alignment.data.preferences import load_preference_examples
-
-            for path in filter(None, (cfg.data.train, cfg.data.validation)):
-                load_preference_examples(path, kind=None if cfg.data.kind == "auto" else cfg.data.kind,
-                                         pair_policy=cfg.data.pair_policy)
+        PHASES[command].check_data(cfg)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,11 +23,14 @@ class Phase:
     config: type
     """The recipe's config dataclass (a recipe says ``phase: <kind>``)."""
     module: str
-    """The module that trains it (the benchmark times its ``train_step``)."""
+    """The module that trains it."""
     run: Callable[[Any], Path]
     """Train in this process from a loaded config; returns the model folder."""
     help: str
     """One line for `align --help`."""
+    check_data: Callable[[Any], None]
+    """Read and validate the recipe's data files as the phase will (an AlignError naming file, line and
+    field), without loading a model: `align` runs it before launching processes."""
 
 
 def use_kto(cfg: DPOConfig) -> bool:
@@ -79,9 +82,46 @@ def _run_ppo(cfg: PPOConfig) -> Path:
     return run_ppo(cfg)
 
 
+def _check_sft(cfg: SFTConfig) -> None:
+    from alignment.data import load_dataset_file
+
+    for path in filter(None, (cfg.data.train, cfg.data.validation)):
+        load_dataset_file(path, "sft")
+
+
+def _check_pairs(cfg: RMConfig | DPOConfig) -> None:
+    from alignment.data.preferences import load_preference_examples
+
+    for path in filter(None, (cfg.data.train, cfg.data.validation)):
+        load_preference_examples(path, kind=None if cfg.data.kind == "auto" else cfg.data.kind,
+                                 pair_policy=cfg.data.pair_policy)
+
+
+def _check_dpo(cfg: DPOConfig) -> None:
+    if not use_kto(cfg):
+        _check_pairs(cfg)
+        return
+    from alignment.data import load_dataset_file
+
+    for path in filter(None, (cfg.data.train, cfg.data.validation)):
+        load_dataset_file(path, "unpaired")  # what KTO reads (pairs need not exist)
+
+
+def _check_ppo(cfg: PPOConfig) -> None:
+    from alignment.data.prompts import load_prompt_file
+    from alignment.modeling import resolve_model
+
+    if cfg.reward_model:  # none: the rules are the whole reward
+        resolve_model(cfg.reward_model)
+    load_prompt_file(cfg.data.train)
+
+
 PHASES: dict[str, Phase] = {
-    "sft": Phase(SFTConfig, "alignment.sft", _run_sft, "supervised fine-tuning"),
-    "rm": Phase(RMConfig, "alignment.rm", _run_rm, "reward modeling (Bradley-Terry) with held-out diagnostics"),
-    "dpo": Phase(DPOConfig, "alignment.dpo", _run_dpo, "direct preference optimisation (DPO, IPO, SimPO)"),
-    "ppo": Phase(PPOConfig, "alignment.ppo", _run_ppo, "PPO against a reward model with a KL leash to the reference"),
+    "sft": Phase(SFTConfig, "alignment.sft", _run_sft, "supervised fine-tuning", _check_sft),
+    "rm": Phase(RMConfig, "alignment.rm", _run_rm, "reward modeling (Bradley-Terry) with held-out diagnostics",
+                _check_pairs),
+    "dpo": Phase(DPOConfig, "alignment.dpo", _run_dpo, "direct preference optimisation (DPO, IPO, SimPO)",
+                 _check_dpo),
+    "ppo": Phase(PPOConfig, "alignment.ppo", _run_ppo, "PPO against a reward model with a KL leash to the reference",
+                 _check_ppo),
 }

@@ -175,6 +175,26 @@ def test_rule_reward_alone_teaches_a_rule(tmp_path, chatty_policy, prompts_file)
         assert r["objective/rewards"] == pytest.approx(r["objective/rule_reward"], abs=1e-5)
 
 
+def test_align_ppo_runs_with_the_rules_as_the_whole_reward(tmp_path, tiny_model_dir, prompts_file):
+    """`align ppo` checks the recipe's files before training; with no reward model there is none to check."""
+    import json
+
+    from alignment.cli import main
+
+    rules = tmp_path / "policies.yaml"
+    rules.write_text("policies:\n  - name: says_yes\n    description: The answer says yes.\n"
+                     "    must_match: ['yes']\n")
+    recipe = tmp_path / "ppo.yaml"
+    recipe.write_text(json.dumps({"phase": "ppo", "model": str(tiny_model_dir), "output_dir": str(tmp_path / "out"),
+                                  "data": {"train": str(prompts_file)}, "policies": str(rules),
+                                  "rule_reward_weight": 1.0, "advantage": "rloo", "num_generations": 2,
+                                  "generation": {"max_new_tokens": 4},
+                                  "train": {"batch_size": 2, "max_steps": 1, "bf16": "false", "save_every": 0},
+                                  "tracking": {"backends": ["none"]}}))
+    assert main(["ppo", "--config", str(recipe)]) == 0
+    assert "adherence/says_yes" in read_metrics(tmp_path / "out" / "metrics.jsonl")[0]
+
+
 def test_rule_reward_needs_its_rules(prompts_file, tmp_path):
     from alignment.errors import AlignError
 
