@@ -491,8 +491,8 @@ def how_measured(settings: Mapping[str, Any], dims: ModelDims | None) -> list[st
         f"- Timing excludes model loading, data preparation and the first {settings.get('warmup', 1)} (warm-up) "
         f"optimizer step(s); the next {settings.get('steps')} steps are timed with `time.perf_counter()`. TRL: a "
         "`TrainerCallback` at `on_step_begin` / `on_step_end` (the data loader's collation happens before "
-        "`on_step_begin`, logging and saving after `on_step_end`). Ours: the same region, by wrapping the phase's "
-        "`train_step` from the outside in the child process (collation before it, logging after it); for PPO from "
+        "`on_step_begin`, logging and saving after `on_step_end`). Ours: the same region, through the phases' step "
+        "hook (`alignment.run.step_hook`) in the child process (collation before it, logging after it); for PPO from "
         "the start of `rollout` to the end of `ppo_update`. The run is stopped right after the last timed step "
         "(no final evaluation or save is timed or run).",
         "- \"ours + grad. ckpt\" is ours with one recipe line changed, `train.gradient_checkpointing: true` "
