@@ -44,7 +44,7 @@ endif
 	touch $@
 
 model: setup
-	$(PY) -m alignment.models install
+	$(PY) -m alignment.default_model install
 
 quickstart: model
 	$(VENV)/bin/align quickstart

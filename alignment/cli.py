@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return run(args)
         if args.command == "model":
-            from alignment.models import ensure_default_model
+            from alignment.default_model import ensure_default_model
 
             print(ensure_default_model(force=args.force))
             return 0

@@ -26,12 +26,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from alignment.data.chat import IGNORE_INDEX
+
 
 # --------------------------------------------------------------------------------------------------
 # Sequence log-probabilities
 # --------------------------------------------------------------------------------------------------
 def sequence_logps(
-    logits: Tensor, labels: Tensor, ignore_index: int = -100, temperature: float = 1.0
+    logits: Tensor, labels: Tensor, ignore_index: int = IGNORE_INDEX, temperature: float = 1.0
 ) -> tuple[Tensor, Tensor]:
     """Summed log-probability of each sequence's labelled tokens, and how many tokens were labelled.
 

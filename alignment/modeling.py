@@ -24,7 +24,7 @@ def resolve_model(name_or_path: str | Path) -> Path:
     for candidate in (path / "model", path):
         if (candidate / "config.json").exists() or (candidate / "adapter_config.json").exists():
             return candidate
-    from alignment.models import resolve_model_path
+    from alignment.default_model import resolve_model_path
 
     return Path(resolve_model_path(str(name_or_path)))
 

@@ -74,7 +74,9 @@ def batch_counts(batch: dict[str, Any]) -> dict[str, float]:
     token is a training target (where the LM head runs: ours and TRL both skip the others) and rows."""
     ids = batch["input_ids"]
     if batch.get("labels") is not None:
-        targets = float((batch["labels"][:, 1:] != -100).sum())
+        from alignment.data.chat import IGNORE_INDEX
+
+        targets = float((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
     elif batch.get("completion_mask") is not None:  # TRL DPO: labels are built from the completion mask
         targets = float(batch["completion_mask"][:, 1:].sum())
     else:

@@ -29,7 +29,7 @@ def tiny_model(out: Path) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from alignment.models import ensure_default_model
+    from alignment.default_model import ensure_default_model
 
     if (out / "config.json").exists():
         return out

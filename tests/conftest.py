@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def real_model_dir() -> Path:
-    from alignment.models import ensure_default_model
+    from alignment.default_model import ensure_default_model
 
     return ensure_default_model()
 

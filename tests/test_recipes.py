@@ -15,7 +15,7 @@ import yaml
 from alignment.cli import build_parser
 from alignment.config import load_config
 from alignment.evaluation.policies import load_policies
-from alignment.models import DEFAULT_MODEL_ALIAS
+from alignment.default_model import DEFAULT_MODEL_ALIAS
 from alignment.phases import PHASES
 from alignment.pipeline import load_pipeline
 

@@ -7,7 +7,7 @@ So we convert it once: load and dequantize to float32, drop the quantization con
 safetensors directory in the user cache, and from then on every phase loads that directory like any other
 Hugging Face model. Nothing here downloads from a hub.
 
-    python -m alignment.models install [--force]      # convert now and print the directory
+    python -m alignment.default_model install [--force]      # convert now and print the directory
 """
 
 from __future__ import annotations
@@ -249,9 +249,9 @@ def resolve_model_path(
 
 
 def install_main(argv: list[str] | None = None) -> int:
-    """`python -m alignment.models install [--force]`: convert the default model and print its path."""
+    """`python -m alignment.default_model install [--force]`: convert the default model and print its path."""
     parser = argparse.ArgumentParser(
-        prog="python -m alignment.models", description="Set up the embedded default model."
+        prog="python -m alignment.default_model", description="Set up the embedded default model."
     )
     commands = parser.add_subparsers(dest="command", required=True)
     install = commands.add_parser("install", help=f"convert '{DEFAULT_MODEL_ALIAS}' into the user cache")
