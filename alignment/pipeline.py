@@ -369,7 +369,7 @@ def head_to_head_lines(cfg: Any) -> list[str]:
         return []
     # The feedback app's store and statistics, imported here: only a recipe that names a store needs them.
     from alignment.errors import AlignError
-    from alignment.evaluation.policies import load_policies
+    from alignment.evaluation.rules import load_rules
     from feedback_app.headtohead import format_summary, project_summary
     from feedback_app.store import Store, StoreError, is_store
 
@@ -383,7 +383,7 @@ def head_to_head_lines(cfg: Any) -> list[str]:
             if project is None:
                 return [f"head-to-head: the store has no project '{project_name}'"]
             policies_file = cfg.evaluation.policies
-            policies = load_policies(policies_file) if policies_file else None
+            policies = load_rules(policies_file) if policies_file else None
             summary = project_summary(store, project, policies=policies, policies_name=Path(policies_file).name
                                       if policies_file else "")
         finally:
@@ -476,10 +476,10 @@ def _run_eval_phase(cfg: PipelineConfig, phase_dir: Path, models: dict[str, str]
     generating them again.
     """
     from alignment.evaluation.adherence import LEGEND, format_table, load_prompts
-    from alignment.evaluation.policies import load_policies
+    from alignment.evaluation.rules import load_rules
     from alignment.evaluation.run import evaluate, pooled_length_line
 
-    policies = load_policies(cfg.evaluation.policies)
+    policies = load_rules(cfg.evaluation.policies)
     prompts = load_prompts(cfg.evaluation.prompts)
     if reward_model:  # before any generation: a wrong path costs seconds, not a generation run
         _check_reward_model(reward_model)

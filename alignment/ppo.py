@@ -73,7 +73,7 @@ from alignment.training import (
 )
 
 if TYPE_CHECKING:
-    from alignment.evaluation.policies import Policy
+    from alignment.evaluation.rules import DomainRule
 
 
 # --------------------------------------------------------------------------------------------------
@@ -184,7 +184,7 @@ class Rollout:
 
 @torch.no_grad()
 def sample_answers(policy: Engine, reward: RewardFn, prompts: list[list[int]], cfg: PPOConfig, tokenizer: Any,
-                   stop_ids: list[int], stats: dict[str, float] | None, rules: Sequence[Policy] | None,
+                   stop_ids: list[int], stats: dict[str, float] | None, rules: Sequence[DomainRule] | None,
                    timing: dict[str, float]) -> Samples:
     """Generate one answer per prompt row and score it; adds to ``timing`` (generate, score)."""
     device = dist.device()
@@ -216,7 +216,7 @@ def sample_answers(policy: Engine, reward: RewardFn, prompts: list[list[int]], c
         scores = scores.clamp(-cfg.reward_clip, cfg.reward_clip)
     rule_terms = None
     if rules and cfg.rule_reward_weight > 0:
-        from alignment.evaluation.policies import check_answer
+        from alignment.evaluation.rules import check_answer
 
         passed = [list(check_answer(t, rules).values()) for t in texts]
         weights = [cfg.rule_weights.get(rule.name, 1.0) for rule in rules]
@@ -260,7 +260,7 @@ def dynamic_sampling(first: Samples, sample_more: Callable[[int], Samples], cfg:
 def rollout(policy: Engine, critic: Engine | None, reference: Any, reward: RewardFn,
             critic_scores: LastTokenScores | None, prompts: list[list[int]], cfg: PPOConfig, tokenizer: Any,
             stop_ids: list[int], stats: dict[str, float] | None, kl_coef: float,
-            rules: Sequence[Policy] | None = None,
+            rules: Sequence[DomainRule] | None = None,
             more_prompts: Callable[[int], list[list[int]]] | None = None) -> Rollout:
     """Generate, score and evaluate one batch of prompts; everything the PPO update needs.
 
@@ -459,9 +459,9 @@ def run_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> Path:
     # the rules first: a misnamed rule weight is refused before any model loads or any file is written
     policies = None
     if cfg.policies:
-        from alignment.evaluation.policies import load_policies
+        from alignment.evaluation.rules import load_rules
 
-        policies = load_policies(cfg.policies)
+        policies = load_rules(cfg.policies)
         unknown = sorted(set(cfg.rule_weights) - {p.name for p in policies})
         if unknown:
             from alignment.errors import AlignError
@@ -558,7 +558,7 @@ def run_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> Path:
         kl_ctl.update(batch.metrics["objective/kl"], answers * dist.world_size())
         elapsed = time.perf_counter() - started
         if policies:
-            from alignment.evaluation.policies import adherence
+            from alignment.evaluation.rules import adherence
 
             batch.metrics.update({f"adherence/{k}": v for k, v in adherence(batch.texts, policies).items()})
         keys = list(batch.metrics) + list(metrics)

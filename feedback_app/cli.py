@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         if args.command == "app" and args.app_command is None:
-            from feedback_app.app import serve
+            from feedback_app.server import serve
 
             if not args.max_upload_mb > 0:
                 raise StoreError(f"--max-upload-mb must be above 0 (got {args.max_upload_mb})")
@@ -254,9 +254,9 @@ def _h2h_report(args: argparse.Namespace) -> int:
         raise StoreError(f"--samples must be at least 1, not {args.samples}")
     policies = None
     if args.policies:
-        from alignment.evaluation.policies import load_policies
+        from alignment.evaluation.rules import load_rules
 
-        policies = load_policies(args.policies)
+        policies = load_rules(args.policies)
     store, project = _open_project(args)
     summary = project_summary(store, project, policies=policies, policies_name=args.policies or "",
                               samples=args.samples, seed=args.seed)

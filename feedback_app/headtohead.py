@@ -20,7 +20,7 @@ current judgment (latest revision) of an item is one **vote** for the challenger
 - **decisive** win rate = wins / (wins + losses), with the **Wilson** 95% interval. It treats votes as
   independent: a quick check beside the bootstrap, narrower than it whenever annotators agree.
 - per-annotator counts.
-- **automatic judges**, per prompt: the **rules** (a policies file, :mod:`alignment.evaluation.policies`) prefer
+- **automatic judges**, per prompt: the **rules** (a policies file, :mod:`alignment.evaluation.rules`) prefer
   the answer that follows more rules; the **reward model** (the scores ``align feedback score`` stored) prefers
   the higher score; equal is a tie. Each has its own win rate over the prompts it could judge ((wins + 1/2
   ties) / prompts), and its **agreement** with the experts: of the decisive expert votes (win or loss) on those
@@ -289,9 +289,9 @@ def judge_result(name: str, measures: Mapping[int, tuple[float, float]], votes: 
 
 
 def rules_followed(answers: Mapping[int, tuple[str, str]], policies: Sequence[Any]) -> dict[int, tuple[float, float]]:
-    """Per item, how many of ``policies`` (:class:`alignment.evaluation.policies.Policy`) the baseline's and the
+    """Per item, how many of ``policies`` (:class:`alignment.evaluation.rules.DomainRule`) the baseline's and the
     challenger's answers follow: the rules judge's measure (:func:`judge_result`)."""
-    from alignment.evaluation.policies import check_answer
+    from alignment.evaluation.rules import check_answer
 
     return {item_id: (float(sum(check_answer(b, policies).values())), float(sum(check_answer(c, policies).values())))
             for item_id, (b, c) in answers.items()}

@@ -17,7 +17,7 @@ In order, for each HTTP request:
    such path is one this user uploaded to this server, so no server file can be made to enter Gradio's
    cache. File downloads are served only from the server's private upload folder.
 
-Handlers still check the user and role themselves (``require`` in :mod:`feedback_app.app`): this layer
+Handlers still check the user and role themselves (``require`` in :mod:`feedback_app.annotate`): this layer
 decides which requests reach Gradio at all, the handlers decide what a user may do.
 """
 

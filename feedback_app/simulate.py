@@ -13,7 +13,7 @@ exactly the HTML shown (true for plain answers and most Markdown; a corrected an
 
 The oracle (:func:`judge`) is a pure function of the answers, the rules and a per-annotator seed:
 
-- score = number of rules (``policies.yaml``) an answer follows (:func:`~alignment.evaluation.policies.check_answer`);
+- score = number of rules (``policies.yaml``) an answer follows (:func:`~alignment.evaluation.rules.check_answer`);
 - answers with equal scores are ordered by a deterministic per-annotator draw (:func:`tie_key`), or, with a
   bias's probability, by the bias (``longer``, ``shorter``, ``first``: the answer shown first);
 - noise: with probability ``noise`` two adjacent answers of the ranking are swapped;
@@ -43,7 +43,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from alignment.evaluation.policies import Policy, check_answer
+from alignment.evaluation.rules import DomainRule, check_answer
 from feedback_app.auth import COOKIE
 from feedback_app.render import render_markdown
 from feedback_app.store import MAX_TEXT, prompt_hash
@@ -51,7 +51,7 @@ from feedback_app.store import MAX_TEXT, prompt_hash
 if TYPE_CHECKING:
     import httpx
 
-LETTERS = "ABCDEFGH"  # the page's response letters (feedback_app.app.LETTERS, which would import gradio)
+LETTERS = "ABCDEFGH"  # the page's response letters (feedback_app.annotate.LETTERS, which would import gradio)
 
 # Bias name -> the sort key it puts on answers tied on rules: (display position, text) -> key, lower first.
 BIASES: dict[str, Callable[[int, str], Any]] = {
@@ -101,7 +101,7 @@ class Decision:
     unacceptable: bool = False  # "All unacceptable" ticked (a head-to-head "both bad")
 
 
-def rule_scores(texts: Sequence[str], policies: Sequence[Policy]) -> list[int]:
+def rule_scores(texts: Sequence[str], policies: Sequence[DomainRule]) -> list[int]:
     """How many rules each answer follows."""
     return [sum(check_answer(t, policies).values()) for t in texts]
 
@@ -230,7 +230,7 @@ def fixed_text(pattern: str) -> tuple[str, str] | None:
     return literal, "start" if start else "end" if end else "anywhere"
 
 
-def repair(text: str, policies: Sequence[Policy]) -> str | None:
+def repair(text: str, policies: Sequence[DomainRule]) -> str | None:
     """``text`` made to follow every rule by inserting required fixed strings as paragraphs of their own, or
     None when that is not possible: a forbidden pattern is found, a required pattern is no fixed string, or
     the result still breaks a rule. The final check is the policies themselves, so a repair is never
@@ -264,7 +264,7 @@ def repair(text: str, policies: Sequence[Policy]) -> str | None:
     return None
 
 
-def judge(texts: Sequence[str], policies: Sequence[Policy], expert: Expert, item_key: str, *,
+def judge(texts: Sequence[str], policies: Sequence[DomainRule], expert: Expert, item_key: str, *,
           tag_choices: Sequence[str] = (), exact: Sequence[bool] | None = None,
           head_to_head: bool = False) -> Decision:
     """The expert's judgment of the answers ``texts`` (display order) of the item ``item_key``.
@@ -295,7 +295,7 @@ def judge(texts: Sequence[str], policies: Sequence[Policy], expert: Expert, item
                     tuple(used))
 
 
-def judge_head_to_head(texts: Sequence[str], policies: Sequence[Policy], expert: Expert, item_key: str, *,
+def judge_head_to_head(texts: Sequence[str], policies: Sequence[DomainRule], expert: Expert, item_key: str, *,
                        tag_choices: Sequence[str] = ()) -> Decision:
     """The expert's vote on a head-to-head item (two answers, display order): the answer that follows more
     rules is better, and with probability ``expert.noise`` the other one is picked instead; equal counts are a
@@ -683,7 +683,7 @@ class SimulatedAnnotator:
 
     MAX_FAILURES = 3  # consecutive transport failures before giving up
 
-    def __init__(self, url: str, expert: Expert, password: str, policies: Sequence[Policy], result: RunResult, *,
+    def __init__(self, url: str, expert: Expert, password: str, policies: Sequence[DomainRule], result: RunResult, *,
                  project: str | None = None, max_items: int | None = None, timeout: float = 120.0,
                  head_to_head: bool = False) -> None:
         self.expert = expert
@@ -811,7 +811,7 @@ def make_experts(names: Sequence[str], *, seed: int = 0, noise: float = 0.0,
     return out
 
 
-def simulate(url: str, accounts: Sequence[tuple[str, str]], policies: Sequence[Policy], *, seed: int = 0,
+def simulate(url: str, accounts: Sequence[tuple[str, str]], policies: Sequence[DomainRule], *, seed: int = 0,
              noise: float = 0.0, biases: Sequence[tuple[str | None, str, float]] = (), project: str | None = None,
              max_items: int | None = None, threads: int = 0, timeout: float = 120.0,
              head_to_head: bool = False) -> RunResult:

@@ -46,7 +46,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from feedback_app.app import LETTERS, render_prompt, render_response  # noqa: E402
+from feedback_app.annotate import LETTERS  # noqa: E402
+from feedback_app.render import render_prompt, render_response  # noqa: E402
 from feedback_app.simulate import Api, app_login, queue_call  # noqa: E402
 from feedback_app.store import Project, Store, display_order, judgments, users  # noqa: E402
 

@@ -38,7 +38,7 @@ for path in (REPO, REPO / "scripts"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from alignment.evaluation.policies import check_answer, load_policies  # noqa: E402
+from alignment.evaluation.rules import check_answer, load_rules  # noqa: E402
 from feedback_app.candidates import GenerationSettings, generate_candidates, load_prompts  # noqa: E402
 from feedback_app.headtohead import create_from_models, format_summary, project_summary, sides  # noqa: E402
 from feedback_app.simulate import simulate  # noqa: E402
@@ -162,7 +162,7 @@ def run(s: Settings) -> Result:
     logs.mkdir(exist_ok=True)
     res = Result()
     policies_file = QUICKSTART / "policies.yaml"
-    policies = load_policies(policies_file)
+    policies = load_rules(policies_file)
     sft, rm, dpo = w / "round1-sft", w / "round2-rm", w / "round2-dpo"
     db = w / "feedback.db"
     store = Store(db)

@@ -28,7 +28,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from alignment.errors import AlignError  # noqa: E402
-from alignment.evaluation.policies import load_policies  # noqa: E402
+from alignment.evaluation.rules import load_rules  # noqa: E402
 from feedback_app.simulate import BIASES, make_experts, parse_bias, simulate, write_submissions  # noqa: E402
 
 
@@ -110,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("--threads must be 0 or more")
     try:
         biases = [parse_bias(b) for b in args.bias]
-        policies = load_policies(args.policies)
+        policies = load_rules(args.policies)
         accounts = accounts_from_args(args)
         make_experts([n for n, _ in accounts], seed=args.seed, noise=args.noise, biases=biases)  # validate early
     except (ValueError, AlignError) as e:

@@ -177,8 +177,8 @@ def test_unauthenticated_requests_are_refused(tmp_path: Path) -> None:
     from fastapi.testclient import TestClient
 
     from feedback_app import auth
-    from feedback_app.app import create_app
     from feedback_app.security import PUBLIC
+    from feedback_app.server import create_app
     from feedback_app.store import Store
 
     db = tmp_path / "feedback.db"

@@ -459,7 +459,7 @@ def test_no_cors_for_foreign_origins_whatever_the_host(tmp_path: Path) -> None:
     """Served on 0.0.0.0, Gradio's own CORS layer would echo any Origin with credentials: ours answers first."""
     from fastapi.testclient import TestClient
 
-    from feedback_app.app import create_app
+    from feedback_app.server import create_app
 
     store = Store(tmp_path / "fb.db")
     store.ensure_project("default")

@@ -303,7 +303,8 @@ def test_concurrent_opens_upgrade_an_old_store_once(store):
 def test_release_and_expiry_from_the_app_are_for_admins_only(tmp_path, clock):
     from fastapi.testclient import TestClient
 
-    from feedback_app.app import annotator_rows, create_app
+    from feedback_app.dashboard import annotator_rows
+    from feedback_app.server import create_app
 
     store = Store(tmp_path / "feedback.db", clock=clock)
     p = store.update_project(_fill(store, 4).id, overlap=1, assign_batch=2, claim_ttl_minutes=60)

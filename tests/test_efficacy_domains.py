@@ -15,7 +15,7 @@ import pytest
 from alignment.cli import main as align_main
 from alignment.data import load_dataset_file
 from alignment.evaluation.adherence import load_prompts
-from alignment.evaluation.policies import check_answer, load_policies
+from alignment.evaluation.rules import check_answer, load_rules
 from benchmarks.efficacy.domains import DOMAINS, check_content, parse_domains, write_domain
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,7 +65,7 @@ def test_sizes_and_rule_kinds_vary(out: Path):
         n_held = len(rows(out / name / "heldout_prompts.jsonl"))
         assert 100 <= n_sft <= 200 and 150 <= n_pref <= 400 and 40 <= n_held <= 60, (name, n_sft, n_pref, n_held)
         assert len(rows(out / name / "ppo_prompts.jsonl")) == n_pref
-        policies = load_policies(out / name / "policies.yaml")
+        policies = load_rules(out / name / "policies.yaml")
         assert 2 <= len(policies) <= 4
         sizes.append((n_sft, n_pref, n_held))
         kinds.append(frozenset(r.kind for r in DOMAINS[name].rules))
@@ -76,7 +76,7 @@ def test_sizes_and_rule_kinds_vary(out: Path):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_chosen_follows_every_rule_and_rejected_breaks_what_it_says(out: Path, name: str):
-    policies = load_policies(out / name / "policies.yaml")
+    policies = load_rules(out / name / "policies.yaml")
     broken_alone = set()
     plain = 0
     for row in rows(out / name / "prefs.jsonl"):
@@ -95,7 +95,7 @@ def test_chosen_follows_every_rule_and_rejected_breaks_what_it_says(out: Path, n
 
 @pytest.mark.parametrize("name", NAMES)
 def test_sft_answers_follow_no_rule(out: Path, name: str):
-    policies = load_policies(out / name / "policies.yaml")
+    policies = load_rules(out / name / "policies.yaml")
     for row in rows(out / name / "sft.jsonl"):
         verdicts = check_answer(answer(row["messages"]), policies)
         assert not any(verdicts.values()), (user(row["messages"]), verdicts)

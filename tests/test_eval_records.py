@@ -179,10 +179,10 @@ def test_the_cache_checks_cached_answers_against_todays_rules(tmp_path, tiny_mod
     re-checks the cached answers without generating, an edited prompts file generates again."""
     from alignment.evaluation import run
     from alignment.evaluation.adherence import load_prompts
-    from alignment.evaluation.policies import load_policies
+    from alignment.evaluation.rules import load_rules
 
     prompts_file = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": p} for p in PROMPTS])
-    rules = load_policies(POLICIES)
+    rules = load_rules(POLICIES)
     models = {"base": str(tiny_model_dir)}
     first = run.evaluate(models, load_prompts(prompts_file), rules, baseline="base", max_new_tokens=4,
                          batch_size=2, cache_dir=tmp_path / "cache")

@@ -532,7 +532,8 @@ def test_admin_export_aggregates_across_annotators(tmp_path):
       item 1: all three A>B                -> A1>B1 3-0: one row, 2 merged
       item 2: ann1 A>B, ann2 B>A, ann3 tie -> 1-1 (a tie is no vote): both rows dropped as tied
     majority: 8 annotator rows (3 + 3 + 2) -> 2 kept, 3 merged, 1 contradicted, 2 tied."""
-    from feedback_app.app import Denied, build_blocks
+    from feedback_app.annotate import Denied
+    from feedback_app.server import build_blocks
 
     spec = votes_store(tmp_path / "feedback.db", {0: {"ann1": ">", "ann2": ">", "ann3": "<"},
                                                   1: {"ann1": ">", "ann2": ">", "ann3": ">"},

@@ -269,7 +269,7 @@ def _judge_all(store: Store) -> tuple[object, list[int]]:
 
 
 def test_the_dashboard_shows_gold_accuracy_per_annotator(tmp_path):
-    from feedback_app.app import annotator_table, dashboard_values
+    from feedback_app.dashboard import annotator_table, dashboard_values
 
     store = Store(tmp_path / "feedback.db")
     p, _ = _judge_all(store)
@@ -288,7 +288,7 @@ def test_the_dashboard_shows_gold_accuracy_per_annotator(tmp_path):
 def test_gold_is_for_admins_only_and_invisible_on_the_annotate_page(tmp_path):
     from fastapi.testclient import TestClient
 
-    from feedback_app.app import create_app
+    from feedback_app.server import create_app
 
     store = Store(tmp_path / "feedback.db")
     p = store.update_project(_fill(store, 2).id, overlap=1, assign_batch=1)

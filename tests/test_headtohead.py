@@ -183,7 +183,8 @@ def test_a_head_to_head_judgment_takes_no_correction_or_negative(store):
 def test_the_dashboard_report_is_for_admins_and_head_to_head_projects(tmp_path):
     from types import SimpleNamespace
 
-    from feedback_app.app import Denied, build_blocks
+    from feedback_app.annotate import Denied
+    from feedback_app.server import build_blocks
 
     store = Store(tmp_path / "feedback.db")
     try:
@@ -325,13 +326,13 @@ def test_judge_results_by_hand(tmp_path):
     assert (j.comparable, j.agreed, j.judge_ties, j.agreement) == (4, 2, 1, 0.5)
     assert j.means == (pytest.approx(4 / 3), pytest.approx(4 / 3))
     # The rules: the answer following more of them wins.
-    from alignment.evaluation.policies import load_policies
+    from alignment.evaluation.rules import load_rules
 
     path = tmp_path / "rules.yaml"
     path.write_text("policies:\n"
                     "  - name: thanks\n    must_match: ['Thanks']\n"
                     "  - name: no_promise\n    must_not_match: ['guarantee']\n", encoding="utf-8")
-    policies = load_policies(path)
+    policies = load_rules(path)
     answers = {1: ("We guarantee it.", "Thanks for asking."), 2: ("Thanks.", "Thanks, guaranteed!"),
                3: ("Thanks, I guarantee it.", "Sure.")}
     followed = rules_followed(answers, policies)
@@ -348,9 +349,9 @@ def test_project_summary_with_both_judges(store, tmp_path):
     _judge_everything(store, v, p, lambda q: {"q0": "baseline", "q1": "tie"}.get(q, "challenger"))
     path = tmp_path / "rules.yaml"
     path.write_text("policies:\n  - name: thanks\n    must_match: ['Thanks']\n", encoding="utf-8")
-    from alignment.evaluation.policies import load_policies
+    from alignment.evaluation.rules import load_rules
 
-    summary = project_summary(store, p, policies=load_policies(path), policies_name="rules.yaml")
+    summary = project_summary(store, p, policies=load_rules(path), policies_name="rules.yaml")
     assert summary.counts == Counts(wins=6, losses=1, ties=1) and summary.win_rate == pytest.approx(6.5 / 8)
     assert [j.name for j in summary.judges] == ["rules"] and summary.notes[0].startswith("no reward-model scores")
     rules = summary.judges[0]
@@ -361,7 +362,7 @@ def test_project_summary_with_both_judges(store, tmp_path):
         base, chal = sides(item, p)
         scores[base.id], scores[chal.id] = (1.0, 0.0) if item.prompt[0]["content"] == "q0" else (0.0, 1.0)
     store.replace_scores(p.id, scores, reward_model="/models/rm", weights_sha256="9" * 64)
-    summary = project_summary(store, p, policies=load_policies(path), policies_name="rules.yaml")
+    summary = project_summary(store, p, policies=load_rules(path), policies_name="rules.yaml")
     rm = summary.judges[1]
     assert (rm.name, rm.counts, rm.comparable, rm.agreed, rm.detail) == (
         "reward model", Counts(wins=3, losses=1), 7, 6, f"/models/rm (sha256 {'9' * 12}...)")

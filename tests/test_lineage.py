@@ -346,7 +346,7 @@ def test_concurrent_opens_upgrade_a_schema_4_store_once(store):
 def test_the_lineage_table_is_for_admins_only(tmp_path, capsys):
     from fastapi.testclient import TestClient
 
-    from feedback_app.app import create_app
+    from feedback_app.server import create_app
 
     store = Store(tmp_path / "feedback.db")
     p = store.ensure_project()

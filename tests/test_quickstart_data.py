@@ -15,7 +15,7 @@ from types import ModuleType
 import pytest
 import yaml
 
-from alignment.evaluation.policies import Policy, check_answer, load_policies
+from alignment.evaluation.rules import DomainRule, check_answer, load_rules
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "recipes" / "quickstart" / "data"
@@ -40,8 +40,8 @@ def _assistant_turns(rows: list[dict]) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def policies() -> list[Policy]:
-    return load_policies(ROOT / "recipes" / "quickstart" / "policies.yaml")
+def policies() -> list[DomainRule]:
+    return load_rules(ROOT / "recipes" / "quickstart" / "policies.yaml")
 
 
 @pytest.fixture(scope="module")

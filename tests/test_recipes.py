@@ -14,8 +14,8 @@ import yaml
 
 from alignment.cli import build_parser
 from alignment.config import load_config
-from alignment.evaluation.policies import load_policies
 from alignment.default_model import DEFAULT_MODEL_ALIAS
+from alignment.evaluation.rules import load_rules
 from alignment.phases import PHASES
 from alignment.pipeline import load_pipeline
 
@@ -64,14 +64,14 @@ def test_recipe_loads_and_validates(path: Path, tmp_path: Path, monkeypatch: pyt
                 phase_cfg = load_config(PHASES[step.kind].config, step.recipe, step.overrides)
                 assert phase_cfg.phase == step.kind, f"{step.recipe} is not a '{step.kind}' recipe"
         if any(step.kind == "eval" for step in cfg.phases):
-            assert load_policies(cfg.evaluation.policies)
+            assert load_rules(cfg.evaluation.policies)
     elif kind == "phase":
         phase = yaml.safe_load(path.read_text(encoding="utf-8"))["phase"]
         assert phase in PHASES, f"unknown phase '{phase}'"
         cfg = load_config(PHASES[phase].config, path)
         check_model(cfg.model)
     elif kind == "policies":
-        assert load_policies(path)
+        assert load_rules(path)
     else:
         pytest.fail(f"{path}: not a pipeline (phases:), a phase recipe (phase:) or a policies.yaml; "
                     "teach tests/test_recipes.py how to validate it")

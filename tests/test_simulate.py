@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from alignment.evaluation.policies import Policy, load_policies
+from alignment.evaluation.rules import DomainRule, load_rules
 from feedback_app import simulate as sim
 from feedback_app.render import render_prompt, render_response
 from feedback_app.store import Store, display_order, prompt_hash
@@ -37,10 +37,10 @@ policies:
 
 
 @pytest.fixture()
-def policies(tmp_path: Path) -> list[Policy]:
+def policies(tmp_path: Path) -> list[DomainRule]:
     path = tmp_path / "policies.yaml"
     path.write_text(POLICIES, encoding="utf-8")
-    return load_policies(path)
+    return load_rules(path)
 
 
 class FixedRng(random.Random):
@@ -66,7 +66,7 @@ DISC = "\n\nNot financial advice."
 # ------------------------------------------------------------------------------------------------ oracle
 
 
-def test_rule_scores_count_the_rules_followed(policies: list[Policy]) -> None:
+def test_rule_scores_count_the_rules_followed(policies: list[DomainRule]) -> None:
     texts = ["Let me check." + DISC + SIGN,  # all three
              "We guarantee it." + DISC + SIGN,  # breaks no_promise
              "Let me check.",  # follows no_promise only
@@ -153,7 +153,7 @@ def test_fixed_text_recognises_literal_patterns_only(pattern: str, expected: tup
     assert sim.fixed_text(pattern) == expected
 
 
-def test_repair_inserts_required_lines_and_checks_the_result(policies: list[Policy]) -> None:
+def test_repair_inserts_required_lines_and_checks_the_result(policies: list[DomainRule]) -> None:
     assert sim.repair("Let me check.", policies) == "Let me check." + DISC + SIGN
     # a sign-off the answer has stays last: the disclaimer goes before it
     assert sim.repair("Let me check." + SIGN, policies) == "Let me check." + DISC + SIGN
@@ -161,7 +161,7 @@ def test_repair_inserts_required_lines_and_checks_the_result(policies: list[Poli
     assert sim.repair("Let me check." + DISC + SIGN, policies) is None  # nothing to repair
 
 
-def test_judge_ranks_tags_and_corrects(policies: list[Policy]) -> None:
+def test_judge_ranks_tags_and_corrects(policies: list[DomainRule]) -> None:
     tags = ["factual error", "policy violation", "other"]
     good = "Let me check." + DISC + SIGN
     texts = ["We guarantee it." + DISC + SIGN, good, "Guaranteed!"]
@@ -183,7 +183,7 @@ def test_judge_ranks_tags_and_corrects(policies: list[Policy]) -> None:
     assert (d.correction_of, d.correction) == (None, "")
 
 
-def test_head_to_head_votes_more_rules_better_equal_tie_or_both_bad(policies: list[Policy]) -> None:
+def test_head_to_head_votes_more_rules_better_equal_tie_or_both_bad(policies: list[DomainRule]) -> None:
     good = "Let me check." + DISC + SIGN  # 3 rules
     half = "Let me check." + SIGN  # 2 rules
     poor = "We guarantee it."  # 0 rules
@@ -205,7 +205,7 @@ def test_head_to_head_votes_more_rules_better_equal_tie_or_both_bad(policies: li
         sim.judge([good, half, poor], policies, sim.Expert("ann"), "i5", head_to_head=True)
 
 
-def test_judge_is_deterministic_and_per_annotator(policies: list[Policy]) -> None:
+def test_judge_is_deterministic_and_per_annotator(policies: list[DomainRule]) -> None:
     texts = ["One.", "Two two.", "Three three three.", "Four."]  # all tied: score 1 (no_promise)
     orders = {}
     for name in ("ann1", "ann2"):
@@ -222,7 +222,7 @@ def test_judge_is_deterministic_and_per_annotator(policies: list[Policy]) -> Non
     assert [texts[i] for i in d.order] == [shown[i] for i in d_rev.order]
 
 
-def test_noise_one_always_swaps_and_zero_never(policies: list[Policy]) -> None:
+def test_noise_one_always_swaps_and_zero_never(policies: list[DomainRule]) -> None:
     texts = ["One.", "Two." + SIGN, "Three." + DISC + SIGN, "Guaranteed."]
     swaps = 0
     for i in range(200):
@@ -238,7 +238,7 @@ def test_noise_one_always_swaps_and_zero_never(policies: list[Policy]) -> None:
     assert 15 <= swaps <= 45  # about 15% of 200 (a fixed seed: this count never changes between runs)
 
 
-def test_bias_orders_ties_with_its_probability(policies: list[Policy]) -> None:
+def test_bias_orders_ties_with_its_probability(policies: list[DomainRule]) -> None:
     texts = ["Short.", "A somewhat longer answer.", "The longest answer of the three, by far."]
     always = [sim.judge(texts, policies, sim.Expert("ann", biases=(("longer", 1.0),)), f"i{i}").order
               for i in range(50)]
@@ -333,7 +333,7 @@ def _script():
     (["--annotators", "2", "--noise", "1.5"], "noise is a probability"),
     (["--annotators", "2"], "no password for sim-expert01, sim-expert02"),
 ])
-def test_script_refuses_bad_arguments(args: list[str], message: str, policies: list[Policy], tmp_path: Path,
+def test_script_refuses_bad_arguments(args: list[str], message: str, policies: list[DomainRule], tmp_path: Path,
                                       capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ALIGN_SIM_PASSWORD", raising=False)
     (tmp_path / "p.yaml").write_text(POLICIES, encoding="utf-8")
@@ -383,7 +383,7 @@ def _fill(store: Store, name: str) -> int:
     return project.id
 
 
-def _expected(store: Store, policies: list[Policy], project_id: int, seed: int, noise: float) -> dict:
+def _expected(store: Store, policies: list[DomainRule], project_id: int, seed: int, noise: float) -> dict:
     """(annotator, item) -> the oracle's judgment from the store's own texts, in stored candidate ids."""
     project = store.project(project_id)
     assert project is not None
@@ -409,7 +409,7 @@ def _stored(store: Store, project_id: int) -> dict:
 
 
 @pytest.mark.slow
-def test_simulated_experts_judge_a_live_app(tmp_path: Path, policies: list[Policy]) -> None:
+def test_simulated_experts_judge_a_live_app(tmp_path: Path, policies: list[DomainRule]) -> None:
     from tests.test_app_load import app_load
 
     db = tmp_path / "feedback.db"

@@ -223,7 +223,7 @@ def test_concurrent_opens_upgrade_a_schema_3_store_once(store):
 def test_the_serving_order_setting_is_for_admins_only(tmp_path):
     from fastapi.testclient import TestClient
 
-    from feedback_app.app import create_app
+    from feedback_app.server import create_app
 
     store = Store(tmp_path / "feedback.db")
     p = store.update_project(_fill(store, 2).id, overlap=1, assign_batch=1)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from alignment.evaluation.policies import ALL, Policy, adherence, check_answer
 from alignment.evaluation.records import (
     AnswerRecord,
     JudgeComparison,
@@ -25,6 +24,7 @@ from alignment.evaluation.records import (
     RewardSummary,
     VsBaseline,
 )
+from alignment.evaluation.rules import ALL, DomainRule, adherence, check_answer
 
 
 def load_prompts(path: str | Path) -> list[list[dict[str, str]]]:
@@ -34,7 +34,7 @@ def load_prompts(path: str | Path) -> list[list[dict[str, str]]]:
     return load_prompt_file(path)[0]
 
 
-def check_result(result: ModelResult, policies: list[Policy]) -> None:
+def check_result(result: ModelResult, policies: list[DomainRule]) -> None:
     """(Re)check every answer of ``result`` against ``policies`` and set its adherence rates.
 
     Checks depend on the answer text and the rules alone, so cached answers are checked again with the rules
@@ -45,7 +45,7 @@ def check_result(result: ModelResult, policies: list[Policy]) -> None:
     result.adherence = adherence([a.answer for a in result.answers], policies) if policies else {}
 
 
-def evaluate_model(model_path: str, prompts: list[list[dict[str, str]]], policies: list[Policy], *,
+def evaluate_model(model_path: str, prompts: list[list[dict[str, str]]], policies: list[DomainRule], *,
                    max_new_tokens: int = 128, batch_size: int = 16, label: str | None = None) -> ModelResult:
     """Generate, check, and summarise one model (no policies: answers and lengths only)."""
     import torch
@@ -85,7 +85,7 @@ def _grid(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def format_table(results: list[ModelResult], policies: list[Policy]) -> str:
+def format_table(results: list[ModelResult], policies: list[DomainRule]) -> str:
     """Plain-text tables: one row per model.
 
     The first has a column per policy (when there are policies) and the answer lengths; a second, when the

@@ -29,7 +29,6 @@ from typing import Any
 from alignment.errors import AlignError
 from alignment.evaluation import judge
 from alignment.evaluation.adherence import LEGEND, check_result, evaluate_model, format_table, load_prompts
-from alignment.evaluation.policies import Policy, load_policies
 from alignment.evaluation.records import (
     BASELINE,
     MODEL,
@@ -40,6 +39,7 @@ from alignment.evaluation.records import (
     RewardSummary,
     VsBaseline,
 )
+from alignment.evaluation.rules import DomainRule, load_rules
 
 Messages = list[dict[str, str]]
 Log = Callable[[str], None]
@@ -78,7 +78,7 @@ def _cached_answers(cache: Path, key: str) -> ModelResult | None:
     return ModelResult.from_json(data)
 
 
-def _answers(label: str, model: str, prompts: list[Messages], policies: Sequence[Policy], *, max_new_tokens: int,
+def _answers(label: str, model: str, prompts: list[Messages], policies: Sequence[DomainRule], *, max_new_tokens: int,
              batch_size: int, cache_dir: Path | None, log: Log) -> tuple[ModelResult, str]:
     """One model's checked answers, from the cache when they are there; and their cache key."""
     key = _fingerprint([prompts, max_new_tokens, batch_size, model, model_stamp(model)])
@@ -135,7 +135,7 @@ def _score(results: list[ModelResult], prompts: list[Messages], reward_model: st
     return summary
 
 
-def evaluate(models: Mapping[str, str], prompts: list[Messages], policies: Sequence[Policy], *,
+def evaluate(models: Mapping[str, str], prompts: list[Messages], policies: Sequence[DomainRule], *,
              baseline: str | None = None, reward_model: str | None = None, judge_model: str | None = None,
              max_new_tokens: int = 128, batch_size: int = 16, prompts_file: str | Path | None = None,
              cache_dir: str | Path | None = None, log: Log | None = None) -> EvalReport:
@@ -218,7 +218,7 @@ def eval_command(models: list[str], prompts_path: str, policies_path: str | None
     if batch_size < 1 or max_new_tokens < 1:
         raise AlignError("must be at least 1", field="--batch-size" if batch_size < 1 else "--max-new-tokens")
     # Every path is checked before any model generates, so a typo costs seconds, not a generation run.
-    policies = load_policies(policies_path) if policies_path else []
+    policies = load_rules(policies_path) if policies_path else []
     prompts = load_prompts(prompts_path)
     if not prompts:
         raise AlignError("no prompts", file=prompts_path)

@@ -15,7 +15,7 @@ to ``<out>/<domain>/``:
   ppo_prompts.jsonl      the preference prompts, once each (PPO's training prompts);
   heldout_prompts.jsonl  evaluation prompts: the same topics asked with question templates and openers that
                          no training file uses, so a model must generalise, not recall;
-  policies.yaml          the rules, in the format of ``alignment.evaluation.policies.load_policies``;
+  policies.yaml          the rules, in the format of ``alignment.evaluation.rules.load_rules``;
   content.json           content checks: per topic, regexes for the key facts every good answer mentions,
                          and the topic of every held-out prompt (so an evaluation can tell whether the SFT
                          content survived the preference phases).

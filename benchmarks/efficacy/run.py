@@ -277,7 +277,7 @@ def content_rates(answers: Sequence[str], content: Mapping[str, Any]) -> dict[st
 def evaluate(label: str, model: str, folder: Path, settings: Mapping[str, int]) -> dict[str, Any]:
     """One model's answers to the domain's held-out prompts, checked; cached in ``eval/<label>.json``."""
     from alignment.evaluation.adherence import evaluate_model, load_prompts
-    from alignment.evaluation.policies import load_policies
+    from alignment.evaluation.rules import load_rules
 
     data = folder / "data"
     key = hashlib.sha256(json.dumps([model, _stamp(model), dict(settings),
@@ -290,7 +290,7 @@ def evaluate(label: str, model: str, folder: Path, settings: Mapping[str, int]) 
             print(f"[efficacy] {folder.name} eval {TITLES[label]}: cached", flush=True)
             return cached
     print(f"[efficacy] {folder.name} eval {TITLES[label]} ({model}) ...", flush=True)
-    policies = load_policies(data / "policies.yaml")
+    policies = load_rules(data / "policies.yaml")
     prompts = load_prompts(data / "heldout_prompts.jsonl")
     result = evaluate_model(model, prompts, policies, label=label, **settings).to_json()
     content = json.loads((data / "content.json").read_text())

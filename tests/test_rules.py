@@ -1,4 +1,4 @@
-"""Policy checks: each shipped policy on hand-written answers, hand-computed adherence, strict loading."""
+"""Domain rule checks: each shipped policy on hand-written answers, hand-computed adherence, strict loading."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from alignment.errors import AlignError
-from alignment.evaluation.policies import Policy, adherence, check_answer, load_policies
+from alignment.evaluation.rules import DomainRule, adherence, check_answer, load_rules
 
 POLICIES_YAML = Path(__file__).resolve().parents[1] / "recipes" / "quickstart" / "policies.yaml"
 SIGN = "\n\n— Harborline Support"
@@ -19,12 +19,12 @@ GOOD = (
 
 
 @pytest.fixture(scope="module")
-def policies() -> dict[str, Policy]:
-    return {p.name: p for p in load_policies(POLICIES_YAML)}
+def policies() -> dict[str, DomainRule]:
+    return {p.name: p for p in load_rules(POLICIES_YAML)}
 
 
 def test_shipped_file_defines_the_three_policies_in_order():
-    assert [p.name for p in load_policies(POLICIES_YAML)] == [
+    assert [p.name for p in load_rules(POLICIES_YAML)] == [
         "signoff",
         "no_outcome_promise",
         "no_sensitive_request",
@@ -164,7 +164,7 @@ def _write(tmp_path: Path, text: str) -> Path:
 def _load_error(tmp_path: Path, text: str) -> AlignError:
     path = _write(tmp_path, text)
     with pytest.raises(AlignError) as info:
-        load_policies(path)
+        load_rules(path)
     assert info.value.file == str(path)
     assert str(path) in str(info.value)
     return info.value
@@ -180,7 +180,7 @@ def test_custom_policy_with_ignore_case(tmp_path):
         "    must_not_match: ['idiot']\n"
         "    ignore_case: true\n",
     )
-    (policy,) = load_policies(path)
+    (policy,) = load_rules(path)
     assert policy.description == "says please"
     assert policy.check("PLEASE wait")
     assert not policy.check("wait")
@@ -189,7 +189,7 @@ def test_custom_policy_with_ignore_case(tmp_path):
 
 def test_must_match_lists_are_all_required(tmp_path):
     path = _write(tmp_path, "policies:\n  - name: both\n    must_match: ['a', 'b']\n")
-    (policy,) = load_policies(path)
+    (policy,) = load_rules(path)
     assert policy.check("ab") and not policy.check("a") and not policy.check("b")
     assert policy.must_not_match == ()
 
@@ -286,4 +286,4 @@ def test_empty_and_missing_files(tmp_path):
     err = _load_error(tmp_path, "# nothing here\n")
     assert "empty" in err.message
     with pytest.raises(AlignError, match="not found"):
-        load_policies(tmp_path / "absent.yaml")
+        load_rules(tmp_path / "absent.yaml")

@@ -1,6 +1,7 @@
-"""Programmatic policy checks: does an answer follow the rules the domain experts care about?
+"""Domain rules: does an answer follow the rules the domain experts care about?
 
-A policy is two lists of regular expressions read from YAML (see ``recipes/quickstart/policies.yaml``):
+A :class:`DomainRule` is two lists of regular expressions read from a rules file (the ``policies:`` list of
+``recipes/quickstart/policies.yaml``; the file and recipe keys keep the name users know):
 patterns that must all be found in the answer, and patterns none of which may be found. Regexes are
 cruder than a judge model, but they are cheap, deterministic and explainable, which is what a
 before/after adherence table in a run report needs, and a domain expert can edit them without Python.
@@ -45,7 +46,7 @@ _TAG_KINDS = {
 
 
 @dataclass(frozen=True)
-class Policy:
+class DomainRule:
     """One checkable rule about an answer.
 
     Attributes:
@@ -61,32 +62,32 @@ class Policy:
     must_not_match: tuple[re.Pattern[str], ...]
 
     def check(self, answer: str) -> bool:
-        """True when the answer follows this policy: every required pattern found, no forbidden one."""
+        """True when the answer follows this rule: every required pattern found, no forbidden one."""
         return all(p.search(answer) for p in self.must_match) and not any(
             p.search(answer) for p in self.must_not_match
         )
 
 
-def check_answer(answer: str, policies: Sequence[Policy]) -> dict[str, bool]:
-    """Per-policy verdicts for one answer, keyed by policy name (in the order the policies were given)."""
-    return {policy.name: policy.check(answer) for policy in policies}
+def check_answer(answer: str, rules: Sequence[DomainRule]) -> dict[str, bool]:
+    """Per-rule verdicts for one answer, keyed by rule name (in the order the rules were given)."""
+    return {rule.name: rule.check(answer) for rule in rules}
 
 
-def adherence(answers: Sequence[str], policies: Sequence[Policy]) -> dict[str, float]:
-    """Fraction of answers passing each policy, plus ``"all"``: the fraction passing every policy at once.
+def adherence(answers: Sequence[str], rules: Sequence[DomainRule]) -> dict[str, float]:
+    """Fraction of answers passing each rule, plus ``"all"``: the fraction passing every rule at once.
 
-    The per-policy rates show which rule a training phase moved; ``"all"`` is the single number to compare
-    across runs. An empty answer list or policy list is refused rather than reported as 0 or 1, because
+    The per-rule rates show which rule a training phase moved; ``"all"`` is the single number to compare
+    across runs. An empty answer list or rule list is refused rather than reported as 0 or 1, because
     either would be a silent lie in a report.
     """
     if not answers:
         raise AlignError("no answers to score: adherence needs at least one answer")
-    if not policies:
+    if not rules:
         raise AlignError("no policies to score against: give at least one policy")
-    passed = {policy.name: 0 for policy in policies}
+    passed = {rule.name: 0 for rule in rules}
     passed_all = 0
     for answer in answers:
-        verdicts = check_answer(answer, policies)
+        verdicts = check_answer(answer, rules)
         for name, ok in verdicts.items():
             passed[name] += ok
         passed_all += all(verdicts.values())
@@ -96,7 +97,7 @@ def adherence(answers: Sequence[str], policies: Sequence[Policy]) -> dict[str, f
     return rates
 
 
-def load_policies(path: str | Path) -> list[Policy]:
+def load_rules(path: str | Path) -> list[DomainRule]:
     """Read and validate a policies YAML file (format documented in ``recipes/quickstart/policies.yaml``).
 
     Strict on purpose: a typo such as ``must_macth`` would otherwise silently drop a rule and inflate the
@@ -130,7 +131,7 @@ class _Reader:
         line = node.start_mark.line + 1 if node is not None else None
         return AlignError(message, file=self.path, line=line, field=field)
 
-    def policies(self, root: yaml.Node | None) -> list[Policy]:
+    def policies(self, root: yaml.Node | None) -> list[DomainRule]:
         if root is None:
             raise AlignError("file is empty: expected a top-level 'policies:' list", file=self.path)
         top = self.mapping(root, None, _TOP_KEYS)
@@ -139,7 +140,7 @@ class _Reader:
         seq = top["policies"][1]
         if not isinstance(seq, yaml.SequenceNode) or not seq.value:
             raise self.error("expected a non-empty list of policies", seq, "policies")
-        result: list[Policy] = []
+        result: list[DomainRule] = []
         first_line: dict[str, int] = {}
         for i, item in enumerate(seq.value):
             policy = self.policy(item, f"policies[{i}]")
@@ -154,7 +155,7 @@ class _Reader:
             result.append(policy)
         return result
 
-    def policy(self, node: yaml.Node, where: str) -> Policy:
+    def policy(self, node: yaml.Node, where: str) -> DomainRule:
         fields = self.mapping(node, where, _POLICY_KEYS)
         if "name" not in fields:
             raise self.error("missing required key 'name'", node, f"{where}.name")
@@ -183,7 +184,7 @@ class _Reader:
                 node,
                 where,
             )
-        return Policy(name=name, description=description, must_match=must, must_not_match=must_not)
+        return DomainRule(name=name, description=description, must_match=must, must_not_match=must_not)
 
     def mapping(
         self, node: yaml.Node, where: str | None, allowed: tuple[str, ...]
