@@ -24,9 +24,19 @@ from typing import Any
 import gradio as gr
 
 from feedback_app.render import render_guidelines, render_prompt, render_response
-from feedback_app.store import MAX_TEXT, Item, Judgment, Project, Store, StoreError, User, display_order
+from feedback_app.store import (
+    MAX_CANDIDATES_PER_ITEM,
+    MAX_TEXT,
+    Item,
+    Judgment,
+    Project,
+    Store,
+    StoreError,
+    User,
+    display_order,
+)
 
-K_MAX = 8  # response slots on the page; projects use 2..K_MAX candidates per prompt
+K_MAX = MAX_CANDIDATES_PER_ITEM  # response slots on the page; projects use 2..K_MAX candidates per prompt
 LETTERS = "ABCDEFGH"
 RANKS = [str(r) for r in range(1, K_MAX + 1)]
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from alignment.data.formats import blank_prompt
 from alignment.errors import AlignError
-from feedback_app.store import Store, StoreError, text_hash
+from feedback_app.store import MAX_CANDIDATES_PER_ITEM, Store, StoreError, text_hash
 
 
 @dataclass
@@ -126,6 +126,10 @@ def import_candidates(store: Store, project_id: int, path: str | Path,
             if len(answers) > len(distinct):
                 what += " (after dropping empty and repeated ones)"
             problems.append((first_line[key], answers_field, f"has {what} (at least 2 needed)"))
+            del grouped[key]
+        elif len(distinct) > MAX_CANDIDATES_PER_ITEM:
+            problems.append((first_line[key], answers_field, f"has {len(distinct)} distinct responses; at most "
+                             f"{MAX_CANDIDATES_PER_ITEM} fit on the annotation page"))
             del grouped[key]
     _report(source, problems, skipped)
     prompts_added, _ = store.add_prompts(project_id, [p for p, _ in grouped.values()], source=Path(source).name)

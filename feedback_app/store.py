@@ -114,6 +114,7 @@ Tick **All unacceptable** when neither answer could be given to a customer as it
 """
 MAX_MODEL_NAME = 512  # characters: the length of candidates.model, which records a side's name
 DEFAULT_CLAIM_TTL_MINUTES = 24 * 60  # an annotator who has not submitted a claimed item in a day has left it
+MAX_CANDIDATES_PER_ITEM = 8  # answer slots on the annotation page: more could never all be ranked
 MAX_CLAIM_TTL_MINUTES = 366 * 24 * 60  # longer is "never" (0); the bound keeps the value a 32-bit integer
 # What a trained model's folder says it was trained on (written by feedback_app.export.write_lineage after
 # training, read by Store.rounds): in the phase's output folder, beside model/, or in the model folder itself.
@@ -782,6 +783,9 @@ class Store:
             if value is not None:
                 if int(value) < low:
                     raise StoreError(f"{key.replace('_', ' ')} must be at least {low}")
+                if key == "candidates_per_item" and int(value) > MAX_CANDIDATES_PER_ITEM:
+                    raise StoreError(f"candidates per item go up to {MAX_CANDIDATES_PER_ITEM} (the answer slots of "
+                                     f"the annotation page), not {int(value)}")
                 values[key] = int(value)
         if claim_ttl_minutes is not None:
             if not 0 <= int(claim_ttl_minutes) <= MAX_CLAIM_TTL_MINUTES:
@@ -854,6 +858,9 @@ class Store:
                 if not text.strip() or h in seen:
                     continue
                 seen.add(h)
+                if len(seen) > MAX_CANDIDATES_PER_ITEM:  # raised inside the transaction: nothing of the call is kept
+                    raise StoreError(f"item {item_id} would have more than {MAX_CANDIDATES_PER_ITEM} candidates (the "
+                                     "answer slots of the annotation page)")
                 c.execute(insert(candidates).values(item_id=item_id, text=text, text_hash=h, model=model,
                                                     generation=json.dumps(generation), source=source,
                                                     model_path=model_path, model_sha256=model_sha256,

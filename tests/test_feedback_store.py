@@ -526,6 +526,31 @@ def test_import_candidates_with_models_and_errors(store, tmp_path):
     assert e.value.line == 1 and e.value.field == "model" and "bad.jsonl" in str(e.value)
 
 
+def test_no_item_gets_more_candidates_than_the_page_has_answer_slots(store, tmp_path):
+    """8 answer slots on the annotation page: a 9th candidate could never be ranked."""
+    from feedback_app.candidates import import_candidates
+    from feedback_app.store import MAX_CANDIDATES_PER_ITEM
+
+    assert MAX_CANDIDATES_PER_ITEM == 8
+    p = store.ensure_project()
+    with pytest.raises(StoreError, match="up to 8"):
+        store.update_project(p.id, candidates_per_item=9)
+    assert store.update_project(p.id, candidates_per_item=8).candidates_per_item == 8
+    nine = write_jsonl(tmp_path / "nine.jsonl", [{"prompt": "Q1", "responses": [f"answer {i}" for i in range(9)]},
+                                                 {"prompt": "Q2", "responses": ["a", "b"]}])
+    with pytest.raises(AlignError) as e:
+        import_candidates(store, p.id, nine)
+    assert (e.value.line, e.value.field) == (1, "responses") and "9 distinct responses" in str(e.value)
+    skipped: list[str] = []
+    assert import_candidates(store, p.id, nine, skipped) == (1, 2)  # Q2 only
+    assert skipped == ["line 1 (responses): has 9 distinct responses; at most 8 fit on the annotation page"]
+    item_id = store.item_id_for_prompt(p.id, _prompt("Q2"))
+    assert store.add_candidates(item_id, [(f"more {i}", "m", {}) for i in range(6)]) == 6  # 8 in all
+    with pytest.raises(StoreError, match="more than 8"):
+        store.add_candidates(item_id, [("a ninth", "m", {}), ("a tenth", "m", {})])
+    assert len(store.item(item_id).candidates) == 8  # the refused call added nothing
+
+
 def test_rows_that_cannot_be_ranked_are_refused_or_skipped(store, tmp_path):
     from feedback_app.candidates import import_candidates, load_prompts
 
