@@ -1,5 +1,6 @@
 # make quickstart   set up and run the quickstart pipeline (SFT on the embedded default model)
-# make test         set up and run the whole test suite
+# make test         set up and run the whole test suite (tiers: tests/unit, training, app, e2e)
+# make test-fast    without multi-process, real-model and end-to-end tests; make test-unit: tests/unit only
 # make lint         ruff
 # make bench        our training phases vs TRL's trainers (same model, data, batch); writes benchmarks/RESULTS.md
 # make efficacy     rule adherence and content on four synthetic domains, ours vs TRL; writes benchmarks/efficacy/RESULTS.md
@@ -14,7 +15,7 @@ TORCH_VERSION := $(shell sed -n 's/^torch==//p' constraints.txt)
 # when pip's find-links has one, else PyTorch's CPU index). With CUDA, the default build.
 HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
 
-.PHONY: setup tcmalloc model quickstart test test-fast lint bench efficacy rounds-demo clean
+.PHONY: setup tcmalloc model quickstart test test-fast test-unit lint bench efficacy rounds-demo clean
 
 setup: $(VENV)/.installed tcmalloc
 
@@ -53,7 +54,10 @@ test: model
 	$(PY) -m pytest -q tests
 
 test-fast: model
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m pytest -q -m "not slow and not e2e" tests
+
+test-unit: model
+	$(PY) -m pytest -q tests/unit
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -1,6 +1,6 @@
 """Processes, DeepSpeed configs and the launcher.
 
-How processes start (every path runs the same training; tested in tests/test_launchers.py):
+How processes start (every path runs the same training; tested in tests/training/test_launchers.py):
 
 - ``align sft --num-processes N`` (with or without ``--deepspeed``, optionally ``--hostfile``) re-runs
   the same command under DeepSpeed's launcher (``python -m deepspeed.launcher.runner``), which starts N

@@ -14,7 +14,7 @@ so the batch trains as if it were not there.
 Why not TRL's losses: in trl 1.16 the DPO losses live inline in ``DPOTrainer._compute_loss`` (a
 15-branch ``elif`` on ``loss_type`` that also runs the model), so they cannot be called on tensors.
 We keep one class per loss instead (torchtune's ``DPOLoss`` layout) and check ours against TRL's
-formulas in ``tests/test_losses.py``.
+formulas in ``tests/unit/test_losses.py``.
 """
 
 from __future__ import annotations

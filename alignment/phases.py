@@ -5,7 +5,7 @@ added in one place. A phase's module is imported only when the phase runs: build
 validating a recipe needs no torch.
 
 This is the layer above the phases: it imports them; they never import each other, only the modules
-below them (``tests/test_layers.py`` checks).
+below them (``tests/unit/test_layers.py`` checks).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Two simulated "nodes" on one Linux machine, for the multi-node tests (tests/test_multinode.py):
+# Two simulated "nodes" on one Linux machine, for the multi-node tests (tests/e2e/test_multinode.py):
 # network namespaces align-node0 and align-node1 joined by a veth pair, 10.77.0.1 and 10.77.0.2 on /24.
 # Processes started with `ip netns exec align-nodeN ...` see only their node's address and loopback, so
 # a rendezvous between them crosses the veth link the way it would cross a network. The filesystem is

@@ -1,4 +1,11 @@
-"""Shared fixtures: a tiny Llama-style model with the real SmolLM2 tokenizer, and small data files."""
+"""Shared fixtures: a tiny Llama-style model with the real SmolLM2 tokenizer, and small data files.
+
+Tests live in tiers, one folder each, and every test is marked with its folder's name:
+``unit`` (no model: formulas, loaders, config, rules; seconds), ``training`` (tiny models trained and
+evaluated by the phases, the pipeline and the launchers), ``app`` (the feedback store and the expert app,
+through its handlers, HTTP and a real browser) and ``e2e`` (whole demos, the benchmark harness, two
+simulated nodes). ``slow`` marks multi-process and real-model runs across tiers.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +23,17 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
+TIERS = ("unit", "training", "app", "e2e")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark each test with its tier, the folder it sits in; a test outside the tiers is an error, so
+    `-m unit` and friends never silently miss one."""
+    for item in items:
+        tier = Path(str(item.fspath)).parent.name
+        if tier not in TIERS:
+            raise pytest.UsageError(f"{item.nodeid}: tests live in one of tests/{{{','.join(TIERS)}}}/")
+        item.add_marker(getattr(pytest.mark, tier))
 
 
 @pytest.fixture(scope="session")

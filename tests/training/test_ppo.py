@@ -1,0 +1,371 @@
+"""PPO on tiny models: a policy paid for one token learns to emit it; a reward model drives a run;
+resume equals an uninterrupted run; 2-process ZeRO-2 and ZeRO-3 runs stay in step."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from alignment.config import PPOConfig, SFTConfig, load_config
+from alignment.tracking import read_metrics
+from tests.conftest import write_jsonl
+
+REPO = Path(__file__).resolve().parents[2]
+WORDS = ["yes", "no", "maybe", "sure"]
+
+
+@pytest.fixture(scope="session")
+def chatty_policy(tmp_path_factory, tiny_model_dir) -> Path:
+    """The tiny model after a short SFT that answers one of four words: a policy with a spread-out
+    distribution that PPO can sharpen."""
+    from alignment.sft import run_sft
+
+    root = tmp_path_factory.mktemp("chatty")
+    rows = [{"messages": [{"role": "user", "content": f"Say something {i}"},
+                          {"role": "assistant", "content": WORDS[i % 4]}]} for i in range(200)]
+    data = write_jsonl(root / "sft.jsonl", rows)
+    cfg = load_config(SFTConfig, None, {"model": str(tiny_model_dir), "output_dir": str(root / "sft"),
+                                        "data.train": str(data), "data.max_length": 64, "train.max_steps": 60,
+                                        "train.batch_size": 16, "train.lr": 3e-3, "train.bf16": "false",
+                                        "train.eval_every": 0, "train.save_every": 0,
+                                        "tracking.backends": ["none"]})
+    return run_sft(cfg)
+
+
+@pytest.fixture()
+def prompts_file(tmp_path) -> Path:
+    return write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"Say something {i}"} for i in range(1000, 1064)])
+
+
+def _overrides(policy: Path, prompts: Path, out: Path, **extra) -> dict:
+    base = {"model": str(policy), "output_dir": str(out), "data.train": str(prompts), "train.batch_size": 16,
+            "train.lr": 2e-3, "train.max_steps": 12, "train.warmup_ratio": 0.0, "train.bf16": "false",
+            "train.save_every": 0, "generation.max_new_tokens": 6, "generation.temperature": 1.0,
+            "missing_eos_penalty": 0.0, "kl_coef": 0.01, "tracking.backends": ["none"]}
+    return {**base, **extra}
+
+
+def _yes_reward(tokenizer):
+    yes = tokenizer("yes", add_special_tokens=False)["input_ids"][0]
+
+    def reward(prompts: list[list[int]], responses: list[list[int]]) -> torch.Tensor:
+        return torch.tensor([1.0 if yes in r else 0.0 for r in responses])
+    return reward
+
+
+@pytest.mark.parametrize("critic", ["shared", "separate"])
+def test_policy_learns_the_paid_token(tmp_path, chatty_policy, prompts_file, critic):
+    from alignment.modeling import load_tokenizer
+    from alignment.ppo import run_ppo
+
+    out = tmp_path / critic
+    cfg = load_config(PPOConfig, None, _overrides(chatty_policy, prompts_file, out, critic=critic))
+    run_ppo(cfg, reward_fn=_yes_reward(load_tokenizer(chatty_policy)))
+    rows = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == list(range(1, 13))
+    first, last = rows[0]["objective/scores"], sum(r["objective/scores"] for r in rows[-3:]) / 3
+    assert first < 0.5 and last >= 0.8, [r["objective/scores"] for r in rows]
+    for key in ("objective/kl", "objective/entropy", "policy/clipfrac", "policy/approxkl", "val/vf_loss",
+                "val/clipfrac", "rollout/response_length", "perf/episodes_per_second", "time/generate",
+                "time/score", "time/train"):
+        assert key in rows[-1], key
+    assert rows[-1]["objective/kl"] > 0  # the policy moved away from the reference
+    assert (out / "model" / "model.safetensors").exists()
+
+
+def test_reward_model_drives_ppo_and_resume_matches(tmp_path, chatty_policy, prompts_file):
+    """A reward model from `align rm` (with its reward_stats.json), LoRA policy with the adapter-disabled
+    reference; a run resumed from its step-2 checkpoint matches the uninterrupted run."""
+    from alignment.cli import main
+
+    rows = [{"prompt": f"Say something {i}", "chosen": "yes", "rejected": w} for i in range(60) for w in WORDS[1:2]]
+    prefs = write_jsonl(tmp_path / "prefs.jsonl", rows)
+    rm_recipe = tmp_path / "rm.yaml"
+    rm_recipe.write_text(json.dumps({"phase": "rm", "model": str(chatty_policy), "output_dir": str(tmp_path / "rm"),
+                                     "data": {"train": str(prefs), "max_length": 64},
+                                     "train": {"max_steps": 6, "batch_size": 8, "lr": 2e-3, "bf16": "false"},
+                                     "tracking": {"backends": ["none"]}}))
+    assert main(["rm", "--config", str(rm_recipe)]) == 0
+
+    def recipe(out: Path) -> Path:
+        path = tmp_path / f"ppo-{out.name}.yaml"
+        o = _overrides(chatty_policy, prompts_file, out, **{"train.max_steps": 4, "train.save_every": 2,
+                                                              "train.keep_checkpoints": 5, "lora.enabled": True,
+                                                              "lora.r": 4, "adaptive_kl": True})
+        o["reward_model"] = str(tmp_path / "rm")
+        nested: dict = {"phase": "ppo"}
+        for key, value in o.items():
+            node = nested
+            *parents, leaf = key.split(".")
+            for p in parents:
+                node = node.setdefault(p, {})
+            node[leaf] = value
+        path.write_text(json.dumps(nested))
+        return path
+
+    full = tmp_path / "full"
+    assert main(["ppo", "--config", str(recipe(full))]) == 0
+    part = tmp_path / "part"
+    (part / "checkpoints").mkdir(parents=True)
+    shutil.copytree(full / "checkpoints" / "step-2", part / "checkpoints" / "step-2")
+    assert main(["ppo", "--config", str(recipe(part))]) == 0
+    a = {r["step"]: r for r in read_metrics(full / "metrics.jsonl")}
+    b = {r["step"]: r for r in read_metrics(part / "metrics.jsonl")}
+    assert sorted(b) == [3, 4]  # only the resumed steps ran
+    for step in (3, 4):
+        for key in ("objective/scores", "objective/kl", "policy/loss", "val/vf_loss", "objective/kl_coef"):
+            assert b[step][key] == pytest.approx(a[step][key], rel=1e-4, abs=1e-6), (step, key)
+    assert a[1]["objective/kl"] == pytest.approx(0.0, abs=1e-5)  # adapter off == policy before any update
+    assert (full / "model" / "adapter_config.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage, advantage", [("zero2", "gae"), ("zero3", "gae"), ("zero2", "rloo")])
+def test_ppo_deepspeed_two_processes(tmp_path, chatty_policy, prompts_file, stage, advantage):
+    out = tmp_path / stage
+    from alignment.modeling import resolve_model
+
+    extra = {"advantage": advantage, "num_generations": 2, "train.batch_size": 4} if advantage != "gae" else {}
+    o = _overrides(chatty_policy, prompts_file, out, **{"train.max_steps": 3, "train.batch_size": 8, **extra})
+    o["reward_model"] = str(resolve_model(chatty_policy))  # a fresh score head on the policy: any RM will do
+    nested: dict = {"phase": "ppo"}
+    for key, value in o.items():
+        node = nested
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    recipe = tmp_path / "ppo.yaml"
+    recipe.write_text(json.dumps(nested))
+    proc = subprocess.run([sys.executable, "-m", "alignment.cli", "ppo", "--config", str(recipe), "--deepspeed",
+                           stage, "--num-processes", "2"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "processes=2" in proc.stdout
+    assert f"advantage {advantage}" in proc.stdout
+    rows = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(str(out / "model"))
+
+
+def test_rule_reward_alone_teaches_a_rule(tmp_path, chatty_policy, prompts_file):
+    """No reward model: the policies file is the reward, and the sampled answers come to follow it."""
+    from alignment.ppo import run_ppo
+
+    rules = tmp_path / "policies.yaml"
+    rules.write_text("policies:\n  - name: says_yes\n    description: The answer says yes.\n"
+                     "    must_match: ['yes']\n")
+    out = tmp_path / "rules"
+    cfg = load_config(PPOConfig, None, _overrides(chatty_policy, prompts_file, out, policies=str(rules),
+                                                  rule_reward_weight=1.0))
+    run_ppo(cfg)
+    rows = read_metrics(out / "metrics.jsonl")
+    first, last = rows[0]["adherence/says_yes"], sum(r["adherence/says_yes"] for r in rows[-3:]) / 3
+    assert first < 0.5 and last >= 0.8, [r["adherence/says_yes"] for r in rows]
+    # the reward is the rule reward alone: +1 for a yes, -1 otherwise
+    for r in rows:
+        assert r["objective/rule_reward"] == pytest.approx(2 * r["adherence/says_yes"] - 1, abs=1e-5)
+        assert r["objective/rewards"] == pytest.approx(r["objective/rule_reward"], abs=1e-5)
+
+
+def test_align_ppo_runs_with_the_rules_as_the_whole_reward(tmp_path, tiny_model_dir, prompts_file):
+    """`align ppo` checks the recipe's files before training; with no reward model there is none to check."""
+    import json
+
+    from alignment.cli import main
+
+    rules = tmp_path / "policies.yaml"
+    rules.write_text("policies:\n  - name: says_yes\n    description: The answer says yes.\n"
+                     "    must_match: ['yes']\n")
+    recipe = tmp_path / "ppo.yaml"
+    recipe.write_text(json.dumps({"phase": "ppo", "model": str(tiny_model_dir), "output_dir": str(tmp_path / "out"),
+                                  "data": {"train": str(prompts_file)}, "policies": str(rules),
+                                  "rule_reward_weight": 1.0, "advantage": "rloo", "num_generations": 2,
+                                  "generation": {"max_new_tokens": 4},
+                                  "train": {"batch_size": 2, "max_steps": 1, "bf16": "false", "save_every": 0},
+                                  "tracking": {"backends": ["none"]}}))
+    assert main(["ppo", "--config", str(recipe)]) == 0
+    assert "adherence/says_yes" in read_metrics(tmp_path / "out" / "metrics.jsonl")[0]
+
+
+def test_rule_reward_needs_its_rules(prompts_file, tmp_path):
+    from alignment.errors import AlignError
+
+    with pytest.raises(AlignError, match="policies"):
+        load_config(PPOConfig, None, {"model": "x", "data.train": str(prompts_file), "rule_reward_weight": 1.0})
+    with pytest.raises(AlignError, match=">= 0"):
+        load_config(PPOConfig, None, {"model": "x", "data.train": str(prompts_file), "rule_reward_weight": -1.0})
+
+
+# --------------------------------------------------------------------------------------------------
+# Critic-free estimators (advantage: grpo | dr_grpo | rloo | reinforce_pp)
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("advantage", ["rloo", "grpo", "dr_grpo", "reinforce_pp"])
+def test_critic_free_estimators_learn_the_paid_token(tmp_path, chatty_policy, prompts_file, advantage):
+    """Four answers per prompt, no value model: each estimator turns the same reward into a policy that says yes."""
+    from alignment.modeling import load_tokenizer
+    from alignment.ppo import run_ppo
+
+    out = tmp_path / advantage
+    cfg = load_config(PPOConfig, None, _overrides(chatty_policy, prompts_file, out, advantage=advantage,
+                                                  num_generations=4, **{"train.batch_size": 4}))
+    assert cfg.critic == "none"
+    run_ppo(cfg, reward_fn=_yes_reward(load_tokenizer(chatty_policy)))
+    rows = read_metrics(out / "metrics.jsonl")
+    first, last = rows[0]["objective/scores"], sum(r["objective/scores"] for r in rows[-3:]) / 3
+    assert first < 0.5 and last >= 0.8, [r["objective/scores"] for r in rows]
+    assert "val/vf_loss" not in rows[-1]  # no critic was trained
+    assert rows[-1]["perf/episodes_per_second"] > 0
+
+
+@pytest.mark.parametrize("dynamic", [False, True], ids=["grpo", "dapo"])
+def test_group_estimator_with_kl_in_the_loss_resumes_exactly(tmp_path, chatty_policy, prompts_file, dynamic):
+    """GRPO-style: k3 KL as a loss term, clip-higher (and DAPO's dynamic sampling); a run resumed at step 2
+    matches the uninterrupted one, the extra generation rounds included."""
+    from alignment.modeling import load_tokenizer
+    from alignment.ppo import run_ppo
+
+    def run(out: Path) -> list[dict]:
+        cfg = load_config(PPOConfig, None, _overrides(
+            chatty_policy, prompts_file, out, advantage="grpo", num_generations=2, kl_penalty="loss",
+            kl_coef=0.1, clip_range_high=0.28, dynamic_sampling=dynamic,
+            **{"train.batch_size": 4, "train.max_steps": 4, "train.save_every": 2, "train.keep_checkpoints": 5}))
+        run_ppo(cfg, reward_fn=_yes_reward(load_tokenizer(chatty_policy)))
+        return read_metrics(out / "metrics.jsonl")
+
+    full = run(tmp_path / "full")
+    assert all("policy/kl_loss" in r for r in full)
+    assert all(0 <= r["rollout/informative_prompts"] <= 1 for r in full)
+    if dynamic:  # two answers of a 1-in-4 "yes": most pairs score alike, so more rounds were sampled
+        assert max(r["rollout/sampling_rounds"] for r in full) >= 2
+    else:
+        assert "rollout/sampling_rounds" not in full[0]
+    assert full[0]["objective/kl"] == pytest.approx(0.0, abs=1e-5)  # the first rollout is the reference's
+    assert full[-1]["policy/kl_loss"] > 0
+    part = tmp_path / "part"
+    (part / "checkpoints").mkdir(parents=True)
+    shutil.copytree(tmp_path / "full" / "checkpoints" / "step-2", part / "checkpoints" / "step-2")
+    resumed = {r["step"]: r for r in run(part)}
+    assert sorted(resumed) == [3, 4]
+    for row in full[2:]:
+        for key in ("objective/scores", "objective/kl", "policy/loss", "policy/kl_loss",
+                    "rollout/informative_prompts"):
+            assert resumed[row["step"]][key] == pytest.approx(row[key], rel=1e-4, abs=1e-6), (row["step"], key)
+
+
+def _samples(scores: list[float], tag: str):
+    from alignment.ppo import Samples
+
+    n = len(scores)
+    return Samples(prompts=[[i] for i in range(n)], responses=[[ord(tag), i] for i in range(n)],
+                   finished=torch.ones(n, dtype=torch.bool), texts=[f"{tag}{i}" for i in range(n)],
+                   raw_scores=torch.tensor(scores), scores=torch.tensor(scores), rule_terms=None)
+
+
+@pytest.mark.parametrize("max_rounds, texts, rounds", [
+    # round 1 keeps its second prompt; round 2 adds its first; full, so no round 3 is sampled
+    (3, ["a2", "a3", "b0", "b1"], 2),
+    # one round only: the kept prompt, then the dropped one fills the batch
+    (1, ["a2", "a3", "a0", "a1"], 1),
+])
+def test_dynamic_sampling_keeps_prompts_whose_answers_differ(prompts_file, max_rounds, texts, rounds):
+    from alignment.ppo import dynamic_sampling
+
+    cfg = load_config(PPOConfig, None, {"model": "x", "data.train": str(prompts_file), "advantage": "rloo",
+                                        "num_generations": 2, "train.batch_size": 2, "dynamic_sampling": True,
+                                        "dynamic_sampling_max_rounds": max_rounds})
+    rounds_asked = []
+    more = {1: _samples([1.0, 0.0, 5.0, 5.0], "b"), 2: _samples([0.0, 1.0, 1.0, 0.0], "c")}
+
+    def sample_more(r: int):
+        rounds_asked.append(r)
+        return more[r]
+
+    batch, n = dynamic_sampling(_samples([0.5, 0.5, 0.0, 1.0], "a"), sample_more, cfg)
+    assert (batch.texts, n) == (texts, rounds)
+    assert rounds_asked == list(range(1, rounds))
+    by_text = {"a0": 0.5, "a1": 0.5, "a2": 0.0, "a3": 1.0, "b0": 1.0, "b1": 0.0}
+    assert batch.scores.tolist() == [by_text[t] for t in texts]  # every field follows its answer
+    assert [r[0] for r in batch.responses] == [ord(t[0]) for t in texts]
+
+
+@pytest.mark.parametrize("overrides, field", [
+    ({"advantage": "rloo"}, "num_generations"),
+    ({"advantage": "grpo", "num_generations": 2, "critic": "shared"}, "critic"),
+    ({"advantage": "gae", "critic": "none"}, "critic"),
+    ({"num_generations": 0}, "num_generations"),
+    ({"advantage": "rloo", "num_generations": 3, "train.batch_size": 3, "num_minibatches": 2}, "num_minibatches"),
+    ({"clip_range_high": 0.1}, "clip_range_high"),
+    ({"dynamic_sampling": True}, "dynamic_sampling"),
+    ({"advantage": "reinforce_pp", "dynamic_sampling": True}, "dynamic_sampling"),
+    ({"advantage": "rloo", "num_generations": 2, "dynamic_sampling": True, "dynamic_sampling_max_rounds": 0},
+     "dynamic_sampling_max_rounds"),
+])
+def test_estimator_settings_that_would_train_the_wrong_thing_are_refused(prompts_file, overrides, field):
+    from alignment.errors import AlignError
+
+    with pytest.raises(AlignError) as err:
+        load_config(PPOConfig, None, {"model": "x", "data.train": str(prompts_file), **overrides})
+    assert field in str(err.value)
+
+
+def test_estimator_defaults_follow_their_papers(prompts_file):
+    def cfg(**o):
+        return load_config(PPOConfig, None, {"model": "x", "data.train": str(prompts_file), **o})
+
+    gae_cfg = cfg()
+    assert (gae_cfg.critic, gae_cfg.whiten_advantages, gae_cfg.loss_aggregation) == ("separate", True, "token_mean")
+    grpo = cfg(advantage="grpo", num_generations=4)
+    assert (grpo.critic, grpo.whiten_advantages, grpo.loss_aggregation) == ("none", False, "seq_mean_token_mean")
+    assert cfg(advantage="dr_grpo", num_generations=4).loss_aggregation == "seq_mean_token_sum_norm"
+    assert cfg(advantage="rloo", num_generations=2).whiten_advantages is False
+    assert cfg(advantage="reinforce_pp").whiten_advantages is True
+
+
+def test_rule_weights_shape_the_reward_and_log_each_rule(tmp_path, chatty_policy, prompts_file):
+    """Two rules weighted 3:1 with a critic-free estimator: the per-rule reward curves add up to the rule
+    reward, each is its weight share times (2 * adherence - 1), and the heavier rule is learned."""
+    from alignment.ppo import run_ppo
+
+    rules = tmp_path / "policies.yaml"
+    rules.write_text("policies:\n"
+                     "  - name: says_yes\n    description: The answer says yes.\n    must_match: ['yes']\n"
+                     "  - name: not_maybe\n    description: Never maybe.\n    must_not_match: ['maybe']\n")
+    out = tmp_path / "weighted"
+    cfg = load_config(PPOConfig, None, _overrides(
+        chatty_policy, prompts_file, out, policies=str(rules), rule_reward_weight=1.0, advantage="rloo",
+        num_generations=4, **{"train.batch_size": 4, "rule_weights.says_yes": 3.0, "rule_weights.not_maybe": 1.0}))
+    run_ppo(cfg)
+    rows = read_metrics(out / "metrics.jsonl")
+    for r in rows:
+        assert r["rule_reward/says_yes"] == pytest.approx(0.75 * (2 * r["adherence/says_yes"] - 1), abs=1e-5)
+        assert r["rule_reward/not_maybe"] == pytest.approx(0.25 * (2 * r["adherence/not_maybe"] - 1), abs=1e-5)
+        assert r["objective/rule_reward"] == pytest.approx(r["rule_reward/says_yes"] + r["rule_reward/not_maybe"],
+                                                           abs=1e-5)
+    first, last = rows[0]["adherence/says_yes"], sum(r["adherence/says_yes"] for r in rows[-3:]) / 3
+    assert first < 0.5 and last >= 0.8, [r["adherence/says_yes"] for r in rows]
+
+
+def test_rule_weight_for_a_missing_rule_is_refused_before_anything_is_written(tmp_path, chatty_policy,
+                                                                            prompts_file):
+    from alignment.errors import AlignError
+    from alignment.ppo import run_ppo
+
+    rules = tmp_path / "policies.yaml"
+    rules.write_text("policies:\n  - name: says_yes\n    description: The answer says yes.\n    must_match: ['yes']\n")
+    out = tmp_path / "typo"
+    cfg = load_config(PPOConfig, None, _overrides(chatty_policy, prompts_file, out, policies=str(rules),
+                                                  rule_reward_weight=1.0, **{"rule_weights.says_yess": 2.0}))
+    with pytest.raises(AlignError, match="says_yess"):
+        run_ppo(cfg)
+    assert not out.exists()
+    with pytest.raises(AlignError, match="rule_reward_weight"):
+        load_config(PPOConfig, None, {"model": "x", "data.train": str(prompts_file), "policies": str(rules),
+                                      "rule_weights.says_yes": 2.0})
