@@ -209,10 +209,10 @@ def run_dpo(cfg: DPOConfig) -> Path:
     train_ex, val_ex, info = load_pairs(cfg.data, cfg.train.seed)
     train_pairs, stats = tokenize_pairs(tokenizer, train_ex, cfg.data.max_length)
     val_pairs, _ = tokenize_pairs(tokenizer, val_ex, cfg.data.max_length)
-    if info.get("orphan_negatives"):
-        run.log(f"{info['orphan_negatives']} negative examples have no good answer to pair with and are not "
+    if info.orphan_negatives:
+        run.log(f"{info.orphan_negatives} negative examples have no good answer to pair with and are not "
             "used (negatives: kto would train on them)")
-    run.log(f"data: {info['kind']} ({info['variant']}), {info['rows']} rows -> {info['pairs']} pairs; "
+    run.log(f"data: {info.kind} ({info.variant}), {info.rows} rows -> {info.pairs} pairs; "
         f"train {describe(stats, cfg.data.max_length, weight_summary(train_ex))}; validation {len(val_pairs)} pairs; "
         f"loss {cfg.loss}, "
         f"beta {cfg.beta}")

@@ -25,6 +25,7 @@ import json
 import math
 import os
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +75,20 @@ def _conversations(ds: datasets.Dataset, variant: str) -> list[dict[str, Any]]:
     return [to_conversation(record, "unpaired", variant) for _, record in iter_records(ds)]
 
 
-def load_unpaired(cfg: DPOConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+@dataclass(frozen=True)
+class UnpairedLoaded:
+    """What loading the unpaired data did (the phase's data log line)."""
+
+    variant: str  # the file's column layout (see alignment.data.formats)
+    rows: int  # records read, before de-duplication
+    duplicates: int  # records removed as duplicates
+    train: int
+    validation: int
+    desirable: int  # training rows labelled good
+    undesirable: int  # training rows labelled bad
+
+
+def load_unpaired(cfg: DPOConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]], UnpairedLoaded]:
     """Train and validation rows (train shuffled by ``train.seed``) and what was done to get them.
 
     The file is read and validated once: inside the DPO phase's :func:`~alignment.data.io.one_read_per_file`
@@ -96,9 +110,8 @@ def load_unpaired(cfg: DPOConfig) -> tuple[list[dict[str, Any]], list[dict[str, 
         release_reads()
     random.Random(cfg.train.seed).shuffle(train)
     desirable = sum(r["label"] for r in train)
-    summary = {"variant": info.variant, "rows": rows, "duplicates": removed, "train": len(train),
-               "validation": len(val), "desirable": desirable, "undesirable": len(train) - desirable}
-    return train, val, summary
+    return train, val, UnpairedLoaded(info.variant, rows, removed, len(train), len(val), desirable,
+                                      len(train) - desirable)
 
 
 def weight_hint(cfg: DPOConfig, desirable: int, undesirable: int) -> str | None:
@@ -312,10 +325,10 @@ def run_kto(cfg: DPOConfig) -> Path:
                          "prompt with another example's answer", field="train.batch_size")
 
     train_rows, val_rows, info = load_unpaired(cfg)
-    run.log(f"data: unpaired ({info['variant']}), {info['rows']} rows, {info['duplicates']} duplicates removed; "
-        f"train {info['train']} ({info['desirable']} desirable / {info['undesirable']} undesirable), validation "
-        f"{info['validation']}; beta {cfg.beta}, weights {cfg.kto_desirable_weight} / {cfg.kto_undesirable_weight}")
-    hint = weight_hint(cfg, info["desirable"], info["undesirable"])
+    run.log(f"data: unpaired ({info.variant}), {info.rows} rows, {info.duplicates} duplicates removed; "
+        f"train {info.train} ({info.desirable} desirable / {info.undesirable} undesirable), validation "
+        f"{info.validation}; beta {cfg.beta}, weights {cfg.kto_desirable_weight} / {cfg.kto_undesirable_weight}")
+    hint = weight_hint(cfg, info.desirable, info.undesirable)
     if hint:
         run.log(f"note: {hint}")
 

@@ -134,8 +134,8 @@ def run_rm(cfg: RMConfig) -> Path:
     train_ex, val_ex, info = load_pairs(cfg.data, cfg.train.seed)
     train_pairs, train_stats = tokenize_pairs(tokenizer, train_ex, cfg.data.max_length)
     val_pairs, _ = tokenize_pairs(tokenizer, val_ex, cfg.data.max_length)
-    run.log(f"data: {info['kind']} ({info['variant']}), {info['rows']} rows -> {info['pairs']} pairs, "
-        f"{info['duplicates_removed']} duplicates removed; train "
+    run.log(f"data: {info.kind} ({info.variant}), {info.rows} rows -> {info.pairs} pairs, "
+        f"{info.duplicates_removed} duplicates removed; train "
         f"{describe(train_stats, cfg.data.max_length, weight_summary(train_ex))}; "
         f"validation {len(val_pairs)} pairs")
 

@@ -8,6 +8,7 @@ not change what is optimised: each micro-batch contributes ``sum_nll * world / t
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -36,13 +37,22 @@ from alignment.training import (
 # --------------------------------------------------------------------------------------------------
 # Data
 # --------------------------------------------------------------------------------------------------
-def load_sft_records(cfg: SFTConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+@dataclass(frozen=True)
+class SFTLoaded:
+    """What preparing the SFT data did (the phase's data log line)."""
+
+    format: str  # the training file's column layout (see alignment.data.formats)
+    duplicates_removed: int
+    preferred_added: int | None = None  # data.preferred: chosen answers added; None without data.preferred
+
+
+def load_sft_records(cfg: SFTConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]], SFTLoaded]:
     """Train and validation records in normalised form, plus what preparation did (for the log)."""
     from alignment.data import deduplicate, load_dataset_file, split_dataset, to_conversation
 
     ds, info = load_dataset_file(cfg.data.train, "sft")
     ds, removed = deduplicate(ds, "sft", info.variant, cfg.data.dedup)
-    report: dict[str, Any] = {"format": info.variant, "duplicates_removed": removed}
+    report = SFTLoaded(info.variant, removed)
     if cfg.data.validation:
         val_ds, val_info = load_dataset_file(cfg.data.validation, "sft")
         train = [to_conversation(r, "sft", info.variant) for r in ds]
@@ -56,7 +66,7 @@ def load_sft_records(cfg: SFTConfig) -> tuple[list[dict[str, Any]], list[dict[st
         seen = {_conversation_key(r["messages"]) for r in train}
         added = [r for r in preferred if _conversation_key(r["messages"]) not in seen]
         train += added
-        report["preferred_added"] = len(added)
+        report = dataclasses.replace(report, preferred_added=len(added))
     return train, val, report
 
 
@@ -218,9 +228,9 @@ def run_sft(cfg: SFTConfig) -> Path:
     train_records, val_records, prep = load_sft_records(cfg)
     train_examples, stats = tokenize_sft(tokenizer, train_records, cfg.data.max_length)
     val_examples, _ = tokenize_sft(tokenizer, val_records, cfg.data.max_length)
-    preferred = (f"; {prep['preferred_added']} preferred answers added from {cfg.data.preferred}"
+    preferred = (f"; {prep.preferred_added} preferred answers added from {cfg.data.preferred}"
                  if cfg.data.preferred else "")
-    run.log(f"data: {prep['format']} format, {prep['duplicates_removed']} duplicates removed{preferred}; "
+    run.log(f"data: {prep.format} format, {prep.duplicates_removed} duplicates removed{preferred}; "
         f"train {stats.summary(cfg.data.max_length)}; validation {len(val_examples)} examples")
     if not train_examples:
         from alignment.errors import AlignError

@@ -32,6 +32,21 @@ if TYPE_CHECKING:
 Messages = list[dict[str, str]]
 
 
+@dataclass(frozen=True)
+class PairsLoaded:
+    """What loading one preference source did (the phase's data log line)."""
+
+    kind: str  # "preference", "ranked" or "unpaired"
+    variant: str  # the file's column layout (see alignment.data.formats)
+    duplicates_removed: int
+    rows: int  # records read, after de-duplication
+    pairs: int  # preference pairs made from them
+    orphan_negatives: int  # unpaired: negatives with no good answer of their prompt to pair with (KTO uses them)
+    weighted: int  # pairs whose weight is not 1
+    zero_weight: int  # pairs that weigh 0
+    total_weight: float
+
+
 @dataclass
 class PreferenceExample:
     """One comparison: the same prompt, a better and a worse response."""
@@ -59,7 +74,7 @@ def _key(messages: Messages) -> str:
 
 
 def load_preference_examples(path: str, *, kind: str | None = None, pair_policy: str = "all",
-                             dedup: str = "whitespace") -> tuple[list[PreferenceExample], dict[str, Any]]:
+                             dedup: str = "whitespace") -> tuple[list[PreferenceExample], PairsLoaded]:
     """Pairs from a preference, ranked or unpaired file (the kind is detected when not given)."""
     from alignment.data import deduplicate, load_dataset_file, to_conversation
     from alignment.data.pairs import ranking_to_pairs
@@ -91,9 +106,8 @@ def load_preference_examples(path: str, *, kind: str | None = None, pair_policy:
         raise AlignError(f"'{kind}' data holds no preferences", file=path)
     if not examples:
         raise AlignError(f"no preference pairs could be made from this {kind} data", file=path)
-    return examples, {"kind": kind, "variant": info.variant, "duplicates_removed": removed,
-                      "rows": len(records), "pairs": len(examples),
-                      "orphan_negatives": orphans if kind == "unpaired" else 0, **weight_summary(examples)}
+    return examples, PairsLoaded(kind, info.variant, removed, len(records), len(examples),
+                                 orphans if kind == "unpaired" else 0, **weight_summary(examples))
 
 
 def weight_summary(examples: list[PreferenceExample]) -> dict[str, Any]:
@@ -116,7 +130,7 @@ def split_pairs(examples: list[PreferenceExample], ratios: dict[str, float], see
 
 
 def load_pairs(data: PreferenceDataConfig, seed: int) -> tuple[
-        list[PreferenceExample], list[PreferenceExample], dict[str, Any]]:
+        list[PreferenceExample], list[PreferenceExample], PairsLoaded]:
     """Train and validation pairs of a recipe's ``data`` section (the RM and DPO phases): ``data.validation``
     when given, else ``data.split`` of the training pairs by prompt with ``seed``; plus what loading did.
 

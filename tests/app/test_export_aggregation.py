@@ -269,7 +269,7 @@ def test_materialise_records_the_aggregation(voted_store, tmp_path):
     assert weighted["aggregation"] == {"rows": 6, "kept": 3, "merged": 3, "dropped_contradicted": 0,
                                        "dropped_ties": 0}
     examples, info = load_preference_examples(str(out))  # default de-duplication keeps every weighted row
-    assert [e.weight for e in examples] == pytest.approx([2 / 3, 1 / 3, 1.0]) and info["duplicates_removed"] == 0
+    assert [e.weight for e in examples] == pytest.approx([2 / 3, 1 / 3, 1.0]) and info.duplicates_removed == 0
     assert [e.weight for e in preference_examples(voted_store, "all", "agreement_weight")[0]] == pytest.approx(
         [2 / 3, 1 / 3, 1.0])
     contradicted = materialise(voted_store, out, "all", "drop_contradicted")
@@ -360,8 +360,8 @@ def test_weighted_rows_survive_dedup_and_split(tmp_path):
     # weight 1 is the same row as no weight (removed); 0.5 weighs differently (kept); the second 0.5 repeats it
     assert [(e.chosen[0]["content"], e.weight) for e in examples] == [
         ("Good answer 0.", 1.0), ("Good answer 0.", 0.5), ("Good answer 1.", 0.0)]
-    assert info["duplicates_removed"] == 2
-    assert (info["weighted"], info["zero_weight"], info["total_weight"]) == (2, 1, 1.5)
+    assert info.duplicates_removed == 2
+    assert (info.weighted, info.zero_weight, info.total_weight) == (2, 1, 1.5)
     rows = [_pref(i, weight=i / 10) for i in range(40)]
     examples, _ = load_preference_examples(str(write_jsonl(tmp_path / "many.jsonl", rows)))
     parts = split_pairs(examples, {"train": 0.7, "validation": 0.3}, seed=3)
@@ -613,7 +613,7 @@ def test_sft_preferred_from_a_store_aggregates(tmp_path, sft_file, aggregate, ca
     expected = {(f"Question {n}?", f"A {n}") for n in range(1, 12)} - {(q, f"A {q[9:-1]}") for q in held_out}
     if mode == "all":
         expected |= {("Question 0?", "A 0"), ("Question 0?", "B 0")}
-    assert added == expected and report["preferred_added"] == len(expected)
+    assert added == expected and report.preferred_added == len(expected)
 
 
 def test_sft_aggregate_is_checked_where_it_is_written(tmp_path, sft_file):

@@ -381,7 +381,7 @@ def test_export_files_load_as_training_data(store, tmp_path):
     pairs_path, unpaired_path = write_export(exported, tmp_path / "out" / "prefs.jsonl")
     assert unpaired_path.name == "prefs.unpaired.jsonl"
     examples, info = load_preference_examples(str(pairs_path))
-    assert info["kind"] == "preference" and len(examples) == len(exported.pairs) - info["duplicates_removed"]
+    assert info.kind == "preference" and len(examples) == len(exported.pairs) - info.duplicates_removed
     ds, uinfo = load_dataset_file(unpaired_path, "unpaired")
     assert len(ds) == len(exported.unpaired) and uinfo.kind == "unpaired"
     # The store itself is data for the RM and DPO recipes: same pairs as the export, written by the top layer
@@ -394,7 +394,7 @@ def test_export_files_load_as_training_data(store, tmp_path):
         materialise(db + "#other", tmp_path / "run" / "data" / "train.jsonl")
     materialise(db + "#default", tmp_path / "run" / "data" / "train.jsonl")
     loaded, linfo = load_preference_examples(str(tmp_path / "run" / "data" / "train.jsonl"), dedup="none")
-    assert linfo["kind"] == "preference" and _as_rows(loaded) == _as_rows(direct)
+    assert linfo.kind == "preference" and _as_rows(loaded) == _as_rows(direct)
     for spec in (db, db + "#default"):
         with pytest.raises(AlignError, match="is a feedback store, not a data file") as e:
             load_preference_examples(spec)
@@ -438,8 +438,8 @@ def test_materialise_writes_the_exact_pairs_with_provenance(tmp_path):
     assert prov["by_kind"]["ranking"] + prov["by_kind"]["correction"] == len(examples)
     # what the RM/DPO loaders read from it: the same pairs (duplicates kept with dedup none, as from the store)
     loaded, linfo = load_preference_examples(str(out), dedup="none")
-    assert _as_rows(loaded) == _as_rows(examples) and linfo["kind"] == "preference"
-    assert load_preference_examples(str(out))[1]["duplicates_removed"] > 0  # there were duplicates to keep
+    assert _as_rows(loaded) == _as_rows(examples) and linfo.kind == "preference"
+    assert load_preference_examples(str(out))[1].duplicates_removed > 0  # there were duplicates to keep
 
     before, stamp = source_digest(str(out)), out.stat().st_mtime_ns
     assert materialise(spec, out, "adjacent") == prov and out.stat().st_mtime_ns == stamp

@@ -103,7 +103,7 @@ def test_negative_examples_become_pairs(tmp_path, tiny_model_dir, capsys):
     from alignment.data.preferences import load_preference_examples
 
     examples, info = load_preference_examples(str(data))
-    assert info["kind"] == "unpaired" and len(examples) == 24 and info["orphan_negatives"] == 1
+    assert info.kind == "unpaired" and len(examples) == 24 and info.orphan_negatives == 1
     assert all(e.chosen[0]["content"].startswith("Refunds") for e in examples)
 
 

@@ -183,8 +183,8 @@ def test_split_keeps_prompts_together(tmp_path, tiny_model_dir, unpaired_file):
     data = write_jsonl(tmp_path / "dup.jsonl", rows)
     train, val, info = load_unpaired(_config(tiny_model_dir, data, tmp_path / "x",
                                              {"data.split": {"train": 0.5, "validation": 0.5}}))
-    assert info["duplicates"] == 1 and info["train"] + info["validation"] == 28
-    assert info["desirable"] == sum(r["label"] for r in train)
+    assert info.duplicates == 1 and info.train + info.validation == 28
+    assert info.desirable == sum(r["label"] for r in train)
     assert not {json.dumps(r["prompt"]) for r in train} & {json.dumps(r["prompt"]) for r in val}
     assert set(train[0]) == {"prompt", "completion", "label"} and train[0]["prompt"][0]["role"] == "user"
 

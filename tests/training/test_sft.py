@@ -283,7 +283,7 @@ def test_preferred_answers_join_the_training_data(tmp_path, sft_file):
     assert held_out, "the split holds some prompts out"
     assert {r["messages"][0]["content"] for r in added} == {p[0]["content"] for p in prompts} - held_out
     assert all(r["messages"][-1]["content"].startswith("Good answer") for r in added), "only chosen answers"
-    assert len(added) == report["preferred_added"] == len(prompts) - len(held_out), "each answer once"
+    assert len(added) == report.preferred_added == len(prompts) - len(held_out), "each answer once"
     assert preferred_conversations(str(prefs), cfg.train.seed) == added
 
 
