@@ -1,15 +1,47 @@
 """The `align` command line.
 
 Every user error ends as one line naming the file, line and field, with exit status 2; no traceback.
+Messages go through :mod:`alignment.log`: ``-q`` keeps warnings and errors, ``-v`` adds debug lines.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+from typing import Any
 
-from alignment import allocator
+from alignment import allocator, log
 from alignment.errors import AlignError
+
+_LOG = log.get_logger("cli")
+
+
+def version() -> str:
+    """The installed version of the distribution that provides the ``alignment`` package, or "unknown" when it
+    is not installed (run from a source tree). The distribution is found from the package, so a renamed
+    distribution needs no change here."""
+    from importlib import metadata
+
+    for name in dict.fromkeys(metadata.packages_distributions().get("alignment", [])):
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return "unknown"
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: looked up when asked for, not each time the parser is built (reading the installed
+    distributions takes a tenth of a second)."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        log.output(f"align {version()}")
+        parser.exit(0)
 
 
 def _add_launch_options(p: argparse.ArgumentParser) -> None:
@@ -24,6 +56,11 @@ def _add_launch_options(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="align", description="SFT, reward modeling, PPO and DPO recipes.")
+    parser.add_argument("--version", action=_VersionAction, help="print align's version and exit")
+    # Global: before the command (`align -q sft ...`); a subcommand defines neither, so none can override them.
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument("-q", "--quiet", action="store_true", help="print warnings and errors only")
+    verbosity.add_argument("-v", "--verbose", action="store_true", help="print debug lines too")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run a pipeline recipe (several phases) or a single phase recipe")
@@ -98,7 +135,7 @@ def _phase(args: argparse.Namespace, argv: list[str]) -> int:
     # here then); under torchrun/accelerate/deepspeed each rank exports, as each read the store before.
     _, cfg, _ = load_phase_config(args.command, args.config, overrides)
     if distributed.is_main():
-        print(f"[{args.command}] memory allocator: {allocator.describe()}")
+        _LOG.info(f"[{args.command}] memory allocator: {allocator.describe()}")
     record_lineage(args.command, cfg, phase.run(cfg))  # what the model trained on, beside it (main rank only)
     return 0
 
@@ -112,7 +149,9 @@ def _as_overrides(exported: dict[str, object]) -> list[str]:
 
 def _launch_argv(args: argparse.Namespace, overrides: list[str]) -> list[str]:
     """The command line the launched processes run: this one with ``overrides`` in place of the given ones."""
-    argv = [args.command, "--config", args.config, *overrides]
+    # The global flags first: the launched processes log at the level this one does.
+    argv = [*(["-q"] if args.quiet else ["-v"] if args.verbose else []), args.command, "--config", args.config,
+            *overrides]
     for flag, value in (("--deepspeed", args.deepspeed), ("--num-processes", args.num_processes),
                         ("--hostfile", args.hostfile)):
         if value is not None:
@@ -133,6 +172,13 @@ def _preflight(command: str, cfg: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    with log.verbosity(log.level_for(args.quiet, args.verbose)):
+        if _LOG.isEnabledFor(logging.DEBUG):
+            _LOG.debug(f"align {version()} (Python {sys.version.split()[0]}): {' '.join(argv)}")
+        return _command(args, argv)
+
+
+def _command(args: argparse.Namespace, argv: list[str]) -> int:
     from alignment.phases import PHASES
 
     try:
@@ -163,13 +209,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "model":
             from alignment.default_model import ensure_default_model
 
-            print(ensure_default_model(force=args.force))
+            log.output(str(ensure_default_model(force=args.force)))
             return 0
     except AlignError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _LOG.error(f"error: {exc}")
         return 2
     except KeyboardInterrupt:
-        print("interrupted; run the same command again to resume from the last checkpoint", file=sys.stderr)
+        _LOG.error("interrupted; run the same command again to resume from the last checkpoint")
         return 130
     return 0
 
@@ -178,7 +224,7 @@ def entry() -> None:
     try:
         allocator.reexec_if_useful()  # before torch is imported: see alignment/allocator.py
     except AlignError as e:
-        print(f"error: {e}", file=sys.stderr)
+        _LOG.error(f"error: {e}")
         raise SystemExit(2) from None
     raise SystemExit(main())
 

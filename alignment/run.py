@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
 from alignment import distributed as dist
+from alignment import log as _log
 from alignment.training import Engine, clear_checkpoints, find_resume_checkpoint, iterate_steps, prune_checkpoints
 
 
@@ -69,9 +71,10 @@ class Run:
         self.tracker: Any = None
 
     def log(self, message: str) -> None:
-        """A line on rank 0, under the phase's tag."""
+        """A line on rank 0, under the phase's tag; at WARNING when it says WARNING, so ``align -q`` keeps it."""
         if self.main:
-            print(f"[{self.tag}] {message}")
+            level = logging.WARNING if "WARNING" in message else logging.INFO
+            _log.get_logger("run").log(level, f"[{self.tag}] {message}")
 
     # --- start and end -------------------------------------------------------------------------------
     def start(self, engine: Engine | None, total_steps: int, others: dict[str, Engine] | None = None, *,

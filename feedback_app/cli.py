@@ -1,21 +1,50 @@
 """``align app``, ``align app users ...``, ``align feedback export``, ``check``, ``gold``, ``score``, ``lineage`` and
-``h2h create|report``."""
+``h2h create|report``.
+
+``--store`` is accepted at every level of these commands (``align app --store X users add`` and ``align app users
+add --store X`` are the same); when it is given nowhere, ``$ALIGN_STORE`` names the store, else feedback.db.
+"""
 
 from __future__ import annotations
 
 import argparse
 import getpass
+import logging
+import os
 import re
 import secrets
 import sys
 from typing import Any
 
+from alignment import log
+
 DEFAULT_STORE = "feedback.db"
+STORE_ENV = "ALIGN_STORE"
+
+_LOG = log.get_logger("app")
+_STORE_HELP = f"SQLite file or database URL (default: ${STORE_ENV}, else {DEFAULT_STORE})"
+
+
+def _store_option(p: argparse.ArgumentParser, *, top: bool = False) -> None:
+    """``--store`` on ``p``. Only the command's top parser has a default (None: resolved by :func:`store_from`);
+    below it the option has none at all. A subparser's default would be written over the value its parent
+    parsed: ``align app --store prod.db users add alice`` wrote to feedback.db."""
+    p.add_argument("--store", default=None if top else argparse.SUPPRESS, help=_STORE_HELP)
+
+
+def store_from(given: str | None) -> tuple[str, str]:
+    """The store to open and where it came from: ``--store`` as given, else ``$ALIGN_STORE``, else feedback.db."""
+    if given:
+        return given, "--store"
+    env = os.environ.get(STORE_ENV, "").strip()
+    if env:
+        return env, f"${STORE_ENV}"
+    return DEFAULT_STORE, "the default"
 
 
 def add_parsers(sub: Any) -> None:
     p = sub.add_parser("app", help="the expert feedback app (Gradio)")
-    p.add_argument("--store", default=DEFAULT_STORE, help="SQLite file or database URL (default feedback.db)")
+    _store_option(p, top=True)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--secure-cookies", action="store_true", help="mark the session cookie Secure (behind HTTPS)")
@@ -28,29 +57,31 @@ def add_parsers(sub: Any) -> None:
                         "https://feedback.example.org behind a proxy that rewrites Host (repeatable)")
     asub = p.add_subparsers(dest="app_command")
     u = asub.add_parser("users", help="manage accounts")
+    _store_option(u)
     usub = u.add_subparsers(dest="users_command", required=True)
     a = usub.add_parser("add", help="add a user; the password is prompted, or generated and printed once")
     a.add_argument("name")
     a.add_argument("--role", required=True, choices=["annotator", "admin"])
-    a.add_argument("--store", default=DEFAULT_STORE)
+    _store_option(a)
     a.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     a.add_argument("--generate", action="store_true", help="generate a password even on a terminal")
     pw = usub.add_parser("passwd", help="set a new password (ends the user's sessions)")
     pw.add_argument("name")
-    pw.add_argument("--store", default=DEFAULT_STORE)
+    _store_option(pw)
     pw.add_argument("--password-stdin", action="store_true")
     pw.add_argument("--generate", action="store_true")
     for name, help_ in (("disable", "disable an account (ends its sessions)"), ("enable", "re-enable an account")):
         d = usub.add_parser(name, help=help_)
         d.add_argument("name")
-        d.add_argument("--store", default=DEFAULT_STORE)
+        _store_option(d)
     ls = usub.add_parser("list", help="list accounts")
-    ls.add_argument("--store", default=DEFAULT_STORE)
+    _store_option(ls)
 
     p = sub.add_parser("feedback", help="feedback store tools")
+    _store_option(p, top=True)
     fsub = p.add_subparsers(dest="feedback_command", required=True)
     e = fsub.add_parser("export", help="write preference pairs and unpaired examples (with provenance)")
-    e.add_argument("--store", default=DEFAULT_STORE)
+    _store_option(e)
     e.add_argument("--out", required=True, help="preference JSONL; unpaired rows go to OUT.unpaired.jsonl")
     e.add_argument("--pairs", default="all", choices=["all", "best-vs-rest", "adjacent"])
     e.add_argument("--aggregate", default="all", choices=["all", "majority", "drop_contradicted", "agreement_weight"],
@@ -58,15 +89,15 @@ def add_parsers(sub: Any) -> None:
                         "majority, drop_contradicted or agreement_weight (a weight per row)")
     e.add_argument("--project", help="one project (default: all)")
     c = fsub.add_parser("check", help="integrity check of the store")
-    c.add_argument("--store", default=DEFAULT_STORE)
+    _store_option(c)
     g = fsub.add_parser("gold", help="mark items gold from a JSONL file of orderings (item_id or prompt, "
                                      "ordering best first; null clears)")
     g.add_argument("file", help="JSONL: one object per item with 'item_id' or 'prompt', and 'ordering'")
-    g.add_argument("--store", default=DEFAULT_STORE)
+    _store_option(g)
     g.add_argument("--project", default="default", help="the project the items are in (default: default)")
     s = fsub.add_parser("score", help="score every candidate of a project with a reward model (replacing earlier "
                                       "scores), for serving the prompts it is least sure of first")
-    s.add_argument("--store", default=DEFAULT_STORE)
+    _store_option(s)
     s.add_argument("--project", default="default", help="the project to score (default: default)")
     s.add_argument("--reward-model", required=True, help="a reward model directory trained by `align rm`")
     s.add_argument("--batch-size", type=int, default=16, help="answers per forward pass (default 16)")
@@ -74,16 +105,15 @@ def add_parsers(sub: Any) -> None:
                    help="tokens of prompt + answer scored; longer ones are truncated and counted (default 4096)")
     ln = fsub.add_parser("lineage", help="the rounds of a project: each model that wrote candidates, its candidates "
                                          "and judgments, and the store snapshot it was trained on")
-    ln.add_argument("--store", default=DEFAULT_STORE)
+    _store_option(ln)
     ln.add_argument("--project", default="default", help="the project (default: default)")
     h = fsub.add_parser("h2h", help="head-to-head evaluation: experts compare a baseline's and a challenger's answers "
                                     "to held-out prompts, blind")
+    _store_option(h)
     hsub = h.add_subparsers(dest="h2h_command", required=True)
-    # --store on each leaf only, as on every feedback subcommand: a default on a subparser overrides what its parent
-    # parsed, so `--store` given before `create` would be silently replaced by feedback.db.
     hc = hsub.add_parser("create", help="a head-to-head project: generate both models' answers to the prompts, or "
                                         "import two answers files")
-    hc.add_argument("--store", default=DEFAULT_STORE)
+    _store_option(hc)
     hc.add_argument("--project", required=True, help="the evaluation's name (a new project, or one to extend)")
     hc.add_argument("--baseline", help="the old model (a directory, or a phase folder): generates its answers")
     hc.add_argument("--challenger", help="the new model: generates its answers")
@@ -101,7 +131,7 @@ def add_parsers(sub: Any) -> None:
     hc.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     hr = hsub.add_parser("report", help="the experts' win rate of the challenger with confidence intervals, beside "
                                         "the rules and the reward model")
-    hr.add_argument("--store", default=DEFAULT_STORE)
+    _store_option(hr)
     hr.add_argument("--project", required=True, help="the head-to-head project")
     hr.add_argument("--policies", help="a policies YAML (the domain's rules): adds the rules as a judge")
     hr.add_argument("--samples", type=int, default=2000, help="bootstrap resamples (default 2000)")
@@ -109,8 +139,13 @@ def add_parsers(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from feedback_app.store import Store, StoreError
+    from sqlalchemy import exc as sa_exc
 
+    from feedback_app.store import Store, StoreError, public_url
+
+    args.store, source = store_from(getattr(args, "store", None))
+    if _LOG.isEnabledFor(logging.DEBUG):
+        _LOG.debug(f"feedback store {public_url(args.store)} (from {source})")
     try:
         if args.command == "app" and args.app_command is None:
             from feedback_app.server import serve
@@ -133,20 +168,20 @@ def run(args: argparse.Namespace) -> int:
             result = export_store(store, project=args.project, pairs=args.pairs, aggregate=args.aggregate)
             pairs_path, unpaired_path = write_export(result, args.out)
             for line in summary_lines(result):
-                print(line)
-            print(f"wrote {pairs_path} and {unpaired_path}")
+                _LOG.info(line)
+            _LOG.info(f"wrote {pairs_path} and {unpaired_path}")
             return 0
         if args.feedback_command == "check":
             problems = Store(args.store, create=False).integrity_problems()
             for p in problems:
-                print(p)
-            print("ok" if not problems else f"{len(problems)} problem(s)")
+                log.output(p)
+            log.output("ok" if not problems else f"{len(problems)} problem(s)")
             return 0 if not problems else 1
         if args.feedback_command == "gold":
             store, project = _open_project(args)
             marked, cleared = store.import_gold(project.id, args.file)
-            print(f"{marked} item(s) marked gold, {cleared} cleared; project {project.name} has "
-                  f"{len(store.gold(project.id))} gold item(s)")
+            _LOG.info(f"{marked} item(s) marked gold, {cleared} cleared; project {project.name} has "
+                      f"{len(store.gold(project.id))} gold item(s)")
             return 0
         if args.feedback_command == "score":
             return _score(args)
@@ -155,9 +190,26 @@ def run(args: argparse.Namespace) -> int:
         if args.feedback_command == "h2h":
             return _h2h_create(args) if args.h2h_command == "create" else _h2h_report(args)
     except StoreError as e:
-        print(f"error: {e}", file=sys.stderr)
+        _LOG.error(f"error: {e}")
+        return 2
+    except (sa_exc.DBAPIError, sa_exc.ArgumentError) as e:
+        # A database that cannot be reached or a URL that cannot be parsed is the user's to fix: one line (the
+        # driver's reason, without SQLAlchemy's SQL and link), the URL with its password hidden.
+        _LOG.error(f"error: feedback store {public_url(args.store)}: {_reason(e, args.store)}")
         return 2
     return 0
+
+
+def _reason(e: Exception, store: str) -> str:
+    """The driver's message of a database error, with the store's password cut out should the driver quote it."""
+    from sqlalchemy.engine import make_url
+
+    reason = " ".join(str(getattr(e, "orig", None) or e).split())
+    try:
+        password = make_url(store).password if "://" in store else None
+    except Exception:  # not a URL SQLAlchemy can parse: it has no password to hide
+        password = None
+    return reason.replace(str(password), "***") if password else reason
 
 
 def _open_project(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -180,18 +232,18 @@ def _score(args: argparse.Namespace) -> int:
     result = score_project(store, project.id, args.reward_model, batch_size=args.batch_size,
                            max_length=args.max_length)
     ordered = len(store.uncertainty(project.id))
-    print(f"scored {result.candidates} candidate(s) of {result.items} prompt(s) in project {project.name} in "
-          f"{result.seconds:.0f} s with reward model {result.reward_model} (weights sha256 "
-          f"{result.weights_sha256[:16]}...); earlier scores replaced")
+    _LOG.info(f"scored {result.candidates} candidate(s) of {result.items} prompt(s) in project {project.name} in "
+              f"{result.seconds:.0f} s with reward model {result.reward_model} (weights sha256 "
+              f"{result.weights_sha256[:16]}...); earlier scores replaced")
     if result.truncated:
-        print(f"{result.truncated} prompt + answer(s) longer than {args.max_length} tokens were scored on their "
-              "first tokens only (--max-length)")
+        _LOG.info(f"{result.truncated} prompt + answer(s) longer than {args.max_length} tokens were scored on their "
+                  "first tokens only (--max-length)")
     if project.uncertain_first:
-        print(f"serving uncertain first: {ordered} prompt(s) ordered by the gap between their two best scores, "
-              "smallest first; the others after them")
+        _LOG.info(f"serving uncertain first: {ordered} prompt(s) ordered by the gap between their two best scores, "
+                  "smallest first; the others after them")
     else:
-        print(f"{ordered} prompt(s) can be ordered by these scores; turn on 'Serve uncertain first' in the "
-              "Admin tab to claim them smallest score gap first")
+        _LOG.info(f"{ordered} prompt(s) can be ordered by these scores; turn on 'Serve uncertain first' in the "
+                  "Admin tab to claim them smallest score gap first")
     return 0
 
 
@@ -202,11 +254,11 @@ def _lineage(args: argparse.Namespace) -> int:
     rounds = store.rounds(project.id)
     where = public_url(str(args.store))  # as given: a database URL's password hidden
     if not rounds:
-        print(f"project {project.name} in {where} has no candidates yet")
+        log.output(f"project {project.name} in {where} has no candidates yet")
         return 0
-    print(f"project {project.name} in {where}: {len(rounds)} round{'s' if len(rounds) != 1 else ''}")
+    log.output(f"project {project.name} in {where}: {len(rounds)} round{'s' if len(rounds) != 1 else ''}")
     for line in format_rounds(rounds):
-        print(line)
+        log.output(line)
     return 0
 
 
@@ -235,14 +287,14 @@ def _h2h_create(args: argparse.Namespace) -> int:
                                     baseline_name=args.baseline_name, challenger_name=args.challenger_name,
                                     overlap=args.overlap)
     s, p = created.stored, created.stored.project
-    print(f"project {p.name}: challenger {p.challenger} vs baseline {p.baseline}: {s.added} prompt(s) added"
-          + (f" ({s.identical} answered identically by both: never shown)" if s.identical else "")
-          + (f", {s.already_present} already there (their answers kept)" if s.already_present else "")
-          + f"; {p.overlap} annotator(s) per prompt")
+    _LOG.info(f"project {p.name}: challenger {p.challenger} vs baseline {p.baseline}: {s.added} prompt(s) added"
+              + (f" ({s.identical} answered identically by both: never shown)" if s.identical else "")
+              + (f", {s.already_present} already there (their answers kept)" if s.already_present else "")
+              + f"; {p.overlap} annotator(s) per prompt")
     for line in created.skipped:
-        print(f"warning: left out {line}")
-    print(f"experts judge it in the app; `align feedback h2h report --store {public_url(str(args.store))} "
-          f"--project {p.name}` reports")
+        _LOG.warning(f"warning: left out {line}")
+    _LOG.info(f"experts judge it in the app; `align feedback h2h report --store {public_url(str(args.store))} "
+              f"--project {p.name}` reports")
     return 0
 
 
@@ -261,32 +313,33 @@ def _h2h_report(args: argparse.Namespace) -> int:
     summary = project_summary(store, project, policies=policies, policies_name=args.policies or "",
                               samples=args.samples, seed=args.seed)
     for line in format_summary(summary):
-        print(line)
+        log.output(line)
     return 0
 
 
 def _users(args: argparse.Namespace) -> int:
-    from feedback_app.store import Store
+    from feedback_app.store import Store, public_url
 
     store = Store(args.store, create=args.users_command == "add")
     cmd = args.users_command
     if cmd == "list":
         for u in store.list_users():
-            print(f"{u.name}\t{u.role}\t{'active' if u.active else 'disabled'}")
+            log.output(f"{u.name}\t{u.role}\t{'active' if u.active else 'disabled'}")
         return 0
     if cmd in ("enable", "disable"):
         store.set_active(args.name, cmd == "enable")
-        print(f"{args.name}: {cmd}d")
+        _LOG.info(f"{args.name}: {cmd}d")
         return 0
     password, generated = _password(args)
     if cmd == "add":
         user = store.add_user(args.name, args.role, password)
-        print(f"added {user.name} ({user.role}) to {store.url}")
+        # A server's URL with its password hidden; an SQLite file's URL as it is (make_url would decode a % in it).
+        _LOG.info(f"added {user.name} ({user.role}) to {store.url if store.is_sqlite else public_url(store.url)}")
     else:
         store.set_password(args.name, password)
-        print(f"new password set for {args.name}; their sessions ended")
+        _LOG.info(f"new password set for {args.name}; their sessions ended")
     if generated:
-        print(f"password (shown once): {password}")
+        log.output(f"password (shown once): {password}")
     return 0
 
 

@@ -172,16 +172,20 @@ def serve(store_path: str, host: str = "127.0.0.1", port: int = 7860, secure_coo
     """Run the app until interrupted (``align app``)."""
     import uvicorn
 
+    from alignment.log import get_logger
+    from feedback_app.store import public_url
+
+    log = get_logger("app")  # masks a database password in every line, as public_url does here
     store = Store(store_path)
     store.ensure_project("default")
     interrupted = store.fail_interrupted_jobs()
     if interrupted:
-        print(f"[app] {interrupted} generation job(s) were cut off by the last shutdown; start them again")
+        log.warning(f"[app] {interrupted} generation job(s) were cut off by the last shutdown; start them again")
     if not any(u.is_admin for u in store.list_users()):
-        print("[app] no admin yet: add one with `align app users add NAME --role admin --store "
-              f"{store_path}`")
-    print(f"[app] feedback store: {store.url}")
-    print(f"[app] open http://{host}:{port}/ (binds to {host}; use --host 0.0.0.0 to serve a network)")
+        log.info("[app] no admin yet: add one with `align app users add NAME --role admin --store "
+                 f"{public_url(str(store_path))}`")
+    log.info(f"[app] feedback store: {public_url(str(store.url))}")
+    log.info(f"[app] open http://{host}:{port}/ (binds to {host}; use --host 0.0.0.0 to serve a network)")
     app = create_app(store, secure_cookies=secure_cookies, max_upload_mb=max_upload_mb,
                      allowed_origins=allowed_origins)
     try:
