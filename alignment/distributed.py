@@ -35,6 +35,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,21 @@ import torch
 
 from alignment.errors import AlignError
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "deepspeed_configs"
+
+def packaged_dir(name: str) -> Path:
+    """A data folder that ships with the package (``recipes``, ``deepspeed_configs``).
+
+    The repository keeps these folders at its top level; a built wheel carries them inside the package, as
+    ``alignment/<name>`` (the package-dir mapping in pyproject.toml), which is what importlib.resources finds
+    in an installed copy, as real files (a wheel installs unzipped). A source checkout or an editable install
+    has no such folder inside ``alignment/`` (the editable finder cannot import a folder without
+    ``__init__.py``), so there the top-level folder next to the package is the one.
+    """
+    installed = Path(str(files("alignment") / name))
+    return installed if installed.is_dir() else Path(__file__).resolve().parents[1] / name
+
+
+CONFIG_DIR = packaged_dir("deepspeed_configs")
 NAMED_CONFIGS = ("zero1", "zero2", "zero3", "zero3_offload")
 
 
@@ -253,7 +268,12 @@ def all_reduce_max(value: float) -> float:
 # --------------------------------------------------------------------------------------------------
 def resolve_config_path(name_or_path: str) -> Path:
     if name_or_path in NAMED_CONFIGS:
-        return CONFIG_DIR / f"{name_or_path}.json"
+        path = CONFIG_DIR / f"{name_or_path}.json"
+        if not path.is_file():  # an install that lost its data files: say so rather than a bare FileNotFoundError
+            raise AlignError(f"the named DeepSpeed config '{name_or_path}' is missing from this installation "
+                             f"({path}); reinstall the package, or pass the path of a DeepSpeed JSON file",
+                             field="deepspeed")
+        return path
     path = Path(name_or_path)
     if path.is_file():
         return path

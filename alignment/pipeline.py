@@ -33,7 +33,9 @@ from alignment.evaluation.run import model_stamp
 from alignment.phases import PHASES
 from alignment.verdict import format_verdicts, run_verdicts
 
-QUICKSTART = Path(__file__).resolve().parents[1] / "recipes" / "quickstart" / "pipeline.yaml"
+# The packaged copy when installed from a wheel: `align quickstart` works from any folder (its runs/ go under
+# the working directory; the recipe's data paths resolve next to the recipe file).
+QUICKSTART = distributed.packaged_dir("recipes") / "quickstart" / "pipeline.yaml"
 TRAINING_PHASES = tuple(PHASES)
 POLICY_PHASES = ("sft", "dpo", "ppo")  # phases whose output is a policy: the next phase starts from it
 
