@@ -64,9 +64,11 @@ def test_two_rounds_on_a_tiny_model(tmp_path: Path, tiny_model_dir: Path,
     summary = project_summary(store, r2)
     assert summary.counts.total == res.round2_votes > 0
     assert res.win_rate == summary.counts.win_rate
+    assert (res.decisive_rate, res.decisive_interval) == (summary.counts.decisive_rate, summary.wilson)
     assert set(res.adherence) == {"round-1 SFT", "round-2 DPO"}
     text = (s.workdir / "summary.md").read_text()
-    for needle in ("Lineage: round 1", "Head-to-head", "win rate", "Targets", "under 20 minutes"):
+    for needle in ("Lineage: round 1", "Head-to-head", "win rate", "Targets", "on decisive votes", "at most",
+                   "under 20 minutes"):
         assert needle in text
     assert set(json.loads((s.workdir / "summary.json").read_text())["times_s"]) == set(res.times)
 
