@@ -243,6 +243,9 @@ def record_lineage(kind: str, cfg: Any, model_dir: str | Path | None = None) -> 
 
     out = Path(cfg.output_dir)
     model = Path(model_dir) if model_dir else out / "model"
+    from alignment.model_card import write_model_card
+
+    write_model_card(kind, cfg, model)
     reward_model = getattr(cfg, "reward_model", None) if kind == "ppo" else None
     try:
         return write_lineage(out, model, config_sources(cfg), phase=kind, reward_model=reward_model)
@@ -311,6 +314,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, float]:
     print(f"[pipeline] memory allocator: {describe()}")
     outputs: dict[str, str] = {}  # training phase name -> its model folder
     policies: dict[str, str] = {}  # the subset that generates text (not reward models)
+    policy_cfgs: dict[str, tuple[str, Any]] = {}  # their (kind, config), for the model cards
     fingerprints: list[str] = []
     timings: dict[str, float] = {}
     current_model = cfg.model
@@ -341,6 +345,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, float]:
             if step.kind in POLICY_PHASES:
                 current_model = outputs[step.name]
                 policies[step.name] = outputs[step.name]
+                policy_cfgs[step.name] = (step.kind, phase_cfg)
             if step.kind == "rm":
                 reward_models.append(step.name)
         else:
@@ -357,9 +362,21 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, float]:
                 _run_eval_phase(cfg, phase_dir, models, reward_model)
                 timings[step.name] = time.perf_counter() - start
                 _mark_complete(phase_dir, fingerprint, timings[step.name], data)
+                _cards_with_evaluation(policy_cfgs, phase_dir)
         fingerprints.append(fingerprint)
     _finish(out, cfg, timings)
     return timings
+
+
+def _cards_with_evaluation(policy_cfgs: dict[str, tuple[str, Any]], eval_dir: Path) -> None:
+    """Each policy phase's model card again, now with the eval phase's adherence table."""
+    from alignment.model_card import write_model_card
+
+    table = eval_dir / "table.txt"
+    if not distributed.is_main() or not table.exists():
+        return
+    for kind, phase_cfg in policy_cfgs.values():
+        write_model_card(kind, phase_cfg, Path(phase_cfg.output_dir) / "model", evaluation=table.read_text())
 
 
 def head_to_head_lines(cfg: Any) -> list[str]:

@@ -46,6 +46,10 @@ def test_pipeline_runs_skips_and_resumes(tmp_path, tiny_model_dir, sft_file, cap
     assert "Policy adherence" in report and "data:image/png;base64" in report
     assert "<script" not in report
     assert (runs / "sft" / "complete.json").exists()
+    # the SFT model's card, written after training, carries the eval phase's table once it ran
+    card = (runs / "sft" / "model" / "README.md").read_text()
+    assert "# sft: sft model" in card and "## Evaluation" in card and "Policy adherence" not in card
+    assert (runs / "eval" / "table.txt").read_text().strip().splitlines()[0] in card
 
     # Re-running skips both phases.
     assert main(["run", str(path)]) == 0

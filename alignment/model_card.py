@@ -1,0 +1,118 @@
+"""A model card (``README.md``) beside every saved model, and an adapter whose base is named portably.
+
+What someone handed the folder needs to know without the run that made it: which phase trained it from
+which model, on which data files (with their content hashes, so a changed file shows), the recipe as it
+ran, the last training and held-out metrics, and, after a pipeline's eval phase, the adherence table. The
+card is written by the process that trained the model (rank 0) after it is saved; a card that cannot be
+written is a warning, never a failed phase.
+
+A LoRA adapter's ``adapter_config.json`` names its base model by the path it was loaded from, an absolute
+path of the training machine. When the recipe named the base by an alias of ours (the embedded default
+model) or by a Hugging Face hub id, that name is what the adapter records instead, so the folder loads on
+another machine that has the same base.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from pathlib import Path
+from typing import Any
+
+from alignment.data.fingerprint import config_sources, data_fingerprint
+
+CARD = "README.md"
+
+
+def portable_base(model: str) -> str | None:
+    """The name an adapter should record for its base ``model`` (a recipe's ``model``), or None to keep the
+    path: our aliases and hub ids (``org/name`` that is no local folder) travel; local folders do not."""
+    from alignment.default_model import DEFAULT_MODEL_ALIAS
+
+    if model == DEFAULT_MODEL_ALIAS:
+        return model
+    if Path(model).exists():
+        return None
+    parts = model.split("/")
+    return model if len(parts) == 2 and all(parts) and not model.startswith((".", "/")) else None
+
+
+def make_adapter_portable(model_dir: Path, base: str) -> bool:
+    """Rewrite an adapter's ``base_model_name_or_path`` to ``portable_base(base)``; True when it changed."""
+    config = model_dir / "adapter_config.json"
+    name = portable_base(base)
+    if not config.exists() or name is None:
+        return False
+    data = json.loads(config.read_text())
+    if data.get("base_model_name_or_path") == name:
+        return False
+    data["base_model_name_or_path"] = name
+    config.write_text(json.dumps(data, indent=2) + "\n")
+    return True
+
+
+def _last_metrics(out: Path) -> dict[str, float]:
+    """The last value of every metric in ``metrics.jsonl`` (train, eval, objective...), by name."""
+    from alignment.tracking import read_metrics
+
+    path = out / "metrics.jsonl"
+    last: dict[str, float] = {}
+    if path.exists():
+        for row in read_metrics(path):
+            last.update({k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float))})
+    return last
+
+
+KEY_METRICS = ("train/loss", "eval/loss", "eval/accuracy", "eval/rewards/accuracies", "eval/rewards/margins",
+               "objective/scores", "objective/kl")
+
+
+def card_text(kind: str, cfg: Any, model_dir: Path, evaluation: str | None = None) -> str:
+    """The card's Markdown (see the module docstring)."""
+    import yaml
+
+    from alignment.config import to_dict
+
+    out = Path(cfg.output_dir)
+    sources = config_sources(cfg)
+    hashes = data_fingerprint(sources) if sources else {}
+    metrics = _last_metrics(out)
+    lines = [f"# {out.name}: {kind} model", "",
+             f"Trained by `align {kind}` on {datetime.date.today().isoformat()}.", "",
+             "| | |", "|---|---|", f"| phase | `{kind}` |", f"| started from | `{cfg.model}` |"]
+    for field in ("reward_model", "ref_model"):
+        value = getattr(cfg, field, None)
+        if value:
+            lines.append(f"| {field.replace('_', ' ')} | `{value}` |")
+    adapter = (model_dir / "adapter_config.json").exists()
+    lines.append(f"| weights | {'LoRA adapter on the model above' if adapter else 'full model'} |")
+    lines += ["", "## Data", ""]
+    if sources:
+        lines += ["| field | file | sha256 (content) |", "|---|---|---|"]
+        lines += [f"| `{name}` | `{path}` | `{hashes.get(name, '')[:16]}` |" for name, path in sources.items()]
+    else:
+        lines.append("No data file is named in the recipe.")
+    shown = [k for k in KEY_METRICS if k in metrics]
+    lines += ["", "## Metrics (last logged value)", ""]
+    if shown:
+        lines += ["| metric | value |", "|---|---|"] + [f"| `{k}` | {metrics[k]:.4g} |" for k in shown]
+    else:
+        lines.append("No metrics were logged.")
+    if evaluation:
+        lines += ["", "## Evaluation", "", "```", evaluation.rstrip(), "```"]
+    lines += ["", "## Recipe, as it ran", "", "```yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).rstrip(),
+              "```", ""]
+    return "\n".join(lines)
+
+
+def write_model_card(kind: str, cfg: Any, model_dir: Path, evaluation: str | None = None) -> Path | None:
+    """``model_dir/README.md``, and a portable base name in an adapter's config; None when it failed (a
+    warning is printed: the model itself is saved)."""
+    try:
+        make_adapter_portable(model_dir, str(cfg.model))
+        path = model_dir / CARD
+        path.write_text(card_text(kind, cfg, model_dir, evaluation), encoding="utf-8")
+        return path
+    except (OSError, ValueError, TypeError) as e:
+        print(f"[{kind}] warning: model card not written ({e}); the model is saved")
+        return None
