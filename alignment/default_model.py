@@ -19,6 +19,7 @@ import importlib.metadata
 import importlib.util
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -236,16 +237,52 @@ def resolve_model_path(
     path = Path(value).expanduser()
     if path.is_dir() and (path / "config.json").is_file():
         return path
+    if not path.exists() and HUB_ID.fullmatch(value):
+        cached = hub_cache_snapshot(value)
+        if cached is not None:
+            return cached
+        raise AlignError(
+            f"'{value}' is not in the local Hugging Face cache ({hub_cache_dir()}; HF_HUB_CACHE or HF_HOME move it). "
+            f"`align` reads models from that cache and never downloads: fetch it where the hub is reachable "
+            f"(`huggingface-cli download {value}`) and copy the cache here, or give a local model directory or "
+            f"the alias '{DEFAULT_MODEL_ALIAS}' (the embedded SmolLM2-135M-Instruct)",
+            file=file, field=field)
     if path.is_dir():
         problem = f"'{value}' is a directory but not a Hugging Face model directory (it has no config.json)"
     else:
         problem = f"'{value}' is neither a known model alias nor an existing local model directory"
     raise AlignError(
-        f"{problem}. Use the alias '{DEFAULT_MODEL_ALIAS}' (the embedded SmolLM2-135M-Instruct) or a "
-        "local Hugging Face model directory; downloading models from the Hugging Face hub is not supported",
+        f"{problem}. Use the alias '{DEFAULT_MODEL_ALIAS}' (the embedded SmolLM2-135M-Instruct), a local "
+        "Hugging Face model directory, or a hub id (org/name) already in the local Hugging Face cache",
         file=file,
         field=field,
     )
+
+
+# A hub repository id: "org/name", each part letters, digits, "-", "_", "." (not starting with a dot).
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+
+
+def hub_cache_dir() -> Path:
+    """Where huggingface_hub keeps downloaded models, read now (a test or a user may set it after import):
+    HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
+    return Path(home).expanduser() / "hub"
+
+
+def hub_cache_snapshot(repo_id: str) -> Path | None:
+    """The cached snapshot of ``repo_id`` (its main revision) holding a config.json, or None. Never downloads
+    (``local_files_only``), so HF_HUB_OFFLINE or not, nothing leaves the machine."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        folder = Path(snapshot_download(repo_id=repo_id, cache_dir=str(hub_cache_dir()), local_files_only=True))
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        return None
+    return folder if (folder / "config.json").is_file() else None
 
 
 def install_main(argv: list[str] | None = None) -> int:
