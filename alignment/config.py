@@ -157,9 +157,31 @@ class TrackingConfig:
 
     backends: list[Literal["wandb", "tensorboard", "none"]] = field(default_factory=lambda: ["wandb"])
     """wandb runs online when a key is configured (WANDB_API_KEY or `wandb login`), else offline."""
-    project: str = "alignment"
+    # The W&B fields below default to null, meaning "not written in the recipe": then W&B's environment
+    # variable (named in each docstring) wins, and only without it our default applies. A value written here
+    # wins over the environment. alignment/tracking.py resolves them.
+    project: str | None = None
+    """W&B project; null: WANDB_PROJECT, else "alignment"."""
     run_name: str | None = None
-    """Defaults to the output directory's run and phase names."""
+    """W&B run name; null: WANDB_NAME, else the output directory's run and phase names (`<run>/<phase>`)."""
+    entity: str | None = None
+    """W&B team or user; null: WANDB_ENTITY, else the account's default entity."""
+    group: str | None = None
+    """W&B group; null: WANDB_RUN_GROUP, else, for a phase of a pipeline, the pipeline's output folder name, so
+    all phases of one pipeline run are one group (a standalone phase has none)."""
+    job_type: str | None = None
+    """W&B job type; null: WANDB_JOB_TYPE, else the phase kind (sft, rm, dpo, ppo)."""
+    tags: list[str] | None = None
+    """W&B tags; null: WANDB_TAGS (comma-separated), else none."""
+
+    def __post_init__(self) -> None:
+        for name in ("project", "run_name", "entity", "group", "job_type"):
+            value = getattr(self, name)
+            if value is not None and not value.strip():
+                # An empty string would reach W&B as a real value and hide the environment and the default.
+                raise AlignError("must not be empty; leave it out (null) for the default", field=f"tracking.{name}")
+        if self.tags is not None and any(not t.strip() for t in self.tags):
+            raise AlignError("must not contain empty tags", field="tracking.tags")
 
 
 @dataclass

@@ -329,6 +329,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, float]:
                     phase_overrides[key] = _resolve_reference(phase_overrides[key], outputs)
             written, phase_cfg, _ = load_phase_config(step.kind, step.recipe, phase_overrides)
             recipe = to_dict(written)  # as written: a store stays a store, its exported pairs are in `data`
+            recipe.pop("tracking", None)  # where metrics go does not change the model: no retraining for it
             sources = config_sources(written)
             data = data_fingerprint(config_sources(phase_cfg))
             fingerprint = _fingerprint([fingerprints, recipe, cfg.deepspeed, cfg.num_processes, data])

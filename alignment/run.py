@@ -100,7 +100,8 @@ class Run:
             save_config(self.cfg, self.out / "config.yaml")
         name = self.cfg.tracking.run_name or "/".join(self.out.parts[-2:])
         self.tracker = MetricsLogger(self.out, self.cfg.tracking.backends, self.cfg.tracking.project, name,
-                                     to_dict(self.cfg), enabled=self.main, resume_step=state["step"])
+                                     to_dict(self.cfg), enabled=self.main, resume_step=state["step"],
+                                     job_type=self.tag)  # KTO trains under the dpo config: its own tag
         return state
 
     def close(self) -> None:
