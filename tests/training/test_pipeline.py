@@ -88,6 +88,15 @@ def test_changed_recipe_reruns_phase(tmp_path, tiny_model_dir, sft_file, capsys)
     assert "skipped" not in out and "starting this phase afresh" in out
 
 
+def test_a_changed_tracking_section_does_not_retrain(tmp_path, tiny_model_dir, sft_file, capsys):
+    """Where the metrics go is not part of what a phase learns: a new W&B project or group keeps the phase."""
+    path, data = _sft_only_run(tmp_path, tiny_model_dir, sft_file, capsys)
+    data["phases"][0]["overrides"].update({"tracking.project": "another", "tracking.group": "exp-2"})
+    path.write_text(json.dumps(data))
+    assert main(["run", str(path)]) == 0
+    assert "sft: complete, skipped" in capsys.readouterr().out
+
+
 def test_run_single_phase_recipe(tmp_path, tiny_model_dir, sft_file):
     out = tmp_path / "single"
     assert main(["run", str(QUICKSTART / "sft.yaml"), f"model={tiny_model_dir}", f"data.train={sft_file}",
