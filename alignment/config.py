@@ -99,6 +99,45 @@ class LoRAConfig:
 
 
 @dataclass
+class ModelOptions:
+    """How every model a phase loads is loaded (the trained one, its reference, a reward model)."""
+
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """The weights' dtype in memory. Trained weights stay float32 (``train.bf16`` gives bf16 compute on
+    them); a lower dtype is for a frozen base under LoRA and for frozen reference and reward models."""
+    attn_implementation: str | None = None
+    """transformers' attention kernel ("eager", "sdpa", "flash_attention_2", ...); None lets it choose."""
+    trust_remote_code: bool = False
+    """Run the modelling code a model folder ships (some architectures need it): only for a model you trust."""
+
+    def __post_init__(self) -> None:
+        if self.attn_implementation is not None and not str(self.attn_implementation).strip():
+            raise AlignError("is empty: name an attention implementation or leave it out",
+                             field="model_options.attn_implementation")
+
+    def check_trained(self, lora: LoRAConfig, trains_a_head: bool = False) -> None:
+        """Refuse a low-precision dtype for weights that are trained in full: a bf16 or fp16 weight cannot
+        hold an update much smaller than itself, so most of training would round away unnoticed.
+        ``trains_a_head``: a new head is trained in full even under LoRA (the reward model's score head)."""
+        if self.dtype != "float32" and trains_a_head:
+            raise AlignError(f"a reward model trains its score head in full, which {self.dtype} would round "
+                             "away; keep float32 (train.bf16 gives bf16 compute)", field="model_options.dtype")
+        if self.dtype != "float32" and not lora.enabled:
+            raise AlignError(f"{self.dtype} weights would be trained in {self.dtype}, where small updates round "
+                             "away; keep float32 and set train.bf16 for bf16 compute, or enable lora (the frozen "
+                             "base may then be held in a lower dtype)", field="model_options.dtype")
+
+    def load_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for transformers' ``from_pretrained``."""
+        import torch
+
+        kwargs: dict[str, Any] = {"dtype": getattr(torch, self.dtype), "trust_remote_code": self.trust_remote_code}
+        if self.attn_implementation:
+            kwargs["attn_implementation"] = self.attn_implementation
+        return kwargs
+
+
+@dataclass
 class TrainConfig:
     """Optimisation, checkpoints and evaluation cadence."""
 
@@ -196,11 +235,13 @@ class SFTConfig:
     data: SFTDataConfig = field(default_factory=SFTDataConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    model_options: ModelOptions = field(default_factory=ModelOptions)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     deepspeed: str | None = None
     """ZeRO config by name (zero1, zero2, zero3, zero3_offload) or path; usually set by `--deepspeed`."""
 
     def __post_init__(self) -> None:
+        self.model_options.check_trained(self.lora)
         if not self.data.train:
             raise AlignError("is required: the training data file", field="data.train")
 
@@ -245,6 +286,7 @@ class RMConfig:
     data: PreferenceDataConfig = field(default_factory=PreferenceDataConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1.0e-5))
+    model_options: ModelOptions = field(default_factory=ModelOptions)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     deepspeed: str | None = None
     disable_dropout: bool = True
@@ -257,6 +299,7 @@ class RMConfig:
     """Weight of the reward-centering penalty mean((r_c + r_r)^2) (Eisenstein et al. 2023); 0 disables."""
 
     def __post_init__(self) -> None:
+        self.model_options.check_trained(self.lora, trains_a_head=True)
         if not self.data.train:
             raise AlignError("is required: the preference data file", field="data.train")
         if self.center_coef < 0:
@@ -277,6 +320,7 @@ class DPOConfig:
     data: PreferenceDataConfig = field(default_factory=PreferenceDataConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1.0e-6))
+    model_options: ModelOptions = field(default_factory=ModelOptions)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     deepspeed: str | None = None
     disable_dropout: bool = True
@@ -309,6 +353,7 @@ class DPOConfig:
     """KTO's weights on good and bad examples; balance them when one kind outnumbers the other."""
 
     def __post_init__(self) -> None:
+        self.model_options.check_trained(self.lora)
         if not self.data.train:
             raise AlignError("is required: the preference data file", field="data.train")
         if self.beta <= 0:
@@ -381,6 +426,7 @@ class PPOConfig:
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1.0e-6, batch_size=16))
     """`batch_size` is prompts per rollout batch per process; `max_steps` counts rollout batches."""
+    model_options: ModelOptions = field(default_factory=ModelOptions)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     deepspeed: str | None = None
     disable_dropout: bool = True
@@ -431,6 +477,7 @@ class PPOConfig:
     rule out): answer i gets ``rule_reward_weight * sum_j w_j * (+1 followed, -1 broken) / sum_j w_j``."""
 
     def __post_init__(self) -> None:
+        self.model_options.check_trained(self.lora)
         if not self.data.train:
             raise AlignError("is required: the prompts file", field="data.train")
         if self.rule_reward_weight < 0:

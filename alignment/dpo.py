@@ -205,7 +205,7 @@ def run_dpo(cfg: DPOConfig) -> Path:
     set_seed(cfg.train.seed)
     loss_fn = build_loss(cfg)
 
-    tokenizer = load_tokenizer(cfg.model)
+    tokenizer = load_tokenizer(cfg.model, cfg.model_options)
     train_ex, val_ex, info = load_pairs(cfg.data, cfg.train.seed)
     train_pairs, stats = tokenize_pairs(tokenizer, train_ex, cfg.data.max_length)
     val_pairs, _ = tokenize_pairs(tokenizer, val_ex, cfg.data.max_length)
@@ -217,7 +217,7 @@ def run_dpo(cfg: DPOConfig) -> Path:
         f"loss {cfg.loss}, "
         f"beta {cfg.beta}")
 
-    model = load_causal_lm(cfg.model, trainable_adapter=cfg.lora.enabled)
+    model = load_causal_lm(cfg.model, trainable_adapter=cfg.lora.enabled, options=cfg.model_options)
     if cfg.lora.enabled:
         model = apply_lora(model, cfg.lora)
     if cfg.train.gradient_checkpointing:
@@ -230,7 +230,7 @@ def run_dpo(cfg: DPOConfig) -> Path:
     frozen = None
     if loss_fn.needs_reference and (separate_ref or not cfg.lora.enabled) and not (
             cfg.precompute_ref and not separate_ref):
-        frozen = load_frozen(cfg.ref_model or cfg.model)
+        frozen = load_frozen(cfg.ref_model or cfg.model, cfg.model_options)
     trainable, total = count_parameters(model)
     bf16 = use_bf16(cfg.train.bf16)
     schedule = Schedule.create(len(train_pairs), cfg.train, dist.world_size(),

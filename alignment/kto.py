@@ -332,10 +332,11 @@ def run_kto(cfg: DPOConfig) -> Path:
     if hint:
         run.log(f"note: {hint}")
 
-    tokenizer = load_tokenizer(cfg.model)
+    tokenizer = load_tokenizer(cfg.model, cfg.model_options)
     # An adapter as the starting model: with LoRA keep training it (TRL then copies it as a frozen "ref"
     # adapter); without LoRA fine-tune its merged weights.
-    model = load_causal_lm(cfg.model, trainable_adapter=cfg.lora.enabled, merge_adapter=not cfg.lora.enabled)
+    model = load_causal_lm(cfg.model, trainable_adapter=cfg.lora.enabled, merge_adapter=not cfg.lora.enabled,
+                           options=cfg.model_options)
     if not cfg.lora.enabled:
         model.requires_grad_(True)  # a merged adapter comes back frozen
     from peft import PeftModel
@@ -347,7 +348,8 @@ def run_kto(cfg: DPOConfig) -> Path:
     if separate_ref or not (cfg.lora.enabled or cfg.precompute_ref):
         # Our own frozen copy rather than TRL's: TRL reloads `config._name_or_path`, which for a merged
         # adapter is the base model, not the starting policy.
-        ref_model = load_causal_lm(cfg.ref_model or cfg.model, merge_adapter=True).eval().requires_grad_(False)
+        ref_model = load_causal_lm(cfg.ref_model or cfg.model, merge_adapter=True, options=cfg.model_options)
+        ref_model = ref_model.eval().requires_grad_(False)
     bf16 = use_bf16(cfg.train.bf16)
     if cfg.deepspeed and bf16 and not torch.cuda.is_available():
         if cfg.train.bf16 == "true":

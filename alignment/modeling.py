@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from alignment.config import LoRAConfig
+from alignment.config import LoRAConfig, ModelOptions
 from alignment.errors import AlignError
 
 
@@ -33,13 +33,19 @@ def is_adapter(path: Path) -> bool:
     return (path / "adapter_config.json").exists() and not (path / "config.json").exists()
 
 
-def load_tokenizer(path: str | Path) -> Any:
+def _load_kwargs(options: ModelOptions | None, dtype: torch.dtype) -> dict[str, Any]:
+    """``from_pretrained`` arguments: a recipe's ``model_options`` when given, else just ``dtype``."""
+    return options.load_kwargs() if options is not None else {"dtype": dtype}
+
+
+def load_tokenizer(path: str | Path, options: ModelOptions | None = None) -> Any:
     from transformers import AutoTokenizer
 
     path = resolve_model(path)
     if is_adapter(path) and not (path / "tokenizer_config.json").exists():
-        path = Path(json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"])
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
+        path = resolve_model(json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"])
+    trust = bool(options and options.trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust)
     if tokenizer.pad_token_id is None:
         # Padding positions never carry labels (labels come from the assistant mask), so reusing EOS
         # as the pad token cannot teach the model to skip EOS.
@@ -48,22 +54,24 @@ def load_tokenizer(path: str | Path) -> Any:
 
 
 def load_causal_lm(path: str | Path, *, trainable_adapter: bool = False, dtype: torch.dtype = torch.float32,
-                   merge_adapter: bool = False) -> torch.nn.Module:
-    """Load a causal LM; an adapter directory loads its base and the adapter on top of it."""
+                   merge_adapter: bool = False, options: ModelOptions | None = None) -> torch.nn.Module:
+    """Load a causal LM; an adapter directory loads its base and the adapter on top of it. ``options`` (a
+    recipe's ``model_options``: dtype, attention kernel, remote code) replaces ``dtype`` when given."""
     from transformers import AutoModelForCausalLM
 
     path = resolve_model(path)
+    kwargs = _load_kwargs(options, dtype)
     if is_adapter(path):
         from peft import PeftModel
 
         base_path = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
-        base = AutoModelForCausalLM.from_pretrained(str(resolve_model(base_path)), dtype=dtype)
+        base = AutoModelForCausalLM.from_pretrained(str(resolve_model(base_path)), **kwargs)
         model = PeftModel.from_pretrained(base, str(path), is_trainable=trainable_adapter)
         if trainable_adapter and not merge_adapter:
             return model  # keep training the same adapter
         # Merged into plain weights; PEFT froze the base, so make it trainable again for full fine-tuning.
         return model.merge_and_unload().requires_grad_(True)
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
     if getattr(model.config, "quantization_config", None) is not None:
         raise AlignError(
             "this model is quantized and cannot be trained; save it without its quantization config first",
@@ -117,26 +125,29 @@ def is_reward_model(path: Path) -> bool:
     return any(a.endswith("ForSequenceClassification") for a in archs)
 
 
-def load_reward_model(path: str | Path, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+def load_reward_model(path: str | Path, dtype: torch.dtype = torch.float32,
+                      options: ModelOptions | None = None) -> torch.nn.Module:
     """A one-score sequence classifier: a trained reward model as is, or a causal LM (or adapter,
-    merged first) with a new score head on its backbone."""
+    merged first) with a new score head on its backbone. ``options`` as in :func:`load_causal_lm`."""
     from transformers import AutoModelForSequenceClassification
 
     path = resolve_model(path)
+    kwargs = _load_kwargs(options, dtype)
+    dtype = kwargs["dtype"]
     if is_adapter(path):
         adapter_cfg = json.loads((path / "adapter_config.json").read_text())
         if adapter_cfg.get("task_type") == "SEQ_CLS":
             from peft import PeftModel
 
             base = AutoModelForSequenceClassification.from_pretrained(
-                str(resolve_model(adapter_cfg["base_model_name_or_path"])), num_labels=1, dtype=dtype)
+                str(resolve_model(adapter_cfg["base_model_name_or_path"])), num_labels=1, **kwargs)
             return PeftModel.from_pretrained(base, str(path)).merge_and_unload()
-        causal = load_causal_lm(path, merge_adapter=True, dtype=dtype)
+        causal = load_causal_lm(path, merge_adapter=True, dtype=dtype, options=options)
         model = AutoModelForSequenceClassification.from_config(causal.config, num_labels=1, dtype=dtype)
         missing, _ = model.load_state_dict(causal.state_dict(), strict=False)
         assert all("score" in k for k in missing), missing
         return model
-    model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1, dtype=dtype)
+    model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1, **kwargs)
     if getattr(model.config, "quantization_config", None) is not None:
         raise AlignError("this model is quantized and cannot be trained", file=path / "config.json",
                          field="quantization_config")

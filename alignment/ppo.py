@@ -451,7 +451,7 @@ def run_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> Path:
     set_seed(cfg.train.seed)
     device = dist.device()
 
-    tokenizer = load_tokenizer(cfg.model)
+    tokenizer = load_tokenizer(cfg.model, cfg.model_options)
     prompts, cut = load_prompts(cfg, tokenizer)
     run.log(f"{len(prompts)} prompts" + (f"; {cut} cut to {cfg.data.max_prompt_length} tokens" if cut else ""))
     stop_ids = sorted({tokenizer.eos_token_id, *_generation_eos(cfg.model, tokenizer)})
@@ -480,12 +480,13 @@ def run_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> Path:
             from alignment.errors import AlignError
 
             raise AlignError("is required: a reward model directory from `align rm`", field="reward_model")
-        reward_model = load_reward_model(cfg.reward_model).eval().requires_grad_(False).to(device)
+        reward_model = load_reward_model(cfg.reward_model, options=cfg.model_options)
+        reward_model = reward_model.eval().requires_grad_(False).to(device)
         reward_model.config.pad_token_id = tokenizer.pad_token_id
         stats = load_reward_stats(Path(cfg.reward_model) / "model") or load_reward_stats(Path(cfg.reward_model))
         if cfg.normalize_rewards and stats is None:
             run.log("WARNING: the reward model has no reward_stats.json; scores are used unnormalised")
-    policy_model = load_causal_lm(cfg.model, trainable_adapter=cfg.lora.enabled)
+    policy_model = load_causal_lm(cfg.model, trainable_adapter=cfg.lora.enabled, options=cfg.model_options)
     if cfg.lora.enabled:
         policy_model = apply_lora(policy_model, cfg.lora)
     if cfg.train.gradient_checkpointing:
@@ -499,7 +500,8 @@ def run_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> Path:
             head.weight.data.copy_(source.weight.data.float())
         policy_model = PolicyWithValueHead(policy_model, head)
     elif cfg.critic == "separate":
-        critic_model = load_reward_model(cfg.reward_model or cfg.model)
+        critic_model = load_reward_model(cfg.reward_model or cfg.model,  # trained in full: float32
+                                         options=dataclasses.replace(cfg.model_options, dtype="float32"))
         critic_model.config.pad_token_id = tokenizer.pad_token_id
 
     if cfg.disable_dropout:
@@ -522,7 +524,7 @@ def run_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> Path:
     if cfg.lora.enabled and not cfg.ref_model:  # the policy with its adapter disabled
         frozen, adapter = None, policy.module.policy if cfg.critic == "shared" else policy.module
     else:
-        frozen, adapter = place_reference(load_frozen(cfg.ref_model or cfg.model), ds_config), None
+        frozen, adapter = place_reference(load_frozen(cfg.ref_model or cfg.model, cfg.model_options), ds_config), None
     reference = token_reference(policy, frozen, adapter,
                                 lambda logits, tokens: response_logprobs(logits, tokens, cfg.generation.temperature)[0])
     reward = reward_fn or model_reward(reward_model, tokenizer.pad_token_id, policy.autocast)

@@ -23,6 +23,7 @@ import torch
 
 from alignment import distributed as dist
 from alignment.batching import collate_pairs, pair_lengths
+from alignment.config import ModelOptions
 from alignment.data.preferences import TokenizedPair
 from alignment.modeling import load_causal_lm
 from alignment.training import Engine
@@ -31,10 +32,10 @@ from alignment.training import Engine
 # --------------------------------------------------------------------------------------------------
 # The model that computes reference log-probs
 # --------------------------------------------------------------------------------------------------
-def load_frozen(model: str) -> torch.nn.Module:
+def load_frozen(model: str, options: ModelOptions | None = None) -> torch.nn.Module:
     """A frozen copy of ``model`` (an adapter merged into its base), in eval mode, on the CPU: pass it to
-    :func:`place_reference` once the policy's engine exists."""
-    return load_causal_lm(model, merge_adapter=True).eval().requires_grad_(False)
+    :func:`place_reference` once the policy's engine exists. ``options``: the recipe's ``model_options``."""
+    return load_causal_lm(model, merge_adapter=True, options=options).eval().requires_grad_(False)
 
 
 def place_reference(model: torch.nn.Module, ds_config: dict[str, Any] | None) -> torch.nn.Module:

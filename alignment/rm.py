@@ -130,7 +130,7 @@ def run_rm(cfg: RMConfig) -> Path:
     out = run.out
     set_seed(cfg.train.seed)
 
-    tokenizer = load_tokenizer(cfg.model)
+    tokenizer = load_tokenizer(cfg.model, cfg.model_options)
     train_ex, val_ex, info = load_pairs(cfg.data, cfg.train.seed)
     train_pairs, train_stats = tokenize_pairs(tokenizer, train_ex, cfg.data.max_length)
     val_pairs, _ = tokenize_pairs(tokenizer, val_ex, cfg.data.max_length)
@@ -139,7 +139,7 @@ def run_rm(cfg: RMConfig) -> Path:
         f"{describe(train_stats, cfg.data.max_length, weight_summary(train_ex))}; "
         f"validation {len(val_pairs)} pairs")
 
-    model = load_reward_model(cfg.model)
+    model = load_reward_model(cfg.model, options=cfg.model_options)
     model.config.pad_token_id = tokenizer.pad_token_id
     if cfg.lora.enabled:
         model = apply_lora(model, cfg.lora, task_type="SEQ_CLS")

@@ -224,7 +224,7 @@ def run_sft(cfg: SFTConfig) -> Path:
     set_seed(cfg.train.seed)
 
     # --- data -------------------------------------------------------------------------------
-    tokenizer = load_tokenizer(cfg.model)
+    tokenizer = load_tokenizer(cfg.model, cfg.model_options)
     train_records, val_records, prep = load_sft_records(cfg)
     train_examples, stats = tokenize_sft(tokenizer, train_records, cfg.data.max_length)
     val_examples, _ = tokenize_sft(tokenizer, val_records, cfg.data.max_length)
@@ -241,7 +241,7 @@ def run_sft(cfg: SFTConfig) -> Path:
         run.log(f"packing: {stats.examples - stats.dropped_no_target} examples into {len(train_examples)} rows")
 
     # --- model ------------------------------------------------------------------------------
-    model = load_causal_lm(cfg.model, trainable_adapter=cfg.lora.enabled)
+    model = load_causal_lm(cfg.model, trainable_adapter=cfg.lora.enabled, options=cfg.model_options)
     stop = check_stop_tokens(tokenizer, getattr(model, "generation_config", None))
     if not stop.ok:
         end = tokenizer.convert_ids_to_tokens(stop.end_of_turn_id) if stop.end_of_turn_id is not None else None
