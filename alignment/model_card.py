@@ -108,11 +108,13 @@ def card_text(kind: str, cfg: Any, model_dir: Path, evaluation: str | None = Non
 def write_model_card(kind: str, cfg: Any, model_dir: Path, evaluation: str | None = None) -> Path | None:
     """``model_dir/README.md``, and a portable base name in an adapter's config; None when it failed (a
     warning is printed: the model itself is saved)."""
+    if not model_dir.is_dir():
+        return None  # nothing saved: nothing to describe
     try:
         make_adapter_portable(model_dir, str(cfg.model))
         path = model_dir / CARD
         path.write_text(card_text(kind, cfg, model_dir, evaluation), encoding="utf-8")
         return path
-    except (OSError, ValueError, TypeError) as e:
-        print(f"[{kind}] warning: model card not written ({e}); the model is saved")
+    except Exception as e:  # noqa: BLE001 - the card describes a saved model; it must never fail the phase
+        print(f"[{kind}] warning: model card not written ({type(e).__name__}: {e}); the model is saved")
         return None

@@ -51,3 +51,16 @@ def test_align_sft_writes_a_card_beside_the_model(tmp_path, tiny_model_dir, sft_
     recipe_block = card.split("```yaml\n", 1)[1].split("```", 1)[0]
     assert yaml.safe_load(recipe_block)["train"]["max_steps"] == 2  # the recipe as it ran
     assert "## Evaluation" not in card  # a phase run alone has no eval table
+
+
+def test_a_card_that_cannot_be_written_is_a_warning_not_a_failure(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from alignment.model_card import write_model_card
+
+    (tmp_path / "model").mkdir()
+    odd = SimpleNamespace(output_dir=str(tmp_path))  # no `model`: the card cannot say what it started from
+    assert write_model_card("rm", odd, tmp_path / "model") is None
+    assert "[rm] warning: model card not written" in capsys.readouterr().out
+    assert write_model_card("rm", odd, tmp_path / "missing") is None  # no model saved: no card, no warning
+    assert capsys.readouterr().out == ""
