@@ -27,14 +27,11 @@ CARD = "README.md"
 def portable_base(model: str) -> str | None:
     """The name an adapter should record for its base ``model`` (a recipe's ``model``), or None to keep the
     path: our aliases and hub ids (``org/name`` that is no local folder) travel; local folders do not."""
-    from alignment.default_model import DEFAULT_MODEL_ALIAS
+    from alignment.default_model import DEFAULT_MODEL_ALIAS, HUB_ID
 
     if model == DEFAULT_MODEL_ALIAS:
         return model
-    if Path(model).exists():
-        return None
-    parts = model.split("/")
-    return model if len(parts) == 2 and all(parts) and not model.startswith((".", "/")) else None
+    return model if HUB_ID.fullmatch(model) and not Path(model).exists() else None
 
 
 def make_adapter_portable(model_dir: Path, base: str) -> bool:
