@@ -22,7 +22,7 @@ class Answer:
 @torch.no_grad()
 def generate(model: Any, tokenizer: Any, prompts: list[list[dict[str, str]]], *, max_new_tokens: int = 128,
              batch_size: int = 16, temperature: float = 0.0, top_p: float = 1.0, bf16: str = "auto",
-             seed: int = 0, desc: str = "generate") -> list[Answer]:
+             seed: int = 0, desc: str = "generate", progress: bool = True) -> list[Answer]:
     """Answers to chat prompts (message lists ending with a user turn), in prompt order.
 
     Prompts are sorted by length so each batch pads little, then answers are put back in order.
@@ -39,7 +39,7 @@ def generate(model: Any, tokenizer: Any, prompts: list[list[dict[str, str]]], *,
     torch.manual_seed(seed)
     sampling = temperature > 0
     with autocast(use_bf16(bf16)):
-        for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False):
+        for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False, disable=not progress):
             idx = order[start : start + batch_size]
             enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True,
                             add_special_tokens=False).to(device)

@@ -23,6 +23,9 @@ from typing import Any
 import torch
 
 from alignment.data.chat import IGNORE_INDEX  # defined once, in the data layer that writes the labels
+from alignment.log import get_logger
+
+_log = get_logger("logits")
 
 
 @dataclass
@@ -150,9 +153,9 @@ def _shortcut_verified(model: Any, parts: tuple[Any, Any], inputs: dict[str, Any
     worst = dist.all_reduce_max(local)
     verdict = worst <= SHORTCUT_TOLERANCE
     if not verdict and dist.is_main():
-        print(f"[logits] WARNING: {type(inner).__name__}'s forward does more than its output layer applied to its "
-              f"decoder (target log-probs differ by {worst:.3f} nats on average on the first batch); every batch "
-              "runs the full forward instead (slower, correct)", flush=True)
+        _log.warning(f"[logits] WARNING: {type(inner).__name__}'s forward does more than its output layer "
+                     f"applied to its decoder (target log-probs differ by {worst:.3f} nats on average on the "
+                     "first batch); every batch runs the full forward instead (slower, correct)")
     setattr(inner, _VERDICT, verdict)
     return verdict
 

@@ -20,6 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from alignment.data.fingerprint import config_sources, data_fingerprint
+from alignment.log import get_logger
+
+_log = get_logger("model_card")
 
 CARD = "README.md"
 
@@ -113,5 +116,5 @@ def write_model_card(kind: str, cfg: Any, model_dir: Path, evaluation: str | Non
         path.write_text(card_text(kind, cfg, model_dir, evaluation), encoding="utf-8")
         return path
     except Exception as e:  # noqa: BLE001 - the card describes a saved model; it must never fail the phase
-        print(f"[{kind}] warning: model card not written ({type(e).__name__}: {e}); the model is saved")
+        _log.warning(f"[{kind}] warning: model card not written ({type(e).__name__}: {e}); the model is saved")
         return None

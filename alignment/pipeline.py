@@ -30,8 +30,11 @@ from alignment.config import (
 from alignment.data.fingerprint import config_sources, data_fingerprint
 from alignment.errors import AlignError
 from alignment.evaluation.run import model_stamp
+from alignment.log import get_logger
 from alignment.phases import PHASES
 from alignment.verdict import format_verdicts, run_verdicts
+
+_log = get_logger("pipeline")
 
 # The packaged copy when installed from a wheel: `align quickstart` works from any folder (its runs/ go under
 # the working directory; the recipe's data paths resolve next to the recipe file).
@@ -134,8 +137,8 @@ def _is_complete(phase_dir: Path, fingerprint: str, data: dict[str, str] | None 
     before = done.get("data") or {}
     changed = [name for name, digest in (data or {}).items() if name in before and before[name] != digest]
     if changed:
-        print(f"[pipeline] {phase_dir.name}: its data changed since it completed ("
-              + ", ".join(f"{name}: {(sources or {}).get(name, '?')}" for name in changed) + "); running it again")
+        _log.info(f"[pipeline] {phase_dir.name}: its data changed since it completed ("
+                  + ", ".join(f"{name}: {(sources or {}).get(name, '?')}" for name in changed) + "); running it again")
     return False
 
 
@@ -216,10 +219,10 @@ def export_feedback_stores(kind: str, cfg: Any) -> dict[str, Any]:
         info = materialise(spec, out, pair_policy, aggregate)
         overrides[name] = str(out)
         if distributed.is_main():
-            print(f"[{kind}] {name}: feedback store {info['source']} -> {out} ({info['pairs']} pairs from "
-                  f"{info['judgments']} judgments, exported {info['exported_at']})")
+            _log.info(f"[{kind}] {name}: feedback store {info['source']} -> {out} ({info['pairs']} pairs from "
+                      f"{info['judgments']} judgments, exported {info['exported_at']})")
             if aggregate != "all":
-                print(f"[{kind}] {name}: {aggregation_line(aggregate, info['aggregation'])}")
+                _log.info(f"[{kind}] {name}: {aggregation_line(aggregate, info['aggregation'])}")
     if kind in ("rm", "dpo"):
         if cfg.data.kind == "feedback":
             overrides["data.kind"] = "preference"
@@ -252,8 +255,8 @@ def record_lineage(kind: str, cfg: Any, model_dir: str | Path | None = None) -> 
     except (AlignError, OSError) as e:
         # One from an earlier training of this folder would describe the weights this run replaced.
         (out / LINEAGE_FILE).unlink(missing_ok=True)
-        print(f"[{kind}] warning: lineage.json not written ({e}); the model is saved, but which judgments it "
-              "was trained on is not recorded beside it")
+        _log.warning(f"[{kind}] warning: lineage.json not written ({e}); the model is saved, but which judgments it "
+                     "was trained on is not recorded beside it")
         return None
 
 
@@ -311,7 +314,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, float]:
     save_config(cfg, out / "pipeline.yaml")
     from alignment.allocator import describe
 
-    print(f"[pipeline] memory allocator: {describe()}")
+    _log.info(f"[pipeline] memory allocator: {describe()}")
     outputs: dict[str, str] = {}  # training phase name -> its model folder
     policies: dict[str, str] = {}  # the subset that generates text (not reward models)
     policy_cfgs: dict[str, tuple[str, Any]] = {}  # their (kind, config), for the model cards
@@ -334,11 +337,11 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, float]:
             data = data_fingerprint(config_sources(phase_cfg))
             fingerprint = _fingerprint([fingerprints, recipe, cfg.deepspeed, cfg.num_processes, data])
             if _is_complete(phase_dir, fingerprint, data, sources):
-                print(f"[pipeline] {step.name}: complete, skipped")
+                _log.info(f"[pipeline] {step.name}: complete, skipped")
                 timings[step.name] = 0.0
             else:
                 _warn_if_changed(phase_dir, phase_cfg)
-                print(f"[pipeline] {step.name}: {step.kind} from {phase_cfg.model}")
+                _log.info(f"[pipeline] {step.name}: {step.kind} from {phase_cfg.model}")
                 _run_training_phase(step.kind, phase_cfg, cfg.deepspeed, cfg.num_processes)
                 timings[step.name] = time.perf_counter() - start
                 _mark_complete(phase_dir, fingerprint, timings[step.name], data)
@@ -357,7 +360,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, float]:
             fingerprint = _fingerprint([fingerprints, _generation_settings(cfg.evaluation), models, reward_model,
                                         model_stamp(reward_model) if reward_model else None, data])
             if _is_complete(phase_dir, fingerprint, data, sources):
-                print(f"[pipeline] {step.name}: complete, skipped")
+                _log.info(f"[pipeline] {step.name}: complete, skipped")
                 timings[step.name] = 0.0
             else:
                 _run_eval_phase(cfg, phase_dir, models, reward_model)
@@ -421,13 +424,13 @@ def _finish(out: Path, cfg: PipelineConfig, timings: dict[str, float]) -> Path:
     h2h = head_to_head_lines(cfg)
     report = write_report(out, cfg, timings, verdicts, h2h)
     if verdicts:
-        print("\n" + "\n".join(f"[pipeline] {line}" for line in format_verdicts(verdicts).splitlines()))
+        _log.info("\n" + "\n".join(f"[pipeline] {line}" for line in format_verdicts(verdicts).splitlines()))
     if h2h:
-        print("\n" + "\n".join(f"[pipeline] {line}" for line in h2h))
+        _log.info("\n" + "\n".join(f"[pipeline] {line}" for line in h2h))
     for name, seconds in timings.items():
-        print(f"[pipeline] {name}: {seconds:.0f} s" + (" (skipped: already complete)" if seconds == 0 else ""))
-    print(f"[pipeline] total: {sum(timings.values()):.0f} s")
-    print(f"[pipeline] report: {report}")
+        _log.info(f"[pipeline] {name}: {seconds:.0f} s" + (" (skipped: already complete)" if seconds == 0 else ""))
+    _log.info(f"[pipeline] total: {sum(timings.values()):.0f} s")
+    _log.info(f"[pipeline] report: {report}")
     return report
 
 
@@ -453,8 +456,8 @@ def _warn_if_changed(phase_dir: Path, phase_cfg: Any) -> None:
 
     old = yaml.safe_load(previous.read_text())
     if old != json.loads(json.dumps(to_dict(phase_cfg))):
-        print(f"[pipeline] {phase_dir.name}: the recipe changed since its checkpoints were written; "
-              "starting this phase afresh")
+        _log.info(f"[pipeline] {phase_dir.name}: the recipe changed since its checkpoints were written; "
+                  "starting this phase afresh")
         phase_cfg.train.resume = "never"
 
 
@@ -506,7 +509,7 @@ def _run_eval_phase(cfg: PipelineConfig, phase_dir: Path, models: dict[str, str]
     report = evaluate(models, prompts, policies, baseline=next(iter(models)), reward_model=reward_model,
                       max_new_tokens=cfg.evaluation.max_new_tokens, batch_size=cfg.evaluation.batch_size,
                       prompts_file=cfg.evaluation.prompts, cache_dir=phase_dir,
-                      log=lambda message: print(f"[pipeline] eval: {message}"))
+                      log=lambda message: _log.info(f"[pipeline] eval: {message}"))
     table = format_table(report.results, policies)
     report.write(phase_dir / "results.json")
     (phase_dir / "table.txt").write_text(table + "\n")

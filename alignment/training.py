@@ -23,6 +23,9 @@ import torch
 
 from alignment import distributed as dist
 from alignment.config import TrainConfig
+from alignment.log import get_logger
+
+_log = get_logger("train")
 
 # --------------------------------------------------------------------------------------------------
 # Precision
@@ -393,7 +396,7 @@ def clear_checkpoints(output_dir: Path) -> None:
     """A run that starts from step 0 replaces an earlier run's checkpoints, so `resume: auto` can never
     later pick up a checkpoint of a different run."""
     if dist.is_main() and (Path(output_dir) / "checkpoints").exists():
-        print(f"[train] starting afresh: removing earlier checkpoints in {output_dir}/checkpoints")
+        _log.info(f"[train] starting afresh: removing earlier checkpoints in {output_dir}/checkpoints")
         shutil.rmtree(Path(output_dir) / "checkpoints")
     dist.barrier()
 

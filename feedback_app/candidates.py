@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from alignment.data.formats import blank_prompt
 from alignment.errors import AlignError
 from feedback_app.store import MAX_CANDIDATES_PER_ITEM, Store, StoreError, text_hash
@@ -187,19 +189,23 @@ def generate_candidates(store: Store, project_id: int, settings: GenerationSetti
     stored = 0
     done = 0
     jobs = [(item_id, prompt) for item_id, prompt, missing in todo for _ in range(missing)]
+    # One bar for the job: each chunk's own bar would print a finished bar per chunk in a log file.
+    bar = tqdm(total=len(jobs), desc="candidates", unit="answer")
     for start in range(0, len(jobs), settings.batch_size):
         chunk = jobs[start:start + settings.batch_size]
         seed = settings.seed + start
         answers = generate(model, tokenizer, [p for _, p in chunk], max_new_tokens=settings.max_new_tokens,
                            batch_size=settings.batch_size, temperature=settings.temperature,
-                           top_p=settings.top_p, seed=seed, desc="candidates")
+                           top_p=settings.top_p, seed=seed, progress=False)
         for (item_id, _), answer in zip(chunk, answers):
             stored += store.add_candidates(item_id, [(answer.text, settings.model, {**decoding, "seed": seed})],
                                            model_path=str(model_path), model_sha256=digest)
         done += len(chunk)
+        bar.update(len(chunk))
         store.update_job(job_id, done=done, message=f"generated {done}/{total}")
         if on_progress:
             on_progress(done, total)
+    bar.close()
     duplicates = total - stored
     store.update_job(job_id, status="done", done=total, message=f"{stored} candidates stored"
                      + (f" ({duplicates} duplicate or empty answers skipped)" if duplicates else ""))

@@ -40,6 +40,9 @@ from alignment.evaluation.records import (
     VsBaseline,
 )
 from alignment.evaluation.rules import DomainRule, load_rules
+from alignment.log import get_logger
+
+_log = get_logger("eval")
 
 Messages = list[dict[str, str]]
 Log = Callable[[str], None]
@@ -235,7 +238,7 @@ def eval_command(models: list[str], prompts_path: str, policies_path: str | None
                       reward_model=reward_model, judge_model=judge_model, max_new_tokens=max_new_tokens,
                       batch_size=batch_size, prompts_file=prompts_path, cache_dir=cache)
     if baseline:
-        print(f"baseline: {baseline}")
+        _log.info(f"baseline: {baseline}")
     print(format_table(report.results, policies))
     if reward_model or baseline:
         if reward_model:
@@ -243,6 +246,6 @@ def eval_command(models: list[str], prompts_path: str, policies_path: str | None
         print(LEGEND)
     if out:
         report.write(out)
-        print(f"results: {out}")
+        _log.info(f"results: {out}")
     return 0
 

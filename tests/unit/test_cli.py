@@ -103,3 +103,45 @@ def test_passwords_in_urls_are_masked_in_every_line(tmp_path, capsys):
     assert capsys.readouterr().out == ("added x to postgresql+psycopg://user:***@db.example:5432/feedback\n"
                                        "[sft] feedback store postgresql://u:***@h/db#round-1 -> data/train.jsonl\n"
                                        "http://host:8080/x and postgresql://user@h/db\n")
+
+
+# The functions whose job is to print a command's result (a table, a path, a validation summary): -q keeps
+# those, as it keeps errors. Everything else in the library speaks through alignment.log, so -q hides it.
+RESULT_PRINTERS = {
+    ("data/summary.py", "validate_command"),
+    ("evaluation/run.py", "eval_command"),
+    ("pipeline.py", "_run_eval_phase"),
+    # The one-time conversion of the embedded model talks on stderr: `install` prints the model's path on
+    # stdout for scripts to read, and the conversion can run before any logger is configured.
+    ("default_model.py", "ensure_default_model"),
+    ("default_model.py", "install_main"),
+}
+
+
+def test_the_library_prints_results_only_and_logs_everything_else():
+    import ast
+    from pathlib import Path
+
+    import alignment
+
+    root = Path(alignment.__file__).parent
+    printers = set()
+    for path in sorted(root.rglob("*.py")):
+        for fn in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                if any(isinstance(n, ast.Call) and getattr(n.func, "id", None) == "print" for n in ast.walk(fn)):
+                    printers.add((path.relative_to(root).as_posix(), fn.name))
+    assert printers == RESULT_PRINTERS
+
+
+def test_quiet_hides_the_pipelines_progress_and_keeps_its_warnings(tmp_path, capsys):
+    from alignment import pipeline
+
+    (tmp_path / "sft").mkdir()
+    (tmp_path / "sft" / "complete.json").write_text('{"fingerprint": "old", "data": {"train": "old"}}')
+    with log.verbosity(log.level_for(quiet=True)):
+        assert not pipeline._is_complete(tmp_path / "sft", "f", {"train": "new"}, {"train": "t.jsonl"})
+    assert capsys.readouterr().out == ""
+    assert not pipeline._is_complete(tmp_path / "sft", "f", {"train": "new"}, {"train": "t.jsonl"})
+    assert "[pipeline] sft: its data changed since it completed (train: t.jsonl); running it again" in (
+        capsys.readouterr().out)
