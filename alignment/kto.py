@@ -41,7 +41,7 @@ from alignment.errors import AlignError
 from alignment.modeling import count_parameters, load_causal_lm, load_tokenizer, save_model
 from alignment.run import Run
 from alignment.tracking import MetricsLogger
-from alignment.training import deepspeed_config, set_seed, use_bf16
+from alignment.training import SCHEDULERS, deepspeed_config, set_seed, use_bf16
 
 # TRL / transformers log key -> our shared metric name; TRL's own KTO keys (rewards/*,
 # logps/*, logits/*, kl, entropy) pass through as they are, with `eval/` in front of held-out ones.
@@ -173,9 +173,6 @@ class QuietProgress(ProgressCallback):
 # --------------------------------------------------------------------------------------------------
 # Recipe -> KTOConfig
 # --------------------------------------------------------------------------------------------------
-SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}  # ours warm up too
-
-
 def build_args(cfg: DPOConfig, out: Path, bf16: bool, has_eval: bool, ds_config: dict[str, Any] | None,
                configured_state: bool) -> Any:
     from trl import KTOConfig

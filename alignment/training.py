@@ -98,16 +98,9 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, fused: bool = Fals
                              **({"fused": True} if fused else {}))
 
 
-def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
-    """Multiplier of the peak learning rate at ``step`` (linear warm-up, then cosine/linear/constant)."""
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    if kind == "constant":
-        return 1.0
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    if kind == "linear":
-        return 1.0 - progress
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
+# transformers' schedule names for ours. One convention everywhere (KTO trains through transformers' Trainer):
+# linear warm-up from 0 over ``warmup_ratio`` of the steps, then cosine or linear decay to 0, or constant.
+SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
 
 
 GROUP_STEPS = 16  # steps whose examples are sorted by length together (group_by_length)
@@ -204,9 +197,10 @@ class Engine:
                 dist.broadcast_parameters(model)  # every rank starts from rank 0's weights, as under DDP
         optimizer = build_optimizer(model, cfg, fused=not self.deepspeed)
         warmup = int(cfg.warmup_ratio * total_steps)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: lr_factor(s, total_steps, warmup, cfg.scheduler)
-        )
+        from transformers import get_scheduler
+
+        scheduler = get_scheduler(SCHEDULERS[cfg.scheduler], optimizer, num_warmup_steps=warmup,
+                                  num_training_steps=total_steps)
         if self.deepspeed:
             import deepspeed
 

@@ -144,3 +144,26 @@ def test_dpo_trains_without_dropout_unless_asked(tmp_path: Path, dropout_model_d
     assert "dropout turned off" in capsys.readouterr().out
     noisy, _ = _dpo_first_step(tmp_path, dropout_model_dir, toy_preferences, disable_dropout=False)
     assert abs(noisy["rewards/chosen"]) > 1e-3  # the same run with the model's dropout: reward noise at step 1
+
+
+@pytest.mark.parametrize("kind", ["cosine", "linear", "constant"])
+def test_the_learning_rate_follows_the_schedule_kto_uses_too(kind: str) -> None:
+    """Warm-up from 0 over 2 of 10 steps, then the decay, by hand; the same names map to transformers' schedules
+    for KTO (alignment.kto trains through transformers' Trainer), so every phase warms up alike."""
+    import math
+
+    from alignment.training import SCHEDULERS, Engine
+
+    layer = torch.nn.Linear(2, 1)
+    cfg = TrainConfig(max_steps=10, lr=0.5, warmup_ratio=0.2, scheduler=kind)
+    engine = Engine(layer, cfg, total_steps=10, bf16=False, deepspeed_config=None)
+    seen = []
+    for _ in range(10):
+        seen.append(engine.optimizer.param_groups[0]["lr"])
+        engine.backward(engine.forward(input=torch.ones(1, 2)).sum())
+        engine.step()
+    decay = {"cosine": lambda p: 0.5 * (1 + math.cos(math.pi * p)), "linear": lambda p: 1 - p,
+             "constant": lambda p: 1.0}[kind]
+    expected = [0.0, 0.25] + [0.5 * decay((s - 2) / 8) for s in range(2, 10)]
+    assert seen == pytest.approx(expected)
+    assert set(SCHEDULERS) == {"cosine", "linear", "constant"}  # every recipe value has a transformers name
