@@ -3,6 +3,7 @@
 # make test-fast    without multi-process, real-model and end-to-end tests; make test-unit: tests/unit only
 # make lint         ruff
 # make bench        our training phases vs TRL's trainers (same model, data, batch); writes benchmarks/RESULTS.md
+# make bench-data   SFT tokenization and packing on 50k conversations, ours vs datasets.map and TRL
 # make efficacy     rule adherence and content on four synthetic domains, ours vs TRL; writes benchmarks/efficacy/RESULTS.md
 # make rounds-demo  two rounds of simulated expert feedback -> RM + DPO -> head-to-head; writes runs/rounds-demo/summary.md
 SHELL := /bin/bash
@@ -15,7 +16,7 @@ TORCH_VERSION := $(shell sed -n 's/^torch==//p' constraints.txt)
 # when pip's find-links has one, else PyTorch's CPU index). With CUDA, the default build.
 HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
 
-.PHONY: setup tcmalloc model quickstart test test-fast test-unit lint bench efficacy rounds-demo clean
+.PHONY: setup tcmalloc model quickstart test test-fast test-unit lint bench bench-data efficacy rounds-demo clean
 
 setup: $(VENV)/.installed tcmalloc
 
@@ -67,6 +68,10 @@ lint: setup
 # BENCH_ARGS passes options through, e.g. make bench BENCH_ARGS="--steps 2 --only sft,rm"
 bench: model
 	$(PY) benchmarks/bench.py $(BENCH_ARGS)
+
+# SFT tokenization and packing on 50k conversations, ours vs datasets.map and TRL's pack_dataset
+bench-data: model
+	$(PY) benchmarks/data_prep.py
 
 # EFFICACY_ARGS passes options through, e.g. make efficacy EFFICACY_ARGS="--domains bank,it --only ours"
 # (--quick: a smoke run of a few steps per phase, written to runs/efficacy-quick/RESULTS.md)

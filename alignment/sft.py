@@ -99,24 +99,49 @@ def preferred_conversations(path: str, seed: int) -> list[dict[str, Any]]:
     return out
 
 
+def first_fit(lengths: list[int], capacity: int) -> list[list[int]]:
+    """First-fit bin packing in order: each length goes to the first bin with room, else a new bin. Returns the
+    indices per bin. O(n log n): a max tree over the bins' free room finds the first bin with enough room by
+    descending from the root (a scan of every open bin per example was quadratic: 40k examples took 16 s).
+
+    Ours rather than TRL's ``pack_dataset`` (best fit decreasing through an Arrow dataset): on 50k examples
+    first fit decreasing with this tree fills rows as well and runs about 20x faster (benchmarks/data_prep.py)."""
+    size = 1
+    while size < max(1, len(lengths)):
+        size *= 2
+    tree = [-1] * (2 * size)  # tree[size + b]: free room of bin b (-1: not opened); inner nodes: max of children
+    bins: list[list[int]] = []
+    for i, n in enumerate(lengths):
+        if tree[1] >= n:
+            node = 1
+            while node < size:  # the leftmost child with room: the first bin that fits
+                node = 2 * node if tree[2 * node] >= n else 2 * node + 1
+            b = node - size
+            bins[b].append(i)
+            room = tree[node] - n
+        else:
+            b = len(bins)
+            bins.append([i])
+            node, room = size + b, capacity - n
+        tree[node] = room
+        node //= 2
+        while node:
+            tree[node] = max(tree[2 * node], tree[2 * node + 1])
+            node //= 2
+    return bins
+
+
 def pack(examples: list[Tokenized], max_length: int) -> list[Tokenized]:
-    """Concatenate examples into rows of at most ``max_length`` tokens (first fit, in order).
+    """Concatenate examples into rows of at most ``max_length`` tokens: first fit decreasing (longest examples
+    placed first, ties in data order), which leaves less room unused than first fit in data order (99% against
+    96% full on 50k conversations); the trainer shuffles rows, so their order carries nothing.
 
     Each packed example keeps its own positions (see :func:`collate`), which transformers reads as
     separate sequences, so no example attends to another: padding-free batching.
     """
-    rows: list[list[Tokenized]] = []
-    room: list[int] = []
-    for ex in examples:
-        n = len(ex.input_ids)
-        for i, free in enumerate(room):
-            if n <= free:
-                rows[i].append(ex)
-                room[i] -= n
-                break
-        else:
-            rows.append([ex])
-            room.append(max_length - n)
+    order = sorted(range(len(examples)), key=lambda i: -len(examples[i].input_ids))
+    bins = first_fit([len(examples[i].input_ids) for i in order], max_length)
+    rows = [[examples[order[j]] for j in row] for row in bins]
     packed = []
     for row in rows:
         ids, labels, positions = [], [], []

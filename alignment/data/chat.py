@@ -69,11 +69,9 @@ def assistant_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str
     return text, spans
 
 
-def tokenize_messages(tokenizer: Any, messages: list[dict[str, str]], max_length: int) -> Tokenized:
-    """Token ids and labels for a conversation: loss on assistant turns (with their end token) only."""
-    text, spans = assistant_spans(tokenizer, messages)
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+def _labelled(ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]],
+              max_length: int) -> Tokenized:
+    """Labels for the tokens whose first character falls inside an assistant span, then truncation."""
     labels = [IGNORE_INDEX] * len(ids)
     span_i = 0
     for t, (start, _end) in enumerate(offsets):
@@ -85,9 +83,8 @@ def tokenize_messages(tokenizer: Any, messages: list[dict[str, str]], max_length
     return Tokenized(ids[:max_length], labels[:max_length], truncated)
 
 
-def tokenize_text(tokenizer: Any, text: str, max_length: int) -> Tokenized:
+def _plain(tokenizer: Any, ids: list[int], max_length: int) -> Tokenized:
     """Plain text: loss on every token, EOS appended so the model learns to stop."""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if tokenizer.eos_token_id is not None:
         ids = ids + [tokenizer.eos_token_id]
     truncated = len(ids) > max_length
@@ -95,26 +92,48 @@ def tokenize_text(tokenizer: Any, text: str, max_length: int) -> Tokenized:
     return Tokenized(ids, list(ids), truncated)
 
 
+def tokenize_messages(tokenizer: Any, messages: list[dict[str, str]], max_length: int) -> Tokenized:
+    """Token ids and labels for a conversation: loss on assistant turns (with their end token) only."""
+    text, spans = assistant_spans(tokenizer, messages)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    return _labelled(enc["input_ids"], enc["offset_mapping"], spans, max_length)
+
+
+def tokenize_text(tokenizer: Any, text: str, max_length: int) -> Tokenized:
+    """Plain text: loss on every token, EOS appended so the model learns to stop."""
+    return _plain(tokenizer, tokenizer(text, add_special_tokens=False)["input_ids"], max_length)
+
+
+# Records tokenized per call of the (fast, Rust) tokenizer: one call encodes a whole chunk on all cores instead
+# of one Python round trip per example (measured by benchmarks/data_prep.py); chunks bound the memory of the
+# offsets held at once.
+TOKENIZE_CHUNK = 2048
+
+
 def tokenize_sft(
     tokenizer: Any, records: list[dict[str, Any]], max_length: int
 ) -> tuple[list[Tokenized], TokenizeStats]:
-    """Tokenize normalised SFT records (``{"messages": ...}`` or ``{"text": ...}``)."""
+    """Tokenize normalised SFT records (``{"messages": ...}`` or ``{"text": ...}``); the same examples as
+    :func:`tokenize_messages` / :func:`tokenize_text` one by one, encoded a chunk at a time."""
     stats = TokenizeStats()
     out: list[Tokenized] = []
-    for record in records:
-        if "messages" in record:
-            example = tokenize_messages(tokenizer, record["messages"], max_length)
-        else:
-            example = tokenize_text(tokenizer, record["text"], max_length)
-        stats.examples += 1
-        stats.truncated += int(example.truncated)
-        targets = sum(1 for label in example.labels if label != IGNORE_INDEX)
-        if targets == 0:
-            stats.dropped_no_target += 1
-            continue
-        stats.target_tokens += targets
-        stats.lengths.append(len(example.input_ids))
-        out.append(example)
+    for start in range(0, len(records), TOKENIZE_CHUNK):
+        chunk = records[start:start + TOKENIZE_CHUNK]
+        rendered = [assistant_spans(tokenizer, r["messages"]) if "messages" in r else (r["text"], None)
+                    for r in chunk]
+        enc = tokenizer([text for text, _ in rendered], add_special_tokens=False, return_offsets_mapping=True)
+        for (_, spans), ids, offsets in zip(rendered, enc["input_ids"], enc["offset_mapping"]):
+            example = _plain(tokenizer, ids, max_length) if spans is None else _labelled(ids, offsets, spans,
+                                                                                         max_length)
+            stats.examples += 1
+            stats.truncated += int(example.truncated)
+            targets = sum(1 for label in example.labels if label != IGNORE_INDEX)
+            if targets == 0:
+                stats.dropped_no_target += 1
+                continue
+            stats.target_tokens += targets
+            stats.lengths.append(len(example.input_ids))
+            out.append(example)
     return out, stats
 
 

@@ -232,9 +232,11 @@ def test_pack_keeps_every_token_within_max_length(tokenizer):
 def test_pack_positions_restart_at_each_example(tokenizer):
     examples, _ = tokenize_sft(tokenizer, [conversation(i) for i in range(3)], 1024)
     (row,) = pack(examples, 1024)
-    expected = [p for ex in examples for p in range(len(ex.input_ids))]
+    longest_first = sorted(examples, key=lambda ex: -len(ex.input_ids))  # first fit decreasing
+    assert len({len(ex.input_ids) for ex in examples}) == 3 and longest_first != examples  # the order shows
+    expected = [p for ex in longest_first for p in range(len(ex.input_ids))]
     assert row.position_ids == expected
-    assert row.input_ids == [t for ex in examples for t in ex.input_ids]  # first fit keeps order
+    assert row.input_ids == [t for ex in longest_first for t in ex.input_ids]
 
 
 def per_token_nll(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -259,6 +261,7 @@ def separate_nll(model, examples: list[Tokenized], pad_id: int) -> list[float]:
 def test_packed_examples_do_not_attend_to_each_other(tokenizer, tiny_model):
     examples, _ = tokenize_sft(tokenizer, [conversation(i) for i in range(4)], 1024)
     (row,) = pack(examples, 1024)
+    examples.sort(key=lambda ex: -len(ex.input_ids))  # the row's order: first fit decreasing
     batch = collate([row], tokenizer.pad_token_id)
     assert set(batch) == {"input_ids", "labels", "position_ids"}
     packed = per_token_nll(tiny_model, dict(batch))[0]  # (T-1,)
@@ -311,3 +314,51 @@ def test_padding_does_not_change_an_examples_nll(tokenizer, tiny_model):
     batched = per_token_nll(tiny_model, collate(examples, tokenizer.pad_token_id)).sum(dim=1)  # (B,)
     alone = separate_nll(tiny_model, examples, tokenizer.pad_token_id)
     assert batched.tolist() == pytest.approx(alone, rel=1e-5)
+
+
+def _scan_first_fit(lengths: list[int], capacity: int) -> list[list[int]]:
+    """First fit by its definition: scan the open bins from the first."""
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for i, n in enumerate(lengths):
+        b = next((b for b, free in enumerate(room) if n <= free), None)
+        if b is None:
+            bins.append([])
+            room.append(capacity)
+            b = len(bins) - 1
+        bins[b].append(i)
+        room[b] -= n
+    return bins
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_first_fit_is_first_fit_by_definition(seed):
+    import random
+
+    from alignment.sft import first_fit
+
+    rng = random.Random(seed)
+    lengths = [rng.randint(1, 64) for _ in range(rng.choice([1, 2, 7, 300]))]
+    assert first_fit(lengths, 64) == _scan_first_fit(lengths, 64)
+    assert first_fit([64, 1, 63, 64, 2, 62], 64) == [[0], [1, 2], [3], [4, 5]]
+    assert first_fit([], 64) == []
+
+
+def test_chunked_tokenization_equals_one_call_per_example(tokenizer, monkeypatch):
+    from alignment.data import chat
+
+    records = [{"messages": m} for m in (
+        [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there."}],
+        [{"role": "user", "content": "a " * 20}, {"role": "assistant", "content": "b " * 80},
+         {"role": "user", "content": "More?"}, {"role": "assistant", "content": "Yes."}],
+        [{"role": "user", "content": "x " * 300}, {"role": "assistant", "content": "cut off"}],  # no target left
+    )] + [{"text": "plain text"}]
+    monkeypatch.setattr(chat, "TOKENIZE_CHUNK", 2)  # chunks of 2: a chunk boundary inside the records
+    got, stats = chat.tokenize_sft(tokenizer, records, 96)
+    one_by_one = [chat.tokenize_messages(tokenizer, r["messages"], 96) if "messages" in r
+                  else chat.tokenize_text(tokenizer, r["text"], 96) for r in records]
+    kept = [ex for ex in one_by_one if any(label != IGNORE_INDEX for label in ex.labels)]
+    assert [(ex.input_ids, ex.labels, ex.truncated) for ex in got] == [
+        (ex.input_ids, ex.labels, ex.truncated) for ex in kept]
+    assert (stats.examples, stats.dropped_no_target, len(got)) == (4, 1, 3)
+    assert stats.truncated == sum(ex.truncated for ex in one_by_one) == 2
