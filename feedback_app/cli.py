@@ -1,5 +1,5 @@
-"""``align app``, ``align app users ...``, ``align feedback export``, ``check``, ``gold``, ``score``, ``lineage`` and
-``h2h create|report``.
+"""``align app``, ``align app users ...``, ``align app db current|upgrade``, ``align feedback export``, ``check``,
+``gold``, ``score``, ``lineage`` and ``h2h create|report``.
 
 ``--store`` is accepted at every level of these commands (``align app --store X users add`` and ``align app users
 add --store X`` are the same); when it is given nowhere, ``$ALIGN_STORE`` names the store, else feedback.db.
@@ -76,6 +76,14 @@ def add_parsers(sub: Any) -> None:
         _store_option(d)
     ls = usub.add_parser("list", help="list accounts")
     _store_option(ls)
+    # Opening a store upgrades it anyway; these let an admin see where a store stands and upgrade it as a step of
+    # its own (a PostgreSQL store before the new release's servers start), rather than from the first server up.
+    db = asub.add_parser("db", help="the store's schema: its revision, or upgrade it now")
+    _store_option(db)
+    dsub = db.add_subparsers(dest="db_command", required=True)
+    for name, help_ in (("current", "the store's schema revision, and whether it is the newest (changes nothing)"),
+                        ("upgrade", "upgrade the store's schema to the newest revision (what opening it does)")):
+        _store_option(dsub.add_parser(name, help=help_))
 
     p = sub.add_parser("feedback", help="feedback store tools")
     _store_option(p, top=True)
@@ -160,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
                   trusted_proxies=tuple(args.trusted_proxy), allowed_origins=tuple(args.allowed_origin))
             return 0
         if args.command == "app":
-            return _users(args)
+            return _db(args) if args.app_command == "db" else _users(args)
         if args.feedback_command == "export":
             from feedback_app.export import export_store, summary_lines, write_export
 
@@ -314,6 +322,39 @@ def _h2h_report(args: argparse.Namespace) -> int:
                               samples=args.samples, seed=args.seed)
     for line in format_summary(summary):
         log.output(line)
+    return 0
+
+
+def _db(args: argparse.Namespace) -> int:
+    """``align app db current`` (reads only: the store is not opened as a Store, which would upgrade it) and
+    ``align app db upgrade``."""
+    from pathlib import Path
+
+    from sqlalchemy import create_engine
+
+    from feedback_app import migrations
+    from feedback_app.store import Store, StoreError, database_url, public_url
+
+    url = database_url(args.store)
+    where = public_url(str(args.store))
+    if url.startswith("sqlite") and not Path(url.removeprefix("sqlite:///")).is_file():
+        raise StoreError(f"{where}: no feedback store here")  # connecting would create an empty file
+    engine = create_engine(url)
+    try:
+        with engine.connect() as c:
+            before, legacy, state = migrations.current(c), migrations.legacy_version(c), migrations.describe(c)
+    finally:
+        engine.dispose()
+    if before is None and legacy is None:
+        raise StoreError(f"{where}: no feedback store here (create one with `align app users add`)")
+    if args.db_command == "current":
+        log.output(f"{where}: {state}")
+        return 0
+    Store(args.store, create=False).close()  # the upgrade every open does, under its schema lock
+    head = migrations.head()
+    was = f"revision {before}" if before else f"schema_version {legacy} (before Alembic)"
+    log.output(f"{where}: already at revision {head} (head)" if before == head
+               else f"{where}: upgraded from {was} to revision {head} (head)")
     return 0
 
 

@@ -19,8 +19,8 @@ make it safe to run under many annotators and to kill at any moment:
   row under a lock, so a slot freed once is claimed once. A released claim is remembered
   (``released_claims``): its annotator's late submission is stored only while the item still has a
   free slot, and the claim is taken again for it in the same transaction;
-- a store made by an older version is brought up to date when it is opened (:meth:`Store._upgrade`):
-  new tables are created, new columns added with their defaults.
+- a store made by an older version is brought up to date when it is opened (:meth:`Store._upgrade`), by
+  the Alembic revisions of :mod:`feedback_app.migrations`, once, under a lock that concurrent openers queue on.
 
 Gold items (:meth:`Store.set_gold`, :meth:`Store.import_gold`) live in a table of their own that nothing on
 the annotator's path reads: an item marked gold is claimed, shown and stored like any other, and only the
@@ -80,7 +80,6 @@ from sqlalchemy import (
     false,
     func,
     insert,
-    inspect,
     select,
     text,
     update,
@@ -97,9 +96,12 @@ Tick **All unacceptable** when no answer could be given to a customer as it stan
 response you would fix) and a **negative example**: a plausible answer that must never be given.
 """
 MAX_TEXT = 20_000  # characters in a corrected answer, negative example or note
-# 2: projects.claim_ttl_minutes, released_claims; 3: gold_items; 4: candidate_scores, projects.uncertain_first;
-# 5: candidates.model_path, candidates.model_sha256 (the identity of the model that wrote each candidate);
-# 6: projects.task, projects.baseline, projects.challenger (head-to-head evaluations)
+# The last schema version of the scheme before Alembic, frozen: meta.schema_version stays "6" in every store
+# (see feedback_app.migrations). Schema changes since are Alembic revisions (feedback_app/migrations/versions),
+# and a store's version is its alembic_version. 2: projects.claim_ttl_minutes, released_claims; 3: gold_items;
+# 4: candidate_scores, projects.uncertain_first; 5: candidates.model_path, candidates.model_sha256 (the identity
+# of the model that wrote each candidate); 6: projects.task, projects.baseline, projects.challenger (head-to-head
+# evaluations); 6 is Alembic's baseline revision.
 SCHEMA_VERSION = "6"
 # What a project is for: "rank", experts rank candidates and their judgments are training data; "head_to_head",
 # experts compare two models' answers on held-out prompts: an evaluation, never exported for training.
@@ -155,7 +157,7 @@ projects = Table(
     Column("assign_batch", Integer, nullable=False, default=5),  # items claimed at once per annotator
     Column("created_at", Float, nullable=False),
     # Minutes after which a claimed, unsubmitted item may go to another annotator; 0: never. Added in
-    # schema 2: older stores get the column (and this default) when opened, see _ADDED_COLUMNS.
+    # schema 2: older stores get the column (and this default) when opened, see feedback_app.migrations.
     Column("claim_ttl_minutes", Integer, nullable=False, default=DEFAULT_CLAIM_TTL_MINUTES,
            server_default=text(str(DEFAULT_CLAIM_TTL_MINUTES))),
     # Claim the items the reward model is least sure of first (see candidate_scores); off: the usual order.
@@ -244,19 +246,6 @@ candidate_scores = Table(
     Column("reward_model", Text, nullable=False),
     Column("weights_sha256", String(64), nullable=False),
     Column("scored_at", Float, nullable=False),
-)
-
-# Columns added to existing tables after the first release, as (table, column, SQL type and default): a
-# store made before them gets them when opened; rows that existed take the default.
-_ADDED_COLUMNS = (
-    ("projects", "claim_ttl_minutes", f"INTEGER NOT NULL DEFAULT {DEFAULT_CLAIM_TTL_MINUTES}"),
-    # FALSE, not 0: PostgreSQL refuses an integer default for a boolean (SQLite reads FALSE as 0 since 3.23)
-    ("projects", "uncertain_first", "BOOLEAN NOT NULL DEFAULT FALSE"),
-    ("candidates", "model_path", "TEXT NOT NULL DEFAULT ''"),
-    ("candidates", "model_sha256", "VARCHAR(64) NOT NULL DEFAULT ''"),
-    ("projects", "task", f"VARCHAR(16) NOT NULL DEFAULT '{RANK}'"),
-    ("projects", "baseline", f"VARCHAR({MAX_MODEL_NAME}) NOT NULL DEFAULT ''"),
-    ("projects", "challenger", f"VARCHAR({MAX_MODEL_NAME}) NOT NULL DEFAULT ''"),
 )
 
 judgments = Table(
@@ -590,42 +579,51 @@ class Store:
         else:
             self.engine = create_engine(self.url, pool_pre_ping=True, pool_size=8, max_overflow=32)
         self._writer: Engine = self.engine.execution_options(begin="IMMEDIATE")
-        if create:
-            with self.write() as c:
-                self._schema_lock(c)
-                metadata.create_all(c)
-                if c.execute(select(meta.c.value).where(meta.c.key == "secret")).first() is None:
-                    c.execute(insert(meta).values(key="secret", value=secrets.token_hex(32)))
-                    c.execute(insert(meta).values(key="schema_version", value=SCHEMA_VERSION))
-        self._upgrade()
+        self._upgrade(create)
         self._secret: bytes | None = None
 
-    def _upgrade(self) -> None:
-        """Bring a store made by an older version up to this schema: missing tables, missing columns.
+    def _upgrade(self, create: bool) -> None:
+        """Create the store (``create``) or bring one made by an older version to the head revision of
+        :mod:`feedback_app.migrations`.
 
-        Runs on every open, read-only uses included (the queries name the new columns), and costs two small
-        reads when the store is current. One transaction; concurrent openers queue (SQLite's BEGIN IMMEDIATE,
-        an advisory lock on PostgreSQL) and the later ones find nothing left to do."""
+        Runs on every open, read-only uses included (the queries name the new columns), and costs one read of the
+        store's revision when the store is current. Otherwise one write transaction: concurrent openers queue
+        on the schema lock, and the later ones find nothing left to do (the revision is read again under it)."""
+        from feedback_app import migrations
+
         with self.read() as c:
-            if not inspect(c).has_table("meta"):
-                return  # not a store: create=False on an empty database; the first query says so
-            version = c.execute(select(meta.c.value).where(meta.c.key == "schema_version")).scalar()
-        if version == SCHEMA_VERSION:
-            return
-        with self.write() as c:
-            self._schema_lock(c)
-            metadata.create_all(c)  # checks first: only the tables this store lacks
-            inspector = inspect(c)
-            for table, column, ddl in _ADDED_COLUMNS:
-                if column not in {col["name"] for col in inspector.get_columns(table)}:
-                    c.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}")
-            if not c.execute(update(meta).where(meta.c.key == "schema_version").values(value=SCHEMA_VERSION)).rowcount:
-                c.execute(insert(meta).values(key="schema_version", value=SCHEMA_VERSION))
+            if migrations.current(c) == migrations.head():
+                return
+        with self.schema_write() as c:
+            if migrations.upgrade(c, create=create) == "created":
+                # The installation's random secret (session cookies), made with the store in its transaction:
+                # a store at the head revision has one.
+                c.execute(insert(meta).values(key="secret", value=secrets.token_hex(32)))
+
+    @contextmanager
+    def schema_write(self) -> Iterator[Connection]:
+        """A write transaction that changes the schema: one at a time (:meth:`_schema_lock`) and, on SQLite, with
+        foreign keys off until it ends. SQLite changes most of a table by copying it (create, copy, drop, rename:
+        Alembic's batch mode); with foreign keys on, the drop counts every reference to the old table as broken
+        (deferred or not), and the copy renamed into its place does not mend the count, so the change fails. The
+        pragma does nothing inside a transaction, so it is set before the BEGIN and set back after;
+        :func:`feedback_app.migrations.upgrade` checks every reference itself before the commit."""
+        with self._writer.connect() as c:
+            raw = c.connection.dbapi_connection if self.is_sqlite else None
+            if raw is not None:
+                raw.execute("PRAGMA foreign_keys=OFF")  # the driver's own: no BEGIN before it (isolation_level None)
+            try:
+                with c.begin():
+                    self._schema_lock(c)
+                    yield c
+            finally:
+                if raw is not None:
+                    raw.execute("PRAGMA foreign_keys=ON")
 
     def _schema_lock(self, c: Connection) -> None:
         """Inside a write that changes the schema: one such transaction at a time. SQLite's BEGIN IMMEDIATE
-        already queues writers; on PostgreSQL two openers would otherwise both create a missing table and
-        one would fail."""
+        already queues writers; on PostgreSQL two openers would otherwise both create a missing table (or run a
+        revision) and one would fail."""
         if not self.is_sqlite:
             c.execute(text("SELECT pg_advisory_xact_lock(7460212)"))  # any constant, the same in every process
 

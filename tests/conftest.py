@@ -156,14 +156,20 @@ SCHEMA_ADDED = {
 
 
 def downgrade_store(store: Any, version: str) -> None:
-    """Make ``store`` look like one written at schema ``version``: every later version's tables and columns
-    dropped (newest first) and the version recorded, so opening it again must run the real upgrade."""
+    """Make ``store`` look like one written at schema ``version``, before the store moved to Alembic: the
+    revisions after the baseline (schema 6) undone by their own downgrades, Alembic's version table dropped,
+    every later version's tables and columns dropped (newest first) and the version recorded, so opening it
+    again must run the real upgrade."""
+    from alembic import command
     from sqlalchemy import text
 
+    from feedback_app import migrations
     from feedback_app.store import SCHEMA_VERSION, meta
 
     assert SCHEMA_VERSION == max(SCHEMA_ADDED, key=int), "list what the new schema version adds in SCHEMA_ADDED"
-    with store.write() as c:
+    with store.schema_write() as c:
+        command.downgrade(migrations.config(c), migrations.BASELINE)
+        c.execute(text("DROP TABLE alembic_version"))
         for added in sorted(SCHEMA_ADDED, key=int, reverse=True):
             if int(added) > int(version):
                 for statement in SCHEMA_ADDED[added]:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, inspect, select
 
+from feedback_app import migrations
 from feedback_app.store import (
     DEFAULT_CLAIM_TTL_MINUTES,
     SCHEMA_VERSION,
@@ -274,6 +275,7 @@ def test_an_old_store_is_upgraded_when_opened(store, clock):
     store = Store(store.url, clock=clock)
     with store.read() as c:
         assert c.execute(select(meta.c.value).where(meta.c.key == "schema_version")).scalar() == SCHEMA_VERSION
+        assert migrations.current(c) == migrations.head()  # legacy upgrade, then Alembic's baseline and later
         assert "released_claims" in inspect(c).get_table_names()
         assert c.execute(select(func.count()).select_from(assignments)).scalar() == 2  # the claims are kept
     p = store.project(p.id)

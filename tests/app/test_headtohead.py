@@ -18,6 +18,7 @@ from sqlalchemy import inspect, select
 
 from alignment.cli import main
 from alignment.errors import AlignError
+from feedback_app import migrations
 from feedback_app.export import export_store, materialise, summary_lines
 from feedback_app.headtohead import (
     BOTH_BAD,
@@ -219,6 +220,7 @@ def test_a_schema_5_store_is_upgraded_when_opened(store):
     with checker.read() as c:
         assert {"task", "baseline", "challenger"} <= {col["name"] for col in inspect(c).get_columns("projects")}
         assert c.execute(select(meta.c.value).where(meta.c.key == "schema_version")).scalar() == SCHEMA_VERSION
+        assert migrations.current(c) == migrations.head()  # legacy upgrade, then Alembic's baseline and later
     checker.close()
     store = Store(store.url)
     old = store.project(p.id)

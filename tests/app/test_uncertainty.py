@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy import inspect, select
 
 from alignment.cli import main
+from feedback_app import migrations
 from feedback_app.store import SCHEMA_VERSION, Store, StoreError, assignments, meta
 from tests.app.test_feedback_store import _fill, _postgres_url, _prompt, _rank_all, _users
 from tests.conftest import app_login, call_api, downgrade_store, open_store_concurrently, run_at_once
@@ -193,6 +194,7 @@ def test_a_schema_3_store_is_upgraded_when_opened(store):
         assert "candidate_scores" in inspect(conn).get_table_names()
         assert "uncertain_first" in {col["name"] for col in inspect(conn).get_columns("projects")}
         assert conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).scalar() == SCHEMA_VERSION
+        assert migrations.current(conn) == migrations.head()  # legacy upgrade, then Alembic's baseline and later
     checker.close()
     store = Store(store.url)
     p = store.project(p.id)

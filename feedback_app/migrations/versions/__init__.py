@@ -1,0 +1,1 @@
+"""Alembic revisions of the feedback store, one file each (Alembic loads them by path, not by import)."""
