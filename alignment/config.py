@@ -194,8 +194,10 @@ class TrainConfig:
 class TrackingConfig:
     """Where metrics go besides `metrics.jsonl` (always written)."""
 
-    backends: list[Literal["wandb", "tensorboard", "none"]] = field(default_factory=lambda: ["wandb"])
-    """wandb runs online when a key is configured (WANDB_API_KEY or `wandb login`), else offline."""
+    backends: list[Literal["wandb", "mlflow", "tensorboard", "none"]] = field(default_factory=lambda: ["wandb"])
+    """wandb runs online when a key is configured (WANDB_API_KEY or `wandb login`), else offline; mlflow logs to
+    MLFLOW_TRACKING_URI, else a local `mlruns/` store (needs the `mlflow` extra). The fields below name its
+    experiment (project), run and tags too."""
     # The W&B fields below default to null, meaning "not written in the recipe": then W&B's environment
     # variable (named in each docstring) wins, and only without it our default applies. A value written here
     # wins over the environment. alignment/tracking.py resolves them.

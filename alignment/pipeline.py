@@ -322,6 +322,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, float]:
     timings: dict[str, float] = {}
     current_model = cfg.model
     reward_models: list[str] = []  # names of the `rm` phases so far, for evaluation.reward_model: auto
+    tracking = None  # the last training phase's tracking section: where the eval tables and report go
     for step in cfg.phases:
         phase_dir = out / step.name
         start = time.perf_counter()
@@ -331,6 +332,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, float]:
                 if key in phase_overrides:
                     phase_overrides[key] = _resolve_reference(phase_overrides[key], outputs)
             written, phase_cfg, _ = load_phase_config(step.kind, step.recipe, phase_overrides)
+            tracking = phase_cfg.tracking
             recipe = to_dict(written)  # as written: a store stays a store, its exported pairs are in `data`
             recipe.pop("tracking", None)  # where metrics go does not change the model: no retraining for it
             sources = config_sources(written)
@@ -368,7 +370,11 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, float]:
                 _mark_complete(phase_dir, fingerprint, timings[step.name], data)
                 _cards_with_evaluation(policy_cfgs, phase_dir)
         fingerprints.append(fingerprint)
-    _finish(out, cfg, timings)
+    report = _finish(out, cfg, timings)
+    if distributed.is_main():
+        from alignment.tracking import log_pipeline
+
+        log_pipeline(out, cfg, tracking, report)
     return timings
 
 

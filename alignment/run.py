@@ -105,9 +105,12 @@ class Run:
         return state
 
     def close(self) -> None:
-        """Wait for every process (rank 0 may still be saving), then close the tracker."""
+        """Wait for every process (rank 0 may still be saving), then log the saved model and close the tracker."""
         dist.barrier()
         if self.tracker is not None:
+            # every phase saves its final model to <output_dir>/model before closing; a non-main rank's
+            # tracker is disabled and ignores it
+            self.tracker.log_model(self.out / "model", {"phase": self.tag, "base_model": str(self.cfg.model)})
             self.tracker.close()
 
     # --- the loop ------------------------------------------------------------------------------------

@@ -24,8 +24,14 @@ WANDB_VARS = ("WANDB_PROJECT", "WANDB_NAME", "WANDB_DIR", "WANDB_ENTITY", "WANDB
 class _FakeRun:
     id = "fake-run-id"
 
+    def __init__(self) -> None:
+        self.artifacts: list[Any] = []
+
     def log(self, *args: Any, **kwargs: Any) -> None:
         pass
+
+    def log_artifact(self, artifact: Any) -> None:
+        self.artifacts.append(artifact)
 
     def finish(self) -> None:
         pass
@@ -39,8 +45,9 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     calls: list[dict[str, Any]] = []
 
     def init(**kwargs: Any) -> _FakeRun:
+        kwargs["run"] = _FakeRun()  # what the run was sent, for the tests that look
         calls.append(kwargs)
-        return _FakeRun()
+        return kwargs["run"]
 
     for name in WANDB_VARS:
         monkeypatch.delenv(name, raising=False)
@@ -163,5 +170,10 @@ def test_pipeline_phases_share_a_group_with_job_type_per_phase(tmp_path, tiny_mo
     path.write_text(json.dumps(recipe))
     assert main(["run", str(path)]) == 0
     assert [(c["group"], c["job_type"], c["name"]) for c in recorded] == [
-        ("exp-7", "sft", "exp-7/sft"), ("exp-7", "rm", "exp-7/reward")]
+        ("exp-7", "sft", "exp-7/sft"), ("exp-7", "rm", "exp-7/reward"), ("exp-7", "report", "exp-7/report")]
     assert {c["project"] for c in recorded} == {"alignment-quickstart"}  # the recipes write it
+    # each phase's saved model, as a reference artifact of its run; the pipeline's report in the last run
+    models = [(a.name, a.type, a.metadata["phase"]) for c in recorded[:2] for a in c["run"].artifacts]
+    assert models == [("exp-7-sft", "model", "sft"), ("exp-7-reward", "model", "rm")]
+    (report,) = recorded[2]["run"].artifacts
+    assert (report.name, report.type) == ("exp-7-report", "report")
