@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from alignment.data.chat import tokenize_messages, tokenize_sft  # noqa: E402
 from alignment.sft import first_fit  # noqa: E402
-from benchmarks.bench import cpu_flags, machine_info  # noqa: E402
+from benchmarks.bench import flags_text, machine_info  # noqa: E402
 
 WORDS = ("claim policy deductible coverage the a of to we you your insurance adjuster flood storm premium rate "
          "water damage roof car accident receipt photo form review team days window renewal notice").split()
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
 
     info = machine_info()
     print(f"# Data preparation, {n:,} conversations, max_length {width}, {tokens:,} tokens")
-    print(f"{info['cpu']}, {info['cores']} cores; CPU flags: {cpu_flags()}; "
+    print(f"{info['cpu']}, {info['cores']} cores; CPU flags: {flags_text(info['cpu_flags'])}; "
           f"transformers {info['transformers']}, trl {info['trl']}, datasets {datasets.__version__}\n")
     print("| step | implementation | seconds | vs library | rows | fill |")
     print("|---|---|---|---|---|---|")

@@ -310,17 +310,7 @@ def evaluate(label: str, model: str, folder: Path, settings: Mapping[str, int]) 
 # --------------------------------------------------------------------------------------------------
 def machine_info() -> dict[str, Any]:
     """bench.py's machine description plus the CPU features that decide bf16 speed, and the GPU if any."""
-    info = _bench_machine_info()
-    flags: list[str] = []
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                present = set(line.split(":", 1)[1].split())
-                flags = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16") if f in present]
-                break
-    except OSError:
-        pass
-    info["cpu_flags"] = flags
+    info = _bench_machine_info()  # cpu_flags included
     try:
         import torch
 

@@ -59,7 +59,8 @@ def _report() -> dict:
     dims = bench.ModelDims.from_config(TINY)
     return {
         "date": "2026-01-01 00:00 UTC",
-        "machine": {"cpu": "Test CPU", "cores": 2, "torch": "x", "transformers": "y", "trl": "z"},
+        "machine": {"cpu": "Test CPU", "cores": 2, "torch": "x", "transformers": "y", "trl": "z",
+                    "cpu_flags": ["avx2", "amx_bf16"]},
         "settings": {"steps": 2, "warmup": 1, "model": "tiny", "dpo_ref": "inline", "batch_size": 8,
                      "lengths": "SFT 512", "max_new_tokens": 96, "temperature": 0.7,
                      "ppo_epochs": 2, "num_minibatches": 2, "critic": "shared"},
@@ -90,6 +91,7 @@ def _report() -> dict:
 
 def test_render_ratios_and_verdicts_come_from_the_numbers():
     text = bench.render_markdown(_report())
+    assert "CPU flags: avx2 amx_bf16" in text  # which precision is fast on the machine the numbers come from
     results = text.split("## Results")[1].split("## Targets")[0]
     rows = {line.split("|")[1].strip(): line for line in results.splitlines() if line.startswith("| ")}
     assert "1,000 tokens/s" in rows["SFT"] and "250 tokens/s" in rows["SFT"] and "800 tokens/s" in rows["SFT"]
