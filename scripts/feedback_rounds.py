@@ -67,7 +67,12 @@ class Settings:
     heldout_limit: int | None = None  # the first N held-out prompts only (tests)
     h2h_temperature: float = 0.0  # greedy head-to-head answers; tests sample (a tiny random model's greedy
     # answer can be all special tokens, which is no answer)
-    aggregate: str = "majority"  # how round-1 pairs of annotators who disagree are merged (feedback export)
+    # How round-1 pairs of annotators are merged (feedback export). The simulated experts order answers that
+    # follow the same rules by a draw of their own, so most pairs between such answers are coin flips that
+    # annotators contradict each other on; keeping only the pairs nobody contradicts trains on the rules
+    # (measured on one round-1 store: decisive win rate 75.0% with drop_contradicted, 68.8% majority, 60.4%
+    # agreement_weight).
+    aggregate: str = "drop_contradicted"
     seed: int = 0
     sft_overrides: list[str] = field(default_factory=list)  # extra `align sft` key=value overrides
     rm_overrides: list[str] = field(default_factory=list)

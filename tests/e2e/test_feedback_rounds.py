@@ -32,7 +32,7 @@ def test_two_rounds_on_a_tiny_model(tmp_path: Path, tiny_model_dir: Path,
              "tracking.backends=[none]"]
     s = feedback_rounds.Settings(
         workdir=tmp_path / "demo", model=str(tiny_model_dir), annotators=3, overlap=2, noise=0.15, prompts=4, k=2,
-        temperature=1.0, max_new_tokens=12, heldout_limit=5, h2h_temperature=1.0, seed=3,
+        temperature=1.0, max_new_tokens=12, heldout_limit=5, h2h_temperature=1.0, seed=3, aggregate="majority",
         # DPO at a large learning rate: two steps must change the tiny model's answers, or every head-to-head
         # prompt is answered identically by both sides and never shown.
         sft_overrides=steps, rm_overrides=steps, dpo_overrides=[*steps, "train.lr=0.05"])
