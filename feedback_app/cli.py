@@ -132,6 +132,9 @@ def add_parsers(sub: Any) -> None:
                                             "answers file's model)")
     hc.add_argument("--challenger-name", help="the challenger's name in the report")
     hc.add_argument("--overlap", type=int, help="annotators per prompt (default 2)")
+    hc.add_argument("--policies", help="a policies YAML (the domain's rules): checked, then its text is stored with "
+                                       "the project, and every report (the dashboard's too) judges with these rules "
+                                       "beside the experts; replaces an extended project's")
     hc.add_argument("--max-new-tokens", type=int, default=256,  # headtohead.DEFAULT_MAX_NEW_TOKENS
                     help="answer length limit when generating (default 256)")
     hc.add_argument("--batch-size", type=int, default=16, help="prompts per generation batch (default 16)")
@@ -141,7 +144,8 @@ def add_parsers(sub: Any) -> None:
                                         "the rules and the reward model")
     _store_option(hr)
     hr.add_argument("--project", required=True, help="the head-to-head project")
-    hr.add_argument("--policies", help="a policies YAML (the domain's rules): adds the rules as a judge")
+    hr.add_argument("--policies", help="a policies YAML (the domain's rules) to judge with, instead of the rules "
+                                       "stored with the project (default: the stored ones, if any)")
     hr.add_argument("--samples", type=int, default=2000, help="bootstrap resamples (default 2000)")
     hr.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
 
@@ -289,16 +293,21 @@ def _h2h_create(args: argparse.Namespace) -> int:
         created = create_from_models(store, args.project, args.prompts, args.baseline, args.challenger,
                                      baseline_name=args.baseline_name, challenger_name=args.challenger_name,
                                      overlap=args.overlap, max_new_tokens=args.max_new_tokens,
-                                     batch_size=args.batch_size, temperature=args.temperature, seed=args.seed)
+                                     batch_size=args.batch_size, temperature=args.temperature, seed=args.seed,
+                                     policies=args.policies)
     else:
         created = create_from_files(store, args.project, args.baseline_answers, args.challenger_answers,
                                     baseline_name=args.baseline_name, challenger_name=args.challenger_name,
-                                    overlap=args.overlap)
+                                    overlap=args.overlap, policies=args.policies)
     s, p = created.stored, created.stored.project
     _LOG.info(f"project {p.name}: challenger {p.challenger} vs baseline {p.baseline}: {s.added} prompt(s) added"
               + (f" ({s.identical} answered identically by both: never shown)" if s.identical else "")
               + (f", {s.already_present} already there (their answers kept)" if s.already_present else "")
               + f"; {p.overlap} annotator(s) per prompt")
+    if args.policies:
+        _LOG.info(f"rules {p.policies_name} stored with the project: its reports judge with them")
+    elif p.policies_name:
+        _LOG.info(f"rules: {p.policies_name}, stored with the project")
     for line in created.skipped:
         _LOG.warning(f"warning: left out {line}")
     _LOG.info(f"experts judge it in the app; `align feedback h2h report --store {public_url(str(args.store))} "
@@ -313,7 +322,7 @@ def _h2h_report(args: argparse.Namespace) -> int:
     if args.samples < 1:
         raise StoreError(f"--samples must be at least 1, not {args.samples}")
     policies = None
-    if args.policies:
+    if args.policies:  # the file given wins over the rules stored with the project
         from alignment.evaluation.rules import load_rules
 
         policies = load_rules(args.policies)

@@ -78,7 +78,9 @@ def annotator_table(store: Store, project: Project, latest: list[StoredJudgment]
 def h2h_report_html(store: Store, project: Project) -> str:
     """The head-to-head report of an evaluation project for the dashboard: the lines of
     :func:`feedback_app.headtohead.format_summary` (win rate with its bootstrap and Wilson intervals, vote counts,
-    the judges, one row per annotator) in a monospace block, every text escaped."""
+    the judges, one row per annotator) in a monospace block, every text escaped. The rules judge is the rules
+    stored with the project (``align feedback h2h create --policies``), named in its detail line; without them,
+    a note says how to add them."""
     lines = format_summary(project_summary(store, project))
     return ('<div class="h2h"><div class="resp-title">Head-to-head evaluation</div>'
             f'<pre class="h2h-report">{html.escape(chr(10).join(lines))}</pre></div>')

@@ -8,7 +8,8 @@ them with the usual judgment: the better answer ranked 1 and the other 2, both r
 unacceptable" when both are bad. The judgments are an evaluation and are never exported for training.
 
 Creating one: :func:`create_from_models` (each model answers every prompt: greedy by default, a fixed seed
-when sampling) or :func:`create_from_files` (two JSONL files of answers, matched by prompt).
+when sampling) or :func:`create_from_files` (two JSONL files of answers, matched by prompt); either stores the
+rules that judge beside the experts (``policies``, a policies YAML's text) with the project.
 
 The report (:func:`project_summary`, :func:`format_summary`; ``align feedback h2h report``). Each annotator's
 current judgment (latest revision) of an item is one **vote** for the challenger: ``win``, ``loss``, ``tie`` or
@@ -20,8 +21,9 @@ current judgment (latest revision) of an item is one **vote** for the challenger
 - **decisive** win rate = wins / (wins + losses), with the **Wilson** 95% interval. It treats votes as
   independent: a quick check beside the bootstrap, narrower than it whenever annotators agree.
 - per-annotator counts.
-- **automatic judges**, per prompt: the **rules** (a policies file, :mod:`alignment.evaluation.rules`) prefer
-  the answer that follows more rules; the **reward model** (the scores ``align feedback score`` stored) prefers
+- **automatic judges**, per prompt: the **rules** (a policies YAML, :mod:`alignment.evaluation.rules`: the one
+  stored with the project when it was created, ``--policies``, unless the caller gives others) prefer the answer
+  that follows more rules; the **reward model** (the scores ``align feedback score`` stored) prefers
   the higher score; equal is a tie. Each has its own win rate over the prompts it could judge ((wins + 1/2
   ties) / prompts), and its **agreement** with the experts: of the decisive expert votes (win or loss) on those
   prompts, the share where the judge is decisive and picks the same side (a judge's tie counts as a
@@ -44,6 +46,7 @@ from typing import Any
 
 from alignment.errors import AlignError
 from feedback_app.store import (
+    MAX_POLICIES_TEXT,
     Candidate,
     HeadToHeadAdded,
     Item,
@@ -317,11 +320,35 @@ def summarize(votes: Sequence[Vote], *, project: str = "", baseline: str = "", c
 def project_summary(store: Store, project: Project, *, policies: Sequence[Any] | None = None,
                     policies_name: str = "", samples: int = DEFAULT_SAMPLES,
                     seed: int = DEFAULT_SEED) -> HeadToHeadSummary:
-    """The report of a head-to-head project: the experts' current votes, the rules judge when ``policies`` are
-    given (``policies_name``: the file they came from, for the report), the reward-model judge when the project's
-    candidates have scores."""
+    """The report of a head-to-head project: the experts' current votes, the rules judge, the reward-model judge
+    when the project's candidates have scores.
+
+    The rules: ``policies`` when given (``policies_name``: the file they came from, for the report), else the
+    policies stored with the project (``Project.policies_yaml``, set when it was created): every reader of the
+    project (the dashboard, ``align feedback h2h report``, the pipeline's report) judges with the same rules
+    without needing the file. Stored rules that no longer read (a later release checks more) are a note, not an
+    error: the rest of the report still stands."""
     if not project.is_head_to_head:
         raise StoreError(f"project '{project.name}' is a ranking project, not a head-to-head evaluation")
+    notes = []
+    stored = ""  # how the rules judge's detail names rules from the store
+    if project.policies_yaml:
+        from alignment.evaluation.rules import parse_rules
+
+        name = project.policies_name or "policies"
+        try:
+            kept = parse_rules(project.policies_yaml, f"{name} (stored with the project)")
+        except AlignError as err:
+            kept = None
+            if policies is None:
+                notes.append(f"the rules stored with the project no longer read: {err}")
+        if policies is None and kept is not None:
+            policies, policies_name, stored = kept, name, ", stored with the project"
+        elif policies is not None and list(policies) != kept:
+            # Said only when they differ (rules compare by name, description and compiled patterns): a caller
+            # that gives the very rules the project stores (the pipeline's recipe, a demo) changes nothing.
+            notes.append(f"rules given for this report ({policies_name or 'policies'}) replace the ones stored with "
+                         f"the project ({name})")
     items = {item.id: item for item in store.project_items(project.id)}
     pairs = {item_id: pair for item_id, item in items.items() if (pair := sides(item, project)) is not None}
     identical = sum(1 for item in items.values() if len(item.candidates) == 1)
@@ -332,11 +359,14 @@ def project_summary(store: Store, project: Project, *, policies: Sequence[Any] |
         if outcome is not None:
             votes.append(Vote(sj.item_id, sj.user_name, outcome))
     judges = []
-    notes = []
     if policies:
         measures = rules_followed({i: (b.text, c.text) for i, (b, c) in pairs.items()}, policies)
         judges.append(judge_result("rules", measures, votes, detail=f"{policies_name or 'policies'} "
-                                   f"({len(policies)} rules)", measure="rules followed"))
+                                   f"({len(policies)} rules{stored})", measure="rules followed"))
+    elif not project.policies_yaml:
+        notes.append(f"no rules judge: the project stores no policies (`align feedback h2h create --project "
+                     f"{project.name} ... --policies FILE` stores them; `align feedback h2h report --policies FILE` "
+                     "judges with a file)")
     scores = store.scores(project.id)
     scored = {i: (scores[b.id].score, scores[c.id].score) for i, (b, c) in pairs.items()
               if b.id in scores and c.id in scores}
@@ -429,7 +459,7 @@ class Created:
 
 def create_from_files(store: Store, name: str, baseline_file: str | Path, challenger_file: str | Path, *,
                       baseline_name: str | None = None, challenger_name: str | None = None,
-                      overlap: int | None = None) -> Created:
+                      overlap: int | None = None, policies: str | Path | None = None) -> Created:
     """A head-to-head evaluation from two answers files, one per model, matched by prompt (the files' orders
     may differ). Each row: ``prompt`` (or ``messages``) and ``answer`` (or ``completion``: a string or assistant
     messages), optional ``model``. A side's name: ``*_name``, else the ``model`` the file's rows give, else
@@ -437,8 +467,12 @@ def create_from_files(store: Store, name: str, baseline_file: str | Path, challe
 
     Refused with an AlignError naming file, line and field: a row without a prompt or answer, an empty one, a
     prompt given twice in a file or missing from the other file, two model names in one file. Nothing is stored
-    unless every row is good."""
+    unless every row is good.
+
+    ``policies``: a policies YAML (:func:`read_policies`), stored with the project for the rules judge of every
+    report; an extended project's are replaced. None keeps what the project has."""
     start = time.monotonic()
+    rules = read_policies(policies)
     base_rows, base_model = read_answers(baseline_file)
     chal_rows, chal_model = read_answers(challenger_file)
     base_by_prompt = {prompt_hash(p): (line, p, a) for line, p, a in base_rows}
@@ -456,8 +490,25 @@ def create_from_files(store: Store, name: str, baseline_file: str | Path, challe
                          "--challenger-name)", field="--challenger-name")
     rows = [(p, a, chal_by_prompt[h][2]) for h, (_, p, a) in base_by_prompt.items()]
     stored = store.add_head_to_head(name, base, chal, rows, overlap=overlap, source=Path(baseline_file).name,
-                                    candidate_source="imported")
+                                    candidate_source="imported", policies=rules)
     return Created(stored, (base, chal), (), time.monotonic() - start)
+
+
+def read_policies(path: str | Path | None) -> tuple[str, str] | None:
+    """A policies file as the store keeps it: (its text, its file name), checked as the rules judge reads it
+    (:func:`alignment.evaluation.rules.parse_rules`: an AlignError naming the file as given, the line and the
+    field). None for None. The file name only: the path is the creating machine's, meaningless where the
+    report is read."""
+    if path is None:
+        return None
+    from alignment.evaluation.rules import parse_rules, read_rules_text
+
+    text = read_rules_text(path)
+    if len(text) > MAX_POLICIES_TEXT:  # refused here, before any model loads, rather than by the store after
+        raise AlignError(f"{len(text)} characters; a policies file stored with a project is up to "
+                         f"{MAX_POLICIES_TEXT}", file=str(path))
+    parse_rules(text, path)
+    return text, Path(path).name
 
 
 def read_answers(path: str | Path) -> tuple[list[tuple[int, list[dict[str, str]], str]], str | None]:
@@ -507,7 +558,7 @@ def create_from_models(store: Store, name: str, prompts_file: str | Path, baseli
                        challenger_dir: str | Path, *, baseline_name: str | None = None,
                        challenger_name: str | None = None, overlap: int | None = None,
                        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, batch_size: int = 16, temperature: float = 0.0,
-                       top_p: float = 1.0, seed: int = DEFAULT_SEED) -> Created:
+                       top_p: float = 1.0, seed: int = DEFAULT_SEED, policies: str | Path | None = None) -> Created:
     """A head-to-head evaluation from two models: each answers every prompt of ``prompts_file`` (any prompts
     file; greedy by default, sampling with ``seed`` when ``temperature`` > 0), and every answer is stored with
     its model's directory, weights hash and decoding settings. A side's name: ``*_name``, else the directory as
@@ -515,7 +566,9 @@ def create_from_models(store: Store, name: str, prompts_file: str | Path, baseli
 
     Everything that can be refused is refused before a model loads (the settings, the project name, the prompts,
     the model directories). A prompt one model answered with nothing is left out and listed in ``skipped``: the
-    store keeps no empty answer, and a made-up one would be judged in its place."""
+    store keeps no empty answer, and a made-up one would be judged in its place.
+
+    ``policies``: as :func:`create_from_files` takes them, checked before a model loads."""
     import torch
 
     from alignment.generation import generate
@@ -532,6 +585,7 @@ def create_from_models(store: Store, name: str, prompts_file: str | Path, baseli
         raise AlignError(f"must be 0 (greedy) or above, not {temperature}", field="--temperature")
     if not 0 < top_p <= 1:
         raise AlignError(f"must be in (0, 1], not {top_p}", field="--top-p")
+    rules = read_policies(policies)
     base_name = baseline_name or str(baseline_dir)
     chal_name = challenger_name or str(challenger_dir)
     if base_name == chal_name:
@@ -582,9 +636,10 @@ def create_from_models(store: Store, name: str, prompts_file: str | Path, baseli
         rows.append((prompt, b, c))
     if rows:
         stored = store.add_head_to_head(name, base, chal, rows, overlap=overlap, source=Path(prompts_file).name,
-                                        candidate_source="generated")
-    elif existing is not None:  # nothing new: the project as it is
-        stored = HeadToHeadAdded(existing, 0, 0, 0)
+                                        candidate_source="generated", policies=rules)
+    elif existing is not None:  # nothing new: the project as it is, with the rules given
+        project = existing if rules is None else store.set_project_policies(existing.id, *rules)
+        stored = HeadToHeadAdded(project, 0, 0, 0)
     else:
         raise StoreError(f"each of the {len(skipped)} prompt(s) got an empty answer from a model; nothing stored")
     stored = HeadToHeadAdded(stored.project, stored.added, stored.identical, stored.already_present + present)

@@ -36,7 +36,9 @@ Head-to-head evaluations (:meth:`Store.add_head_to_head`, ``align feedback h2h``
 HEAD_TO_HEAD and the names of the two models they compare: each item holds the old model's and the new model's
 answer to a held-out prompt, claimed, shown (in an order of its own per annotator) and judged as any item is.
 Their prompts and answers are fixed when they are created, and their judgments are an evaluation: the export
-(:mod:`feedback_app.export`) never turns them into training data.
+(:mod:`feedback_app.export`) never turns them into training data. The rules that judge beside the experts (a
+policies YAML's text and file name, :meth:`Store.set_project_policies`) are kept with the project, so every
+report judges with them wherever it is read.
 
 Lineage: every candidate records the model that wrote it (a generated one its directory and weights hash, an
 imported one the name its file gives), a trained phase's ``lineage.json`` names its weights and the store
@@ -115,6 +117,10 @@ Tick **All unacceptable** when neither answer could be given to a customer as it
 **Tag** every problem you see in an answer.
 """
 MAX_MODEL_NAME = 512  # characters: the length of candidates.model, which records a side's name
+# A head-to-head evaluation's rules (a policies YAML, alignment.evaluation.rules) are kept as text: a policies file
+# is a few kB; the bound keeps a wrong file (a data set given by mistake) out of every project read.
+MAX_POLICIES_TEXT = 200_000  # characters
+MAX_POLICIES_NAME = 256  # characters: the file name the policies came from
 DEFAULT_CLAIM_TTL_MINUTES = 24 * 60  # an annotator who has not submitted a claimed item in a day has left it
 MAX_CANDIDATES_PER_ITEM = 8  # answer slots on the annotation page: more could never all be ranked
 MAX_CLAIM_TTL_MINUTES = 366 * 24 * 60  # longer is "never" (0); the bound keeps the value a 32-bit integer
@@ -169,6 +175,12 @@ projects = Table(
     Column("task", String(16), nullable=False, default=RANK, server_default=text(f"'{RANK}'")),
     Column("baseline", String(MAX_MODEL_NAME), nullable=False, default="", server_default=text("''")),
     Column("challenger", String(MAX_MODEL_NAME), nullable=False, default="", server_default=text("''")),
+    # A head-to-head evaluation's rules: the policies YAML's text and the name of the file it came from, kept with
+    # the project so that every report (dashboard, CLI, pipeline) judges with the rules the evaluation was created
+    # with, wherever it runs (the file's path may not exist there). "" for none. Added in Alembic revision
+    # h2h_policies (migrations/versions/0002_h2h_policies.py): every older project has none.
+    Column("policies_yaml", Text, nullable=False, default="", server_default=text("''")),
+    Column("policies_name", String(MAX_POLICIES_NAME), nullable=False, default="", server_default=text("''")),
 )
 
 items = Table(
@@ -317,6 +329,8 @@ class Project:
     task: str = RANK  # RANK, or HEAD_TO_HEAD: an evaluation of two models, never training data
     baseline: str = ""  # head-to-head: the model name the old model's candidates record; "" when ranking
     challenger: str = ""  # head-to-head: the model name the new model's candidates record; "" when ranking
+    policies_yaml: str = ""  # head-to-head: the rules judge's policies YAML (text); "" when none is stored
+    policies_name: str = ""  # the file name those policies came from
 
     @property
     def is_head_to_head(self) -> bool:
@@ -868,7 +882,8 @@ class Store:
 
     def add_head_to_head(self, name: str, baseline: ModelSide | str, challenger: ModelSide | str,
                          rows: Sequence[tuple[Sequence[dict[str, str]], str, str]], *, overlap: int | None = None,
-                         source: str = "", candidate_source: str = "generated") -> HeadToHeadAdded:
+                         source: str = "", candidate_source: str = "generated",
+                         policies: tuple[str, str] | None = None) -> HeadToHeadAdded:
         """Create (or extend) the head-to-head evaluation ``name``: per row (prompt messages, the baseline's
         answer, the challenger's answer) an item with the two answers as its candidates, each recording its
         side's name, directory, weights hash and decoding settings (:class:`ModelSide`; a plain string is a
@@ -881,7 +896,14 @@ class Store:
         a prompt given twice. A prompt the project already has keeps its stored answers (counted as already
         present). When both answers are the same text (after stripping) the item keeps one candidate, the
         baseline's: it is an automatic tie that is never served (an item is claimed with 2 candidates or more),
-        rather than two rows of one text (``candidates`` allows a text once per item) shown for a forced tie."""
+        rather than two rows of one text (``candidates`` allows a text once per item) shown for a forced tie.
+
+        ``policies``: (YAML text, file name) of the rules that judge beside the experts, stored with the project
+        (checked as :meth:`set_project_policies` checks them; a new evaluation's, or replacing an extended one's);
+        None keeps what the project has."""
+        if policies is not None:
+            _check_policies(*policies)
+            policies = (policies[0], policies[1] if policies[0] else "")  # no name without rules
         base = baseline if isinstance(baseline, ModelSide) else ModelSide(str(baseline))
         chal = challenger if isinstance(challenger, ModelSide) else ModelSide(str(challenger))
         name = name.strip()
@@ -924,7 +946,8 @@ class Store:
             prepared.append((h, prompt, base_answer, chal_answer))
         for attempt in range(2):  # two first calls with one new name: the second insert collides once, then extends
             try:
-                return self._write_head_to_head(name, base, chal, prepared, overlap, source, candidate_source)
+                return self._write_head_to_head(name, base, chal, prepared, overlap, source, candidate_source,
+                                                policies)
             except IntegrityError:
                 if attempt:
                     raise
@@ -932,7 +955,8 @@ class Store:
 
     def _write_head_to_head(self, name: str, base: ModelSide, chal: ModelSide,
                             prepared: Sequence[tuple[str, list[dict[str, str]], str, str]], overlap: int | None,
-                            source: str, candidate_source: str) -> HeadToHeadAdded:
+                            source: str, candidate_source: str,
+                            policies: tuple[str, str] | None) -> HeadToHeadAdded:
         """The one transaction of :meth:`add_head_to_head` (its arguments checked)."""
         now = time.time()
         added = identical = present = 0
@@ -945,7 +969,8 @@ class Store:
                     name=name, guidelines=HEAD_TO_HEAD_GUIDELINES, guideline_version=1,
                     tags=json.dumps(DEFAULT_TAGS), candidates_per_item=2, overlap=int(overlap or 2), assign_batch=5,
                     claim_ttl_minutes=DEFAULT_CLAIM_TTL_MINUTES, uncertain_first=False, task=HEAD_TO_HEAD,
-                    baseline=base.name, challenger=chal.name, created_at=now)).inserted_primary_key[0])
+                    baseline=base.name, challenger=chal.name, policies_yaml=policies[0] if policies else "",
+                    policies_name=policies[1] if policies else "", created_at=now)).inserted_primary_key[0])
             else:
                 _check_head_to_head(_project(row), base.name, chal.name)
                 project_id = int(row.id)
@@ -963,6 +988,9 @@ class Store:
                                 "again since; compare the new weights in a project of their own")
                 if overlap is not None and int(overlap) != row.overlap:
                     c.execute(update(projects).where(projects.c.id == project_id).values(overlap=int(overlap)))
+                if policies is not None:
+                    c.execute(update(projects).where(projects.c.id == project_id).values(
+                        policies_yaml=policies[0], policies_name=policies[1]))
             existing = set(c.execute(select(items.c.prompt_hash).where(items.c.project_id == project_id)).scalars())
             for h, prompt, base_answer, chal_answer in prepared:
                 if h in existing:
@@ -981,6 +1009,25 @@ class Store:
                         model_sha256=side.sha256, created_at=now))
             project = _project(c.execute(select(projects).where(projects.c.id == project_id)).one())
         return HeadToHeadAdded(project, added, identical, present)
+
+    def set_project_policies(self, project_id: int, policies_yaml: str, policies_name: str = "") -> Project:
+        """Store (or replace) the rules of a head-to-head evaluation: a policies YAML's text and the name of the
+        file it came from, which every report then judges with (:func:`feedback_app.headtohead.project_summary`).
+        Empty text removes them. Checked before anything is written: the text must be valid policies
+        (:func:`alignment.evaluation.rules.parse_rules`: an AlignError naming ``policies_name``, the line and the
+        field), the project a head-to-head evaluation."""
+        _check_policies(policies_yaml, policies_name)
+        with self.write() as c:
+            row = c.execute(select(projects.c.task).where(projects.c.id == project_id)).first()
+            if row is None:
+                raise StoreError(f"no project {project_id}")
+            if row.task != HEAD_TO_HEAD:
+                raise StoreError("rules judge head-to-head evaluations: this is a ranking project")
+            c.execute(update(projects).where(projects.c.id == project_id).values(
+                policies_yaml=policies_yaml, policies_name=policies_name if policies_yaml else ""))
+        project = self.project(project_id)
+        assert project is not None
+        return project
 
     def check_head_to_head(self, name: str, baseline: str, challenger: str) -> Project | None:
         """Refuse (StoreError) what :meth:`add_head_to_head` would refuse for the project's name: a ranking
@@ -1942,6 +1989,23 @@ def _refuse_head_to_head(c: Connection, task_query: Any) -> None:
                          "(`align feedback h2h create`), not added to")
 
 
+def _check_policies(policies_yaml: str, policies_name: str) -> None:
+    """Refuse policies a report could not judge with: not text, too long, or not valid policies YAML (the
+    AlignError of :func:`alignment.evaluation.rules.parse_rules`, naming ``policies_name``, line and field)."""
+    if not isinstance(policies_yaml, str) or not isinstance(policies_name, str):
+        raise StoreError("policies are YAML text and the name of the file they came from")
+    if len(policies_yaml) > MAX_POLICIES_TEXT:
+        raise StoreError(f"policies {policies_name}: {len(policies_yaml)} characters; a policies file is up to "
+                         f"{MAX_POLICIES_TEXT}")
+    if len(policies_name) > MAX_POLICIES_NAME:
+        raise StoreError(f"a policies file name is up to {MAX_POLICIES_NAME} characters")
+    if policies_yaml:
+        # Imported here: only storing rules needs the rules' parser.
+        from alignment.evaluation.rules import parse_rules
+
+        parse_rules(policies_yaml, policies_name or "policies")
+
+
 def _check_head_to_head(project: Project, baseline: str, challenger: str) -> None:
     """Refuse to add ``baseline`` vs ``challenger`` answers to ``project`` unless it is their evaluation."""
     if not project.is_head_to_head:
@@ -1963,7 +2027,8 @@ def _candidate(row: Any) -> Candidate:
 def _project(row: Any) -> Project:
     return Project(row.id, row.name, row.guidelines, row.guideline_version, tuple(json.loads(row.tags)),
                    row.candidates_per_item, row.overlap, row.assign_batch, row.claim_ttl_minutes,
-                   bool(row.uncertain_first), row.task, row.baseline, row.challenger)
+                   bool(row.uncertain_first), row.task, row.baseline, row.challenger, row.policies_yaml,
+                   row.policies_name)
 
 
 def _judgment(row: Any) -> StoredJudgment:

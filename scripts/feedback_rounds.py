@@ -215,7 +215,7 @@ def run(s: Settings) -> Result:
                 heldout.write_text("\n".join(lines) + "\n", encoding="utf-8")
             create_from_models(store, ROUND2, heldout, sft / "model", dpo / "model", baseline_name="round-1 SFT",
                                challenger_name="round-2 DPO", overlap=s.overlap, max_new_tokens=s.max_new_tokens,
-                               temperature=s.h2h_temperature, seed=s.seed)
+                               temperature=s.h2h_temperature, seed=s.seed, policies=policies_file)
             from feedback_app.scoring import score_project
 
             h2h = store.project(ROUND2)
@@ -229,7 +229,7 @@ def run(s: Settings) -> Result:
 
     h2h = store.project(ROUND2)
     assert h2h is not None
-    summary = project_summary(store, h2h, policies=policies, policies_name=str(policies_file.relative_to(REPO)))
+    summary = project_summary(store, h2h)  # with the rules stored in the project, as the dashboard shows it
     res.win_rate, res.win_interval = summary.counts.win_rate, summary.bootstrap
     res.decisive_rate, res.decisive_interval = summary.counts.decisive_rate, summary.wilson
     res.adherence = adherence(store, ROUND2, policies)

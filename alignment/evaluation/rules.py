@@ -104,27 +104,40 @@ def load_rules(path: str | Path) -> list[DomainRule]:
     adherence numbers. Every error names the file, the line and the field.
     """
     path = Path(path)
+    return parse_rules(read_rules_text(path), path)
+
+
+def read_rules_text(path: str | Path) -> str:
+    """The text of a policies file, unparsed (to store it, then :func:`parse_rules`); a missing or unreadable
+    file is an AlignError naming it."""
+    path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise AlignError("policies file not found", file=path) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise AlignError(f"cannot read policies file: {exc}", file=path) from None
+
+
+def parse_rules(text: str, source: str | Path = "policies") -> list[DomainRule]:
+    """Validate policies YAML given as text, as :func:`load_rules` validates a file: the same checks and messages,
+    naming ``source`` where they name the file. For rules kept somewhere other than a file (a feedback store
+    keeps the policies an evaluation was created with, since the file may not exist where they are read)."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
         raise AlignError(
-            f"not valid YAML: {problem}", file=path, line=mark.line + 1 if mark is not None else None
+            f"not valid YAML: {problem}", file=source, line=mark.line + 1 if mark is not None else None
         ) from None
-    return _Reader(path).policies(root)
+    return _Reader(source).policies(root)
 
 
 class _Reader:
     """Walks composed YAML nodes of one file, so every error can name its file, line and field."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: str | Path) -> None:
         self.path = path
 
     def error(self, message: str, node: yaml.Node | None, field: str | None) -> AlignError:

@@ -1000,7 +1000,10 @@ def test_a_head_to_head_item_is_judged_and_reported(app: App, login: Callable[[s
     rows = [([{"role": "user", "content": f"Versus question {i}: what helps a sore throat?"}],
              f"Baseline reply {i}: drink warm tea with honey.", f"Challenger reply {i}: gargle salt water often.")
             for i in range(3)]
-    project = store.add_head_to_head("versus", "model-old", "model-new", rows, overlap=2).project
+    # The rules stored with the evaluation (as `align feedback h2h create --policies` stores them): the dashboard
+    # judges with them; every challenger reply follows it.
+    policies = ("policies:\n  - name: gargle\n    must_match: ['gargle']\n", "throat.yaml")
+    project = store.add_head_to_head("versus", "model-old", "model-new", rows, overlap=2, policies=policies).project
     item_of = {item.prompt[-1]["content"]: item.id for item in store.project_items(project.id)}
     remember(app, "assessor", "versus")
     user = app.user("assessor")
@@ -1064,9 +1067,12 @@ def test_a_head_to_head_item_is_judged_and_reported(app: App, login: Callable[[s
     expect(report).to_contain_text(f"3 votes: {wins} wins, {1 - wins} losses, 1 ties, 1 both bad")
     expect(report).to_contain_text(re.compile(rf"win rate {rate:.3f}  95% CI \[[0-9.]+, [0-9.]+\]"))
     expect(report).to_contain_text(re.compile(r"decisive votes \d/1 = [01]\.000  95% CI \["))
-    # the judges table (the experts' row; no reward-model scores) and the annotator's row
+    # the judges table (the experts' row, the stored rules'; no reward-model scores) and the annotator's row
     expect(report).to_contain_text(re.compile(rf"experts\s+3 votes\s+{wins}\s+{1 - wins}\s+1 \(\+1 both bad\)\s+"
                                               rf"{rate:.3f}"))
+    expect(report).to_contain_text(re.compile(rf"rules\s+3 prompts\s+3\s+0\s+0\s+1\.000\s+{wins}\.000 "
+                                              rf"\({wins}/1 decisive votes\)"))
+    expect(report).to_contain_text("rules: throat.yaml (1 rules, stored with the project)")
     expect(report).to_contain_text(re.compile(rf"assessor\s+3\s+{wins}\s+{1 - wins}\s+1\s+1\s+{rate:.3f}"))
     expect(report).to_contain_text("note: no reward-model scores")
     assert not a.errors and not a.dialogs

@@ -509,9 +509,17 @@ def test_create_from_models_generates_both_sides(tmp_path, tiny_model_dir):
                                challenger_name="two", **sampled)
     assert again.stored.identical == again.stored.added == 3 - len(again.skipped)
     assert all(len(item.candidates) == 1 for item in store.project_items(again.stored.project.id))
-    # Run again into the same project: every prompt is already there, nothing is generated or stored twice.
-    rerun = create_from_models(store, "eval", prompts, tiny_model_dir, other, **sampled)
+    # Run again into the same project: every prompt is already there, nothing is generated or stored twice; the
+    # rules given are stored with it all the same.
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("policies:\n  - name: thanks\n    must_match: ['Thanks']\n", encoding="utf-8")
+    rerun = create_from_models(store, "eval", prompts, tiny_model_dir, other, policies=rules, **sampled)
     assert (rerun.stored.added, rerun.stored.already_present) == (0, created.stored.added)
+    assert rerun.stored.project == store.project("eval") and rerun.stored.project.policies_name == "rules.yaml"
+    # A bad policies file is refused before any model loads (these directories do not exist).
+    rules.write_text("policies:\n  - name: thanks\n    must_macth: ['Thanks']\n", encoding="utf-8")
+    with pytest.raises(AlignError, match=r"rules.yaml:3, field 'policies\[0\].must_macth'"):
+        create_from_models(store, "x", prompts, tmp_path / "none", tmp_path / "nothing", policies=rules)
     # Refused before any model loads.
     with pytest.raises(StoreError, match="ranking project"):
         create_from_models(store, store.ensure_project().name, prompts, tiny_model_dir, other)

@@ -68,6 +68,7 @@ def test_two_rounds_on_a_tiny_model(tmp_path: Path, tiny_model_dir: Path,
     assert set(res.adherence) == {"round-1 SFT", "round-2 DPO"}
     text = (s.workdir / "summary.md").read_text()
     for needle in ("Lineage: round 1", "Head-to-head", "win rate", "Targets", "on decisive votes", "at most",
+                   "policies.yaml (3 rules, stored with the project)",
                    "under 20 minutes"):
         assert needle in text
     assert set(json.loads((s.workdir / "summary.json").read_text())["times_s"]) == set(res.times)

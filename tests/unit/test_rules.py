@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from alignment.errors import AlignError
-from alignment.evaluation.rules import DomainRule, adherence, check_answer, load_rules
+from alignment.evaluation.rules import DomainRule, adherence, check_answer, load_rules, parse_rules, read_rules_text
 
 POLICIES_YAML = Path(__file__).resolve().parents[2] / "recipes" / "quickstart" / "policies.yaml"
 SIGN = "\n\n— Harborline Support"
@@ -287,3 +287,23 @@ def test_empty_and_missing_files(tmp_path):
     assert "empty" in err.message
     with pytest.raises(AlignError, match="not found"):
         load_rules(tmp_path / "absent.yaml")
+
+
+def test_rules_from_text_are_checked_as_a_file_is(tmp_path):
+    # Rules kept as text (a feedback store keeps an evaluation's): the same rules, and the same errors naming the
+    # source given in place of a file.
+    text = "policies:\n  - name: thanks\n    must_match: ['Thanks']\n    ignore_case: true\n"
+    path = _write(tmp_path, text)
+    assert read_rules_text(path) == text
+    (from_text,), (from_file,) = parse_rules(text, "stored.yaml"), load_rules(path)
+    assert (from_text.name, from_text.check("thanks!"), from_text.check("no")) == (from_file.name, True, False)
+    with pytest.raises(AlignError) as info:
+        parse_rules("policies:\n  - name: a\n    must_macth: ['y']\n", "stored.yaml")
+    assert (info.value.file, info.value.line, info.value.field) == ("stored.yaml", 3, "policies[0].must_macth")
+    assert str(info.value).startswith("stored.yaml:3, field 'policies[0].must_macth': unknown key")
+    with pytest.raises(AlignError, match=r"^stored.yaml:4: not valid YAML"):
+        parse_rules("policies:\n  - name: a\n    must_match: ['x'\n", "stored.yaml")
+    with pytest.raises(AlignError, match=r"^stored.yaml: file is empty"):
+        parse_rules("", "stored.yaml")
+    with pytest.raises(AlignError, match="not found"):
+        read_rules_text(tmp_path / "absent.yaml")
