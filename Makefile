@@ -4,6 +4,7 @@
 # make lint         ruff
 # make bench        our training phases vs TRL's trainers (same model, data, batch); writes benchmarks/RESULTS.md
 # make bench-data   SFT tokenization and packing on 50k conversations, ours vs datasets.map and TRL
+# make bench-generation  the generation engine vs model.generate (tokens/s, batch 8 and 32, fp32 and bf16)
 # make efficacy     rule adherence and content on four synthetic domains, ours vs TRL; writes benchmarks/efficacy/RESULTS.md
 # make rounds-demo  two rounds of simulated expert feedback -> RM + DPO -> head-to-head; writes runs/rounds-demo/summary.md
 SHELL := /bin/bash
@@ -16,7 +17,7 @@ TORCH_VERSION := $(shell sed -n 's/^torch==//p' constraints.txt)
 # when pip's find-links has one, else PyTorch's CPU index). With CUDA, the default build.
 HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
 
-.PHONY: setup tcmalloc model quickstart test test-fast test-unit lint bench bench-data efficacy rounds-demo clean
+.PHONY: setup tcmalloc model quickstart test test-fast test-unit lint bench bench-data bench-generation efficacy rounds-demo clean
 
 setup: $(VENV)/.installed tcmalloc
 
@@ -72,6 +73,10 @@ bench: model
 # SFT tokenization and packing on 50k conversations, ours vs datasets.map and TRL's pack_dataset
 bench-data: model
 	$(PY) benchmarks/data_prep.py
+
+# the generation engine vs model.generate at batch 8 and 32, fp32 and bf16, greedy and sampled
+bench-generation: model
+	$(PY) benchmarks/generation.py $(GEN_ARGS)
 
 # EFFICACY_ARGS passes options through, e.g. make efficacy EFFICACY_ARGS="--domains bank,it --only ours"
 # (--quick: a smoke run of a few steps per phase, written to runs/efficacy-quick/RESULTS.md)

@@ -1,4 +1,12 @@
-"""Batched generation for evaluation: left padding, KV cache, stop at the end-of-turn token."""
+"""One generation engine for evaluation, the app's candidates and PPO rollouts.
+
+:func:`decode` is the loop: a prefill of the left-padded prompts, then one token per step with a KV cache. Rows
+that emitted a stop token leave the batch (their cache rows too), so a batch whose answers end early stops
+paying for them, which ``model.generate`` keeps doing until the last row ends. Sampling is ``generate``'s:
+temperature, then top-p with at least one token kept, then one multinomial draw per step on the float32
+logits; greedy is the argmax. While no row has left, the draws are ``generate``'s own, token for token (the
+tests check greedy and sampled decoding against it). :func:`generate` wraps it for chat prompts.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +27,64 @@ class Answer:
     finished: bool  # stopped on an end-of-turn token rather than at max_new_tokens
 
 
+def _top_p(scores: torch.Tensor, top_p: float) -> torch.Tensor:
+    """transformers' TopPLogitsWarper: drop the least likely tokens whose total probability is at most
+    1 - top_p, always keeping the most likely one."""
+    ordered, index = torch.sort(scores, descending=False)
+    cumulative = ordered.softmax(dim=-1).cumsum(dim=-1)
+    drop = cumulative <= (1 - top_p)
+    drop[..., -1:] = False
+    return scores.masked_fill(drop.scatter(1, index, drop), float("-inf"))
+
+
+def next_tokens(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """(B,) the next token of each row from its (B, V) float32 logits: argmax when ``temperature`` is 0."""
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    scores = logits / temperature
+    if top_p < 1.0:
+        scores = _top_p(scores, top_p)
+    return torch.multinomial(scores.softmax(dim=-1), num_samples=1).squeeze(1)
+
+
+@torch.no_grad()
+def decode(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, max_new_tokens: int,
+           stop_ids: list[int] | torch.Tensor, pad_id: int, temperature: float = 0.0,
+           top_p: float = 1.0) -> torch.Tensor:
+    """(B, N) new tokens for left-padded prompts ``input_ids`` (B, P) with ``attention_mask`` (B, P): each row
+    up to and including its first stop token, ``pad_id`` after it; N is the longest answer (at most
+    ``max_new_tokens``). The caller sets the RNG seed, the autocast and the model's mode."""
+    from transformers import DynamicCache
+
+    device = input_ids.device
+    stops = torch.as_tensor(stop_ids, dtype=torch.long, device=device)
+    batch = input_ids.shape[0]
+    out = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    mask = attention_mask.long()
+    positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)  # what generate gives padded prompts
+    cache = DynamicCache()
+    alive = torch.arange(batch, device=device)  # the batch rows still generating, in out's numbering
+    logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                   use_cache=True, logits_to_keep=1).logits[:, -1].float()  # (B, V)
+    length = 0
+    for step in range(max_new_tokens):
+        token = next_tokens(logits, temperature, top_p)  # (b,)
+        out[alive, step] = token
+        length = step + 1
+        done = torch.isin(token, stops)
+        if step + 1 == max_new_tokens or bool(done.all()):
+            break
+        if bool(done.any()):
+            keep = (~done).nonzero().squeeze(1)
+            alive, token, mask = alive[keep], token[keep], mask[keep]
+            cache.batch_select_indices(keep)
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+        position = mask.sum(dim=1, keepdim=True) - 1  # (b, 1)
+        logits = model(input_ids=token[:, None], attention_mask=mask, position_ids=position,
+                       past_key_values=cache, use_cache=True).logits[:, -1].float()
+    return out[:, :length]
+
+
 @torch.no_grad()
 def generate(model: Any, tokenizer: Any, prompts: list[list[dict[str, str]]], *, max_new_tokens: int = 128,
              batch_size: int = 16, temperature: float = 0.0, top_p: float = 1.0, bf16: str = "auto",
@@ -34,19 +100,17 @@ def generate(model: Any, tokenizer: Any, prompts: list[list[dict[str, str]]], *,
     texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     answers: list[Answer] = [Answer("", 0, False)] * len(texts)
-    # model.generate gets no eos_token_id, so it stops on the generation config's: mark those answers finished
+    # the generation config's stop tokens (what model.generate stopped on): those answers are finished
     stop_ids = torch.tensor(generation_eos_ids(tokenizer, model.generation_config), dtype=torch.long)
     torch.manual_seed(seed)
-    sampling = temperature > 0
     with autocast(use_bf16(bf16)):
         for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False, disable=not progress):
             idx = order[start : start + batch_size]
             enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True,
                             add_special_tokens=False).to(device)
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=sampling,
-                                 temperature=temperature if sampling else None, top_p=top_p if sampling else None,
-                                 top_k=None, pad_token_id=tokenizer.pad_token_id)
-            new = out[:, enc["input_ids"].shape[1]:]  # (B, new_tokens)
+            new = decode(model, enc["input_ids"], enc["attention_mask"], max_new_tokens=max_new_tokens,
+                         stop_ids=stop_ids, pad_id=tokenizer.pad_token_id, temperature=temperature,
+                         top_p=top_p)  # (B, new_tokens)
             for row, i in enumerate(idx):
                 ids = new[row]
                 ids = ids[ids != tokenizer.pad_token_id] if tokenizer.pad_token_id not in stop_ids else ids

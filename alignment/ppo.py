@@ -32,6 +32,7 @@ import torch
 from alignment import distributed as dist
 from alignment.batching import pad_sequences, positions
 from alignment.config import PPOConfig
+from alignment.generation import decode
 from alignment.logits import causal_mask
 from alignment.modeling import (
     apply_lora,
@@ -195,12 +196,10 @@ def sample_answers(policy: Engine, reward: RewardFn, prompts: list[list[int]], c
     policy.eval()
     module = policy.module.policy if cfg.critic == "shared" else policy.module
     with policy.gathered(), policy.autocast():
-        out = module.generate(input_ids=prompt_ids, attention_mask=prompt_mask, do_sample=True,
-                              temperature=cfg.generation.temperature, top_p=cfg.generation.top_p, top_k=0,
-                              max_new_tokens=cfg.generation.max_new_tokens, pad_token_id=pad,
-                              eos_token_id=stop_ids, use_cache=True)
+        responses = decode(module, prompt_ids, prompt_mask, max_new_tokens=cfg.generation.max_new_tokens,
+                           stop_ids=stop_ids, pad_id=pad, temperature=cfg.generation.temperature,
+                           top_p=cfg.generation.top_p)  # (B, R)
     policy.train()
-    responses = out[:, prompt_ids.shape[1]:]  # (B, R)
     keep = response_mask_from_stop(responses, stop_ids).bool()  # (B, R), up to and incl. the stop
     finished = torch.isin(responses, torch.tensor(stop_ids, device=responses.device)).any(dim=1)  # (B,)
     kept = [responses[i][keep[i]].tolist() for i in range(len(prompts))]
