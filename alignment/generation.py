@@ -71,11 +71,13 @@ def decode(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
         token = next_tokens(logits, temperature, top_p)  # (b,)
         out[alive, step] = token
         length = step + 1
-        done = torch.isin(token, stops)
-        if step + 1 == max_new_tokens or bool(done.all()):
+        if step + 1 == max_new_tokens:
             break
-        if bool(done.any()):
+        done = torch.isin(token, stops)
+        if bool(done.any()):  # one host sync per step; the rest of the step stays on the device
             keep = (~done).nonzero().squeeze(1)
+            if keep.numel() == 0:
+                break
             alive, token, mask = alive[keep], token[keep], mask[keep]
             cache.batch_select_indices(keep)
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)

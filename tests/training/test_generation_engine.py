@@ -103,7 +103,7 @@ def test_every_user_of_generation_goes_through_the_engine():
     for folder in ("alignment", "feedback_app"):
         for path in sorted((REPO / folder).rglob("*.py")):
             for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                # any `<something>.generate(...)`: the engine's own generate is imported and called by name
                 if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "generate":
-                    if isinstance(node.func.value, ast.Name) and node.func.value.id in ("model", "module", "policy"):
-                        calls.append(f"{path.relative_to(REPO)}:{node.lineno}")
+                    calls.append(f"{path.relative_to(REPO)}:{node.lineno}")
     assert calls == []
