@@ -41,7 +41,7 @@ from alignment.errors import AlignError
 from alignment.modeling import count_parameters, load_causal_lm, load_tokenizer, save_model
 from alignment.run import Run
 from alignment.tracking import MetricsLogger
-from alignment.training import SCHEDULERS, deepspeed_config, set_seed, use_bf16
+from alignment.training import deepspeed_config, lr_schedule, set_seed, use_bf16
 
 # TRL / transformers log key -> our shared metric name; TRL's own KTO keys (rewards/*,
 # logps/*, logits/*, kl, entropy) pass through as they are, with `eval/` in front of held-out ones.
@@ -173,6 +173,21 @@ class QuietProgress(ProgressCallback):
 # --------------------------------------------------------------------------------------------------
 # Recipe -> KTOConfig
 # --------------------------------------------------------------------------------------------------
+def _with_our_schedule(trainer_class: type, kind: str) -> type:
+    """``trainer_class`` with the learning-rate schedule of our other phases (:func:`alignment.training.lr_factor`,
+    whose warm-up does not begin with a step at learning rate 0) in place of transformers' own."""
+
+    class Trainer(trainer_class):  # type: ignore[misc, valid-type]
+        def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
+            if self.lr_scheduler is None:
+                self.lr_scheduler = lr_schedule(optimizer or self.optimizer, num_training_steps,
+                                                self.args.get_warmup_steps(num_training_steps), kind)
+                self._created_lr_scheduler = True
+            return self.lr_scheduler
+
+    return Trainer
+
+
 def build_args(cfg: DPOConfig, out: Path, bf16: bool, has_eval: bool, ds_config: dict[str, Any] | None,
                configured_state: bool) -> Any:
     from trl import KTOConfig
@@ -199,7 +214,6 @@ def build_args(cfg: DPOConfig, out: Path, bf16: bool, has_eval: bool, ds_config:
         num_train_epochs=t.epochs,
         max_steps=t.max_steps,
         warmup_steps=t.warmup_ratio,  # transformers 5: a value below 1 is a ratio of the total steps
-        lr_scheduler_type=SCHEDULERS[t.scheduler],
         weight_decay=t.weight_decay,
         max_grad_norm=0.0 if t.max_grad_norm is None else t.max_grad_norm,  # transformers' 0: no clipping
         seed=t.seed,
@@ -364,7 +378,7 @@ def run_kto(cfg: DPOConfig) -> Path:
     callback = TrackerCallback(run.tracker)
 
     _no_telemetry()
-    trainer = KTOTrainer(
+    trainer = _with_our_schedule(KTOTrainer, cfg.train.scheduler)(
         model=model,
         ref_model=ref_model,
         args=args,

@@ -146,13 +146,18 @@ def test_dpo_trains_without_dropout_unless_asked(tmp_path: Path, dropout_model_d
     assert abs(noisy["rewards/chosen"]) > 1e-3  # the same run with the model's dropout: reward noise at step 1
 
 
-@pytest.mark.parametrize("kind", ["cosine", "linear", "constant"])
-def test_the_learning_rate_follows_the_schedule_kto_uses_too(kind: str) -> None:
-    """Warm-up from 0 over 2 of 10 steps, then the decay, by hand; the same names map to transformers' schedules
-    for KTO (alignment.kto trains through transformers' Trainer), so every phase warms up alike."""
+def _by_hand(kind: str) -> list[float]:
+    """Peak 0.5, 10 steps, warm-up over 2: 0.25 and 0.5 (never a step at 0), then the decay over the other 8."""
     import math
 
-    from alignment.training import SCHEDULERS, Engine
+    decay = {"cosine": lambda p: 0.5 * (1 + math.cos(math.pi * p)), "linear": lambda p: 1 - p,
+             "constant": lambda p: 1.0}[kind]
+    return [0.25, 0.5] + [0.5 * decay((s - 2) / 8) for s in range(2, 10)]
+
+
+@pytest.mark.parametrize("kind", ["cosine", "linear", "constant"])
+def test_the_learning_rate_follows_the_schedule(kind: str) -> None:
+    from alignment.training import Engine
 
     layer = torch.nn.Linear(2, 1)
     cfg = TrainConfig(max_steps=10, lr=0.5, warmup_ratio=0.2, scheduler=kind)
@@ -162,8 +167,29 @@ def test_the_learning_rate_follows_the_schedule_kto_uses_too(kind: str) -> None:
         seen.append(engine.optimizer.param_groups[0]["lr"])
         engine.backward(engine.forward(input=torch.ones(1, 2)).sum())
         engine.step()
-    decay = {"cosine": lambda p: 0.5 * (1 + math.cos(math.pi * p)), "linear": lambda p: 1 - p,
-             "constant": lambda p: 1.0}[kind]
-    expected = [0.0, 0.25] + [0.5 * decay((s - 2) / 8) for s in range(2, 10)]
-    assert seen == pytest.approx(expected)
-    assert set(SCHEDULERS) == {"cosine", "linear", "constant"}  # every recipe value has a transformers name
+    assert seen == pytest.approx(_by_hand(kind))
+
+
+@pytest.mark.parametrize("kind", ["cosine", "linear", "constant"])
+def test_kto_trains_on_the_same_schedule(kind: str) -> None:
+    """KTO runs in transformers' Trainer; its create_scheduler is replaced by ours, so the first step is not
+    spent at learning rate 0 as with transformers' warm-up."""
+    from types import SimpleNamespace
+
+    from alignment.kto import _with_our_schedule
+
+    class FakeTrainer:  # what create_scheduler reads of transformers' Trainer
+        def __init__(self) -> None:
+            self.lr_scheduler = None
+            self.optimizer = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.5)
+            self.args = SimpleNamespace(get_warmup_steps=lambda total: int(0.2 * total))
+
+    trainer = _with_our_schedule(FakeTrainer, kind)()
+    scheduler = trainer.create_scheduler(10)
+    assert trainer.create_scheduler(10) is scheduler  # made once, as transformers does
+    seen = []
+    for _ in range(10):
+        seen.append(trainer.optimizer.param_groups[0]["lr"])
+        trainer.optimizer.step()
+        scheduler.step()
+    assert seen == pytest.approx(_by_hand(kind))
