@@ -443,7 +443,8 @@ def log_pipeline(out: str | Path, cfg: Any, tracking: Any, report: str | Path) -
     phase's answers and scores as tables, its ``results.json`` and the report as artifacts.
 
     ``tracking``: the recipe tracking section of the pipeline's training phases (a pipeline has none of its
-    own); nothing is sent unless it names W&B or MLflow. Rewritten on every run, like the report.
+    own); nothing is sent unless it names W&B or MLflow. Its ``run_name`` is that phase's, so the report run keeps
+    its own name. Rewritten on every run, like the report.
     """
     from alignment.config import to_dict
     from alignment.evaluation.records import EvalReport
@@ -452,10 +453,10 @@ def log_pipeline(out: str | Path, cfg: Any, tracking: Any, report: str | Path) -
         return
     out = Path(out)
     folder = out.resolve().name
-    config = {**to_dict(cfg), "tracking": to_dict(tracking)}
+    config = {**to_dict(cfg), "tracking": {**to_dict(tracking), "run_name": None}}  # not the phase's run name
     try:
         logger = MetricsLogger(out, [b for b in tracking.backends if b in REMOTE_BACKENDS], tracking.project,
-                               tracking.run_name or f"{folder}/report", config, job_type="report", group=folder)
+                               f"{folder}/report", config, job_type="report", group=folder)
         try:
             for step in cfg.phases:
                 results = out / step.name / "results.json"

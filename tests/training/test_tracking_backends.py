@@ -276,7 +276,9 @@ def test_log_pipeline_sends_eval_tables_and_report_to_mlflow(tmp_path, mlflow_en
                          evaluation=EvaluationConfig(prompts="p.jsonl", policies="rules.yaml"))
     sample_report().write(out / "eval" / "results.json")
     (out / "report.html").write_text("<h1>Run t</h1>")
-    log_pipeline(out, cfg, TrackingConfig(backends=["mlflow", "tensorboard"], project="proj"), out / "report.html")
+    # The last training phase's tracking section, with its own run name: the report run keeps its own.
+    log_pipeline(out, cfg, TrackingConfig(backends=["mlflow", "tensorboard"], project="proj", run_name="my-sft"),
+                 out / "report.html")
 
     client = MlflowClient((out / "mlruns").as_uri())
     experiment = client.get_experiment_by_name("proj")
