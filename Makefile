@@ -14,7 +14,9 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 TORCH_VERSION := $(shell sed -n 's/^torch==//p' constraints.txt)
 # Never let a CPU-only machine download CUDA builds of torch: take the +cpu build (a local wheel
-# when pip's find-links has one, else PyTorch's CPU index). With CUDA, the default build.
+# when pip's find-links has one, else PyTorch's CPU index). With CUDA, the default build. The local wheel is
+# tried first without the extra index: where that index is unreachable, pip retries it for torch and every
+# dependency before falling back, minutes spent on nothing.
 HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
 
 .PHONY: setup tcmalloc model quickstart test test-fast test-unit lint bench bench-data bench-generation efficacy rounds-demo clean
@@ -40,6 +42,7 @@ ifeq ($(HAS_CUDA),yes)
 	$(PIP) install -q "torch==$(TORCH_VERSION)"
 else
 	$(PY) -c "import torch, sys; sys.exit(0 if torch.__version__.split('+')[0] == '$(TORCH_VERSION)' else 1)" 2>/dev/null \
+	  || $(PIP) install -q "torch==$(TORCH_VERSION)+cpu" 2>/dev/null \
 	  || $(PIP) install -q "torch==$(TORCH_VERSION)+cpu" --extra-index-url https://download.pytorch.org/whl/cpu
 endif
 	@# the distribution was called "alignment" before; both would claim bin/align
