@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 from alignment import allocator, log
+from alignment.config import ModelOptions
 from alignment.errors import AlignError
 
 _LOG = log.get_logger("cli")
@@ -78,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("file")
     v.add_argument("--kind", required=True, choices=["sft", "preference", "ranked", "unpaired", "prompts"])
     v.add_argument("--model", default="smollm2-135m-instruct", help="tokenizer for length statistics")
+    v.add_argument("--trust-remote-code", action="store_true",
+                   help="run the tokenizer code the model folder ships: only for a model you trust")
 
     p = sub.add_parser("eval", help="generate on held-out prompts; judge with policies, a reward model, a judge model")
     p.add_argument("--model", required=True, action="append", help="model to evaluate (repeatable)")
@@ -91,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write results as JSON here (the shape of a pipeline's eval/results.json)")
     p.add_argument("--cache", metavar="DIR", help="keep each model's answers and the reward-model scores in DIR "
                    "and reuse them while the prompts, settings and models are unchanged")
+    ModelOptions.add_arguments(p)
 
     from feedback_app.cli import add_parsers
 
@@ -195,13 +199,14 @@ def _command(args: argparse.Namespace, argv: list[str]) -> int:
         if args.command == "data":
             from alignment.data.summary import validate_command
 
-            return validate_command(args.file, args.kind, args.model)
+            return validate_command(args.file, args.kind, args.model, args.trust_remote_code)
         if args.command == "eval":
             from alignment.evaluation.run import eval_command
 
             return eval_command(args.model, args.prompts, args.policies, args.max_new_tokens, args.batch_size,
                                 args.out, baseline=args.baseline, reward_model=args.reward_model,
-                                judge_model=args.judge_model, cache=args.cache)
+                                judge_model=args.judge_model, cache=args.cache,
+                                model_options=ModelOptions.from_arguments(args))
         if args.command in ("app", "feedback"):
             from feedback_app.cli import run
 

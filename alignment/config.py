@@ -127,6 +127,26 @@ class ModelOptions:
                              "away; keep float32 and set train.bf16 for bf16 compute, or enable lora (the frozen "
                              "base may then be held in a lower dtype)", field="model_options.dtype")
 
+    @staticmethod
+    def add_arguments(parser: Any) -> None:
+        """``--dtype``, ``--attn-implementation`` and ``--trust-remote-code`` on a command that loads models
+        for inference; :meth:`from_arguments` reads them back."""
+        parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                            help="the weights' dtype in memory (default float32)")
+        parser.add_argument("--attn-implementation", metavar="NAME",
+                            help="transformers' attention kernel (eager, sdpa, ...; default: its choice)")
+        parser.add_argument("--trust-remote-code", action="store_true",
+                            help="run the modelling code a model folder ships: only for a model you trust")
+
+    @classmethod
+    def from_arguments(cls, args: Any) -> ModelOptions | None:
+        """The options :meth:`add_arguments` read, or None when none was given (the loaders' defaults)."""
+        given = {key: getattr(args, key, None) for key in ("dtype", "attn_implementation", "trust_remote_code")}
+        if not any(given.values()):
+            return None
+        return cls(dtype=given["dtype"] or "float32", attn_implementation=given["attn_implementation"],
+                   trust_remote_code=bool(given["trust_remote_code"]))
+
     def load_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for transformers' ``from_pretrained``."""
         import torch
@@ -635,6 +655,11 @@ def _coerce(value: Any, tp: Any, source: _Source, key: str) -> Any:
             return tp()
         return build(tp, value, source, key + ".")
     if origin in (typing.Union, types.UnionType):
+        options = [a for a in get_args(tp) if a is not type(None)]
+        if value is None and len(options) < len(get_args(tp)):
+            return None  # before a dataclass option, which would read null as its defaults
+        if len(options) == 1:  # X | None given a value: X's own error names the exact key
+            return _coerce(value, options[0], source, key)
         errors = []
         for option in get_args(tp):
             try:

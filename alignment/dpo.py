@@ -297,7 +297,7 @@ def run_dpo(cfg: DPOConfig) -> Path:
     with engine.gathered():
         if run.main:
             save_model(engine.module, tokenizer, out / "model",
-                       out / "merged" if cfg.lora.enabled and cfg.lora.save_merged else None)
+                       out / "merged" if cfg.lora.enabled and cfg.lora.save_merged else None, cfg.model_options)
     if final:
         run.log(f"held-out: accuracy {final['eval/rewards/accuracies']:.3f}, margin "
                 f"{final['eval/rewards/margins']:+.3f}, logps chosen {final['eval/logps/chosen']:.2f} / rejected "

@@ -415,7 +415,7 @@ def run_kto(cfg: DPOConfig) -> Path:
     merged_dir = out / "merged" if cfg.lora.enabled and cfg.lora.save_merged else None
     with gathered(trainer, policy):
         if run.main:
-            save_model(policy, tokenizer, model_dir, merged_dir)
+            save_model(policy, tokenizer, model_dir, merged_dir, cfg.model_options)
     if final:
         run.log(f"held-out: loss {final['eval/loss']:.4f}, rewards chosen {final.get('eval/rewards/chosen', 0):+.3f}"
             f" / rejected {final.get('eval/rewards/rejected', 0):+.3f}, kl {final.get('eval/kl', 0):.3f}")

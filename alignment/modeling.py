@@ -7,6 +7,7 @@ folder such as ``runs/quickstart/sft`` (its ``model/`` subfolder).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -34,8 +35,23 @@ def is_adapter(path: Path) -> bool:
 
 
 def _load_kwargs(options: ModelOptions | None, dtype: torch.dtype) -> dict[str, Any]:
-    """``from_pretrained`` arguments: a recipe's ``model_options`` when given, else just ``dtype``."""
-    return options.load_kwargs() if options is not None else {"dtype": dtype}
+    """``from_pretrained`` arguments: a recipe's ``model_options`` when given, else ``dtype`` and no remote code
+    (said explicitly: left unsaid, transformers asks on a terminal and waits for an answer)."""
+    return options.load_kwargs() if options is not None else {"dtype": dtype, "trust_remote_code": False}
+
+
+def _weights_dir(path: Path, kwargs: dict[str, Any]) -> str:
+    """``path`` for ``from_pretrained``, after refusing a model that ships its own modelling code (``auto_map``
+    in its config) unless remote code is trusted: one line that names the switch, not transformers' prompt."""
+    config = path / "config.json"
+    if not kwargs.get("trust_remote_code") and config.exists():
+        auto_map = json.loads(config.read_text()).get("auto_map")
+        if auto_map:
+            raise AlignError(
+                "this model ships its own modelling code, which runs only when you trust it: "
+                "model_options.trust_remote_code: true in a recipe, --trust-remote-code on the command line",
+                file=config, field="auto_map")
+    return str(path)
 
 
 def load_tokenizer(path: str | Path, options: ModelOptions | None = None) -> Any:
@@ -65,13 +81,13 @@ def load_causal_lm(path: str | Path, *, trainable_adapter: bool = False, dtype: 
         from peft import PeftModel
 
         base_path = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
-        base = AutoModelForCausalLM.from_pretrained(str(resolve_model(base_path)), **kwargs)
+        base = AutoModelForCausalLM.from_pretrained(_weights_dir(resolve_model(base_path), kwargs), **kwargs)
         model = PeftModel.from_pretrained(base, str(path), is_trainable=trainable_adapter)
         if trainable_adapter and not merge_adapter:
             return model  # keep training the same adapter
         # Merged into plain weights; PEFT froze the base, so make it trainable again for full fine-tuning.
         return model.merge_and_unload().requires_grad_(True)
-    model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(_weights_dir(path, kwargs), **kwargs)
     if getattr(model.config, "quantization_config", None) is not None:
         raise AlignError(
             "this model is quantized and cannot be trained; save it without its quantization config first",
@@ -140,25 +156,28 @@ def load_reward_model(path: str | Path, dtype: torch.dtype = torch.float32,
             from peft import PeftModel
 
             base = AutoModelForSequenceClassification.from_pretrained(
-                str(resolve_model(adapter_cfg["base_model_name_or_path"])), num_labels=1, **kwargs)
+                _weights_dir(resolve_model(adapter_cfg["base_model_name_or_path"]), kwargs), num_labels=1, **kwargs)
             return PeftModel.from_pretrained(base, str(path)).merge_and_unload()
         causal = load_causal_lm(path, merge_adapter=True, dtype=dtype, options=options)
         model = AutoModelForSequenceClassification.from_config(causal.config, num_labels=1, dtype=dtype)
         missing, _ = model.load_state_dict(causal.state_dict(), strict=False)
         assert all("score" in k for k in missing), missing
         return model
-    model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1, **kwargs)
+    model = AutoModelForSequenceClassification.from_pretrained(_weights_dir(path, kwargs), num_labels=1, **kwargs)
     if getattr(model.config, "quantization_config", None) is not None:
         raise AlignError("this model is quantized and cannot be trained", file=path / "config.json",
                          field="quantization_config")
     return model
 
 
-def save_model(model: torch.nn.Module, tokenizer: Any, out_dir: Path, merged_dir: Path | None = None) -> None:
+def save_model(model: torch.nn.Module, tokenizer: Any, out_dir: Path, merged_dir: Path | None = None,
+               options: ModelOptions | None = None) -> None:
     """Write a Hugging Face directory atomically (a temporary folder renamed into place).
 
     Under ZeRO-3 call it inside ``Engine.gathered()``. LoRA models write the adapter; ``merged_dir``
-    also gets merged full weights.
+    also gets merged full weights, merged on a base loaded with ``options`` (the phase's ``model_options``:
+    a base that needs its own modelling code loads only with ``trust_remote_code``). The merged weights are
+    float32 whatever dtype the base was held in for training.
     """
     from peft import PeftModel
 
@@ -169,7 +188,9 @@ def save_model(model: torch.nn.Module, tokenizer: Any, out_dir: Path, merged_dir
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)
     if merged_dir is not None and isinstance(model, PeftModel):
-        merged = load_causal_lm(out_dir, merge_adapter=True)
+        # float32: a base held in bf16 under LoRA would otherwise round the merged weights to bf16
+        full = dataclasses.replace(options, dtype="float32") if options is not None else None
+        merged = load_causal_lm(out_dir, merge_adapter=True, options=full)
         mtmp = merged_dir.with_name(merged_dir.name + ".tmp")
         shutil.rmtree(mtmp, ignore_errors=True)
         merged.save_pretrained(str(mtmp), safe_serialization=True)

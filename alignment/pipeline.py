@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from alignment import distributed
 from alignment.config import (
+    ModelOptions,
     _Source,
     build,
     load_config,
@@ -75,6 +76,10 @@ class EvaluationConfig:
     report shows the experts' blind votes of the challenger against the baseline there (win rate with its
     intervals, the rules of `policies` and the reward-model scores as judges, their agreement with the
     experts), read from the store each time the report is written. null: no such section."""
+    model_options: ModelOptions | None = None
+    """How the eval phase loads every model it generates or judges with (dtype, attn_implementation,
+    trust_remote_code); null: the last training phase's `model_options` (a model that needed remote code to
+    train needs it to answer too)."""
 
 
 @dataclass
@@ -323,6 +328,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, float]:
     current_model = cfg.model
     reward_models: list[str] = []  # names of the `rm` phases so far, for evaluation.reward_model: auto
     tracking = None  # the last training phase's tracking section: where the eval tables and report go
+    trained_options = None  # the last training phase's model_options: how the eval phase loads, unless it says
     for step in cfg.phases:
         phase_dir = out / step.name
         start = time.perf_counter()
@@ -333,6 +339,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, float]:
                     phase_overrides[key] = _resolve_reference(phase_overrides[key], outputs)
             written, phase_cfg, _ = load_phase_config(step.kind, step.recipe, phase_overrides)
             tracking = phase_cfg.tracking
+            trained_options = phase_cfg.model_options
             recipe = to_dict(written)  # as written: a store stays a store, its exported pairs are in `data`
             recipe.pop("tracking", None)  # where metrics go does not change the model: no retraining for it
             sources = config_sources(written)
@@ -359,13 +366,15 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, float]:
             reward_model = _eval_reward_model(cfg.evaluation.reward_model, outputs, reward_models)
             sources = config_sources(cfg.evaluation, ("prompts", "policies"))
             data = data_fingerprint(sources)
+            options = cfg.evaluation.model_options or trained_options
             fingerprint = _fingerprint([fingerprints, _generation_settings(cfg.evaluation), models, reward_model,
-                                        model_stamp(reward_model) if reward_model else None, data])
+                                        model_stamp(reward_model) if reward_model else None, data,
+                                        *([to_dict(options)] if options and options != ModelOptions() else [])])
             if _is_complete(phase_dir, fingerprint, data, sources):
                 _log.info(f"[pipeline] {step.name}: complete, skipped")
                 timings[step.name] = 0.0
             else:
-                _run_eval_phase(cfg, phase_dir, models, reward_model)
+                _run_eval_phase(cfg, phase_dir, models, reward_model, options)
                 timings[step.name] = time.perf_counter() - start
                 _mark_complete(phase_dir, fingerprint, timings[step.name], data)
                 _cards_with_evaluation(policy_cfgs, phase_dir)
@@ -468,8 +477,9 @@ def _warn_if_changed(phase_dir: Path, phase_cfg: Any) -> None:
 
 
 def _generation_settings(evaluation: EvaluationConfig) -> dict[str, Any]:
-    """The settings the answers depend on (not which reward model judges them)."""
-    return {k: v for k, v in to_dict(evaluation).items() if k != "reward_model"}
+    """The settings the answers depend on (not which reward model judges them; the load options are added
+    resolved, by the caller)."""
+    return {k: v for k, v in to_dict(evaluation).items() if k not in ("reward_model", "model_options")}
 
 
 def _eval_reward_model(value: str | None, outputs: dict[str, str], reward_models: list[str]) -> str | None:
@@ -496,7 +506,7 @@ def _check_reward_model(path: str) -> None:
 
 
 def _run_eval_phase(cfg: PipelineConfig, phase_dir: Path, models: dict[str, str],
-                    reward_model: str | None = None) -> None:
+                    reward_model: str | None = None, options: ModelOptions | None = None) -> None:
     """Every model answers the held-out prompts (cached per model); policy checks, then the reward model.
 
     ``models`` starts with "base", the baseline of the win rates. :func:`alignment.evaluation.run.evaluate`
@@ -515,7 +525,7 @@ def _run_eval_phase(cfg: PipelineConfig, phase_dir: Path, models: dict[str, str]
     report = evaluate(models, prompts, policies, baseline=next(iter(models)), reward_model=reward_model,
                       max_new_tokens=cfg.evaluation.max_new_tokens, batch_size=cfg.evaluation.batch_size,
                       prompts_file=cfg.evaluation.prompts, cache_dir=phase_dir,
-                      log=lambda message: _log.info(f"[pipeline] eval: {message}"))
+                      log=lambda message: _log.info(f"[pipeline] eval: {message}"), model_options=options)
     table = format_table(report.results, policies)
     report.write(phase_dir / "results.json")
     (phase_dir / "table.txt").write_text(table + "\n")

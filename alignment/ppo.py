@@ -579,7 +579,7 @@ def run_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> Path:
         if run.main:
             module = policy.module.policy if cfg.critic == "shared" else policy.module
             save_model(module, tokenizer, out / "model",
-                       out / "merged" if cfg.lora.enabled and cfg.lora.save_merged else None)
+                       out / "merged" if cfg.lora.enabled and cfg.lora.save_merged else None, cfg.model_options)
             run.log(f"saved {out / 'model'}")
     run.close()
     return out / "model"

@@ -324,7 +324,7 @@ def run_sft(cfg: SFTConfig) -> Path:
     with engine.gathered():
         if run.main:
             save_model(engine.module, tokenizer, out / "model",
-                       out / "merged" if cfg.lora.enabled and cfg.lora.save_merged else None)
+                       out / "merged" if cfg.lora.enabled and cfg.lora.save_merged else None, cfg.model_options)
             run.log(f"saved {out / 'model'}; validation loss {final['eval/loss']:.4f}")
     run.close()
     return out / "model"

@@ -20,6 +20,7 @@ from typing import Any
 
 import gradio as gr
 
+from alignment.config import ModelOptions
 from feedback_app.agreement import AGGREGATIONS
 from feedback_app.annotate import K_MAX, require, require_role
 from feedback_app.candidates import GenerationSettings, import_candidates, load_prompts, start_generation
@@ -164,13 +165,16 @@ def import_candidates_file(store: Store, user: User, name: str | None, path: str
 
 
 def generate(store: Store, user: User, name: str | None, model: str | None, temperature: float | None,
-             top_p: float | None, max_tokens: float | None, batch: float | None) -> str:
-    """Start a background job that writes the project's missing candidates with ``model``."""
+             top_p: float | None, max_tokens: float | None, batch: float | None,
+             options: ModelOptions | None = None) -> str:
+    """Start a background job that writes the project's missing candidates with ``model``, loaded with
+    ``options`` (the server's, from `align app --dtype/--attn-implementation/--trust-remote-code`: whether a
+    model's own code may run is decided by who starts the server, never by a request)."""
     user = _admin(store, user)
     project = project_or_default(store, name)
     settings = GenerationSettings(model=(model or "").strip() or DEFAULT_MODEL, k=project.candidates_per_item,
                                   temperature=float(temperature or 0), top_p=float(top_p or 0),
-                                  max_new_tokens=int(max_tokens or 0), batch_size=int(batch or 0))
+                                  max_new_tokens=int(max_tokens or 0), batch_size=int(batch or 0), options=options)
     try:
         job = start_generation(store, project.id, settings, user.id)
     except StoreError as e:
@@ -342,8 +346,10 @@ class AdminSection:
     Constructing it lays out the components where it is called (inside the Admin tab); ``wire`` attaches
     the handlers once the rest of the page exists."""
 
-    def __init__(self, store: Store, project_dd: Any, uploads: Uploads | None = None) -> None:
+    def __init__(self, store: Store, project_dd: Any, uploads: Uploads | None = None,
+                 model_options: ModelOptions | None = None) -> None:
         self.store = store
+        self.model_options = model_options  # how generation jobs load their model (the server's options)
         self.project_dd = project_dd
         # Uploaded files are read only from the server's private upload folder (None: any path, for tests
         # that build the page without a server).
@@ -509,7 +515,8 @@ class AdminSection:
 
         def on_generate(name: str, model: str, temperature: float, top_p: float, max_tokens: float, batch: float,
                         request: gr.Request) -> str:
-            return generate(store, admin(request), name, model, temperature, top_p, max_tokens, batch)
+            return generate(store, admin(request), name, model, temperature, top_p, max_tokens, batch,
+                            self.model_options)
 
         self.generate.click(on_generate, [self.project_dd, self.model, self.temperature, self.top_p,
                                           self.max_tokens, self.gen_batch], self.work_msg, api_name="admin_generate")

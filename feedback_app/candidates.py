@@ -21,6 +21,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from alignment.config import ModelOptions
 from alignment.data.formats import blank_prompt
 from alignment.errors import AlignError
 from feedback_app.store import MAX_CANDIDATES_PER_ITEM, Store, StoreError, text_hash
@@ -35,6 +36,7 @@ class GenerationSettings:
     max_new_tokens: int = 192
     batch_size: int = 16
     seed: int = 0
+    options: ModelOptions | None = None  # how the model loads: the server's `align app --dtype ...`, not the page's
 
     def check(self) -> None:
         if not 2 <= self.k <= 8:
@@ -182,8 +184,8 @@ def generate_candidates(store: Store, project_id: int, settings: GenerationSetti
     # before loading: the hash names the weights that write this job's candidates.
     model_path = resolve_model(settings.model).resolve()
     digest = weights_sha256(model_path, "model")
-    tokenizer = load_tokenizer(model_path)
-    model = load_causal_lm(model_path)
+    tokenizer = load_tokenizer(model_path, settings.options)
+    model = load_causal_lm(model_path, options=settings.options)
     decoding = {"temperature": settings.temperature, "top_p": settings.top_p,
                 "max_new_tokens": settings.max_new_tokens, "seed": settings.seed}
     stored = 0

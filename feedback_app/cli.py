@@ -17,6 +17,7 @@ import sys
 from typing import Any
 
 from alignment import log
+from alignment.config import ModelOptions
 
 DEFAULT_STORE = "feedback.db"
 STORE_ENV = "ALIGN_STORE"
@@ -55,6 +56,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--allowed-origin", action="append", default=[], metavar="URL",
                    help="an origin besides this server's own that pages are served under, e.g. "
                         "https://feedback.example.org behind a proxy that rewrites Host (repeatable)")
+    ModelOptions.add_arguments(p)  # how the admin's generation jobs load their models
     asub = p.add_subparsers(dest="app_command")
     u = asub.add_parser("users", help="manage accounts")
     _store_option(u)
@@ -109,6 +111,7 @@ def add_parsers(sub: Any) -> None:
     s.add_argument("--project", default="default", help="the project to score (default: default)")
     s.add_argument("--reward-model", required=True, help="a reward model directory trained by `align rm`")
     s.add_argument("--batch-size", type=int, default=16, help="answers per forward pass (default 16)")
+    ModelOptions.add_arguments(s)
     s.add_argument("--max-length", type=int, default=4096,
                    help="tokens of prompt + answer scored; longer ones are truncated and counted (default 4096)")
     ln = fsub.add_parser("lineage", help="the rounds of a project: each model that wrote candidates, its candidates "
@@ -140,6 +143,7 @@ def add_parsers(sub: Any) -> None:
     hc.add_argument("--batch-size", type=int, default=16, help="prompts per generation batch (default 16)")
     hc.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy; above: sampled, --seed")
     hc.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    ModelOptions.add_arguments(hc)
     hr = hsub.add_parser("report", help="the experts' win rate of the challenger with confidence intervals, beside "
                                         "the rules and the reward model")
     _store_option(hr)
@@ -169,7 +173,8 @@ def run(args: argparse.Namespace) -> int:
                     raise StoreError(f"--allowed-origin takes scheme://host[:port], got {origin!r}")
 
             serve(args.store, args.host, args.port, args.secure_cookies, max_upload_mb=args.max_upload_mb,
-                  trusted_proxies=tuple(args.trusted_proxy), allowed_origins=tuple(args.allowed_origin))
+                  trusted_proxies=tuple(args.trusted_proxy), allowed_origins=tuple(args.allowed_origin),
+                  model_options=ModelOptions.from_arguments(args))
             return 0
         if args.command == "app":
             return _db(args) if args.app_command == "db" else _users(args)
@@ -242,7 +247,7 @@ def _score(args: argparse.Namespace) -> int:
 
     store, project = _open_project(args)
     result = score_project(store, project.id, args.reward_model, batch_size=args.batch_size,
-                           max_length=args.max_length)
+                           max_length=args.max_length, options=ModelOptions.from_arguments(args))
     ordered = len(store.uncertainty(project.id))
     _LOG.info(f"scored {result.candidates} candidate(s) of {result.items} prompt(s) in project {project.name} in "
               f"{result.seconds:.0f} s with reward model {result.reward_model} (weights sha256 "
@@ -294,7 +299,7 @@ def _h2h_create(args: argparse.Namespace) -> int:
                                      baseline_name=args.baseline_name, challenger_name=args.challenger_name,
                                      overlap=args.overlap, max_new_tokens=args.max_new_tokens,
                                      batch_size=args.batch_size, temperature=args.temperature, seed=args.seed,
-                                     policies=args.policies)
+                                     policies=args.policies, options=ModelOptions.from_arguments(args))
     else:
         created = create_from_files(store, args.project, args.baseline_answers, args.challenger_answers,
                                     baseline_name=args.baseline_name, challenger_name=args.challenger_name,

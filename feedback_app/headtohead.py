@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from alignment.config import ModelOptions
 from alignment.errors import AlignError
 from feedback_app.store import (
     MAX_POLICIES_TEXT,
@@ -558,7 +559,8 @@ def create_from_models(store: Store, name: str, prompts_file: str | Path, baseli
                        challenger_dir: str | Path, *, baseline_name: str | None = None,
                        challenger_name: str | None = None, overlap: int | None = None,
                        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, batch_size: int = 16, temperature: float = 0.0,
-                       top_p: float = 1.0, seed: int = DEFAULT_SEED, policies: str | Path | None = None) -> Created:
+                       top_p: float = 1.0, seed: int = DEFAULT_SEED, policies: str | Path | None = None,
+                       options: ModelOptions | None = None) -> Created:
     """A head-to-head evaluation from two models: each answers every prompt of ``prompts_file`` (any prompts
     file; greedy by default, sampling with ``seed`` when ``temperature`` > 0), and every answer is stored with
     its model's directory, weights hash and decoding settings. A side's name: ``*_name``, else the directory as
@@ -568,7 +570,8 @@ def create_from_models(store: Store, name: str, prompts_file: str | Path, baseli
     the model directories). A prompt one model answered with nothing is left out and listed in ``skipped``: the
     store keeps no empty answer, and a made-up one would be judged in its place.
 
-    ``policies``: as :func:`create_from_files` takes them, checked before a model loads."""
+    ``policies``: as :func:`create_from_files` takes them, checked before a model loads. ``options``: how both
+    models load (dtype, attention kernel, remote code); None: float32, transformers' defaults."""
     import torch
 
     from alignment.generation import generate
@@ -614,8 +617,8 @@ def create_from_models(store: Store, name: str, prompts_file: str | Path, baseli
         if not todo:
             break
         path = paths[label][0]
-        tokenizer = load_tokenizer(path)
-        model = load_causal_lm(path, merge_adapter=True)
+        tokenizer = load_tokenizer(path, options)
+        model = load_causal_lm(path, merge_adapter=True, options=options)
         if torch.cuda.is_available():
             model = model.to("cuda")
         got = generate(model, tokenizer, todo, max_new_tokens=max_new_tokens, batch_size=batch_size,

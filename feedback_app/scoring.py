@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from alignment.config import ModelOptions
 from alignment.errors import AlignError
 from feedback_app.store import Store, StoreError
 
@@ -61,7 +62,8 @@ def weights_sha256(model_dir: Path, field: str = "--reward-model") -> str:
 
 
 def score_project(store: Store, project_id: int, reward_model: str, *, batch_size: int = 16,
-                  max_length: int = DEFAULT_MAX_LENGTH, progress: bool = True) -> ScoringResult:
+                  max_length: int = DEFAULT_MAX_LENGTH, progress: bool = True,
+                  options: ModelOptions | None = None) -> ScoringResult:
     """Score every candidate of the project with ``reward_model`` (a directory trained by ``align rm``) and
     store the scores, replacing the project's previous ones. Batched, shortest texts together; a progress bar
     on stderr unless ``progress`` is False.
@@ -84,9 +86,9 @@ def score_project(store: Store, project_id: int, reward_model: str, *, batch_siz
     if not rows:
         raise StoreError(f"project {project_id} has no candidates to score; generate or import them first")
     start = time.monotonic()
-    tokenizer = load_tokenizer(path)
+    tokenizer = load_tokenizer(path, options)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_reward_model(path).eval().requires_grad_(False).to(device)
+    model = load_reward_model(path, options=options).eval().requires_grad_(False).to(device)
     model.config.pad_token_id = tokenizer.pad_token_id
     # Texts of similar length share a batch (less padding); characters are a good enough proxy for tokens.
     order = sorted(range(len(rows)), key=lambda i: sum(len(m["content"]) for m in rows[i][1]) + len(rows[i][3]))

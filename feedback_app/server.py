@@ -31,6 +31,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware.cors import CORSMiddleware
 
+from alignment.config import ModelOptions
 from feedback_app.admin import AdminSection
 from feedback_app.annotate import AnnotatePage, header_html, open_page, require
 from feedback_app.auth import COOKIE, SESSION_SECONDS, LoginThrottle, Sessions, make_cookie
@@ -56,15 +57,16 @@ def login_page(error: str = "") -> str:
     return LOGIN_PAGE.replace("{error}", error)
 
 
-def build_blocks(store: Store, uploads: Uploads | None = None) -> gr.Blocks:
+def build_blocks(store: Store, uploads: Uploads | None = None, model_options: ModelOptions | None = None) -> gr.Blocks:
     """The page: a header, the Annotate, My submissions and (for admins) Admin tabs. ``uploads``: the server's
-    private upload folder, where the admin's file inputs must come from (None: any path, for tests)."""
+    private upload folder, where the admin's file inputs must come from (None: any path, for tests).
+    ``model_options``: how the admin's generation jobs load their model."""
     with gr.Blocks(title="Expert feedback", analytics_enabled=False) as demo:
         header = gr.HTML()
         with gr.Tabs(selected="annotate") as tabs:
             page = AnnotatePage.layout()
             with gr.Tab("Admin", id="admin", visible=False) as admin_tab:
-                admin = AdminSection(store, page.project_dd, uploads)
+                admin = AdminSection(store, page.project_dd, uploads, model_options)
         timer = gr.Timer(2.0, active=False)
         form = page.form
 
@@ -84,7 +86,7 @@ def build_blocks(store: Store, uploads: Uploads | None = None) -> gr.Blocks:
 
 def create_app(store: Store, *, secure_cookies: bool = False, upload_dir: str | Path | None = None,
                max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, allowed_origins: tuple[str, ...] = (),
-               throttle: LoginThrottle | None = None) -> FastAPI:
+               throttle: LoginThrottle | None = None, model_options: ModelOptions | None = None) -> FastAPI:
     """The whole server: login routes, the request guard in front of everything, Gradio at ``/``.
 
     ``upload_dir``: Gradio's upload and cache folder, private to this server (a new temporary folder when
@@ -146,7 +148,7 @@ def create_app(store: Store, *, secure_cookies: bool = False, upload_dir: str | 
         user = sessions.user(request.cookies.get(COOKIE))
         return user.name if user else None
 
-    demo = build_blocks(store, uploads)
+    demo = build_blocks(store, uploads, model_options)
     demo.queue(default_concurrency_limit=8)
     demo.delete_cache = (600, 3600)  # uploads and exports leave the cache an hour after they were made
     # Never into Gradio's cache, whatever else goes wrong: the store file (its session secret) and its journal.
@@ -168,8 +170,8 @@ def create_app(store: Store, *, secure_cookies: bool = False, upload_dir: str | 
 
 def serve(store_path: str, host: str = "127.0.0.1", port: int = 7860, secure_cookies: bool = False, *,
           max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, trusted_proxies: tuple[str, ...] = (),
-          allowed_origins: tuple[str, ...] = ()) -> None:
-    """Run the app until interrupted (``align app``)."""
+          allowed_origins: tuple[str, ...] = (), model_options: ModelOptions | None = None) -> None:
+    """Run the app until interrupted (``align app``). ``model_options``: how generation jobs load models."""
     import uvicorn
 
     from alignment.log import get_logger
@@ -187,7 +189,7 @@ def serve(store_path: str, host: str = "127.0.0.1", port: int = 7860, secure_coo
     log.info(f"[app] feedback store: {public_url(str(store.url))}")
     log.info(f"[app] open http://{host}:{port}/ (binds to {host}; use --host 0.0.0.0 to serve a network)")
     app = create_app(store, secure_cookies=secure_cookies, max_upload_mb=max_upload_mb,
-                     allowed_origins=allowed_origins)
+                     allowed_origins=allowed_origins, model_options=model_options)
     try:
         # X-Forwarded-For rewrites the client address (which the login throttle counts) only when it comes
         # from a proxy named here; uvicorn would otherwise trust it from 127.0.0.1.

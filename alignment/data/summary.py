@@ -37,7 +37,7 @@ def percentiles(values: list[int], qs: tuple[int, ...] = (50, 90, 95, 99, 100)) 
     return out
 
 
-def summarise(path: str, kind: str, model: str | None) -> dict[str, Any]:
+def summarise(path: str, kind: str, model: str | None, trust_remote_code: bool = False) -> dict[str, Any]:
     ds, info = load_dataset_file(path, kind)
     summary: dict[str, Any] = {
         "file": path, "rows": len(ds), "kind": kind, "variant": info.variant,
@@ -46,9 +46,10 @@ def summarise(path: str, kind: str, model: str | None) -> dict[str, Any]:
         "whitespace_duplicates": count_duplicates(ds, kind, info.variant, "whitespace"),
     }
     if model:
+        from alignment.config import ModelOptions
         from alignment.modeling import load_tokenizer
 
-        tokenizer = load_tokenizer(model)
+        tokenizer = load_tokenizer(model, ModelOptions(trust_remote_code=trust_remote_code))
         lengths = []
         for record in ds:
             for seq in _texts(to_conversation(record, kind, info.variant), kind):
@@ -62,8 +63,8 @@ def summarise(path: str, kind: str, model: str | None) -> dict[str, Any]:
     return summary
 
 
-def validate_command(path: str, kind: str, model: str | None) -> int:
-    s = summarise(path, kind, model)
+def validate_command(path: str, kind: str, model: str | None, trust_remote_code: bool = False) -> int:
+    s = summarise(path, kind, model, trust_remote_code)
     print(f"{s['file']}: OK, {s['rows']} rows, {s['kind']} data ({s['variant']})")
     print(f"  columns: {', '.join(s['columns'])}")
     print(f"  duplicates: {s['exact_duplicates']} exact, {s['whitespace_duplicates']} up to whitespace")

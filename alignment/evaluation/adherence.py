@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from alignment.evaluation.records import (
     AnswerRecord,
@@ -25,6 +26,9 @@ from alignment.evaluation.records import (
     VsBaseline,
 )
 from alignment.evaluation.rules import ALL, DomainRule, adherence, check_answer
+
+if TYPE_CHECKING:
+    from alignment.config import ModelOptions
 
 
 def load_prompts(path: str | Path) -> list[list[dict[str, str]]]:
@@ -46,16 +50,18 @@ def check_result(result: ModelResult, policies: list[DomainRule]) -> None:
 
 
 def evaluate_model(model_path: str, prompts: list[list[dict[str, str]]], policies: list[DomainRule], *,
-                   max_new_tokens: int = 128, batch_size: int = 16, label: str | None = None) -> ModelResult:
-    """Generate, check, and summarise one model (no policies: answers and lengths only)."""
+                   max_new_tokens: int = 128, batch_size: int = 16, label: str | None = None,
+                   options: ModelOptions | None = None) -> ModelResult:
+    """Generate, check, and summarise one model (no policies: answers and lengths only). ``options``: how the
+    model loads (dtype, attention kernel, remote code); None: float32, transformers' defaults."""
     import torch
 
     from alignment.generation import generate
     from alignment.modeling import load_causal_lm, load_tokenizer
 
     start = time.perf_counter()
-    tokenizer = load_tokenizer(model_path)
-    model = load_causal_lm(model_path, merge_adapter=True)
+    tokenizer = load_tokenizer(model_path, options)
+    model = load_causal_lm(model_path, merge_adapter=True, options=options)
     if torch.cuda.is_available():
         model = model.to("cuda")
     generated = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,

@@ -70,6 +70,8 @@ from alignment.evaluation.stats import pearson  # shared with rm_diagnostics; st
 if TYPE_CHECKING:
     import torch
 
+    from alignment.config import ModelOptions
+
 Messages = list[dict[str, str]]
 
 JUDGE_LABELS = ("1", "2")
@@ -404,7 +406,8 @@ def add_length_deltas(results: list[ModelResult], baseline: int | None) -> None:
 
 
 def judge_with_reward_model(results: list[ModelResult], prompts: list[Messages], reward_model: str,
-                            baseline: int | None, *, batch_size: int = 16) -> RewardModelSummary:
+                            baseline: int | None, *, batch_size: int = 16,
+                            options: ModelOptions | None = None) -> RewardModelSummary:
     """Score every answer with the reward model; fill ``reward``, per answer ``rm_score`` (and ``rm_p_a``
     against the baseline), and the reward-model part of ``vs_baseline``.
 
@@ -413,8 +416,8 @@ def judge_with_reward_model(results: list[ModelResult], prompts: list[Messages],
     """
     from alignment.modeling import load_reward_model, load_tokenizer
 
-    tokenizer = load_tokenizer(reward_model)
-    model = load_reward_model(reward_model).eval().requires_grad_(False).to(_device())
+    tokenizer = load_tokenizer(reward_model, options)
+    model = load_reward_model(reward_model, options=options).eval().requires_grad_(False).to(_device())
     model.config.pad_token_id = tokenizer.pad_token_id
     unique: dict[tuple[int, str], int] = {}
     for r in results:
@@ -458,12 +461,12 @@ def judge_with_reward_model(results: list[ModelResult], prompts: list[Messages],
 
 
 def judge_with_model(results: list[ModelResult], prompts: list[Messages], judge_model: str, baseline: int, *,
-                     batch_size: int = 16) -> JudgeModelSummary:
+                     batch_size: int = 16, options: ModelOptions | None = None) -> JudgeModelSummary:
     """Compare every model's answers with the baseline's through the generative judge, both orders."""
     from alignment.modeling import load_causal_lm, load_tokenizer
 
-    tokenizer = load_tokenizer(judge_model)
-    model = load_causal_lm(judge_model, merge_adapter=True).requires_grad_(False).to(_device())
+    tokenizer = load_tokenizer(judge_model, options)
+    model = load_causal_lm(judge_model, merge_adapter=True, options=options).requires_grad_(False).to(_device())
     judge = PairwiseJudge(model, tokenizer, source=judge_model)
     b = results[baseline]
     b_tokens = _lengths(b, "tokens")

@@ -19,6 +19,7 @@ With a ``cache_dir`` (a pipeline's eval folder; `align eval --cache DIR`):
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -26,6 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from alignment.config import ModelOptions
 from alignment.errors import AlignError
 from alignment.evaluation import judge
 from alignment.evaluation.adherence import LEGEND, check_result, evaluate_model, format_table, load_prompts
@@ -81,16 +83,23 @@ def _cached_answers(cache: Path, key: str) -> ModelResult | None:
     return ModelResult.from_json(data)
 
 
+def _options_key(options: ModelOptions | None) -> list[Any]:
+    """The load options in a cache key: none for the defaults, so answers cached before options existed stay
+    valid; a dtype or attention kernel changes the answers, so any other choice is part of the key."""
+    return [] if options is None or options == ModelOptions() else [dataclasses.asdict(options)]
+
+
 def _answers(label: str, model: str, prompts: list[Messages], policies: Sequence[DomainRule], *, max_new_tokens: int,
-             batch_size: int, cache_dir: Path | None, log: Log) -> tuple[ModelResult, str]:
+             batch_size: int, cache_dir: Path | None, log: Log,
+             options: ModelOptions | None = None) -> tuple[ModelResult, str]:
     """One model's checked answers, from the cache when they are there; and their cache key."""
-    key = _fingerprint([prompts, max_new_tokens, batch_size, model, model_stamp(model)])
+    key = _fingerprint([prompts, max_new_tokens, batch_size, model, model_stamp(model), *_options_key(options)])
     cache = _cache_file(cache_dir, label) if cache_dir is not None else None
     result = _cached_answers(cache, key) if cache is not None else None
     if result is None:
         log(f"{label} ({model})")
         result = evaluate_model(model, prompts, list(policies), max_new_tokens=max_new_tokens,
-                                batch_size=batch_size, label=label)
+                                batch_size=batch_size, label=label, options=options)
         if cache is not None:
             cache.write_text(json.dumps({**result.to_json(), "key": key}, indent=2))
     else:
@@ -120,14 +129,16 @@ def _scores_from_cache(cache: Path, key: str, results: list[ModelResult]) -> Rew
 
 
 def _score(results: list[ModelResult], prompts: list[Messages], reward_model: str, baseline: int | None, *,
-           batch_size: int, cache_dir: Path | None, answer_keys: list[list[str]], log: Log) -> RewardModelSummary:
+           batch_size: int, cache_dir: Path | None, answer_keys: list[list[str]], log: Log,
+           options: ModelOptions | None = None) -> RewardModelSummary:
     """Reward-model scores and win rates against ``results[baseline]``, from ``rm.json`` when nothing changed."""
     cache = cache_dir / "rm.json" if cache_dir is not None else None
-    key = _fingerprint([answer_keys, reward_model, model_stamp(reward_model), baseline])
+    key = _fingerprint([answer_keys, reward_model, model_stamp(reward_model), baseline, *_options_key(options)])
     if cache is not None and (summary := _scores_from_cache(cache, key, results)) is not None:
         return summary
     log(f"scoring every answer with the reward model {reward_model}")
-    summary = judge.judge_with_reward_model(results, prompts, reward_model, baseline, batch_size=batch_size)
+    summary = judge.judge_with_reward_model(results, prompts, reward_model, baseline, batch_size=batch_size,
+                                            options=options)
     if cache is not None:
         saved = {r.label: {"reward": r.reward.to_json() if r.reward else None,
                            "vs_baseline": r.vs_baseline.to_json() if r.vs_baseline else None,
@@ -141,7 +152,8 @@ def _score(results: list[ModelResult], prompts: list[Messages], reward_model: st
 def evaluate(models: Mapping[str, str], prompts: list[Messages], policies: Sequence[DomainRule], *,
              baseline: str | None = None, reward_model: str | None = None, judge_model: str | None = None,
              max_new_tokens: int = 128, batch_size: int = 16, prompts_file: str | Path | None = None,
-             cache_dir: str | Path | None = None, log: Log | None = None) -> EvalReport:
+             cache_dir: str | Path | None = None, log: Log | None = None,
+             model_options: ModelOptions | None = None) -> EvalReport:
     """Every model of ``models`` (label -> path, in table order) answers ``prompts``; judged by ``policies``,
     the reward model and the judge model, each optional.
 
@@ -150,6 +162,7 @@ def evaluate(models: Mapping[str, str], prompts: list[Messages], policies: Seque
     docstring); None: generate and score afresh. ``log``: progress lines (which model generates, when the
     reward model scores); None: quiet. Model paths are the caller's to check first, so a typo fails before
     any generation, naming the caller's flag or recipe key. ``prompts_file`` is recorded in the report.
+    ``model_options``: how every model (the judges too) is loaded; None: float32, transformers' defaults.
     """
     if baseline is not None and baseline not in models:
         raise ValueError(f"the baseline '{baseline}' is not one of the models ({', '.join(models)})")
@@ -165,7 +178,7 @@ def evaluate(models: Mapping[str, str], prompts: list[Messages], policies: Seque
     results, keys = [], []
     for label in order:
         result, key = _answers(label, models[label], prompts, policies, max_new_tokens=max_new_tokens,
-                               batch_size=batch_size, cache_dir=cache, log=say)
+                               batch_size=batch_size, cache_dir=cache, log=say, options=model_options)
         result.role = BASELINE if label == baseline else MODEL
         results.append(result)
         keys.append([label, key])
@@ -174,10 +187,11 @@ def evaluate(models: Mapping[str, str], prompts: list[Messages], policies: Seque
     rm_summary = None
     if reward_model:
         rm_summary = _score(results, prompts, reward_model, base, batch_size=batch_size, cache_dir=cache,
-                            answer_keys=keys, log=say)
+                            answer_keys=keys, log=say, options=model_options)
     judge_summary = None
     if judge_model:
-        judge_summary = judge.judge_with_model(results, prompts, judge_model, 0, batch_size=batch_size)
+        judge_summary = judge.judge_with_model(results, prompts, judge_model, 0, batch_size=batch_size,
+                                               options=model_options)
     return EvalReport(results=results, prompts=len(prompts), policies=[p.name for p in policies],
                       prompts_file=str(prompts_file) if prompts_file is not None else None,
                       max_new_tokens=max_new_tokens,
@@ -209,7 +223,8 @@ def _labels(models: list[str], baseline: str | None) -> dict[str, str]:
 
 def eval_command(models: list[str], prompts_path: str, policies_path: str | None = None, max_new_tokens: int = 128,
                  batch_size: int = 16, out: str | None = None, *, baseline: str | None = None,
-                 reward_model: str | None = None, judge_model: str | None = None, cache: str | None = None) -> int:
+                 reward_model: str | None = None, judge_model: str | None = None, cache: str | None = None,
+                 model_options: ModelOptions | None = None) -> int:
     """`align eval`: answers from every model (and the baseline), judged by every judge that was given."""
     if not (policies_path or reward_model or judge_model):
         raise AlignError("nothing to judge the answers with: give --policies FILE (domain policy checks), "
@@ -236,7 +251,8 @@ def eval_command(models: list[str], prompts_path: str, policies_path: str | None
 
     report = evaluate(_labels(models, baseline), prompts, policies, baseline=BASELINE if baseline else None,
                       reward_model=reward_model, judge_model=judge_model, max_new_tokens=max_new_tokens,
-                      batch_size=batch_size, prompts_file=prompts_path, cache_dir=cache)
+                      batch_size=batch_size, prompts_file=prompts_path, cache_dir=cache,
+                      model_options=model_options)
     if baseline:
         _log.info(f"baseline: {baseline}")
     print(format_table(report.results, policies))
