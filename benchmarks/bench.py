@@ -20,12 +20,14 @@ RESULTS.md (all pure and importable without torch); the measured code lives in `
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as _dt
 import importlib.metadata
 import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import threading
@@ -60,10 +62,13 @@ TRL_TRAINERS = {"sft": "SFTTrainer", "rm": "RewardTrainer", "dpo": "DPOTrainer",
 
 # Targets, checked against the measured numbers (never hard-coded verdicts).
 TARGET_VS_DEFAULTS = 1.3
-TARGET_VS_TUNED = 1.0
-# GRPO and RLOO run the same algorithm on both sides, so ours must beat TRL tuned clearly.
-TARGET_VS_TUNED_RL = {"grpo": 1.5, "rloo": 1.5}
-TARGET_MFU_BF16 = 0.5
+TARGET_VS_TUNED = 1.3
+# PPO against TRL's RLOO (no critic, so less work per episode); GRPO and RLOO run the same algorithm on both sides.
+TARGET_VS_TUNED_RL = {"ppo": 2.0, "grpo": 1.5, "rloo": 1.5}
+# Model FLOP/s of SFT/RM/DPO as a fraction of the measured matmul peak: of the bf16 peak where the CPU has AMX
+# (bf16 is then the fast precision, as on the GPUs users train on), else of the better of the fp32 and bf16 peaks.
+TARGET_MFU_AMX = 0.35
+TARGET_MFU_BEST = 0.5
 MFU_WORKLOADS = ("sft", "rm", "dpo")
 
 CHILD_ENV = {
@@ -172,6 +177,8 @@ class Summary:
     split: dict[str, float] | None = None  # PPO: fraction of step time in generate / score / train
     metrics_throughput: float | None = None  # ours: the phase's own perf/* figure, mean over the timed steps
     allocator: str = ""  # the row's memory allocator (alignment.allocator.describe)
+    runs: list[float] | None = None  # combined rows (:func:`combine`): each run's throughput, in run order
+    failed_runs: int = 0  # combined rows: runs that failed beside the ones that count
 
 
 def summarize(result: Mapping[str, Any], workload: str, warmup: int, dims: ModelDims | None,
@@ -203,15 +210,66 @@ def summarize(result: Mapping[str, Any], workload: str, warmup: int, dims: Model
                    allocator=_short_allocator(result.get("allocator")))
 
 
+def combine(runs: Sequence[Summary]) -> Summary:
+    """One variant's repeated runs as one row: the median run throughput (a slow outlier run moves it less
+    than a mean), every timed step's seconds, the highest peak memory of any run; failed only if every run
+    failed (the first failure's error)."""
+    ok = [s for s in runs if s.ok]
+    if not ok:
+        return runs[0]
+    flops = [s.flops_per_s for s in ok]
+    perf = [s.metrics_throughput for s in ok if s.metrics_throughput is not None]
+    rss = [s.maxrss_mib for s in ok if s.maxrss_mib]
+    splits = [s.split for s in ok if s.split]
+    return dataclasses.replace(
+        ok[0], throughput=statistics.median(s.throughput for s in ok),
+        seconds=[x for s in ok for x in (s.seconds or [])], maxrss_mib=max(rss) if rss else None,
+        flops_per_s=statistics.median(flops) if all(f is not None for f in flops) else None,  # type: ignore[type-var]
+        metrics_throughput=statistics.median(perf) if perf else None,
+        split={k: statistics.fmean(sp[k] for sp in splits) for k in splits[0]} if splits else None,
+        runs=[s.throughput for s in ok], failed_runs=len(runs) - len(ok))
+
+
+@dataclass
+class Ratio:
+    """Ours over another variant, run by run: run i of one against run i of the other (adjacent in time, so a
+    machine that slows for a while slows both), then the median of those pair ratios and their range."""
+
+    median: float
+    low: float
+    high: float
+    pairs: int
+
+
+def pair_ratio(ours: Sequence[Summary] | None, other: Sequence[Summary] | None) -> Ratio | None:
+    if not ours or not other:
+        return None
+    pairs = [a.throughput / b.throughput for a, b in zip(ours, other) if a.ok and b.ok and b.throughput > 0]
+    if not pairs:
+        return None
+    return Ratio(statistics.median(pairs), min(pairs), max(pairs), len(pairs))
+
+
+# A target's verdict: met (the median pair ratio reaches it), missed beyond noise (every pair falls short), or
+# within noise (the median falls short but some pair reaches it: more runs would tell); None: not measured.
+MET, MISSED, NOISE = True, False, "noise"
+
+
+def ratio_verdict(r: Ratio | None, target: float) -> bool | str | None:
+    if r is None:
+        return None
+    if r.median >= target:
+        return MET
+    return MISSED if r.high < target else NOISE
+
+
+def _as_list(results: Any) -> list[Any]:
+    return results if isinstance(results, list) else [results]
+
+
 def _short_allocator(text: Any) -> str:
     """"tcmalloc (/usr/lib/.../libtcmalloc_minimal.so.4)" -> "tcmalloc"; "system malloc" stays."""
     return str(text).split(" (")[0] if text else ""
-
-
-def ratio(ours: Summary | None, other: Summary | None) -> float | None:
-    if ours is None or other is None or not (ours.ok and other.ok) or other.throughput <= 0:
-        return None
-    return ours.throughput / other.throughput
 
 
 def _peak_ok(s: Summary | None) -> float | None:
@@ -228,24 +286,40 @@ def target_vs_tuned(workload: str) -> float:
     return TARGET_VS_TUNED_RL.get(workload, TARGET_VS_TUNED)
 
 
-def check_targets(workload: str, rows: Mapping[str, Summary],
-                  peak: Mapping[str, float] | None) -> dict[str, bool | None]:
-    """Each target's verdict for one workload (None: not measurable from what ran).
+def mfu_target(peak: Mapping[str, float] | None, amx: bool) -> tuple[float, float] | None:
+    """(fraction, the peak it is a fraction of): 35% of the bf16 peak with AMX, else 50% of the better peak."""
+    if not peak or not peak.get("bf16"):
+        return None
+    return (TARGET_MFU_AMX, peak["bf16"]) if amx else (TARGET_MFU_BEST, max(peak["bf16"], peak.get("fp32") or 0.0))
 
-    Speed: ours (and ours with gradient checkpointing) at least 1.3x TRL defaults; ours at least 1.0x
-    TRL tuned (GRPO and RLOO, the same algorithm on both sides: 1.5x). Memory is compared at equal
-    checkpointing: ours against TRL tuned (which checkpoints as ours does, i.e. not), ours + grad. ckpt
-    against TRL defaults (which checkpoint)."""
-    ours, ckpt = rows.get("ours"), rows.get("ours-ckpt")
-    defaults, tuned = rows.get("trl-defaults"), rows.get("trl-tuned")
-    vs_def, vs_tuned, ckpt_def = ratio(ours, defaults), ratio(ours, tuned), ratio(ckpt, defaults)
+
+def has_amx(machine: Mapping[str, Any]) -> bool:
+    return "amx_bf16" in (machine.get("cpu_flags") or [])
+
+
+def check_targets(workload: str, runs: Mapping[str, Sequence[Summary]], peak: Mapping[str, float] | None,
+                  amx: bool = False) -> dict[str, bool | str | None]:
+    """Each target's verdict for one workload from every variant's runs (:data:`MET`, :data:`MISSED`,
+    :data:`NOISE`; None: not measurable from what ran).
+
+    Speed, as medians of run-by-run ratios: ours (and ours with gradient checkpointing) at least 1.3x TRL
+    defaults; ours at least 1.3x TRL tuned (PPO against RLOO 2x; GRPO and RLOO, the same algorithm on both
+    sides, 1.5x). Memory is compared at equal checkpointing: ours against TRL tuned (which checkpoints as ours
+    does, i.e. not), ours + grad. ckpt against TRL defaults (which checkpoint). Model FLOP/s: see
+    :func:`mfu_target`."""
+    ours, ckpt = runs.get("ours"), runs.get("ours-ckpt")
+    defaults, tuned = runs.get("trl-defaults"), runs.get("trl-tuned")
+    best = {v: combine(r) for v, r in runs.items() if r}
     mfu = None
-    if workload in MFU_WORKLOADS and ours is not None and ours.ok and ours.flops_per_s and peak and peak.get("bf16"):
-        mfu = ours.flops_per_s / peak["bf16"] >= TARGET_MFU_BF16
-    return {"vs_defaults": None if vs_def is None else vs_def >= TARGET_VS_DEFAULTS,
-            "vs_tuned": None if vs_tuned is None else vs_tuned >= target_vs_tuned(workload),
-            "ckpt_vs_defaults": None if ckpt_def is None else ckpt_def >= TARGET_VS_DEFAULTS,
-            "memory": memory_at_most(ours, tuned), "memory_ckpt": memory_at_most(ckpt, defaults), "mfu": mfu}
+    target = mfu_target(peak, amx)
+    lead = best.get("ours")
+    if workload in MFU_WORKLOADS and lead is not None and lead.ok and lead.flops_per_s and target:
+        mfu = lead.flops_per_s / target[1] >= target[0]
+    return {"vs_defaults": ratio_verdict(pair_ratio(ours, defaults), TARGET_VS_DEFAULTS),
+            "vs_tuned": ratio_verdict(pair_ratio(ours, tuned), target_vs_tuned(workload)),
+            "ckpt_vs_defaults": ratio_verdict(pair_ratio(ckpt, defaults), TARGET_VS_DEFAULTS),
+            "memory": memory_at_most(best.get("ours"), best.get("trl-tuned")),
+            "memory_ckpt": memory_at_most(best.get("ours-ckpt"), best.get("trl-defaults")), "mfu": mfu}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -272,8 +346,24 @@ def _throughput_cell(s: Summary | None, unit: str) -> str:
     return f"{_num(s.throughput)} {unit}"
 
 
-def _ratio_cell(r: float | None) -> str:
-    return "—" if r is None else f"{r:.2f}×"
+def _ratio_cell(r: Ratio | None) -> str:
+    """"1.25×" from one pair of runs; "1.25× (1.10–1.31)" from several: the median and the range."""
+    if r is None:
+        return "—"
+    return f"{r.median:.2f}×" if r.pairs == 1 else f"{r.median:.2f}× ({r.low:.2f}–{r.high:.2f})"
+
+
+def _short(r: Ratio | None, target: float) -> str:
+    """How far the median falls short of its target, when it does."""
+    return f", {100 * (1 - r.median / target):.0f}% short" if r is not None and r.median < target else ""
+
+
+def _vs_cell(r: Ratio | None, target: float) -> str:
+    """The ratio, and how far short of ``target`` its median falls when it does."""
+    if r is None:
+        return ""
+    short = _short(r, target)
+    return _ratio_cell(r) + (f" ({short[2:]})" if short else "")
 
 
 def _mem_detail(rows: Mapping[str, Summary], a: str, b: str) -> str:
@@ -281,9 +371,11 @@ def _mem_detail(rows: Mapping[str, Summary], a: str, b: str) -> str:
     return f"({_num(x, 0)} vs {_num(y, 0)} MiB)" if x and y else ""
 
 
-def _mark(ok: bool | None, detail: str) -> str:
+def _mark(ok: bool | str | None, detail: str) -> str:
     if ok is None:
         return "— " + detail if detail else "—"
+    if ok == NOISE:
+        return "≈ " + detail + " (within noise)"
     return ("✓ " if ok else "✗ ") + detail
 
 
@@ -298,9 +390,13 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     dims = ModelDims(**report["dims"]) if report.get("dims") else None
     ref_inline = settings.get("dpo_ref", "inline") == "inline"
     warmup = int(settings.get("warmup", 1))
-    summaries: dict[str, dict[str, Summary]] = {}
+    # rows[workload][variant]: that variant's runs in run order (one result, not in a list, from older reports)
+    runs: dict[str, dict[str, list[Summary]]] = {}
     for workload, variants in report["rows"].items():
-        summaries[workload] = {v: summarize(r, workload, warmup, dims, ref_inline) for v, r in variants.items()}
+        runs[workload] = {v: [summarize(r, workload, warmup, dims, ref_inline) for r in _as_list(results)]
+                          for v, results in variants.items()}
+    summaries = {w: {v: combine(rs) for v, rs in variants.items()} for w, variants in runs.items()}
+    repeats = int(settings.get("repeats", 1))
 
     machine = report["machine"]
     out: list[str] = []
@@ -313,7 +409,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     w(f"- Versions: torch {machine.get('torch', '?')}, transformers {machine.get('transformers', '?')}, "
       f"trl {machine.get('trl', '?')}, python {machine.get('python', '?')}")
     w(f"- Model: `{settings.get('model')}`; data: `recipes/quickstart/data` (sft.jsonl, preferences.jsonl, "
-      f"ppo_prompts.jsonl); {settings.get('steps')} timed steps after {warmup} warm-up step(s) per row; "
+      f"ppo_prompts.jsonl); {settings.get('steps')} timed steps after {warmup} warm-up step(s) per run; "
+      f"{repeats} run(s) per row, interleaved (every variant's run 1, then every variant's run 2, ...); "
       f"batch {settings.get('batch_size')}; length limits: {settings.get('lengths')}.")
     if report.get("contention"):
         w(f"- Note: {report['contention']}")
@@ -334,6 +431,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         w("Not measured (`--no-peak`); MFU columns are empty.\n")
 
     w("## Results\n")
+    if repeats > 1:
+        w(f"Throughput: the median of the {repeats} runs. Ratios: the median of run-by-run ratios (run i of ours "
+          "against run i of the other side, run close together in time), with their range in brackets.\n")
     w("| workload | ours | ours + grad. ckpt | TRL defaults | TRL tuned | ours / TRL defaults | ours / TRL tuned | "
       "ours + grad. ckpt / TRL defaults | peak RSS MiB: ours / ours + grad. ckpt / TRL defaults / TRL tuned | "
       "ours MFU (fp32 peak, bf16 peak) |")
@@ -348,52 +448,64 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             mfu = f"{_pct(ours.flops_per_s / peak['fp32'])}, {_pct(ours.flops_per_s / peak['bf16'])}"
         elif workload in RL_WORKLOADS:
             mfu = "n/a (generation)"
-        w(f"| {WORKLOAD_TITLES[workload]} | {' | '.join(cells)} | {_ratio_cell(ratio(ours, rows.get('trl-defaults')))}"
-          f" | {_ratio_cell(ratio(ours, rows.get('trl-tuned')))}"
-          f" | {_ratio_cell(ratio(rows.get('ours-ckpt'), rows.get('trl-defaults')))} | {mem} | {mfu} |")
+        each = runs[workload]
+        w(f"| {WORKLOAD_TITLES[workload]} | {' | '.join(cells)} | "
+          f"{_ratio_cell(pair_ratio(each.get('ours'), each.get('trl-defaults')))}"
+          f" | {_ratio_cell(pair_ratio(each.get('ours'), each.get('trl-tuned')))}"
+          f" | {_ratio_cell(pair_ratio(each.get('ours-ckpt'), each.get('trl-defaults')))} | {mem} | {mfu} |")
     w("")
 
+    amx = has_amx(machine)
+    mfu_goal = mfu_target(peak, amx)
+    mfu_words = (f"≥{TARGET_MFU_AMX:.0%} of the bf16 peak (this CPU has AMX)" if amx
+                 else f"≥{TARGET_MFU_BEST:.0%} of the better of the fp32 and bf16 peaks (no AMX on this CPU)")
+    rl_targets = ", ".join(f"{WORKLOAD_TITLES[wl]} {t}×" for wl, t in TARGET_VS_TUNED_RL.items())
     w("## Targets\n")
     w(f"Targets: ≥{TARGET_VS_DEFAULTS}× TRL defaults (ours, and ours with gradient checkpointing), "
-      f"≥{TARGET_VS_TUNED}× TRL tuned (GRPO and RLOO, which run the same algorithm on both sides: "
-      f"≥{max(TARGET_VS_TUNED_RL.values())}×), peak RSS no higher than TRL's at the same checkpointing setting "
-      "(ours vs TRL tuned, which both do not checkpoint; ours + grad. ckpt vs TRL defaults, which both do), and for "
-      f"SFT/RM/DPO ≥ {TARGET_MFU_BF16:.0%} of the bf16 peak (model FLOP/s). Computed from the numbers above; "
-      "— where a number is missing.\n")
+      f"≥{TARGET_VS_TUNED}× TRL tuned for SFT/RM/DPO ({rl_targets}), peak RSS no higher than TRL's at the same "
+      "checkpointing setting (ours vs TRL tuned, which both do not checkpoint; ours + grad. ckpt vs TRL defaults, "
+      f"which both do), and for SFT/RM/DPO model FLOP/s {mfu_words}. Computed from the numbers above: ✓ met "
+      "(median ratio), ✗ missed in every run, ≈ median short of the target but some run reached it (within "
+      "noise: not met); — where a number is missing. A miss says by how much the median falls short.\n")
     w("| workload | ours ≥1.3× TRL defaults | ours ≥ target × TRL tuned | ours + grad. ckpt ≥1.3× TRL defaults | "
-      "memory: ours ≤ TRL tuned | memory: ours + grad. ckpt ≤ TRL defaults | ≥50% of bf16 peak |")
+      "memory: ours ≤ TRL tuned | memory: ours + grad. ckpt ≤ TRL defaults | model FLOP/s of peak |")
     w("|---|---|---|---|---|---|---|")
     for workload, rows in summaries.items():
-        t = check_targets(workload, rows, peak)
+        each = runs[workload]
+        t = check_targets(workload, each, peak, amx)
         ours = rows.get("ours")
-        r_def, r_tuned = ratio(ours, rows.get("trl-defaults")), ratio(ours, rows.get("trl-tuned"))
-        r_ckpt = ratio(rows.get("ours-ckpt"), rows.get("trl-defaults"))
+        r_def, r_tuned = pair_ratio(each.get("ours"), each.get("trl-defaults")), pair_ratio(each.get("ours"),
+                                                                                             each.get("trl-tuned"))
+        r_ckpt = pair_ratio(each.get("ours-ckpt"), each.get("trl-defaults"))
 
         mfu_detail = ""
-        if workload in MFU_WORKLOADS and ours is not None and ours.ok and ours.flops_per_s and peak:
-            mfu_detail = f"({_pct(ours.flops_per_s / peak['bf16'])})"
+        if workload in MFU_WORKLOADS and ours is not None and ours.ok and ours.flops_per_s and mfu_goal:
+            got = ours.flops_per_s / mfu_goal[1]
+            short = f", {100 * (1 - got / mfu_goal[0]):.0f}% short" if got < mfu_goal[0] else ""
+            mfu_detail = f"({_pct(got)}, target {mfu_goal[0]:.0%}{short})"
         elif workload not in MFU_WORKLOADS:
             mfu_detail = "(not a target for online RL)"
-        tuned_detail = (f"{_ratio_cell(r_tuned)} " if r_tuned else "") + f"(target {target_vs_tuned(workload)}×)"
-        w(f"| {WORKLOAD_TITLES[workload]} | {_mark(t['vs_defaults'], _ratio_cell(r_def) if r_def else '')} | "
+        goal = target_vs_tuned(workload)
+        tuned_detail = (f"{_ratio_cell(r_tuned)} " if r_tuned else "") + f"(target {goal}×{_short(r_tuned, goal)})"
+        w(f"| {WORKLOAD_TITLES[workload]} | {_mark(t['vs_defaults'], _vs_cell(r_def, TARGET_VS_DEFAULTS))} | "
           f"{_mark(t['vs_tuned'], tuned_detail)} | "
-          f"{_mark(t['ckpt_vs_defaults'], _ratio_cell(r_ckpt) if r_ckpt else '')} | "
+          f"{_mark(t['ckpt_vs_defaults'], _vs_cell(r_ckpt, TARGET_VS_DEFAULTS))} | "
           f"{_mark(t['memory'], _mem_detail(rows, 'ours', 'trl-tuned'))} | "
           f"{_mark(t['memory_ckpt'], _mem_detail(rows, 'ours-ckpt', 'trl-defaults'))} | "
           f"{_mark(t['mfu'], mfu_detail)} |")
     w("")
 
     w("## Details per row\n")
-    w("| workload | variant | throughput | s/step: mean (min–max) | precision | grad. ckpt | model GFLOP/s | "
-      "MFU fp32 / bf16 | peak RSS MiB | allocator | phase's own metrics.jsonl figure |")
-    w("|---|---|---:|---|---|---|---:|---|---:|---|---:|")
+    w("| workload | variant | throughput | each run | s/step: mean (min–max) | precision | grad. ckpt | "
+      "model GFLOP/s | MFU fp32 / bf16 | peak RSS MiB | allocator | phase's own metrics.jsonl figure |")
+    w("|---|---|---:|---|---|---|---|---:|---|---:|---|---:|")
     for workload, rows in summaries.items():
         for variant in VARIANTS:
             s = rows.get(variant)
             if s is None:
                 continue
             if not s.ok:
-                w(f"| {WORKLOAD_TITLES[workload]} | {VARIANT_TITLES[variant]} | {_cell_error(s.error)} | | | | | | "
+                w(f"| {WORKLOAD_TITLES[workload]} | {VARIANT_TITLES[variant]} | {_cell_error(s.error)} | | | | | | | "
                   f"{_num(s.maxrss_mib, 0) if s.maxrss_mib else '—'} | | |")
                 continue
             secs = s.seconds or []
@@ -403,8 +515,10 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                    if s.flops_per_s and peak else "—")
             own = f"{_num(s.metrics_throughput)} {UNITS[workload]}" if s.metrics_throughput else ""
             ckpt = "—" if s.gradient_checkpointing is None else ("on" if s.gradient_checkpointing else "off")
+            each_run = " / ".join(_num(x) for x in s.runs or []) + (f" ({s.failed_runs} failed)" if s.failed_runs
+                                                                    else "")
             w(f"| {WORKLOAD_TITLES[workload]} | {VARIANT_TITLES[variant]} | {_num(s.throughput)} {UNITS[workload]} | "
-              f"{step} | {s.precision or '—'} | {ckpt} | {gflops} | {mfu} | {_num(s.maxrss_mib, 0)} | "
+              f"{each_run} | {step} | {s.precision or '—'} | {ckpt} | {gflops} | {mfu} | {_num(s.maxrss_mib, 0)} | "
               f"{s.allocator or '—'} | {own} |")
     w("")
 
@@ -541,8 +655,11 @@ def how_measured(settings: Mapping[str, Any], dims: ModelDims | None) -> list[st
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bench.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=2,
-                   help="timed optimizer steps (PPO: rollout batches) per row (default 2)")
+    p.add_argument("--steps", type=int, default=5,
+                   help="timed optimizer steps (PPO: rollout batches) per run (default 5)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="runs per row, interleaved across variants; ratios are medians of run-by-run ratios "
+                        "(default 3)")
     p.add_argument("--warmup", type=int, default=1, help="untimed warm-up steps before them (default 1)")
     p.add_argument("--only", type=_csv(WORKLOADS), default=list(WORKLOADS),
                    help=f"workloads to run, comma separated (default all: {','.join(WORKLOADS)})")
@@ -565,6 +682,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.steps < 1:
         p.error("--steps must be at least 1")
+    if args.repeats < 1:
+        p.error("--repeats must be at least 1")
     if args.warmup < 0:
         p.error("--warmup must be >= 0")
     return args
@@ -580,9 +699,10 @@ def _csv(allowed: Sequence[str]) -> Any:
     return parse
 
 
-def plan(args: argparse.Namespace) -> list[tuple[str, str]]:
-    """The rows to run, in order: each workload's variants one after another."""
-    return [(w, v) for w in args.only for v in args.variants]
+def plan(args: argparse.Namespace) -> list[tuple[str, str, int]]:
+    """The runs, in order: for each workload, run 1 of every variant, then run 2 of every variant, ...: each
+    ratio pairs runs made minutes apart, so a machine that slows for a while slows both sides of a pair."""
+    return [(w, v, r) for w in args.only for r in range(1, args.repeats + 1) for v in args.variants]
 
 
 def workload_settings(model: str) -> dict[str, Any]:
@@ -719,10 +839,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     rows = plan(args)
-    settings = {"steps": args.steps, "warmup": args.warmup, "model": args.model, "dpo_ref": args.dpo_ref,
+    settings = {"steps": args.steps, "warmup": args.warmup, "repeats": args.repeats, "model": args.model,
+                "dpo_ref": args.dpo_ref,
                 "bf16": args.bf16 or "recipe (auto)", **workload_settings(args.model)}
-    print(f"[bench] {len(rows)} rows ({', '.join(f'{w}/{v}' for w, v in rows)}); {args.steps} timed steps after "
-          f"{args.warmup} warm-up; batch {settings['batch_size']}; {settings['lengths']}; DPO reference "
+    names = list(dict.fromkeys(f"{w}/{v}" for w, v, _ in rows))
+    print(f"[bench] {len(names)} rows ({', '.join(names)}) x {args.repeats} run(s), interleaved; {args.steps} timed "
+          f"steps after {args.warmup} warm-up; batch {settings['batch_size']}; {settings['lengths']}; DPO reference "
           f"{args.dpo_ref}; model {args.model}", flush=True)
     if args.dry_run:
         print(f"[bench] dry run: would write {args.out} (scratch: {args.workdir}); nothing ran")
@@ -759,13 +881,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if reward_model is None:
             report["notes"].append(f"could not build the PPO reward model: {built.get('error')}")
 
-    for i, (workload, variant) in enumerate(rows, 1):
-        name = f"{workload}-{variant}"
-        title = f"{WORKLOAD_TITLES[workload]} · {VARIANT_TITLES[variant]}"
+    for i, (workload, variant, repeat) in enumerate(rows, 1):
+        name = f"{workload}-{variant}" + (f"-run{repeat}" if args.repeats > 1 else "")
+        title = f"{WORKLOAD_TITLES[workload]} · {VARIANT_TITLES[variant]}" + (
+            f" · run {repeat}/{args.repeats}" if args.repeats > 1 else "")
         print(f"[bench] [{i}/{len(rows)}] {title} ...", flush=True)
         t0 = time.perf_counter()
         spec = {**base, "workload": workload, "variant": variant, "reward_model": reward_model}
-        ours_result = report["rows"].get(workload, {}).get("ours")
+        ours_runs = report["rows"].get(workload, {}).get("ours") or []
+        ours_result = ours_runs[-1] if ours_runs else None  # this repeat's, run just before
         if ours_result and ours_result.get("ok"):  # TRL tuned uses the precision ours picked
             spec["ours_bf16"] = str(ours_result.get("precision", "")).startswith("bf16")
             spec["batch_keys"] = ours_result.get("batch_keys")  # TRL trains on the very same batches
@@ -773,7 +897,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = {"ok": False, "error": "no reward model (see notes)"}
         else:
             result = run_child(spec, name, workdir, args.timeout)
-        report["rows"].setdefault(workload, {})[variant] = result
+        report["rows"].setdefault(workload, {}).setdefault(variant, []).append(result)
         if result.get("dims") and report["dims"] is None:
             report["dims"] = result["dims"]
         if result.get("trl_settings"):
@@ -802,7 +926,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(text)
     print(f"[bench] wrote {args.out} in {report['wall_seconds'] / 60:.1f} min; raw numbers and logs in {workdir}")
-    failed = [f"{w}/{v}" for w, vs in report["rows"].items() for v, r in vs.items() if not r.get("ok")]
+    failed = [f"{w}/{v}" for w, vs in report["rows"].items() for v, rs in vs.items()
+              if not all(r.get("ok") for r in rs)]
     if failed:
         print(f"[bench] WARNING: failed rows: {', '.join(failed)} (see {workdir / 'logs'})")
     if not args.keep:
