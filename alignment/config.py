@@ -157,6 +157,75 @@ class ModelOptions:
         return kwargs
 
 
+# The held-out metrics each phase with its own loop logs after an evaluation (its evaluate function's keys);
+# `train.early_stopping.metric` must be one of them. The first is the default metric. tests/training/
+# test_early_stopping.py checks that these are exactly the keys the phases log.
+SFT_EVAL_METRICS = ("eval/loss",)
+RM_EVAL_METRICS = ("eval/rewards/accuracies", "eval/rewards/margins", "eval/rewards/chosen", "eval/rewards/rejected")
+DPO_EVAL_METRICS = ("eval/loss", "eval/rewards/accuracies", "eval/rewards/margins", "eval/rewards/chosen",
+                    "eval/rewards/rejected", "eval/logps/chosen", "eval/logps/rejected")
+EARLY_STOPPING_PHASES = "sft, rm and dpo"
+
+
+def metric_mode(metric: str) -> Literal["min", "max"]:
+    """Whether lower or higher is better: losses and the rejected answers' rewards and log-probs go down,
+    accuracies, margins and the chosen answers' go up."""
+    return "min" if metric.endswith("loss") or metric.endswith("/rejected") else "max"
+
+
+@dataclass
+class EarlyStoppingConfig:
+    """Stop when the held-out metric stops improving, and save the best evaluated model, not the last."""
+
+    metric: str | None = None
+    """A held-out metric the phase logs: sft eval/loss; rm eval/rewards/accuracies (default), margins, chosen or
+    rejected; dpo eval/loss (default), eval/rewards/accuracies, margins, chosen, rejected, eval/logps/chosen or
+    rejected. Unset: the phase's default."""
+    mode: Literal["min", "max"] | None = None
+    """Whether lower or higher is better. Unset: min for losses (and rejected rewards/log-probs), max otherwise."""
+    patience: int = 3
+    """Evaluations in a row without improvement before training stops."""
+    min_delta: float = 0.0
+    """How much better than the best so far a value must be to count as an improvement."""
+
+    def __post_init__(self) -> None:
+        if self.patience < 1:
+            raise AlignError("must be at least 1 evaluation", field="train.early_stopping.patience")
+        if not self.min_delta >= 0:
+            raise AlignError("must be >= 0", field="train.early_stopping.min_delta")
+        if self.metric is not None and not self.metric.strip():
+            raise AlignError("is empty: name a held-out metric or leave it out", field="train.early_stopping.metric")
+
+    def resolve(self, metrics: tuple[str, ...], train: TrainConfig, has_validation: bool) -> None:
+        """Check it against a phase (the metrics it logs, its evaluation cadence and validation data) and fill
+        in the defaults: the phase's first metric, the metric's mode."""
+        if self.metric is None:
+            self.metric = metrics[0]
+        if self.metric not in metrics:
+            close = difflib.get_close_matches(self.metric, metrics, n=1, cutoff=0.5)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise AlignError(f"'{self.metric}' is not a held-out metric of this phase, whose metrics are "
+                             f"{', '.join(metrics)}{hint}", field="train.early_stopping.metric")
+        if self.mode is None:
+            self.mode = metric_mode(self.metric)
+        if train.eval_every == 0:
+            raise AlignError("needs evaluations during training, but train.eval_every is 0 (only a final "
+                             "evaluation): set train.eval_every to a number of steps", field="train.early_stopping")
+        if not has_validation:
+            raise AlignError("needs validation data, and this recipe has none: set data.validation, or a "
+                             "`validation` ratio in data.split", field="train.early_stopping")
+
+
+def _has_validation(data: DataConfig | PreferenceDataConfig) -> bool:
+    return bool(data.validation) or data.split.get("validation", 0.0) > 0
+
+
+def _refuse_early_stopping(train: TrainConfig, phase: str) -> None:
+    if train.early_stopping is not None:
+        raise AlignError(f"is not supported for {phase}: early stopping is supported for {EARLY_STOPPING_PHASES}",
+                         field="train.early_stopping")
+
+
 @dataclass
 class TrainConfig:
     """Optimisation, checkpoints and evaluation cadence."""
@@ -190,6 +259,9 @@ class TrainConfig:
     resume: Literal["auto", "never"] | str = "auto"
     """"auto" continues from the last checkpoint in the output directory, "never" starts fresh,
     or a path to a checkpoint directory."""
+    early_stopping: EarlyStoppingConfig | None = None
+    """Stop when a held-out metric stops improving and save the best evaluated model (sft, rm and dpo); null:
+    off. Needs `eval_every` > 0 and validation data. See EarlyStoppingConfig."""
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "grad_accum", "log_every"):
@@ -266,6 +338,8 @@ class SFTConfig:
         self.model_options.check_trained(self.lora)
         if not self.data.train:
             raise AlignError("is required: the training data file", field="data.train")
+        if self.train.early_stopping is not None:
+            self.train.early_stopping.resolve(SFT_EVAL_METRICS, self.train, _has_validation(self.data))
 
 
 @dataclass
@@ -326,6 +400,8 @@ class RMConfig:
             raise AlignError("is required: the preference data file", field="data.train")
         if self.center_coef < 0:
             raise AlignError("must be >= 0", field="center_coef")
+        if self.train.early_stopping is not None:
+            self.train.early_stopping.resolve(RM_EVAL_METRICS, self.train, _has_validation(self.data))
 
 
 @dataclass
@@ -386,6 +462,10 @@ class DPOConfig:
             raise AlignError("applies to loss: sigmoid only", field="label_smoothing")
         if self.rpo_alpha < 0:
             raise AlignError("must be >= 0", field="rpo_alpha")
+        if self.train.early_stopping is not None:
+            if self.negatives == "kto":
+                _refuse_early_stopping(self.train, "kto (negatives: kto)")
+            self.train.early_stopping.resolve(DPO_EVAL_METRICS, self.train, _has_validation(self.data))
 
 
 @dataclass
@@ -502,6 +582,7 @@ class PPOConfig:
         self.model_options.check_trained(self.lora)
         if not self.data.train:
             raise AlignError("is required: the prompts file", field="data.train")
+        _refuse_early_stopping(self.train, "ppo")
         if self.rule_reward_weight < 0:
             raise AlignError("must be >= 0", field="rule_reward_weight")
         if self.rule_weights and self.rule_reward_weight == 0:

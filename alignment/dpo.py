@@ -25,6 +25,7 @@ from alignment.batching import collate_pairs, pair_lengths, step_share, step_wei
 from alignment.config import DPOConfig
 from alignment.data.chat import IGNORE_INDEX
 from alignment.data.preferences import TokenizedPair, describe, load_pairs, tokenize_pairs, weight_summary
+from alignment.early_stopping import EarlyStopping
 from alignment.logits import labelled_logits, token_logps
 from alignment.losses import PREFERENCE_LOSSES, chosen_nll, preference_metrics
 from alignment.modeling import (
@@ -216,6 +217,7 @@ def run_dpo(cfg: DPOConfig) -> Path:
         f"train {describe(stats, cfg.data.max_length, weight_summary(train_ex))}; validation {len(val_pairs)} pairs; "
         f"loss {cfg.loss}, "
         f"beta {cfg.beta}")
+    early = EarlyStopping.create(cfg, run, len(val_pairs))
 
     model = load_causal_lm(cfg.model, trainable_adapter=cfg.lora.enabled, options=cfg.model_options)
     if cfg.lora.enabled:
@@ -264,7 +266,11 @@ def run_dpo(cfg: DPOConfig) -> Path:
                 torch.save(reference.cache, cache_file)
         if frozen is not None:
             reference.frozen = frozen = None  # free the copy
-    start_step = run.start(engine, schedule.total_steps)["step"]
+    start_step = run.start(engine, schedule.total_steps, early_stopping=early)["step"]
+
+    def held_out() -> dict[str, float]:
+        return evaluate(engine, reference, loss_fn, val_pairs, val_keys, cfg.train.batch_size, pad)
+
     watch = LikelihoodWatch(schedule.total_steps, cfg.beta, loss_fn.needs_reference)
 
     engine.train()
@@ -288,12 +294,15 @@ def run_dpo(cfg: DPOConfig) -> Path:
             run.metrics(metrics, done)
             window_start, window_pairs = time.perf_counter(), 0
         if run.eval_due(done):
-            run.metrics(evaluate(engine, reference, loss_fn, val_pairs, val_keys, cfg.train.batch_size, pad), done)
+            run.metrics(held := held_out(), done)
+            if early is not None and early.update(engine, held, done):
+                break
         if run.save_due(done):
             run.checkpoint(engine, done)
 
-    final = evaluate(engine, reference, loss_fn, val_pairs, val_keys, cfg.train.batch_size, pad)
-    run.metrics(final, schedule.total_steps)
+    # the model saved: with early stopping the best one evaluated, put back in place
+    final = early.conclude(engine, held_out, schedule.total_steps) if early else held_out()
+    run.metrics(final, early.end_step(schedule.total_steps) if early else schedule.total_steps)
     with engine.gathered():
         if run.main:
             save_model(engine.module, tokenizer, out / "model",

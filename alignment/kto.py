@@ -328,6 +328,9 @@ def run_kto(cfg: DPOConfig) -> Path:
     """KTO on unpaired data through TRL's KTOTrainer, with our recipe, outputs and tracking."""
     from trl import KTOTrainer
 
+    if cfg.train.early_stopping is not None:  # negatives: kto is refused with the recipe; auto is decided here
+        raise AlignError("is not supported for kto (this unpaired data trains with KTO: negatives auto picked it): "
+                         "early stopping is supported for sft, rm and dpo", field="train.early_stopping")
     out = Path(cfg.output_dir)
     run = Run(cfg, "kto", resume_from=find_checkpoint(out, cfg.train.resume))
     set_seed(cfg.train.seed)

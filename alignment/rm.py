@@ -20,6 +20,7 @@ from alignment.batching import collate_pairs, pair_lengths, step_share, step_wei
 from alignment.config import RMConfig
 from alignment.data.chat import IGNORE_INDEX
 from alignment.data.preferences import TokenizedPair, describe, load_pairs, tokenize_pairs, weight_summary
+from alignment.early_stopping import EarlyStopping
 from alignment.evaluation.rm_diagnostics import diagnose, verdict
 from alignment.logits import causal_mask
 from alignment.losses import bradley_terry_loss, reward_model_metrics
@@ -138,6 +139,7 @@ def run_rm(cfg: RMConfig) -> Path:
         f"{info.duplicates_removed} duplicates removed; train "
         f"{describe(train_stats, cfg.data.max_length, weight_summary(train_ex))}; "
         f"validation {len(val_pairs)} pairs")
+    early = EarlyStopping.create(cfg, run, len(val_pairs))
 
     model = load_reward_model(cfg.model, options=cfg.model_options)
     model.config.pad_token_id = tokenizer.pad_token_id
@@ -157,7 +159,7 @@ def run_rm(cfg: RMConfig) -> Path:
     run.log(f"model {cfg.model}: {trainable:,} trainable of {total:,} parameters; bf16={bf16}; "
         f"processes={dist.world_size()}; deepspeed={cfg.deepspeed or 'off'}; steps={schedule.total_steps}")
 
-    start_step = run.start(engine, schedule.total_steps)["step"]
+    start_step = run.start(engine, schedule.total_steps, early_stopping=early)["step"]
     pad = tokenizer.pad_token_id
 
     def held_out_metrics() -> dict[str, float]:
@@ -184,9 +186,15 @@ def run_rm(cfg: RMConfig) -> Path:
             run.metrics(metrics, done)
             window_start, window_pairs = time.perf_counter(), 0
         if run.eval_due(done):
-            run.metrics(held_out_metrics(), done)
+            run.metrics(held := held_out_metrics(), done)
+            if early is not None and early.update(engine, held, done):
+                break
         if run.save_due(done):
             run.checkpoint(engine, done)
+    end_step = schedule.total_steps
+    if early is not None:  # the best model evaluated back in place: the diagnostics and statistics are its own
+        early.conclude(engine, held_out_metrics, schedule.total_steps)
+        end_step = early.end_step(schedule.total_steps)
 
     # --- diagnose on held-out pairs; score statistics on the training responses ----------------
     vc, vr = score_pairs(engine, scorer, val_pairs, cfg.train.batch_size, pad)
@@ -198,7 +206,7 @@ def run_rm(cfg: RMConfig) -> Path:
         diagnostics = diagnose(vc, vr, [_response_length(p.chosen_labels) for p in val_pairs],
                                [_response_length(p.rejected_labels) for p in val_pairs])
         run.metrics({"eval/" + k: v for k, v in reward_model_metrics(torch.tensor(vc), torch.tensor(vr)).items()},
-                    schedule.total_steps)
+                    end_step)
 
     with engine.gathered():
         if run.main:

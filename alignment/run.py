@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from alignment import distributed as dist
 from alignment import log as _log
+from alignment.early_stopping import EarlyStopping
 from alignment.training import Engine, clear_checkpoints, find_resume_checkpoint, iterate_steps, prune_checkpoints
 
 
@@ -69,6 +70,7 @@ class Run:
                                          if resume_from == "auto" else resume_from)  # type: ignore[assignment]
         self.total_steps = 0
         self.tracker: Any = None
+        self.early_stopping: EarlyStopping | None = None
 
     def log(self, message: str) -> None:
         """A line on rank 0, under the phase's tag; at WARNING when it says WARNING, so ``align -q`` keeps it."""
@@ -78,19 +80,23 @@ class Run:
 
     # --- start and end -------------------------------------------------------------------------------
     def start(self, engine: Engine | None, total_steps: int, others: dict[str, Engine] | None = None, *,
-              start_step: int | None = None) -> dict[str, Any]:
+              start_step: int | None = None, early_stopping: EarlyStopping | None = None) -> dict[str, Any]:
         """Resume from ``resume_from`` (or clear an earlier run's checkpoints), write config.yaml, open the
         tracker. Returns the trainer state saved with the checkpoint ({"step": 0} for a fresh run).
 
-        ``start_step`` instead of an engine: the trainer resumes itself (KTO); only the step is needed."""
+        ``start_step`` instead of an engine: the trainer resumes itself (KTO); only the step is needed.
+        ``early_stopping``: its state is saved with every checkpoint and restored from the one resumed."""
         from alignment.config import save_config, to_dict
         from alignment.tracking import MetricsLogger
 
         self.total_steps = total_steps
+        self.early_stopping = early_stopping
         state: dict[str, Any] = {"step": 0}
         if self.resume_from is not None:
             if engine is not None:
-                state = engine.load_checkpoint(self.resume_from, others)
+                state = engine.load_checkpoint(self.resume_from, self._parts(others))
+                if early_stopping is not None:
+                    early_stopping.load_state(state.get("early_stopping"))
             elif start_step is not None:
                 state = {"step": start_step}
             self.log(f"resumed from {self.resume_from} at step {state['step']}")
@@ -148,6 +154,15 @@ class Run:
     def checkpoint(self, engine: Engine, done: int, state: dict[str, Any] | None = None,
                    others: dict[str, Engine] | None = None) -> None:
         """``checkpoints/step-N`` (the trainer state: the step and ``state``), then keep only the newest."""
-        engine.save_checkpoint(self.out / "checkpoints" / f"step-{done}", {"step": done, **(state or {})},
-                               others)
+        state = {"step": done, **(state or {})}
+        if self.early_stopping is not None:
+            state["early_stopping"] = self.early_stopping.state()
+        engine.save_checkpoint(self.out / "checkpoints" / f"step-{done}", state, self._parts(others))
         prune_checkpoints(self.out, self.cfg.train.keep_checkpoints)
+
+    def _parts(self, others: dict[str, Engine] | None) -> dict[str, Any] | None:
+        """The checkpoint's parts beside the trained engine: ``others``, and the early-stopping best weights
+        (written inside the same atomic save, so a checkpoint never lacks the best model it names)."""
+        if self.early_stopping is None:
+            return others
+        return {**(others or {}), EarlyStopping.FOLDER: self.early_stopping}

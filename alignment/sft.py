@@ -22,6 +22,7 @@ from alignment import distributed as dist
 from alignment.batching import pad_sequences
 from alignment.config import PreferenceDataConfig, SFTConfig
 from alignment.data.chat import IGNORE_INDEX, Tokenized, check_stop_tokens, tokenize_sft
+from alignment.early_stopping import EarlyStopping
 from alignment.logits import labelled_logits
 from alignment.modeling import apply_lora, count_parameters, load_causal_lm, load_tokenizer, save_model
 from alignment.run import Run
@@ -261,6 +262,7 @@ def run_sft(cfg: SFTConfig) -> Path:
         from alignment.errors import AlignError
 
         raise AlignError("no training example has an assistant token to learn from", file=cfg.data.train)
+    early = EarlyStopping.create(cfg, run, len(val_examples))
     if cfg.data.packing:
         train_examples = pack(train_examples, cfg.data.max_length)
         run.log(f"packing: {stats.examples - stats.dropped_no_target} examples into {len(train_examples)} rows")
@@ -292,7 +294,10 @@ def run_sft(cfg: SFTConfig) -> Path:
     run.log(f"model {cfg.model}: {trainable:,} trainable of {total:,} parameters; bf16={bf16}; "
         f"processes={dist.world_size()}; deepspeed={cfg.deepspeed or 'off'}; steps={schedule.total_steps}")
 
-    start_step = run.start(engine, schedule.total_steps)["step"]
+    start_step = run.start(engine, schedule.total_steps, early_stopping=early)["step"]
+
+    def validation_loss() -> dict[str, float]:
+        return {"eval/loss": evaluate(engine, val_examples, cfg.train.batch_size, tokenizer.pad_token_id)}
 
     # --- loop -------------------------------------------------------------------------------
     engine.train()
@@ -313,14 +318,16 @@ def run_sft(cfg: SFTConfig) -> Path:
             run.metrics(metrics, done)
             window_tokens, window_start = 0.0, time.perf_counter()
         if run.eval_due(done):
-            run.metrics({"eval/loss": evaluate(engine, val_examples, cfg.train.batch_size, tokenizer.pad_token_id)},
-                        done)
+            run.metrics(held_out := validation_loss(), done)
+            if early is not None and early.update(engine, held_out, done):
+                break
         if run.save_due(done):
             run.checkpoint(engine, done)
 
     # --- save -------------------------------------------------------------------------------
-    final = {"eval/loss": evaluate(engine, val_examples, cfg.train.batch_size, tokenizer.pad_token_id)}
-    run.metrics(final, schedule.total_steps)
+    # the model saved: with early stopping the best one evaluated, put back in place
+    final = early.conclude(engine, validation_loss, schedule.total_steps) if early else validation_loss()
+    run.metrics(final, early.end_step(schedule.total_steps) if early else schedule.total_steps)
     with engine.gathered():
         if run.main:
             save_model(engine.module, tokenizer, out / "model",

@@ -314,3 +314,87 @@ def test_save_then_load_round_trips(tmp_path):
     assert again == cfg
     assert again.train.lr == 5e-05 and again.train.max_steps == 7
     assert not list(out.parent.glob("*.tmp"))
+
+
+# --------------------------------------------------------------------------------------------------
+# Early stopping
+# --------------------------------------------------------------------------------------------------
+def _phase_recipe(tmp_path: Path, phase: str, train: str, data: str = "") -> Path:
+    return recipe(tmp_path, f"phase: {phase}\ndata:\n  train: t.jsonl\n{data}train:\n{train}", f"{phase}.yaml")
+
+
+def _phase_error(path: Path, overrides: list[str] | None = None) -> AlignError:
+    from alignment.phases import PHASES
+
+    phase = yaml.safe_load(path.read_text())["phase"]
+    with pytest.raises(AlignError) as info:
+        load_config(PHASES[phase].config, path, overrides)
+    return info.value
+
+
+def test_early_stopping_is_off_by_default_and_fills_in_the_phase_defaults(tmp_path):
+    from alignment.config import DPOConfig, RMConfig
+
+    assert load_config(SFTConfig, recipe(tmp_path, "data:\n  train: t.jsonl\n")).train.early_stopping is None
+    es = load_config(SFTConfig, _phase_recipe(tmp_path, "sft", "  early_stopping: {}\n")).train.early_stopping
+    assert (es.metric, es.mode, es.patience, es.min_delta) == ("eval/loss", "min", 3, 0.0)
+    es = load_config(RMConfig, _phase_recipe(tmp_path, "rm", "  early_stopping: {patience: 2}\n")).train.early_stopping
+    assert (es.metric, es.mode, es.patience) == ("eval/rewards/accuracies", "max", 2)
+    path = _phase_recipe(tmp_path, "dpo", "  early_stopping:\n    metric: eval/rewards/margins\n")
+    assert load_config(DPOConfig, path).train.early_stopping.mode == "max"
+    assert load_config(DPOConfig, path, ["train.early_stopping.metric=eval/loss"]).train.early_stopping.mode == "min"
+    path = _phase_recipe(tmp_path, "dpo", "  early_stopping: {metric: eval/logps/rejected, mode: max}\n")
+    es = load_config(DPOConfig, path).train.early_stopping
+    assert (es.metric, es.mode) == ("eval/logps/rejected", "max")  # a mode written is kept
+    # the resolved recipe a run writes loads back the same
+    save_config(cfg := load_config(DPOConfig, path), tmp_path / "saved.yaml")
+    assert load_config(DPOConfig, tmp_path / "saved.yaml") == cfg
+
+
+@pytest.mark.parametrize(("phase", "metric", "valid"), [
+    ("sft", "eval/rewards/accuracies", "eval/loss"),
+    ("rm", "eval/loss", "eval/rewards/accuracies, eval/rewards/margins, eval/rewards/chosen, eval/rewards/rejected"),
+    ("dpo", "loss", "eval/loss, eval/rewards/accuracies"),
+])
+def test_early_stopping_refuses_a_metric_the_phase_does_not_log(tmp_path, phase, metric, valid):
+    err = _phase_error(_phase_recipe(tmp_path, phase, f"  early_stopping:\n    metric: {metric}\n"))
+    assert err.field == "train.early_stopping.metric" and err.line == 6
+    assert f"'{metric}' is not a held-out metric" in err.message and valid in err.message
+    if phase == "dpo":
+        assert "did you mean 'eval/loss'" in err.message
+
+
+def test_early_stopping_needs_evaluations_and_validation_data(tmp_path):
+    err = _phase_error(_phase_recipe(tmp_path, "sft", "  eval_every: 0\n  early_stopping: {}\n"))
+    assert err.field == "train.early_stopping" and "train.eval_every is 0" in err.message
+    no_split = "  split: {train: 1.0}\n"
+    for phase in ("sft", "rm", "dpo"):
+        err = _phase_error(_phase_recipe(tmp_path, phase, "  early_stopping: {}\n", no_split))
+        assert err.field == "train.early_stopping" and "validation data" in err.message
+    # a validation file is validation data
+    path = _phase_recipe(tmp_path, "sft", "  early_stopping: {}\n", no_split + "  validation: t.jsonl\n")
+    assert load_config(SFTConfig, path).train.early_stopping.metric == "eval/loss"
+
+
+@pytest.mark.parametrize(("written", "field"), [
+    ("{patience: 0}", "train.early_stopping.patience"),
+    ("{min_delta: -0.1}", "train.early_stopping.min_delta"),
+    ("{mode: maximum}", "train.early_stopping.mode"),
+    ("{metric: ''}", "train.early_stopping.metric"),
+    ("{patiense: 2}", "train.early_stopping.patiense"),
+])
+def test_early_stopping_bad_values_name_their_field(tmp_path, written, field):
+    err = _phase_error(_phase_recipe(tmp_path, "sft", f"  early_stopping: {written}\n"))
+    assert err.field == field and err.line == 5
+
+
+@pytest.mark.parametrize(("phase", "extra", "named"), [
+    ("ppo", "", "ppo"),
+    ("dpo", "negatives: kto\n", "kto"),
+])
+def test_early_stopping_is_refused_where_it_is_not_supported(tmp_path, phase, extra, named):
+    path = recipe(tmp_path, f"phase: {phase}\n{extra}data:\n  train: t.jsonl\ntrain:\n  early_stopping: {{}}\n",
+                  f"{phase}.yaml")
+    err = _phase_error(path)
+    assert err.field == "train.early_stopping"
+    assert f"not supported for {named}" in err.message and "supported for sft, rm and dpo" in err.message
