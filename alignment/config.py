@@ -739,8 +739,13 @@ def _coerce(value: Any, tp: Any, source: _Source, key: str) -> Any:
         options = [a for a in get_args(tp) if a is not type(None)]
         if value is None and len(options) < len(get_args(tp)):
             return None  # before a dataclass option, which would read null as its defaults
-        if len(options) == 1:  # X | None given a value: X's own error names the exact key
-            return _coerce(value, options[0], source, key)
+        if len(options) == 1:
+            try:
+                return _coerce(value, options[0], source, key)
+            except AlignError:
+                if dataclasses.is_dataclass(options[0]) or get_origin(options[0]) is Literal:
+                    raise  # its own error names the exact key, or the nearest allowed value
+                raise source.error(f"expected {_type_name(tp)}, got {value!r}", key) from None
         errors = []
         for option in get_args(tp):
             try:

@@ -41,12 +41,16 @@ def _load_kwargs(options: ModelOptions | None, dtype: torch.dtype) -> dict[str, 
 
 
 def _weights_dir(path: Path, kwargs: dict[str, Any]) -> str:
-    """``path`` for ``from_pretrained``, after refusing a model that ships its own modelling code (``auto_map``
-    in its config) unless remote code is trusted: one line that names the switch, not transformers' prompt."""
+    """``path`` for ``from_pretrained``, after refusing a model that needs its own modelling code unless remote
+    code is trusted: one line that names the switch, not transformers' error. A model that ships code
+    (``auto_map``) for an architecture transformers has built in loads with the built-in code, as transformers
+    itself does without trust, so only an architecture unknown to transformers is refused."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
     config = path / "config.json"
     if not kwargs.get("trust_remote_code") and config.exists():
-        auto_map = json.loads(config.read_text()).get("auto_map")
-        if auto_map:
+        data = json.loads(config.read_text())
+        if data.get("auto_map") and data.get("model_type") not in CONFIG_MAPPING:
             raise AlignError(
                 "this model ships its own modelling code, which runs only when you trust it: "
                 "model_options.trust_remote_code: true in a recipe, --trust-remote-code on the command line",
@@ -159,7 +163,8 @@ def load_reward_model(path: str | Path, dtype: torch.dtype = torch.float32,
                 _weights_dir(resolve_model(adapter_cfg["base_model_name_or_path"]), kwargs), num_labels=1, **kwargs)
             return PeftModel.from_pretrained(base, str(path)).merge_and_unload()
         causal = load_causal_lm(path, merge_adapter=True, dtype=dtype, options=options)
-        model = AutoModelForSequenceClassification.from_config(causal.config, num_labels=1, dtype=dtype)
+        model = AutoModelForSequenceClassification.from_config(
+            causal.config, num_labels=1, dtype=dtype, trust_remote_code=bool(options and options.trust_remote_code))
         missing, _ = model.load_state_dict(causal.state_dict(), strict=False)
         assert all("score" in k for k in missing), missing
         return model

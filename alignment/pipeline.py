@@ -10,6 +10,7 @@ marker, runs again, and its trainer resumes from the last checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -366,7 +367,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, float]:
             reward_model = _eval_reward_model(cfg.evaluation.reward_model, outputs, reward_models)
             sources = config_sources(cfg.evaluation, ("prompts", "policies"))
             data = data_fingerprint(sources)
-            options = cfg.evaluation.model_options or trained_options
+            options = cfg.evaluation.model_options or _inherited(trained_options)
             fingerprint = _fingerprint([fingerprints, _generation_settings(cfg.evaluation), models, reward_model,
                                         model_stamp(reward_model) if reward_model else None, data,
                                         *([to_dict(options)] if options and options != ModelOptions() else [])])
@@ -474,6 +475,15 @@ def _warn_if_changed(phase_dir: Path, phase_cfg: Any) -> None:
         _log.info(f"[pipeline] {phase_dir.name}: the recipe changed since its checkpoints were written; "
                   "starting this phase afresh")
         phase_cfg.train.resume = "never"
+
+
+def _inherited(trained: ModelOptions | None) -> ModelOptions | None:
+    """How the eval phase loads models when `evaluation.model_options` is unset: like the last training phase
+    (its remote code and attention kernel), but in float32. A lower training dtype is only ever a LoRA phase's
+    frozen base, and merging the adapter into a bf16 base would evaluate a rounded copy of the trained model."""
+    if trained is None:
+        return None
+    return dataclasses.replace(trained, dtype="float32")
 
 
 def _generation_settings(evaluation: EvaluationConfig) -> dict[str, Any]:

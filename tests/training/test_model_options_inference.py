@@ -177,3 +177,24 @@ def test_data_validate_counts_tokens_with_a_trusted_tokenizer(custom_code_model,
     assert main(["data", "validate", str(sft_file), "--kind", "sft", "--model", str(custom_code_model),
                  "--trust-remote-code"]) == 0
     assert "tokens per sequence" in capsys.readouterr().out
+
+
+def test_shipped_code_for_a_built_in_architecture_loads_without_trust(tmp_path, tiny_model_dir):
+    """transformers uses its own Llama code for a Llama folder that also ships code (many hub models do): so do
+    we, with no refusal."""
+    from alignment.modeling import load_causal_lm
+
+    folder = tmp_path / "llama-with-code"
+    shutil.copytree(tiny_model_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForCausalLM": "modeling_x.XForCausalLM"}
+    (folder / "config.json").write_text(json.dumps(config))
+    assert type(load_causal_lm(folder)).__name__ == "LlamaForCausalLM"
+
+
+def test_the_eval_phase_inherits_remote_code_and_kernel_but_not_a_lower_dtype():
+    from alignment.pipeline import _inherited
+
+    trained = ModelOptions(dtype="bfloat16", attn_implementation="eager", trust_remote_code=True)
+    assert _inherited(trained) == ModelOptions(dtype="float32", attn_implementation="eager", trust_remote_code=True)
+    assert _inherited(None) is None
