@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
@@ -29,6 +31,31 @@ T = TypeVar("T")
 # --------------------------------------------------------------------------------------------------
 # Shared sections
 # --------------------------------------------------------------------------------------------------
+SPLIT_NAMES = ("train", "validation", "test")
+
+
+def check_split(split: Mapping[str, Any], field: str = "data.split") -> None:
+    """A recipe's split fractions: ``train`` and optionally ``validation`` and ``test``, each a number in
+    [0, 1) (``train`` may be 1: nothing held out) that together sum to 1. One AlignError naming ``field``."""
+    if not isinstance(split, Mapping):
+        raise AlignError(f"expected fractions like {{train: 0.7, validation: 0.15, test: 0.15}}, got {split!r}",
+                         field=field)
+    unknown = [name for name in split if name not in SPLIT_NAMES]
+    if unknown:
+        raise AlignError(f"unknown split '{unknown[0]}': the splits are train, validation and test", field=field)
+    if "train" not in split:
+        raise AlignError("needs a `train` fraction", field=field)
+    for name, ratio in split.items():
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio):
+            raise AlignError(f"fraction for '{name}' must be a number, got {ratio!r}", field=field)
+        if not (0.0 < ratio <= 1.0 if name == "train" else 0.0 <= ratio < 1.0):
+            raise AlignError(f"fraction for '{name}' must be in {'(0, 1]' if name == 'train' else '[0, 1)'}, "
+                             f"got {ratio}", field=field)
+    total = sum(split.values())
+    if abs(total - 1) > 1e-6:
+        raise AlignError(f"fractions must sum to 1, these sum to {total:g}", field=field)
+
+
 @dataclass
 class DataConfig:
     """Where the examples come from and how they are prepared."""
@@ -37,8 +64,14 @@ class DataConfig:
     """Training data: a JSONL, JSON, CSV or Parquet file, or a saved `datasets` directory."""
     validation: str | None = None
     """Validation data; when empty, `split` carves it out of `train`."""
+    test: str | None = None
+    """Held-out test data, never trained on nor used for validation or early stopping: the saved model is
+    scored on it once, after training (`test/...` metrics, `<output_dir>/test_metrics.json`). When empty, a
+    `test` fraction in `split` carves it out of `train`; none by default."""
     split: dict[str, float] = field(default_factory=lambda: {"train": 0.95, "validation": 0.05})
-    """Ratios used to split `train` when `validation` is not given; deterministic by `train.seed`."""
+    """Fractions of `train` (train, validation and optionally test, e.g. {train: 0.7, validation: 0.15,
+    test: 0.15}), each in [0, 1) and summing to 1, for the held-out parts not given as files; deterministic by
+    `train.seed`, after duplicate removal."""
     dedup: Literal["exact", "whitespace", "none"] = "whitespace"
     """Drop repeated examples: exactly equal, equal after collapsing whitespace, or keep all."""
     max_length: int = 1024
@@ -50,6 +83,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.max_length < 8:
             raise AlignError("must be at least 8 tokens", field="data.max_length")
+        check_split(self.split)
 
 
 @dataclass
@@ -220,6 +254,26 @@ def _has_validation(data: DataConfig | PreferenceDataConfig) -> bool:
     return bool(data.validation) or data.split.get("validation", 0.0) > 0
 
 
+TEST_PHASES = "sft, rm and dpo"
+
+
+def asked_test_field(data: Any) -> str | None:
+    """The recipe field that asks for a held-out test set (`data.test`, or a `test` fraction in
+    `data.split`), or None."""
+    if getattr(data, "test", None):
+        return "data.test"
+    if (getattr(data, "split", None) or {}).get("test", 0.0) > 0:
+        return "data.split"
+    return None
+
+
+def refuse_test(data: Any, phase: str) -> None:
+    """A phase that cannot score a test set refuses one rather than silently ignoring it."""
+    if name := asked_test_field(data):
+        raise AlignError(f"a held-out test set is not supported for {phase}: it is supported for {TEST_PHASES}",
+                         field=name)
+
+
 def _refuse_early_stopping(train: TrainConfig, phase: str) -> None:
     if train.early_stopping is not None:
         raise AlignError(f"is not supported for {phase}: early stopping is supported for {EARLY_STOPPING_PHASES}",
@@ -351,8 +405,12 @@ class PreferenceDataConfig:
     feedback app's store: `feedback.db`, `feedback.db#project` or a database URL, which `align` exports to
     `<output_dir>/data/train.jsonl` (provenance beside it) before the phase starts and trains on."""
     validation: str | None = None
+    test: str | None = None
+    """Held-out test pairs (RM and DPO; not KTO), scored once with the saved model after training; when
+    empty, a `test` fraction in `split` carves them out of `train`."""
     split: dict[str, float] = field(default_factory=lambda: {"train": 0.9, "validation": 0.1})
-    """Ratios used when `validation` is not given; all pairs of one prompt land in the same split."""
+    """Fractions (train, validation, optionally test) for the held-out parts not given as files; all pairs of
+    one prompt land in the same split."""
     kind: Literal["auto", "preference", "ranked", "unpaired", "feedback"] = "auto"
     pair_policy: Literal["all", "best-vs-rest", "adjacent"] = "all"
     """How a ranking of N responses becomes pairs (ties never make a pair)."""
@@ -369,6 +427,7 @@ class PreferenceDataConfig:
     def __post_init__(self) -> None:
         if self.max_length < 8:
             raise AlignError("must be at least 8 tokens", field="data.max_length")
+        check_split(self.split)
 
 
 @dataclass
@@ -462,6 +521,8 @@ class DPOConfig:
             raise AlignError("applies to loss: sigmoid only", field="label_smoothing")
         if self.rpo_alpha < 0:
             raise AlignError("must be >= 0", field="rpo_alpha")
+        if self.negatives == "kto":
+            refuse_test(self.data, "kto (negatives: kto)")
         if self.train.early_stopping is not None:
             if self.negatives == "kto":
                 _refuse_early_stopping(self.train, "kto (negatives: kto)")
@@ -474,6 +535,9 @@ class PromptDataConfig:
 
     train: str = ""
     """Prompts data: `prompt` or `messages` ending with a user turn."""
+    test: str | None = None
+    """Not supported by PPO, which has no held-out loss to score (the pipeline's eval phase judges policies):
+    refused when set."""
     dedup: Literal["exact", "whitespace", "none"] = "whitespace"
     max_prompt_length: int = 512
     """Longer prompts are cut from the left (the latest turns are kept) and counted."""
@@ -582,6 +646,7 @@ class PPOConfig:
         self.model_options.check_trained(self.lora)
         if not self.data.train:
             raise AlignError("is required: the prompts file", field="data.train")
+        refuse_test(self.data, "ppo")
         _refuse_early_stopping(self.train, "ppo")
         if self.rule_reward_weight < 0:
             raise AlignError("must be >= 0", field="rule_reward_weight")
@@ -868,7 +933,8 @@ def load_config(
     return config
 
 
-_PATH_FIELDS = ("data.train", "data.validation", "data.preferred", "model", "ref_model", "reward_model", "policies")
+_PATH_FIELDS = ("data.train", "data.validation", "data.test", "data.preferred", "model", "ref_model", "reward_model",
+                "policies")
 
 
 def _resolve_paths(config: Any, base: Path) -> None:

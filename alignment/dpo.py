@@ -24,7 +24,14 @@ from alignment import distributed as dist
 from alignment.batching import collate_pairs, pair_lengths, step_share, step_weight
 from alignment.config import DPOConfig
 from alignment.data.chat import IGNORE_INDEX
-from alignment.data.preferences import TokenizedPair, describe, load_pairs, tokenize_pairs, weight_summary
+from alignment.data.preferences import (
+    TokenizedPair,
+    describe,
+    describe_test,
+    load_pair_splits,
+    tokenize_pairs,
+    weight_summary,
+)
 from alignment.early_stopping import EarlyStopping
 from alignment.logits import labelled_logits, token_logps
 from alignment.losses import PREFERENCE_LOSSES, chosen_nll, preference_metrics
@@ -38,6 +45,7 @@ from alignment.modeling import (
 )
 from alignment.reference import Reference, load_frozen, place_reference, precompute
 from alignment.run import Run
+from alignment.sft import record_test_metrics
 from alignment.training import (
     Engine,
     Schedule,
@@ -207,15 +215,16 @@ def run_dpo(cfg: DPOConfig) -> Path:
     loss_fn = build_loss(cfg)
 
     tokenizer = load_tokenizer(cfg.model, cfg.model_options)
-    train_ex, val_ex, info = load_pairs(cfg.data, cfg.train.seed)
+    train_ex, val_ex, test_ex, info = load_pair_splits(cfg.data, cfg.train.seed)
     train_pairs, stats = tokenize_pairs(tokenizer, train_ex, cfg.data.max_length)
     val_pairs, _ = tokenize_pairs(tokenizer, val_ex, cfg.data.max_length)
+    test_pairs, _ = tokenize_pairs(tokenizer, test_ex, cfg.data.max_length)
     if info.orphan_negatives:
         run.log(f"{info.orphan_negatives} negative examples have no good answer to pair with and are not "
             "used (negatives: kto would train on them)")
     run.log(f"data: {info.kind} ({info.variant}), {info.rows} rows -> {info.pairs} pairs; "
-        f"train {describe(stats, cfg.data.max_length, weight_summary(train_ex))}; validation {len(val_pairs)} pairs; "
-        f"loss {cfg.loss}, "
+        f"train {describe(stats, cfg.data.max_length, weight_summary(train_ex))}; validation {len(val_pairs)} pairs"
+        f"{describe_test(test_ex, test_pairs, info)}; loss {cfg.loss}, "
         f"beta {cfg.beta}")
     early = EarlyStopping.create(cfg, run, len(val_pairs))
 
@@ -252,15 +261,17 @@ def run_dpo(cfg: DPOConfig) -> Path:
     resume_from = run.resume_from
     pad = tokenizer.pad_token_id
     val_keys = [len(train_pairs) + i for i in range(len(val_pairs))]
+    test_keys = [len(train_pairs) + len(val_pairs) + i for i in range(len(test_pairs))]
     if reference is not None and cfg.precompute_ref:
         cache_file = out / "reference_logps.pt"
         if resume_from is not None and cache_file.exists():
             reference.cache = torch.load(cache_file, weights_only=True)
         else:
             # Before any update: the policy is still the reference (or the frozen copy is). Only the
-            # pairs the run reads (a run shorter than an epoch reads fewer), and the held-out ones.
-            keys = sorted(schedule.examples_read(0, schedule.total_steps)) + val_keys
-            reference.cache = precompute(reference, train_pairs + val_pairs, cfg.train.batch_size, pad, keys)
+            # pairs the run reads (a run shorter than an epoch reads fewer), and the held-out ones (test too).
+            keys = sorted(schedule.examples_read(0, schedule.total_steps)) + val_keys + test_keys
+            reference.cache = precompute(reference, train_pairs + val_pairs + test_pairs, cfg.train.batch_size,
+                                         pad, keys)
             if run.main:
                 out.mkdir(parents=True, exist_ok=True)
                 torch.save(reference.cache, cache_file)
@@ -268,8 +279,8 @@ def run_dpo(cfg: DPOConfig) -> Path:
             reference.frozen = frozen = None  # free the copy
     start_step = run.start(engine, schedule.total_steps, early_stopping=early)["step"]
 
-    def held_out() -> dict[str, float]:
-        return evaluate(engine, reference, loss_fn, val_pairs, val_keys, cfg.train.batch_size, pad)
+    def held_out(pairs: list[TokenizedPair] = val_pairs, keys: list[int] = val_keys) -> dict[str, float]:
+        return evaluate(engine, reference, loss_fn, pairs, keys, cfg.train.batch_size, pad)
 
     watch = LikelihoodWatch(schedule.total_steps, cfg.beta, loss_fn.needs_reference)
 
@@ -302,7 +313,10 @@ def run_dpo(cfg: DPOConfig) -> Path:
 
     # the model saved: with early stopping the best one evaluated, put back in place
     final = early.conclude(engine, held_out, schedule.total_steps) if early else held_out()
-    run.metrics(final, early.end_step(schedule.total_steps) if early else schedule.total_steps)
+    end_step = early.end_step(schedule.total_steps) if early else schedule.total_steps
+    run.metrics(final, end_step)
+    # the test pairs, scored once with the model about to be saved (never seen by training or early stopping)
+    test = record_test_metrics(run, held_out(test_pairs, test_keys), len(test_pairs), end_step)
     with engine.gathered():
         if run.main:
             save_model(engine.module, tokenizer, out / "model",
@@ -311,7 +325,9 @@ def run_dpo(cfg: DPOConfig) -> Path:
         run.log(f"held-out: accuracy {final['eval/rewards/accuracies']:.3f}, margin "
                 f"{final['eval/rewards/margins']:+.3f}, logps chosen {final['eval/logps/chosen']:.2f} / rejected "
                 f"{final['eval/logps/rejected']:.2f}")
-    run.log(f"saved {out / 'model'}")
+    tested = (f"; test accuracy {test['test/rewards/accuracies']:.3f}, margin {test['test/rewards/margins']:+.3f},"
+              f" loss {test['test/loss']:.4f} on {len(test_pairs)} pairs" if test else "")
+    run.log(f"saved {out / 'model'}{tested}")
     run.close()
     return out / "model"
 

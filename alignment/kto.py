@@ -34,7 +34,7 @@ import torch
 from transformers import ProgressCallback, TrainerCallback
 
 from alignment import distributed as dist
-from alignment.config import DPOConfig
+from alignment.config import DPOConfig, refuse_test
 from alignment.data import deduplicate, iter_records, load_dataset_file, split_dataset, to_conversation
 from alignment.data.io import one_read_per_file, release_reads
 from alignment.errors import AlignError
@@ -331,6 +331,7 @@ def run_kto(cfg: DPOConfig) -> Path:
     if cfg.train.early_stopping is not None:  # negatives: kto is refused with the recipe; auto is decided here
         raise AlignError("is not supported for kto (this unpaired data trains with KTO: negatives auto picked it): "
                          "early stopping is supported for sft, rm and dpo", field="train.early_stopping")
+    refuse_test(cfg.data, "kto (this unpaired data trains with KTO: negatives auto picked it)")
     out = Path(cfg.output_dir)
     run = Run(cfg, "kto", resume_from=find_checkpoint(out, cfg.train.resume))
     set_seed(cfg.train.seed)

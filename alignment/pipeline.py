@@ -434,13 +434,15 @@ def head_to_head_lines(cfg: Any) -> list[str]:
 
 def _finish(out: Path, cfg: PipelineConfig, timings: dict[str, float]) -> Path:
     """Verdicts (stored with the eval results), the report, then the closing lines: verdicts, times, report."""
-    from alignment.report import write_report
+    from alignment.report import split_test_lines, split_test_rows, write_report
 
     verdicts = _learning_verdicts(out, cfg)
     h2h = head_to_head_lines(cfg)
     report = write_report(out, cfg, timings, verdicts, h2h)
     if verdicts:
         _log.info("\n" + "\n".join(f"[pipeline] {line}" for line in format_verdicts(verdicts).splitlines()))
+    for line in split_test_lines(split_test_rows(out, cfg)):
+        _log.info(f"[pipeline] {line}")
     if h2h:
         _log.info("\n" + "\n".join(f"[pipeline] {line}" for line in h2h))
     for name, seconds in timings.items():

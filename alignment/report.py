@@ -150,6 +150,7 @@ def write_report(run_dir: Path, cfg: Any, timings: dict[str, float],
     parts.append("<p><small>Wall time of each phase's last complete run; a re-run skips complete "
                  "phases.</small></p>")
 
+    parts.append(_test_section(split_test_rows(run_dir, cfg)))
     parts.append(_head_to_head_section(head_to_head))
     for step in cfg.phases:
         if step.kind == "eval":
@@ -175,6 +176,56 @@ text-align:left}}.answer{{white-space:pre-wrap;font-size:0.9em}}.fail{{backgroun
     path = run_dir / "report.html"
     path.write_text(page, encoding="utf-8")
     return path
+
+
+TEST_METRICS = ("loss", "rewards/accuracies", "rewards/margins")  # shown when the phase has them
+
+
+def split_test_rows(run_dir: Path, cfg: Any) -> list[dict[str, Any]]:
+    """Per training phase that scored a held-out test set (its ``test_metrics.json``): its name, kind, number of
+    test examples and ``[(metric, final validation value or None, test value)]`` for :data:`TEST_METRICS`."""
+    out = []
+    for step in cfg.phases:
+        path = run_dir / step.name / "test_metrics.json"
+        if step.kind == "eval" or not path.exists():
+            continue
+        test = json.loads(path.read_text())
+        rows = read_metrics(run_dir / step.name / "metrics.jsonl")
+        metrics = []
+        for name in TEST_METRICS:
+            if not isinstance(test.get(f"test/{name}"), (int, float)):
+                continue
+            seen = [r[f"eval/{name}"] for r in rows if isinstance(r.get(f"eval/{name}"), (int, float))]
+            metrics.append((name, seen[-1] if seen else None, test[f"test/{name}"]))
+        out.append({"phase": step.name, "kind": step.kind, "examples": test.get("examples"), "metrics": metrics})
+    return out
+
+
+def split_test_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The end-of-run text of :func:`split_test_rows`: one line per phase."""
+    lines = []
+    for r in rows:
+        shown = ", ".join(f"{name} {test:.4f} (validation {_num(val, '.4f')})" for name, val, test in r["metrics"])
+        lines.append(f"test split: {r['phase']} ({r['kind']}, {r['examples']} examples): {shown}")
+    return lines
+
+
+def _test_section(rows: list[dict[str, Any]]) -> str:
+    """The "Test split" table: each phase's test metrics beside its final validation metrics."""
+    if not rows:
+        return ""
+    e = html.escape
+    out = ['<h2>Test split</h2><table id="test-split"><tr><th>phase</th><th>metric</th>'
+           "<th>validation (final)</th><th>test</th><th>test examples</th></tr>"]
+    for r in rows:
+        for name, val, test in r["metrics"]:
+            out.append(f"<tr><td>{e(r['phase'])} ({e(r['kind'])})</td><td>{e(name)}</td>"
+                       f'<td class="num">{_num(val, ".4f")}</td><td class="num">{test:.4f}</td>'
+                       f'<td class="num">{e(str(r["examples"]))}</td></tr>')
+    out.append("</table><p><small>Held-out test examples (<code>data.test</code>, or a <code>test</code> fraction "
+               "of <code>data.split</code>): never trained on nor used for validation or early stopping; each "
+               "phase scored them once with its saved model.</small></p>")
+    return "\n".join(out)
 
 
 def _head_to_head_section(lines: list[str] | None) -> str:

@@ -19,7 +19,14 @@ from alignment import distributed as dist
 from alignment.batching import collate_pairs, pair_lengths, step_share, step_weight
 from alignment.config import RMConfig
 from alignment.data.chat import IGNORE_INDEX
-from alignment.data.preferences import TokenizedPair, describe, load_pairs, tokenize_pairs, weight_summary
+from alignment.data.preferences import (
+    TokenizedPair,
+    describe,
+    describe_test,
+    load_pair_splits,
+    tokenize_pairs,
+    weight_summary,
+)
 from alignment.early_stopping import EarlyStopping
 from alignment.evaluation.rm_diagnostics import diagnose, verdict
 from alignment.logits import causal_mask
@@ -34,6 +41,7 @@ from alignment.modeling import (
 )
 from alignment.reward import LastTokenScores, save_reward_stats
 from alignment.run import Run
+from alignment.sft import record_test_metrics
 from alignment.training import (
     Engine,
     Schedule,
@@ -132,13 +140,14 @@ def run_rm(cfg: RMConfig) -> Path:
     set_seed(cfg.train.seed)
 
     tokenizer = load_tokenizer(cfg.model, cfg.model_options)
-    train_ex, val_ex, info = load_pairs(cfg.data, cfg.train.seed)
+    train_ex, val_ex, test_ex, info = load_pair_splits(cfg.data, cfg.train.seed)
     train_pairs, train_stats = tokenize_pairs(tokenizer, train_ex, cfg.data.max_length)
     val_pairs, _ = tokenize_pairs(tokenizer, val_ex, cfg.data.max_length)
+    test_pairs, _ = tokenize_pairs(tokenizer, test_ex, cfg.data.max_length)
     run.log(f"data: {info.kind} ({info.variant}), {info.rows} rows -> {info.pairs} pairs, "
         f"{info.duplicates_removed} duplicates removed; train "
         f"{describe(train_stats, cfg.data.max_length, weight_summary(train_ex))}; "
-        f"validation {len(val_pairs)} pairs")
+        f"validation {len(val_pairs)} pairs{describe_test(test_ex, test_pairs, info)}")
     early = EarlyStopping.create(cfg, run, len(val_pairs))
 
     model = load_reward_model(cfg.model, options=cfg.model_options)
@@ -162,8 +171,8 @@ def run_rm(cfg: RMConfig) -> Path:
     start_step = run.start(engine, schedule.total_steps, early_stopping=early)["step"]
     pad = tokenizer.pad_token_id
 
-    def held_out_metrics() -> dict[str, float]:
-        c, r = score_pairs(engine, scorer, val_pairs, cfg.train.batch_size, pad)
+    def held_out_metrics(pairs: list[TokenizedPair] = val_pairs) -> dict[str, float]:
+        c, r = score_pairs(engine, scorer, pairs, cfg.train.batch_size, pad)
         if not c:
             return {}
         m = reward_model_metrics(torch.tensor(c), torch.tensor(r))
@@ -208,6 +217,9 @@ def run_rm(cfg: RMConfig) -> Path:
         run.metrics({"eval/" + k: v for k, v in reward_model_metrics(torch.tensor(vc), torch.tensor(vr)).items()},
                     end_step)
 
+    # the test pairs, scored once with the model about to be saved (never seen by training or early stopping)
+    test = record_test_metrics(run, held_out_metrics(test_pairs), len(test_pairs), end_step)
+
     with engine.gathered():
         if run.main:
             save_model(engine.module, tokenizer, out / "model")
@@ -225,7 +237,9 @@ def run_rm(cfg: RMConfig) -> Path:
             run.log(f"verdict: {text}")
         else:
             run.log("no held-out pairs: no diagnostics (set data.validation or data.split)")
-        run.log(f"saved {out / 'model'}; training score mean {mean:+.3f}, std {std:.3f}")
+        tested = (f"; test accuracy {test['test/rewards/accuracies']:.3f}, margin "
+                  f"{test['test/rewards/margins']:+.3f} on {len(test_pairs)} pairs" if test else "")
+        run.log(f"saved {out / 'model'}; training score mean {mean:+.3f}, std {std:.3f}{tested}")
     scorer.remove()
     run.close()
     return out / "model"

@@ -9,6 +9,7 @@ not change what is optimised: each micro-batch contributes ``sum_nll * world / t
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -45,30 +46,78 @@ class SFTLoaded:
     format: str  # the training file's column layout (see alignment.data.formats)
     duplicates_removed: int
     preferred_added: int | None = None  # data.preferred: chosen answers added; None without data.preferred
+    test_overlap_removed: int = 0  # data.test: train/validation conversations dropped as equal to a test one
 
 
 def load_sft_records(cfg: SFTConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]], SFTLoaded]:
-    """Train and validation records in normalised form, plus what preparation did (for the log)."""
-    from alignment.data import deduplicate, load_dataset_file, split_dataset, to_conversation
+    """Train and validation records in normalised form, plus what preparation did (for the log); the test
+    records (:func:`load_sft_splits`) are left out of both."""
+    train, val, _test, report = load_sft_splits(cfg)
+    return train, val, report
+
+
+def load_sft_splits(cfg: SFTConfig) -> tuple[
+        list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]], SFTLoaded]:
+    """Train, validation and test records in normalised form, plus what preparation did (for the log).
+
+    Duplicates are removed from the training file first, then each held-out part is its file (``data.validation``,
+    ``data.test``) or cut out by ``data.split`` (deterministic by ``train.seed``; test: none unless the split
+    has a ``test`` fraction), so no example straddles two parts. A test file's conversations are also removed
+    from train and validation, and ``data.preferred`` never adds one."""
+    from alignment.data import deduplicate, load_dataset_file, to_conversation
+    from alignment.data.splits import carve
 
     ds, info = load_dataset_file(cfg.data.train, "sft")
     ds, removed = deduplicate(ds, "sft", info.variant, cfg.data.dedup)
     report = SFTLoaded(info.variant, removed)
-    if cfg.data.validation:
-        val_ds, val_info = load_dataset_file(cfg.data.validation, "sft")
-        train = [to_conversation(r, "sft", info.variant) for r in ds]
-        val = [to_conversation(r, "sft", val_info.variant) for r in val_ds]
-    else:
-        parts = split_dataset(ds, cfg.data.split, cfg.train.seed)
-        train = [to_conversation(r, "sft", info.variant) for r in parts["train"]]
-        val = [to_conversation(r, "sft", info.variant) for r in parts.get("validation", [])]
+    files = tuple(name for name in ("validation", "test") if getattr(cfg.data, name))
+    parts = carve(ds, cfg.data.split, cfg.train.seed, files)
+
+    def held_out(name: str) -> list[dict[str, Any]]:
+        path = getattr(cfg.data, name)
+        if path:
+            held_ds, held_info = load_dataset_file(path, "sft")
+            return [to_conversation(r, "sft", held_info.variant) for r in held_ds]
+        return [to_conversation(r, "sft", info.variant) for r in parts.get(name, [])]
+
+    train = [to_conversation(r, "sft", info.variant) for r in parts["train"]]
+    val, test = held_out("validation"), held_out("test")
+    test_keys = {_conversation_key(r["messages"]) for r in test}
+    if cfg.data.test:
+        kept_train = [r for r in train if _conversation_key(r["messages"]) not in test_keys]
+        kept_val = [r for r in val if _conversation_key(r["messages"]) not in test_keys]
+        overlap = len(train) - len(kept_train) + len(val) - len(kept_val)
+        train, val = kept_train, kept_val
+        report = dataclasses.replace(report, test_overlap_removed=overlap)
     if cfg.data.preferred:
         preferred = preferred_conversations(cfg.data.preferred, cfg.train.seed)
-        seen = {_conversation_key(r["messages"]) for r in train}
+        seen = {_conversation_key(r["messages"]) for r in train} | test_keys
         added = [r for r in preferred if _conversation_key(r["messages"]) not in seen]
         train += added
         report = dataclasses.replace(report, preferred_added=len(added))
-    return train, val, report
+    return train, val, test, report
+
+
+TEST_METRICS_FILE = "test_metrics.json"
+
+
+def record_test_metrics(run: Run, held_out: dict[str, float], examples: int, step: int) -> dict[str, float]:
+    """The saved model's metrics on the test set, ``held_out`` being the validation metric functions applied to
+    it (``eval/x`` names): logged as ``test/x`` to metrics.jsonl and the tracker, and written with the number
+    of test examples and the step to ``<output_dir>/test_metrics.json``. Returns the ``test/`` metrics ({}
+    without test data, when an earlier run's file is removed so no report shows stale numbers). SFT, RM and
+    DPO call it after training."""
+    path = run.out / TEST_METRICS_FILE
+    if not held_out:
+        if run.main and path.exists():
+            path.unlink()
+        return {}
+    test = {"test/" + k.removeprefix("eval/"): v for k, v in held_out.items()}
+    run.metrics(test, step)
+    if run.main:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({**test, "examples": examples, "step": step}, indent=2) + "\n")
+    return test
 
 
 def _conversation_key(messages: list[dict[str, str]]) -> str:
@@ -251,13 +300,17 @@ def run_sft(cfg: SFTConfig) -> Path:
 
     # --- data -------------------------------------------------------------------------------
     tokenizer = load_tokenizer(cfg.model, cfg.model_options)
-    train_records, val_records, prep = load_sft_records(cfg)
+    train_records, val_records, test_records, prep = load_sft_splits(cfg)
     train_examples, stats = tokenize_sft(tokenizer, train_records, cfg.data.max_length)
     val_examples, _ = tokenize_sft(tokenizer, val_records, cfg.data.max_length)
+    test_examples, _ = tokenize_sft(tokenizer, test_records, cfg.data.max_length)
     preferred = (f"; {prep.preferred_added} preferred answers added from {cfg.data.preferred}"
                  if cfg.data.preferred else "")
-    run.log(f"data: {prep.format} format, {prep.duplicates_removed} duplicates removed{preferred}; "
-        f"train {stats.summary(cfg.data.max_length)}; validation {len(val_examples)} examples")
+    overlap = (f"; {prep.test_overlap_removed} train/validation examples equal to a test one removed"
+               if prep.test_overlap_removed else "")
+    test_note = f"; test {len(test_examples)} examples (scored once, after training)" if test_records else ""
+    run.log(f"data: {prep.format} format, {prep.duplicates_removed} duplicates removed{preferred}{overlap}; "
+        f"train {stats.summary(cfg.data.max_length)}; validation {len(val_examples)} examples{test_note}")
     if not train_examples:
         from alignment.errors import AlignError
 
@@ -327,11 +380,17 @@ def run_sft(cfg: SFTConfig) -> Path:
     # --- save -------------------------------------------------------------------------------
     # the model saved: with early stopping the best one evaluated, put back in place
     final = early.conclude(engine, validation_loss, schedule.total_steps) if early else validation_loss()
-    run.metrics(final, early.end_step(schedule.total_steps) if early else schedule.total_steps)
+    end_step = early.end_step(schedule.total_steps) if early else schedule.total_steps
+    run.metrics(final, end_step)
+    # the test set, scored once with the model about to be saved (never seen by training or early stopping)
+    test = record_test_metrics(run, {"eval/loss": evaluate(engine, test_examples, cfg.train.batch_size,
+                                                           tokenizer.pad_token_id)} if test_examples else {},
+                               len(test_examples), end_step)
+    tested = f"; test loss {test['test/loss']:.4f} on {len(test_examples)} examples" if test else ""
     with engine.gathered():
         if run.main:
             save_model(engine.module, tokenizer, out / "model",
                        out / "merged" if cfg.lora.enabled and cfg.lora.save_merged else None, cfg.model_options)
-            run.log(f"saved {out / 'model'}; validation loss {final['eval/loss']:.4f}")
+            run.log(f"saved {out / 'model'}; validation loss {final['eval/loss']:.4f}{tested}")
     run.close()
     return out / "model"

@@ -13,7 +13,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-DATA_FIELDS = ("data.train", "data.validation", "data.preferred", "policies")  # files a phase recipe reads
+# files a phase recipe reads
+DATA_FIELDS = ("data.train", "data.validation", "data.test", "data.preferred", "policies")
 CHUNK = 1 << 20
 
 

@@ -20,7 +20,7 @@ are both taken from what the model would generate.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from alignment.data.chat import IGNORE_INDEX, assistant_spans
@@ -45,6 +45,7 @@ class PairsLoaded:
     weighted: int  # pairs whose weight is not 1
     zero_weight: int  # pairs that weigh 0
     total_weight: float
+    test_prompts_dropped: int = 0  # data.test: train/validation pairs dropped because their prompt is a test one
 
 
 @dataclass
@@ -117,39 +118,61 @@ def weight_summary(examples: list[PreferenceExample]) -> dict[str, Any]:
             "total_weight": float(sum(e.weight for e in examples))}
 
 
-def split_pairs(examples: list[PreferenceExample], ratios: dict[str, float], seed: int) -> dict[str, list]:
-    """Deterministic split that keeps every pair of one prompt in the same split (no prompt leaks)."""
+def split_pairs(examples: list[PreferenceExample], ratios: dict[str, float], seed: int,
+                files: tuple[str, ...] = ()) -> dict[str, list]:
+    """Deterministic split that keeps every pair of one prompt in the same split (no prompt leaks). ``ratios``
+    is a recipe's ``data.split``; the held-out parts named in ``files`` come from files and are not cut."""
     import datasets
 
-    from alignment.data import split_dataset
+    from alignment.data.splits import carve
 
     keys = [json.dumps(ex.prompt) for ex in examples]
     ds = datasets.Dataset.from_dict({"i": list(range(len(examples))), "prompt": keys})
-    parts = split_dataset(ds, ratios, seed, key=lambda r: r["prompt"])
+    parts = carve(ds, ratios, seed, files, key=lambda r: r["prompt"])
     return {name: [examples[i] for i in part["i"]] for name, part in parts.items()}
 
 
 def load_pairs(data: PreferenceDataConfig, seed: int) -> tuple[
         list[PreferenceExample], list[PreferenceExample], PairsLoaded]:
-    """Train and validation pairs of a recipe's ``data`` section (the RM and DPO phases): ``data.validation``
-    when given, else ``data.split`` of the training pairs by prompt with ``seed``; plus what loading did.
+    """Train and validation pairs of a recipe's ``data`` section and what loading did: :func:`load_pair_splits`
+    without the test pairs (which are still kept out of train)."""
+    train, val, _test, info = load_pair_splits(data, seed)
+    return train, val, info
+
+
+def load_pair_splits(data: PreferenceDataConfig, seed: int) -> tuple[
+        list[PreferenceExample], list[PreferenceExample], list[PreferenceExample], PairsLoaded]:
+    """Train, validation and test pairs of a recipe's ``data`` section (the RM and DPO phases), plus what
+    loading did. Each held-out part is its file (``data.validation``, ``data.test``) when given, else cut out of
+    the de-duplicated training pairs by ``data.split`` by prompt with ``seed`` (test: none unless the split has
+    a ``test`` fraction). Pairs whose prompt is in a test file are dropped from train and validation.
 
     Each file is read and validated once, whatever asked before inside the same
     :func:`~alignment.data.io.one_read_per_file` block (the DPO phase's :func:`~alignment.phases.use_kto`)."""
     from alignment.data.io import one_read_per_file, release_reads
 
     kind = None if data.kind == "auto" else data.kind
+    files = tuple(name for name in ("validation", "test") if getattr(data, name, None))
+
+    def read(path: str) -> list[PreferenceExample]:
+        return load_preference_examples(path, kind=kind, pair_policy=data.pair_policy, dedup=data.dedup)[0]
+
     with one_read_per_file():
         train, info = load_preference_examples(data.train, kind=kind, pair_policy=data.pair_policy,
                                                dedup=data.dedup)
-        if data.validation:
-            val, _ = load_preference_examples(data.validation, kind=kind, pair_policy=data.pair_policy,
-                                              dedup=data.dedup)
-        else:
-            parts = split_pairs(train, data.split, seed)
-            train, val = parts["train"], parts.get("validation", [])
+        parts = split_pairs(train, data.split, seed, files)
+        train = parts["train"]
+        val = read(data.validation) if data.validation else parts.get("validation", [])
+        test = read(data.test) if getattr(data, "test", None) else parts.get("test", [])
         release_reads()
-    return train, val, info
+    if getattr(data, "test", None):
+        test_prompts = {json.dumps(ex.prompt) for ex in test}
+        kept_train = [ex for ex in train if json.dumps(ex.prompt) not in test_prompts]
+        kept_val = [ex for ex in val if json.dumps(ex.prompt) not in test_prompts]
+        dropped = len(train) - len(kept_train) + len(val) - len(kept_val)
+        train, val = kept_train, kept_val
+        info = replace(info, test_prompts_dropped=dropped)
+    return train, val, test, info
 
 
 def unpaired_to_pairs(records: list[dict[str, Any]]) -> list[PreferenceExample]:
@@ -212,6 +235,13 @@ def tokenize_pairs(tokenizer: Any, examples: list[PreferenceExample], max_length
             continue
         out.append(TokenizedPair(c_ids, c_labels, r_ids, r_labels, ex.margin, c_trunc or r_trunc, ex.weight))
     return out, stats
+
+
+def describe_test(examples: list[PreferenceExample], pairs: list[TokenizedPair], info: PairsLoaded) -> str:
+    """The data log line's test part: "" without test pairs."""
+    dropped = (f"; {info.test_prompts_dropped} train/validation pairs with a test prompt removed"
+               if info.test_prompts_dropped else "")
+    return f"; test {len(pairs)} pairs (scored once, after training){dropped}" if examples else dropped
 
 
 def describe(stats: dict[str, int], max_length: int, weights: dict[str, Any] | None = None) -> str:

@@ -80,6 +80,28 @@ def _check_ratios(ratios: Mapping[str, float] | tuple[float, ...]) -> dict[str, 
     return named
 
 
+def held_out_ratios(split: Mapping[str, float], files: tuple[str, ...] = ()) -> dict[str, float]:
+    """The ratios to cut the training data by: ``split`` without the held-out parts given as files (``files``:
+    "validation", "test") or set to 0, whose share stays in train. ``{"train": ...}`` alone: nothing to cut.
+    Unchanged (same order, same numbers, so the same rows go where they went) when nothing is left out."""
+    dropped = [name for name, r in split.items() if name != "train" and (r <= 0 or name in files)]
+    if not dropped:
+        return dict(split)
+    kept = {name: r for name, r in split.items() if name not in dropped}
+    kept["train"] = split.get("train", 0.0) + sum(split[name] for name in dropped)
+    return kept
+
+
+def carve(ds: datasets.Dataset, split: Mapping[str, float], seed: int, files: tuple[str, ...] = (),
+          key: Callable[[dict[str, Any]], str] | None = None) -> dict[str, datasets.Dataset]:
+    """Cut the held-out parts (validation, test) that are not given as ``files`` out of ``ds`` with
+    :func:`split_dataset`; ``{"train": ds}`` when there is none. The parts are disjoint and deterministic."""
+    ratios = held_out_ratios(split, files)
+    if len(ratios) == 1:
+        return {"train": ds}
+    return split_dataset(ds, ratios, seed, key=key)
+
+
 def _cumulative(ratios: Any) -> list[float]:
     uppers, total = [], 0.0
     for ratio in ratios:
