@@ -188,8 +188,9 @@ def load_pipeline(path: str | Path, overrides: list[str]) -> PipelineConfig:
 
 
 # Where a phase takes a feedback store as data, the store's preference pairs are what it reads: RM and DPO
-# (data.kind auto or feedback) in data.train and data.validation, SFT in data.preferred.
-STORE_FIELDS = {"rm": ("data.train", "data.validation"), "dpo": ("data.train", "data.validation"),
+# (data.kind auto or feedback) in data.train, data.validation and data.test, SFT in data.preferred.
+STORE_FIELDS = {"rm": ("data.train", "data.validation", "data.test"),
+                "dpo": ("data.train", "data.validation", "data.test"),
                 "sft": ("data.preferred",)}
 
 
@@ -341,7 +342,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, float]:
             written, phase_cfg, _ = load_phase_config(step.kind, step.recipe, phase_overrides)
             tracking = phase_cfg.tracking
             trained_options = phase_cfg.model_options
-            recipe = to_dict(written)  # as written: a store stays a store, its exported pairs are in `data`
+            recipe = comparable(to_dict(written))  # as written: a store stays a store, its pairs are in `data`
             recipe.pop("tracking", None)  # where metrics go does not change the model: no retraining for it
             sources = config_sources(written)
             data = data_fingerprint(config_sources(phase_cfg))
@@ -473,10 +474,24 @@ def _warn_if_changed(phase_dir: Path, phase_cfg: Any) -> None:
     import yaml
 
     old = yaml.safe_load(previous.read_text())
-    if old != json.loads(json.dumps(to_dict(phase_cfg))):
+    if comparable(old) != comparable(json.loads(json.dumps(to_dict(phase_cfg)))):
         _log.info(f"[pipeline] {phase_dir.name}: the recipe changed since its checkpoints were written; "
                   "starting this phase afresh")
         phase_cfg.train.resume = "never"
+
+
+# Recipe keys added after phases were first fingerprinted: left out of a phase's fingerprint (and of the
+# changed-recipe check) while at their default, so a phase completed before they existed stays complete.
+LATER_KEYS = (("data", "test"), ("train", "early_stopping"))
+
+
+def comparable(recipe: dict[str, Any]) -> dict[str, Any]:
+    """``recipe`` (a phase config as a dict) without the :data:`LATER_KEYS` that are at their default (null)."""
+    out = dict(recipe)
+    for section, key in LATER_KEYS:
+        if isinstance(out.get(section), dict) and key in out[section] and out[section][key] is None:
+            out[section] = {k: v for k, v in out[section].items() if k != key}
+    return out
 
 
 def _inherited(trained: ModelOptions | None) -> ModelOptions | None:

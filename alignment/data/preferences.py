@@ -166,13 +166,20 @@ def load_pair_splits(data: PreferenceDataConfig, seed: int) -> tuple[
         test = read(data.test) if getattr(data, "test", None) else parts.get("test", [])
         release_reads()
     if getattr(data, "test", None):
-        test_prompts = {json.dumps(ex.prompt) for ex in test}
-        kept_train = [ex for ex in train if json.dumps(ex.prompt) not in test_prompts]
-        kept_val = [ex for ex in val if json.dumps(ex.prompt) not in test_prompts]
+        # prompts compared up to whitespace, as duplicates are by default: "What is X? " is a test prompt too
+        test_prompts = {_prompt_key(ex.prompt) for ex in test}
+        kept_train = [ex for ex in train if _prompt_key(ex.prompt) not in test_prompts]
+        kept_val = [ex for ex in val if _prompt_key(ex.prompt) not in test_prompts]
         dropped = len(train) - len(kept_train) + len(val) - len(kept_val)
         train, val = kept_train, kept_val
         info = replace(info, test_prompts_dropped=dropped)
     return train, val, test, info
+
+
+def _prompt_key(prompt: Any) -> str:
+    from alignment.data.dedup import _map_strings, normalise_whitespace
+
+    return json.dumps(_map_strings(prompt, normalise_whitespace), sort_keys=True, ensure_ascii=False)
 
 
 def unpaired_to_pairs(records: list[dict[str, Any]]) -> list[PreferenceExample]:

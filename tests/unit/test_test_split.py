@@ -134,3 +134,21 @@ def test_phases_without_test_metrics_refuse_a_test_set(tmp_path, phase, extra, d
         load_config(CONFIGS[phase], _recipe(tmp_path, phase, data, extra))
     assert info.value.field == field
     assert f"not supported for {named}" in info.value.message and "supported for sft, rm and dpo" in info.value.message
+
+
+def test_a_test_file_prompt_leaves_train_up_to_whitespace(tmp_path):
+    from alignment.config import PreferenceDataConfig
+    from alignment.data.preferences import load_pair_splits
+
+    def pair(prompt: str, i: int) -> dict:
+        return {"prompt": prompt, "chosen": f"good answer {i}", "rejected": f"bad answer {i}"}
+
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps(pair(p, i)) + "\n" for i, p in
+                             enumerate(["What is X? ", "What  is Y?", "Tell me about Z."])))
+    test = tmp_path / "test.jsonl"
+    test.write_text(json.dumps(pair("What is X?", 9)) + "\n")
+    data = PreferenceDataConfig(train=str(train), test=str(test), split={"train": 1.0})
+    kept, _, held, info = load_pair_splits(data, seed=0)
+    assert [ex.prompt[-1]["content"] for ex in kept] == ["What  is Y?", "Tell me about Z."]
+    assert len(held) == 1 and info.test_prompts_dropped == 1
