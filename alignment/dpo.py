@@ -45,7 +45,6 @@ from alignment.modeling import (
 )
 from alignment.reference import Reference, load_frozen, place_reference, precompute
 from alignment.run import Run
-from alignment.sft import record_test_metrics
 from alignment.training import (
     Engine,
     Schedule,
@@ -316,7 +315,7 @@ def run_dpo(cfg: DPOConfig) -> Path:
     end_step = early.end_step(schedule.total_steps) if early else schedule.total_steps
     run.metrics(final, end_step)
     # the test pairs, scored once with the model about to be saved (never seen by training or early stopping)
-    test = record_test_metrics(run, held_out(test_pairs, test_keys), len(test_pairs), end_step)
+    test = run.record_test(held_out(test_pairs, test_keys), len(test_pairs), end_step)
     with engine.gathered():
         if run.main:
             save_model(engine.module, tokenizer, out / "model",

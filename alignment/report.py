@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from alignment.evaluation.records import EvalReport, ModelResult, RewardComparison, RewardSummary, VsBaseline
+from alignment.run import TEST_METRICS_FILE
 from alignment.tracking import read_metrics
 
 
@@ -186,7 +187,7 @@ def split_test_rows(run_dir: Path, cfg: Any) -> list[dict[str, Any]]:
     test examples and ``[(metric, final validation value or None, test value)]`` for :data:`TEST_METRICS`."""
     out = []
     for step in cfg.phases:
-        path = run_dir / step.name / "test_metrics.json"
+        path = run_dir / step.name / TEST_METRICS_FILE
         if step.kind == "eval" or not path.exists():
             continue
         test = json.loads(path.read_text())

@@ -41,7 +41,6 @@ from alignment.modeling import (
 )
 from alignment.reward import LastTokenScores, save_reward_stats
 from alignment.run import Run
-from alignment.sft import record_test_metrics
 from alignment.training import (
     Engine,
     Schedule,
@@ -218,7 +217,7 @@ def run_rm(cfg: RMConfig) -> Path:
                     end_step)
 
     # the test pairs, scored once with the model about to be saved (never seen by training or early stopping)
-    test = record_test_metrics(run, held_out_metrics(test_pairs), len(test_pairs), end_step)
+    test = run.record_test(held_out_metrics(test_pairs), len(test_pairs), end_step)
 
     with engine.gathered():
         if run.main:

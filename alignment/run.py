@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,6 +44,8 @@ class StepHook(Protocol):
 
 
 _HOOKS: list[StepHook] = []
+
+TEST_METRICS_FILE = "test_metrics.json"
 
 
 @contextlib.contextmanager
@@ -136,6 +139,24 @@ class Run:
 
     def metrics(self, values: dict[str, float], step: int) -> None:
         self.tracker.log(values, step)
+
+    def record_test(self, held_out: dict[str, float], examples: int, step: int) -> dict[str, float]:
+        """The saved model's metrics on the test set, ``held_out`` being the validation metric functions applied
+        to it (``eval/x`` names): logged as ``test/x`` to metrics.jsonl and the tracker, and written with the
+        number of test examples and the step to ``<output_dir>/test_metrics.json``. Returns the ``test/``
+        metrics ({} without test data, when an earlier run's file is removed so no report shows stale
+        numbers). SFT, RM and DPO call it after training."""
+        path = self.out / TEST_METRICS_FILE
+        if not held_out:
+            if self.main and path.exists():
+                path.unlink()
+            return {}
+        test = {"test/" + k.removeprefix("eval/"): v for k, v in held_out.items()}
+        self.metrics(test, step)
+        if self.main:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({**test, "examples": examples, "step": step}, indent=2) + "\n")
+        return test
 
     def log_due(self, done: int) -> bool:
         return done % self.cfg.train.log_every == 0 or done == self.total_steps

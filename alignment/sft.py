@@ -9,7 +9,6 @@ not change what is optimised: each micro-batch contributes ``sum_nll * world / t
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -96,28 +95,6 @@ def load_sft_splits(cfg: SFTConfig) -> tuple[
         train += added
         report = dataclasses.replace(report, preferred_added=len(added))
     return train, val, test, report
-
-
-TEST_METRICS_FILE = "test_metrics.json"
-
-
-def record_test_metrics(run: Run, held_out: dict[str, float], examples: int, step: int) -> dict[str, float]:
-    """The saved model's metrics on the test set, ``held_out`` being the validation metric functions applied to
-    it (``eval/x`` names): logged as ``test/x`` to metrics.jsonl and the tracker, and written with the number
-    of test examples and the step to ``<output_dir>/test_metrics.json``. Returns the ``test/`` metrics ({}
-    without test data, when an earlier run's file is removed so no report shows stale numbers). SFT, RM and
-    DPO call it after training."""
-    path = run.out / TEST_METRICS_FILE
-    if not held_out:
-        if run.main and path.exists():
-            path.unlink()
-        return {}
-    test = {"test/" + k.removeprefix("eval/"): v for k, v in held_out.items()}
-    run.metrics(test, step)
-    if run.main:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({**test, "examples": examples, "step": step}, indent=2) + "\n")
-    return test
 
 
 def _conversation_key(messages: list[dict[str, str]]) -> str:
@@ -383,7 +360,7 @@ def run_sft(cfg: SFTConfig) -> Path:
     end_step = early.end_step(schedule.total_steps) if early else schedule.total_steps
     run.metrics(final, end_step)
     # the test set, scored once with the model about to be saved (never seen by training or early stopping)
-    test = record_test_metrics(run, {"eval/loss": evaluate(engine, test_examples, cfg.train.batch_size,
+    test = run.record_test({"eval/loss": evaluate(engine, test_examples, cfg.train.batch_size,
                                                            tokenizer.pad_token_id)} if test_examples else {},
                                len(test_examples), end_step)
     tested = f"; test loss {test['test/loss']:.4f} on {len(test_examples)} examples" if test else ""
