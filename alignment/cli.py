@@ -81,6 +81,24 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--model", default="smollm2-135m-instruct", help="tokenizer for length statistics")
     v.add_argument("--trust-remote-code", action="store_true",
                    help="run the tokenizer code the model folder ships: only for a model you trust")
+    e = dsub.add_parser("edge-cases", help="prompts the model fails (rules, reward model), worst first, as a "
+                        "prompts file the app loads")
+    e.add_argument("--model", required=True, help="the current model")
+    e.add_argument("--prompts", required=True, help="prompts to try (prompts format)")
+    e.add_argument("--out", required=True, help="the edge cases, a prompts JSONL file, worst first")
+    e.add_argument("--policies", help="policies YAML: an answer breaking a rule is a failure")
+    e.add_argument("--reward-model", help="reward model: answers scoring low are failures (see --rm-quantile)")
+    e.add_argument("--rm-threshold", type=float, help="an answer scoring below this fails")
+    e.add_argument("--rm-quantile", type=float, help="the lowest-scoring share of prompts fails (default 0.1 "
+                   "with --reward-model and no --rm-threshold)")
+    e.add_argument("--samples", type=int, default=1, help="answers per prompt (sampled when > 1; a prompt's "
+                   "failure rate is the share of its answers that fail)")
+    e.add_argument("--temperature", type=float, help="sampling temperature (default 0 with one sample, else 0.8)")
+    e.add_argument("--min-fail-rate", type=float, default=0.0, help="keep prompts failing more than this share")
+    e.add_argument("--max-new-tokens", type=int, default=128)
+    e.add_argument("--batch-size", type=int, default=16)
+    e.add_argument("--seed", type=int, default=0)
+    ModelOptions.add_arguments(e)
 
     p = sub.add_parser("eval", help="generate on held-out prompts; judge with policies, a reward model, a judge model")
     p.add_argument("--model", required=True, action="append", help="model to evaluate (repeatable)")
@@ -196,6 +214,10 @@ def _command(args: argparse.Namespace, argv: list[str]) -> int:
             from alignment.pipeline import QUICKSTART, run_recipe
 
             return run_recipe(str(QUICKSTART), args.overrides)
+        if args.command == "data" and args.data_command == "edge-cases":
+            from alignment.evaluation.edge_cases import edge_cases_command
+
+            return edge_cases_command(args, ModelOptions.from_arguments(args))
         if args.command == "data":
             from alignment.data.summary import validate_command
 
