@@ -98,6 +98,11 @@ def add_parsers(sub: Any) -> None:
                    help="pairs of one item across its annotators: all (each annotator's pairs, the default), "
                         "majority, drop_contradicted or agreement_weight (a weight per row)")
     e.add_argument("--project", help="one project (default: all)")
+    e.add_argument("--pii", default="report", choices=["report", "mask", "drop", "off"],
+                   help="personal data (emails, phones, card numbers, IBANs, US SSNs, IP addresses) in the rows: "
+                        "report it (the default), mask it with placeholders, drop the rows that have it, or off")
+    e.add_argument("--pii-fail", action="store_true", help="exit 1 when personal data is found (the files are "
+                                                            "written all the same)")
     c = fsub.add_parser("check", help="integrity check of the store")
     _store_option(c)
     g = fsub.add_parser("gold", help="mark items gold from a JSONL file of orderings (item_id or prompt, "
@@ -179,15 +184,20 @@ def run(args: argparse.Namespace) -> int:
         if args.command == "app":
             return _db(args) if args.app_command == "db" else _users(args)
         if args.feedback_command == "export":
-            from feedback_app.export import export_store, summary_lines, write_export
+            from feedback_app import export as exp
 
             store = Store(args.store, create=False)
-            result = export_store(store, project=args.project, pairs=args.pairs, aggregate=args.aggregate)
-            pairs_path, unpaired_path = write_export(result, args.out)
-            for line in summary_lines(result):
+            result = exp.export_store(store, project=args.project, pairs=args.pairs, aggregate=args.aggregate)
+            pairs_name, unpaired_name = (p.name for p in exp.export_paths(args.out))
+            exp.scan_personal_data(result, args.pii, (pairs_name, unpaired_name))
+            pairs_path, unpaired_path = exp.write_export(result, args.out)
+            for line in exp.summary_lines(result, pii=False):
                 _LOG.info(line)
+            # Personal data left in the files is a warning, shown under -q too; masked or dropped, a report.
+            for line in exp.pii_lines(result):
+                (_LOG.warning if result.pii and args.pii == "report" else _LOG.info)(line)
             _LOG.info(f"wrote {pairs_path} and {unpaired_path}")
-            return 0
+            return 1 if args.pii_fail and result.pii else 0
         if args.feedback_command == "check":
             problems = Store(args.store, create=False).integrity_problems()
             for p in problems:

@@ -96,9 +96,34 @@ class Export:
     # Head-to-head evaluation projects an export of every project left out: their judgments measure two models
     # on held-out prompts, and a model trained on them would be graded on its own training data.
     skipped_evaluations: list[str] = field(default_factory=list)
+    # Personal data found in the rows (:func:`scan_personal_data`) and what was done about it; None: not scanned.
+    pii_action: str | None = None
+    pii: list[PiiFinding] = field(default_factory=list)
+    pii_dropped: dict[str, int] = field(default_factory=dict)  # "pairs" / "unpaired" -> rows left out
 
     def count(self, kind: str, n: int = 1) -> None:
         self.by_kind[kind] = self.by_kind.get(kind, 0) + n
+
+
+@dataclass(frozen=True)
+class PiiFinding:
+    """Personal data in one exported row: which file (``pairs`` or ``unpaired``, or the file's name), its row (1-based,
+    before any row was dropped), field, and the judgment it came from; ``shown`` is a masked hint, never the data."""
+
+    kind: str
+    file: str
+    row: int
+    field: str
+    item_id: int | None
+    judgment_id: int | None
+    annotator: str | None
+    shown: str
+
+    def __str__(self) -> str:
+        from alignment.data.pii import LABELS
+
+        return (f"{self.file} row {self.row}, field '{self.field}' (item {self.item_id}, judgment {self.judgment_id} "
+                f"by {self.annotator}): {LABELS[self.kind]} {self.shown}")
 
 
 def split_store_spec(spec: str | Path) -> tuple[str, str | None]:
@@ -265,10 +290,69 @@ def judgment_rows(item: Item, sj: StoredJudgment, project: Project, policy: str)
     return pairs, unpaired, orphans
 
 
+PII_ACTIONS = ("report", "mask", "drop", "off")
+PAIR_FIELDS = ("prompt", "chosen", "rejected")
+UNPAIRED_FIELDS = ("prompt", "completion")
+
+
+def scan_personal_data(export: Export, action: str = "report", names: tuple[str, str] = ("pairs", "unpaired")) -> None:
+    """Look for personal data (:mod:`alignment.data.pii`) in the rows' text: the prompt and both answers of a pair,
+    the prompt and completion of an unpaired row. Annotators type corrections and negative examples freely, and a
+    prompt may quote a customer. ``report`` records the findings in ``export.pii``; ``mask`` also replaces each by
+    its placeholder (``<EMAIL>``, ...) in the rows; ``drop`` leaves out every row that has one (and takes it off
+    ``by_kind``); ``off`` scans nothing. ``names``: what the findings call the pairs and the unpaired file."""
+    if action not in PII_ACTIONS:
+        raise StoreError(f"--pii must be one of {', '.join(PII_ACTIONS)}, not '{action}'")
+    if action == "off":
+        return
+    from alignment.data.pii import scan_record
+
+    export.pii_action = action
+    for rows, fields, name, key in ((export.pairs, PAIR_FIELDS, names[0], "pairs"),
+                                    (export.unpaired, UNPAIRED_FIELDS, names[1], "unpaired")):
+        kept = []
+        for number, row in enumerate(rows, start=1):
+            masked, found = scan_record(row, file=name, line=number, fields=fields, mask=action == "mask")
+            prov = row.get("provenance") or {}
+            export.pii += [PiiFinding(f.kind, name, number, f.field, prov.get("item_id"), prov.get("judgment_id"),
+                                      prov.get("annotator"), f.shown) for f in found]
+            if found and action == "drop":
+                kind = prov.get("kind", "?")
+                export.count(kind if key == "pairs" else f"{kind} (unpaired)", -1)
+                export.pii_dropped[key] = export.pii_dropped.get(key, 0) + 1
+                continue
+            kept.append(masked)
+        rows[:] = kept
+    export.by_kind = {k: n for k, n in export.by_kind.items() if n}
+
+
+def pii_lines(export: Export) -> list[str]:
+    """The personal-data part of the summary: counts per kind, what was done, then one line per finding."""
+    from alignment.data.pii import LABELS, count_line
+
+    if export.pii_action is None:
+        return []
+    if not export.pii:
+        return [f"personal data: none found ({', '.join(LABELS.values())}; names are not detected)"]
+    counts = {k: n for k in LABELS if (n := sum(f.kind == k for f in export.pii))}
+    rows = len({(f.file, f.row) for f in export.pii})
+    done = {"report": "left as they are (--pii mask or drop to clean them)",
+            "mask": "replaced by placeholders (<EMAIL>, <PHONE>, ...)",
+            "drop": f"their rows left out ({export.pii_dropped.get('pairs', 0)} pair rows, "
+                    f"{export.pii_dropped.get('unpaired', 0)} unpaired rows)"}[export.pii_action]
+    return [f"personal data: {len(export.pii)} finding(s) in {rows} row(s) ({count_line(counts)}); {done}",
+            *(f"  {f}" for f in export.pii)]
+
+
+def export_paths(out: str | Path) -> tuple[Path, Path]:
+    """The two files of an export: ``X.jsonl`` (pairs) and ``X.unpaired.jsonl``."""
+    path = Path(out)
+    return path, path.with_name(path.name.removesuffix(".jsonl") + ".unpaired.jsonl")
+
+
 def write_export(export: Export, out: str | Path) -> tuple[Path, Path]:
     """Preference pairs to ``out``, unpaired rows beside it (``X.jsonl`` -> ``X.unpaired.jsonl``); atomic."""
-    path = Path(out)
-    unpaired = path.with_name(path.name.removesuffix(".jsonl") + ".unpaired.jsonl")
+    path, unpaired = export_paths(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     for target, rows in ((path, export.pairs), (unpaired, export.unpaired)):
         _atomic_jsonl(target, rows)
@@ -414,8 +498,9 @@ def write_lineage(output_dir: str | Path, model_dir: str | Path, data_files: Map
     return out
 
 
-def summary_lines(export: Export) -> list[str]:
-    """What an export holds, for people: totals, the aggregation across annotators with its counts, rows per kind."""
+def summary_lines(export: Export, pii: bool = True) -> list[str]:
+    """What an export holds, for people: totals, the aggregation across annotators with its counts, rows per kind,
+    and (``pii``) the personal data found in it (:func:`pii_lines`)."""
     lines = [f"{export.judgments} judgments -> {len(export.pairs)} preference pairs, "
              f"{len(export.unpaired)} unpaired rows"]
     lines.append(aggregation_line(export.aggregate, export.aggregation))
@@ -423,7 +508,7 @@ def summary_lines(export: Export) -> list[str]:
     if export.skipped_evaluations:
         lines.append(f"left out {len(export.skipped_evaluations)} head-to-head evaluation project(s), never training "
                      f"data: {', '.join(export.skipped_evaluations)}")
-    return lines
+    return lines + (pii_lines(export) if pii else [])
 
 
 def aggregation_line(aggregate: str, counts: dict[str, int]) -> str:
