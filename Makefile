@@ -4,6 +4,7 @@
 # make lint         ruff
 # make bench        our training phases vs TRL's trainers (same model, data, batch); writes benchmarks/RESULTS.md
 # make bench-data   SFT tokenization and packing on 50k conversations, ours vs datasets.map and TRL
+# make bench-curate  `align data curate` steps at 5k and 50k prompts: time and peak memory
 # make bench-generation  the generation engine vs model.generate (tokens/s, batch 8 and 32, fp32 and bf16)
 # make efficacy     rule adherence and content on four synthetic domains, ours vs TRL; writes benchmarks/efficacy/RESULTS.md
 # make rounds-demo  two rounds of simulated expert feedback -> RM + DPO -> head-to-head; writes runs/rounds-demo/summary.md
@@ -19,7 +20,7 @@ TORCH_VERSION := $(shell sed -n 's/^torch==//p' constraints.txt)
 # dependency before falling back, minutes spent on nothing.
 HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
 
-.PHONY: setup tcmalloc model quickstart test test-fast test-unit lint bench bench-data bench-generation efficacy rounds-demo clean
+.PHONY: setup tcmalloc model quickstart test test-fast test-unit lint bench bench-data bench-curate bench-generation efficacy rounds-demo clean
 
 setup: $(VENV)/.installed tcmalloc
 
@@ -76,6 +77,10 @@ bench: model
 # SFT tokenization and packing on 50k conversations, ours vs datasets.map and TRL's pack_dataset
 bench-data: model
 	$(PY) benchmarks/data_prep.py
+
+# near duplicates, TF-IDF embeddings, k-means and retrieval at 5k and 50k synthetic prompts (no model)
+bench-curate: setup
+	$(PY) benchmarks/curate_scale.py
 
 # the generation engine vs model.generate at batch 8 and 32, fp32 and bf16, greedy and sampled
 bench-generation: model
