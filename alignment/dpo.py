@@ -13,6 +13,7 @@ from them (per sequence, summed or averaged) are :func:`batch_logps` here.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -44,7 +45,7 @@ from alignment.modeling import (
     save_model,
 )
 from alignment.reference import Reference, load_frozen, place_reference, precompute
-from alignment.run import Run
+from alignment.run import Run, split_state
 from alignment.training import (
     Engine,
     Schedule,
@@ -276,7 +277,8 @@ def run_dpo(cfg: DPOConfig) -> Path:
                 torch.save(reference.cache, cache_file)
         if frozen is not None:
             reference.frozen = frozen = None  # free the copy
-    start_step = run.start(engine, schedule.total_steps, early_stopping=early)["step"]
+    split = split_state(cfg, (json.dumps([ex.prompt, ex.chosen, ex.rejected]) for ex in test_ex))
+    start_step = run.start(engine, schedule.total_steps, early_stopping=early, split=split)["step"]
 
     def held_out(pairs: list[TokenizedPair] = val_pairs, keys: list[int] = val_keys) -> dict[str, float]:
         return evaluate(engine, reference, loss_fn, pairs, keys, cfg.train.batch_size, pad)

@@ -40,6 +40,8 @@ from alignment import distributed as dist
 from alignment.config import EarlyStoppingConfig
 from alignment.errors import AlignError
 
+REPORT_FILE = "early_stopping.json"  # in the phase's output folder: read by the pipeline report and the model card
+
 
 class _Run(Protocol):  # what is used of alignment.run.Run (which imports this module)
     out: Path
@@ -67,9 +69,12 @@ class EarlyStopping:
 
     @classmethod
     def create(cls, cfg: Any, run: _Run, validation: int) -> EarlyStopping | None:
-        """None when the recipe has no ``train.early_stopping``; refuses a run with no validation example
-        (the recipe asked for a split, but the data was too small to give one)."""
+        """None when the recipe has no ``train.early_stopping`` (an earlier run's early_stopping.json is then
+        removed, so no report or model card describes a stopping point this model never had); refuses a run
+        with no validation example (the recipe asked for a split, but the data was too small to give one)."""
         if cfg.train.early_stopping is None:
+            if dist.is_main():
+                (run.out / REPORT_FILE).unlink(missing_ok=True)
             return None
         if validation == 0:
             raise AlignError("needs validation data, and the validation split came out empty: set "
@@ -141,7 +146,7 @@ class EarlyStopping:
                       "best_value": _plain(self.best_value), "stopped_at_step": self.stopped_at,
                       "evaluations": self.evaluations}
             self.run.out.mkdir(parents=True, exist_ok=True)
-            (self.run.out / "early_stopping.json").write_text(json.dumps(report, indent=2))
+            (self.run.out / REPORT_FILE).write_text(json.dumps(report, indent=2))
 
     # --- the best weights ----------------------------------------------------------------------------
     def _snapshot(self, engine: Any) -> None:

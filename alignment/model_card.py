@@ -2,9 +2,10 @@
 
 What someone handed the folder needs to know without the run that made it: which phase trained it from
 which model, on which data files (with their content hashes, so a changed file shows), the recipe as it
-ran, the last training and held-out metrics, and, after a pipeline's eval phase, the adherence table. The
-card is written by the process that trained the model (rank 0) after it is saved; a card that cannot be
-written is a warning, never a failed phase.
+ran, the last training and held-out metrics, the test-split scores and the early-stopping point when the
+phase had them, and, after a pipeline's eval phase, the adherence table. The card is written by the process
+that trained the model (rank 0) once the phase has returned (its model saved, its test_metrics.json and
+early_stopping.json written); a card that cannot be written is a warning, never a failed phase.
 
 A LoRA adapter's ``adapter_config.json`` names its base model by the path it was loaded from, an absolute
 path of the training machine. When the recipe named the base by an alias of ours (the embedded default
@@ -67,6 +68,41 @@ KEY_METRICS = ("train/loss", "eval/loss", "eval/accuracy", "eval/rewards/accurac
                "objective/scores", "objective/kl")
 
 
+def _read_json(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _test_lines(out: Path) -> list[str]:
+    """The card's "Test split" section from the phase's test_metrics.json ([] without a test set): the saved
+    model's scores on the held-out test examples. The phases write it before they return, so it exists when
+    the card is written."""
+    from alignment.run import TEST_METRICS_FILE
+
+    test = _read_json(out / TEST_METRICS_FILE)
+    if not test:
+        return []
+    shown = {k: v for k, v in test.items() if k.startswith("test/") and isinstance(v, (int, float))}
+    return ["", "## Test split", "", f"Scored once after training, with this model, on {test.get('examples')} "
+            "held-out test examples never trained on nor used for validation or early stopping.", "",
+            "| metric | value |", "|---|---|", *(f"| `{k}` | {v:.4g} |" for k, v in shown.items())]
+
+
+def _early_stopping_lines(out: Path) -> list[str]:
+    """The card's "Early stopping" section from the phase's early_stopping.json ([] when it ran without)."""
+    from alignment.early_stopping import REPORT_FILE
+
+    saved = _read_json(out / REPORT_FILE)
+    if not saved:
+        return []
+    best, value, stopped = saved.get("best_step"), saved.get("best_value"), saved.get("stopped_at_step")
+    kept = (f"the model of step {best} ({saved['metric']} {value:.4g}, the best evaluated)" if best is not None
+            and value is not None else f"the last one (no finite {saved['metric']} was measured)")
+    ended = (f"stopped at step {stopped}: no improvement in {saved.get('patience')} evaluations" if stopped is not None
+             else "ran to its last step (it did not stop early)")
+    return ["", "## Early stopping", "", f"On `{saved['metric']}` ({saved.get('mode')}): training {ended}; this is "
+            f"{kept}."]
+
+
 def card_text(kind: str, cfg: Any, model_dir: Path, evaluation: str | None = None) -> str:
     """The card's Markdown (see the module docstring)."""
     import yaml
@@ -98,6 +134,7 @@ def card_text(kind: str, cfg: Any, model_dir: Path, evaluation: str | None = Non
         lines += ["| metric | value |", "|---|---|"] + [f"| `{k}` | {metrics[k]:.4g} |" for k in shown]
     else:
         lines.append("No metrics were logged.")
+    lines += _test_lines(out) + _early_stopping_lines(out)
     if evaluation:
         lines += ["", "## Evaluation", "", "```", evaluation.rstrip(), "```"]
     lines += ["", "## Recipe, as it ran", "", "```yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).rstrip(),

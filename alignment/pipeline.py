@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from alignment import distributed
 from alignment.config import (
+    PREFERENCE_SPLIT,
     ModelOptions,
     _Source,
     build,
@@ -208,8 +209,15 @@ def export_feedback_stores(kind: str, cfg: Any) -> dict[str, Any]:
     if kind in ("rm", "dpo") and cfg.data.kind not in ("auto", "feedback"):
         return {}
     sources = config_sources(cfg, fields)
+    if kind == "sft" and (holdout := _export_holdout_stores(cfg)):
+        return {**(_export_stores(kind, cfg, sources) if sources else {}), **holdout}
     if not sources:
         return {}
+    return _export_stores(kind, cfg, sources)
+
+
+def _export_stores(kind: str, cfg: Any, sources: dict[str, str]) -> dict[str, Any]:
+    """:func:`export_feedback_stores` of the data ``sources`` (field: spec) that are feedback stores."""
     from feedback_app.export import aggregation_line, is_store_spec, materialise
 
     stores = {name: spec for name, spec in sources.items() if is_store_spec(spec)}
@@ -236,6 +244,82 @@ def export_feedback_stores(kind: str, cfg: Any) -> dict[str, Any]:
         if stores.keys() == sources.keys():
             overrides["data.dedup"] = "none"
     return overrides
+
+
+def holdout_sources(cfg: Any) -> dict[str, str]:
+    """``{field: path}`` of the files an SFT recipe's ``data.preferred_holdout`` names (their prompts are left
+    out of ``data.preferred``): read by the phase, so part of its data."""
+    holdouts = getattr(getattr(cfg, "data", None), "preferred_holdout", None) or []
+    return {f"data.preferred_holdout[{i}].{name}": getattr(h, name) for i, h in enumerate(holdouts)
+            for name in ("validation", "test") if getattr(h, name)}
+
+
+def _export_holdout_stores(cfg: Any) -> dict[str, Any]:
+    """A feedback store as a ``data.preferred_holdout`` file (an RM/DPO phase's ``data.test`` or ``validation``)
+    exported to ``<output_dir>/data/preferred_holdout<i>_<field>.jsonl``, as the phases export their data; only
+    its prompts matter, so all pairs of every annotator. The override that points the entries at the files, or
+    {} when none names a store."""
+    found = holdout_sources(cfg)
+    if not found:
+        return {}
+    from feedback_app.export import is_store_spec, materialise
+
+    stores = {name: spec for name, spec in found.items() if is_store_spec(spec)}
+    if not stores:
+        return {}
+    entries = [to_dict(h) for h in cfg.data.preferred_holdout]
+    folder = Path(cfg.output_dir).resolve() / "data"
+    for name, spec in stores.items():
+        index, key = name.removeprefix("data.preferred_holdout[").split("].")
+        out = folder / f"preferred_holdout{index}_{key}.jsonl"
+        info = materialise(spec, out, "all", "all")
+        entries[int(index)][key] = str(out)
+        if distributed.is_main():
+            _log.info(f"[sft] {name}: feedback store {info['source']} -> {out} ({info['pairs']} pairs; their prompts "
+                      "are left out of data.preferred)")
+    return {"data.preferred_holdout": entries}
+
+
+def _same_source(a: str | None, b: str | None) -> bool:
+    """Whether two data specs name the same file, folder or feedback store."""
+    if not a or not b:
+        return False
+    if a == b:
+        return True
+    return Path(a).exists() and Path(b).exists() and Path(a).resolve() == Path(b).resolve()
+
+
+def preferred_holdout(cfg: PipelineConfig, sft_cfg: Any) -> list[dict[str, Any]] | None:
+    """What an SFT phase of pipeline ``cfg`` (``sft_cfg``, its config as written) must leave out of its
+    ``data.preferred``: one ``data.preferred_holdout`` entry per way the pipeline's RM and DPO phases hold out
+    prompts of that file (its split, seed, validation and test files, where a phase trains on it; its
+    validation and test files, where it trains on another), added to the entries the recipe wrote (the union:
+    SFT never trains on a prompt any of them holds out). None: leave the recipe as it is (no data.preferred,
+    no such phase, or exactly the default entry, so a pipeline's fingerprint stays what it was)."""
+    preferred = getattr(sft_cfg.data, "preferred", None)
+    if not preferred:
+        return None
+    derived: list[dict[str, Any]] = []
+    for step in cfg.phases:
+        if step.kind not in ("rm", "dpo"):
+            continue
+        # only its data and seed are needed: the model references (@phase) are not resolved yet
+        overrides = {k: v for k, v in step.overrides.items() if k not in ("model", "ref_model", "reward_model")}
+        phase = load_config(PHASES[step.kind].config, step.recipe, overrides)
+        data, seed = phase.data, phase.train.seed
+        if _same_source(data.train, preferred):
+            entry = {"split": dict(data.split), "seed": seed, "validation": data.validation, "test": data.test}
+        elif data.validation or data.test:
+            entry = {"split": {"train": 1.0}, "seed": seed, "validation": data.validation, "test": data.test}
+        else:
+            continue
+        if entry not in derived:
+            derived.append(entry)
+    written = [to_dict(h) for h in sft_cfg.data.preferred_holdout or []]
+    default = {"split": dict(PREFERENCE_SPLIT), "seed": sft_cfg.train.seed, "validation": None, "test": None}
+    if not derived or (not written and derived == [default]):
+        return None
+    return written + [entry for entry in derived if entry not in written]
 
 
 def record_lineage(kind: str, cfg: Any, model_dir: str | Path | None = None) -> Path | None:
@@ -339,13 +423,18 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, float]:
             for key in ("model", "ref_model", "reward_model"):
                 if key in phase_overrides:
                     phase_overrides[key] = _resolve_reference(phase_overrides[key], outputs)
+            if step.kind == "sft":
+                # SFT's preferred answers leave out whatever this pipeline's RM/DPO phases hold out of that file
+                holdout = preferred_holdout(cfg, load_config(PHASES["sft"].config, step.recipe, phase_overrides))
+                if holdout is not None:
+                    phase_overrides["data.preferred_holdout"] = holdout
             written, phase_cfg, _ = load_phase_config(step.kind, step.recipe, phase_overrides)
             tracking = phase_cfg.tracking
             trained_options = phase_cfg.model_options
             recipe = comparable(to_dict(written))  # as written: a store stays a store, its pairs are in `data`
             recipe.pop("tracking", None)  # where metrics go does not change the model: no retraining for it
-            sources = config_sources(written)
-            data = data_fingerprint(config_sources(phase_cfg))
+            sources = {**config_sources(written), **holdout_sources(written)}
+            data = data_fingerprint({**config_sources(phase_cfg), **holdout_sources(phase_cfg)})
             fingerprint = _fingerprint([fingerprints, recipe, cfg.deepspeed, cfg.num_processes, data])
             if _is_complete(phase_dir, fingerprint, data, sources):
                 _log.info(f"[pipeline] {step.name}: complete, skipped")
@@ -435,14 +524,20 @@ def head_to_head_lines(cfg: Any) -> list[str]:
 
 def _finish(out: Path, cfg: PipelineConfig, timings: dict[str, float]) -> Path:
     """Verdicts (stored with the eval results), the report, then the closing lines: verdicts, times, report."""
-    from alignment.report import split_test_lines, split_test_rows, write_report
+    from alignment.report import (
+        early_stopping_lines,
+        early_stopping_rows,
+        split_test_lines,
+        split_test_rows,
+        write_report,
+    )
 
     verdicts = _learning_verdicts(out, cfg)
     h2h = head_to_head_lines(cfg)
     report = write_report(out, cfg, timings, verdicts, h2h)
     if verdicts:
         _log.info("\n" + "\n".join(f"[pipeline] {line}" for line in format_verdicts(verdicts).splitlines()))
-    for line in split_test_lines(split_test_rows(out, cfg)):
+    for line in split_test_lines(split_test_rows(out, cfg)) + early_stopping_lines(early_stopping_rows(out, cfg)):
         _log.info(f"[pipeline] {line}")
     if h2h:
         _log.info("\n" + "\n".join(f"[pipeline] {line}" for line in h2h))
@@ -482,7 +577,7 @@ def _warn_if_changed(phase_dir: Path, phase_cfg: Any) -> None:
 
 # Recipe keys added after phases were first fingerprinted: left out of a phase's fingerprint (and of the
 # changed-recipe check) while at their default, so a phase completed before they existed stays complete.
-LATER_KEYS = (("data", "test"), ("train", "early_stopping"))
+LATER_KEYS = (("data", "test"), ("train", "early_stopping"), ("data", "preferred_holdout"), ("data", "curate"))
 
 
 def comparable(recipe: dict[str, Any]) -> dict[str, Any]:

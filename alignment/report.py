@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from alignment.early_stopping import REPORT_FILE as EARLY_STOPPING_FILE
 from alignment.evaluation.records import EvalReport, ModelResult, RewardComparison, RewardSummary, VsBaseline
 from alignment.run import TEST_METRICS_FILE
 from alignment.tracking import read_metrics
@@ -152,6 +153,7 @@ def write_report(run_dir: Path, cfg: Any, timings: dict[str, float],
                  "phases.</small></p>")
 
     parts.append(_test_section(split_test_rows(run_dir, cfg)))
+    parts.append(_early_stopping_section(early_stopping_rows(run_dir, cfg)))
     parts.append(_head_to_head_section(head_to_head))
     for step in cfg.phases:
         if step.kind == "eval":
@@ -226,6 +228,54 @@ def _test_section(rows: list[dict[str, Any]]) -> str:
     out.append("</table><p><small>Held-out test examples (<code>data.test</code>, or a <code>test</code> fraction "
                "of <code>data.split</code>): never trained on nor used for validation or early stopping; each "
                "phase scored them once with its saved model.</small></p>")
+    return "\n".join(out)
+
+
+def early_stopping_rows(run_dir: Path, cfg: Any) -> list[dict[str, Any]]:
+    """Per training phase that ran with early stopping (its ``early_stopping.json``): its name and kind, the
+    metric and mode, the best step and value (the saved model's), the step it stopped at (None: it ran to the
+    end) and the last step evaluated."""
+    out = []
+    for step in cfg.phases:
+        path = run_dir / step.name / EARLY_STOPPING_FILE
+        if step.kind == "eval" or not path.exists():
+            continue
+        saved = json.loads(path.read_text())
+        steps = [e["step"] for e in saved.get("evaluations", []) if isinstance(e.get("step"), int)]
+        out.append({"phase": step.name, "kind": step.kind, "metric": saved.get("metric"), "mode": saved.get("mode"),
+                    "best_step": saved.get("best_step"), "best_value": saved.get("best_value"),
+                    "stopped_at_step": saved.get("stopped_at_step"), "last_step": max(steps, default=None)})
+    return out
+
+
+def _stopping(row: dict[str, Any]) -> str:
+    """Where training ended: "step N" when it stopped early, else that it ran to its last step."""
+    if row["stopped_at_step"] is not None:
+        return f"step {row['stopped_at_step']}"
+    return f"did not stop (ran to step {_num(row['last_step'], 'd')})"
+
+
+def early_stopping_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The end-of-run text of :func:`early_stopping_rows`: one line per phase."""
+    return [f"early stopping: {r['phase']} ({r['kind']}): {r['metric']} ({r['mode']}) best "
+            f"{_num(r['best_value'], '.4f')} at step {_num(r['best_step'], 'd')} (the saved model); stopped: "
+            f"{_stopping(r)}" for r in rows]
+
+
+def _early_stopping_section(rows: list[dict[str, Any]]) -> str:
+    """The "Early stopping" table: per phase, the metric, the best (saved) step and value, and the stop step."""
+    if not rows:
+        return ""
+    e = html.escape
+    out = ['<h2>Early stopping</h2><table id="early-stopping"><tr><th>phase</th><th>metric</th><th>best step</th>'
+           "<th>best value</th><th>stopped at</th></tr>"]
+    for r in rows:
+        out.append(f"<tr><td>{e(r['phase'])} ({e(r['kind'])})</td><td>{e(str(r['metric']))} "
+                   f"({e(str(r['mode']))})</td><td class=\"num\">{_num(r['best_step'], 'd')}</td>"
+                   f"<td class=\"num\">{_num(r['best_value'], '.4f')}</td><td>{e(_stopping(r))}</td></tr>")
+    out.append("</table><p><small>Phases run with <code>train.early_stopping</code>: each saved the model of its best "
+               "step (the best held-out value), not its last; a phase stops when the metric has not improved in "
+               "<code>patience</code> evaluations in a row.</small></p>")
     return "\n".join(out)
 
 

@@ -40,7 +40,7 @@ from alignment.modeling import (
     save_model,
 )
 from alignment.reward import LastTokenScores, save_reward_stats
-from alignment.run import Run
+from alignment.run import Run, split_state
 from alignment.training import (
     Engine,
     Schedule,
@@ -167,7 +167,8 @@ def run_rm(cfg: RMConfig) -> Path:
     run.log(f"model {cfg.model}: {trainable:,} trainable of {total:,} parameters; bf16={bf16}; "
         f"processes={dist.world_size()}; deepspeed={cfg.deepspeed or 'off'}; steps={schedule.total_steps}")
 
-    start_step = run.start(engine, schedule.total_steps, early_stopping=early)["step"]
+    split = split_state(cfg, (json.dumps([ex.prompt, ex.chosen, ex.rejected]) for ex in test_ex))
+    start_step = run.start(engine, schedule.total_steps, early_stopping=early, split=split)["step"]
     pad = tokenizer.pad_token_id
 
     def held_out_metrics(pairs: list[TokenizedPair] = val_pairs) -> dict[str, float]:

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -48,6 +49,22 @@ _HOOKS: list[StepHook] = []
 TEST_METRICS_FILE = "test_metrics.json"
 
 
+# The recipe settings that decide which examples are held out; with the test examples' hash, a checkpoint's
+# record of them (see split_state) must match the resuming run's.
+SPLIT_SETTINGS = ("data.split", "train.seed", "data.validation", "data.test")
+
+
+def split_state(cfg: Any, test_keys: Iterable[str]) -> dict[str, Any]:
+    """What decides a run's held-out parts, for its checkpoints' trainer state: the split settings and a hash of
+    the test examples (``test_keys``: one key per test example, e.g. its normalised conversation or pair).
+    A run may resume a checkpoint only under the same record (:meth:`Run.start`): under another split the
+    checkpoint's weights may have trained on what is now the test part."""
+    keys = sorted(set(test_keys))
+    return {"data.split": dict(cfg.data.split), "train.seed": cfg.train.seed, "data.validation": cfg.data.validation,
+            "data.test": cfg.data.test, "test_examples": len(keys),
+            "test_keys": hashlib.sha256(json.dumps(keys).encode()).hexdigest()[:16]}
+
+
 @contextlib.contextmanager
 def step_hook(hook: StepHook) -> Iterator[StepHook]:
     """Call ``hook`` around every training step of the phases run inside this block."""
@@ -74,6 +91,7 @@ class Run:
         self.total_steps = 0
         self.tracker: Any = None
         self.early_stopping: EarlyStopping | None = None
+        self.split: dict[str, Any] | None = None
 
     def log(self, message: str) -> None:
         """A line on rank 0, under the phase's tag; at WARNING when it says WARNING, so ``align -q`` keeps it."""
@@ -83,18 +101,24 @@ class Run:
 
     # --- start and end -------------------------------------------------------------------------------
     def start(self, engine: Engine | None, total_steps: int, others: dict[str, Engine] | None = None, *,
-              start_step: int | None = None, early_stopping: EarlyStopping | None = None) -> dict[str, Any]:
+              start_step: int | None = None, early_stopping: EarlyStopping | None = None,
+              split: dict[str, Any] | None = None) -> dict[str, Any]:
         """Resume from ``resume_from`` (or clear an earlier run's checkpoints), write config.yaml, open the
         tracker. Returns the trainer state saved with the checkpoint ({"step": 0} for a fresh run).
 
         ``start_step`` instead of an engine: the trainer resumes itself (KTO); only the step is needed.
-        ``early_stopping``: its state is saved with every checkpoint and restored from the one resumed."""
+        ``early_stopping``: its state is saved with every checkpoint and restored from the one resumed.
+        ``split``: :func:`split_state` of this run, saved with every checkpoint; a checkpoint saved under another
+        is refused (before its weights are read)."""
         from alignment.config import save_config, to_dict
         from alignment.tracking import MetricsLogger
 
         self.total_steps = total_steps
         self.early_stopping = early_stopping
+        self.split = split
         state: dict[str, Any] = {"step": 0}
+        if self.resume_from is not None and split is not None:
+            self._check_split(self.resume_from, split)
         if self.resume_from is not None:
             if engine is not None:
                 state = engine.load_checkpoint(self.resume_from, self._parts(others))
@@ -112,6 +136,25 @@ class Run:
                                      to_dict(self.cfg), enabled=self.main, resume_step=state["step"],
                                      job_type=self.tag)  # KTO trains under the dpo config: its own tag
         return state
+
+    def _check_split(self, checkpoint: Path, split: dict[str, Any]) -> None:
+        """Refuse a checkpoint written under other held-out parts: one message naming what changed."""
+        from alignment.errors import AlignError
+
+        saved = json.loads((checkpoint / "trainer_state.json").read_text()).get("split")
+        if saved is None:  # written before checkpoints recorded their split
+            self.log(f"{checkpoint} does not record its data split; resuming without checking it")
+            return
+        changed = [f"{key} {saved.get(key)!r} -> {split[key]!r}" for key in SPLIT_SETTINGS
+                   if saved.get(key) != split[key]]
+        if not changed and saved.get("test_keys") != split["test_keys"]:
+            changed.append(f"the test examples ({saved.get('test_examples')} -> {split['test_examples']} examples, "
+                           "not the same ones: the data files changed)")
+        if changed:
+            raise AlignError(f"will not resume from {checkpoint}: the held-out split changed since it was written "
+                             f"({'; '.join(changed)}), so its weights may have trained on what is now test data. "
+                             "Start afresh with train.resume=never, or restore the split settings and data files "
+                             "the checkpoint was trained with to resume it", field="train.resume")
 
     def close(self) -> None:
         """Wait for every process (rank 0 may still be saving), then log the saved model and close the tracker."""
@@ -178,6 +221,8 @@ class Run:
         state = {"step": done, **(state or {})}
         if self.early_stopping is not None:
             state["early_stopping"] = self.early_stopping.state()
+        if self.split is not None:
+            state["split"] = self.split
         engine.save_checkpoint(self.out / "checkpoints" / f"step-{done}", state, self._parts(others))
         prune_checkpoints(self.out, self.cfg.train.keep_checkpoints)
 

@@ -20,12 +20,12 @@ import torch.nn.functional as F
 
 from alignment import distributed as dist
 from alignment.batching import pad_sequences
-from alignment.config import PreferenceDataConfig, SFTConfig
+from alignment.config import PreferenceDataConfig, PreferredHoldoutConfig, SFTConfig
 from alignment.data.chat import IGNORE_INDEX, Tokenized, check_stop_tokens, tokenize_sft
 from alignment.early_stopping import EarlyStopping
 from alignment.logits import labelled_logits
 from alignment.modeling import apply_lora, count_parameters, load_causal_lm, load_tokenizer, save_model
-from alignment.run import Run
+from alignment.run import Run, split_state
 from alignment.training import (
     Engine,
     Schedule,
@@ -68,6 +68,11 @@ def load_sft_splits(cfg: SFTConfig) -> tuple[
 
     ds, info = load_dataset_file(cfg.data.train, "sft")
     ds, removed = deduplicate(ds, "sft", info.variant, cfg.data.dedup)
+    if cfg.data.curate is not None:  # before the split, so a near duplicate cannot land on both sides of it
+        from alignment.data.curate import curate_dataset
+
+        ds, _ = curate_dataset(ds, "sft", info.variant, cfg.data.curate, source=cfg.data.train,
+                               policy_model=cfg.model)
     report = SFTLoaded(info.variant, removed)
     files = tuple(name for name in ("validation", "test") if getattr(cfg.data, name))
     parts = carve(ds, cfg.data.split, cfg.train.seed, files)
@@ -89,7 +94,7 @@ def load_sft_splits(cfg: SFTConfig) -> tuple[
         train, val = kept_train, kept_val
         report = dataclasses.replace(report, test_overlap_removed=overlap)
     if cfg.data.preferred:
-        preferred = preferred_conversations(cfg.data.preferred, cfg.train.seed)
+        preferred = preferred_conversations(cfg.data.preferred, cfg.train.seed, cfg.data.preferred_holdout)
         seen = {_conversation_key(r["messages"]) for r in train} | test_keys
         added = [r for r in preferred if _conversation_key(r["messages"]) not in seen]
         train += added
@@ -107,15 +112,34 @@ def _conversation_key(messages: list[dict[str, str]]) -> str:
 PREFERENCE_HOLDOUT = PreferenceDataConfig().split  # what the RM/DPO phases hold out unless a recipe says otherwise
 
 
-def preferred_conversations(path: str, seed: int) -> list[dict[str, Any]]:
+def held_out_prompts(examples: list[Any], holdouts: list[PreferredHoldoutConfig], seed: int) -> set[str]:
+    """The prompts (compared up to whitespace) that preference phases splitting ``examples`` as ``holdouts`` say
+    hold out: every part of their split but train, cut by prompt exactly as they cut it
+    (:func:`~alignment.data.preferences.split_pairs`, the parts given as files not cut), and the prompts of
+    those files. ``seed``: an entry's seed when it has none."""
+    from alignment.data.preferences import _prompt_key, load_preference_examples, split_pairs
+
+    held: set[str] = set()
+    for h in holdouts:
+        files = tuple(name for name in ("validation", "test") if getattr(h, name))
+        parts = split_pairs(examples, h.split, seed if h.seed is None else h.seed, files)
+        held |= {_prompt_key(ex.prompt) for name, part in parts.items() if name != "train" for ex in part}
+        for name in files:
+            held |= {_prompt_key(ex.prompt) for ex in load_preference_examples(getattr(h, name))[0]}
+    return held
+
+
+def preferred_conversations(path: str, seed: int,
+                            holdouts: list[PreferredHoldoutConfig] | None = None) -> list[dict[str, Any]]:
     """Prompt + chosen answer of every training pair in a preference source, once per distinct conversation.
 
-    The pairs the preference phases hold out by default (``PREFERENCE_HOLDOUT``, split by prompt with
-    ``seed``) are skipped."""
-    from alignment.data.preferences import load_preference_examples, split_pairs
+    Pairs whose prompt the preference phases hold out (:func:`held_out_prompts` of ``holdouts``; None: their
+    default, ``PREFERENCE_HOLDOUT`` with ``seed``) are skipped."""
+    from alignment.data.preferences import _prompt_key, load_preference_examples
 
     examples, _ = load_preference_examples(path)
-    kept = split_pairs(examples, PREFERENCE_HOLDOUT, seed)["train"]
+    held = held_out_prompts(examples, holdouts or [PreferredHoldoutConfig()], seed)
+    kept = [ex for ex in examples if _prompt_key(ex.prompt) not in held]
     out, seen = [], set()
     for ex in kept:
         messages = [*ex.prompt, *ex.chosen]
@@ -281,7 +305,11 @@ def run_sft(cfg: SFTConfig) -> Path:
     train_examples, stats = tokenize_sft(tokenizer, train_records, cfg.data.max_length)
     val_examples, _ = tokenize_sft(tokenizer, val_records, cfg.data.max_length)
     test_examples, _ = tokenize_sft(tokenizer, test_records, cfg.data.max_length)
-    preferred = (f"; {prep.preferred_added} preferred answers added from {cfg.data.preferred}"
+    # which held-out prompts were left out, said every time: a wrong assumption here trains on a test set
+    holdout = (f"the prompts of {len(cfg.data.preferred_holdout)} preference-phase split(s) (data.preferred_holdout)"
+               if cfg.data.preferred_holdout else f"the prompts RM/DPO hold out by default ({PREFERENCE_HOLDOUT}, seed "
+               f"{cfg.train.seed}; set data.preferred_holdout if they split it otherwise)")
+    preferred = (f"; {prep.preferred_added} preferred answers added from {cfg.data.preferred}, {holdout} left out"
                  if cfg.data.preferred else "")
     overlap = (f"; {prep.test_overlap_removed} train/validation examples equal to a test one removed"
                if prep.test_overlap_removed else "")
@@ -324,7 +352,8 @@ def run_sft(cfg: SFTConfig) -> Path:
     run.log(f"model {cfg.model}: {trainable:,} trainable of {total:,} parameters; bf16={bf16}; "
         f"processes={dist.world_size()}; deepspeed={cfg.deepspeed or 'off'}; steps={schedule.total_steps}")
 
-    start_step = run.start(engine, schedule.total_steps, early_stopping=early)["step"]
+    split = split_state(cfg, (_conversation_key(r["messages"]) for r in test_records))
+    start_step = run.start(engine, schedule.total_steps, early_stopping=early, split=split)["step"]
 
     def validation_loss() -> dict[str, float]:
         return {"eval/loss": evaluate(engine, val_examples, cfg.train.batch_size, tokenizer.pad_token_id)}

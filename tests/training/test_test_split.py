@@ -147,3 +147,33 @@ def test_pipeline_report_shows_the_test_split_table(tmp_path, tiny_model_dir, sf
     assert row in report
     assert (f"[pipeline] test split: sft (sft, {saved['examples']} examples): loss {saved['test/loss']:.4f} "
             f"(validation {final_val:.4f})") in printed
+
+
+def test_pipeline_report_and_model_card_show_the_early_stopping_point(tmp_path, tiny_model_dir, sft_file, capsys):
+    overrides = {"data.train": str(sft_file), "data.max_length": 96, "data.split": THREE_WAY,
+                 "train.max_steps": 4, "train.batch_size": 4, "train.eval_every": 1, "train.save_every": 0,
+                 "train.lr": 3e-3, "train.bf16": "false", "train.early_stopping": {"patience": 1, "min_delta": 10.0},
+                 "tracking.backends": ["none"]}  # no evaluation improves by 10: stops at the second one
+    recipe = {"name": "tiny", "output_dir": str(tmp_path / "runs"), "model": str(tiny_model_dir),
+              "phases": [{"name": "sft", "kind": "sft", "recipe": str(QUICKSTART / "sft.yaml"),
+                          "overrides": overrides}]}
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(json.dumps(recipe))
+    assert main(["run", str(path)]) == 0
+    printed = capsys.readouterr().out
+    phase = tmp_path / "runs" / "sft"
+    stopping = json.loads((phase / "early_stopping.json").read_text())
+    assert stopping["best_step"] == 1 and stopping["stopped_at_step"] == 2
+    best = f"{stopping['best_value']:.4f}"
+    report = (tmp_path / "runs" / "report.html").read_text()
+    assert "<h2>Early stopping</h2>" in report and report.index("<h2>Test split</h2>") < report.index(
+        "<h2>Early stopping</h2>")
+    assert (f'<tr><td>sft (sft)</td><td>eval/loss (min)</td><td class="num">1</td><td class="num">{best}</td>'
+            "<td>step 2</td></tr>") in report
+    assert (f"[pipeline] early stopping: sft (sft): eval/loss (min) best {best} at step 1 (the saved model); "
+            "stopped: step 2") in printed
+    # the model card beside the saved model: its test scores and where training stopped
+    card = (phase / "model" / "README.md").read_text()
+    test = json.loads((phase / "test_metrics.json").read_text())
+    assert f"| `test/loss` | {test['test/loss']:.4g} |" in card and f"on {test['examples']} held-out" in card
+    assert "training stopped at step 2: no improvement in 1 evaluations; this is the model of step 1" in card

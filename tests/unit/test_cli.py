@@ -110,6 +110,7 @@ def test_passwords_in_urls_are_masked_in_every_line(tmp_path, capsys):
 RESULT_PRINTERS = {
     ("data/summary.py", "validate_command"),
     ("evaluation/run.py", "eval_command"),
+    ("evaluation/edge_cases.py", "edge_cases_command"),
     ("pipeline.py", "_run_eval_phase"),
     # The one-time conversion of the embedded model talks on stderr: `install` prints the model's path on
     # stdout for scripts to read, and the conversion can run before any logger is configured.
