@@ -77,6 +77,9 @@ class CurateConfig:
     package) or the policy model's mean-pooled hidden states."""
     model: str | None = None
     """With embed: policy: the model to embed with; null: the phase's `model`."""
+    clusters: int | None = None
+    """Clusters of the kept prompts in `<output_dir>/curation.json`, plotted in `curation_clusters.png` and the
+    pipeline report (a summary only: nothing is removed by cluster); null: chosen from the data size; 0: none."""
 
 
 CURATE_EMBEDDERS = ("tfidf", "minilm", "policy")
@@ -92,6 +95,8 @@ def check_curate(cfg: CurateConfig, name: Any = None) -> None:
         raise AlignError(f"must be at least 1 word, not {cfg.shingle}", field=name("shingle"))
     if cfg.top_k < 1:
         raise AlignError(f"must be at least 1, not {cfg.top_k}", field=name("top_k"))
+    if cfg.clusters is not None and cfg.clusters < 0:
+        raise AlignError(f"must be 0 (none) or more, not {cfg.clusters}", field=name("clusters"))
     if cfg.embed not in CURATE_EMBEDDERS:
         raise AlignError(f"must be one of {', '.join(CURATE_EMBEDDERS)}, not {cfg.embed!r}", field=name("embed"))
     if cfg.model and cfg.embed != "policy":
@@ -121,6 +126,11 @@ class DataConfig:
     curate: CurateConfig | None = None
     """Near-duplicate removal and retrieval around seed prompts on `train`, after `dedup`, before the split; null:
     none. SFT only for now."""
+    pii: Literal["report", "mask", "drop", "off"] = "report"
+    """Scan the data files for personal data (e-mails, phone numbers, card numbers, IBANs, US SSNs, IP addresses;
+    see alignment/data/pii.py) before training: report (warn, and list the findings in
+    `<output_dir>/data/pii.json` and the pipeline report), mask (train on a copy with each replaced by a
+    placeholder such as <EMAIL>), drop (train on a copy without the records that have any) or off."""
     max_length: int = 1024
     """Tokens per example; longer examples are truncated and the count is reported."""
     packing: bool = False
@@ -508,6 +518,11 @@ class PreferenceDataConfig:
     dedup: Literal["exact", "whitespace", "none"] = "whitespace"
     max_length: int = 1024
     """Tokens per prompt + response; longer ones are truncated and counted."""
+    pii: Literal["report", "mask", "drop", "off"] = "report"
+    """Scan the data files for personal data (e-mails, phone numbers, card numbers, IBANs, US SSNs, IP addresses;
+    see alignment/data/pii.py) before training: report (warn, and list the findings in
+    `<output_dir>/data/pii.json` and the pipeline report), mask (train on a copy with each replaced by a
+    placeholder such as <EMAIL>), drop (train on a copy without the records that have any) or off."""
 
     def __post_init__(self) -> None:
         if self.max_length < 8:
@@ -626,6 +641,11 @@ class PromptDataConfig:
     dedup: Literal["exact", "whitespace", "none"] = "whitespace"
     max_prompt_length: int = 512
     """Longer prompts are cut from the left (the latest turns are kept) and counted."""
+    pii: Literal["report", "mask", "drop", "off"] = "report"
+    """Scan the data files for personal data (e-mails, phone numbers, card numbers, IBANs, US SSNs, IP addresses;
+    see alignment/data/pii.py) before training: report (warn, and list the findings in
+    `<output_dir>/data/pii.json` and the pipeline report), mask (train on a copy with each replaced by a
+    placeholder such as <EMAIL>), drop (train on a copy without the records that have any) or off."""
 
 
 @dataclass

@@ -31,6 +31,7 @@ from alignment.config import (
     to_dict,
 )
 from alignment.data.fingerprint import config_sources, data_fingerprint
+from alignment.data.phase_pii import scan_phase_data
 from alignment.errors import AlignError
 from alignment.evaluation.run import model_stamp
 from alignment.log import get_logger
@@ -354,14 +355,20 @@ def record_lineage(kind: str, cfg: Any, model_dir: str | Path | None = None) -> 
 def load_phase_config(kind: str, recipe: str | None, overrides: list[str] | dict[str, Any]) -> tuple[
         Any, Any, dict[str, Any]]:
     """A phase's config as written, and as it trains: when its data names feedback stores, they are exported
-    (:func:`export_feedback_stores`) and the config is loaded again pointed at the exported files. Returns
-    (as written, to train with, the overrides the export added: empty when it named no store)."""
+    (:func:`export_feedback_stores`) and the config is loaded again pointed at the exported files; then its data
+    is scanned for personal data (``data.pii``, :func:`~alignment.data.phase_pii.scan_phase_data`), and a masked
+    or filtered copy replaces a file that had some. Returns (as written, to train with, the overrides the export
+    and the scan added: empty when neither changed a path)."""
     written = load_config(PHASES[kind].config, recipe, overrides)
     exported = export_feedback_stores(kind, written)
-    if not exported:
-        return written, written, {}
     given = parse_overrides(overrides) if isinstance(overrides, list) else dict(overrides)
-    return written, load_config(PHASES[kind].config, recipe, {**given, **exported}), exported
+    cfg = load_config(PHASES[kind].config, recipe, {**given, **exported}) if exported else written
+    # after the export, so a store's pairs are scanned as the file the phase reads
+    cleaned = scan_phase_data(kind, cfg)
+    if cleaned:
+        exported = {**exported, **cleaned}
+        cfg = load_config(PHASES[kind].config, recipe, {**given, **exported})
+    return written, cfg, exported
 
 
 def run_recipe(path: str, overrides: list[str]) -> int:
@@ -525,6 +532,8 @@ def head_to_head_lines(cfg: Any) -> list[str]:
 def _finish(out: Path, cfg: PipelineConfig, timings: dict[str, float]) -> Path:
     """Verdicts (stored with the eval results), the report, then the closing lines: verdicts, times, report."""
     from alignment.report import (
+        data_prep_lines,
+        data_prep_rows,
         early_stopping_lines,
         early_stopping_rows,
         split_test_lines,
@@ -537,7 +546,8 @@ def _finish(out: Path, cfg: PipelineConfig, timings: dict[str, float]) -> Path:
     report = write_report(out, cfg, timings, verdicts, h2h)
     if verdicts:
         _log.info("\n" + "\n".join(f"[pipeline] {line}" for line in format_verdicts(verdicts).splitlines()))
-    for line in split_test_lines(split_test_rows(out, cfg)) + early_stopping_lines(early_stopping_rows(out, cfg)):
+    for line in (data_prep_lines(data_prep_rows(out, cfg)) + split_test_lines(split_test_rows(out, cfg))
+                 + early_stopping_lines(early_stopping_rows(out, cfg))):
         _log.info(f"[pipeline] {line}")
     if h2h:
         _log.info("\n" + "\n".join(f"[pipeline] {line}" for line in h2h))
@@ -576,15 +586,17 @@ def _warn_if_changed(phase_dir: Path, phase_cfg: Any) -> None:
 
 
 # Recipe keys added after phases were first fingerprinted: left out of a phase's fingerprint (and of the
-# changed-recipe check) while at their default, so a phase completed before they existed stays complete.
-LATER_KEYS = (("data", "test"), ("train", "early_stopping"), ("data", "preferred_holdout"), ("data", "curate"))
+# changed-recipe check) while at a value that trains what the phase trained before they existed (their null
+# default; for data.pii, report or off: a scan that changes no data), so a phase completed before stays complete.
+LATER_KEYS = (("data", "test", (None,)), ("train", "early_stopping", (None,)), ("data", "preferred_holdout", (None,)),
+              ("data", "curate", (None,)), ("data", "pii", ("report", "off")))
 
 
 def comparable(recipe: dict[str, Any]) -> dict[str, Any]:
-    """``recipe`` (a phase config as a dict) without the :data:`LATER_KEYS` that are at their default (null)."""
+    """``recipe`` (a phase config as a dict) without the :data:`LATER_KEYS` at a value that changes nothing."""
     out = dict(recipe)
-    for section, key in LATER_KEYS:
-        if isinstance(out.get(section), dict) and key in out[section] and out[section][key] is None:
+    for section, key, inert in LATER_KEYS:
+        if isinstance(out.get(section), dict) and key in out[section] and out[section][key] in inert:
             out[section] = {k: v for k, v in out[section].items() if k != key}
     return out
 

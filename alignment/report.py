@@ -154,6 +154,7 @@ def write_report(run_dir: Path, cfg: Any, timings: dict[str, float],
 
     parts.append(_test_section(split_test_rows(run_dir, cfg)))
     parts.append(_early_stopping_section(early_stopping_rows(run_dir, cfg)))
+    parts.append(_data_section(data_prep_rows(run_dir, cfg)))
     parts.append(_head_to_head_section(head_to_head))
     for step in cfg.phases:
         if step.kind == "eval":
@@ -213,22 +214,32 @@ def split_test_lines(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _table(table_id: str, headers: list[str], rows: list[list[str]], note: str = "") -> str:
+    """An HTML table (cells already escaped or formatted) with an optional small-print note under it."""
+    head = "".join(f"<th>{h}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(_cell(c) for c in row) + "</tr>" for row in rows)
+    small = f"<p><small>{note}</small></p>" if note else ""
+    return f'<table id="{table_id}"><tr>{head}</tr>{body}</table>{small}'
+
+
+def _cell(cell: str) -> str:
+    """A ``<td>``; a cell already starting with ``<td`` (a class on it) is kept as it is."""
+    return cell if cell.startswith("<td") else f"<td>{cell}</td>"
+
+
 def _test_section(rows: list[dict[str, Any]]) -> str:
     """The "Test split" table: each phase's test metrics beside its final validation metrics."""
     if not rows:
         return ""
     e = html.escape
-    out = ['<h2>Test split</h2><table id="test-split"><tr><th>phase</th><th>metric</th>'
-           "<th>validation (final)</th><th>test</th><th>test examples</th></tr>"]
-    for r in rows:
-        for name, val, test in r["metrics"]:
-            out.append(f"<tr><td>{e(r['phase'])} ({e(r['kind'])})</td><td>{e(name)}</td>"
-                       f'<td class="num">{_num(val, ".4f")}</td><td class="num">{test:.4f}</td>'
-                       f'<td class="num">{e(str(r["examples"]))}</td></tr>')
-    out.append("</table><p><small>Held-out test examples (<code>data.test</code>, or a <code>test</code> fraction "
-               "of <code>data.split</code>): never trained on nor used for validation or early stopping; each "
-               "phase scored them once with its saved model.</small></p>")
-    return "\n".join(out)
+    cells = [[f"{e(r['phase'])} ({e(r['kind'])})", e(name), f'<td class="num">{_num(val, ".4f")}</td>',
+              f'<td class="num">{test:.4f}</td>', f'<td class="num">{e(str(r["examples"]))}</td>']
+             for r in rows for name, val, test in r["metrics"]]
+    return "<h2>Test split</h2>" + _table(
+        "test-split", ["phase", "metric", "validation (final)", "test", "test examples"], cells,
+        "Held-out test examples (<code>data.test</code>, or a <code>test</code> fraction of <code>data.split</code>): "
+        "never trained on nor used for validation or early stopping; each phase scored them once with its saved "
+        "model.")
 
 
 def early_stopping_rows(run_dir: Path, cfg: Any) -> list[dict[str, Any]]:
@@ -267,15 +278,100 @@ def _early_stopping_section(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return ""
     e = html.escape
-    out = ['<h2>Early stopping</h2><table id="early-stopping"><tr><th>phase</th><th>metric</th><th>best step</th>'
-           "<th>best value</th><th>stopped at</th></tr>"]
+    cells = [[f"{e(r['phase'])} ({e(r['kind'])})", f"{e(str(r['metric']))} ({e(str(r['mode']))})",
+              f'<td class="num">{_num(r["best_step"], "d")}</td>',
+              f'<td class="num">{_num(r["best_value"], ".4f")}</td>',
+              e(_stopping(r))] for r in rows]
+    return "<h2>Early stopping</h2>" + _table(
+        "early-stopping", ["phase", "metric", "best step", "best value", "stopped at"], cells,
+        "Phases run with <code>train.early_stopping</code>: each saved the model of its best step (the best held-out "
+        "value), not its last; a phase stops when the metric has not improved in <code>patience</code> evaluations "
+        "in a row.")
+
+
+def data_prep_rows(run_dir: Path, cfg: Any) -> list[dict[str, Any]]:
+    """Per training phase that scanned its data for personal data (``data/pii.json``) or curated it
+    (``curation.json``): its name, kind, the two reports (None where absent) and the clusters plot's path."""
+    from alignment.data.curate import PHASE_PLOT, PHASE_REPORT
+    from alignment.data.phase_pii import read_report
+
+    out = []
+    for step in cfg.phases:
+        if step.kind == "eval":
+            continue
+        phase_dir = run_dir / step.name
+        curation_path, plot = phase_dir / PHASE_REPORT, phase_dir / PHASE_PLOT
+        curation = json.loads(curation_path.read_text(encoding="utf-8")) if curation_path.exists() else None
+        pii = read_report(phase_dir)
+        if pii or curation:
+            out.append({"phase": step.name, "kind": step.kind, "pii": pii, "curation": curation,
+                        "plot": plot if curation and plot.exists() else None})
+    return out
+
+
+def _removed(curation: dict[str, Any]) -> str:
+    return ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in curation.get("removed", {}).items()) or "none"
+
+
+def data_prep_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The end-of-run text of :func:`data_prep_rows`: what each phase's privacy scan and curation did."""
+    from alignment.data.phase_pii import summary_line
+
+    lines = []
     for r in rows:
-        out.append(f"<tr><td>{e(r['phase'])} ({e(r['kind'])})</td><td>{e(str(r['metric']))} "
-                   f"({e(str(r['mode']))})</td><td class=\"num\">{_num(r['best_step'], 'd')}</td>"
-                   f"<td class=\"num\">{_num(r['best_value'], '.4f')}</td><td>{e(_stopping(r))}</td></tr>")
-    out.append("</table><p><small>Phases run with <code>train.early_stopping</code>: each saved the model of its best "
-               "step (the best held-out value), not its last; a phase stops when the metric has not improved in "
-               "<code>patience</code> evaluations in a row.</small></p>")
+        if r["pii"]:
+            lines.append(summary_line(r["phase"], r["pii"]))
+        if c := r["curation"]:
+            clusters = f"; {len(c['clusters'])} prompt clusters" if c.get("clusters") else ""
+            lines.append(f"curation: {r['phase']}: kept {c['kept']} of {c['records']} records (removed: "
+                         f"{_removed(c)}){clusters}")
+    return lines
+
+
+def _data_section(rows: list[dict[str, Any]]) -> str:
+    """The "Data preparation" section: the privacy scan's findings per file, and what curation kept, with the
+    prompt clusters (sizes, diversity, a representative) and their plot."""
+    if not rows:
+        return ""
+    from alignment.data.pii import LABELS
+
+    e = html.escape
+    out = ["<h2>Data preparation</h2>"]
+    pii = [[f"{e(r['phase'])} ({e(r['kind'])})", f"<code>{e(f['file'])}</code> ({e(f['field'])})",
+            f'<td class="num">{f["rows"]}</td>',
+            f'<td class="{"fail" if f["rows_with_findings"] else "pass"} num">{f["rows_with_findings"]}</td>',
+            e(", ".join(f"{LABELS.get(k, k)} {n}" for k, n in f["counts"].items()) or "none"),
+            e(f["action"] if not f.get("out")
+              else f"{f['action']}: trained on {f['out']} ({f['rows_written']} records)"),
+            "<br>".join(e(f"line {x['line']}, {x['field']}: {x['shown']}") for x in f["findings"][:5])]
+           for r in rows if r["pii"] for f in r["pii"]["files"]]
+    if pii:
+        out.append("<h3>Personal data</h3>" + _table(
+            "privacy", ["phase", "file", "records", "with personal data", "found", "data.pii", "first findings"], pii,
+            "E-mails, phone numbers, card numbers (Luhn), IBANs (mod 97), US SSNs and IP addresses; names are not "
+            "detected. Values are shown masked. <code>data.pii: mask</code> or <code>drop</code> trains on a cleaned "
+            "copy."))
+    for r in rows:
+        if not (c := r["curation"]):
+            continue
+        settings = c.get("settings", {})
+        near = settings.get("near_dup_threshold")
+        out.append(f"<h3>Curation: {e(r['phase'])}</h3><p><code>{e(str(c.get('file', '')))}</code>: kept "
+                   f"{c['kept']} of {c['records']} records; removed: {e(_removed(c))} (near duplicates: "
+                   f"{'Jaccard &ge; ' + str(near) if near is not None else 'off'}"
+                   f"{', retrieval around ' + e(str(settings.get('seeds'))) if settings.get('seeds') else ''}).</p>")
+        if c.get("clusters"):
+            cells = [[str(x["cluster"]), f'<td class="num">{x["size"]}</td>',
+                      f'<td class="num">{x["diversity"]:.2f}</td>', e(x["representative"])]
+                     for x in c["clusters"][:12]]
+            more = len(c["clusters"]) - len(cells)
+            out.append(_table(f"clusters-{e(r['phase'])}", ["cluster", "prompts", "diversity", "representative"],
+                              cells, f"Prompt clusters ({e(c.get('embedding', {}).get('backend', ''))} embeddings, "
+                              "KMeans); diversity: mean distance to the cluster's centre."
+                              + (f" {more} more in curation.json." if more > 0 else "")))
+        if r["plot"]:
+            data = base64.b64encode(Path(r["plot"]).read_bytes()).decode()
+            out.append(f'<img alt="prompt clusters of {e(r["phase"])}" src="data:image/png;base64,{data}">')
     return "\n".join(out)
 
 

@@ -55,14 +55,15 @@ def load_sft_records(cfg: SFTConfig) -> tuple[list[dict[str, Any]], list[dict[st
     return train, val, report
 
 
-def load_sft_splits(cfg: SFTConfig) -> tuple[
+def load_sft_splits(cfg: SFTConfig, curation_dir: Path | None = None) -> tuple[
         list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]], SFTLoaded]:
     """Train, validation and test records in normalised form, plus what preparation did (for the log).
 
     Duplicates are removed from the training file first, then each held-out part is its file (``data.validation``,
     ``data.test``) or cut out by ``data.split`` (deterministic by ``train.seed``; test: none unless the split
     has a ``test`` fraction), so no example straddles two parts. A test file's conversations are also removed
-    from train and validation, and ``data.preferred`` never adds one."""
+    from train and validation, and ``data.preferred`` never adds one. ``curation_dir``: where ``data.curate``
+    writes its report and clusters plot (None: not written)."""
     from alignment.data import deduplicate, load_dataset_file, to_conversation
     from alignment.data.splits import carve
 
@@ -72,7 +73,7 @@ def load_sft_splits(cfg: SFTConfig) -> tuple[
         from alignment.data.curate import curate_dataset
 
         ds, _ = curate_dataset(ds, "sft", info.variant, cfg.data.curate, source=cfg.data.train,
-                               policy_model=cfg.model)
+                               policy_model=cfg.model, report_dir=curation_dir)
     report = SFTLoaded(info.variant, removed)
     files = tuple(name for name in ("validation", "test") if getattr(cfg.data, name))
     parts = carve(ds, cfg.data.split, cfg.train.seed, files)
@@ -301,7 +302,7 @@ def run_sft(cfg: SFTConfig) -> Path:
 
     # --- data -------------------------------------------------------------------------------
     tokenizer = load_tokenizer(cfg.model, cfg.model_options)
-    train_records, val_records, test_records, prep = load_sft_splits(cfg)
+    train_records, val_records, test_records, prep = load_sft_splits(cfg, out if dist.is_main() else None)
     train_examples, stats = tokenize_sft(tokenizer, train_records, cfg.data.max_length)
     val_examples, _ = tokenize_sft(tokenizer, val_records, cfg.data.max_length)
     test_examples, _ = tokenize_sft(tokenizer, test_records, cfg.data.max_length)

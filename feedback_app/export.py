@@ -51,8 +51,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -61,6 +59,7 @@ from pathlib import Path
 from typing import Any
 
 from alignment.data.pairs import PAIR_POLICIES, ranking_to_pairs
+from alignment.files import atomic_write
 from feedback_app.agreement import AGGREGATIONS, decide
 from feedback_app.store import (
     LINEAGE_FILE,
@@ -439,8 +438,8 @@ def materialise(spec: str | Path, out: str | Path, pair_policy: str = "all", agg
     provenance["exported_at"] = _iso(time.time())
     path.parent.mkdir(parents=True, exist_ok=True)
     if not same_rows:
-        _atomic_write(path, text)
-    _atomic_write(prov_path, (json.dumps(provenance, indent=2) + "\n").encode("utf-8"))
+        atomic_write(path, text)
+    atomic_write(prov_path, (json.dumps(provenance, indent=2) + "\n").encode("utf-8"))
     return provenance
 
 
@@ -494,7 +493,7 @@ def write_lineage(output_dir: str | Path, model_dir: str | Path, data_files: Map
                                    "snapshots": data.get("snapshots", []) if data else []}
     out = Path(output_dir) / LINEAGE_FILE
     out.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out, (json.dumps(lineage, indent=2) + "\n").encode("utf-8"))
+    atomic_write(out, (json.dumps(lineage, indent=2) + "\n").encode("utf-8"))
     return out
 
 
@@ -558,18 +557,4 @@ def _jsonl_bytes(rows: Iterable[Row]) -> bytes:
 
 
 def _atomic_jsonl(path: Path, rows: Iterable[Row]) -> None:
-    _atomic_write(path, _jsonl_bytes(rows))
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside ``path``, fsync, then rename: readers see the old file or the new."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, _jsonl_bytes(rows))

@@ -46,8 +46,12 @@ Embeddings (``embed``):
 ``curate_file`` writes the kept records as they were written (fields and format of the input; the output's suffix
 picks its format), atomically, plus ``<stem>.curation.json`` (what was removed and why, the groups with examples,
 the clusters, the retrieval) and ``<stem>.clusters.png`` beside it. A recipe's ``data.curate`` runs the same
-near-duplicate and retrieval steps on an SFT phase's training file before it is split
-(:func:`curate_dataset`).
+steps on an SFT phase's training file before it is split (:func:`curate_dataset`), writing the report and plot
+into the phase's folder for the pipeline report.
+
+In preference, ranked and unpaired data the records of one prompt (its pairs, its answers) are one unit when
+prompts are compared: a second pair of a prompt is the data's structure, not a duplicate of the first, and a
+reworded copy of the prompt is removed with all of its pairs.
 """
 
 from __future__ import annotations
@@ -66,6 +70,7 @@ from alignment.config import CurateConfig
 from alignment.config import check_curate as check_settings
 from alignment.data.formats import to_conversation
 from alignment.errors import AlignError
+from alignment.files import atomic_write
 
 if TYPE_CHECKING:
     import datasets
@@ -80,6 +85,7 @@ DEFAULT_POLICY = "smollm2-135m-instruct"
 MAX_CLUSTERS = 50  # beyond this a per-cluster table and bar chart stop being readable
 MINIBATCH_ABOVE = 10_000  # full KMeans is exact but quadratic-ish in time; mini-batches scale linearly
 EXAMPLES_PER_GROUP = 3
+PROMPT_GROUPED_KINDS = ("preference", "ranked", "unpaired")  # kinds whose records share prompts by design
 
 _WORD = re.compile(r"\w+")
 
@@ -463,17 +469,28 @@ def curate(ds: datasets.Dataset, kind: str, variant: str, cfg: CurateConfig, opt
 
     if cfg.near_dup_threshold is not None:
         t = time.perf_counter()
-        nd = near_duplicates([compared[i] for i in keep], cfg.near_dup_threshold, cfg.shingle, seed=options.seed + 1)
+        # Units compared: each record, except that the records of one prompt in preference data (its pairs, its
+        # ranked or unpaired answers) are one unit when prompts are compared: they are the data's structure, not
+        # repeats, and are kept or removed together.
+        units: dict[str, list[int]] = {}  # unit key -> positions in keep
+        grouped = cfg.text == "prompt" and kind in PROMPT_GROUPED_KINDS
+        for pos, i in enumerate(keep):
+            units.setdefault(" ".join(compared[i].split()) if grouped else str(pos), []).append(pos)
+        members_of = list(units.values())
+        heads = [keep[m[0]] for m in members_of]  # a unit's first record speaks for it
+        nd = near_duplicates([compared[i] for i in heads], cfg.near_dup_threshold, cfg.shingle, seed=options.seed + 1)
         groups = []
         for kept, members in sorted(nd.groups.items()):
-            first = keep[kept]
-            groups.append({"kept_line": lines[first], "kept": _short(compared[first], 160), "removed": len(members),
-                           "removed_lines": [lines[keep[i]] for i, _ in members],
-                           "examples": [{"line": lines[keep[i]], "jaccard": round(sim, 3),
-                                         "text": _short(compared[keep[i]], 160)}
-                                        for i, sim in members[:EXAMPLES_PER_GROUP]]})
-        removed["near_duplicate"] = len(keep) - len(nd.keep)
-        keep = [keep[i] for i in nd.keep]
+            first = heads[kept]
+            removed_lines = [lines[keep[p]] for u, _ in members for p in members_of[u]]
+            groups.append({"kept_line": lines[first], "kept": _short(compared[first], 160),
+                           "removed": len(removed_lines), "removed_lines": removed_lines,
+                           "examples": [{"line": lines[heads[u]], "jaccard": round(sim, 3),
+                                         "text": _short(compared[heads[u]], 160)}
+                                        for u, sim in members[:EXAMPLES_PER_GROUP]]})
+        kept_positions = sorted(p for u in nd.keep for p in members_of[u])
+        removed["near_duplicate"] = len(keep) - len(kept_positions)
+        keep = [keep[p] for p in kept_positions]
         groups.sort(key=lambda g: -g["removed"])
         report["near_duplicate_groups"] = groups
         timings["near_duplicates"] = time.perf_counter() - t
@@ -526,13 +543,27 @@ def curate(ds: datasets.Dataset, kind: str, variant: str, cfg: CurateConfig, opt
     return Curated(keep, report)
 
 
+PHASE_REPORT = "curation.json"  # a phase's data.curate report, in its output_dir
+PHASE_PLOT = "curation_clusters.png"
+
+
 def curate_dataset(ds: datasets.Dataset, kind: str, variant: str, cfg: CurateConfig, *, source: str = "",
-                   policy_model: str | None = None) -> tuple[datasets.Dataset, dict[str, Any]]:
-    """A phase's ``data.curate``: near duplicates and retrieval, no clusters; the kept rows and the report."""
-    result = curate(ds, kind, variant, cfg, CurateOptions(clusters=0, plot=False), source=source,
-                    policy_model=policy_model)
+                   policy_model: str | None = None, report_dir: Path | None = None
+                   ) -> tuple[datasets.Dataset, dict[str, Any]]:
+    """A phase's ``data.curate``: near duplicates, retrieval and the clusters summary (``cfg.clusters``); the kept
+    rows and the report. ``report_dir`` (the phase's output folder, on one process): the report is written
+    there as :data:`PHASE_REPORT`, with the clusters plot as :data:`PHASE_PLOT`."""
+    plot_path = None if report_dir is None else Path(report_dir) / PHASE_PLOT
+    if plot_path is not None:
+        plot_path.parent.mkdir(parents=True, exist_ok=True)
+        plot_path.unlink(missing_ok=True)  # an earlier run's plot would describe other data
+    result = curate(ds, kind, variant, cfg, CurateOptions(clusters=cfg.clusters, plot=plot_path is not None),
+                    source=source, policy_model=policy_model, plot_path=plot_path)
     removed = ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in result.report["removed"].items())
     _LOG.info(f"data.curate: kept {len(result.keep)} of {len(ds)} records ({removed})")
+    if report_dir is not None:
+        atomic_write(Path(report_dir) / PHASE_REPORT,
+                     (json.dumps(result.report, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
     return (ds if len(result.keep) == len(ds) else ds.select(result.keep)), result.report
 
 

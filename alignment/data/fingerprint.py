@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 # files a phase recipe reads
-DATA_FIELDS = ("data.train", "data.validation", "data.test", "data.preferred", "policies")
+DATA_FIELDS = ("data.train", "data.validation", "data.test", "data.preferred", "data.curate.seeds", "policies")
 CHUNK = 1 << 20
 
 

@@ -47,16 +47,15 @@ import csv
 import io
 import ipaddress
 import json
-import os
 import re
-import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from alignment.errors import AlignError
+from alignment.files import atomic_write
 
 KINDS = ("email", "phone", "credit_card", "iban", "us_ssn", "ip_address")
 LABELS = {"email": "email", "phone": "phone", "credit_card": "credit card", "iban": "IBAN", "us_ssn": "US SSN",
@@ -449,7 +448,7 @@ def write_records(out: str | Path, records: list[dict[str, Any]]) -> Path:
         def write(f: Any) -> None:
             f.write(data)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, write)
+    atomic_write(path, write)
     return path
 
 
@@ -476,16 +475,3 @@ def _cell(value: Any) -> str:
     if value is None:
         return ""
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-
-
-def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from alignment.errors import AlignError
+from alignment.files import atomic_write
 
 if TYPE_CHECKING:
     from alignment.config import ModelOptions
@@ -149,17 +148,9 @@ def score_outcomes(outcomes: list[PromptOutcome], reward_model: str, *, batch_si
 
 
 def write_prompts(rows: list[dict[str, Any]], out: Path) -> None:
-    """JSONL, written to a temporary file beside ``out`` and renamed: never half-written."""
+    """JSONL, written atomically (:func:`alignment.files.atomic_write`): never half-written."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(out, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8"))
 
 
 def check_arguments(args: Any) -> None:

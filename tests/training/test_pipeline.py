@@ -7,6 +7,8 @@ import json
 import shutil
 from pathlib import Path
 
+import yaml
+
 from alignment.cli import main
 from alignment.tracking import read_metrics
 
@@ -45,6 +47,10 @@ def test_pipeline_runs_skips_and_resumes(tmp_path, tiny_model_dir, sft_file, cap
     report = (runs / "report.html").read_text()
     assert "Policy adherence" in report and "data:image/png;base64" in report
     assert "<script" not in report
+    # the quickstart's SFT recipe curates and scans for personal data: both in the report's data section
+    assert '<table id="privacy">' in report and "<h3>Curation: sft</h3>" in report
+    assert (runs / "sft" / "curation_clusters.png").exists() and (runs / "sft" / "data" / "pii.json").exists()
+    assert "[pipeline] privacy: sft (data.pii: report)" in out and "[pipeline] curation: sft: kept" in out
     assert (runs / "sft" / "complete.json").exists()
     # the SFT model's card, written after training, carries the eval phase's table once it ran
     card = (runs / "sft" / "model" / "README.md").read_text()
@@ -197,3 +203,27 @@ def test_a_store_as_data_is_exported_into_the_run_folder(tmp_path, tiny_model_di
     assert json.loads((data / "train.provenance.json").read_text())["pairs"] == 39
     store.close()
     assert source_digest(str(tmp_path / "absent.jsonl")) == "missing"
+
+
+def test_a_masked_phase_trains_on_the_copy_and_stays_complete(tmp_path, tiny_model_dir, sft_file, capsys):
+    """data.pii: mask in a pipeline: the SFT phase reads the masked copy (the e-mail never reaches training),
+    the report says so, and a re-run finds the phase complete."""
+    planted = tmp_path / "with_pii.jsonl"
+    row = {"messages": [{"role": "user", "content": "Write to me at jane.doe@example.com"},
+                        {"role": "assistant", "content": "Sure."}]}
+    planted.write_text(sft_file.read_text() + json.dumps(row) + "\n")
+    path = _pipeline(tmp_path, tiny_model_dir, planted)
+    data = json.loads(path.read_text())
+    data["phases"] = data["phases"][:1]
+    data["phases"][0]["overrides"]["data.pii"] = "mask"
+    path.write_text(json.dumps(data))
+    assert main(["run", str(path)]) == 0
+    out = capsys.readouterr().out
+    runs = tmp_path / "runs"
+    copy = runs / "sft" / "data" / "train.pii-mask.jsonl"
+    assert "Write to me at <EMAIL>" in copy.read_text() and "jane.doe" not in copy.read_text()
+    assert f"training on a masked copy, {copy}" in out
+    assert yaml.safe_load((runs / "sft" / "config.yaml").read_text())["data"]["train"] == str(copy)
+    assert f"mask: trained on {copy}" in (runs / "report.html").read_text()
+    assert main(["run", str(path)]) == 0
+    assert "sft: complete, skipped" in capsys.readouterr().out

@@ -13,6 +13,7 @@ import pytest
 from alignment.cli import main
 from alignment.config import CurateConfig, SFTConfig, load_config, to_dict
 from alignment.data.curate import (
+    CurateOptions,
     TfidfEmbedder,
     cluster,
     curate_file,
@@ -205,3 +206,53 @@ def test_sft_training_data_is_curated_before_the_split(tmp_path):
     assert len(load_sft_records(plain)[0]) == 19  # data.dedup removed the exact repeat
     train = load_sft_records(curated)[0]
     assert len(train) == 18 and all(r["messages"][1]["content"] != "other answer" for r in train)
+
+
+def test_pairs_of_one_prompt_are_one_unit_in_preference_data(tmp_path):
+    """Several pairs of one prompt are the data's structure, not near duplicates of each other: all are kept,
+    while a reworded copy of that prompt goes with all of its pairs."""
+    prompts = [t for _, t in topic_prompts(per_topic=4)]
+    rows = [{"prompt": p, "chosen": f"good {i}", "rejected": f"bad {i}"} for i, p in enumerate(prompts)]
+    rows += [{"prompt": prompts[0], "chosen": "good again", "rejected": "bad again"},  # a second pair, same prompt
+             {"prompt": prompts[5].upper() + "!", "chosen": "g", "rejected": "b"},  # near duplicate of prompt 5
+             {"prompt": prompts[5].upper() + "!", "chosen": "g2", "rejected": "b2"}]  # ... and its second pair
+    data = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    report = curate_file(str(data), "preference", str(tmp_path / "out.jsonl"), CurateConfig(),
+                         CurateOptions(clusters=0))
+    kept = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert kept == rows[:13]  # both pairs of prompt 0 kept, in file order
+    assert report["removed"] == {"duplicate": 0, "near_duplicate": 2}
+    (group,) = report["near_duplicate_groups"]
+    assert (group["kept_line"], group["removed"], group["removed_lines"]) == (6, 2, [14, 15])
+
+
+def test_a_phase_writes_its_curation_report_and_clusters_plot(tmp_path):
+    from alignment.data.curate import PHASE_PLOT, PHASE_REPORT
+    from alignment.sft import load_sft_splits
+
+    data = write_jsonl(tmp_path / "data.jsonl", sft_rows())
+    cfg = load_config(SFTConfig, None, {"model": "m", "data.train": str(data), "data.split": {"train": 1.0},
+                                        "data.curate": {"clusters": 3}})
+    out = tmp_path / "phase"
+    train = load_sft_splits(cfg, out)[0]
+    report = json.loads((out / PHASE_REPORT).read_text())
+    assert report["kept"] == len(train) == 18 and report["removed"] == {"duplicate": 0, "near_duplicate": 1}
+    assert len(report["clusters"]) == 3 and sum(c["size"] for c in report["clusters"]) == 18
+    assert (out / PHASE_PLOT).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # without a folder (a process other than the main one) nothing is written, and the data is the same
+    assert load_sft_splits(cfg, None)[0] == train
+    with pytest.raises(AlignError) as e:
+        load_config(SFTConfig, None, {"model": "m", "data.train": str(data), "data.curate": {"clusters": -1}})
+    assert e.value.field == "data.curate.clusters"
+
+
+def test_the_seed_prompts_file_is_part_of_the_data_fingerprint(tmp_path):
+    from alignment.data.fingerprint import config_sources, data_fingerprint
+
+    seeds = write_jsonl(tmp_path / "seeds.jsonl", [{"prompt": "bread"}])
+    cfg = load_config(SFTConfig, None, {"model": "m", "data.train": str(tmp_path / "d.jsonl"),
+                                        "data.curate": {"seeds": str(seeds)}})
+    before = data_fingerprint(config_sources(cfg))
+    write_jsonl(seeds, [{"prompt": "taxes"}])
+    after = data_fingerprint(config_sources(cfg))
+    assert before["data.curate.seeds"] != after["data.curate.seeds"] and before["data.train"] == after["data.train"]
