@@ -125,7 +125,7 @@ class DataConfig:
     """Drop repeated examples: exactly equal, equal after collapsing whitespace, or keep all."""
     curate: CurateConfig | None = None
     """Near-duplicate removal and retrieval around seed prompts on `train`, after `dedup`, before the split; null:
-    none. SFT only for now."""
+    none. The preference phases (RM, DPO, KTO) have the same key."""
     pii: Literal["report", "mask", "drop", "off"] = "report"
     """Scan the data files for personal data (e-mails, phone numbers, card numbers, IBANs, US SSNs, IP addresses;
     see alignment/data/pii.py) before training: report (warn, and list the findings in
@@ -516,6 +516,9 @@ class PreferenceDataConfig:
     agreement_weight: one row per direction with `weight` = the share of annotators who chose it (see
     feedback_app/export.py). A data file is read as it is."""
     dedup: Literal["exact", "whitespace", "none"] = "whitespace"
+    curate: CurateConfig | None = None
+    """Near-duplicate removal (a prompt's pairs or answers kept or removed together) and retrieval around seed
+    prompts on `train`, after `dedup`, before the split; null: none. See `data.curate` of SFT."""
     max_length: int = 1024
     """Tokens per prompt + response; longer ones are truncated and counted."""
     pii: Literal["report", "mask", "drop", "off"] = "report"
@@ -528,6 +531,8 @@ class PreferenceDataConfig:
         if self.max_length < 8:
             raise AlignError("must be at least 8 tokens", field="data.max_length")
         check_split(self.split)
+        if self.curate is not None:
+            check_curate(self.curate)
 
 
 @dataclass

@@ -215,7 +215,8 @@ def run_dpo(cfg: DPOConfig) -> Path:
     loss_fn = build_loss(cfg)
 
     tokenizer = load_tokenizer(cfg.model, cfg.model_options)
-    train_ex, val_ex, test_ex, info = load_pair_splits(cfg.data, cfg.train.seed)
+    train_ex, val_ex, test_ex, info = load_pair_splits(cfg.data, cfg.train.seed, out if dist.is_main() else None,
+                                                       cfg.model)
     train_pairs, stats = tokenize_pairs(tokenizer, train_ex, cfg.data.max_length)
     val_pairs, _ = tokenize_pairs(tokenizer, val_ex, cfg.data.max_length)
     test_pairs, _ = tokenize_pairs(tokenizer, test_ex, cfg.data.max_length)

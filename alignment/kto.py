@@ -88,14 +88,21 @@ class UnpairedLoaded:
     undesirable: int  # training rows labelled bad
 
 
-def load_unpaired(cfg: DPOConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]], UnpairedLoaded]:
+def load_unpaired(cfg: DPOConfig, curation_dir: Path | None = None) -> tuple[
+        list[dict[str, Any]], list[dict[str, Any]], UnpairedLoaded]:
     """Train and validation rows (train shuffled by ``train.seed``) and what was done to get them.
 
     The file is read and validated once: inside the DPO phase's :func:`~alignment.data.io.one_read_per_file`
-    block, what :func:`~alignment.phases.use_kto` read is used, and let go once the rows are made."""
+    block, what :func:`~alignment.phases.use_kto` read is used, and let go once the rows are made. ``data.curate``
+    curates the training file after de-duplication (report and plot in ``curation_dir`` when given)."""
     with one_read_per_file():
         ds, info, removed = _read_unpaired(cfg.data.train, cfg.data.dedup)
         rows = len(ds) + removed
+        if cfg.data.curate is not None:
+            from alignment.data.curate import curate_dataset
+
+            ds, _ = curate_dataset(ds, "unpaired", info.variant, cfg.data.curate, source=cfg.data.train,
+                                   policy_model=cfg.model, report_dir=curation_dir)
         if cfg.data.validation:
             val_ds, val_info, _ = _read_unpaired(cfg.data.validation, cfg.data.dedup)
             train, val = _conversations(ds, info.variant), _conversations(val_ds, val_info.variant)
@@ -339,7 +346,7 @@ def run_kto(cfg: DPOConfig) -> Path:
         raise AlignError("KTO needs at least 2 examples per micro-batch: its KL reference point pairs each "
                          "prompt with another example's answer", field="train.batch_size")
 
-    train_rows, val_rows, info = load_unpaired(cfg)
+    train_rows, val_rows, info = load_unpaired(cfg, out if dist.is_main() else None)
     run.log(f"data: unpaired ({info.variant}), {info.rows} rows, {info.duplicates} duplicates removed; "
         f"train {info.train} ({info.desirable} desirable / {info.undesirable} undesirable), validation "
         f"{info.validation}; beta {cfg.beta}, weights {cfg.kto_desirable_weight} / {cfg.kto_undesirable_weight}")

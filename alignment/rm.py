@@ -139,7 +139,8 @@ def run_rm(cfg: RMConfig) -> Path:
     set_seed(cfg.train.seed)
 
     tokenizer = load_tokenizer(cfg.model, cfg.model_options)
-    train_ex, val_ex, test_ex, info = load_pair_splits(cfg.data, cfg.train.seed)
+    train_ex, val_ex, test_ex, info = load_pair_splits(cfg.data, cfg.train.seed, out if dist.is_main() else None,
+                                                       cfg.model)
     train_pairs, train_stats = tokenize_pairs(tokenizer, train_ex, cfg.data.max_length)
     val_pairs, _ = tokenize_pairs(tokenizer, val_ex, cfg.data.max_length)
     test_pairs, _ = tokenize_pairs(tokenizer, test_ex, cfg.data.max_length)

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from alignment.data.chat import IGNORE_INDEX, assistant_spans
 from alignment.errors import AlignError
 
 if TYPE_CHECKING:
-    from alignment.config import PreferenceDataConfig
+    from alignment.config import CurateConfig, PreferenceDataConfig
 
 Messages = list[dict[str, str]]
 
@@ -75,8 +76,12 @@ def _key(messages: Messages) -> str:
 
 
 def load_preference_examples(path: str, *, kind: str | None = None, pair_policy: str = "all",
-                             dedup: str = "whitespace") -> tuple[list[PreferenceExample], PairsLoaded]:
-    """Pairs from a preference, ranked or unpaired file (the kind is detected when not given)."""
+                             dedup: str = "whitespace", curate: CurateConfig | None = None,
+                             curation_dir: Path | None = None, policy_model: str | None = None,
+                             ) -> tuple[list[PreferenceExample], PairsLoaded]:
+    """Pairs from a preference, ranked or unpaired file (the kind is detected when not given). ``curate``: the
+    records are curated after de-duplication (:func:`~alignment.data.curate.curate_dataset`; its report and plot
+    in ``curation_dir`` when given; ``policy_model`` embeds with ``embed: policy``)."""
     from alignment.data import deduplicate, load_dataset_file, to_conversation
     from alignment.data.pairs import ranking_to_pairs
 
@@ -88,6 +93,11 @@ def load_preference_examples(path: str, *, kind: str | None = None, pair_policy:
         kind = detect_kind(path)
     ds, info = load_dataset_file(path, kind)
     ds, removed = deduplicate(ds, kind, info.variant, dedup)
+    if curate is not None:
+        from alignment.data.curate import curate_dataset
+
+        ds, _ = curate_dataset(ds, kind, info.variant, curate, source=path, policy_model=policy_model,
+                               report_dir=curation_dir)
     records = [to_conversation(r, kind, info.variant) for r in ds]
     examples: list[PreferenceExample] = []
     if kind == "preference":
@@ -140,12 +150,15 @@ def load_pairs(data: PreferenceDataConfig, seed: int) -> tuple[
     return train, val, info
 
 
-def load_pair_splits(data: PreferenceDataConfig, seed: int) -> tuple[
+def load_pair_splits(data: PreferenceDataConfig, seed: int, curation_dir: Path | None = None,
+                     policy_model: str | None = None) -> tuple[
         list[PreferenceExample], list[PreferenceExample], list[PreferenceExample], PairsLoaded]:
     """Train, validation and test pairs of a recipe's ``data`` section (the RM and DPO phases), plus what
     loading did. Each held-out part is its file (``data.validation``, ``data.test``) when given, else cut out of
     the de-duplicated training pairs by ``data.split`` by prompt with ``seed`` (test: none unless the split has
     a ``test`` fraction). Pairs whose prompt is in a test file are dropped from train and validation.
+    ``data.curate`` curates the training file before the split (report and plot in ``curation_dir`` when given);
+    the split places each prompt by a hash of it alone, so curation moves no other prompt between the parts.
 
     Each file is read and validated once, whatever asked before inside the same
     :func:`~alignment.data.io.one_read_per_file` block (the DPO phase's :func:`~alignment.phases.use_kto`)."""
@@ -159,7 +172,8 @@ def load_pair_splits(data: PreferenceDataConfig, seed: int) -> tuple[
 
     with one_read_per_file():
         train, info = load_preference_examples(data.train, kind=kind, pair_policy=data.pair_policy,
-                                               dedup=data.dedup)
+                                               dedup=data.dedup, curate=data.curate, curation_dir=curation_dir,
+                                               policy_model=policy_model)
         parts = split_pairs(train, data.split, seed, files)
         train = parts["train"]
         val = read(data.validation) if data.validation else parts.get("validation", [])

@@ -256,3 +256,48 @@ def test_the_seed_prompts_file_is_part_of_the_data_fingerprint(tmp_path):
     write_jsonl(seeds, [{"prompt": "taxes"}])
     after = data_fingerprint(config_sources(cfg))
     assert before["data.curate.seeds"] != after["data.curate.seeds"] and before["data.train"] == after["data.train"]
+
+
+def _pairs_with_a_reworded_prompt(tmp_path: Path) -> tuple[Path, list[dict]]:
+    prompts = [t for _, t in topic_prompts(per_topic=8)]
+    rows = [{"prompt": p, "chosen": f"good {i}", "rejected": f"bad {i}"} for i, p in enumerate(prompts)]
+    rows.append({"prompt": prompts[2], "chosen": "good again", "rejected": "bad again"})  # a second pair of prompt 2
+    rows.append({"prompt": prompts[7].upper() + "!", "chosen": "g", "rejected": "b"})  # prompt 7 reworded
+    return write_jsonl(tmp_path / "pairs.jsonl", rows), prompts
+
+
+def test_rm_and_dpo_data_is_curated_before_the_split_and_moves_no_prompt(tmp_path):
+    from alignment.config import RMConfig
+    from alignment.data.curate import PHASE_REPORT
+    from alignment.data.preferences import load_pair_splits
+
+    data, prompts = _pairs_with_a_reworded_prompt(tmp_path)
+    plain = load_config(RMConfig, None, {"model": "m", "data.train": str(data)})
+    curated = load_config(RMConfig, None, {"model": "m", "data.train": str(data), "data.curate": {"clusters": 0}})
+    before = load_pair_splits(plain.data, 3)
+    after = load_pair_splits(curated.data, 3, tmp_path / "phase")
+    assert (len(before[0]) + len(before[1]), len(after[0]) + len(after[1])) == (26, 25)
+    reworded = prompts[7].upper() + "!"
+    assert all(ex.prompt[0]["content"] != reworded for ex in after[0] + after[1])
+    assert sum(ex.prompt[0]["content"] == prompts[2] for ex in after[0] + after[1]) == 2  # both pairs kept
+    # each remaining prompt stays on its side of the split
+    for b, a in zip(before[:2], after[:2], strict=True):
+        assert [ex for ex in b if ex.prompt[0]["content"] != reworded] == a
+    report = json.loads((tmp_path / "phase" / PHASE_REPORT).read_text())
+    assert report["kind"] == "preference" and report["removed"] == {"duplicate": 0, "near_duplicate": 1}
+
+
+def test_kto_data_is_curated_with_a_prompts_answers_together(tmp_path):
+    from alignment.config import DPOConfig
+    from alignment.kto import load_unpaired
+
+    prompts = [t for _, t in topic_prompts(per_topic=6)]
+    rows = [{"prompt": p, "completion": f"answer {i}", "label": i % 2 == 0} for i, p in enumerate(prompts)]
+    rows += [{"prompt": prompts[0], "completion": "a bad answer", "label": False},
+             {"prompt": prompts[4].upper() + "?", "completion": "x", "label": True}]
+    data = write_jsonl(tmp_path / "unpaired.jsonl", rows)
+    cfg = load_config(DPOConfig, None, {"model": "m", "data.train": str(data), "negatives": "kto",
+                                        "data.split": {"train": 1.0}, "data.curate": {"clusters": 0}})
+    train, _, info = load_unpaired(cfg)
+    assert info.rows == 20 and len(train) == 19
+    assert sum(r["prompt"][0]["content"] == prompts[0] for r in train) == 2
