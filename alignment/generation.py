@@ -5,18 +5,24 @@ that emitted a stop token leave the batch (their cache rows too), so a batch who
 paying for them, which ``model.generate`` keeps doing until the last row ends. Sampling is ``generate``'s:
 temperature, then top-p with at least one token kept, then one multinomial draw per step on the float32
 logits; greedy is the argmax. While no row has left, the draws are ``generate``'s own, token for token (the
-tests check greedy and sampled decoding against it). :func:`generate` wraps it for chat prompts.
+tests check greedy and sampled decoding against it). :func:`generate` wraps it for chat prompts, and
+:func:`answer` turns a row of new tokens into the answer both it and `align serve` report.
+
+A caller that needs the tokens as they are drawn (`align serve` streams them, and cuts answers at stop strings
+decode knows nothing of) passes ``on_step``: it is called after every step with the rows still generating and
+their new tokens, and ends the loop early by returning True.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from alignment.data.chat import generation_eos_ids
+from alignment.data.chat import generation_eos_ids, render
 from alignment.training import autocast, use_bf16
 
 
@@ -25,6 +31,25 @@ class Answer:
     text: str
     num_tokens: int  # generated tokens, the stop token included
     finished: bool  # stopped on an end-of-turn token rather than at max_new_tokens
+
+
+# decode's per-step callback: (rows still generating, in the batch's original numbering; the token each just
+# drew), both (b,) tensors on the model's device. Returning True stops decode after this step.
+OnStep = Callable[[torch.Tensor, torch.Tensor], bool | None]
+
+
+def answer(tokenizer: Any, ids: torch.Tensor | Sequence[int], stop_ids: torch.Tensor | Sequence[int]) -> Answer:
+    """The answer in a row of new tokens ``ids`` (as :func:`decode` returns them: up to and including the first
+    stop token, padding after it): the text up to the first stop token without special tokens or surrounding
+    whitespace, the number of tokens generated (the stop token included) and whether a stop token ended it.
+    Padding is dropped unless the pad token is itself a stop token (then the first one ends the answer)."""
+    tokens = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+    stops = {int(t) for t in (stop_ids.tolist() if isinstance(stop_ids, torch.Tensor) else stop_ids)}
+    if tokenizer.pad_token_id not in stops:
+        tokens = [t for t in tokens if t != tokenizer.pad_token_id]
+    n = next((i + 1 for i, t in enumerate(tokens) if t in stops), len(tokens))
+    text = tokenizer.decode(tokens[:n], skip_special_tokens=True).strip()
+    return Answer(text, n, n > 0 and tokens[n - 1] in stops)
 
 
 def _top_p(scores: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -50,10 +75,16 @@ def next_tokens(logits: torch.Tensor, temperature: float, top_p: float) -> torch
 @torch.no_grad()
 def decode(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, max_new_tokens: int,
            stop_ids: list[int] | torch.Tensor, pad_id: int, temperature: float = 0.0,
-           top_p: float = 1.0) -> torch.Tensor:
+           top_p: float = 1.0, on_step: OnStep | None = None) -> torch.Tensor:
     """(B, N) new tokens for left-padded prompts ``input_ids`` (B, P) with ``attention_mask`` (B, P): each row
     up to and including its first stop token, ``pad_id`` after it; N is the longest answer (at most
-    ``max_new_tokens``). The caller sets the RNG seed, the autocast and the model's mode."""
+    ``max_new_tokens``). The caller sets the RNG seed, the autocast and the model's mode.
+
+    ``on_step(rows, tokens)``, when given, is called after each step with the indices (in ``input_ids``'
+    numbering) of the rows that drew a token in it and those tokens, so ``tokens[i]`` is the next token of row
+    ``rows[i]``, the same one the returned tensor holds; a row that drew a stop token is in no later step. When
+    it returns True, decode stops after that step (the caller has what it needs, e.g. every answer was cut by
+    a stop string) and returns the tokens drawn so far."""
     from transformers import DynamicCache
 
     device = input_ids.device
@@ -71,6 +102,8 @@ def decode(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
         token = next_tokens(logits, temperature, top_p)  # (b,)
         out[alive, step] = token
         length = step + 1
+        if on_step is not None and on_step(alive, token):
+            break
         if step + 1 == max_new_tokens:
             break
         done = torch.isin(token, stops)
@@ -99,7 +132,7 @@ def generate(model: Any, tokenizer: Any, prompts: list[list[dict[str, str]]], *,
     model.eval()
     device = next(model.parameters()).device
     tokenizer.padding_side = "left"
-    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+    texts = [render(tokenizer, p, add_generation_prompt=True) for p in prompts]
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     answers: list[Answer] = [Answer("", 0, False)] * len(texts)
     # the generation config's stop tokens (what model.generate stopped on): those answers are finished
@@ -114,11 +147,6 @@ def generate(model: Any, tokenizer: Any, prompts: list[list[dict[str, str]]], *,
                          stop_ids=stop_ids, pad_id=tokenizer.pad_token_id, temperature=temperature,
                          top_p=top_p)  # (B, new_tokens)
             for row, i in enumerate(idx):
-                ids = new[row]
-                ids = ids[ids != tokenizer.pad_token_id] if tokenizer.pad_token_id not in stop_ids else ids
-                hits = torch.isin(ids, stop_ids.to(ids.device)).nonzero()
-                n = int(hits[0]) + 1 if len(hits) else len(ids)
-                text = tokenizer.decode(ids[:n], skip_special_tokens=True).strip()
-                answers[i] = Answer(text, n, bool(len(hits)))
+                answers[i] = answer(tokenizer, new[row], stop_ids)
     tokenizer.padding_side = "right"
     return answers

@@ -6,9 +6,10 @@ clients, LangChain and friends talk to a model trained here by pointing their ba
 Requests are batched: one worker thread owns the model; it takes the first waiting request, waits up to
 ``max_wait_ms`` for more (at most ``max_batch``) and runs them through the generation engine
 (:func:`alignment.generation.decode`) as one batch, grouped by their sampling settings (one decode call per
-temperature/top-p pair). Streamed requests batch like the others: the engine's per-step tokens are
-observed as they are drawn (see :class:`_StepObserver`) and each request's new text is sent as it grows.
-A request's ``max_tokens`` and stop strings cut its own answer; the batch ends when its last answer does.
+temperature/top-p pair). Streamed requests batch like the others: decode's ``on_step`` hook hands the engine
+each step's tokens as they are drawn, and each request's new text is sent as it grows (decoded a piece at a
+time, see :class:`_Detokenizer`). A request's ``max_tokens`` and stop strings cut its own answer; the hook
+ends the batch when its last answer is done.
 
 The answer to a prompt is what :func:`alignment.generation.generate` gives for it (same chat template, same
 stop tokens, same decoding), so a greedy answer here equals the one `align eval` saw.
@@ -16,13 +17,13 @@ stop tokens, same decoding), so a greedy answer here equals the one `align eval`
 
 from __future__ import annotations
 
-import contextlib
 import hmac
 import json
 import queue
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -70,7 +71,7 @@ class ChatRequest(BaseModel):
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     n: int = 1
-    stop: str | list[str] | None = None
+    stop: list[str] = Field(default_factory=list)  # OpenAI's one string or list, normalised once to a list
     stream: bool = False
     stream_options: StreamOptions | None = None
 
@@ -88,20 +89,45 @@ class ChatRequest(BaseModel):
             raise ValueError("the last message must be the user's (the model answers it)")
         return messages
 
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop_list(cls, stop: Any) -> Any:
+        return [stop] if isinstance(stop, str) else [] if stop is None else stop
+
     @field_validator("stop")
     @classmethod
-    def _stops(cls, stop: str | list[str] | None) -> str | list[str] | None:
-        stops = [stop] if isinstance(stop, str) else stop or []
+    def _stops(cls, stops: list[str]) -> list[str]:
         if len(stops) > 4 or any(not s for s in stops):
             raise ValueError("stop takes at most 4 non-empty strings")
-        return stop
-
-    def stops(self) -> list[str]:
-        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        return stops
 
 
 # ------------------------------------------------------------------------------------------------------------
 # The batching engine
+
+
+class _Detokenizer:
+    """Text of a growing token sequence, decoded a piece at a time: each new token decodes only itself and the
+    tokens since the last complete piece (with one piece before them as context, so a tokenizer that spells a
+    word differently at the start of a text spells it as in the whole), not the whole answer again. A piece is
+    taken only once it no longer ends in U+FFFD: a token may hold part of a multi-byte character whose rest
+    comes in the next one."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.prefix = 0  # ids[prefix:read]: the last piece taken, decoded again as context for the next one
+        self.read = 0  # ids[read:]: not in the text yet
+
+    def add(self, token: int) -> str:
+        """The text ``token`` completes ("" while it is part of an unfinished character, or a special token)."""
+        self.ids.append(token)
+        before = self.tokenizer.decode(self.ids[self.prefix:self.read], skip_special_tokens=True)
+        after = self.tokenizer.decode(self.ids[self.prefix:], skip_special_tokens=True)
+        if len(after) <= len(before) or after.endswith("\ufffd"):
+            return ""
+        self.prefix, self.read = self.read, len(self.ids)
+        return after[len(before):]
 
 
 @dataclass
@@ -113,74 +139,22 @@ class _Job:
     temperature: float
     top_p: float
     stops: list[str]
+    stream: bool = False
     events: queue.Queue = field(default_factory=queue.Queue)
     ids: list[int] = field(default_factory=list)  # generated so far, the stop token included
+    # The answer's text so far (leading whitespace dropped, as generate() strips it), kept only when it is
+    # needed while decoding: to stream it or to find a stop string. Other answers are decoded once, at the end.
+    detokenizer: _Detokenizer | None = None
+    text: str = ""
+    cut: int | None = None  # where the first stop string starts in text, once one has
     sent: int = 0  # characters of text already sent (streaming)
     done: bool = False  # answered (stop token, stop string, its max_tokens) or its client left
 
 
-_observing = threading.local()  # the observer of the decode call running on this thread, if any
-_hook_lock = threading.Lock()
-
-
-def _install_step_hook() -> None:
-    """Wrap :func:`alignment.generation.next_tokens` (once per process) so that a decode call running on a thread
-    that set an observer reports each step's tokens to it; other threads' calls (a generate() elsewhere in the
-    process) pass straight through. decode has no per-step callback of its own; this gives it one from outside."""
-    from alignment import generation
-
-    with _hook_lock:
-        if getattr(generation.next_tokens, "_serve_hook", False):
-            return
-        original = generation.next_tokens
-
-        def next_tokens(logits: Any, temperature: float, top_p: float) -> Any:
-            token = original(logits, temperature, top_p)
-            observer = getattr(_observing, "observer", None)
-            if observer is not None:
-                observer.step(token)
-            return token
-
-        next_tokens._serve_hook = True  # type: ignore[attr-defined]
-        generation.next_tokens = next_tokens
-
-
-class _BatchDone(Exception):
-    """Raised from inside decode once every request of its batch is answered: decode would otherwise run on to
-    the batch's largest max_tokens for rows whose answers were already cut (stop strings, smaller max_tokens,
-    clients that left), since it knows only stop tokens."""
-
-
-class _StepObserver:
-    """Sees each step's new tokens while :func:`alignment.generation.decode` runs on this thread. A row leaves
-    decode's batch after its stop token; the observer drops it the same way, so the i-th token of a step
-    belongs to the i-th row still alive."""
-
-    def __init__(self, rows: int, stop_ids: set[int], on_tokens: Any, all_done: Any) -> None:
-        self.alive = list(range(rows))
-        self.stop_ids = stop_ids
-        self.on_tokens = on_tokens
-        self.all_done = all_done
-
-    def step(self, token: Any) -> None:
-        values = token.tolist()
-        self.on_tokens(list(zip(self.alive, values, strict=True)))
-        self.alive = [row for row, t in zip(self.alive, values, strict=True) if t not in self.stop_ids]
-        if self.all_done():
-            raise _BatchDone
-
-    @contextlib.contextmanager
-    def installed(self) -> Iterator[None]:
-        _install_step_hook()
-        _observing.observer = self
-        try:
-            yield
-        finally:
-            _observing.observer = None
-
-
 class Engine:
     """Owns the model; batches the requests :meth:`submit` hands it (see the module docstring)."""
+
+    RECENT_BATCHES = 1000  # how many batch sizes :attr:`batch_sizes` keeps
 
     def __init__(self, model: Any, tokenizer: Any, *, max_batch: int = 8, max_wait_ms: float = 5.0,
                  bf16: str = "auto", seed: int = 0) -> None:
@@ -192,20 +166,26 @@ class Engine:
         self.max_batch, self.max_wait = max(1, max_batch), max(0.0, max_wait_ms) / 1000
         self.bf16 = bf16
         self.stop_ids = generation_eos_ids(tokenizer, model.generation_config)
+        self._stops = set(self.stop_ids)
         self.device = next(model.parameters()).device
-        self.batch_sizes: list[int] = []  # one entry per decode call: how many requests it served (tests read it)
+        # How many requests each recent decode call served, newest last (tests and operators read it); bounded,
+        # since a server runs for as long as it is left running.
+        self.batch_sizes: deque[int] = deque(maxlen=self.RECENT_BATCHES)
         self._queue: queue.Queue[_Job | None] = queue.Queue()
-        self._lock = threading.Lock()  # one decode at a time even if a caller drives run_batch directly
         torch.manual_seed(seed)
         self._worker = threading.Thread(target=self._loop, name="align-serve-engine", daemon=True)
         self._worker.start()
 
     def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
-        """The prompt as :func:`alignment.generation.generate` tokenizes it."""
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        """The prompt as :func:`alignment.generation.generate` renders and tokenizes it."""
+        from alignment.data.chat import render
+
+        return self.tokenizer(render(self.tokenizer, messages, add_generation_prompt=True),
+                              add_special_tokens=False)["input_ids"]
 
     def submit(self, job: _Job) -> _Job:
+        if job.stream or job.stops:
+            job.detokenizer = _Detokenizer(self.tokenizer)
         self._queue.put(job)
         return job
 
@@ -245,73 +225,88 @@ class Engine:
                             job.events.put(("error", f"generation failed: {type(e).__name__}: {e}"))
 
     def run_batch(self, jobs: list[_Job], temperature: float, top_p: float) -> None:
-        """One decode call for ``jobs`` (left-padded together); each job's events are sent as it goes."""
+        """One decode call for ``jobs`` (left-padded together); each job's events are sent as it goes. Called by
+        the engine's worker thread only, so one decode runs at a time."""
         import torch
 
         from alignment.generation import decode
         from alignment.training import autocast, use_bf16
 
-        with self._lock:
-            self.batch_sizes.append(len(jobs))
-            pad = self.tokenizer.pad_token_id
-            width = max(len(j.prompt_ids) for j in jobs)
-            ids = torch.tensor([[pad] * (width - len(j.prompt_ids)) + j.prompt_ids for j in jobs])
-            mask = torch.tensor([[0] * (width - len(j.prompt_ids)) + [1] * len(j.prompt_ids) for j in jobs])
-            stops = set(self.stop_ids)
+        self.batch_sizes.append(len(jobs))
+        pad = self.tokenizer.pad_token_id
+        width = max(len(j.prompt_ids) for j in jobs)
+        ids = torch.tensor([[pad] * (width - len(j.prompt_ids)) + j.prompt_ids for j in jobs])
+        mask = torch.tensor([[0] * (width - len(j.prompt_ids)) + [1] * len(j.prompt_ids) for j in jobs])
 
-            def on_tokens(pairs: list[tuple[int, int]]) -> None:
-                for row, token in pairs:
-                    self._push(jobs[row], token, stops)
+        def on_step(rows: torch.Tensor, tokens: torch.Tensor) -> bool:
+            for row, token in zip(rows.tolist(), tokens.tolist(), strict=True):
+                self._push(jobs[row], token)
+            # decode knows stop tokens only: without this it would run on to the batch's largest max_tokens for
+            # rows whose answers were cut by a stop string or their own max_tokens, or whose client left
+            return all(job.done for job in jobs)
 
-            observer = _StepObserver(len(jobs), stops, on_tokens, lambda: all(j.done for j in jobs))
-            with contextlib.suppress(_BatchDone), observer.installed(), autocast(use_bf16(self.bf16)):
-                decode(self.model, ids.to(self.device), mask.to(self.device),
-                       max_new_tokens=max(j.max_tokens for j in jobs), stop_ids=torch.tensor(self.stop_ids),
-                       pad_id=pad, temperature=temperature, top_p=top_p)
-            for job in jobs:
-                self._finish(job, "length")  # rows not finished by a stop ran to the batch's limit
+        with autocast(use_bf16(self.bf16)):
+            decode(self.model, ids.to(self.device), mask.to(self.device),
+                   max_new_tokens=max(j.max_tokens for j in jobs), stop_ids=self.stop_ids, pad_id=pad,
+                   temperature=temperature, top_p=top_p, on_step=on_step)
+        for job in jobs:
+            self._finish(job, "length")  # rows not finished by a stop ran to the batch's limit
 
-    def _push(self, job: _Job, token: int, stops: set[int]) -> None:
+    def _push(self, job: _Job, token: int) -> None:
         if job.done:
             return  # past its own max_tokens or stop string, or its client left: the batch runs on without it
         # generate() drops pad tokens from an answer unless pad is a stop token; so do we
-        if token != self.tokenizer.pad_token_id or token in stops:
+        kept = token != self.tokenizer.pad_token_id or token in self._stops
+        if kept:
             job.ids.append(token)
-        if token in stops:
+        if token in self._stops:
             self._finish(job, "stop")
             return
-        text, cut = self._text(job)
-        if cut:
-            self._finish(job, "stop")
-            return
-        # Hold back what may still change: trailing whitespace (generate strips it), a partial UTF-8
-        # character, and a tail that may be the start of a stop string.
-        ready = text.rstrip().rstrip("\ufffd")
-        hold = max((len(s) - 1 for s in job.stops), default=0)
-        ready = ready[: max(job.sent, len(ready) - hold)] if hold else ready
-        if len(ready) > job.sent:
-            job.events.put(("delta", ready[job.sent:]))
-            job.sent = len(ready)
+        if kept and job.detokenizer is not None:
+            self._grow(job, job.detokenizer.add(token))
+            if job.cut is not None:
+                self._finish(job, "stop")
+                return
         if len(job.ids) >= job.max_tokens:
             self._finish(job, "length")
 
-    def _text(self, job: _Job) -> tuple[str, bool]:
-        """The answer so far as generate() decodes it (special tokens dropped, leading space stripped), cut at
-        the first stop string; True when one was found."""
-        text = self.tokenizer.decode(job.ids, skip_special_tokens=True).lstrip()
-        cuts = [i for i in (text.find(s) for s in job.stops) if i >= 0]
-        return (text[: min(cuts)], True) if cuts else (text, False)
+    def _grow(self, job: _Job, piece: str) -> None:
+        """Add ``piece`` to the job's text, look for its stop strings where the piece could complete one, and
+        stream what can no longer change."""
+        if not piece:
+            return
+        old = len(job.text)
+        job.text += piece if job.text else piece.lstrip()
+        found = [i for s in job.stops if (i := job.text.find(s, max(0, old - len(s) + 1))) >= 0]
+        if found:
+            job.cut = min(found)
+            return
+        if not job.stream:
+            return
+        # Hold back what may still change: a tail that may be the start of a stop string, and whitespace before
+        # it (generate strips an answer's trailing whitespace, and so does a cut at a stop string). Measured from
+        # the end, without copying the text.
+        ready = len(job.text) - max((len(s) - 1 for s in job.stops), default=0)
+        while ready > job.sent and job.text[ready - 1].isspace():
+            ready -= 1
+        if ready > job.sent:
+            job.events.put(("delta", job.text[job.sent:ready]))
+            job.sent = ready
 
     def _finish(self, job: _Job, reason: str) -> None:
+        from alignment.generation import answer
+
         if job.done:
             return
         job.done = True
-        text, cut = self._text(job)
-        text = text.strip()
-        if len(text) > job.sent:
+        if job.cut is not None:
+            text, reason = job.text[: job.cut].strip(), "stop"
+        else:
+            text = answer(self.tokenizer, job.ids, self.stop_ids).text  # one decode of the whole answer
+        if job.stream and len(text) > job.sent:
             job.events.put(("delta", text[job.sent:]))
             job.sent = len(text)
-        job.events.put(("done", "stop" if cut else reason, len(job.ids), text))
+        job.events.put(("done", reason, len(job.ids), text))
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -335,7 +330,6 @@ def create_app(engine: Engine, model_id: str, *, api_key: str | None = None, max
     from fastapi.responses import StreamingResponse
 
     app = FastAPI(title="align serve", docs_url=None, redoc_url=None)
-    app.state.engine = engine
     created = int(time.time())
 
     @app.exception_handler(RequestValidationError)
@@ -374,7 +368,7 @@ def create_app(engine: Engine, model_id: str, *, api_key: str | None = None, max
         if context_length is not None and len(prompt) + limit > context_length:
             return _error(400, f"the prompt ({len(prompt)} tokens) and max_tokens ({limit}) exceed the model's "
                                f"context of {context_length} tokens", param="messages")
-        job = engine.submit(_Job(prompt, limit, body.temperature, body.top_p, body.stops()))
+        job = engine.submit(_Job(prompt, limit, body.temperature, body.top_p, body.stop, stream=body.stream))
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)

@@ -48,10 +48,11 @@ def adapter_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 
 def test_merged_adapter_is_plain_weights_with_the_same_outputs(adapter_dir: Path, tmp_path: Path) -> None:
+    from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from alignment.cli import main
-    from alignment.modeling import load_causal_lm, load_tokenizer
+    from alignment.generation import generate
 
     (adapter_dir / "README.md").write_text("# sft: sft model\n\ntrained on sft.jsonl\n")
     out = tmp_path / "merged"
@@ -61,18 +62,44 @@ def test_merged_adapter_is_plain_weights_with_the_same_outputs(adapter_dir: Path
     assert (out / "tokenizer.json").is_file() and (out / "generation_config.json").is_file()
     card = (out / "README.md").read_text()
     assert "merged into its base" in card and "trained on sft.jsonl" in card
+    # readable by others, like any model folder: not the 0700 of a temporary folder, nor safetensors' 0600
+    assert out.stat().st_mode & 0o777 == 0o755
+    assert {f.name: f.stat().st_mode & 0o777 for f in out.iterdir()} == {f.name: 0o644 for f in out.iterdir()}
+
+    # The reference is merged in memory by PEFT itself, not by the loader the export uses.
+    base_name = json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
+    base = AutoModelForCausalLM.from_pretrained(base_name).eval()
+    reference = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_name),
+                                          str(adapter_dir)).merge_and_unload().eval()
     merged = AutoModelForCausalLM.from_pretrained(str(out)).eval()
-    source = load_causal_lm(adapter_dir, merge_adapter=True).eval()
-    base = AutoModelForCausalLM.from_pretrained(json.loads((adapter_dir / "adapter_config.json").read_text())[
-        "base_model_name_or_path"]).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(out))
-    assert torch.equal(logits(merged, tokenizer), logits(source, load_tokenizer(adapter_dir)))
+    assert torch.allclose(logits(merged, tokenizer), logits(reference, tokenizer), atol=1e-5)
     assert not torch.allclose(logits(merged, tokenizer), logits(base, tokenizer))  # the adapter is in there
+    want = generate(reference, tokenizer, [PROMPT], max_new_tokens=12, bf16="false", progress=False)[0]
+    got = generate(merged, tokenizer, [PROMPT], max_new_tokens=12, bf16="false", progress=False)[0]
+    assert got == want and want.num_tokens > 0
     # an earlier export is replaced; a folder holding anything else is refused, never emptied
     assert main(["export", str(adapter_dir), "--format", "merged", "--out", str(out)]) == 0
     (tmp_path / "notes.txt").write_text("mine")
     assert main(["export", str(adapter_dir), "--format", "merged", "--out", str(tmp_path)]) == 2
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_llama_cpp_converter_gets_a_full_model_as_it_is_and_an_adapter_merged(
+        monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path, adapter_dir: Path, tmp_path: Path) -> None:
+    from alignment.export import export_gguf
+
+    # A stand-in for llama.cpp's converter: writes the folder it was given, and whether it is a full model
+    script = tmp_path / "convert-hf-to-gguf"
+    script.write_text('#!/bin/sh\n[ -f "$1/config.json" ] && [ ! -f "$1/adapter_config.json" ] && full=yes || full=no\n'
+                      'echo "$1 $full" > "$5"\n')
+    script.chmod(0o755)
+    monkeypatch.setenv("ALIGN_CONVERT_HF_TO_GGUF", str(script))
+    plain = export_gguf(str(tiny_model_dir), tmp_path / "plain.gguf", converter="llama.cpp")
+    assert plain.read_text().split() == [str(tiny_model_dir), "yes"]  # no merged copy of a full model
+    merged = export_gguf(str(adapter_dir), tmp_path / "adapter.gguf", converter="llama.cpp")
+    folder, full = merged.read_text().split()
+    assert folder != str(adapter_dir) and full == "yes"  # an adapter is merged into a full model first
 
 
 @pytest.mark.parametrize("outtype, tolerance", [("f32", 0.0), ("f16", 2e-3), ("q8_0", 5e-2)])
@@ -242,3 +269,32 @@ def test_llama_cpp_reads_the_gguf_and_answers_the_same(real_model_dir: Path, tmp
         got = llm.create_chat_completion(PROMPT, max_tokens=24, temperature=0.0, top_k=1, top_p=1.0, min_p=0.0,
                                          repeat_penalty=1.0, seed=0)
     assert got["choices"][0]["message"]["content"].strip() == want.text
+
+
+def test_staged_dir_replaces_the_target_whole_readable_and_only_on_success(tmp_path: Path) -> None:
+    import os
+
+    from alignment.default_model import staged_dir
+
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "old.bin").write_text("old")
+    with pytest.raises(RuntimeError), staged_dir(target) as staging:
+        (staging / "new.bin").write_text("half")
+        raise RuntimeError("killed half way")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no staging left, the old model intact
+    assert (target / "old.bin").read_text() == "old"
+
+    old_umask = os.umask(0o077)  # as private as a temporary file: the helper must open it up
+    try:
+        with staged_dir(target) as staging:
+            (staging / "sub").mkdir()
+            (staging / "sub" / "weights.bin").write_text("new")
+            (staging / "config.json").write_text("{}")
+    finally:
+        os.umask(old_umask)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    assert not (target / "old.bin").exists() and (target / "sub" / "weights.bin").read_text() == "new"
+    modes = {str(p.relative_to(tmp_path)): p.stat().st_mode & 0o777 for p in [target, *target.rglob("*")]}
+    assert modes == {"model": 0o755, "model/sub": 0o755, "model/sub/weights.bin": 0o644,
+                     "model/config.json": 0o644}

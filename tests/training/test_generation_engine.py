@@ -107,3 +107,50 @@ def test_every_user_of_generation_goes_through_the_engine():
                 if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "generate":
                     calls.append(f"{path.relative_to(REPO)}:{node.lineno}")
     assert calls == []
+
+
+def test_on_step_sees_each_rows_tokens_and_can_stop_decode(lm):
+    model, tok, enc = lm
+    pad = tok.pad_token_id
+    free = decode(model, enc["input_ids"], enc["attention_mask"], max_new_tokens=10, stop_ids=[], pad_id=pad)
+    stop = int(free[1, 1])  # row 1 leaves after two tokens: later steps hold fewer rows
+    want = decode(model, enc["input_ids"], enc["attention_mask"], max_new_tokens=10, stop_ids=[stop], pad_id=pad)
+    seen: dict[int, list[int]] = {row: [] for row in range(len(PROMPTS))}
+    steps: list[list[int]] = []
+
+    def record(rows: torch.Tensor, tokens: torch.Tensor) -> None:
+        steps.append(rows.tolist())
+        for row, token in zip(rows.tolist(), tokens.tolist(), strict=True):
+            seen[row].append(token)
+
+    got = decode(model, enc["input_ids"], enc["attention_mask"], max_new_tokens=10, stop_ids=[stop], pad_id=pad,
+                 on_step=record)
+    assert torch.equal(got, want)  # watching changes nothing
+    assert 1 not in steps[2] and steps[0] == list(range(len(PROMPTS)))  # a row that stopped is seen no more
+    for row, tokens in seen.items():
+        answer = want[row].tolist()
+        assert tokens == answer[: answer.index(stop) + 1 if stop in answer else len(answer)], row
+
+    # True ends decode after that step: the tokens drawn so far, each row's as without the hook
+    calls = []
+    early = decode(model, enc["input_ids"], enc["attention_mask"], max_new_tokens=10, stop_ids=[stop], pad_id=pad,
+                   on_step=lambda rows, tokens: calls.append(1) or len(calls) == 3)
+    assert len(calls) == 3 and torch.equal(early, want[:, :3])
+
+
+def test_answer_cuts_at_the_first_stop_token_and_drops_padding(lm):
+    from alignment.generation import answer
+
+    _, tok, _ = lm
+    pad = tok.pad_token_id
+    words = tok(" Hello there", add_special_tokens=False).input_ids
+    # pad is a stop token (SmolLM2's <|im_end|>): the first one ends the answer and is counted
+    got = answer(tok, torch.tensor([*words, pad, pad, pad]), [pad])
+    assert (got.text, got.num_tokens, got.finished) == ("Hello there", len(words) + 1, True)
+    # pad is not a stop token: padding is dropped wherever it is, and the answer runs to its stop token
+    other = tok.convert_tokens_to_ids("<|endoftext|>")
+    assert other != pad
+    got = answer(tok, [words[0], pad, *words[1:], other, pad], [other])
+    assert (got.text, got.num_tokens, got.finished) == ("Hello there", len(words) + 1, True)
+    unfinished = answer(tok, words, [other])
+    assert (unfinished.text, unfinished.num_tokens, unfinished.finished) == ("Hello there", len(words), False)

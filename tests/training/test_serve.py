@@ -162,6 +162,7 @@ def test_max_tokens_and_stop_strings_cut_the_answer(client: Any, engine: Any) ->
 
 
 def test_concurrent_requests_share_one_batch(talkative_dir: Path) -> None:
+    from alignment.generation import generate
     from alignment.serve import create_app, load_engine
 
     # The first request waits (up to a minute) for a second one to fill the batch of two, so both are served by
@@ -177,9 +178,39 @@ def test_concurrent_requests_share_one_batch(talkative_dir: Path) -> None:
             assert run_at_once([lambda i=i: ask(i) for i in range(2)]) == []
     finally:
         eng.close()
-    assert eng.batch_sizes == [2]
+    assert list(eng.batch_sizes) == [2]
     assert all(a.status_code == 200 for a in answers.values())
-    assert sse(answers[1].text)[-1] == "[DONE]"
+    # each answer is generate()'s for its prompt alone: sharing a batch (and its padding) changes no answer
+    want = [generate(eng.model, eng.tokenizer, [p], max_new_tokens=16, progress=False)[0] for p in prompts]
+    assert len({w.text for w in want}) == 2 and all(w.text for w in want)  # two different, non-empty answers
+    plain = answers[0].json()
+    assert plain["choices"][0]["message"]["content"] == want[0].text
+    assert plain["usage"]["completion_tokens"] == want[0].num_tokens
+    events = sse(answers[1].text)
+    assert events[-1] == "[DONE]"
+    streamed = "".join(c["choices"][0]["delta"].get("content", "") for c in events[:-1] if c["choices"])
+    assert streamed == want[1].text
+
+
+def test_streamed_text_is_decoded_a_piece_at_a_time(talkative_dir: Path) -> None:
+    """Multi-byte characters span several byte-level tokens: a piece is sent only once it is whole (never a
+    U+FFFD), the pieces add up to the whole decode, and each token decodes a few tokens, not the answer so far."""
+    from transformers import AutoTokenizer
+
+    from alignment.serve import _Detokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(talkative_dir))
+    text = "Größe: 東京タワー 🚀🚀 naïve café, ok? " * 8
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    assert len(ids) > len(text.split()) * 2  # the characters do span several tokens
+    lengths: list[int] = []
+    decode = tokenizer.decode
+    tokenizer.decode = lambda tokens, **kw: lengths.append(len(tokens)) or decode(tokens, **kw)  # type: ignore[method-assign]
+    stream = _Detokenizer(tokenizer)
+    pieces = [stream.add(t) for t in ids]
+    assert "".join(pieces) == decode(ids)
+    assert not any("\ufffd" in p for p in pieces)
+    assert max(lengths) <= 8, max(lengths)  # the longest character's tokens and the piece before it
 
 
 def test_bad_requests_get_a_400_with_a_message(client: Any) -> None:
