@@ -96,11 +96,27 @@ def load_sft_splits(cfg: SFTConfig, curation_dir: Path | None = None) -> tuple[
         report = dataclasses.replace(report, test_overlap_removed=overlap)
     if cfg.data.preferred:
         preferred = preferred_conversations(cfg.data.preferred, cfg.train.seed, cfg.data.preferred_holdout)
+        # Nothing held out comes back through the preferred answers: neither a validation or test conversation
+        # itself nor another answer to its prompt (that would train on the prompt validation and early stopping
+        # judge, or on a test prompt).
         seen = {_conversation_key(r["messages"]) for r in train} | test_keys
-        added = [r for r in preferred if _conversation_key(r["messages"]) not in seen]
+        held_prompts = {_prompt_part_key(r["messages"]) for r in (*val, *test)}
+        added = [r for r in preferred if _conversation_key(r["messages"]) not in seen
+                 and _prompt_part_key(r["messages"]) not in held_prompts]
         train += added
         report = dataclasses.replace(report, preferred_added=len(added))
     return train, val, test, report
+
+
+def _prompt_part_key(messages: list[dict[str, str]]) -> str:
+    """A conversation's prompt (the turns before its final answer), compared up to whitespace as the
+    preference loaders compare prompts."""
+    from alignment.data.preferences import _prompt_key
+
+    end = len(messages)
+    while end and messages[end - 1].get("role") == "assistant":
+        end -= 1
+    return _prompt_key(messages[:end])
 
 
 def _conversation_key(messages: list[dict[str, str]]) -> str:

@@ -160,3 +160,22 @@ def test_standalone_preferred_holdout_is_read_checked_and_relative_to_the_recipe
         load(preferred=str(toy_preferences), preferred_holdout=[{"split": {"train": 0.5}}])
     with pytest.raises(AlignError, match="unknown key 'tset'"):
         load(preferred=str(toy_preferences), preferred_holdout=[{"tset": "held.jsonl"}])
+
+
+def test_sfts_own_validation_and_test_prompts_do_not_come_back_through_the_preferred_answers(tmp_path,
+                                                                                             toy_preferences):
+    """An SFT file made of the same prompts as the preference file (a common layout: prompt + a reference answer,
+    and pairs on those prompts): the preferred answer to a prompt SFT holds out for validation or test would
+    train on that prompt."""
+    from alignment.sft import load_sft_splits
+
+    pairs = [json.loads(line) for line in toy_preferences.read_text().splitlines()]
+    sft = write_jsonl(tmp_path / "sft.jsonl", [
+        {"messages": [{"role": "user", "content": p["prompt"]}, {"role": "assistant", "content": f"Answer {i}."}]}
+        for i, p in enumerate(pairs)])
+    cfg = load_config(SFTConfig, None, {"model": "m", "data.train": str(sft), "data.preferred": str(toy_preferences),
+                                        "data.split": THREE_WAY})
+    train, val, test, report = load_sft_splits(cfg)
+    held = {_question(r["messages"]) for r in val + test}
+    assert held and report.preferred_added
+    assert not held & {_question(r["messages"]) for r in train}
