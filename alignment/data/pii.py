@@ -86,8 +86,10 @@ _EMAIL = re.compile(
     r"(?<![\w.%+-])[A-Za-z0-9_%+-](?:[A-Za-z0-9_.%+-]{0,62}[A-Za-z0-9_%+-])?"
     r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}(?![\w-])"
 )
-# A digit run with single spaces or dashes between digits; the rule checks the groups and the checksum.
-_CARD = re.compile(r"(?<!\d)(?<!\d[ -])\d(?:[ -]?\d){12,18}(?!\d)(?![ -]\d)")
+# Digit groups with single spaces or dashes between them; the rule checks the groups and the checksum of the
+# whole run, then of its leading and trailing groups (a card followed by its expiry or CVV, or after a number).
+_DIGIT_RUN = re.compile(r"\d+(?:[ -]\d+)*")
+_DIGITS = re.compile(r"\d+")
 _IBAN_START = re.compile(r"(?<![A-Za-z0-9])[A-Za-z]{2}\d{2}")
 _SSN = re.compile(r"(?<![\d-])(\d{3})([- ])(\d{2})\2(\d{4})(?![\d-])")
 _SSN_BARE = re.compile(r"(?<!\d)\d{9}(?!\d)")
@@ -159,16 +161,32 @@ def ssn_valid(digits: str) -> bool:
             and serial != "0000" and digits not in _SSN_SAMPLES and len(set(digits)) > 1)
 
 
-def _card(m: re.Match[str]) -> bool:
-    text = m.group()
+def _card(text: str) -> bool:
     separators = {c for c in text if not c.isdigit()}
     if len(separators) > 1:
         return False
     if separators and not all(3 <= len(g) <= 6 for g in re.split(r"[ -]", text)):
         return False  # "1 2 3 4 ..." or "12-34-56-..." are not how a card is written
     digits = re.sub(r"\D", "", text)
+    if not 13 <= len(digits) <= 19:
+        return False
     network = digits[0] in "3456" or 2221 <= int(digits[:4]) <= 2720
-    return 13 <= len(digits) <= 19 and network and len(set(digits)) > 1 and luhn_valid(digits)
+    return network and len(set(digits)) > 1 and luhn_valid(digits)
+
+
+def _cards(text: str) -> Iterator[tuple[int, int]]:
+    """Spans of card numbers: a run of digit groups when it is one, else its longest leading or trailing groups
+    that are ("4111 1111 1111 1111 12/26", "CVV follows: 4242 4242 4242 4242 123", "room 5 4111111111111111").
+    A single group is never cut: 20 digits in a row are not a card."""
+    for run in _DIGIT_RUN.finditer(text):
+        groups = [(run.start() + g.start(), run.start() + g.end()) for g in _DIGITS.finditer(run.group())]
+        n = len(groups)
+        spans = [(0, n)] + [(0, j) for j in range(n - 1, 0, -1)] + [(i, n) for i in range(1, n)]
+        for i, j in spans:
+            start, end = groups[i][0], groups[j - 1][1]
+            if _card(text[start:end]):
+                yield start, end
+                break
 
 
 def _ibans(text: str) -> Iterator[tuple[int, int]]:
@@ -223,9 +241,8 @@ def find(text: str, phone_regions: Sequence[str] = DEFAULT_PHONE_REGIONS) -> lis
         for m in _EMAIL.finditer(text):
             add("email", m.start(), m.end())
     if any(c.isdigit() for c in text):
-        for m in _CARD.finditer(text):
-            if _card(m):
-                add("credit_card", m.start(), m.end())
+        for start, end in _cards(text):
+            add("credit_card", start, end)
         for start, end in _ibans(text):
             add("iban", start, end)
         for m in _SSN.finditer(text):

@@ -319,3 +319,18 @@ def test_phone_regions_pick_national_formats(tmp_path: Path, capsys):
     assert main(["data", "validate", str(path), "--kind", "unpaired", "--model", "", "--pii", "--phone-regions",
                  "es"]) == 0
     assert f"{path}:1, field 'prompt': phone *** *** *78" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("text", "card"), [
+    ("card 4111 1111 1111 1111 12/26", "4111 1111 1111 1111"),  # the expiry right after it
+    ("4242 4242 4242 4242 123 is my card and CVV", "4242 4242 4242 4242"),
+    ("room 5 4111111111111111", "4111111111111111"),  # a number before it
+    ("ref 7-4111-1111-1111-1111", "4111-1111-1111-1111"),
+])
+def test_a_card_beside_other_digits_is_found(text, card):
+    assert kinds(text) == [("credit_card", card)]
+
+
+def test_a_run_of_number_groups_is_not_cut_into_a_card_in_the_middle():
+    # a valid card inside a longer run, neither leading nor trailing: a table of numbers, not a card
+    assert kinds("ids 1000 4111 1111 1111 1111 2000") == []
