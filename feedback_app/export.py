@@ -304,7 +304,7 @@ def scan_personal_data(export: Export, action: str = "report", names: tuple[str,
         raise StoreError(f"--pii must be one of {', '.join(PII_ACTIONS)}, not '{action}'")
     if action == "off":
         return
-    from alignment.data.pii import scan_record
+    from alignment.data.pii import collapsed, scan_record
 
     export.pii_action = action
     for rows, fields, name, key in ((export.pairs, PAIR_FIELDS, names[0], "pairs"),
@@ -312,10 +312,11 @@ def scan_personal_data(export: Export, action: str = "report", names: tuple[str,
         kept = []
         for number, row in enumerate(rows, start=1):
             masked, found = scan_record(row, file=name, line=number, fields=fields, mask=action == "mask")
+            collapsed_pair = action == "mask" and key == "pairs" and bool(found) and collapsed(row, masked)
             prov = row.get("provenance") or {}
             export.pii += [PiiFinding(f.kind, name, number, f.field, prov.get("item_id"), prov.get("judgment_id"),
                                       prov.get("annotator"), f.shown) for f in found]
-            if found and action == "drop":
+            if (found and action == "drop") or collapsed_pair:  # a pair masked into two equal answers goes too
                 kind = prov.get("kind", "?")
                 export.count(kind if key == "pairs" else f"{kind} (unpaired)", -1)
                 export.pii_dropped[key] = export.pii_dropped.get(key, 0) + 1
@@ -336,7 +337,9 @@ def pii_lines(export: Export) -> list[str]:
     counts = {k: n for k in LABELS if (n := sum(f.kind == k for f in export.pii))}
     rows = len({(f.file, f.row) for f in export.pii})
     done = {"report": "left as they are (--pii mask or drop to clean them)",
-            "mask": "replaced by placeholders (<EMAIL>, <PHONE>, ...)",
+            "mask": "replaced by placeholders (<EMAIL>, <PHONE>, ...)" + (
+                f"; {export.pii_dropped['pairs']} pair row(s) left out, masking made chosen and rejected the same"
+                if export.pii_dropped.get("pairs") else ""),
             "drop": f"their rows left out ({export.pii_dropped.get('pairs', 0)} pair rows, "
                     f"{export.pii_dropped.get('unpaired', 0)} unpaired rows)"}[export.pii_action]
     return [f"personal data: {len(export.pii)} finding(s) in {rows} row(s) ({count_line(counts)}); {done}",

@@ -91,7 +91,7 @@ def scan_phase_data(kind: str, cfg: Any) -> dict[str, str]:
                      "out": None, "rows_written": None}
             if out is not None:
                 if scan.findings:
-                    entry.update(out=str(out), rows_written=scan.rows_written)
+                    entry.update(out=str(out), rows_written=scan.rows_written, pairs_collapsed=scan.pairs_collapsed)
                 else:
                     out.unlink(missing_ok=True)  # nothing to clean: the phase reads the original
             _log_entry(kind, entry, count_line)
@@ -112,7 +112,9 @@ def _log_entry(kind: str, entry: dict[str, Any], count_line: Any) -> None:
     first = entry["findings"][0]
     where = f"first at line {first['line']}, field '{first['field']}': {first['shown']}"
     done = {"report": "training on it as it is (data.pii: mask or drop cleans it)",
-            "mask": f"training on a masked copy, {entry['out']}",
+            "mask": f"training on a masked copy, {entry['out']}" + (
+                f" ({entry['pairs_collapsed']} pairs left out: masking made chosen and rejected the same)"
+                if entry.get("pairs_collapsed") else ""),
             "drop": f"training on a copy without those records ({entry['rows_written']} of {entry['rows']} "
                     f"kept), {entry['out']}"}[entry["action"]]
     _LOG.warning(f"[{kind}] data.pii: personal data in {entry['file']}: {count_line(entry['counts'])} in "

@@ -354,6 +354,7 @@ class Scan:
     action: str = "report"
     out: str | None = None
     rows_written: int = 0
+    pairs_collapsed: int = 0  # mask: pairs left out because masking made chosen and rejected the same text
 
     def counts(self) -> dict[str, int]:
         """Findings per kind, in :data:`KINDS` order, kinds with none left out."""
@@ -391,6 +392,13 @@ def read_rows(path: str | Path) -> tuple[list[tuple[int, dict[str, Any]]], bool]
     return list(data_io.iter_records(data_io.load_records(source))), False
 
 
+def collapsed(record: dict[str, Any], masked: dict[str, Any]) -> bool:
+    """Whether masking made a pair's two answers the same text (two different e-mails both became <EMAIL>): the
+    pair no longer prefers anything, and the preference loaders refuse it, so a masked copy leaves it out."""
+    return ("chosen" in record and "rejected" in record and record["chosen"] != record["rejected"]
+            and masked["chosen"] == masked["rejected"])
+
+
 def scan_file(path: str | Path, action: str = "report", out: str | Path | None = None, *,
               phone_regions: Sequence[str] = DEFAULT_PHONE_REGIONS) -> Scan:
     """Scan every record of a data file. ``report``: find only; ``mask``: write ``out``, a copy with every finding
@@ -408,6 +416,9 @@ def scan_file(path: str | Path, action: str = "report", out: str | Path | None =
                                        mask=action == "mask", phone_regions=phone_regions)
         result.findings += findings
         result.rows_with_findings += bool(findings)
+        if action == "mask" and findings and collapsed(record, masked):
+            result.pairs_collapsed += 1
+            continue
         if action == "mask" or not findings:
             kept.append(masked)
     if out is not None:

@@ -125,7 +125,9 @@ def _pii(path: str, action: str, out: str | None, regions: tuple[str, ...]) -> t
                  f"rows ({count_line(result.counts())})", *(f"    {finding}" for finding in result.findings)]
     if action == "mask":
         lines.append(f"  wrote {out}: {result.rows_written} rows, {len(result.findings)} finding(s) replaced by "
-                     "placeholders (<EMAIL>, <PHONE>, ...)")
+                     "placeholders (<EMAIL>, <PHONE>, ...)" + (
+                         f"; {result.pairs_collapsed} pair(s) left out, masking made chosen and rejected the same"
+                         if result.pairs_collapsed else ""))
     elif action == "drop":
         lines.append(f"  wrote {out}: {result.rows_written} rows ({result.rows_with_findings} with personal data "
                      "left out)")

@@ -154,3 +154,34 @@ def test_the_report_shows_findings_and_curation_escaped(tmp_path):
     assert '<table id="privacy">' in page and '<table id="clusters-sft">' in page
     assert EMAIL not in page and "<script>x</script>" not in page and "&lt;script&gt;" in page
     assert "kept 8 of 10 records; removed: 1 duplicate, 1 near duplicate" in page
+
+
+def test_a_pair_masked_into_two_equal_answers_is_left_out(tmp_path):
+    """Two different e-mails both become <EMAIL>: the pair prefers nothing any more, and the preference loaders
+    refuse a pair whose answers are equal, so the masked copy (and the app's masked export) leaves it out."""
+    from alignment.config import DPOConfig
+    from alignment.data.pii import scan_file
+    from feedback_app.export import Export, pii_lines, scan_personal_data
+
+    rows = [{"prompt": "Where do I write?", "chosen": "Write to john@a.com", "rejected": "Write to jane@b.com"},
+            {"prompt": "Where do I write?", "chosen": "Write to john@a.com please", "rejected": "No."},
+            {"prompt": "Hours?", "chosen": "9 to 5.", "rejected": "Never."}]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    scan = scan_file(path, "mask", tmp_path / "clean.jsonl")
+    assert (scan.rows_written, scan.pairs_collapsed) == (2, 1)
+    written = [json.loads(line) for line in (tmp_path / "clean.jsonl").read_text().splitlines()]
+    assert [r["chosen"] for r in written] == ["Write to <EMAIL> please", "9 to 5."]
+
+    cfg = load_config(DPOConfig, None, {"model": "m", "data.train": str(path), "data.pii": "mask",
+                                        "output_dir": str(tmp_path / "run")})
+    overrides = scan_phase_data("dpo", cfg)
+    from alignment.data.preferences import load_preference_examples
+
+    examples, _ = load_preference_examples(overrides["data.train"])  # loads: no pair with equal answers
+    assert len(examples) == 2 and read_report(cfg.output_dir)["files"][0]["pairs_collapsed"] == 1
+
+    export = Export(pairs=[{**r, "provenance": {"kind": "ranking"}} for r in rows], by_kind={"ranking": 3})
+    scan_personal_data(export, "mask")
+    assert len(export.pairs) == 2 and export.by_kind == {"ranking": 2}
+    assert "1 pair row(s) left out, masking made chosen and rejected the same" in pii_lines(export)[0]
