@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from alignment.errors import AlignError
 from alignment.files import atomic_write
+from alignment.log import get_logger
 
 if TYPE_CHECKING:
     from alignment.config import ModelOptions
@@ -32,6 +33,8 @@ Messages = list[dict[str, str]]
 
 DEFAULT_RM_QUANTILE = 0.1
 DEFAULT_SAMPLING_TEMPERATURE = 0.8
+
+_LOG = get_logger("edge-cases")
 
 
 @dataclass
@@ -85,13 +88,21 @@ class PromptOutcome:
 def low_score_cutoff(scores: list[float], threshold: float | None, quantile: float | None) -> float | None:
     """The score at or below which an answer fails: ``threshold`` as given (strictly below fails), or the
     highest score among the lowest ``quantile`` share of ``scores`` (at least one answer; ties at the boundary
-    all fail). Returns the inclusive cutoff, or None when nothing fails on scores."""
+    all fail). Returns the inclusive cutoff, or None when nothing fails on scores.
+
+    When that cutoff is the highest score (a reward model scoring every answer alike), "the lowest share" tells
+    nothing apart: no answer fails on scores, with a warning, rather than every prompt being an edge case."""
     if threshold is not None:
         return math.nextafter(threshold, -math.inf)
     if not quantile or not scores:
         return None
     k = max(1, round(quantile * len(scores)))
-    return sorted(scores)[k - 1]
+    ordered = sorted(scores)
+    if ordered[k - 1] >= ordered[-1] and len(ordered) > 1:
+        _LOG.warning(f"edge cases: the reward model's lowest {quantile:.0%} of scores reach its highest score "
+                     f"({ordered[-1]:.4g}): its scores do not tell these answers apart, so none fails on them")
+        return None
+    return ordered[k - 1]
 
 
 def find_edge_cases(outcomes: list[PromptOutcome], *, threshold: float | None = None,

@@ -119,3 +119,11 @@ def test_settings_that_would_find_the_wrong_thing_are_refused(tmp_path: Path, kw
     assert err.value.field == field
     assert words in err.value.message
     check_arguments(_args(tmp_path))  # the defaults pass
+
+
+def test_a_reward_model_scoring_everything_alike_fails_nothing(caplog):
+    """Ties at the boundary all fail, but when the boundary is the highest score every answer would: the scores
+    tell nothing apart, so none fails on them (and the log says why)."""
+    assert low_score_cutoff([0.5] * 10, None, 0.1) is None
+    assert low_score_cutoff([0.5] * 9 + [0.7], None, 0.1) == 0.5  # one answer above: the tied rest fail
+    assert "do not tell these answers apart" in caplog.text
