@@ -519,7 +519,21 @@ def curate(ds: datasets.Dataset, kind: str, variant: str, cfg: CurateConfig, opt
         if cfg.seeds:
             t = time.perf_counter()
             seed_texts = load_seed_prompts(cfg.seeds)
-            rows, best = retrieve(x, embedder.embed(seed_texts), cfg.top_k)
+            if kind in PROMPT_GROUPED_KINDS:
+                # top_k counts prompts: a prompt's pairs or answers share one embedding and are kept together
+                # (records would tie at the k-th place and be cut at random, and one prompt's many pairs would
+                # crowd out the other prompts)
+                unit_of: dict[str, int] = {}
+                members: list[list[int]] = []
+                for pos, i in enumerate(keep):
+                    u = unit_of.setdefault(" ".join(prompts[i].split()), len(members))
+                    if u == len(members):
+                        members.append([])
+                    members[u].append(pos)
+                units, best = retrieve(x[[m[0] for m in members]], embedder.embed(seed_texts), cfg.top_k)
+                rows = sorted(p for u in units for p in members[u])
+            else:
+                rows, best = retrieve(x, embedder.embed(seed_texts), cfg.top_k)
             report["retrieval"] = {
                 "seeds": cfg.seeds, "seed_prompts": len(seed_texts), "top_k": cfg.top_k, "kept": len(rows),
                 "per_seed": [{"seed": _short(s, 120), "nearest_similarity": round(float(best[:, j].max()), 4),

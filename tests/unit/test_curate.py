@@ -301,3 +301,17 @@ def test_kto_data_is_curated_with_a_prompts_answers_together(tmp_path):
     train, _, info = load_unpaired(cfg)
     assert info.rows == 20 and len(train) == 19
     assert sum(r["prompt"][0]["content"] == prompts[0] for r in train) == 2
+
+
+def test_retrieval_counts_prompts_and_keeps_each_prompts_answers_together(tmp_path):
+    """Unpaired data: a prompt near the seed with six answers (three good, three bad) and top_k 1 keeps all six,
+    not four records cut at random among equal similarities."""
+    prompts = [t for _, t in topic_prompts(per_topic=4)]
+    rows = [{"prompt": prompts[0], "completion": f"answer {i}", "label": i < 3} for i in range(6)]
+    rows += [{"prompt": p, "completion": "other", "label": True} for p in prompts[1:]]
+    data = write_jsonl(tmp_path / "unpaired.jsonl", rows)
+    seeds = write_jsonl(tmp_path / "seeds.jsonl", [{"prompt": prompts[0]}])
+    report = curate_file(str(data), "unpaired", str(tmp_path / "out.jsonl"),
+                         CurateConfig(seeds=str(seeds), top_k=1, near_dup_threshold=None), CurateOptions(clusters=0))
+    kept = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert kept == rows[:6] and report["retrieval"]["kept"] == 6
