@@ -605,7 +605,7 @@ def curate_file(path: str, kind: str, out: str, cfg: CurateConfig, options: Cura
         raise AlignError(f"read {len(rows)} records as written but {len(ds)} validated; not writing", file=path)
     write_records(out, [rows[i][1] for i in result.keep])
     result.report["out"] = str(out)
-    report_json.write_text(json.dumps(result.report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    atomic_write(report_json, (json.dumps(result.report, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
     result.report["report"] = str(report_json)
     return result.report
 
