@@ -487,7 +487,9 @@ def test_recipes_train_from_the_store(tmp_path, tiny_model_dir, phase):
     assert (tmp_path / phase / "model" / "config.json").exists()
     # it trained on the store's pairs, exported beside the model with where they came from
     data = tmp_path / phase / "data"
-    assert sorted(f.name for f in data.iterdir()) == ["train.jsonl", "train.provenance.json"]
+    assert sorted(f.name for f in data.iterdir()) == ["pii.json", "train.jsonl", "train.provenance.json"]
+    # the privacy scan read the exported pairs, the file the phase trained on
+    assert [f["file"] for f in json.loads((data / "pii.json").read_text())["files"]] == [str(data / "train.jsonl")]
     examples, _ = preference_examples(str(tmp_path / "feedback.db"))
     assert [[r["prompt"], r["chosen"], r["rejected"], r.get("margin")] for r in _rows(data / "train.jsonl")] == \
         _as_rows(examples)
