@@ -7,8 +7,10 @@ Messages go through :mod:`alignment.log`: ``-q`` keeps warnings and errors, ``-v
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 from alignment import allocator, log
@@ -200,10 +202,11 @@ def _phase(args: argparse.Namespace, argv: list[str]) -> int:
             distributed.resolve_config_path(args.deepspeed)  # fail before starting processes
         # Validate the recipe and the data once, here, so a mistake is one message rather than one per process;
         # a feedback store named as data is exported once, here, and every process reads that file.
-        _, cfg, exported = load_phase_config(args.command, args.config, args.overrides)
-        if exported:
-            argv = _launch_argv(args, [*args.overrides, *_as_overrides(exported)])
-        _preflight(args.command, cfg)
+        with _removed_on_error(args.command, args.config, args.overrides):
+            _, cfg, exported = load_phase_config(args.command, args.config, args.overrides)
+            if exported:
+                argv = _launch_argv(args, [*args.overrides, *_as_overrides(exported)])
+            _preflight(args.command, cfg)
         return distributed.launch(argv, args.num_processes or 1, args.hostfile)
     overrides = list(args.overrides)
     if args.deepspeed:
@@ -215,6 +218,26 @@ def _phase(args: argparse.Namespace, argv: list[str]) -> int:
         _LOG.info(f"[{args.command}] memory allocator: {allocator.describe()}")
     record_lineage(args.command, cfg, phase.run(cfg))  # what the model trained on, beside it (main rank only)
     return 0
+
+
+@contextlib.contextmanager
+def _removed_on_error(command: str, recipe: str | None, overrides: list[str]) -> Iterator[None]:
+    """Remove the phase's output folder when the checks before a launch fail and the folder did not exist before
+    them: the store export and the privacy scan write into it, and a run refused for its data leaves nothing."""
+    import shutil
+    from pathlib import Path
+
+    from alignment.config import load_config
+    from alignment.phases import PHASES
+
+    out = Path(load_config(PHASES[command].config, recipe, overrides).output_dir)
+    existed = out.exists()
+    try:
+        yield
+    except BaseException:
+        if not existed:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
 
 
 def _as_overrides(exported: dict[str, object]) -> list[str]:

@@ -169,8 +169,11 @@ def test_pipeline_auto_uses_the_rm_phase_and_the_report_shows_it(tmp_path, tiny_
     assert verdict["status"] in ("learned", "no gain", "regressed")
     assert verdict["rm"]["win_rate_vs_base"] == {"before": 0.5,
                                                  "after": data["results"][1]["vs_baseline"]["rm_win_rate"]}
-    assert lines[-7].startswith("[pipeline] Did learning work?")
-    assert lines[-6] == f"[pipeline]   {verdict['status'].upper()}  " + verdict["summary"] + (
+    # the verdict, then a privacy line per phase and the curation lines, then the wall times
+    head = next(i for i, ln in enumerate(lines) if ln.startswith("[pipeline] Did learning work?"))
+    assert [ln.split(":")[0] for ln in lines[head + 2:-5]] == [
+        "[pipeline] privacy", "[pipeline] curation", "[pipeline] privacy"]
+    assert lines[head + 1] == f"[pipeline]   {verdict['status'].upper()}  " + verdict["summary"] + (
         f" Likely cause: {verdict['cause']} Try: {verdict['fix']}" if verdict["cause"] else "") + (
         " Also: " + " ".join(verdict["notes"]) if verdict["notes"] else "")
     base, sft = data["results"]
