@@ -192,7 +192,10 @@ class EarlyStopping:
             return
         self.best_value, self.best_step = state["best_value"], state["best_step"]
         self.since_best, self.evaluations = state["since_best"], list(state["evaluations"])
-        if dist.is_main() and self.best_step is not None and self._weights_step != self.best_step:
+        # only rank 0 reads best.pt, but every rank must refuse: a rank that went on would wait at the next
+        # collective for a rank 0 that has left (until the group's timeout, or for ever under some launchers)
+        missing = dist.is_main() and self.best_step is not None and self._weights_step != self.best_step
+        if dist.all_reduce_max(float(missing)):
             raise AlignError(f"this checkpoint's early-stopping state names the best model of step {self.best_step} "
                              f"but holds no weights for it ({self.FOLDER}/best.pt): resume from another checkpoint "
                              "or start afresh (train.resume: never)", field="train.resume")

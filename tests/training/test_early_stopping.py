@@ -8,6 +8,9 @@ SFT runs use a constant, high learning rate on the tiny model: held-out loss fal
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -165,6 +168,39 @@ def test_a_killed_run_resumed_ends_as_an_uninterrupted_one(tmp_path, tiny_model_
     a, b = _evals(full, "eval/loss"), _evals(part, "eval/loss")
     assert [step for step, _ in a] == [step for step, _ in b]
     assert [v for _, v in b] == pytest.approx([v for _, v in a], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_every_rank_refuses_a_checkpoint_without_the_best_weights(tmp_path, tiny_model_dir, sft_file):
+    """Only rank 0 reads best.pt; a rank that did not refuse with it would wait at the next collective for a
+    rank 0 that has left. Two ranks started as torchrun starts them (no launcher to kill the one left waiting)
+    both give the one clear error."""
+    from alignment.distributed import free_port
+
+    out = tmp_path / "out"
+    recipe = _recipe(tmp_path, "sft", tiny_model_dir, sft_file, out, {"patience": 50}, max_steps=5, eval_every=2,
+                     save_every=2, batch_size=2)
+    assert main(["sft", "--config", str(recipe), "--num-processes", "2"]) == 0
+    from alignment.training import checkpoints
+
+    last = checkpoints(out)[-1]  # what resume: auto picks
+    assert json.loads((last / "trainer_state.json").read_text())["early_stopping"]["best_step"] is not None
+    (last / "early_stopping" / "best.pt").unlink()
+
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(free_port()), "DS_ACCELERATOR": "cpu"}
+    procs = [subprocess.Popen([sys.executable, "-m", "alignment.cli", "sft", "--config", str(recipe)], cwd=repo,
+                              env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for r in range(2)]
+    try:
+        outputs = [p.communicate(timeout=240)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for p, text in zip(procs, outputs):
+        assert p.returncode == 2, text[-3000:]
+        assert "holds no weights for it (early_stopping/best.pt)" in text, text[-3000:]
 
 
 def test_dpo_stops_on_held_out_accuracy(tmp_path, tiny_model_dir, toy_preferences, capsys):
