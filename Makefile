@@ -7,6 +7,7 @@
 # make bench-curate  `align data curate` steps at 5k and 50k prompts: time and peak memory
 # make bench-generation  the generation engine vs model.generate (tokens/s, batch 8 and 32, fp32 and bf16)
 # make efficacy     rule adherence and content on four synthetic domains, ours vs TRL; writes benchmarks/efficacy/RESULTS.md
+# make check-gguf  llama.cpp itself on our GGUF export (builds llama-cpp-python and the converter once, under build/)
 # make rounds-demo  two rounds of simulated expert feedback -> RM + DPO -> head-to-head; writes runs/rounds-demo/summary.md
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -20,7 +21,7 @@ TORCH_VERSION := $(shell sed -n 's/^torch==//p' constraints.txt)
 # dependency before falling back, minutes spent on nothing.
 HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
 
-.PHONY: setup tcmalloc model quickstart test test-fast test-unit lint bench bench-data bench-curate bench-generation efficacy rounds-demo clean
+.PHONY: setup tcmalloc model quickstart test test-fast test-unit lint bench bench-data bench-curate bench-generation efficacy rounds-demo check-gguf clean
 
 setup: $(VENV)/.installed tcmalloc
 
@@ -94,6 +95,10 @@ efficacy: model
 # ROUNDS_ARGS passes options through, e.g. make rounds-demo ROUNDS_ARGS="--workdir runs/rounds2 --noise 0.3"
 rounds-demo: model
 	$(PY) scripts/feedback_rounds.py $(ROUNDS_ARGS)
+
+# the converter's bit-for-bit comparison and llama.cpp's greedy answer, which `make test` skips without them
+check-gguf: model
+	PY=$(PY) scripts/check_gguf.sh
 
 clean:
 	rm -rf runs .pytest_cache

@@ -242,18 +242,50 @@ def test_real_model_exports_to_gguf_and_answers_the_same(real_model_dir: Path, t
     assert got.text == want.text and "Paris" in got.text
 
 
-@pytest.mark.slow
-def test_llama_cpp_reads_the_gguf_and_answers_the_same(real_model_dir: Path, tmp_path: Path) -> None:
-    """llama.cpp itself on the exported file, where its prebuilt Python binding loads (`pip install
-    llama-cpp-py-sync`: a CPU build of llama.cpp that needs glibc 2.38 or newer; skipped elsewhere): the same
-    prompt tokens as the Hugging Face tokenizer and, greedy, the same answer as `align`'s engine."""
-    binding = pytest.importorskip("llama_cpp_py_sync")
+def _llama_cpp_runner() -> Any:
+    """``(gguf path) -> context manager giving (tokenize(text) -> ids, chat(messages, max_tokens) -> text)`` over
+    llama.cpp's Python binding: ``llama-cpp-python`` (``make check-gguf`` builds it from source) or the
+    prebuilt ``llama-cpp-py-sync`` (a CPU build that needs glibc 2.38 or newer); skips where neither loads."""
+    import contextlib
+
+    greedy = {"temperature": 0.0, "top_k": 1, "top_p": 1.0, "min_p": 0.0, "repeat_penalty": 1.0, "seed": 0}
+    try:
+        import llama_cpp
+    except ImportError:
+        llama_cpp = None
+    if llama_cpp is not None:
+        @contextlib.contextmanager
+        def run_python(path: Path):
+            llm = llama_cpp.Llama(model_path=str(path), n_ctx=512, n_gpu_layers=0, verbose=False, seed=0)
+            try:
+                yield (lambda text: llm.tokenize(text.encode(), add_bos=False, special=True),
+                       lambda messages, n: llm.create_chat_completion(messages, max_tokens=n, **greedy))
+            finally:
+                llm.close()
+        return run_python
+    binding = pytest.importorskip("llama_cpp_py_sync", reason="neither llama-cpp-python nor llama-cpp-py-sync "
+                                  "is installed (make check-gguf builds the first)")
     from llama_cpp_py_sync._cffi_bindings import get_lib
 
     try:
         get_lib()
     except (OSError, RuntimeError) as e:  # the shared library, not our file: e.g. an older glibc
         pytest.skip(f"llama.cpp's library does not load here: {e}")
+
+    @contextlib.contextmanager
+    def run_sync(path: Path):
+        with binding.Llama(str(path), n_ctx=512, n_gpu_layers=0) as llm:
+            yield (lambda text: llm.tokenize(text, add_special=True, parse_special=True),
+                   lambda messages, n: llm.create_chat_completion(messages, max_tokens=n, **greedy))
+    return run_sync
+
+
+@pytest.mark.slow
+def test_llama_cpp_reads_the_gguf_and_answers_the_same(real_model_dir: Path, tmp_path: Path) -> None:
+    """llama.cpp itself on the exported file, where its Python binding loads: the same prompt tokens as the
+    Hugging Face tokenizer and, greedy, the same answer as `align`'s engine (f32: the same arithmetic up to
+    summation order; f16 and q8_0 answers drift after some tokens and are not compared)."""
+    runner = _llama_cpp_runner()
     from alignment.export import export_gguf
     from alignment.generation import generate
     from alignment.modeling import load_causal_lm, load_tokenizer
@@ -263,11 +295,9 @@ def test_llama_cpp_reads_the_gguf_and_answers_the_same(real_model_dir: Path, tmp
     text = tokenizer.apply_chat_template(PROMPT, tokenize=False, add_generation_prompt=True)
     want = generate(load_causal_lm(real_model_dir), tokenizer, [PROMPT], max_new_tokens=24, bf16="false",
                     progress=False)[0]
-    with binding.Llama(str(path), n_ctx=512, n_gpu_layers=0) as llm:
-        assert llm.tokenize(text, add_special=True, parse_special=True) == tokenizer(
-            text, add_special_tokens=False).input_ids
-        got = llm.create_chat_completion(PROMPT, max_tokens=24, temperature=0.0, top_k=1, top_p=1.0, min_p=0.0,
-                                         repeat_penalty=1.0, seed=0)
+    with runner(path) as (tokenize, chat):
+        assert tokenize(text) == tokenizer(text, add_special_tokens=False).input_ids
+        got = chat(PROMPT, 24)
     assert got["choices"][0]["message"]["content"].strip() == want.text
 
 
