@@ -237,7 +237,7 @@ def summary_lines(outcomes: list[PromptOutcome], found: list[PromptOutcome], out
     low = sum(sum(o.low_score) for o in outcomes)
     lines = [f"edge cases: {len(found)} of {len(outcomes)} prompts fail ({failing} of {total} answers) -> {out}"]
     for rule, count in rules.most_common():
-        lines.append(f"  rule {rule}: broken by {count} answers")
+        lines.append(f"  rule {rule}: broken by {count} answer{'s' * (count != 1)}")
     if any(o.scores for o in outcomes):
-        lines.append(f"  reward model: {low} answers among the lowest scores")
+        lines.append(f"  reward model: {low} answer{'s' * (low != 1)} among the lowest scores")
     return lines
