@@ -120,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Jaccard similarity of word shingles at or above which records are near duplicates "
                         "(default 0.8; 'none' keeps them)")
     c.add_argument("--shingle", type=int, default=3, help="words per shingle (default 3)")
+    c.add_argument("--dedup", choices=["whitespace", "exact", "none"], default="whitespace",
+                   help="repeats removed first: equal up to whitespace (default), exactly equal, or none")
     c.add_argument("--text", choices=["prompt", "all"], default="prompt",
                    help="compare prompts only (default) or prompts with their answers")
     c.add_argument("--clusters", type=int, metavar="K",
@@ -295,7 +297,8 @@ def _curate(args: argparse.Namespace) -> int:
                        seeds=args.seeds, top_k=20 if args.top_k is None else args.top_k, embed=args.embed,
                        model=args.model)
     check_settings(cfg, flag)
-    return curate_command(args.file, args.kind, args.out, cfg, CurateOptions(clusters=args.clusters, seed=args.seed))
+    return curate_command(args.file, args.kind, args.out, cfg, CurateOptions(clusters=args.clusters, seed=args.seed,
+                                                                                 dedup=args.dedup))
 
 
 def main(argv: list[str] | None = None) -> int:

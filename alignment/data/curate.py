@@ -11,8 +11,9 @@ Three steps, in this order, each optional:
    kept. LSH only proposes candidates; each is confirmed with the exact Jaccard of the two sets, so a group never
    holds a pair below the threshold (LSH may miss a pair just above it: with 128 permutations at 0.8 that is
    rare, and the kept records stay usable). A record is compared with the records kept so far, so a chain A~B~C
-   with A and C apart keeps A and C. Exact and whitespace-only repeats are removed before, as the phases'
-   ``data.dedup`` does.
+   with A and C apart keeps A and C. Exact repeats are removed before, as ``dedup`` says (``CurateOptions``:
+   whitespace by default; in a phase, its own ``data.dedup`` has removed them already and nothing more is). With
+   ``dedup: none`` and a threshold set, records equal up to whitespace still go as near duplicates (Jaccard 1).
 2. **Clusters** (scikit-learn KMeans, MiniBatchKMeans above 10,000 records) of the embedded prompts: per cluster
    its size, a representative (the prompt nearest the centroid) and its diversity (mean cosine distance to the
    centroid: 0 means one prompt said many times), plus a PNG (cluster sizes labelled with representatives, and a
@@ -102,6 +103,8 @@ class CurateOptions:
     seed: int = 0
     """For SVD and KMeans, so two runs on one file agree."""
     plot: bool = True
+    dedup: str = "whitespace"
+    """Repeats removed before the near-duplicate step: whitespace (equal up to whitespace), exact, or none."""
 
 
 def default_clusters(n: int) -> int:
@@ -210,15 +213,17 @@ def near_duplicates(texts: list[str], threshold: float = 0.8, shingle: int = 5, 
     return result
 
 
-def exact_duplicates(ds: datasets.Dataset, kind: str, variant: str) -> list[int]:
-    """Indices of the first of each whitespace-equal record (the phases' default ``data.dedup``)."""
+def exact_duplicates(ds: datasets.Dataset, kind: str, variant: str, mode: str = "whitespace") -> list[int]:
+    """Indices of the first of each record equal up to whitespace (``mode`` exact: equal; none: every index)."""
     from alignment.data.dedup import record_key
     from alignment.data.io import iter_records
 
+    if mode == "none":
+        return list(range(len(ds)))
     seen: set[str] = set()
     keep = []
     for i, (_, record) in enumerate(iter_records(ds)):
-        key = record_key(record, kind, variant, "whitespace")
+        key = record_key(record, kind, variant, mode)  # type: ignore[arg-type]
         if key not in seen:
             seen.add(key)
             keep.append(i)
@@ -463,7 +468,7 @@ def curate(ds: datasets.Dataset, kind: str, variant: str, cfg: CurateConfig, opt
     removed: dict[str, int] = {}
 
     t = time.perf_counter()
-    keep = exact_duplicates(ds, kind, variant)
+    keep = exact_duplicates(ds, kind, variant, options.dedup)
     removed["duplicate"] = len(ds) - len(keep)
     timings["exact_duplicates"] = time.perf_counter() - t
 
@@ -562,17 +567,18 @@ PHASE_PLOT = "curation_clusters.png"
 
 
 def curate_dataset(ds: datasets.Dataset, kind: str, variant: str, cfg: CurateConfig, *, source: str = "",
-                   policy_model: str | None = None, report_dir: Path | None = None
+                   policy_model: str | None = None, report_dir: Path | None = None, dedup: str = "none"
                    ) -> tuple[datasets.Dataset, dict[str, Any]]:
     """A phase's ``data.curate``: near duplicates, retrieval and the clusters summary (``cfg.clusters``); the kept
     rows and the report. ``report_dir`` (the phase's output folder, on one process): the report is written
-    there as :data:`PHASE_REPORT`, with the clusters plot as :data:`PHASE_PLOT`."""
+    there as :data:`PHASE_REPORT`, with the clusters plot as :data:`PHASE_PLOT`. ``dedup``: the repeats removed
+    first; none by default, as the phases remove theirs (``data.dedup``) before calling this."""
     plot_path = None if report_dir is None else Path(report_dir) / PHASE_PLOT
     if plot_path is not None:
         plot_path.parent.mkdir(parents=True, exist_ok=True)
         plot_path.unlink(missing_ok=True)  # an earlier run's plot would describe other data
-    result = curate(ds, kind, variant, cfg, CurateOptions(clusters=cfg.clusters, plot=plot_path is not None),
-                    source=source, policy_model=policy_model, plot_path=plot_path)
+    options = CurateOptions(clusters=cfg.clusters, plot=plot_path is not None, dedup=dedup)
+    result = curate(ds, kind, variant, cfg, options, source=source, policy_model=policy_model, plot_path=plot_path)
     removed = ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in result.report["removed"].items())
     _LOG.info(f"data.curate: kept {len(result.keep)} of {len(ds)} records ({removed})")
     if report_dir is not None:

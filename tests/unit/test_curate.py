@@ -208,6 +208,27 @@ def test_sft_training_data_is_curated_before_the_split(tmp_path):
     assert len(train) == 18 and all(r["messages"][1]["content"] != "other answer" for r in train)
 
 
+
+def test_curation_keeps_the_repeats_the_phase_data_dedup_keeps(tmp_path):
+    """data.dedup: none (or exact) is what the phase trains on: curation with no near-duplicate threshold removes
+    no repeat of its own; the command's --dedup says what it removes first."""
+    from alignment.sft import load_sft_records
+
+    rows = [{"messages": [{"role": "user", "content": f"question number {i} about the policy"},
+                          {"role": "assistant", "content": f"answer {i}"}]} for i in range(10)]
+    spaced = {"messages": [{"role": "user", "content": "question  number 3 about the policy "},
+                           {"role": "assistant", "content": "answer 3"}]}
+    data = write_jsonl(tmp_path / "data.jsonl", [*rows, rows[2], spaced])
+    for dedup, expected in (("none", 12), ("exact", 11), ("whitespace", 10)):
+        cfg = load_config(SFTConfig, None, {"model": "m", "data.train": str(data), "data.split": {"train": 1.0},
+                                            "data.dedup": dedup, "data.curate": {"near_dup_threshold": None,
+                                                                                 "clusters": 0}})
+        assert len(load_sft_records(cfg)[0]) == expected, dedup
+        out = tmp_path / f"{dedup}.jsonl"
+        assert main(["data", "curate", str(data), "--kind", "sft", "--out", str(out), "--near-dup-threshold",
+                     "none", "--clusters", "0", "--dedup", dedup]) == 0
+        assert len(out.read_text().splitlines()) == expected, dedup
+
 def test_pairs_of_one_prompt_are_one_unit_in_preference_data(tmp_path):
     """Several pairs of one prompt are the data's structure, not near duplicates of each other: all are kept,
     while a reworded copy of that prompt goes with all of its pairs."""
