@@ -136,7 +136,7 @@ def split_pairs(examples: list[PreferenceExample], ratios: dict[str, float], see
 
     from alignment.data.splits import carve
 
-    keys = [json.dumps(ex.prompt) for ex in examples]
+    keys = [_prompt_key(ex.prompt) for ex in examples]  # whitespace-normalised: one prompt typed twice is one
     ds = datasets.Dataset.from_dict({"i": list(range(len(examples))), "prompt": keys})
     parts = carve(ds, ratios, seed, files, key=lambda r: r["prompt"])
     return {name: [examples[i] for i in part["i"]] for name, part in parts.items()}

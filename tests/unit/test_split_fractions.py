@@ -85,6 +85,22 @@ def test_pairs_of_one_prompt_stay_in_one_of_the_three_parts():
     assert parts["test"]
 
 
+
+def test_a_prompt_written_with_other_whitespace_stays_in_the_same_part():
+    """The same question typed with a trailing space or a double space is one prompt: its pairs cannot land
+    in train and in a held-out part (the split keys on the whitespace-normalised prompt, as dedup does)."""
+    def pair(question: str, i: int) -> PreferenceExample:
+        return PreferenceExample([{"role": "user", "content": question}], [{"role": "assistant", "content": f"g{i}"}],
+                                 [{"role": "assistant", "content": f"b{i}"}])
+
+    for seed in range(40):
+        examples = [pair(f"question {i}?", i) for i in range(50)]
+        examples += [pair("question  7? ", 50), pair(" question 7?\n", 51)]
+        parts = split_pairs(examples, THREE_WAY, seed=seed)
+        where = {name for name, part in parts.items() for ex in part
+                 if " ".join(ex.prompt[0]["content"].split()) == "question 7?"}
+        assert len(where) == 1, (seed, where)
+
 # --------------------------------------------------------------------------------------------------
 # Recipes
 # --------------------------------------------------------------------------------------------------
