@@ -265,17 +265,21 @@ def run_dpo(cfg: DPOConfig) -> Path:
     test_keys = [len(train_pairs) + len(val_pairs) + i for i in range(len(test_pairs))]
     if reference is not None and cfg.precompute_ref:
         cache_file = out / "reference_logps.pt"
-        if resume_from is not None and cache_file.exists():
-            reference.cache = torch.load(cache_file, weights_only=True)
-        else:
-            # Before any update: the policy is still the reference (or the frozen copy is). Only the
-            # pairs the run reads (a run shorter than an epoch reads fewer), and the held-out ones (test too).
-            keys = sorted(schedule.examples_read(0, schedule.total_steps)) + val_keys + test_keys
-            reference.cache = precompute(reference, train_pairs + val_pairs + test_pairs, cfg.train.batch_size,
-                                         pad, keys)
+        # Before any update (a resumed run loads its checkpoint later): the policy is still the reference (or the
+        # frozen copy is). Only the pairs the run reads (a run shorter than an epoch reads fewer), and the
+        # held-out ones (test too).
+        pairs = train_pairs + val_pairs + test_pairs
+        keys = sorted(schedule.examples_read(0, schedule.total_steps)) + val_keys + test_keys
+        digest = _cache_digest(cfg, pairs, keys, loss_fn.average_logps)
+        cached, why = _read_reference_cache(cache_file, digest) if resume_from is not None else (None, "")
+        if cached is None:
+            if why:
+                run.log(f"reference log-probs computed again: {why}")
+            cached = precompute(reference, pairs, cfg.train.batch_size, pad, keys)
             if run.main:
                 out.mkdir(parents=True, exist_ok=True)
-                torch.save(reference.cache, cache_file)
+                torch.save({"digest": digest, "logps": cached}, cache_file)
+        reference.cache = cached
         if frozen is not None:
             reference.frozen = frozen = None  # free the copy
     split = split_state(cfg, (json.dumps([ex.prompt, ex.chosen, ex.rejected]) for ex in test_ex))
@@ -332,4 +336,29 @@ def run_dpo(cfg: DPOConfig) -> Path:
     run.log(f"saved {out / 'model'}{tested}")
     run.close()
     return out / "model"
+
+
+def _cache_digest(cfg: DPOConfig, pairs: list[TokenizedPair], keys: list[int], average: bool) -> str:
+    """What the reference log-probs cache was computed from: the reference model, how log-probs are pooled, and
+    the tokens of every pair at ``keys`` (a key is a position in train + validation + test: the same position
+    holds another pair once the data, the split or the tokenization changes)."""
+    import hashlib
+
+    h = hashlib.sha256(json.dumps([str(cfg.model), bool(average), cfg.data.max_length]).encode())
+    for k in keys:
+        p = pairs[k]
+        h.update(json.dumps([k, p.chosen_ids, p.chosen_labels, p.rejected_ids, p.rejected_labels]).encode())
+    return h.hexdigest()[:16]
+
+
+def _read_reference_cache(path: Path, digest: str) -> tuple[dict[int, tuple[float, float]] | None, str]:
+    """A resumed run's cache when it was computed for exactly these pairs, else None and why not."""
+    if not path.exists():
+        return None, f"{path.name} is missing"
+    saved = torch.load(path, weights_only=True)
+    if not isinstance(saved, dict) or "digest" not in saved:
+        return None, f"{path.name} does not record what it was computed from (written by an older version)"
+    if saved["digest"] != digest:
+        return None, f"{path.name} was computed for other pairs (the data, its split or the model changed)"
+    return saved["logps"], ""
 

@@ -63,7 +63,7 @@ def test_reference_paths_agree(tmp_path, tiny_model_dir, toy_preferences):
 
     cfg = load_config(DPOConfig, str(tmp_path / "dpo-precomputed.yaml"), {})
     train_pairs, val_pairs, _ = load_pairs(cfg.data, cfg.train.seed)
-    cache = torch.load(tmp_path / "precomputed" / "reference_logps.pt")
+    cache = torch.load(tmp_path / "precomputed" / "reference_logps.pt")["logps"]
     # (the run finishing proves every pair it read was cached: a miss raises; the epoch's wrap-around
     # can repeat a pair, so up to 32 distinct pairs)
     assert 24 <= len([k for k in cache if k < len(train_pairs)]) <= 32 < len(train_pairs)
@@ -124,6 +124,39 @@ def test_dpo_resume_matches(tmp_path, tiny_model_dir, toy_preferences):
     for step in range(5, 9):
         assert b[step]["train/loss"] == pytest.approx(a[step]["train/loss"], rel=1e-5)
 
+
+
+@pytest.mark.parametrize("stale", ["older format", "other pairs"])
+def test_dpo_resume_recomputes_a_stale_reference_cache(tmp_path, tiny_model_dir, toy_preferences, capsys, stale):
+    """A resumed run uses the saved reference log-probs only when they were computed for the same pairs: a cache
+    of an older version (no record of its pairs, here without the test pairs' keys) or of other pairs (wrong
+    values under the same keys) is computed again, and the run still ends as the uninterrupted one."""
+    def recipe(out: Path) -> str:
+        path = _recipe(tmp_path, tiny_model_dir, toy_preferences, out, precompute_ref=True,
+                       train={"max_steps": 8, "save_every": 4})
+        written = json.loads(path.read_text())
+        written["data"]["split"] = {"train": 0.7, "validation": 0.15, "test": 0.15}
+        path.write_text(json.dumps(written))
+        return str(path)
+
+    full = tmp_path / "full"
+    assert main(["dpo", "--config", recipe(full)]) == 0
+    saved = torch.load(full / "reference_logps.pt")
+    part = tmp_path / "part"
+    (part / "checkpoints").mkdir(parents=True)
+    shutil.copytree(full / "checkpoints" / "step-4", part / "checkpoints" / "step-4")
+    if stale == "older format":  # a plain {key: log-probs} without the last test pair (the test keys come last)
+        torch.save({k: saved["logps"][k] for k in sorted(saved["logps"])[:-1]}, part / "reference_logps.pt")
+    else:
+        torch.save({"digest": "0" * 16, "logps": {k: (0.0, 0.0) for k in saved["logps"]}}, part / "reference_logps.pt")
+    capsys.readouterr()
+    assert main(["dpo", "--config", recipe(part)]) == 0
+    assert "reference log-probs computed again" in capsys.readouterr().out
+    assert torch.load(part / "reference_logps.pt") == saved
+    a = {r["step"]: r for r in _rows(full) if "train/loss" in r}
+    b = {r["step"]: r for r in _rows(part) if "train/loss" in r}
+    for step in range(5, 9):
+        assert b[step]["train/loss"] == pytest.approx(a[step]["train/loss"], rel=1e-5)
 
 def test_likelihood_watch():
     # With a reference: rewards/chosen / beta is the chosen answers' log-likelihood change on the batch.
