@@ -95,7 +95,10 @@ def load_sft_splits(cfg: SFTConfig, curation_dir: Path | None = None) -> tuple[
         train, val = kept_train, kept_val
         report = dataclasses.replace(report, test_overlap_removed=overlap)
     if cfg.data.preferred:
-        preferred = preferred_conversations(cfg.data.preferred, cfg.train.seed, cfg.data.preferred_holdout)
+        from alignment.data.phase_pii import cleaned_from
+
+        preferred = preferred_conversations(cfg.data.preferred, cfg.train.seed, cfg.data.preferred_holdout,
+                                            unmasked=cleaned_from(cfg, "data.preferred"))
         # Nothing held out comes back through the preferred answers: neither a validation or test conversation
         # itself nor another answer to its prompt (that would train on the prompt validation and early stopping
         # judge, or on a test prompt).
@@ -129,33 +132,53 @@ def _conversation_key(messages: list[dict[str, str]]) -> str:
 PREFERENCE_HOLDOUT = PreferenceDataConfig().split  # what the RM/DPO phases hold out unless a recipe says otherwise
 
 
-def held_out_prompts(examples: list[Any], holdouts: list[PreferredHoldoutConfig], seed: int) -> set[str]:
+def held_out_prompts(examples: list[Any], holdouts: list[PreferredHoldoutConfig], seed: int,
+                     unmasked: list[Any] | None = None) -> set[str]:
     """The prompts (compared up to whitespace) that preference phases splitting ``examples`` as ``holdouts`` say
     hold out: every part of their split but train, cut by prompt exactly as they cut it
     (:func:`~alignment.data.preferences.split_pairs`, the parts given as files not cut), and the prompts of
-    those files. ``seed``: an entry's seed when it has none."""
+    those files. ``seed``: an entry's seed when it has none.
+
+    ``unmasked``: where ``examples`` are a copy that ``data.pii`` cleaned, the examples of the file it was made
+    from. A preference phase may split either (its own ``data.pii`` decides), and a masked prompt hashes to
+    another place than the original, so the prompts either split holds out count, each also in its masked
+    form, as do the holdout files' prompts: SFT may leave out a few prompts too many, never one too few."""
     from alignment.data.preferences import _prompt_key, load_preference_examples, split_pairs
+
+    def keys(prompt: Any) -> set[str]:
+        return {_prompt_key(prompt), _prompt_key(_masked(prompt))} if unmasked is not None else {_prompt_key(prompt)}
 
     held: set[str] = set()
     for h in holdouts:
         files = tuple(name for name in ("validation", "test") if getattr(h, name))
-        parts = split_pairs(examples, h.split, seed if h.seed is None else h.seed, files)
-        held |= {_prompt_key(ex.prompt) for name, part in parts.items() if name != "train" for ex in part}
+        for readings in (examples, *([unmasked] if unmasked is not None else [])):
+            parts = split_pairs(readings, h.split, seed if h.seed is None else h.seed, files)
+            held |= {k for name, part in parts.items() if name != "train" for ex in part for k in keys(ex.prompt)}
         for name in files:
-            held |= {_prompt_key(ex.prompt) for ex in load_preference_examples(getattr(h, name))[0]}
+            held |= {k for ex in load_preference_examples(getattr(h, name))[0] for k in keys(ex.prompt)}
     return held
 
 
-def preferred_conversations(path: str, seed: int,
-                            holdouts: list[PreferredHoldoutConfig] | None = None) -> list[dict[str, Any]]:
+def _masked(prompt: Any) -> Any:
+    """A prompt as ``data.pii: mask`` writes it (every string's personal data replaced by its kind)."""
+    from alignment.data.dedup import _map_strings
+    from alignment.data.pii import find, mask_text
+
+    return _map_strings(prompt, lambda text: mask_text(text, find(text)))
+
+
+def preferred_conversations(path: str, seed: int, holdouts: list[PreferredHoldoutConfig] | None = None,
+                            unmasked: str | None = None) -> list[dict[str, Any]]:
     """Prompt + chosen answer of every training pair in a preference source, once per distinct conversation.
 
     Pairs whose prompt the preference phases hold out (:func:`held_out_prompts` of ``holdouts``; None: their
-    default, ``PREFERENCE_HOLDOUT`` with ``seed``) are skipped."""
+    default, ``PREFERENCE_HOLDOUT`` with ``seed``) are skipped. ``unmasked``: the file ``path`` is a cleaned copy
+    of (``data.pii``), whose split counts too."""
     from alignment.data.preferences import _prompt_key, load_preference_examples
 
     examples, _ = load_preference_examples(path)
-    held = held_out_prompts(examples, holdouts or [PreferredHoldoutConfig()], seed)
+    original = load_preference_examples(unmasked)[0] if unmasked else None
+    held = held_out_prompts(examples, holdouts or [PreferredHoldoutConfig()], seed, original)
     kept = [ex for ex in examples if _prompt_key(ex.prompt) not in held]
     out, seen = [], set()
     for ex in kept:

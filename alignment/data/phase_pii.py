@@ -43,6 +43,17 @@ def read_report(output_dir: str | Path) -> dict[str, Any] | None:
         return None
 
 
+def cleaned_from(cfg: Any, dotted: str) -> str | None:
+    """The file that field ``dotted`` of a phase's config was cleaned from, when it now names the copy this scan
+    wrote (``mask`` or ``drop``); None when it reads its file as given."""
+    spec = config_sources(cfg, (dotted,)).get(dotted)
+    report = read_report(cfg.output_dir) if spec else None
+    for entry in (report or {}).get("files", []):
+        if entry["field"] == dotted and entry.get("out") and Path(entry["out"]).resolve() == Path(spec).resolve():
+            return entry["file"]
+    return None
+
+
 def _copy_path(output_dir: Path, dotted: str, spec: str, action: str) -> Path:
     """Where the cleaned copy of field ``dotted``'s file goes: its own format when the writer has it (a CSV's
     message cells stay JSON text, as its loader reads them), else JSONL (a saved dataset folder)."""

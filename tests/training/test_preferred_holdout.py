@@ -179,3 +179,38 @@ def test_sfts_own_validation_and_test_prompts_do_not_come_back_through_the_prefe
     held = {_question(r["messages"]) for r in val + test}
     assert held and report.preferred_added
     assert not held & {_question(r["messages"]) for r in train}
+
+
+def test_masked_preferred_answers_leave_out_what_either_split_holds_out(tmp_path, sft_file):
+    """With data.pii: mask SFT reads a masked copy of data.preferred, whose prompts hash elsewhere than the
+    originals an RM or DPO phase (its own data.pii: report) splits, and a holdout file's prompts are written
+    unmasked: SFT leaves out what the original's split holds out, what the copy's split holds out, and the holdout
+    file's prompts, each compared in its masked form."""
+    import re
+
+    from alignment.data.preferences import load_preference_examples, split_pairs
+    from alignment.pipeline import load_phase_config
+
+    rows = [{"prompt": f"Question {i} from jane.doe{i}@example.com: can you help with my claim?",
+             "chosen": "Certainly, I can help with your claim.", "rejected": "No."} for i in range(120)]
+    prefs = write_jsonl(tmp_path / "prefs.jsonl", rows)
+    write_jsonl(tmp_path / "held.jsonl", rows[:4])
+    recipe = tmp_path / "sft.yaml"
+    recipe.write_text(json.dumps({"phase": "sft", "model": "x", "output_dir": str(tmp_path / "out"),
+                                  "data": {"train": str(sft_file), "preferred": str(prefs), "pii": "mask",
+                                           "preferred_holdout": [{"split": THREE_WAY, "seed": 5,
+                                                                  "test": "held.jsonl"}]}}))
+    _, cfg, _ = load_phase_config("sft", str(recipe), [])
+    assert cfg.data.preferred != str(prefs) and "example.com" not in Path(cfg.data.preferred).read_text()
+
+    def number(question: str) -> int | None:
+        found = re.match(r"Question (\d+) ", question)
+        return int(found.group(1)) if found else None
+
+    trained = {number(q) for q in _trained_questions(cfg)} - {None}
+    assert trained, "the preferred answers are trained on"
+    held = set(range(4))  # the holdout file
+    for path in (prefs, Path(cfg.data.preferred)):  # as an RM/DPO phase reading either would split it
+        examples, _ = load_preference_examples(str(path))
+        held |= {number(_question(ex.prompt)) for ex in split_pairs(examples, THREE_WAY, 5, ("test",))["validation"]}
+    assert not trained & held
