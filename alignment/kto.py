@@ -36,6 +36,7 @@ from transformers import ProgressCallback, TrainerCallback
 from alignment import distributed as dist
 from alignment.config import DPOConfig, refuse_test
 from alignment.data import deduplicate, iter_records, load_dataset_file, split_dataset, to_conversation
+from alignment.data.dedup import normalise_strings
 from alignment.data.io import one_read_per_file, release_reads
 from alignment.errors import AlignError
 from alignment.modeling import count_parameters, load_causal_lm, load_tokenizer, save_model
@@ -107,9 +108,12 @@ def load_unpaired(cfg: DPOConfig, curation_dir: Path | None = None) -> tuple[
             val_ds, val_info, _ = _read_unpaired(cfg.data.validation, cfg.data.dedup)
             train, val = _conversations(ds, info.variant), _conversations(val_ds, val_info.variant)
         else:
-            # Key on the normalised prompt, so a string prompt and the same prompt as messages land together.
+            # Key on the normalised prompt, so a string prompt and the same prompt as messages land together, and
+            # on its whitespace-normalised text (split scheme 2), so "What is X?" and "What is X? " do too; a
+            # prompt with normal whitespace keeps the key, and the part, it had before.
             def prompt_key(record: dict[str, Any]) -> str:
-                return json.dumps(to_conversation(record, "unpaired", info.variant)["prompt"], sort_keys=True)
+                prompt = to_conversation(record, "unpaired", info.variant)["prompt"]
+                return json.dumps(normalise_strings(prompt), sort_keys=True)
 
             parts = split_dataset(ds, cfg.data.split, cfg.train.seed, key=prompt_key)
             train = _conversations(parts["train"], info.variant)

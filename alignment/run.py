@@ -58,10 +58,13 @@ def split_state(cfg: Any, test_keys: Iterable[str]) -> dict[str, Any]:
     """What decides a run's held-out parts, for its checkpoints' trainer state: the split settings and a hash of
     the test examples (``test_keys``: one key per test example, e.g. its normalised conversation or pair).
     A run may resume a checkpoint only under the same record (:meth:`Run.start`): under another split the
-    checkpoint's weights may have trained on what is now the test part."""
+    checkpoint's weights may have trained on what is now the test part. ``split_scheme``: how rows were placed
+    (:data:`~alignment.data.splits.SCHEME`); a record without one was written under scheme 1."""
+    from alignment.data.splits import SCHEME
+
     keys = sorted(set(test_keys))
     return {"data.split": dict(cfg.data.split), "train.seed": cfg.train.seed, "data.validation": cfg.data.validation,
-            "data.test": cfg.data.test, "test_examples": len(keys),
+            "data.test": cfg.data.test, "split_scheme": SCHEME, "test_examples": len(keys),
             "test_keys": hashlib.sha256(json.dumps(keys).encode()).hexdigest()[:16]}
 
 
@@ -147,14 +150,23 @@ class Run:
             return
         changed = [f"{key} {saved.get(key)!r} -> {split[key]!r}" for key in SPLIT_SETTINGS
                    if saved.get(key) != split[key]]
+        scheme, now = saved.get("split_scheme", 1), split["split_scheme"]
+        if scheme != now:  # the same settings and files, cut another way by another version of align
+            from alignment.data.splits import SCHEME_CHANGES
+
+            since = "; ".join(SCHEME_CHANGES[v] for v in range(scheme + 1, now + 1) if v in SCHEME_CHANGES)
+            changed.append(f"the split scheme {scheme} -> {now}: the checkpoint was written by "
+                           + (f"an older version of align, and since then {since}" if scheme < now
+                              else "a newer version of align"))
         if not changed and saved.get("test_keys") != split["test_keys"]:
             changed.append(f"the test examples ({saved.get('test_examples')} -> {split['test_examples']} examples, "
                            "not the same ones: the data files changed)")
         if changed:
+            way_back = ("resume it with the version of align that wrote it" if len(changed) == 1 and scheme != now
+                        else "restore the split settings and data files the checkpoint was trained with to resume it")
             raise AlignError(f"will not resume from {checkpoint}: the held-out split changed since it was written "
                              f"({'; '.join(changed)}), so its weights may have trained on what is now test data. "
-                             "Start afresh with train.resume=never, or restore the split settings and data files "
-                             "the checkpoint was trained with to resume it", field="train.resume")
+                             f"Start afresh with train.resume=never, or {way_back}", field="train.resume")
 
     def close(self) -> None:
         """Wait for every process (rank 0 may still be saving), then log the saved model and close the tracker."""

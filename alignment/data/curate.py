@@ -464,7 +464,8 @@ def curate(ds: datasets.Dataset, kind: str, variant: str, cfg: CurateConfig, opt
     lines = list(ds[LINE_COLUMN]) if LINE_COLUMN in ds.column_names else list(range(1, len(ds) + 1))
     compared, prompts = _texts(ds, kind, variant, cfg.text)
     report: dict[str, Any] = {"file": source, "kind": kind, "variant": variant, "records": len(ds),
-                              "settings": {**cfg.__dict__, "clusters": options.clusters, "seed": options.seed}}
+                              "settings": {**cfg.__dict__, "clusters": options.clusters, "seed": options.seed,
+                                           "dedup": options.dedup}}
     removed: dict[str, int] = {}
 
     t = time.perf_counter()
@@ -621,7 +622,9 @@ def curate_command(path: str, kind: str, out: str, cfg: CurateConfig, options: C
     r = curate_file(path, kind, out, cfg, options)
     removed = r["removed"]
     log.output(f"{path}: {r['records']} records -> {r['kept']} kept ({out})")
-    log.output(f"  removed: {removed.get('duplicate', 0)} exact/whitespace duplicates"
+    repeats = {"whitespace": "exact/whitespace duplicates", "exact": "exact duplicates",
+               "none": "repeats (--dedup none: none looked for)"}[options.dedup]
+    log.output(f"  removed: {removed.get('duplicate', 0)} {repeats}"
           + (f", {removed['near_duplicate']} near duplicates (Jaccard >= {cfg.near_dup_threshold:g} on word "
              f"{cfg.shingle}-grams) in {len(r['near_duplicate_groups'])} groups"
              if "near_duplicate" in removed else "")

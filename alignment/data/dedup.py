@@ -33,11 +33,18 @@ def normalise_whitespace(text: str) -> str:
     return _WHITESPACE.sub(" ", text).strip()
 
 
+def normalise_strings(value: Any) -> Any:
+    """``value`` (a string, or lists and dicts holding strings: a record, a message list) with every string's
+    whitespace normalised (:func:`normalise_whitespace`); other values as they are. Already-normal content comes
+    back equal, so a key made of it is the key of the content as written."""
+    return _map_strings(value, normalise_whitespace)
+
+
 def record_key(record: dict[str, Any], kind: str, variant: str, mode: DedupMode = "exact") -> str:
     """Canonical JSON of a record's normalised content: equal keys mean duplicate records."""
     content = to_conversation(record, kind, variant)
     if mode == "whitespace":
-        content = _map_strings(content, normalise_whitespace)
+        content = normalise_strings(content)
     return json.dumps(content, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
 
 

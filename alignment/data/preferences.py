@@ -130,13 +130,15 @@ def weight_summary(examples: list[PreferenceExample]) -> dict[str, Any]:
 
 def split_pairs(examples: list[PreferenceExample], ratios: dict[str, float], seed: int,
                 files: tuple[str, ...] = ()) -> dict[str, list]:
-    """Deterministic split that keeps every pair of one prompt in the same split (no prompt leaks). ``ratios``
-    is a recipe's ``data.split``; the held-out parts named in ``files`` come from files and are not cut."""
+    """Deterministic split that keeps every pair of one prompt in the same split (no prompt leaks), prompts
+    compared up to whitespace ("What is X?" and "What is X? " are one prompt, as ``data.dedup: whitespace`` and
+    the test-prompt check compare them). ``ratios`` is a recipe's ``data.split``; the held-out parts named in
+    ``files`` come from files and are not cut."""
     import datasets
 
     from alignment.data.splits import carve
 
-    keys = [_prompt_key(ex.prompt) for ex in examples]  # whitespace-normalised: one prompt typed twice is one
+    keys = [_split_key(ex.prompt) for ex in examples]
     ds = datasets.Dataset.from_dict({"i": list(range(len(examples))), "prompt": keys})
     parts = carve(ds, ratios, seed, files, key=lambda r: r["prompt"])
     return {name: [examples[i] for i in part["i"]] for name, part in parts.items()}
@@ -191,9 +193,20 @@ def load_pair_splits(data: PreferenceDataConfig, seed: int, curation_dir: Path |
 
 
 def _prompt_key(prompt: Any) -> str:
-    from alignment.data.dedup import _map_strings, normalise_whitespace
+    """A prompt compared up to whitespace (and the order of a message's keys): for sets of prompts."""
+    from alignment.data.dedup import normalise_strings
 
-    return json.dumps(_map_strings(prompt, normalise_whitespace), sort_keys=True, ensure_ascii=False)
+    return json.dumps(normalise_strings(prompt), sort_keys=True, ensure_ascii=False)
+
+
+def _split_key(prompt: Any) -> str:
+    """What :func:`split_pairs` hashes: the prompt's JSON with its whitespace normalised (split scheme 2,
+    :data:`~alignment.data.splits.SCHEME`). Not :func:`_prompt_key`: this is byte-equal to scheme 1's key,
+    ``json.dumps(prompt)``, for a prompt already written with normal whitespace, so only the prompts that had
+    odd spacing move; sorting the keys would have moved every prompt."""
+    from alignment.data.dedup import normalise_strings
+
+    return json.dumps(normalise_strings(prompt))
 
 
 def unpaired_to_pairs(records: list[dict[str, Any]]) -> list[PreferenceExample]:

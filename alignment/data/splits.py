@@ -2,14 +2,25 @@
 
 Why hash rows instead of shuffling (``Dataset.train_test_split``): a shuffle assigns a row by its
 position, so appending a day of new feedback reshuffles every old row and validation scores stop being
-comparable across runs. Here each row's split depends only on its own content and the seed: the row's
+comparable across runs. Here each row's split depends only on its own content and the seed (and, for a row
+equal up to whitespace to an earlier one, that one's: see below): the row's
 canonical JSON is hashed with blake2b (not Python's ``hash``, which changes with PYTHONHASHSEED) to a
 number in [0, 1), and the ratios cut [0, 1) into intervals. Consequences, all intended:
 
 - same data + same seed -> same split, on any machine and in any process;
-- adding rows never moves existing ones;
-- identical rows always land in the same split, so exact duplicates cannot leak across it;
+- adding rows never moves existing ones (unless a whitespace twin of a row is added before it in the file);
+- identical rows always land in the same split, so exact duplicates cannot leak across it; and so do rows
+  equal up to whitespace (the normaliser of ``data.dedup: whitespace``), so under ``dedup: exact`` or
+  ``none`` a record repeated with a trailing space cannot straddle train and a held-out part either: a row
+  is placed where the first row equal to it up to whitespace (in file order) is placed by its own content;
 - split sizes match the ratios only on average (binomially), which matters only for tiny datasets.
+
+Why place a whitespace twin with the first rather than hash every row's normalised text: SFT answers hold
+newlines, so hashing normalised records would have moved nearly every existing row (all 300 of the quickstart's)
+to fix a leak that only exists under ``dedup: exact`` or ``none``; this way a row without a twin stays where it
+was. Callers that split by prompt (the preference and unpaired loaders) pass a ``key`` that is the
+whitespace-normalised prompt's JSON instead: a prompt written with normal whitespace keeps its key (and part),
+and prompts rarely hold newlines.
 
 For a tiny dataset where a split would come out empty, the row whose hash lies nearest that split's
 interval is moved into it, so every split has a row whenever there are at least as many rows as splits.
@@ -26,11 +37,23 @@ from typing import Any
 
 import datasets
 
+from alignment.data.dedup import normalise_strings
 from alignment.data.io import iter_records
 from alignment.errors import AlignError
 
 DEFAULT_NAMES = ("train", "validation", "test")
 TOLERANCE = 1e-6
+
+SCHEME = 2
+"""How rows are placed, recorded with each checkpoint's split (:func:`alignment.run.split_state`) so a run is
+never resumed from a checkpoint whose parts were cut another way. 1: by the key as written (the whole record,
+or the prompt's JSON); 2: text equal up to whitespace is one row or one prompt (a record's whitespace twin goes
+where the first goes; a prompt's key is its whitespace-normalised JSON). Bump it whenever a row could land in
+another part for the same data, settings and seed."""
+
+SCHEME_CHANGES = {2: "rows and prompts equal up to whitespace are placed together, so one written with other "
+                     "spacing may have moved between the parts"}
+"""What each scheme changed, for the message refusing a resume across it."""
 
 
 def split_dataset(
@@ -43,13 +66,19 @@ def split_dataset(
     train/validation/test). Rows keep their order within each split, and their ``__line__``.
 
     ``key`` maps a record to the text that is hashed; the default is the whole record without
-    ``__line__``. Pass e.g. ``lambda r: json.dumps(r["prompt"])`` to keep every record of a prompt in
-    one split.
+    ``__line__``, a record equal up to whitespace to an earlier one taking that one's text (so the two land
+    together). Pass e.g. ``lambda r: json.dumps(normalise_strings(r["prompt"]))`` to keep every record of a
+    prompt (up to whitespace) in one split.
     """
     named = _check_ratios(ratios)
     names = list(named)
     uppers = list(_cumulative(named.values()))  # interval j is [uppers[j-1], uppers[j])
-    positions = [_position(key(r) if key else _canonical(r), seed) for _, r in iter_records(ds)]
+    if key is not None:
+        keys = [key(r) for _, r in iter_records(ds)]
+    else:
+        first: dict[str, str] = {}  # whitespace-normalised record -> the text of the first row equal to it
+        keys = [first.setdefault(_canonical(normalise_strings(r)), _canonical(r)) for _, r in iter_records(ds)]
+    positions = [_position(k, seed) for k in keys]
     assigned = [min(bisect.bisect_right(uppers, u), len(names) - 1) for u in positions]
     if len(positions) >= len(names):
         _fill_empty(assigned, positions, uppers)

@@ -69,3 +69,29 @@ def test_a_changed_test_file_is_refused_though_the_settings_are_the_same(tmp_pat
     assert _run(tmp_path, recipe) == 2
     err = capsys.readouterr().err
     assert "the test examples (10 -> 10 examples, not the same ones: the data files changed)" in err
+
+
+def test_a_checkpoint_split_under_an_older_scheme_is_refused(tmp_path, tiny_model_dir, sft_file, capsys):
+    """Split scheme 2 places text equal up to whitespace together: a checkpoint whose record has no scheme
+    (written before, scheme 1) may have trained on rows that now fall in the test part, so resuming it is refused
+    with the scheme named, though the settings and files are the same."""
+    out = tmp_path / "sft"
+    recipe = {"phase": "sft", "model": str(tiny_model_dir), "output_dir": str(out),
+              "data": {"train": str(sft_file), "max_length": 96, "split": THREE_WAY},
+              "train": {"max_steps": 2, "batch_size": 4, "eval_every": 0, "save_every": 1, "bf16": "false"},
+              "tracking": {"backends": ["none"]}}
+    assert _run(tmp_path, recipe) == 0
+    states = sorted((out / "checkpoints").glob("step-*/trainer_state.json"))
+    assert states and all(json.loads(p.read_text())["split"]["split_scheme"] == 2 for p in states)
+    for path in states:  # what the same run wrote before the scheme was recorded
+        state = json.loads(path.read_text())
+        del state["split"]["split_scheme"]
+        path.write_text(json.dumps(state))
+    capsys.readouterr()
+    assert _run(tmp_path, recipe) == 2
+    err = capsys.readouterr().err
+    assert "will not resume from" in err and "field 'train.resume'" in err
+    assert "the split scheme 1 -> 2: the checkpoint was written by an older version of align" in err
+    assert "equal up to whitespace are placed together" in err and "train.resume=never" in err
+    assert "restore the split settings" not in err  # nothing to restore: the settings are the same
+    assert _run(tmp_path, recipe, "train.resume=never") == 0

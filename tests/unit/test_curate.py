@@ -228,6 +228,8 @@ def test_curation_keeps_the_repeats_the_phase_data_dedup_keeps(tmp_path):
         assert main(["data", "curate", str(data), "--kind", "sft", "--out", str(out), "--near-dup-threshold",
                      "none", "--clusters", "0", "--dedup", dedup]) == 0
         assert len(out.read_text().splitlines()) == expected, dedup
+        report = json.loads((tmp_path / f"{dedup}.curation.json").read_text())
+        assert report["settings"]["dedup"] == dedup and report["removed"]["duplicate"] == 12 - expected
 
 def test_pairs_of_one_prompt_are_one_unit_in_preference_data(tmp_path):
     """Several pairs of one prompt are the data's structure, not near duplicates of each other: all are kept,

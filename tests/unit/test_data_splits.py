@@ -142,6 +142,78 @@ def test_custom_key_groups_rows():
     assert not set(parts["train"]["prompt"]) & set(parts["validation"]["prompt"])
 
 
+def test_rows_equal_up_to_whitespace_land_in_the_same_split():
+    """Under dedup exact or none a record repeated with a trailing space or a double space survives; it must not
+    land in train while its twin is held out (a twin goes where the first of them goes)."""
+    base = [{"prompt": f"question {i}?", "completion": f"answer {i}"} for i in range(40)]
+    spaced = [{"prompt": f"question  {i}? ", "completion": f"answer {i}\n"} for i in range(40)]
+    ds = datasets.Dataset.from_list(base + spaced)
+    for seed in range(5):
+        parts = split_dataset(ds, {"train": 0.6, "validation": 0.2, "test": 0.2}, seed=seed)
+        where = {name: {normalise_whitespace(p) for p in part["prompt"]} for name, part in parts.items()}
+        assert not where["train"] & where["validation"] and not where["train"] & where["test"], seed
+        assert not where["validation"] & where["test"], seed
+
+
+def test_sft_whitespace_twins_kept_by_dedup_exact_stay_on_one_side(tmp_path):
+    from alignment.config import SFTConfig, load_config
+    from alignment.sft import load_sft_splits
+
+    rows = [{"prompt": f"question {i}?", "completion": f"answer {i}"} for i in range(30)]
+    rows += [{"prompt": f"question {i}? ", "completion": f"answer  {i}"} for i in range(30)]
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for seed in range(3):
+        cfg = load_config(SFTConfig, None, {"model": "m", "data.train": str(data), "data.dedup": "exact",
+                                            "data.split": {"train": 0.6, "validation": 0.2, "test": 0.2},
+                                            "train.seed": seed})
+        parts = load_sft_splits(cfg)[:3]
+        assert sum(map(len, parts)) == 60
+        where = [{normalise_whitespace(r["messages"][0]["content"]) for r in part} for part in parts]
+        assert not where[0] & where[1] and not where[0] & where[2] and not where[1] & where[2], seed
+
+
+def test_rows_without_a_whitespace_twin_keep_the_part_they_had():
+    """Split scheme 2 moves only what it must: a record without a twin equal up to whitespace is placed by its
+    JSON as written, as in scheme 1, newlines in its answer and all; a prompt written with normal whitespace
+    hashes to scheme 1's ``json.dumps(prompt)``."""
+    from alignment.data.preferences import PreferenceExample, split_pairs
+
+    ratios = {"train": 0.6, "validation": 0.2, "test": 0.2}
+    ds = datasets.Dataset.from_list([{"prompt": f"café {i}: a question?", "completion": f"line one\n\nline {i}"}
+                                     for i in range(100)])
+    scheme_1 = split_dataset(ds, ratios, seed=4, key=lambda r: json.dumps(
+        r, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str))
+    assert {n: p["prompt"] for n, p in split_dataset(ds, ratios, seed=4).items()} == {
+        n: p["prompt"] for n, p in scheme_1.items()}
+
+    examples = [PreferenceExample([{"role": "user", "content": f"café {i % 50}: a question?"}],
+                                  [{"role": "assistant", "content": f"good {i}"}],
+                                  [{"role": "assistant", "content": f"bad {i}"}]) for i in range(100)]
+    old = datasets.Dataset.from_dict({"i": list(range(100)), "prompt": [json.dumps(ex.prompt) for ex in examples]})
+    scheme_1 = split_dataset(old, ratios, seed=4, key=lambda r: r["prompt"])
+    assert {n: [examples.index(ex) for ex in p] for n, p in split_pairs(examples, ratios, seed=4).items()} == {
+        n: list(p["i"]) for n, p in scheme_1.items()}
+
+
+def test_unpaired_answers_to_one_prompt_up_to_whitespace_stay_in_one_part(tmp_path):
+    """KTO's validation split keys on the prompt: "question 3?" and "question  3? " are one prompt."""
+    from alignment.config import DPOConfig, load_config
+    from alignment.kto import load_unpaired
+
+    rows = [{"prompt": f"question {i}?", "completion": f"good {i}", "label": True} for i in range(40)]
+    rows += [{"prompt": f"question  {i}? ", "completion": f"bad {i}", "label": False} for i in range(40)]
+    data = tmp_path / "unpaired.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for seed in range(3):
+        cfg = load_config(DPOConfig, None, {"model": "m", "data.train": str(data), "negatives": "kto",
+                                            "data.split": {"train": 0.7, "validation": 0.3}, "train.seed": seed})
+        train, val, _ = load_unpaired(cfg)
+        assert train and val
+        where = [{normalise_whitespace(r["prompt"][0]["content"]) for r in part} for part in (train, val)]
+        assert not where[0] & where[1], seed
+
+
 @pytest.mark.parametrize("n", [2, 3, 5])
 def test_every_split_gets_a_row_when_there_are_enough(n):
     parts = split_dataset(
