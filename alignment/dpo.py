@@ -34,6 +34,7 @@ from alignment.data.preferences import (
     weight_summary,
 )
 from alignment.early_stopping import EarlyStopping
+from alignment.files import atomic_write
 from alignment.logits import labelled_logits, token_logps
 from alignment.losses import PREFERENCE_LOSSES, chosen_nll, preference_metrics
 from alignment.modeling import (
@@ -270,15 +271,19 @@ def run_dpo(cfg: DPOConfig) -> Path:
         # held-out ones (test too).
         pairs = train_pairs + val_pairs + test_pairs
         keys = sorted(schedule.examples_read(0, schedule.total_steps)) + val_keys + test_keys
-        digest = _cache_digest(cfg, pairs, keys, loss_fn.average_logps)
-        cached, why = _read_reference_cache(cache_file, digest) if resume_from is not None else (None, "")
+        digest = _cache_digest(cfg, pairs, keys, loss_fn.average_logps, bf16)
+        cached, why = _read_reference_cache(cache_file, digest, keys) if resume_from is not None else (None, "")
+        # every process decides alike: one computing them alone would wait forever in precompute's all-reduce
+        if dist.all_reduce_sum([float(cached is None)])[0] and cached is not None:
+            cached, why = None, f"another process could not use its {cache_file.name}"
         if cached is None:
             if why:
                 run.log(f"reference log-probs computed again: {why}")
             cached = precompute(reference, pairs, cfg.train.batch_size, pad, keys)
             if run.main:
                 out.mkdir(parents=True, exist_ok=True)
-                torch.save({"digest": digest, "logps": cached}, cache_file)
+                # whole or not at all: a run killed while writing it leaves the one before
+                atomic_write(cache_file, lambda f: torch.save({"digest": digest, "logps": cached}, f))
         reference.cache = cached
         if frozen is not None:
             reference.frozen = frozen = None  # free the copy
@@ -338,27 +343,56 @@ def run_dpo(cfg: DPOConfig) -> Path:
     return out / "model"
 
 
-def _cache_digest(cfg: DPOConfig, pairs: list[TokenizedPair], keys: list[int], average: bool) -> str:
-    """What the reference log-probs cache was computed from: the reference model, how log-probs are pooled, and
-    the tokens of every pair at ``keys`` (a key is a position in train + validation + test: the same position
-    holds another pair once the data, the split or the tokenization changes)."""
+def _cache_digest(cfg: DPOConfig, pairs: list[TokenizedPair], keys: list[int], average: bool, bf16: bool) -> str:
+    """What the reference log-probs cache was computed from: the reference model (its name and, for a folder, its
+    weight files' sizes and times, so a model trained again in the same folder counts as another), how it was
+    loaded (``model_options``) and run (``bf16`` autocast), how log-probs are pooled, and the tokens of every pair
+    at ``keys`` (a key is a position in train + validation + test: the same position holds another pair once the
+    data, the split or the tokenization changes)."""
     import hashlib
 
-    h = hashlib.sha256(json.dumps([str(cfg.model), bool(average), cfg.data.max_length]).encode())
+    from alignment.config import to_dict
+
+    reference = str(cfg.ref_model or cfg.model)  # the frozen copy, or the policy before any update
+    h = hashlib.sha256(json.dumps([reference, _weights_stamp(reference), to_dict(cfg.model_options), bool(bf16),
+                                   bool(average), cfg.data.max_length]).encode())
     for k in keys:
         p = pairs[k]
         h.update(json.dumps([k, p.chosen_ids, p.chosen_labels, p.rejected_ids, p.rejected_labels]).encode())
     return h.hexdigest()[:16]
 
 
-def _read_reference_cache(path: Path, digest: str) -> tuple[dict[int, tuple[float, float]] | None, str]:
-    """A resumed run's cache when it was computed for exactly these pairs, else None and why not."""
+def _weights_stamp(model: str) -> list[list[Any]]:
+    """Name, size and modification time of a model folder's config and weight files (adapter ones too); [] for a
+    model named on the hub."""
+    path = Path(model)
+    if (path / "model").is_dir() and not (path / "config.json").exists():
+        path = path / "model"  # a finished phase's folder
+    if not path.is_dir():
+        return []
+    files = sorted(f for f in path.iterdir() if f.is_file() and (
+        f.suffix in (".safetensors", ".bin", ".pt") or f.name in ("config.json", "adapter_config.json")))
+    return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+
+
+def _read_reference_cache(path: Path, digest: str, keys: list[int]) -> tuple[
+        dict[int, tuple[float, float]] | None, str]:
+    """A resumed run's cache when it was computed for exactly these pairs (``digest``) and holds the log-probs of
+    every pair at ``keys`` (train, validation and test), only those; else None and why not."""
     if not path.exists():
         return None, f"{path.name} is missing"
-    saved = torch.load(path, weights_only=True)
+    try:
+        saved = torch.load(path, weights_only=True)
+    except Exception as e:  # a truncated or foreign file: computing them again is the remedy
+        first = (str(e).strip().splitlines() or [""])[0]
+        return None, f"{path.name} could not be read ({type(e).__name__}: {first})"
     if not isinstance(saved, dict) or "digest" not in saved:
         return None, f"{path.name} does not record what it was computed from (written by an older version)"
     if saved["digest"] != digest:
-        return None, f"{path.name} was computed for other pairs (the data, its split or the model changed)"
-    return saved["logps"], ""
-
+        return None, (f"{path.name} was computed for other pairs or another reference (the data, its split, the "
+                      "reference model or its settings changed)")
+    logps = saved.get("logps")
+    missing = [k for k in keys if not isinstance(logps, dict) or k not in logps]
+    if missing:
+        return None, f"{path.name} lacks the log-probs of {len(missing)} of the {len(keys)} pairs the run reads"
+    return {k: logps[k] for k in keys}, ""

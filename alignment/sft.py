@@ -9,6 +9,7 @@ not change what is optimised: each micro-batch contributes ``sum_nll * world / t
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -133,38 +134,63 @@ PREFERENCE_HOLDOUT = PreferenceDataConfig().split  # what the RM/DPO phases hold
 
 
 def held_out_prompts(examples: list[Any], holdouts: list[PreferredHoldoutConfig], seed: int,
-                     unmasked: list[Any] | None = None) -> set[str]:
-    """The prompts (compared up to whitespace) that preference phases splitting ``examples`` as ``holdouts`` say
-    hold out: every part of their split but train, cut by prompt exactly as they cut it
-    (:func:`~alignment.data.preferences.split_pairs`, the parts given as files not cut), and the prompts of
-    those files. ``seed``: an entry's seed when it has none.
+                     unmasked: list[Any] | None = None, masker: _Masker | None = None) -> set[str]:
+    """The prompts that preference phases splitting ``examples`` as ``holdouts`` say hold out, as
+    :meth:`_Masker.key` keys (masked, then compared up to whitespace): every part of their split but train, cut
+    by prompt exactly as they cut it (:func:`~alignment.data.preferences.split_pairs`, the parts given as files
+    not cut), and the prompts of those files. ``seed``: an entry's seed when it has none.
 
-    ``unmasked``: where ``examples`` are a copy that ``data.pii`` cleaned, the examples of the file it was made
-    from. A preference phase may split either (its own ``data.pii`` decides), and a masked prompt hashes to
-    another place than the original, so the prompts either split holds out count, each also in its masked
-    form, as do the holdout files' prompts: SFT may leave out a few prompts too many, never one too few."""
-    from alignment.data.preferences import _prompt_key, load_preference_examples, split_pairs
+    A preference phase may split the file as written or a copy its own ``data.pii: mask`` wrote (SFT cannot tell
+    which; each phase decides), and a masked prompt hashes to another place than the original. So each reading is
+    split as written and masked, and ``unmasked`` (where ``examples`` are a copy that SFT's ``data.pii`` cleaned:
+    the examples of the file it was made from) is split too, both ways; every prompt, the holdout files' too, is
+    compared in its masked form (masking twice changes nothing, so a prompt and its masked copy compare equal).
+    SFT leaves out exactly what the phases hold out where no prompt holds personal data; where one does, it may
+    leave out a few prompts too many (one that a reading the phase did not use holds out, and every prompt that
+    masks to a held-out one), never one too few."""
+    from alignment.data.preferences import load_preference_examples, split_pairs
 
-    def keys(prompt: Any) -> set[str]:
-        return {_prompt_key(prompt), _prompt_key(_masked(prompt))} if unmasked is not None else {_prompt_key(prompt)}
-
+    masked = masker or _Masker()
+    readings = [examples, *([unmasked] if unmasked is not None else [])]
+    readings += [m for m in (masked.examples(r) for r in readings) if m is not None]  # where masking changed any
     held: set[str] = set()
     for h in holdouts:
         files = tuple(name for name in ("validation", "test") if getattr(h, name))
-        for readings in (examples, *([unmasked] if unmasked is not None else [])):
-            parts = split_pairs(readings, h.split, seed if h.seed is None else h.seed, files)
-            held |= {k for name, part in parts.items() if name != "train" for ex in part for k in keys(ex.prompt)}
+        for reading in readings:
+            parts = split_pairs(reading, h.split, seed if h.seed is None else h.seed, files)
+            held |= {masked.key(ex.prompt) for name, part in parts.items() if name != "train" for ex in part}
         for name in files:
-            held |= {k for ex in load_preference_examples(getattr(h, name))[0] for k in keys(ex.prompt)}
+            held |= {masked.key(ex.prompt) for ex in load_preference_examples(getattr(h, name))[0]}
     return held
 
 
-def _masked(prompt: Any) -> Any:
-    """A prompt as ``data.pii: mask`` writes it (every string's personal data replaced by its kind)."""
-    from alignment.data.dedup import _map_strings
-    from alignment.data.pii import find, mask_text
+class _Masker:
+    """Prompts as ``data.pii: mask`` writes them (every string's personal data replaced by its kind), each distinct
+    prompt scanned once."""
 
-    return _map_strings(prompt, lambda text: mask_text(text, find(text)))
+    def __init__(self) -> None:
+        self._seen: dict[str, Any] = {}
+
+    def prompt(self, prompt: Any) -> Any:
+        from alignment.data.dedup import _map_strings
+        from alignment.data.pii import find, mask_text
+
+        raw = json.dumps(prompt, sort_keys=True, ensure_ascii=False)
+        if raw not in self._seen:
+            self._seen[raw] = _map_strings(prompt, lambda text: mask_text(text, find(text)))
+        return self._seen[raw]
+
+    def key(self, prompt: Any) -> str:
+        """``prompt`` masked, compared up to whitespace (:func:`~alignment.data.preferences._prompt_key`): how
+        :func:`held_out_prompts` compares prompts."""
+        from alignment.data.preferences import _prompt_key
+
+        return _prompt_key(self.prompt(prompt))
+
+    def examples(self, examples: list[Any]) -> list[Any] | None:
+        """``examples`` with their prompts masked; None when masking changes none of them."""
+        out = [dataclasses.replace(ex, prompt=self.prompt(ex.prompt)) for ex in examples]
+        return out if any(a.prompt != b.prompt for a, b in zip(out, examples, strict=True)) else None
 
 
 def preferred_conversations(path: str, seed: int, holdouts: list[PreferredHoldoutConfig] | None = None,
@@ -172,14 +198,15 @@ def preferred_conversations(path: str, seed: int, holdouts: list[PreferredHoldou
     """Prompt + chosen answer of every training pair in a preference source, once per distinct conversation.
 
     Pairs whose prompt the preference phases hold out (:func:`held_out_prompts` of ``holdouts``; None: their
-    default, ``PREFERENCE_HOLDOUT`` with ``seed``) are skipped. ``unmasked``: the file ``path`` is a cleaned copy
-    of (``data.pii``), whose split counts too."""
-    from alignment.data.preferences import _prompt_key, load_preference_examples
+    default, ``PREFERENCE_HOLDOUT`` with ``seed``), compared in masked form, are skipped. ``unmasked``: the file
+    ``path`` is a cleaned copy of (``data.pii``), whose split counts too."""
+    from alignment.data.preferences import load_preference_examples
 
     examples, _ = load_preference_examples(path)
     original = load_preference_examples(unmasked)[0] if unmasked else None
-    held = held_out_prompts(examples, holdouts or [PreferredHoldoutConfig()], seed, original)
-    kept = [ex for ex in examples if _prompt_key(ex.prompt) not in held]
+    masker = _Masker()
+    held = held_out_prompts(examples, holdouts or [PreferredHoldoutConfig()], seed, original, masker)
+    kept = [ex for ex in examples if masker.key(ex.prompt) not in held]
     out, seen = [], set()
     for ex in kept:
         messages = [*ex.prompt, *ex.chosen]

@@ -125,12 +125,13 @@ def test_dpo_resume_matches(tmp_path, tiny_model_dir, toy_preferences):
         assert b[step]["train/loss"] == pytest.approx(a[step]["train/loss"], rel=1e-5)
 
 
-
-@pytest.mark.parametrize("stale", ["older format", "other pairs"])
+@pytest.mark.parametrize("stale", ["older format", "other pairs", "no test keys", "unreadable"])
 def test_dpo_resume_recomputes_a_stale_reference_cache(tmp_path, tiny_model_dir, toy_preferences, capsys, stale):
-    """A resumed run uses the saved reference log-probs only when they were computed for the same pairs: a cache
-    of an older version (no record of its pairs, here without the test pairs' keys) or of other pairs (wrong
-    values under the same keys) is computed again, and the run still ends as the uninterrupted one."""
+    """A resumed run uses the saved reference log-probs only when they were computed for the same pairs and hold
+    every pair it reads: a cache of an older version (no record of its pairs, here without the test pairs' keys),
+    of other pairs (wrong values under the same keys), one recorded for these pairs but without the test pairs'
+    keys (it crashed scoring the test part), or one that cannot be read is computed again, and the run still ends
+    as the uninterrupted one."""
     def recipe(out: Path) -> str:
         path = _recipe(tmp_path, tiny_model_dir, toy_preferences, out, precompute_ref=True,
                        train={"max_steps": 8, "save_every": 4})
@@ -147,8 +148,20 @@ def test_dpo_resume_recomputes_a_stale_reference_cache(tmp_path, tiny_model_dir,
     shutil.copytree(full / "checkpoints" / "step-4", part / "checkpoints" / "step-4")
     if stale == "older format":  # a plain {key: log-probs} without the last test pair (the test keys come last)
         torch.save({k: saved["logps"][k] for k in sorted(saved["logps"])[:-1]}, part / "reference_logps.pt")
-    else:
+    elif stale == "other pairs":
         torch.save({"digest": "0" * 16, "logps": {k: (0.0, 0.0) for k in saved["logps"]}}, part / "reference_logps.pt")
+    elif stale == "no test keys":  # the keys are positions in train + validation + test: the test pairs' come last
+        from alignment.config import DPOConfig, load_config
+        from alignment.data.preferences import load_pair_splits
+
+        cfg = load_config(DPOConfig, recipe(part))
+        _, _, test, _ = load_pair_splits(cfg.data, cfg.train.seed)
+        assert test
+        kept = sorted(saved["logps"])[:-len(test)]
+        torch.save({"digest": saved["digest"], "logps": {k: saved["logps"][k] for k in kept}},
+                   part / "reference_logps.pt")
+    else:
+        (part / "reference_logps.pt").write_bytes(b"half a file")
     capsys.readouterr()
     assert main(["dpo", "--config", recipe(part)]) == 0
     assert "reference log-probs computed again" in capsys.readouterr().out
@@ -157,6 +170,34 @@ def test_dpo_resume_recomputes_a_stale_reference_cache(tmp_path, tiny_model_dir,
     b = {r["step"]: r for r in _rows(part) if "train/loss" in r}
     for step in range(5, 9):
         assert b[step]["train/loss"] == pytest.approx(a[step]["train/loss"], rel=1e-5)
+
+
+def test_the_reference_cache_digest_names_the_reference_model_its_weights_and_settings(tmp_path, tiny_model_dir,
+                                                                                      toy_preferences):
+    """A cache computed by another reference is never read as this one's: another ref_model, the same folder's
+    weights written again (a pipeline's earlier phase trained anew), other model_options or bf16 autocast."""
+    import os
+
+    from alignment.config import DPOConfig, load_config
+    from alignment.dpo import _cache_digest
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+
+    def digest(bf16: bool = False, **top) -> str:
+        cfg = load_config(DPOConfig, _recipe(tmp_path, model, toy_preferences, tmp_path / "out", **top))
+        return _cache_digest(cfg, [], [], average=False, bf16=bf16)
+
+    first = digest()
+    assert digest() == first
+    assert digest(ref_model=str(tiny_model_dir)) != first
+    assert digest(bf16=True) != first
+    assert digest(model_options={"attn_implementation": "eager"}) != first
+    weights = next(model.glob("*.safetensors"))
+    stat = weights.stat()
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert digest() != first
+
 
 def test_likelihood_watch():
     # With a reference: rewards/chosen / beta is the chosen answers' log-likelihood change on the batch.

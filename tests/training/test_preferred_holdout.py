@@ -214,3 +214,38 @@ def test_masked_preferred_answers_leave_out_what_either_split_holds_out(tmp_path
         examples, _ = load_preference_examples(str(path))
         held |= {number(_question(ex.prompt)) for ex in split_pairs(examples, THREE_WAY, 5, ("test",))["validation"]}
     assert not trained & held
+
+
+def test_an_unmasked_sft_leaves_out_what_a_masked_dpo_phase_holds_out(tmp_path, sft_file):
+    """The converse: SFT reads data.preferred as written (data.pii: report) while the DPO phase trains on a masked
+    copy (its data.pii: mask), so DPO's split is cut on the masked prompts, which hash elsewhere than the originals:
+    SFT leaves out every prompt DPO holds out, compared in masked form."""
+    import re
+
+    from alignment.data.preferences import load_pair_splits
+    from alignment.pipeline import load_phase_config
+
+    rows = [{"prompt": f"Question {i} from jane.doe{i}@example.com: can you help with my claim?",
+             "chosen": "Certainly, I can help with your claim.", "rejected": "No."} for i in range(120)]
+    prefs = write_jsonl(tmp_path / "prefs.jsonl", rows)
+    path = _pipeline(tmp_path, Path("m"), sft_file, prefs,
+                     dpo={"data.split": THREE_WAY, "train.seed": 5, "data.pii": "mask"})
+    cfg = load_pipeline(path, [])
+    sft, dpo = cfg.phases[0], cfg.phases[-1]
+    holdout = preferred_holdout(cfg, load_config(SFTConfig, sft.recipe, {**sft.overrides, "model": "m"}))
+    _, sft_cfg, _ = load_phase_config("sft", sft.recipe, {**sft.overrides, "model": "m", "data.preferred_holdout":
+                                                          holdout, "output_dir": str(tmp_path / "runs" / "sft")})
+    assert sft_cfg.data.pii == "report" and sft_cfg.data.preferred == str(prefs)  # read as written
+    _, dpo_cfg, _ = load_phase_config("dpo", dpo.recipe, {**dpo.overrides, "model": "m",
+                                                          "output_dir": str(tmp_path / "runs" / "dpo")})
+    assert "example.com" not in Path(dpo_cfg.data.train).read_text()  # DPO reads (and splits) the masked copy
+
+    def number(question: str) -> int | None:
+        found = re.match(r"Question (\d+) ", question)
+        return int(found.group(1)) if found else None
+
+    _, val, test, _ = load_pair_splits(dpo_cfg.data, dpo_cfg.train.seed)
+    held = {number(_question(ex.prompt)) for ex in val + test}
+    trained = {number(q) for q in _trained_questions(sft_cfg)} - {None}
+    assert held and trained, "some prompts are held out, the rest of the preferred answers trained on"
+    assert not trained & held
