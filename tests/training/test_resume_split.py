@@ -19,12 +19,17 @@ def _run(tmp_path: Path, recipe: dict, *extra: str) -> int:
     return main([recipe["phase"], "--config", str(path), *extra])
 
 
+def _sft_recipe(model: Path, data: Path, out: Path, *, max_steps: int, save_every: int) -> dict:
+    return {"phase": "sft", "model": str(model), "output_dir": str(out),
+            "data": {"train": str(data), "max_length": 96, "split": THREE_WAY},
+            "train": {"max_steps": max_steps, "batch_size": 4, "eval_every": 0, "save_every": save_every,
+                      "bf16": "false"},
+            "tracking": {"backends": ["none"]}}
+
+
 def test_sft_refuses_to_resume_under_another_split_or_test_set(tmp_path, tiny_model_dir, sft_file, capsys):
     out = tmp_path / "sft"
-    recipe = {"phase": "sft", "model": str(tiny_model_dir), "output_dir": str(out),
-              "data": {"train": str(sft_file), "max_length": 96, "split": THREE_WAY},
-              "train": {"max_steps": 4, "batch_size": 4, "eval_every": 0, "save_every": 2, "bf16": "false"},
-              "tracking": {"backends": ["none"]}}
+    recipe = _sft_recipe(tiny_model_dir, sft_file, out, max_steps=4, save_every=2)
     assert _run(tmp_path, recipe) == 0
     state = json.loads((out / "checkpoints" / "step-2" / "trainer_state.json").read_text())
     assert state["split"]["data.split"] == THREE_WAY and state["split"]["train.seed"] == 42
@@ -76,10 +81,7 @@ def test_a_checkpoint_split_under_an_older_scheme_is_refused(tmp_path, tiny_mode
     (written before, scheme 1) may have trained on rows that now fall in the test part, so resuming it is refused
     with the scheme named, though the settings and files are the same."""
     out = tmp_path / "sft"
-    recipe = {"phase": "sft", "model": str(tiny_model_dir), "output_dir": str(out),
-              "data": {"train": str(sft_file), "max_length": 96, "split": THREE_WAY},
-              "train": {"max_steps": 2, "batch_size": 4, "eval_every": 0, "save_every": 1, "bf16": "false"},
-              "tracking": {"backends": ["none"]}}
+    recipe = _sft_recipe(tiny_model_dir, sft_file, out, max_steps=2, save_every=1)
     assert _run(tmp_path, recipe) == 0
     states = sorted((out / "checkpoints").glob("step-*/trainer_state.json"))
     assert states and all(json.loads(p.read_text())["split"]["split_scheme"] == 2 for p in states)

@@ -85,7 +85,6 @@ def test_pairs_of_one_prompt_stay_in_one_of_the_three_parts():
     assert parts["test"]
 
 
-
 def test_a_prompt_written_with_other_whitespace_stays_in_the_same_part():
     """The same question typed with a trailing space or a double space is one prompt: its pairs cannot land
     in train and in a held-out part (the split keys on the whitespace-normalised prompt, as dedup does)."""
