@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,7 @@ class Settings:
     # agreement_weight).
     aggregate: str = "drop_contradicted"
     seed: int = 0
+    sft_model: Path | None = None  # an SFT model to start from instead of training one (several seeds share one)
     sft_overrides: list[str] = field(default_factory=list)  # extra `align sft` key=value overrides
     rm_overrides: list[str] = field(default_factory=list)
     dpo_overrides: list[str] = field(default_factory=list)
@@ -89,6 +90,8 @@ class Result:
     win_interval: tuple[float, float] | None = None  # bootstrap over prompts
     decisive_rate: float | None = None  # wins / (wins + losses): the target's measure
     decisive_interval: tuple[float, float] | None = None  # Wilson
+    wins: int = 0  # the experts' votes for round 2 ...
+    losses: int = 0  # ... and for round 1
     lines: list[str] = field(default_factory=list)  # the printed summary
 
     @property
@@ -161,11 +164,18 @@ def adherence(store: Store, project_name: str, policies: Sequence[Any]) -> dict[
     return {model: count / len(prompts) for model, count in passed.items()} if prompts else {}
 
 
+def train_sft(s: Settings, out: Path, log: Path) -> None:
+    align(["sft", "--config", str(QUICKSTART / "sft.yaml"), f"model={s.model}", f"output_dir={out}",
+           *s.sft_overrides], log)
+
+
 def run(s: Settings) -> Result:
     """The whole demo; see the module docstring."""
     from app_load import Server  # scripts/app_load.py: `align app` as a subprocess on a free port
 
     w = s.workdir.resolve()
+    if s.sft_model is not None and not (s.sft_model / "model").is_dir():
+        raise SystemExit(f"--sft {s.sft_model}: no SFT output there (expected {s.sft_model / 'model'})")
     if (w / "feedback.db").exists():
         raise SystemExit(f"{w} holds an earlier demo's store; remove the folder or pass another --workdir")
     w.mkdir(parents=True, exist_ok=True)
@@ -175,14 +185,16 @@ def run(s: Settings) -> Result:
     policies_file = QUICKSTART / "policies.yaml"
     policies = load_rules(policies_file)
     sft, rm, dpo = w / "round1-sft", w / "round2-rm", w / "round2-dpo"
+    if s.sft_model is not None:
+        sft = s.sft_model.resolve()
     db = w / "feedback.db"
     store = Store(db)
     accounts = add_accounts(store, s.annotators)
     admin = store.add_user("demo-admin", "admin", secrets.token_urlsafe(12))
 
-    with Step(res, "round 1: SFT"):
-        align(["sft", "--config", str(QUICKSTART / "sft.yaml"), f"model={s.model}", f"output_dir={sft}",
-               *s.sft_overrides], logs / "sft.log")
+    if s.sft_model is None:
+        with Step(res, "round 1: SFT"):
+            train_sft(s, sft, logs / "sft.log")
 
     with Step(res, "round 1: candidates"):
         project = store.ensure_project(ROUND1)
@@ -232,12 +244,14 @@ def run(s: Settings) -> Result:
     summary = project_summary(store, h2h)  # with the rules stored in the project, as the dashboard shows it
     res.win_rate, res.win_interval = summary.counts.win_rate, summary.bootstrap
     res.decisive_rate, res.decisive_interval = summary.counts.decisive_rate, summary.wilson
+    res.wins, res.losses = summary.counts.wins, summary.counts.losses
     res.adherence = adherence(store, ROUND2, policies)
     res.lines = report(store, s, res, format_summary(summary))
     (w / "summary.md").write_text("\n".join(["```", *res.lines, "```", ""]), encoding="utf-8")
     (w / "summary.json").write_text(json.dumps({
         "times_s": res.times, "total_minutes": res.total_minutes, "round1_judgments": res.round1_judgments,
         "round2_votes": res.round2_votes, "adherence": res.adherence, "win_rate": res.win_rate,
+        "wins": res.wins, "losses": res.losses,
         "win_interval": res.win_interval, "decisive_rate": res.decisive_rate,
         "decisive_interval": res.decisive_interval, "settings": {k: str(v) for k, v in asdict(s).items()},
     }, indent=2) + "\n", encoding="utf-8")
@@ -257,6 +271,8 @@ def report(store: Store, s: Settings, res: Result, h2h_lines: list[str]) -> list
     lines += [f"  {model}: {rate:.1%}" for model, rate in res.adherence.items()]
     lines += ["", "## Time"] + [f"  {name}: {sec:.0f} s" for name, sec in res.times.items()]
     lines.append(f"  total: {res.total_minutes:.1f} min")
+    if s.sft_model is not None:
+        lines.append(f"  (SFT not trained here: {s.sft_model} was given; the 20-minute target needs a run training it)")
     rates = list(res.adherence.values())
     higher = len(rates) == 2 and rates[1] > rates[0]
     # The target is the share of the experts' decisive votes (a preference either way) that go to round 2.
@@ -274,8 +290,75 @@ def report(store: Store, s: Settings, res: Result, h2h_lines: list[str]) -> list
               f"  (ties and both bad as 1/2: {'-' if res.win_rate is None else f'{res.win_rate:.1%}'}; at most "
               f"{'-' if ceiling is None else f'{ceiling:.1%}'} that way, with round 1 following every rule on "
               f"{'-' if not rates else f'{rates[0]:.1%}'} of the prompts)",
-              f"  under {TARGET_MINUTES:.0f} minutes: {'met' if res.total_minutes < TARGET_MINUTES else 'NOT met'} "
-              f"({res.total_minutes:.1f} min)"]
+              f"  under {TARGET_MINUTES:.0f} minutes: "
+              + ("not measured (SFT was given)" if s.sft_model is not None else
+                 f"{'met' if res.total_minutes < TARGET_MINUTES else 'NOT met'} ({res.total_minutes:.1f} min)")]
+    return lines
+
+
+def run_seeds(s: Settings, seeds: Sequence[int]) -> list[str]:
+    """The demo once per seed, each in ``<workdir>/seed-N``, sharing one SFT model (the SFT recipe has its own
+    seed, so every seed would train the same one); returns the table across seeds, also written to
+    ``<workdir>/seeds.md`` and ``seeds.json``.
+
+    One seed's 45-51 decisive votes cannot tell a 65% win rate from 75%; the seeds' votes pooled (the
+    experts' draws and the round-1 answers differ per seed) narrow the interval, and the lowest seed says how
+    far one run of the demo may fall."""
+    w = s.workdir.resolve()
+    w.mkdir(parents=True, exist_ok=True)
+    sft = s.sft_model
+    times: dict[str, float] = {}
+    if sft is None:
+        sft = w / "round1-sft"
+        if not (sft / "model").is_dir():
+            (w / "logs").mkdir(exist_ok=True)
+            t0 = time.perf_counter()
+            print("[rounds] round 1: SFT (shared by every seed) ...", flush=True)
+            train_sft(s, sft, w / "logs" / "sft.log")
+            times["SFT"] = time.perf_counter() - t0
+    results = {}
+    for seed in seeds:
+        print(f"[rounds] seed {seed}", flush=True)
+        results[seed] = run(replace(s, workdir=w / f"seed-{seed}", seed=seed, sft_model=sft))
+    lines = seeds_table(results, times)
+    (w / "seeds.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (w / "seeds.json").write_text(json.dumps({
+        "sft_s": times.get("SFT"), "seeds": {str(k): {
+            "adherence": r.adherence, "wins": r.wins, "losses": r.losses, "decisive_rate": r.decisive_rate,
+            "decisive_interval": r.decisive_interval, "win_rate": r.win_rate, "minutes": r.total_minutes}
+            for k, r in results.items()}}, indent=2) + "\n", encoding="utf-8")
+    return lines
+
+
+def seeds_table(results: dict[int, Result], times: dict[str, float]) -> list[str]:
+    """Per seed: adherence of both rounds, the experts' decisive votes and rate; then the votes pooled."""
+    from feedback_app.headtohead import wilson_interval
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{x:.1%}"
+
+    rows = [["seed", "adherence r1 -> r2", "wins", "losses", "decisive win rate", "95% Wilson", "minutes"]]
+    for seed, r in results.items():
+        rates = list(r.adherence.values())
+        ci = r.decisive_interval
+        rows.append([str(seed), " -> ".join(pct(x) for x in rates), str(r.wins), str(r.losses),
+                     pct(r.decisive_rate), "-" if ci is None else f"[{pct(ci[0])}, {pct(ci[1])}]",
+                     f"{r.total_minutes:.1f}"])
+    wins, losses = sum(r.wins for r in results.values()), sum(r.losses for r in results.values())
+    pooled = wins / (wins + losses) if wins + losses else None
+    ci = wilson_interval(wins, wins + losses)
+    rows.append(["pooled", "", str(wins), str(losses), pct(pooled),
+                 "-" if ci is None else f"[{pct(ci[0])}, {pct(ci[1])}]", ""])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [f"# The two-round demo on {len(results)} seeds"
+             + (f" (one shared SFT: {times['SFT'] / 60:.1f} min)" if "SFT" in times else ""), ""]
+    lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    decisive = [r.decisive_rate for r in results.values() if r.decisive_rate is not None]
+    higher = sum(1 for r in results.values() if len(r.adherence) == 2 and list(r.adherence.values())[1]
+                 > list(r.adherence.values())[0])
+    lines += ["", f"round 2 adheres more than round 1 on {higher} of {len(results)} seeds; decisive win rate >= "
+              f"{TARGET_WIN_RATE:.0%} on {sum(1 for d in decisive if d >= TARGET_WIN_RATE)} of {len(results)} "
+              f"(lowest {pct(min(decisive) if decisive else None)}, pooled {pct(pooled)})"]
     return lines
 
 
@@ -292,12 +375,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--aggregate", default=d.aggregate,
                    choices=["all", "majority", "drop_contradicted", "agreement_weight"])
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seeds", type=int, nargs="+", metavar="N",
+                   help="run the demo once per seed (in WORKDIR/seed-N, one shared SFT) and print a table across them")
+    p.add_argument("--sft", type=Path, metavar="DIR",
+                   help="an SFT output folder (DIR/model) to start from instead of training one")
+    for phase in ("sft", "rm", "dpo"):
+        p.add_argument(f"--{phase}-set", action="append", default=[], metavar="KEY=VALUE",
+                       help=f"an override for `align {phase}` (repeatable)")
     a = p.parse_args(argv)
     if a.overlap > a.annotators:
         p.error(f"--overlap ({a.overlap}) cannot exceed --annotators ({a.annotators})")
     os.environ.setdefault("WANDB_MODE", "offline")
-    res = run(Settings(workdir=a.workdir, model=a.model, annotators=a.annotators, overlap=a.overlap, noise=a.noise,
-                       prompts=a.prompts, k=a.k, aggregate=a.aggregate, seed=a.seed))
+    s = Settings(workdir=a.workdir, model=a.model, annotators=a.annotators, overlap=a.overlap, noise=a.noise,
+                 prompts=a.prompts, k=a.k, aggregate=a.aggregate, seed=a.seed, sft_model=a.sft,
+                 sft_overrides=a.sft_set, rm_overrides=a.rm_set, dpo_overrides=a.dpo_set)
+    if a.seeds:
+        print("\n".join(run_seeds(s, a.seeds)))
+        return 0
+    res = run(s)
     print("\n".join(res.lines))
     return 0
 

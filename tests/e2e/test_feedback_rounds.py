@@ -75,3 +75,50 @@ def test_two_rounds_on_a_tiny_model(tmp_path: Path, tiny_model_dir: Path,
 
     with pytest.raises(SystemExit, match="earlier demo"):
         feedback_rounds.run(s)
+
+
+def test_seeds_share_one_sft_and_pool_the_votes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--seeds trains SFT once, runs every seed in its own folder from it, and pools the decisive votes."""
+    trained: list[Path] = []
+
+    def fake_sft(s: feedback_rounds.Settings, out: Path, log: Path) -> None:
+        trained.append(out)
+        (out / "model").mkdir(parents=True)
+
+    # seed -> (wins, losses, adherence of round 1 and round 2)
+    outcome = {0: (28, 17, (0.727, 0.833)), 1: (38, 13, (0.727, 0.894)), 2: (10, 10, (0.8, 0.7))}
+    runs: list[feedback_rounds.Settings] = []
+
+    def fake_run(s: feedback_rounds.Settings) -> feedback_rounds.Result:
+        runs.append(s)
+        wins, losses, (a1, a2) = outcome[s.seed]
+        return feedback_rounds.Result(times={"x": 60.0}, wins=wins, losses=losses, decisive_rate=wins / (wins + losses),
+                                      adherence={"round-1 SFT": a1, "round-2 DPO": a2})
+
+    monkeypatch.setattr(feedback_rounds, "train_sft", fake_sft)
+    monkeypatch.setattr(feedback_rounds, "run", fake_run)
+    w = tmp_path / "sweep"
+    lines = feedback_rounds.run_seeds(feedback_rounds.Settings(workdir=w), [0, 1, 2])
+
+    assert trained == [w / "round1-sft"]
+    assert [(s.seed, s.workdir, s.sft_model) for s in runs] == [
+        (n, w / f"seed-{n}", w / "round1-sft") for n in (0, 1, 2)]
+    pooled = next(line for line in lines if line.startswith("pooled"))
+    # 76 of 116 decisive votes; Wilson 95%: (p + z^2/2n -+ z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n)
+    assert pooled.split()[1:] == ["76", "40", "65.5%", "[56.5%,", "73.5%]"]
+    assert lines[-1] == ("round 2 adheres more than round 1 on 2 of 3 seeds; decisive win rate >= 70% on 1 of 3 "
+                         "(lowest 50.0%, pooled 65.5%)")
+    data = json.loads((w / "seeds.json").read_text())
+    assert data["seeds"]["1"]["wins"] == 38 and (w / "seeds.md").read_text().splitlines()[0] == lines[0]
+
+    # A second sweep in the same folder reuses the SFT model it finds there.
+    runs.clear()
+    feedback_rounds.run_seeds(feedback_rounds.Settings(workdir=w), [2])
+    assert trained == [w / "round1-sft"] and runs[0].sft_model == w / "round1-sft"
+
+
+def test_a_missing_sft_folder_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    s = feedback_rounds.Settings(workdir=tmp_path / "demo", sft_model=tmp_path / "nowhere")
+    with pytest.raises(SystemExit, match="no SFT output there"):
+        feedback_rounds.run(s)
+    assert not s.workdir.exists()
