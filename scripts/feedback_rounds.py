@@ -318,6 +318,11 @@ def run_seeds(s: Settings, seeds: Sequence[int]) -> list[str]:
             times["SFT"] = time.perf_counter() - t0
     results = {}
     for seed in seeds:
+        done = w / f"seed-{seed}" / "summary.json"
+        if done.exists():  # a seed finished by an earlier sweep in this folder (add seeds without rerunning)
+            print(f"[rounds] seed {seed}: read back from {done}", flush=True)
+            results[seed] = read_result(done)
+            continue
         print(f"[rounds] seed {seed}", flush=True)
         results[seed] = run(replace(s, workdir=w / f"seed-{seed}", seed=seed, sft_model=sft))
     lines = seeds_table(results, times)
@@ -328,6 +333,19 @@ def run_seeds(s: Settings, seeds: Sequence[int]) -> list[str]:
             "decisive_interval": r.decisive_interval, "win_rate": r.win_rate, "minutes": r.total_minutes}
             for k, r in results.items()}}, indent=2) + "\n", encoding="utf-8")
     return lines
+
+
+def read_result(path: Path) -> Result:
+    """A finished run's numbers, as its ``summary.json`` holds them."""
+    d = json.loads(path.read_text(encoding="utf-8"))
+
+    def pair(x: Any) -> tuple[float, float] | None:
+        return None if x is None else (x[0], x[1])
+
+    return Result(times=d["times_s"], round1_judgments=d["round1_judgments"], round2_votes=d["round2_votes"],
+                  adherence=d["adherence"], win_rate=d["win_rate"], win_interval=pair(d["win_interval"]),
+                  decisive_rate=d["decisive_rate"], decisive_interval=pair(d["decisive_interval"]),
+                  wins=d["wins"], losses=d["losses"])
 
 
 def seeds_table(results: dict[int, Result], times: dict[str, float]) -> list[str]:

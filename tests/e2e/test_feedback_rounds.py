@@ -111,10 +111,22 @@ def test_seeds_share_one_sft_and_pool_the_votes(tmp_path: Path, monkeypatch: pyt
     data = json.loads((w / "seeds.json").read_text())
     assert data["seeds"]["1"]["wins"] == 38 and (w / "seeds.md").read_text().splitlines()[0] == lines[0]
 
-    # A second sweep in the same folder reuses the SFT model it finds there.
+    # A second sweep in the same folder reuses the SFT model it finds there, and reads back a seed a run
+    # finished there (its summary.json) instead of running it again.
     runs.clear()
-    feedback_rounds.run_seeds(feedback_rounds.Settings(workdir=w), [2])
-    assert trained == [w / "round1-sft"] and runs[0].sft_model == w / "round1-sft"
+    finished = feedback_rounds.Result(times={"x": 90.0}, round1_judgments=144, round2_votes=190,
+                                      adherence={"round-1 SFT": 0.75, "round-2 DPO": 0.9}, win_rate=0.55,
+                                      win_interval=(0.5, 0.6), decisive_rate=0.7, decisive_interval=(0.55, 0.82),
+                                      wins=35, losses=15)
+    (w / "seed-7").mkdir()
+    (w / "seed-7" / "summary.json").write_text(json.dumps({
+        "times_s": finished.times, "round1_judgments": 144, "round2_votes": 190, "adherence": finished.adherence,
+        "win_rate": 0.55, "win_interval": [0.5, 0.6], "decisive_rate": 0.7, "decisive_interval": [0.55, 0.82],
+        "wins": 35, "losses": 15}))
+    assert feedback_rounds.read_result(w / "seed-7" / "summary.json") == finished
+    lines = feedback_rounds.run_seeds(feedback_rounds.Settings(workdir=w), [2, 7])
+    assert trained == [w / "round1-sft"] and [(s.seed, s.sft_model) for s in runs] == [(2, w / "round1-sft")]
+    assert next(line for line in lines if line.startswith("pooled")).split()[1:3] == ["45", "25"]
 
 
 def test_a_missing_sft_folder_is_refused_before_anything_is_written(tmp_path: Path) -> None:
