@@ -40,7 +40,7 @@ from alignment.data.dedup import normalise_strings
 from alignment.data.io import one_read_per_file, release_reads
 from alignment.errors import AlignError
 from alignment.modeling import count_parameters, load_causal_lm, load_tokenizer, save_model
-from alignment.run import Run
+from alignment.run import SPLIT_FILE, Run, split_state
 from alignment.tracking import MetricsLogger
 from alignment.training import deepspeed_config, lr_schedule, set_seed, use_bf16
 
@@ -172,6 +172,22 @@ class TrackerCallback(TrainerCallback):
             self.last_eval_step, self.last_eval = state.global_step, metrics
         if metrics:
             self.tracker.log(metrics, state.global_step)
+
+
+class SplitRecord(TrainerCallback):
+    """Writes the run's split record (:func:`alignment.run.split_state`) into every checkpoint transformers
+    saves, beside its trainer_state.json (whose fields transformers' TrainerState owns), so a resume under
+    other held-out parts is refused as in the other phases."""
+
+    def __init__(self, split: dict[str, Any]) -> None:
+        self.split = split
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.is_world_process_zero:
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            tmp = folder / (SPLIT_FILE + ".tmp")
+            tmp.write_text(json.dumps(self.split, indent=2) + "\n", encoding="utf-8")
+            tmp.replace(folder / SPLIT_FILE)
 
 
 class QuietProgress(ProgressCallback):
@@ -389,7 +405,9 @@ def run_kto(cfg: DPOConfig) -> Path:
     start_step = 0
     if resume_from is not None:
         start_step = json.loads((resume_from / "trainer_state.json").read_text())["global_step"]
-    run.start(None, 0, start_step=start_step)  # transformers' Trainer keeps the step cadence itself
+    # KTO has no test part (refused above): the record holds the settings that decide the validation part.
+    split = split_state(cfg, ())
+    run.start(None, 0, start_step=start_step, split=split)  # transformers' Trainer keeps the step cadence itself
     callback = TrackerCallback(run.tracker)
 
     _no_telemetry()
@@ -400,7 +418,7 @@ def run_kto(cfg: DPOConfig) -> Path:
         train_dataset=datasets.Dataset.from_list(train_rows),
         eval_dataset=datasets.Dataset.from_list(val_rows) if val_rows else None,
         processing_class=tokenizer,
-        callbacks=[callback],
+        callbacks=[callback, SplitRecord(split)],
         peft_config=peft_config,
     )
     if trainer.pop_callback(ProgressCallback) is not None:

@@ -52,6 +52,8 @@ TEST_METRICS_FILE = "test_metrics.json"
 # The recipe settings that decide which examples are held out; with the test examples' hash, a checkpoint's
 # record of them (see split_state) must match the resuming run's.
 SPLIT_SETTINGS = ("data.split", "train.seed", "data.validation", "data.test")
+# Where a checkpoint whose trainer_state.json belongs to transformers (KTO's) keeps its split record.
+SPLIT_FILE = "align_split.json"
 
 
 def split_state(cfg: Any, test_keys: Iterable[str]) -> dict[str, Any]:
@@ -145,6 +147,8 @@ class Run:
         from alignment.errors import AlignError
 
         saved = json.loads((checkpoint / "trainer_state.json").read_text()).get("split")
+        if saved is None and (checkpoint / SPLIT_FILE).exists():
+            saved = json.loads((checkpoint / SPLIT_FILE).read_text())
         if saved is None:  # written before checkpoints recorded their split
             self.log(f"{checkpoint} does not record its data split; resuming without checking it")
             return

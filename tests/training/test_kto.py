@@ -164,6 +164,15 @@ def test_kto_resume_continues(tmp_path, tiny_model_dir, unpaired_file):
     shutil.copytree(full / "checkpoints" / "checkpoint-2", part / "checkpoints" / "checkpoint-2")
     (part / "checkpoints" / "checkpoint-3").mkdir()  # a save cut short: no trainer_state.json
     assert find_checkpoint(part, "auto") == part / "checkpoints" / "checkpoint-2"
+    # Every checkpoint records the split it trained under; another one is refused before any weight is read.
+    record = json.loads((part / "checkpoints" / "checkpoint-2" / "align_split.json").read_text())
+    assert record["data.split"] == {"train": 0.85, "validation": 0.15} and record["split_scheme"] == 2
+    other = _config(tiny_model_dir, unpaired_file, part, {"data.split": {"train": 0.7, "validation": 0.3}},
+                    max_steps=4, save_every=2, keep_checkpoints=5, eval_every=0)
+    with pytest.raises(AlignError, match="held-out split changed.*data.split") as refused:
+        run_kto(other)
+    assert refused.value.field == "train.resume"
+    assert not (part / "checkpoints" / "checkpoint-4").exists()
     run_kto(cfg(part))
     a = {r["step"]: r for r in read_metrics(full / "metrics.jsonl") if "train/loss" in r}
     b = {r["step"]: r for r in read_metrics(part / "metrics.jsonl") if "train/loss" in r}
