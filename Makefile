@@ -92,7 +92,7 @@ bench-generation: model
 efficacy: model
 	$(PY) benchmarks/efficacy/run.py $(EFFICACY_ARGS)
 
-# ROUNDS_ARGS passes options through, e.g. make rounds-demo ROUNDS_ARGS="--workdir runs/rounds2 --noise 0.3"
+# ROUNDS_ARGS passes options through, e.g. make rounds-demo ROUNDS_ARGS="--workdir runs/rounds2 --seeds 0 1 2 3 4"
 rounds-demo: model
 	$(PY) scripts/feedback_rounds.py $(ROUNDS_ARGS)
 

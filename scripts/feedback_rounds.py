@@ -17,6 +17,9 @@ trained which model, which model wrote which answers), the head-to-head table (t
 round 2 over round 1 with its intervals, the rules and reward-model judges and their agreement with the
 experts), the held-out adherence of both models, the time of every step, and the demo's targets
 (round 2 adheres more, experts' win rate >= 70%, all in under 20 minutes) with whether each was met.
+
+``--seeds 0 1 2 3 4`` runs it once per seed from one shared SFT model and prints a table across the seeds with
+their decisive votes pooled: one seed's few dozen votes cannot tell a 65% win rate from 75%.
 """
 
 from __future__ import annotations
