@@ -321,13 +321,19 @@ def run_seeds(s: Settings, seeds: Sequence[int]) -> list[str]:
             times["SFT"] = time.perf_counter() - t0
     results = {}
     for seed in seeds:
-        done = w / f"seed-{seed}" / "summary.json"
+        one = replace(s, workdir=w / f"seed-{seed}", seed=seed, sft_model=sft)
+        done = one.workdir / "summary.json"
         if done.exists():  # a seed finished by an earlier sweep in this folder (add seeds without rerunning)
+            saved = json.loads(done.read_text(encoding="utf-8")).get("settings", {})
+            differ = sorted(k for k, v in asdict(one).items() if saved.get(k) != str(v))
+            if differ:  # pooling runs of other settings would report a mixture as these settings' result
+                raise SystemExit(f"{done} was run with other settings ({', '.join(differ)}); remove that folder "
+                                 "or pass another --workdir")
             print(f"[rounds] seed {seed}: read back from {done}", flush=True)
             results[seed] = read_result(done)
             continue
         print(f"[rounds] seed {seed}", flush=True)
-        results[seed] = run(replace(s, workdir=w / f"seed-{seed}", seed=seed, sft_model=sft))
+        results[seed] = run(one)
     lines = seeds_table(results, times)
     (w / "seeds.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     (w / "seeds.json").write_text(json.dumps({

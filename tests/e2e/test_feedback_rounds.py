@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -122,11 +123,15 @@ def test_seeds_share_one_sft_and_pool_the_votes(tmp_path: Path, monkeypatch: pyt
     (w / "seed-7" / "summary.json").write_text(json.dumps({
         "times_s": finished.times, "round1_judgments": 144, "round2_votes": 190, "adherence": finished.adherence,
         "win_rate": 0.55, "win_interval": [0.5, 0.6], "decisive_rate": 0.7, "decisive_interval": [0.55, 0.82],
-        "wins": 35, "losses": 15}))
+        "wins": 35, "losses": 15, "settings": {k: str(v) for k, v in asdict(replace(
+            feedback_rounds.Settings(workdir=w / "seed-7"), seed=7, sft_model=w / "round1-sft")).items()}}))
     assert feedback_rounds.read_result(w / "seed-7" / "summary.json") == finished
     lines = feedback_rounds.run_seeds(feedback_rounds.Settings(workdir=w), [2, 7])
     assert trained == [w / "round1-sft"] and [(s.seed, s.sft_model) for s in runs] == [(2, w / "round1-sft")]
     assert next(line for line in lines if line.startswith("pooled")).split()[1:3] == ["45", "25"]
+    # A seed run under other settings is not pooled with these.
+    with pytest.raises(SystemExit, match=r"other settings \(noise\)"):
+        feedback_rounds.run_seeds(feedback_rounds.Settings(workdir=w, noise=0.3), [7])
 
 
 def test_a_missing_sft_folder_is_refused_before_anything_is_written(tmp_path: Path) -> None:
