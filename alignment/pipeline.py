@@ -5,7 +5,9 @@ config it ran, of the content of the data it read (files by their bytes; a feedb
 into the phase's folder, :func:`export_feedback_stores`, and that file counts), and of the phases it
 consumed. Re-running a pipeline skips complete phases and re-runs, saying
 why, those whose recipe or data changed (and every phase after them); a phase killed half-way has no
-marker, runs again, and its trainer resumes from the last checkpoint.
+marker, runs again, and its trainer resumes from the last checkpoint, unless that checkpoint was written under
+another fingerprint (``started.json``: an earlier phase retrained into the same folder, or new data), which
+would continue from weights the phase no longer starts from; then it starts afresh.
 """
 
 from __future__ import annotations
@@ -448,6 +450,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, float]:
                 timings[step.name] = 0.0
             else:
                 _warn_if_changed(phase_dir, phase_cfg)
+                _fresh_if_started_elsewhere(phase_dir, phase_cfg, fingerprint)
                 _log.info(f"[pipeline] {step.name}: {step.kind} from {phase_cfg.model}")
                 _run_training_phase(step.kind, phase_cfg, cfg.deepspeed, cfg.num_processes)
                 timings[step.name] = time.perf_counter() - start
@@ -578,11 +581,30 @@ def _warn_if_changed(phase_dir: Path, phase_cfg: Any) -> None:
         return
     import yaml
 
+    def learned(recipe: dict[str, Any]) -> dict[str, Any]:
+        # how the last run was told to resume (a fresh start writes "never") is not what it learned
+        return comparable({**recipe, "train": {k: v for k, v in (recipe.get("train") or {}).items() if k != "resume"}})
+
     old = yaml.safe_load(previous.read_text())
-    if comparable(old) != comparable(json.loads(json.dumps(to_dict(phase_cfg)))):
+    if learned(old) != learned(json.loads(json.dumps(to_dict(phase_cfg)))):
         _log.info(f"[pipeline] {phase_dir.name}: the recipe changed since its checkpoints were written; "
                   "starting this phase afresh")
         phase_cfg.train.resume = "never"
+
+
+def _fresh_if_started_elsewhere(phase_dir: Path, phase_cfg: Any, fingerprint: str) -> None:
+    """A checkpoint left by a run under another fingerprint holds weights trained from another starting model
+    or on other data (an earlier phase retrained into the same folder has the same config and the same path),
+    so ``resume: auto`` must not pick it up; records this run's fingerprint for the next one."""
+    started = phase_dir / "started.json"
+    if started.exists() and (phase_dir / "checkpoints").exists() and phase_cfg.train.resume == "auto" \
+            and json.loads(started.read_text()).get("fingerprint") != fingerprint:
+        _log.info(f"[pipeline] {phase_dir.name}: an earlier phase or its data changed since its checkpoints were "
+                  "written; starting this phase afresh")
+        phase_cfg.train.resume = "never"
+    if distributed.is_main():
+        phase_dir.mkdir(parents=True, exist_ok=True)
+        started.write_text(json.dumps({"fingerprint": fingerprint}) + "\n")
 
 
 # Recipe keys added after phases were first fingerprinted: left out of a phase's fingerprint (and of the

@@ -94,6 +94,35 @@ def test_changed_recipe_reruns_phase(tmp_path, tiny_model_dir, sft_file, capsys)
     assert "skipped" not in out and "starting this phase afresh" in out
 
 
+def test_a_retrained_earlier_phase_is_not_resumed_from_under_a_later_one(tmp_path, tiny_model_dir, sft_file,
+                                                                          capsys):
+    """The second phase was killed after a checkpoint; the first then retrains into the same folder (same
+    path, same config for the second): the second must start from the new weights, not resume the old ones."""
+    path, data = _sft_only_run(tmp_path, tiny_model_dir, sft_file, capsys)
+    data["phases"].append({**data["phases"][0], "name": "sft2", "overrides": dict(data["phases"][0]["overrides"])})
+    path.write_text(json.dumps(data))
+    runs = tmp_path / "runs"
+    assert main(["run", str(path)]) == 0
+    assert "sft2: sft from " + str(runs / "sft" / "model") in capsys.readouterr().out
+    shutil.rmtree(runs / "sft2" / "model")
+    (runs / "sft2" / "complete.json").unlink()
+    assert (runs / "sft2" / "checkpoints").exists()
+    data["phases"][0]["overrides"]["train.lr"] = 1e-3
+    path.write_text(json.dumps(data))
+
+    assert main(["run", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "sft2: an earlier phase or its data changed since its checkpoints were written" in out
+    assert "resumed from" not in out
+    assert [r["step"] for r in read_metrics(runs / "sft2" / "metrics.jsonl") if "train/loss" in r] == [1, 2, 3, 4]
+    # killed again, nothing upstream changed: now it resumes
+    shutil.rmtree(runs / "sft2" / "model")
+    (runs / "sft2" / "complete.json").unlink()
+    assert main(["run", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "sft: complete, skipped" in out and "resumed from" in out and "changed since" not in out
+
+
 def test_a_changed_tracking_section_does_not_retrain(tmp_path, tiny_model_dir, sft_file, capsys):
     """Where the metrics go is not part of what a phase learns: a new W&B project or group keeps the phase."""
     path, data = _sft_only_run(tmp_path, tiny_model_dir, sft_file, capsys)
