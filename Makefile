@@ -60,7 +60,7 @@ quickstart: model
 	$(VENV)/bin/align quickstart
 
 test: model
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=30 tests
 
 test-fast: model
 	$(PY) -m pytest -q -m "not slow and not e2e" tests
