@@ -1,12 +1,18 @@
 """Generation speed: the engine (``alignment.generation.decode``) against ``model.generate``, one run.
 
-    python benchmarks/generation.py [--batches 8,32] [--new-tokens 64] [--repeats 2]
+    python benchmarks/generation.py [--batches 8,32] [--new-tokens 64] [--repeats 2] [--no-profile]
 
 The embedded model answers held-out quickstart prompts at each batch size, greedy and sampled (temperature
 0.8, top-p 0.95), in fp32 and under bf16 autocast; each cell is the median of ``--repeats`` timed runs after
 one warm-up, the two paths interleaved. Tokens/s counts the tokens of the answers up to their stop token
 (what a user gets), so time spent on rows that already ended counts against a path. Greedy answers are
 checked to be the same tokens on both paths.
+
+Then, unless ``--no-profile``, where a decode step's time goes (the engine, greedy, each batch and precision): the
+step's wall time against a floor, the time to read every weight once from memory at the bandwidth measured here
+(a decode step must read them all, whatever the batch), and torch's profiler's self time per kind of operation
+(matrix products, attention, the KV cache's growth, casts, the rest) with the operator calls per step, whose
+fixed cost per call is what a batch of a few rows mostly pays for on a model this small.
 """
 
 from __future__ import annotations
@@ -39,12 +45,67 @@ def answered(new: torch.Tensor, stops: torch.Tensor) -> int:
     return int(first.sum())
 
 
+def memory_bandwidth(mib: int = 256, repeats: int = 5) -> float:
+    """Bytes per second that one copy of a ``mib`` MiB buffer moves (read + write), best of ``repeats``."""
+    src = torch.ones(mib * 2**20 // 4)
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - start)
+    return 2 * src.numel() * 4 / best
+
+
+# Profiler operator name -> the kind of work it is; an operator matching none is "other".
+KINDS = (("matmul", ("mm", "addmm", "bmm", "matmul", "linear")),
+         ("attention", ("scaled_dot_product", "softmax", "efficient_attention", "flash_attention")),
+         ("KV cache growth", ("cat",)),
+         ("casts and copies", ("to", "to_copy", "copy_", "clone", "contiguous")))
+
+
+def kind_of(op: str) -> str:
+    name = op.removeprefix("aten::").lstrip("_")  # aten::_softmax, aten::_scaled_dot_product_flash_... too
+    for kind, names in KINDS:
+        if name in names or any(name.startswith(n) for n in names if len(n) > 3):
+            return kind
+    return "other"
+
+
+def profile_decode(model: torch.nn.Module, enc: dict, stops: torch.Tensor, pad: int, new_tokens: int,
+                   bf16: bool, bandwidth: float) -> dict[str, float]:
+    """One greedy decode of ``enc`` under torch's profiler, after a warm-up: per step, the wall time, the
+    weights-read floor, the profiler's self time per :data:`KINDS` entry and the operator calls."""
+    from torch.profiler import ProfilerActivity, profile
+
+    weight_bytes = sum(p.numel() * (2 if bf16 and p.ndim >= 2 else p.element_size()) for p in model.parameters())
+    with torch.no_grad(), autocast(bf16):
+        decode(model, enc["input_ids"], enc["attention_mask"], max_new_tokens=new_tokens, stop_ids=stops, pad_id=pad)
+        start = time.perf_counter()
+        new = decode(model, enc["input_ids"], enc["attention_mask"], max_new_tokens=new_tokens, stop_ids=stops,
+                     pad_id=pad)
+        plain = time.perf_counter() - start
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            decode(model, enc["input_ids"], enc["attention_mask"], max_new_tokens=new_tokens, stop_ids=stops,
+                   pad_id=pad)
+    steps = new.shape[1]
+    out = {"step ms": 1e3 * plain / steps, "floor ms": 1e3 * weight_bytes / bandwidth}
+    calls = 0
+    for event in prof.key_averages():
+        kind = kind_of(event.key)
+        out[kind] = out.get(kind, 0.0) + event.self_cpu_time_total / 1e3 / steps  # ms per step
+        calls += event.count
+    out["calls"] = calls / steps
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--batches", default="8,32")
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--no-profile", action="store_true", help="skip the profile of a decode step")
     a = p.parse_args(argv)
 
     from alignment.modeling import load_causal_lm, load_tokenizer
@@ -108,6 +169,23 @@ def main(argv: list[str] | None = None) -> int:
     for batch, precision, mode, g, e, lo, hi in rows:
         print(f"| {batch} | {precision} | {mode} | {g:.0f} | {e:.0f} | {e / g:.2f}x | {lo:.1f}-{hi:.1f} |")
     print(f"\ngreedy answers identical on both paths: {same_greedy}")
+    if not a.no_profile:
+        bandwidth = memory_bandwidth()
+        print(f"\n## Where a decode step's time goes (engine, greedy; memory copy bandwidth "
+              f"{bandwidth / 1e9:.1f} GB/s)\n")
+        kinds = [k for k, _ in KINDS] + ["other"]
+        print("| batch | precision | step ms | weights-read floor ms | " + " | ".join(f"{k} ms" for k in kinds)
+              + " | operator calls per step |")
+        print("|---|---|---|---|" + "---|" * len(kinds) + "---|")
+        for batch in [int(b) for b in a.batches.split(",")]:
+            chunk = (texts * (batch // len(texts) + 1))[:batch]
+            enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
+            for precision in ("fp32", "bf16"):
+                r = profile_decode(model, enc, stops, tok.pad_token_id, a.new_tokens, precision == "bf16", bandwidth)
+                print(f"| {batch} | {precision} | {r['step ms']:.1f} | {r['floor ms']:.1f} | "
+                      + " | ".join(f"{r.get(k, 0.0):.1f}" for k in kinds) + f" | {r['calls']:.0f} |")
+        print("\nProfiler times are self times with the profiler's own cost per call included, so they add up to "
+              "more than the step; the floor is what no engine can beat at this precision.")
     return 0 if same_greedy else 1
 
 

@@ -154,3 +154,23 @@ def test_answer_cuts_at_the_first_stop_token_and_drops_padding(lm):
     assert (got.text, got.num_tokens, got.finished) == ("Hello there", len(words) + 1, True)
     unfinished = answer(tok, words, [other])
     assert (unfinished.text, unfinished.num_tokens, unfinished.finished) == ("Hello there", len(words), False)
+
+
+def test_the_generation_bench_profile_sorts_operators_and_accounts_for_a_decode_step(lm):
+    """benchmarks/generation.py's profile: operator names go to their kind, and one decode's profile has a
+    positive step time, the weights-read floor at the given bandwidth, matrix products and operator calls."""
+    import sys
+
+    sys.path.insert(0, str(REPO))
+    from benchmarks.generation import kind_of, profile_decode
+
+    assert [kind_of(op) for op in ("aten::addmm", "aten::mm", "aten::linear", "aten::scaled_dot_product_attention",
+                                   "aten::_scaled_dot_product_flash_attention_for_cpu", "aten::cat", "aten::_to_copy",
+                                   "aten::mul", "aten::index_select")] == [
+        "matmul", "matmul", "matmul", "attention", "attention", "KV cache growth", "casts and copies", "other", "other"]
+    model, tok, enc = lm
+    stops = torch.tensor([tok.eos_token_id])
+    r = profile_decode(model, enc, stops, tok.pad_token_id, 4, bf16=False, bandwidth=1e9)
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    assert r["floor ms"] == pytest.approx(1e3 * weight_bytes / 1e9)
+    assert r["step ms"] > 0 and r["matmul"] > 0 and r["calls"] > 10
