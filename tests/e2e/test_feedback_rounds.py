@@ -139,3 +139,16 @@ def test_a_missing_sft_folder_is_refused_before_anything_is_written(tmp_path: Pa
     with pytest.raises(SystemExit, match="no SFT output there"):
         feedback_rounds.run(s)
     assert not s.workdir.exists()
+
+
+def test_the_demo_dpo_learning_rate_comes_first_so_dpo_set_overrides_it(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[feedback_rounds.Settings] = []
+    monkeypatch.setattr(feedback_rounds, "run", lambda s: seen.append(s) or feedback_rounds.Result())
+    assert feedback_rounds.main(["--workdir", str(tmp_path), "--dpo-set", "train.lr=1e-5",
+                                 "--dpo-set", "beta=0.2"]) == 0
+    assert seen[0].dpo_overrides == ["train.lr=2e-5", "train.lr=1e-5", "beta=0.2"]
+    # later overrides win, as `align dpo` applies them in order
+    from alignment.config import parse_overrides
+    assert parse_overrides(seen[0].dpo_overrides) == parse_overrides(["train.lr=1e-5", "beta=0.2"])
+    assert feedback_rounds.Settings().dpo_overrides == ["train.lr=2e-5"]
