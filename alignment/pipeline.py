@@ -7,7 +7,7 @@ consumed. Re-running a pipeline skips complete phases and re-runs, saying
 why, those whose recipe or data changed (and every phase after them); a phase killed half-way has no
 marker, runs again, and its trainer resumes from the last checkpoint, unless that checkpoint was written under
 another fingerprint (``started.json``: an earlier phase retrained into the same folder, or new data), which
-would continue from weights the phase no longer starts from; then it starts afresh.
+would continue from weights the phase no longer starts from, or records none; then it starts afresh.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -450,7 +451,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, float]:
                 timings[step.name] = 0.0
             else:
                 _warn_if_changed(phase_dir, phase_cfg)
-                _fresh_if_started_elsewhere(phase_dir, phase_cfg, fingerprint)
+                _fresh_if_started_elsewhere(phase_dir, phase_cfg, _fingerprint(
+                    [fingerprints, _without_resume(recipe), cfg.deepspeed, cfg.num_processes, data]))
                 _log.info(f"[pipeline] {step.name}: {step.kind} from {phase_cfg.model}")
                 _run_training_phase(step.kind, phase_cfg, cfg.deepspeed, cfg.num_processes)
                 timings[step.name] = time.perf_counter() - start
@@ -574,6 +576,12 @@ def _learning_verdicts(out: Path, cfg: PipelineConfig) -> list[dict[str, Any]]:
     return verdicts
 
 
+def _without_resume(recipe: dict[str, Any]) -> dict[str, Any]:
+    """A phase recipe (as a dict) without ``train.resume``: how a run was told to resume (a fresh start writes
+    "never") is not what it learned."""
+    return comparable({**recipe, "train": {k: v for k, v in (recipe.get("train") or {}).items() if k != "resume"}})
+
+
 def _warn_if_changed(phase_dir: Path, phase_cfg: Any) -> None:
     """Checkpoints written under another config must not be resumed as if nothing changed."""
     previous = phase_dir / "config.yaml"
@@ -581,30 +589,47 @@ def _warn_if_changed(phase_dir: Path, phase_cfg: Any) -> None:
         return
     import yaml
 
-    def learned(recipe: dict[str, Any]) -> dict[str, Any]:
-        # how the last run was told to resume (a fresh start writes "never") is not what it learned
-        return comparable({**recipe, "train": {k: v for k, v in (recipe.get("train") or {}).items() if k != "resume"}})
-
     old = yaml.safe_load(previous.read_text())
-    if learned(old) != learned(json.loads(json.dumps(to_dict(phase_cfg)))):
+    if _without_resume(old) != _without_resume(json.loads(json.dumps(to_dict(phase_cfg)))):
         _log.info(f"[pipeline] {phase_dir.name}: the recipe changed since its checkpoints were written; "
                   "starting this phase afresh")
         phase_cfg.train.resume = "never"
 
 
 def _fresh_if_started_elsewhere(phase_dir: Path, phase_cfg: Any, fingerprint: str) -> None:
-    """A checkpoint left by a run under another fingerprint holds weights trained from another starting model
-    or on other data (an earlier phase retrained into the same folder has the same config and the same path),
-    so ``resume: auto`` must not pick it up; records this run's fingerprint for the next one."""
-    started = phase_dir / "started.json"
-    if started.exists() and (phase_dir / "checkpoints").exists() and phase_cfg.train.resume == "auto" \
-            and json.loads(started.read_text()).get("fingerprint") != fingerprint:
-        _log.info(f"[pipeline] {phase_dir.name}: an earlier phase or its data changed since its checkpoints were "
-                  "written; starting this phase afresh")
+    """A checkpoint left by a run under another ``fingerprint`` (the phase's inputs, without ``train.resume``)
+    holds weights trained from another starting model or on other data (an earlier phase retrained into the
+    same folder has the same config and the same path), so ``resume: auto`` must not pick it up. Checkpoints
+    with no ``started.json`` beside them were left by a version that did not record one: those of a run that
+    completed (``complete.json``) were trained on what the phase has since changed from (it would not run
+    again otherwise), and what the others started from cannot be checked; both start afresh.
+
+    A phase starting afresh loses its checkpoints here, before ``started.json`` records this run's fingerprint:
+    a run killed between the two must not leave old checkpoints under the new record."""
+    started, saved = phase_dir / "started.json", phase_dir / "checkpoints"
+    reason = None
+    if saved.exists() and phase_cfg.train.resume == "auto":
+        if started.exists():
+            try:
+                recorded = json.loads(started.read_text()).get("fingerprint")
+            except (ValueError, AttributeError):
+                recorded = None
+            if recorded != fingerprint:
+                reason = "an earlier phase or its data changed since its checkpoints were written"
+        elif (phase_dir / "complete.json").exists():
+            reason = "its checkpoints are those of a run that completed on other inputs"
+        else:
+            reason = "its checkpoints do not record what they were trained from (no started.json)"
+    if reason is not None:
+        _log.info(f"[pipeline] {phase_dir.name}: {reason}; starting this phase afresh")
         phase_cfg.train.resume = "never"
     if distributed.is_main():
+        if phase_cfg.train.resume == "never" and saved.exists():
+            shutil.rmtree(saved)  # what the phase's own run would do, only later (after loading the model)
         phase_dir.mkdir(parents=True, exist_ok=True)
-        started.write_text(json.dumps({"fingerprint": fingerprint}) + "\n")
+        tmp = started.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps({"fingerprint": fingerprint}) + "\n")
+        tmp.replace(started)
 
 
 # Recipe keys added after phases were first fingerprinted: left out of a phase's fingerprint (and of the

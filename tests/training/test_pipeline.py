@@ -123,6 +123,83 @@ def test_a_retrained_earlier_phase_is_not_resumed_from_under_a_later_one(tmp_pat
     assert "sft: complete, skipped" in out and "resumed from" in out and "changed since" not in out
 
 
+def _killed_after_a_checkpoint(runs: Path, phase: str) -> None:
+    shutil.rmtree(runs / phase / "model")
+    (runs / phase / "complete.json").unlink()
+    assert (runs / phase / "checkpoints").exists()
+
+
+def test_checkpoints_that_do_not_record_their_inputs_are_not_resumed(tmp_path, tiny_model_dir, sft_file, capsys):
+    """A phase folder left by a version that wrote no started.json: its checkpoints cannot be checked, so the
+    phase starts afresh; a completed run's checkpoints (complete.json under other inputs) neither."""
+    path, data = _sft_only_run(tmp_path, tiny_model_dir, sft_file, capsys)
+    runs = tmp_path / "runs"
+    _killed_after_a_checkpoint(runs, "sft")
+    (runs / "sft" / "started.json").unlink()
+    assert main(["run", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "sft: its checkpoints do not record what they were trained from" in out and "resumed from" not in out
+
+    (runs / "sft" / "started.json").unlink()
+    data["phases"][0]["overrides"]["data.max_length"] = 80  # other inputs; the config check alone would see it
+    (runs / "sft" / "config.yaml").unlink()  # too, so only complete.json is left to tell
+    path.write_text(json.dumps(data))
+    assert main(["run", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "sft: its checkpoints are those of a run that completed on other inputs" in out
+    assert "resumed from" not in out
+
+
+def test_a_run_killed_while_starting_afresh_does_not_resume_the_old_checkpoints(tmp_path, tiny_model_dir, sft_file,
+                                                                                 capsys, monkeypatch):
+    """started.json records the new inputs before the phase trains: the old checkpoints must be gone by then,
+    or a run killed before its first save would leave them under the new record, to be resumed next time."""
+    from alignment import pipeline
+
+    path, data = _sft_only_run(tmp_path, tiny_model_dir, sft_file, capsys)
+    runs = tmp_path / "runs"
+    data["phases"].append({**data["phases"][0], "name": "sft2", "overrides": dict(data["phases"][0]["overrides"])})
+    path.write_text(json.dumps(data))
+    assert main(["run", str(path)]) == 0
+    _killed_after_a_checkpoint(runs, "sft2")
+    data["phases"][0]["overrides"]["train.lr"] = 1e-3
+    path.write_text(json.dumps(data))
+    real = pipeline._run_training_phase
+
+    def killed_in_sft2(kind, cfg, *args):
+        if Path(cfg.output_dir).name == "sft2":
+            raise KeyboardInterrupt
+        real(kind, cfg, *args)
+
+    monkeypatch.setattr(pipeline, "_run_training_phase", killed_in_sft2)
+    try:
+        main(["run", str(path)])
+    except KeyboardInterrupt:
+        pass
+    assert not (runs / "sft2" / "checkpoints").exists()
+    monkeypatch.setattr(pipeline, "_run_training_phase", real)
+    assert main(["run", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "sft: complete, skipped" in out and "sft2: sft from" in out and "resumed from" not in out
+
+
+def test_a_change_of_train_resume_alone_keeps_a_killed_phase_s_progress(tmp_path, tiny_model_dir, sft_file, capsys):
+    """How a run is told to resume is not what it learns: a phase started with resume: never, killed, then run
+    with resume: auto resumes its own checkpoint."""
+    path, data = _sft_only_run(tmp_path, tiny_model_dir, sft_file, capsys)
+    runs = tmp_path / "runs"
+    data["phases"][0]["overrides"]["train.resume"] = "never"
+    path.write_text(json.dumps(data))
+    assert main(["run", str(path)]) == 0
+    _killed_after_a_checkpoint(runs, "sft")
+    del data["phases"][0]["overrides"]["train.resume"]
+    path.write_text(json.dumps(data))
+    capsys.readouterr()
+    assert main(["run", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "resumed from" in out and "afresh" not in out
+
+
 def test_a_changed_tracking_section_does_not_retrain(tmp_path, tiny_model_dir, sft_file, capsys):
     """Where the metrics go is not part of what a phase learns: a new W&B project or group keeps the phase."""
     path, data = _sft_only_run(tmp_path, tiny_model_dir, sft_file, capsys)
