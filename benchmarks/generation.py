@@ -8,11 +8,12 @@ one warm-up, the two paths interleaved. Tokens/s counts the tokens of the answer
 (what a user gets), so time spent on rows that already ended counts against a path. Greedy answers are
 checked to be the same tokens on both paths.
 
-Then, unless ``--no-profile``, where a decode step's time goes (the engine, greedy, each batch and precision): the
-step's wall time against a floor, the time to read every weight once from memory at the bandwidth measured here
-(a decode step must read them all, whatever the batch), and torch's profiler's self time per kind of operation
-(matrix products, attention, the KV cache's growth, casts, the rest) with the operator calls per step, whose
-fixed cost per call is what a batch of a few rows mostly pays for on a model this small.
+Then, unless ``--no-profile``, where a decode step's time goes (the engine, greedy, each batch and precision):
+the step's wall time (the prompt's prefill left out) against a floor, the time to read every weight once from
+memory at the read bandwidth measured here (a decode step must read them all, whatever the batch), and torch's
+profiler's self time per kind of operation (matrix products, attention, the KV cache's growth, casts, the rest)
+with the operator calls per step, whose fixed cost per call is what a batch of a few rows mostly pays for on a
+model this small.
 """
 
 from __future__ import annotations
@@ -46,15 +47,31 @@ def answered(new: torch.Tensor, stops: torch.Tensor) -> int:
 
 
 def memory_bandwidth(mib: int = 256, repeats: int = 5) -> float:
-    """Bytes per second that one copy of a ``mib`` MiB buffer moves (read + write), best of ``repeats``."""
+    """Bytes per second read from memory, best of ``repeats``: the higher of a sum over a ``mib`` MiB buffer
+    (read only, as a decode step reads its weights) and a copy counted as one read and one write (a copy that
+    first reads its destination moves more, so this side can only understate)."""
     src = torch.ones(mib * 2**20 // 4)
     dst = torch.empty_like(src)
-    best = float("inf")
+    best = {"sum": float("inf"), "copy": float("inf")}
     for _ in range(repeats):
         start = time.perf_counter()
+        src.sum()
+        best["sum"] = min(best["sum"], time.perf_counter() - start)
+        start = time.perf_counter()
         dst.copy_(src)
-        best = min(best, time.perf_counter() - start)
-    return 2 * src.numel() * 4 / best
+        best["copy"] = min(best["copy"], time.perf_counter() - start)
+    nbytes = src.numel() * 4
+    return max(nbytes / best["sum"], 2 * nbytes / best["copy"])
+
+
+def weights_read_per_step(model: torch.nn.Module, bf16: bool) -> int:
+    """Bytes of weights a decode step reads: every parameter once (matrices in bf16 under autocast), except an
+    input embedding table not shared with the output layer, of which a step reads only the batch's rows."""
+    inputs = model.get_input_embeddings().weight
+    output = model.get_output_embeddings()
+    skip = {id(inputs)} if output is None or output.weight is not inputs else set()
+    return sum(p.numel() * (2 if bf16 and p.ndim >= 2 else p.element_size())
+               for p in model.parameters() if id(p) not in skip)
 
 
 # Profiler operator name -> the kind of work it is; an operator matching none is "other".
@@ -74,28 +91,42 @@ def kind_of(op: str) -> str:
 
 def profile_decode(model: torch.nn.Module, enc: dict, stops: torch.Tensor, pad: int, new_tokens: int,
                    bf16: bool, bandwidth: float) -> dict[str, float]:
-    """One greedy decode of ``enc`` under torch's profiler, after a warm-up: per step, the wall time, the
-    weights-read floor, the profiler's self time per :data:`KINDS` entry and the operator calls."""
+    """Greedy decodes of ``enc`` after a warm-up, timed and under torch's profiler: per decode step (a forward of
+    one new token per row; the prompt's prefill is measured apart, by a decode of one token, and subtracted), the
+    wall time, the weights-read floor, the profiler's self time per :data:`KINDS` entry and the operator calls."""
     from torch.profiler import ProfilerActivity, profile
 
-    weight_bytes = sum(p.numel() * (2 if bf16 and p.ndim >= 2 else p.element_size()) for p in model.parameters())
-    with torch.no_grad(), autocast(bf16):
-        decode(model, enc["input_ids"], enc["attention_mask"], max_new_tokens=new_tokens, stop_ids=stops, pad_id=pad)
+    def run(tokens: int) -> torch.Tensor:
+        return decode(model, enc["input_ids"], enc["attention_mask"], max_new_tokens=tokens, stop_ids=stops,
+                      pad_id=pad)
+
+    def timed(tokens: int) -> tuple[float, torch.Tensor]:
         start = time.perf_counter()
-        new = decode(model, enc["input_ids"], enc["attention_mask"], max_new_tokens=new_tokens, stop_ids=stops,
-                     pad_id=pad)
-        plain = time.perf_counter() - start
+        new = run(tokens)
+        return time.perf_counter() - start, new
+
+    def per_kind(tokens: int) -> dict[str, float]:
         with profile(activities=[ProfilerActivity.CPU]) as prof:
-            decode(model, enc["input_ids"], enc["attention_mask"], max_new_tokens=new_tokens, stop_ids=stops,
-                   pad_id=pad)
-    steps = new.shape[1]
-    out = {"step ms": 1e3 * plain / steps, "floor ms": 1e3 * weight_bytes / bandwidth}
-    calls = 0
-    for event in prof.key_averages():
-        kind = kind_of(event.key)
-        out[kind] = out.get(kind, 0.0) + event.self_cpu_time_total / 1e3 / steps  # ms per step
-        calls += event.count
-    out["calls"] = calls / steps
+            run(tokens)
+        out: dict[str, float] = {"calls": 0.0}
+        for event in prof.key_averages():
+            kind = kind_of(event.key)
+            out[kind] = out.get(kind, 0.0) + event.self_cpu_time_total / 1e3  # ms
+            out["calls"] += event.count
+        return out
+
+    with torch.no_grad(), autocast(bf16):
+        run(new_tokens)  # warm-up
+        prefill = min(timed(1)[0] for _ in range(2))
+        whole, new = timed(new_tokens)
+        first, total = per_kind(1), per_kind(new_tokens)
+    steps = new.shape[1] - 1  # forwards after the prefill's
+    if steps < 1:
+        raise ValueError("every row stopped at its first token: no decode step to profile")
+    out = {"step ms": 1e3 * max(whole - prefill, 0.0) / steps,
+           "floor ms": 1e3 * weights_read_per_step(model, bf16) / bandwidth}
+    for kind in total:
+        out[kind] = max(total[kind] - first.get(kind, 0.0), 0.0) / steps
     return out
 
 
@@ -171,8 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\ngreedy answers identical on both paths: {same_greedy}")
     if not a.no_profile:
         bandwidth = memory_bandwidth()
-        print(f"\n## Where a decode step's time goes (engine, greedy; memory copy bandwidth "
-              f"{bandwidth / 1e9:.1f} GB/s)\n")
+        print(f"\n## Where a decode step's time goes (engine, greedy, the prompt's prefill left out; memory read "
+              f"bandwidth {bandwidth / 1e9:.1f} GB/s)\n")
         kinds = [k for k, _ in KINDS] + ["other"]
         print("| batch | precision | step ms | weights-read floor ms | " + " | ".join(f"{k} ms" for k in kinds)
               + " | operator calls per step |")
@@ -185,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"| {batch} | {precision} | {r['step ms']:.1f} | {r['floor ms']:.1f} | "
                       + " | ".join(f"{r.get(k, 0.0):.1f}" for k in kinds) + f" | {r['calls']:.0f} |")
         print("\nProfiler times are self times with the profiler's own cost per call included, so they add up to "
-              "more than the step; the floor is what no engine can beat at this precision.")
+              "more than the step; the floor is the time to read the weights once at the measured bandwidth.")
     return 0 if same_greedy else 1
 
 
