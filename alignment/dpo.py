@@ -51,6 +51,7 @@ from alignment.training import (
     Engine,
     Schedule,
     deepspeed_config,
+    describe_bf16,
     set_seed,
     use_bf16,
 )
@@ -257,8 +258,9 @@ def run_dpo(cfg: DPOConfig) -> Path:
         if loss_fn.needs_reference else None
     where = ("none (reference-free)" if reference is None else "precomputed" if cfg.precompute_ref else
              "adapter disabled" if frozen is None else "frozen copy")
+    precision = describe_bf16(cfg.train.bf16, bf16)
     run.log(f"model {cfg.model}: {trainable:,} trainable of {total:,} parameters; reference: {where}; "
-        f"bf16={bf16}; processes={dist.world_size()}; deepspeed={cfg.deepspeed or 'off'}; steps={schedule.total_steps}")
+        f"{precision}; processes={dist.world_size()}; deepspeed={cfg.deepspeed or 'off'}; steps={schedule.total_steps}")
 
     resume_from = run.resume_from
     pad = tokenizer.pad_token_id

@@ -42,7 +42,7 @@ from alignment.errors import AlignError
 from alignment.modeling import count_parameters, load_causal_lm, load_tokenizer, save_model
 from alignment.run import SPLIT_FILE, Run, split_state
 from alignment.tracking import MetricsLogger
-from alignment.training import deepspeed_config, lr_schedule, set_seed, use_bf16
+from alignment.training import deepspeed_config, describe_bf16, lr_schedule, set_seed, use_bf16
 
 # TRL / transformers log key -> our shared metric name; TRL's own KTO keys (rewards/*,
 # logps/*, logits/*, kl, entropy) pass through as they are, with `eval/` in front of held-out ones.
@@ -432,8 +432,9 @@ def run_kto(cfg: DPOConfig) -> Path:
     trainable, total = count_parameters(trainer.model)
     where = ("precomputed" if cfg.precompute_ref else "frozen copy" if ref_model is not None else
              "frozen copy of the starting adapter" if continues_adapter else "adapter disabled")
+    precision = describe_bf16(cfg.train.bf16, bf16)
     run.log(f"model {cfg.model}: {trainable:,} trainable of {total:,} parameters; reference: {where}; "
-        f"bf16={bf16}; processes={trainer.accelerator.num_processes}; deepspeed={cfg.deepspeed or 'off'}")
+        f"{precision}; processes={trainer.accelerator.num_processes}; deepspeed={cfg.deepspeed or 'off'}")
     if cfg.lora.enabled and cfg.lora.dropout:
         run.log(f"note: dropout is off in KTO (TRL's disable_dropout), so lora.dropout={cfg.lora.dropout} has no "
             "effect")

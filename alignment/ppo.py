@@ -69,6 +69,7 @@ from alignment.training import (
     Engine,
     Schedule,
     deepspeed_config,
+    describe_bf16,
     set_seed,
     use_bf16,
 )
@@ -530,10 +531,11 @@ def run_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> Path:
     kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
               else FixedKLController(cfg.kl_coef))
     trainable, total = count_parameters(policy.module)
+    precision = describe_bf16(cfg.train.bf16, bf16)
     run.log(f"policy {cfg.model}: {trainable:,} trainable of {total:,}; advantage {cfg.advantage}, "
         f"{cfg.num_generations} answer(s) per prompt; critic {cfg.critic}; reference "
         f"{'adapter disabled' if cfg.lora.enabled and not cfg.ref_model else 'frozen copy'}; reward "
-        f"{'a function' if reward_fn else cfg.reward_model}; bf16={bf16}; processes={dist.world_size()}; "
+        f"{'a function' if reward_fn else cfg.reward_model}; {precision}; processes={dist.world_size()}; "
         f"deepspeed={cfg.deepspeed or 'off'}; steps={schedule.total_steps} ({updates} updates)")
 
     others = {"critic": critic} if critic is not None else {}

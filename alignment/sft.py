@@ -31,6 +31,7 @@ from alignment.training import (
     Engine,
     Schedule,
     deepspeed_config,
+    describe_bf16,
     set_seed,
     use_bf16,
 )
@@ -416,7 +417,8 @@ def run_sft(cfg: SFTConfig) -> Path:
                                [len(e.input_ids) for e in train_examples])
     ds_config = deepspeed_config(cfg.deepspeed, cfg.train, bf16)
     engine = Engine(model, cfg.train, schedule.total_steps, bf16, ds_config)
-    run.log(f"model {cfg.model}: {trainable:,} trainable of {total:,} parameters; bf16={bf16}; "
+    precision = describe_bf16(cfg.train.bf16, bf16)
+    run.log(f"model {cfg.model}: {trainable:,} trainable of {total:,} parameters; {precision}; "
         f"processes={dist.world_size()}; deepspeed={cfg.deepspeed or 'off'}; steps={schedule.total_steps}")
 
     split = split_state(cfg, (_conversation_key(r["messages"]) for r in test_records))

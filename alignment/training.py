@@ -31,6 +31,8 @@ _log = get_logger("train")
 # Precision
 # --------------------------------------------------------------------------------------------------
 _BF16_MEASURED: bool | None = None
+_BF16_SPEEDUP: float | None = None  # fp32 time / bf16 time of the probe, for the log
+_BF16_NEEDED = 1.25  # how much faster bf16 must be: near 1 the verdict would flip with the machine's load
 
 
 def bf16_is_fast() -> bool:
@@ -40,7 +42,7 @@ def bf16_is_fast() -> bool:
     process taking the cores for a moment slows one round, not the verdict (a single timing once
     picked bf16 on a busy machine where it is 1.6x slower).
     """
-    global _BF16_MEASURED
+    global _BF16_MEASURED, _BF16_SPEEDUP
     if _BF16_MEASURED is None:
         a = torch.randn(768, 768)
         best = {torch.float32: float("inf"), torch.bfloat16: float("inf")}
@@ -53,8 +55,18 @@ def bf16_is_fast() -> bool:
                 for _ in range(4):
                     x @ x
                 best[dtype] = min(best[dtype], time.perf_counter() - start)
-        _BF16_MEASURED = best[torch.bfloat16] * 1.25 < best[torch.float32]
+        _BF16_SPEEDUP = best[torch.float32] / best[torch.bfloat16]
+        _BF16_MEASURED = _BF16_SPEEDUP > _BF16_NEEDED
     return _BF16_MEASURED
+
+
+def describe_bf16(setting: str, bf16: bool) -> str:
+    """The precision a phase logs: the choice and, when ``auto`` measured it on this CPU, what was measured, so
+    two machines that chose differently can be told apart from their logs."""
+    if setting != "auto" or torch.cuda.is_available() or _BF16_SPEEDUP is None:
+        return f"bf16={bf16}"
+    return (f"bf16={bf16} (auto: a bf16 matmul ran {_BF16_SPEEDUP:.2f}x as fast as fp32 here; "
+            f"bf16 is chosen above {_BF16_NEEDED}x)")
 
 
 def use_bf16(setting: str) -> bool:
