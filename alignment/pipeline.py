@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,8 +36,10 @@ from alignment.data.fingerprint import config_sources, data_fingerprint
 from alignment.data.phase_pii import scan_phase_data
 from alignment.errors import AlignError
 from alignment.evaluation.run import model_stamp
+from alignment.files import atomic_write
 from alignment.log import get_logger
 from alignment.phases import PHASES
+from alignment.training import clear_checkpoints
 from alignment.verdict import format_verdicts, run_verdicts
 
 _log = get_logger("pipeline")
@@ -623,13 +624,11 @@ def _fresh_if_started_elsewhere(phase_dir: Path, phase_cfg: Any, fingerprint: st
     if reason is not None:
         _log.info(f"[pipeline] {phase_dir.name}: {reason}; starting this phase afresh")
         phase_cfg.train.resume = "never"
+    if phase_cfg.train.resume == "never":
+        clear_checkpoints(phase_dir)  # what the phase's own run would do, only later (after loading the model)
     if distributed.is_main():
-        if phase_cfg.train.resume == "never" and saved.exists():
-            shutil.rmtree(saved)  # what the phase's own run would do, only later (after loading the model)
         phase_dir.mkdir(parents=True, exist_ok=True)
-        tmp = started.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps({"fingerprint": fingerprint}) + "\n")
-        tmp.replace(started)
+        atomic_write(started, (json.dumps({"fingerprint": fingerprint}) + "\n").encode())
 
 
 # Recipe keys added after phases were first fingerprinted: left out of a phase's fingerprint (and of the
