@@ -2,8 +2,9 @@
 
     python benchmarks/generation.py [--batches 8,32] [--new-tokens 64] [--repeats 2] [--no-profile]
 
-The embedded model answers held-out quickstart prompts at each batch size, greedy and sampled (temperature
-0.8, top-p 0.95), in fp32 and under bf16 autocast; each cell is the median of ``--repeats`` timed runs after
+The embedded model answers held-out quickstart prompts at each batch size, greedy, sampled with top-p
+(temperature 0.8, top-p 0.95, as the app's candidates) and sampled without it (temperature 1, top-p 1, as PPO's
+rollouts), in fp32 and under bf16 autocast; each cell is the median of ``--repeats`` timed runs after
 one warm-up, the two paths interleaved. Tokens/s counts the tokens of the answers up to their stop token
 (what a user gets), so time spent on rows that already ended counts against a path. Greedy answers are
 checked to be the same tokens on both paths.
@@ -36,6 +37,8 @@ from benchmarks.bench import flags_text, machine_info  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = REPO / "recipes" / "quickstart" / "data" / "heldout_prompts.jsonl"
+# (name, temperature, top_p): greedy (evaluation, head-to-head), the app's candidates, PPO's rollouts
+DECODINGS = (("greedy", 0.0, 1.0), ("top-p 0.95", 0.8, 0.95), ("sampled", 1.0, 1.0))
 
 
 def answered(new: torch.Tensor, stops: torch.Tensor) -> int:
@@ -153,8 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         chunk = (texts * (batch // len(texts) + 1))[:batch]
         enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
         for precision in ("fp32", "bf16"):
-            for temperature in (0.0, 0.8):
-                top_p = 0.95 if temperature else 1.0
+            for mode, temperature, top_p in DECODINGS:
                 times: dict[str, list[float]] = {"generate": [], "engine": []}
                 tokens: dict[str, int] = {}
                 for rep in range(a.repeats + 1):
@@ -166,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
                                 out = model.generate(**enc, max_new_tokens=a.new_tokens,
                                                      do_sample=temperature > 0,
                                                      temperature=temperature or None,
-                                                     top_p=top_p if temperature else None, top_k=None,
+                                                     top_p=top_p if temperature and top_p < 1 else None,
+                                                     top_k=None,
                                                      pad_token_id=tok.pad_token_id, eos_token_id=stops.tolist())
                                 new = out[:, enc["input_ids"].shape[1]:]
                             else:
@@ -189,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
 
                                 same_greedy &= bool(torch.equal(widen(reference), widen(new)))
                 speed = {path: tokens[path] / statistics.median(times[path]) for path in times}
-                rows.append((batch, precision, "greedy" if temperature == 0 else "sampled", speed["generate"],
+                rows.append((batch, precision, mode, speed["generate"],
                              speed["engine"], min(times["engine"]), max(times["engine"])))
     info = machine_info()
     print(f"# Generation, {a.model}, up to {a.new_tokens} new tokens, median of {a.repeats} runs")

@@ -1,6 +1,7 @@
 """The generation engine (alignment.generation.decode) against transformers' ``generate`` on a tiny Llama:
-the same tokens under greedy decoding, the same draws under sampling while every row is still running, a row's
-answer unchanged by the rows it is batched with, and every user of generation going through the engine."""
+the same tokens under greedy decoding, sampling from the same tempered top-p distribution (frequencies against
+hand-computed probabilities, the nucleus against transformers' TopPLogitsWarper), a row's answer unchanged by
+the rows it is batched with, and every user of generation going through the engine."""
 
 from __future__ import annotations
 
@@ -61,15 +62,98 @@ def test_greedy_is_generates_tokens_with_rows_leaving_early(lm):
     assert (got[0, 3:] == pad).all() and (got[2, 6:] == pad).all()  # after its stop, a row holds padding
 
 
-def test_sampling_draws_generates_tokens_while_every_row_runs(lm):
+def test_a_tiny_top_p_decodes_greedily_and_sampling_repeats_under_a_seed(lm):
     model, tok, enc = lm
     pad = tok.pad_token_id
-    torch.manual_seed(7)
-    want = hf(model, enc, pad, [], 10, do_sample=True, temperature=0.7, top_p=0.9)
-    torch.manual_seed(7)
-    got = decode(model, enc["input_ids"], enc["attention_mask"], max_new_tokens=10, stop_ids=[], pad_id=pad,
-                 temperature=0.7, top_p=0.9)
-    assert torch.equal(got, want)
+    greedy = hf(model, enc, pad, [], 10, do_sample=False)
+    # top_p -> 0 keeps the most likely token only: whatever the draw, the answer is greedy's
+    narrow = decode(model, enc["input_ids"], enc["attention_mask"], max_new_tokens=10, stop_ids=[], pad_id=pad,
+                    temperature=0.7, top_p=1e-6)
+    assert torch.equal(narrow, greedy)
+
+    def sampled(seed):
+        torch.manual_seed(seed)
+        return decode(model, enc["input_ids"], enc["attention_mask"], max_new_tokens=10, stop_ids=[], pad_id=pad,
+                      temperature=1.0, top_p=0.9)
+
+    assert torch.equal(sampled(3), sampled(3))
+    assert not torch.equal(sampled(3), sampled(4))
+    assert not torch.equal(sampled(3), greedy)
+
+
+def frequencies(draws: torch.Tensor, vocab: int) -> torch.Tensor:
+    return torch.bincount(draws, minlength=vocab).double() / draws.numel()
+
+
+@pytest.mark.parametrize(("temperature", "top_p", "want"), [
+    # softmax(log p) = p; top_p 1 keeps all five
+    (1.0, 1.0, [0.4, 0.3, 0.15, 0.1, 0.05]),
+    # tokens more likely than the third hold 0.7 < 0.8, than the fourth 0.85: three kept, renormalised by 0.85
+    (1.0, 0.8, [0.4 / 0.85, 0.3 / 0.85, 0.15 / 0.85, 0.0, 0.0]),
+    # temperature 0.5 squares the probabilities: 0.16, 0.09, 0.0225, 0.01, 0.0025 (sum 0.285); the first holds
+    # 0.561 < 0.8, the first two 0.877: two kept, 0.16 / 0.25 and 0.09 / 0.25
+    (0.5, 0.8, [0.64, 0.36, 0.0, 0.0, 0.0]),
+])
+def test_sampling_draws_from_the_tempered_nucleus(temperature, top_p, want):
+    logits = torch.log(torch.tensor([0.4, 0.3, 0.15, 0.1, 0.05])).repeat(40_000, 1)
+    torch.manual_seed(0)
+    got = frequencies(next_tokens(logits, temperature, top_p), 5)
+    want = torch.tensor(want, dtype=torch.float64)
+    sigma = (want * (1 - want) / 40_000).sqrt()
+    assert ((got - want).abs() <= 5 * sigma + 1e-12).all(), (got, want)  # dropped tokens: never drawn
+
+
+def test_tokens_of_tiny_probability_keep_their_share():
+    import alignment.generation as engine
+
+    # 0.999 on the first token, then 100,000 tokens of 1e-8 each (1e-3 together): each is below half the float32
+    # spacing near 1, so a running sum accumulated in float32 (as GPU scans do) would stop at 0.999 and the tail
+    # could never be drawn
+    probs = torch.full((1, 100_001), 1e-8)
+    probs[0, 0] = 0.999
+    # u = 0.9995 of the total 1.0 lands halfway through the tail: after 0.999 + 50,000 * 1e-8
+    token = int(engine._draw(probs, torch.tensor([[0.9995]], dtype=torch.float64))[0])
+    assert 49_000 < token < 51_000, token
+    assert int(engine._draw(probs, torch.tensor([[0.5]], dtype=torch.float64))[0]) == 0
+    # u * total rounded up to the total: the last column with weight, never the zero-weight one after it
+    assert engine._draw(torch.tensor([[0.5, 0.5, 0.0]]), torch.tensor([[1.0]], dtype=torch.float64)).tolist() == [1]
+
+
+def random_rows(vocab: int) -> torch.Tensor:
+    """Rows from peaked to flat, so that the nucleus at top_p 0.9 is found among 256 tokens, among 4096, or
+    only by sorting the whole row."""
+    generator = torch.Generator().manual_seed(0)
+    scales = torch.tensor([12.0, 8.0, 6.0, 4.0, 3.0, 2.0, 1.0, 0.3, 0.1] * 4)[:, None]
+    return torch.randn(len(scales), vocab, generator=generator) * scales
+
+
+def test_the_nucleus_is_transformers_top_p_at_every_stage_of_the_search():
+    from transformers.generation.logits_process import TopPLogitsWarper
+
+    import alignment.generation as engine
+
+    logits = random_rows(8000)
+    kept = torch.isfinite(TopPLogitsWarper(0.9)(None, logits.clone()))
+    sizes = kept.sum(-1)
+    assert (sizes <= 256).any() and ((sizes > 256) & (sizes <= 4096)).any() and (sizes > 4096).any(), sizes
+    probs = logits.softmax(-1)
+    n = len(logits)
+    most = engine.nucleus_draw(probs, 0.9, torch.zeros(n, 1, dtype=torch.float64))
+    least = engine.nucleus_draw(probs, 0.9, torch.full((n, 1), 1 - 1e-12, dtype=torch.float64))
+    assert torch.equal(most, logits.argmax(-1))
+    # the last token of each nucleus is transformers' least likely kept one
+    want = probs.masked_fill(~kept, 2.0).argmin(-1)
+    assert torch.equal(least, want)
+
+
+def test_the_staged_search_draws_what_sorting_every_row_draws(monkeypatch):
+    import alignment.generation as engine
+
+    probs = random_rows(8000).softmax(-1)
+    u = torch.rand(len(probs), 1, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    staged = engine.nucleus_draw(probs, 0.9, u)
+    monkeypatch.setattr(engine, "NUCLEUS_CANDIDATES", ())
+    assert torch.equal(engine.nucleus_draw(probs, 0.9, u), staged)
 
 
 def test_a_rows_answer_does_not_depend_on_its_batch(lm):
