@@ -147,8 +147,11 @@ def test_the_demo_dpo_learning_rate_comes_first_so_dpo_set_overrides_it(tmp_path
     monkeypatch.setattr(feedback_rounds, "run", lambda s: seen.append(s) or feedback_rounds.Result())
     assert feedback_rounds.main(["--workdir", str(tmp_path), "--dpo-set", "train.lr=1e-5",
                                  "--dpo-set", "beta=0.2"]) == 0
-    assert seen[0].dpo_overrides == ["train.lr=2e-5", "train.lr=1e-5", "beta=0.2"]
+    assert seen[0].dpo_overrides == [*feedback_rounds.DPO_DEFAULTS, "train.lr=1e-5", "beta=0.2"]
+    assert "train.lr=2e-5" in feedback_rounds.DPO_DEFAULTS
     # later overrides win, as `align dpo` applies them in order
     from alignment.config import parse_overrides
-    assert parse_overrides(seen[0].dpo_overrides) == parse_overrides(["train.lr=1e-5", "beta=0.2"])
-    assert feedback_rounds.Settings().dpo_overrides == ["train.lr=2e-5"]
+    merged = parse_overrides(seen[0].dpo_overrides)
+    assert merged["train.lr"] == "1e-5" and merged["beta"] == 0.2
+    assert merged["train.epochs"] == 1.25 and merged["train.max_steps"] == -1  # the demo's other defaults stay
+    assert feedback_rounds.Settings().dpo_overrides == list(feedback_rounds.DPO_DEFAULTS)
