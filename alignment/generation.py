@@ -68,6 +68,9 @@ def _draw(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     tiny probability keep their share on every device (a float32 scan adds 1e-8 to 0.999 as nothing)."""
     cdf = weights.cumsum(dim=-1, dtype=torch.float64)
     total = cdf[:, -1:]
+    if not bool(((total > 0) & torch.isfinite(total)).all()):  # as torch.multinomial refuses them
+        raise ValueError("the next-token probabilities of a row contain NaN or inf or sum to 0: the model's "
+                         "logits are broken (NaN or all -inf)")
     column = torch.searchsorted(cdf, u * total, right=True).squeeze(1)  # a column of positive weight ...
     over = column >= weights.shape[-1]  # ... unless u * total rounded up to total: the last such column then
     if bool(over.any()):

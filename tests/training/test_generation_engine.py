@@ -119,6 +119,14 @@ def test_tokens_of_tiny_probability_keep_their_share():
     assert engine._draw(torch.tensor([[0.5, 0.5, 0.0]]), torch.tensor([[1.0]], dtype=torch.float64)).tolist() == [1]
 
 
+@pytest.mark.parametrize("top_p", [1.0, 0.9])
+def test_broken_logits_are_refused_not_drawn_from(top_p):
+    for bad in (float("nan"), float("-inf")):
+        logits = torch.tensor([[0.0, 1.0, 2.0], [bad, bad, bad]])
+        with pytest.raises(ValueError, match="NaN or inf"):
+            next_tokens(logits, 1.0, top_p)
+
+
 def random_rows(vocab: int) -> torch.Tensor:
     """Rows from peaked to flat, so that the nucleus at top_p 0.9 is found among 256 tokens, among 4096, or
     only by sorting the whole row."""
