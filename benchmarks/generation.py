@@ -1,6 +1,7 @@
 """Generation speed: the engine (``alignment.generation.decode``) against ``model.generate``, one run.
 
     python benchmarks/generation.py [--batches 8,32] [--new-tokens 64] [--repeats 2] [--no-profile]
+                                    [--sampling-only]
 
 The embedded model answers held-out quickstart prompts at each batch size, greedy, sampled with top-p
 (temperature 0.8, top-p 0.95, as the app's candidates) and sampled without it (temperature 1, top-p 1, as PPO's
@@ -9,12 +10,16 @@ one warm-up, the two paths interleaved. Tokens/s counts the tokens of the answer
 (what a user gets), so time spent on rows that already ended counts against a path. Greedy answers are
 checked to be the same tokens on both paths.
 
-Then, unless ``--no-profile``, where a decode step's time goes (the engine, greedy, each batch and precision):
-the step's wall time (the prompt's prefill left out) against a floor, the time to read every weight once from
-memory at the read bandwidth measured here (a decode step must read them all, whatever the batch), and torch's
-profiler's self time per kind of operation (matrix products, attention, the KV cache's growth, casts, the rest)
-with the operator calls per step, whose fixed cost per call is what a batch of a few rows mostly pays for on a
-model this small.
+Then the cost of drawing one token per row alone, on the model's logits for the prompts' first answer token:
+``generate``'s way (its temperature and top-p warpers, softmax, ``torch.multinomial``) against the engine's
+``next_tokens`` (``--sampling-only``: this table alone, a run of seconds).
+
+Then, unless ``--no-profile`` or ``--sampling-only``, where a decode step's time goes (the engine, greedy, each
+batch and precision): the step's wall time (the prompt's prefill left out) against a floor, the time to read
+every weight once from memory at the read bandwidth measured here (a decode step must read them all, whatever
+the batch), and torch's profiler's self time per kind of operation (matrix products, attention, the KV cache's
+growth, casts, the rest) with the operator calls per step, whose fixed cost per call is what a batch of a few
+rows mostly pays for on a model this small.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from alignment.data.chat import generation_eos_ids  # noqa: E402
-from alignment.generation import decode  # noqa: E402
+from alignment.generation import decode, next_tokens  # noqa: E402
 from alignment.training import autocast  # noqa: E402
 from benchmarks.bench import flags_text, machine_info  # noqa: E402
 
@@ -133,6 +138,51 @@ def profile_decode(model: torch.nn.Module, enc: dict, stops: torch.Tensor, pad: 
     return out
 
 
+def sampling_ms(logits: torch.Tensor, temperature: float, top_p: float, repeats: int = 20) -> dict[str, float]:
+    """Median milliseconds to draw one token per row of float32 ``logits`` (B, V): ``generate``'s way and the
+    engine's."""
+    from transformers.generation.logits_process import (
+        LogitsProcessorList,
+        TemperatureLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    warpers = LogitsProcessorList([TemperatureLogitsWarper(temperature)]
+                                  + ([TopPLogitsWarper(top_p)] if top_p < 1 else []))
+    ways = {"generate": lambda: torch.multinomial(warpers(None, logits).softmax(dim=-1), num_samples=1),
+            "engine": lambda: next_tokens(logits, temperature, top_p)}
+    times: dict[str, list[float]] = {name: [] for name in ways}
+    for rep in range(repeats + 1):
+        for name, draw in ways.items():  # interleaved; the first round warms up
+            start = time.perf_counter()
+            draw()
+            if rep:
+                times[name].append((time.perf_counter() - start) * 1000)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def print_header(model: str, what: str) -> None:
+    info = machine_info()
+    print(f"# Generation, {model}, {what}")
+    print(f"{info['cpu']}, {info['cores']} cores, torch threads {torch.get_num_threads()}; "
+          f"CPU flags: {flags_text(info['cpu_flags'])}; torch {info['torch']}, transformers {info['transformers']}\n")
+
+
+def print_sampling(model: torch.nn.Module, tok, texts: list[str], batches: list[int]) -> None:
+    print("\n## Drawing one token per row (the model's logits for the first answer token, median of 20)\n")
+    print("| batch | decoding | generate's draw ms | engine's draw ms | generate / engine |")
+    print("|---|---|---|---|---|")
+    for batch in batches:
+        chunk = (texts * (batch // len(texts) + 1))[:batch]
+        enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
+        with torch.no_grad():
+            logits = model(**enc, logits_to_keep=1).logits[:, -1].float()
+        for mode, temperature, top_p in DECODINGS[1:]:
+            ms = sampling_ms(logits, temperature, top_p)
+            print(f"| {batch} | {mode} (T {temperature}, top-p {top_p}) | {ms['generate']:.1f} | {ms['engine']:.1f} | "
+                  f"{ms['generate'] / ms['engine']:.1f}x |")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--batches", default="8,32")
@@ -140,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--no-profile", action="store_true", help="skip the profile of a decode step")
+    p.add_argument("--sampling-only", action="store_true", help="only the cost of drawing a token, both ways")
     a = p.parse_args(argv)
 
     from alignment.modeling import load_causal_lm, load_tokenizer
@@ -150,9 +201,14 @@ def main(argv: list[str] | None = None) -> int:
     prompts = [json.loads(line)["messages"] for line in PROMPTS.read_text().splitlines() if line.strip()]
     texts = [tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in prompts]
     tok.padding_side = "left"
+    batches = [int(b) for b in a.batches.split(",")]
+    if a.sampling_only:
+        print_header(a.model, "drawing tokens only")
+        print_sampling(model, tok, texts, batches)
+        return 0
     rows = []
     same_greedy = True
-    for batch in [int(b) for b in a.batches.split(",")]:
+    for batch in batches:
         chunk = (texts * (batch // len(texts) + 1))[:batch]
         enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
         for precision in ("fp32", "bf16"):
@@ -194,15 +250,13 @@ def main(argv: list[str] | None = None) -> int:
                 speed = {path: tokens[path] / statistics.median(times[path]) for path in times}
                 rows.append((batch, precision, mode, speed["generate"],
                              speed["engine"], min(times["engine"]), max(times["engine"])))
-    info = machine_info()
-    print(f"# Generation, {a.model}, up to {a.new_tokens} new tokens, median of {a.repeats} runs")
-    print(f"{info['cpu']}, {info['cores']} cores, torch threads {torch.get_num_threads()}; "
-          f"CPU flags: {flags_text(info['cpu_flags'])}; torch {info['torch']}, transformers {info['transformers']}\n")
+    print_header(a.model, f"up to {a.new_tokens} new tokens, median of {a.repeats} runs")
     print("| batch | precision | decoding | generate tok/s | engine tok/s | engine / generate | engine s (min-max) |")
     print("|---|---|---|---|---|---|---|")
     for batch, precision, mode, g, e, lo, hi in rows:
         print(f"| {batch} | {precision} | {mode} | {g:.0f} | {e:.0f} | {e / g:.2f}x | {lo:.1f}-{hi:.1f} |")
     print(f"\ngreedy answers identical on both paths: {same_greedy}")
+    print_sampling(model, tok, texts, batches)
     if not a.no_profile:
         bandwidth = memory_bandwidth()
         print(f"\n## Where a decode step's time goes (engine, greedy, the prompt's prefill left out; memory read "
@@ -211,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         print("| batch | precision | step ms | weights-read floor ms | " + " | ".join(f"{k} ms" for k in kinds)
               + " | operator calls per step |")
         print("|---|---|---|---|" + "---|" * len(kinds) + "---|")
-        for batch in [int(b) for b in a.batches.split(",")]:
+        for batch in batches:
             chunk = (texts * (batch // len(texts) + 1))[:batch]
             enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
             for precision in ("fp32", "bf16"):
