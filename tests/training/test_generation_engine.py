@@ -268,9 +268,9 @@ def test_the_generation_bench_profile_sorts_operators_and_accounts_for_a_decode_
     params = {id(p): p for p in model.parameters()}
     assert r["floor ms"] == pytest.approx(1e3 * sum(p.numel() * 4 for p in params.values()) / 1e9)
     assert r["step ms"] > 0 and r["matmul"] > 0
-    # per decode step, the prefill left out: a prefill that takes 3 s more changes no step's time (spread over 3
-    # steps, it would add 1,000 ms to each; a tiny model's step takes a few ms, and under a fully loaded CPU (the
-    # suite beside other work) it took over 150 ms once, so the bound is well clear of both)
+    # per decode step, the prefill left out: a prefill that takes 4 s more changes no step's time (spread over 3
+    # steps, it would add 1,333 ms to each; a tiny model's step takes a few ms, but 366 ms once with the suite and
+    # other work sharing 2 cores, so the bound sits between the two)
     import time
 
     class SlowPrefill(torch.nn.Module):
@@ -280,7 +280,7 @@ def test_the_generation_bench_profile_sorts_operators_and_accounts_for_a_decode_
 
         def forward(self, **kwargs):  # noqa: ANN003, ANN201
             if kwargs["input_ids"].shape[1] > 1:
-                time.sleep(3.0)
+                time.sleep(4.0)
             return self.inner(**kwargs)
 
         def get_input_embeddings(self):  # noqa: ANN201
@@ -290,7 +290,7 @@ def test_the_generation_bench_profile_sorts_operators_and_accounts_for_a_decode_
             return model.get_output_embeddings()
 
     slow = profile_decode(SlowPrefill(), enc, stops, tok.pad_token_id, 4, bf16=False, bandwidth=1e9)
-    assert slow["step ms"] < 500
+    assert slow["step ms"] < 700
     # bf16: matrices are read as 2 bytes, vectors (norms) in their own precision
     rb = profile_decode(model, enc, stops, tok.pad_token_id, 4, bf16=True, bandwidth=1e9)
     expect = sum(p.numel() * (2 if p.ndim >= 2 else 4) for p in params.values())
