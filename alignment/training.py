@@ -30,8 +30,7 @@ _log = get_logger("train")
 # --------------------------------------------------------------------------------------------------
 # Precision
 # --------------------------------------------------------------------------------------------------
-_BF16_MEASURED: bool | None = None
-_BF16_SPEEDUP: float | None = None  # fp32 time / bf16 time of the probe, for the log
+_BF16_SPEEDUP: float | None = None  # fp32 time / bf16 time of the probe (None: not measured yet)
 _BF16_NEEDED = 1.25  # how much faster bf16 must be: near 1 the verdict would flip with the machine's load
 
 
@@ -42,8 +41,8 @@ def bf16_is_fast() -> bool:
     process taking the cores for a moment slows one round, not the verdict (a single timing once
     picked bf16 on a busy machine where it is 1.6x slower).
     """
-    global _BF16_MEASURED, _BF16_SPEEDUP
-    if _BF16_MEASURED is None:
+    global _BF16_SPEEDUP
+    if _BF16_SPEEDUP is None:
         a = torch.randn(768, 768)
         best = {torch.float32: float("inf"), torch.bfloat16: float("inf")}
         operands = {dtype: a.to(dtype) for dtype in best}
@@ -56,8 +55,7 @@ def bf16_is_fast() -> bool:
                     x @ x
                 best[dtype] = min(best[dtype], time.perf_counter() - start)
         _BF16_SPEEDUP = best[torch.float32] / best[torch.bfloat16]
-        _BF16_MEASURED = _BF16_SPEEDUP > _BF16_NEEDED
-    return _BF16_MEASURED
+    return _BF16_SPEEDUP > _BF16_NEEDED
 
 
 def describe_bf16(setting: str, bf16: bool) -> str:

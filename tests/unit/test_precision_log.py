@@ -10,7 +10,6 @@ from alignment import training
 def test_auto_logs_the_measured_bf16_speed_and_the_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(training.torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(training, "_BF16_SPEEDUP", 1.62)
-    monkeypatch.setattr(training, "_BF16_MEASURED", True)
     assert training.use_bf16("auto") is True
     assert training.describe_bf16("auto", True) == (
         "bf16=True (auto: a bf16 matmul ran 1.62x as fast as fp32 here; bf16 is chosen above 1.25x)")
@@ -20,7 +19,6 @@ def test_auto_logs_the_measured_bf16_speed_and_the_threshold(monkeypatch: pytest
 
 
 def test_the_probe_records_the_ratio_its_verdict_came_from(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(training, "_BF16_MEASURED", None)
     monkeypatch.setattr(training, "_BF16_SPEEDUP", None)
     fast = training.bf16_is_fast()
     assert training._BF16_SPEEDUP is not None and training._BF16_SPEEDUP > 0
