@@ -30,6 +30,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -168,15 +169,19 @@ def print_header(model: str, what: str) -> None:
           f"CPU flags: {flags_text(info['cpu_flags'])}; torch {info['torch']}, transformers {info['transformers']}\n")
 
 
-def print_sampling(model: torch.nn.Module, tok, texts: list[str], batches: list[int]) -> None:
+def batch_of(tok: Any, texts: list[str], batch: int) -> Any:
+    """``batch`` prompts, the held-out ones repeated as often as needed, tokenized with left padding."""
+    chunk = (texts * (batch // len(texts) + 1))[:batch]
+    return tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
+
+
+def print_sampling(model: torch.nn.Module, tok: Any, texts: list[str], batches: list[int]) -> None:
     print("\n## Drawing one token per row (the model's logits for the first answer token, median of 20)\n")
     print("| batch | decoding | generate's draw ms | engine's draw ms | generate / engine |")
     print("|---|---|---|---|---|")
     for batch in batches:
-        chunk = (texts * (batch // len(texts) + 1))[:batch]
-        enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
         with torch.no_grad():
-            logits = model(**enc, logits_to_keep=1).logits[:, -1].float()
+            logits = model(**batch_of(tok, texts, batch), logits_to_keep=1).logits[:, -1].float()
         for mode, temperature, top_p in DECODINGS[1:]:
             ms = sampling_ms(logits, temperature, top_p)
             print(f"| {batch} | {mode} (T {temperature}, top-p {top_p}) | {ms['generate']:.1f} | {ms['engine']:.1f} | "
@@ -209,8 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     same_greedy = True
     for batch in batches:
-        chunk = (texts * (batch // len(texts) + 1))[:batch]
-        enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = batch_of(tok, texts, batch)
         for precision in ("fp32", "bf16"):
             for mode, temperature, top_p in DECODINGS:
                 times: dict[str, list[float]] = {"generate": [], "engine": []}
@@ -266,8 +270,7 @@ def main(argv: list[str] | None = None) -> int:
               + " | operator calls per step |")
         print("|---|---|---|---|" + "---|" * len(kinds) + "---|")
         for batch in batches:
-            chunk = (texts * (batch // len(texts) + 1))[:batch]
-            enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = batch_of(tok, texts, batch)
             for precision in ("fp32", "bf16"):
                 r = profile_decode(model, enc, stops, tok.pad_token_id, a.new_tokens, precision == "bf16", bandwidth)
                 print(f"| {batch} | {precision} | {r['step ms']:.1f} | {r['floor ms']:.1f} | "

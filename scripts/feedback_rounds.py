@@ -56,8 +56,9 @@ TARGET_MINUTES = 20.0
 # margin grew to +0.10 in the 24 steps (the quickstart's written pairs differ more). On one seed's store, held-out
 # adherence after DPO was 87.9% at 1e-5 and 97.0% at 2e-5 (answers also got shorter); five seeds: README.
 # Steps follow the data (1.25 passes over the training pairs) instead of the recipe's fixed 24, so that twice
-# the round-1 prompts are twice the steps: 96 prompts give about 260 training pairs, 41 steps.
+# the round-1 prompts are twice the steps: 96 prompts gave 238-261 training pairs, 38-42 steps.
 DPO_DEFAULTS = ("train.lr=2e-5", "train.max_steps=-1", "train.epochs=1.25")
+
 
 @dataclass
 class Settings:
@@ -70,7 +71,7 @@ class Settings:
     noise: float = 0.15  # the simulated experts' probability of swapping two adjacent answers
     # round-1 training prompts (from the quickstart's PPO prompt file). With 48, round 2 broke a rule round 1
     # followed on 12 of the 87 held-out prompts the rules told apart (five seeds; decisive win rate 71.6% pooled);
-    # with 96 (twice the pairs, ~40 DPO steps) on 2 of 53 (three seeds; 79.2%; the 15% noise caps it near 85%).
+    # with 96 (twice the pairs, ~40 DPO steps) on 2 of 71 (four seeds; 80.3%; the 15% noise caps it near 85%).
     prompts: int = 96
     k: int = 4  # sampled answers per round-1 prompt
     temperature: float = 0.8
