@@ -71,7 +71,7 @@ class Settings:
     noise: float = 0.15  # the simulated experts' probability of swapping two adjacent answers
     # round-1 training prompts (from the quickstart's PPO prompt file). With 48, round 2 broke a rule round 1
     # followed on 12 of the 87 held-out prompts the rules told apart (five seeds; decisive win rate 71.6% pooled);
-    # with 96 (twice the pairs, ~40 DPO steps) on 2 of 71 (four seeds; 80.3%; the 15% noise caps it near 85%).
+    # with 96 (twice the pairs, ~40 DPO steps) on 3 of 90 (five seeds; 80.7%; the 15% noise caps it near 85%).
     prompts: int = 96
     k: int = 4  # sampled answers per round-1 prompt
     temperature: float = 0.8
