@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from alignment import training
@@ -18,8 +20,31 @@ def test_auto_logs_the_measured_bf16_speed_and_the_threshold(monkeypatch: pytest
     assert training.describe_bf16("true", True) == "bf16=True"
 
 
-def test_the_probe_records_the_ratio_its_verdict_came_from(monkeypatch: pytest.MonkeyPatch) -> None:
+def fake_clock(durations: list[float]) -> SimpleNamespace:
+    """A ``time`` whose perf_counter makes the probe's timed blocks last ``durations``, in the order timed."""
+    now, ticks = [0.0], []
+    for d in durations:
+        ticks += [0.0, d]  # a start, then an end d later
+
+    def perf_counter() -> float:
+        now[0] += ticks.pop(0)
+        return now[0]
+
+    return SimpleNamespace(perf_counter=perf_counter)
+
+
+@pytest.mark.parametrize(("fp32", "bf16", "ratio", "fast"), [
+    # one round of each slowed by something else on the machine: the best round of each decides
+    ([3.0, 9.0, 3.0, 3.0, 3.0], [1.0, 1.0, 5.0, 1.0, 1.0], 3.0, True),
+    ([1.2, 1.2, 1.25, 1.3, 1.2], [1.0, 1.0, 1.0, 1.1, 1.0], 1.2, False),  # under the 1.25x needed
+    ([2.5, 2.5, 2.5, 2.5, 2.5], [2.0, 2.0, 2.0, 2.0, 2.0], 1.25, False),  # exactly 1.25x is not above it
+])
+def test_the_probe_keeps_each_precisions_best_round_and_measures_once(
+        monkeypatch: pytest.MonkeyPatch, fp32: list[float], bf16: list[float], ratio: float, fast: bool) -> None:
     monkeypatch.setattr(training, "_BF16_SPEEDUP", None)
-    fast = training.bf16_is_fast()
-    assert training._BF16_SPEEDUP is not None and training._BF16_SPEEDUP > 0
-    assert fast == (training._BF16_SPEEDUP > training._BF16_NEEDED)
+    # the probe times fp32 then bf16 in each of its five rounds
+    monkeypatch.setattr(training, "time", fake_clock([d for pair in zip(fp32, bf16) for d in pair]))
+    assert training.bf16_is_fast() is fast
+    assert training._BF16_SPEEDUP == pytest.approx(ratio)
+    # measured once per process: a second call reads the clock no more (an empty clock would raise)
+    assert training.bf16_is_fast() is fast
