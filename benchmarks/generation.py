@@ -10,6 +10,8 @@ one warm-up, the two paths interleaved. Tokens/s counts the tokens of the answer
 (what a user gets), so time spent on rows that already ended counts against a path. Greedy answers are
 checked to be the same tokens on both paths.
 
+A targets table follows: the engine at 3x ``generate``'s tokens/s, per batch size, in every precision and decoding.
+
 Then the cost of drawing one token per row alone, on the model's logits for the prompts' first answer token:
 ``generate``'s way (its temperature and top-p warpers, softmax, ``torch.multinomial``) against the engine's
 ``next_tokens`` (``--sampling-only``: this table alone, a run of seconds).
@@ -45,6 +47,25 @@ REPO = Path(__file__).resolve().parents[1]
 PROMPTS = REPO / "recipes" / "quickstart" / "data" / "heldout_prompts.jsonl"
 # (name, temperature, top_p): greedy (evaluation, head-to-head), the app's candidates, PPO's rollouts
 DECODINGS = (("greedy", 0.0, 1.0), ("top-p 0.95", 0.8, 0.95), ("sampled", 1.0, 1.0))
+
+
+# the engine's tokens/s against model.generate's at the same batch, precision and decoding
+TARGET_SPEEDUP = 3.0
+
+
+def targets_table(rows: list[tuple[int, str, str, float, float]], target: float = TARGET_SPEEDUP) -> list[str]:
+    """Markdown lines: per batch size, whether the engine reached ``target`` times ``generate``'s tokens/s in every
+    precision and decoding measured (rows are (batch, precision, decoding, generate tok/s, engine tok/s)), the
+    lowest and highest ratio and, when missed, by how much the lowest falls short."""
+    lines = ["| batch | target | engine / generate: lowest (row) | highest (row) | met |", "|---|---|---|---|---|"]
+    for batch in sorted({r[0] for r in rows}):
+        ratios = sorted((e / g, f"{precision}, {mode}") for b, precision, mode, g, e in rows if b == batch and g > 0)
+        if not ratios:
+            continue
+        (low, low_row), (high, high_row) = ratios[0], ratios[-1]
+        met = "✓" if low >= target else f"✗ (the lowest needs {target / low:.2f}x its speed)"
+        lines.append(f"| {batch} | ≥{target:g}x | {low:.2f}x ({low_row}) | {high:.2f}x ({high_row}) | {met} |")
+    return lines
 
 
 def answered(new: torch.Tensor, stops: torch.Tensor) -> int:
@@ -260,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     for batch, precision, mode, g, e, lo, hi in rows:
         print(f"| {batch} | {precision} | {mode} | {g:.0f} | {e:.0f} | {e / g:.2f}x | {lo:.1f}-{hi:.1f} |")
     print(f"\ngreedy answers identical on both paths: {same_greedy}")
+    print("\n## Targets\n")
+    print("\n".join(targets_table([r[:5] for r in rows])))
+    print("\nWhere a target is missed, the profile below says where a decode step's time goes.")
     print_sampling(model, tok, texts, batches)
     if not a.no_profile:
         bandwidth = memory_bandwidth()
