@@ -307,10 +307,21 @@ class Engine:
         if dist.is_main() and tmp.exists():
             shutil.rmtree(tmp)
         dist.barrier()
-        tmp.mkdir(parents=True, exist_ok=True)
-        for folder, engine in {"": self, **(others or {})}.items():
-            engine._write_state(tmp / folder)
-        torch.save(_rng_state(), tmp / f"rng_rank{dist.rank()}.pt")
+        try:
+            tmp.mkdir(parents=True, exist_ok=True)
+            for folder, engine in {"": self, **(others or {})}.items():
+                engine._write_state(tmp / folder)
+            torch.save(_rng_state(), tmp / f"rng_rank{dist.rank()}.pt")
+        except (OSError, RuntimeError) as exc:
+            if not _write_failed(exc):
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # the previous checkpoint stays the one to resume from
+            from alignment.errors import AlignError
+
+            free = shutil.disk_usage(tmp.parent).free / 2**30
+            raise AlignError(f"could not write the checkpoint ({exc}); {free:.1f} GiB free on that disk now. "
+                             "Free some space (or set output_dir elsewhere) and run the same command again: it "
+                             "resumes from the last checkpoint written", file=directory) from exc
         dist.barrier()
         if dist.is_main():
             (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
@@ -370,6 +381,13 @@ class Engine:
         import contextlib
 
         return contextlib.nullcontext()
+
+
+def _write_failed(exc: BaseException) -> bool:
+    """Whether saving failed because the file could not be written (a full disk, a lost mount): an OSError, or
+    torch's archive writer finding fewer bytes on disk than it wrote."""
+    text = str(exc)
+    return isinstance(exc, OSError) or "unexpected pos" in text or "failed writing file" in text
 
 
 def _rng_state() -> dict[str, Any]:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from alignment.config import DPOConfig, PPOConfig, SFTConfig, load_config
+from alignment.errors import AlignError
 from alignment.run import Run, step_hook
 from alignment.training import Engine, checkpoints
 from tests.conftest import write_jsonl
@@ -66,6 +67,58 @@ def test_checkpoints_are_pruned_and_a_new_run_resumes_from_the_newest(tmp_path, 
     assert torch.equal(fresh.module.weight, engine.module.weight)
     assert "[sft] resumed from" in capsys.readouterr().out
     again.close()
+
+
+@pytest.mark.parametrize("failure", [
+    RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 102208 vs 102102"),  # torch, disk full
+    OSError(28, "No space left on device"),
+])
+def test_a_disk_that_fills_during_a_save_leaves_the_last_checkpoint_and_one_clear_error(
+        tmp_path, sft_file, monkeypatch, failure):
+    cfg = _cfg(tmp_path, sft_file, save_every=1, resume="auto", bf16="false")
+    run = Run(cfg, "sft")
+    engine = _engine(cfg)
+    run.start(engine, 10)
+    run.checkpoint(engine, 1)
+    saved = engine.module.weight.detach().clone()
+    real_save = torch.save
+
+    def full_disk(obj, f, *a, **k):
+        if str(f).endswith("engine.pt"):
+            real_save(obj, f, *a, **k)  # half a file lands, as when the disk fills mid-write
+            raise failure
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with torch.no_grad():
+        engine.module.weight.add_(1.0)
+    with pytest.raises(AlignError, match="could not write the checkpoint .*GiB free on that disk.*resumes") as err:
+        run.checkpoint(engine, 2)
+    assert err.value.file == str(run.out / "checkpoints" / "step-2")
+    assert [p.name for p in (run.out / "checkpoints").iterdir()] == ["step-1"]  # no step-2, no step-2.tmp
+    run.close()
+    monkeypatch.setattr(torch, "save", real_save)
+
+    again = Run(cfg, "sft")
+    fresh = _engine(cfg)
+    assert again.start(fresh, 10)["step"] == 1
+    assert torch.equal(fresh.module.weight, saved)
+    again.close()
+
+
+def test_an_error_that_is_not_a_failed_write_is_not_disguised_as_one(tmp_path, sft_file, monkeypatch):
+    cfg = _cfg(tmp_path, sft_file, save_every=1, resume="auto", bf16="false")
+    run = Run(cfg, "sft")
+    engine = _engine(cfg)
+    run.start(engine, 10)
+
+    def broken(*a, **k):
+        raise RuntimeError("a bug in the optimizer state")
+
+    monkeypatch.setattr(torch, "save", broken)
+    with pytest.raises(RuntimeError, match="a bug in the optimizer state"):
+        run.checkpoint(engine, 1)
+    run.close()
 
 
 def test_a_fresh_run_clears_an_earlier_runs_checkpoints(tmp_path, sft_file):
