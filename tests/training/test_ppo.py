@@ -371,3 +371,53 @@ def test_rule_weight_for_a_missing_rule_is_refused_before_anything_is_written(tm
     with pytest.raises(AlignError, match="rule_reward_weight"):
         load_config(PPOConfig, None, {"model": "x", "data.train": str(prompts_file), "policies": str(rules),
                                       "rule_weights.says_yes": 2.0})
+
+
+@pytest.mark.parametrize("critic", ["shared", "separate"])
+def test_rollout_log_probs_and_values_come_in_minibatch_chunks_equal_to_one_pass(tmp_path, chatty_policy,
+                                                                                  prompts_file, monkeypatch,
+                                                                                  critic):
+    """The rollout's evaluation pass runs in as many chunks of rows as the update has minibatches (so it needs
+    no more memory than the update), and what it returns is what one pass over the whole batch gives, row for
+    row: the policy's log-probs and values, and, before the first update, the reference's (the same weights)."""
+    from alignment import ppo
+    from alignment.modeling import load_tokenizer
+
+    widest, checked = [], []
+    real_logprobs, real_update = ppo.response_logprobs, ppo.ppo_update
+
+    def logprobs(logits, tokens, temperature):
+        widest.append(logits.shape[0])
+        return real_logprobs(logits, tokens, temperature)
+
+    def update(policy, critic_engine, critic_scores, batch, cfg, kl_coef=0.0):
+        if not checked:  # the first rollout: nothing has been updated yet
+            inputs = {"input_ids": batch.full, "attention_mask": batch.mask, "position_ids": batch.positions,
+                      "use_cache": False}
+            m = batch.response_mask
+            policy.module.eval()
+            with torch.no_grad():
+                out = policy.module(**inputs, logits_to_keep=batch.responses.shape[1] + 1)
+                if critic == "shared":
+                    logits, values = out
+                else:
+                    logits = out.logits
+                    critic_engine.module(**inputs)
+                    values = critic_scores.per_token()
+                logps, _ = real_logprobs(logits, batch.responses, cfg.generation.temperature)
+            policy.module.train()
+            values = values[:, batch.prompt_len - 1 : -1].float()
+            torch.testing.assert_close(batch.old_logps * m, logps * m, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(batch.values, values * m, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(batch.ref_logps * m, batch.old_logps * m, rtol=1e-4, atol=1e-5)
+            checked.append(batch.full.shape[0])
+        return real_update(policy, critic_engine, critic_scores, batch, cfg, kl_coef)
+
+    monkeypatch.setattr(ppo, "response_logprobs", logprobs)
+    monkeypatch.setattr(ppo, "ppo_update", update)
+    cfg = load_config(PPOConfig, None, _overrides(chatty_policy, prompts_file, tmp_path / "out", critic=critic,
+                                                  **{"train.batch_size": 8, "train.max_steps": 1,
+                                                     "num_minibatches": 2}))
+    ppo.run_ppo(cfg, reward_fn=_yes_reward(load_tokenizer(chatty_policy)))
+    assert checked == [8]
+    assert max(widest) == 4  # no pass of the run, rollout or update, computed log-probs for more than 4 rows
