@@ -14,6 +14,10 @@ row only when the nucleus is wider than that. :func:`generate` wraps :func:`deco
 A caller that needs the tokens as they are drawn (`align serve` streams them, and cuts answers at stop strings
 decode knows nothing of) passes ``on_step``: it is called after every step with the rows still generating and
 their new tokens, and ends the loop early by returning True.
+
+On a CPU, decode's matrix products of a few rows run on weights packed once per call (:mod:`alignment.packing`),
+1.4-1.9x faster than ``F.linear``'s in fp32 on the default model; a caller generating many batches packs once
+around all of them (:func:`generate` does).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from alignment.data.chat import generation_eos_ids, render
+from alignment.packing import packed_linears
 from alignment.training import autocast, use_bf16
 
 
@@ -125,13 +130,22 @@ def decode(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
            top_p: float = 1.0, on_step: OnStep | None = None) -> torch.Tensor:
     """(B, N) new tokens for left-padded prompts ``input_ids`` (B, P) with ``attention_mask`` (B, P): each row
     up to and including its first stop token, ``pad_id`` after it; N is the longest answer (at most
-    ``max_new_tokens``). The caller sets the RNG seed, the autocast and the model's mode.
+    ``max_new_tokens``). The caller sets the RNG seed, the autocast and the model's mode. On a CPU the model's
+    linear layers multiply with weights packed for the call where that is measured faster (:mod:`alignment.packing`).
 
     ``on_step(rows, tokens)``, when given, is called after each step with the indices (in ``input_ids``'
     numbering) of the rows that drew a token in it and those tokens, so ``tokens[i]`` is the next token of row
     ``rows[i]``, the same one the returned tensor holds; a row that drew a stop token is in no later step. When
     it returns True, decode stops after that step (the caller has what it needs, e.g. every answer was cut by
     a stop string) and returns the tokens drawn so far."""
+    with packed_linears(model, rows=input_ids.shape[0]):
+        return _decode(model, input_ids, attention_mask, max_new_tokens=max_new_tokens, stop_ids=stop_ids,
+                       pad_id=pad_id, temperature=temperature, top_p=top_p, on_step=on_step)
+
+
+def _decode(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, max_new_tokens: int,
+            stop_ids: list[int] | torch.Tensor, pad_id: int, temperature: float, top_p: float,
+            on_step: OnStep | None) -> torch.Tensor:
     from transformers import DynamicCache
 
     device = input_ids.device
@@ -187,7 +201,8 @@ def generate(model: Any, tokenizer: Any, prompts: list[list[dict[str, str]]], *,
     # the generation config's stop tokens (what model.generate stopped on): those answers are finished
     stop_ids = torch.tensor(generation_eos_ids(tokenizer, model.generation_config), dtype=torch.long)
     torch.manual_seed(seed)
-    with autocast(use_bf16(bf16)):
+    # packed once for every batch (decode would pack per batch)
+    with autocast(use_bf16(bf16)), packed_linears(model, rows=min(batch_size, len(texts))):
         for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False, disable=not progress):
             idx = order[start : start + batch_size]
             enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True,

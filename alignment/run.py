@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 from alignment import distributed as dist
 from alignment import log as _log
+from alignment import packing
 from alignment.early_stopping import EarlyStopping
 from alignment.training import Engine, clear_checkpoints, find_resume_checkpoint, iterate_steps, prune_checkpoints
 
@@ -127,6 +128,7 @@ class Run:
         if self.resume_from is not None:
             if engine is not None:
                 state = engine.load_checkpoint(self.resume_from, self._parts(others))
+                packing.restore(state.get("packing", {}))  # generate packed exactly where the saved run did
                 if early_stopping is not None:
                     early_stopping.load_state(state.get("early_stopping"))
             elif start_step is not None:
@@ -239,6 +241,8 @@ class Run:
             state["early_stopping"] = self.early_stopping.state()
         if self.split is not None:
             state["split"] = self.split
+        if packing.verdicts():
+            state["packing"] = packing.verdicts()
         engine.save_checkpoint(self.out / "checkpoints" / f"step-{done}", state, self._parts(others))
         prune_checkpoints(self.out, self.cfg.train.keep_checkpoints)
 

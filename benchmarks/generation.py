@@ -105,14 +105,16 @@ def weights_read_per_step(model: torch.nn.Module, bf16: bool) -> int:
 
 
 # Profiler operator name -> the kind of work it is; an operator matching none is "other".
-KINDS = (("matmul", ("mm", "addmm", "bmm", "matmul", "linear")),
+# (mkldnn::_linear_pointwise is the packed product decode uses on CPUs: alignment.packing.)
+KINDS = (("matmul", ("mm", "addmm", "bmm", "matmul", "linear", "linear_pointwise")),
          ("attention", ("scaled_dot_product", "softmax", "efficient_attention", "flash_attention")),
          ("KV cache growth", ("cat",)),
          ("casts and copies", ("to", "to_copy", "copy_", "clone", "contiguous")))
 
 
 def kind_of(op: str) -> str:
-    name = op.removeprefix("aten::").lstrip("_")  # aten::_softmax, aten::_scaled_dot_product_flash_... too
+    # aten::_softmax, aten::_scaled_dot_product_flash_... too
+    name = op.removeprefix("aten::").removeprefix("mkldnn::").lstrip("_")
     for kind, names in KINDS:
         if name in names or any(name.startswith(n) for n in names if len(n) > 3):
             return kind

@@ -258,8 +258,9 @@ def test_the_generation_bench_profile_sorts_operators_and_accounts_for_a_decode_
 
     assert [kind_of(op) for op in ("aten::addmm", "aten::mm", "aten::linear", "aten::scaled_dot_product_attention",
                                    "aten::_scaled_dot_product_flash_attention_for_cpu", "aten::cat", "aten::_to_copy",
-                                   "aten::mul", "aten::index_select")] == [
-        "matmul", "matmul", "matmul", "attention", "attention", "KV cache growth", "casts and copies", "other", "other"]
+                                   "aten::mul", "aten::index_select", "mkldnn::_linear_pointwise")] == [
+        "matmul", "matmul", "matmul", "attention", "attention", "KV cache growth", "casts and copies", "other", "other",
+        "matmul"]
     model, tok, enc = lm
     stops = torch.tensor([tok.eos_token_id])
     r = profile_decode(model, enc, stops, tok.pad_token_id, 4, bf16=False, bandwidth=1e9)

@@ -45,10 +45,13 @@ def _engine(cfg: SFTConfig) -> Engine:
     return Engine(torch.nn.Linear(3, 2), cfg.train, 10, False, None)
 
 
-def test_checkpoints_are_pruned_and_a_new_run_resumes_from_the_newest(tmp_path, sft_file, capsys):
+def test_checkpoints_are_pruned_and_a_new_run_resumes_from_the_newest(tmp_path, sft_file, capsys, monkeypatch):
+    from alignment import packing
+
     cfg = _cfg(tmp_path, sft_file, keep_checkpoints=2, save_every=1, resume="auto", bf16="false")
     run = Run(cfg, "sft")
     assert run.resume_from is None
+    monkeypatch.setattr(packing, "_VERDICTS", {((96, 32), torch.bfloat16, 8): 1.4})  # generation's packing probe
     engine = _engine(cfg)
     assert run.start(engine, 10) == {"step": 0}
     assert (run.out / "config.yaml").exists()
@@ -62,8 +65,11 @@ def test_checkpoints_are_pruned_and_a_new_run_resumes_from_the_newest(tmp_path, 
     again = Run(cfg, "sft")
     assert again.resume_from == run.out / "checkpoints" / "step-3"
     fresh = _engine(cfg)
+    packing._VERDICTS.clear()  # a new process, which has not probed
     state = again.start(fresh, 10)
     assert state["step"] == 3 and state["extra"] == 3  # the phase's own state comes back with the step
+    # and the packing verdicts the run generated under: the resumed process packs where the saved one did
+    assert packing._VERDICTS == {((96, 32), torch.bfloat16, 8): 1.4}
     assert torch.equal(fresh.module.weight, engine.module.weight)
     assert "[sft] resumed from" in capsys.readouterr().out
     again.close()
