@@ -73,6 +73,13 @@ def load_tokenizer(path: str | Path, options: ModelOptions | None = None) -> Any
     return tokenizer
 
 
+def on_inference_device(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` on the device that generates or scores fastest here: the GPU when there is one, else where it is.
+    Every loader of a model for inference (evaluation, the app's candidates and head-to-head answers, ``align
+    serve``) goes through this, so none is left generating on a CPU beside an idle GPU."""
+    return model.to("cuda") if torch.cuda.is_available() else model
+
+
 def load_causal_lm(path: str | Path, *, trainable_adapter: bool = False, dtype: torch.dtype = torch.float32,
                    merge_adapter: bool = False, options: ModelOptions | None = None) -> torch.nn.Module:
     """Load a causal LM; an adapter directory loads its base and the adapter on top of it. ``options`` (a

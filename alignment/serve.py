@@ -434,14 +434,11 @@ def load_engine(model: str, *, options: ModelOptions | None = None, max_batch: i
                 max_wait_ms: float = 5.0) -> tuple[Engine, int | None]:
     """The model (an adapter merged into its base) on the GPU when there is one, in an engine; and its context
     length."""
-    import torch
 
-    from alignment.modeling import load_causal_lm, load_tokenizer, resolve_model
+    from alignment.modeling import load_causal_lm, load_tokenizer, on_inference_device, resolve_model
 
     path = resolve_model(model)
-    lm = load_causal_lm(path, merge_adapter=True, options=options)
-    if torch.cuda.is_available():
-        lm = lm.to("cuda")
+    lm = on_inference_device(load_causal_lm(path, merge_adapter=True, options=options))
     tokenizer = load_tokenizer(path, options)
     context = getattr(lm.config, "max_position_embeddings", None)
     return Engine(lm, tokenizer, max_batch=max_batch, max_wait_ms=max_wait_ms), context

@@ -173,7 +173,7 @@ def generate_candidates(store: Store, project_id: int, settings: GenerationSetti
     """Fill every item of the project up to ``k`` distinct candidates; returns the number stored."""
 
     from alignment.generation import generate
-    from alignment.modeling import load_causal_lm, load_tokenizer, resolve_model
+    from alignment.modeling import load_causal_lm, load_tokenizer, on_inference_device, resolve_model
     from feedback_app.scoring import weights_sha256
 
     settings.check()
@@ -185,7 +185,7 @@ def generate_candidates(store: Store, project_id: int, settings: GenerationSetti
     model_path = resolve_model(settings.model).resolve()
     digest = weights_sha256(model_path, "model")
     tokenizer = load_tokenizer(model_path, settings.options)
-    model = load_causal_lm(model_path, options=settings.options)
+    model = on_inference_device(load_causal_lm(model_path, options=settings.options))
     decoding = {"temperature": settings.temperature, "top_p": settings.top_p,
                 "max_new_tokens": settings.max_new_tokens, "seed": settings.seed}
     stored = 0

@@ -572,10 +572,9 @@ def create_from_models(store: Store, name: str, prompts_file: str | Path, baseli
 
     ``policies``: as :func:`create_from_files` takes them, checked before a model loads. ``options``: how both
     models load (dtype, attention kernel, remote code); None: float32, transformers' defaults."""
-    import torch
 
     from alignment.generation import generate
-    from alignment.modeling import load_causal_lm, load_tokenizer, resolve_model
+    from alignment.modeling import load_causal_lm, load_tokenizer, on_inference_device, resolve_model
     from feedback_app.candidates import load_prompts
     from feedback_app.scoring import weights_sha256
 
@@ -618,9 +617,7 @@ def create_from_models(store: Store, name: str, prompts_file: str | Path, baseli
             break
         path = paths[label][0]
         tokenizer = load_tokenizer(path, options)
-        model = load_causal_lm(path, merge_adapter=True, options=options)
-        if torch.cuda.is_available():
-            model = model.to("cuda")
+        model = on_inference_device(load_causal_lm(path, merge_adapter=True, options=options))
         got = generate(model, tokenizer, todo, max_new_tokens=max_new_tokens, batch_size=batch_size,
                        temperature=temperature, top_p=top_p, seed=seed, desc=f"{label} answers")
         answers[label] = [a.text for a in got]

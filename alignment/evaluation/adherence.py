@@ -54,16 +54,13 @@ def evaluate_model(model_path: str, prompts: list[list[dict[str, str]]], policie
                    options: ModelOptions | None = None) -> ModelResult:
     """Generate, check, and summarise one model (no policies: answers and lengths only). ``options``: how the
     model loads (dtype, attention kernel, remote code); None: float32, transformers' defaults."""
-    import torch
 
     from alignment.generation import generate
-    from alignment.modeling import load_causal_lm, load_tokenizer
+    from alignment.modeling import load_causal_lm, load_tokenizer, on_inference_device
 
     start = time.perf_counter()
     tokenizer = load_tokenizer(model_path, options)
-    model = load_causal_lm(model_path, merge_adapter=True, options=options)
-    if torch.cuda.is_available():
-        model = model.to("cuda")
+    model = on_inference_device(load_causal_lm(model_path, merge_adapter=True, options=options))
     generated = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
                          desc=f"eval {label or model_path}")
     lengths = [g.num_tokens for g in generated]

@@ -120,15 +120,11 @@ def answer_prompts(model_path: str, prompts: list[Messages], *, samples: int, te
                    max_new_tokens: int, batch_size: int, seed: int,
                    options: ModelOptions | None = None) -> list[list[str]]:
     """``samples`` answers per prompt (sample ``s`` decoded with seed ``seed + s``)."""
-    import torch
-
     from alignment.generation import generate
-    from alignment.modeling import load_causal_lm, load_tokenizer
+    from alignment.modeling import load_causal_lm, load_tokenizer, on_inference_device
 
     tokenizer = load_tokenizer(model_path, options)
-    model = load_causal_lm(model_path, merge_adapter=True, options=options)
-    if torch.cuda.is_available():
-        model = model.to("cuda")
+    model = on_inference_device(load_causal_lm(model_path, merge_adapter=True, options=options))
     answers: list[list[str]] = [[] for _ in prompts]
     for s in range(samples):
         desc = "edge cases: answers" + (f" {s + 1}/{samples}" if samples > 1 else "")

@@ -201,6 +201,44 @@ def test_every_user_of_generation_goes_through_the_engine():
     assert calls == []
 
 
+def test_every_model_loaded_to_generate_goes_to_the_gpu_when_there_is_one(monkeypatch):
+    """Each function that loads a causal LM and generates with it (evaluation, edge cases, the app's candidates,
+    head-to-head answers, align serve's engine) places it with on_inference_device, which moves it to the GPU if
+    there is one."""
+    from alignment import modeling
+
+    def called(node: ast.AST) -> set[str]:
+        return {n.func.id if isinstance(n.func, ast.Name) else n.func.attr for n in ast.walk(node)
+                if isinstance(n, ast.Call) and isinstance(n.func, (ast.Name, ast.Attribute))}
+
+    generating, placed = [], []
+    for folder in ("alignment", "feedback_app"):
+        for path in sorted((REPO / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.FunctionDef):
+                    names = called(node)
+                    # (serve's Engine generates; the training phases' Engine of that name does not)
+                    serving = "Engine" in names and path.name == "serve.py"
+                    if "load_causal_lm" in names and (names & {"generate", "decode"} or serving):
+                        generating.append(f"{path.relative_to(REPO)}:{node.name}")
+                        if "on_inference_device" in names:
+                            placed.append(generating[-1])
+    assert len(generating) >= 5 and placed == generating
+
+    moved = []
+
+    class Model(torch.nn.Module):
+        def to(self, device):  # noqa: D102 - records where it was sent
+            moved.append(device)
+            return self
+
+    model = Model()
+    monkeypatch.setattr(modeling.torch.cuda, "is_available", lambda: False)
+    assert modeling.on_inference_device(model) is model and moved == []
+    monkeypatch.setattr(modeling.torch.cuda, "is_available", lambda: True)
+    assert modeling.on_inference_device(model) is model and moved == ["cuda"]
+
+
 def test_on_step_sees_each_rows_tokens_and_can_stop_decode(lm):
     model, tok, enc = lm
     pad = tok.pad_token_id
