@@ -900,6 +900,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         report["rows"].setdefault(workload, {}).setdefault(variant, []).append(result)
         if result.get("dims") and report["dims"] is None:
             report["dims"] = result["dims"]
+        if result.get("threads") and not report["machine"].get("torch_threads"):  # --no-peak: from the rows
+            report["machine"]["torch_threads"] = result["threads"]
         if result.get("trl_settings"):
             report["trl_settings"].setdefault(workload, {})[variant] = result["trl_settings"]
         for note in result.get("notes", []):

@@ -479,9 +479,12 @@ def main(spec_path: str) -> int:
         traceback.print_exc()
         result["error"] = f"{type(exc).__name__}: {exc}".strip()
         result["steps"] = clock.steps
+    import torch
+
     from alignment.allocator import describe
 
     result["allocator"] = describe()
+    result.setdefault("threads", torch.get_num_threads())  # every row's, for the header when the peak is skipped
     result["maxrss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     Path(SPEC["result"]).write_text(json.dumps(result, indent=2, default=str))
     return 0

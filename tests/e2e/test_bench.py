@@ -268,6 +268,8 @@ def test_smoke_run_on_the_tiny_model(tmp_path, tiny_model_dir: Path, capsys):
         assert result["allocator"].startswith(expected)
     assert raw["rows"]["rm"]["trl-tuned"][0]["precision"] == raw["rows"]["rm"]["ours"][0]["precision"]
     text = out.read_text()
+    # the peak was skipped (--no-peak): the header's thread count comes from the rows
+    assert f"(torch threads: {raw['rows']['rm']['ours'][0]['threads']})" in text
     row = next(line for line in text.splitlines() if line.startswith("| Reward model"))
     assert row.count("pairs/s") == 2 and "not run" in row
     assert "[bench] [2/2] Reward model · TRL tuned" in capsys.readouterr().out
