@@ -21,9 +21,9 @@ rounding.
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import time
-import types
 from collections.abc import Iterator
 from typing import Any
 
@@ -129,10 +129,6 @@ def _main_shape(linears: list[torch.nn.Linear]) -> tuple[int, int]:
     return max(total, key=lambda s: total[s])
 
 
-def _forward(self: torch.nn.Linear, x: torch.Tensor, *, packed: torch.Tensor, bias: torch.Tensor | None) -> Any:
-    return packed_linear(x, packed, bias)
-
-
 @contextlib.contextmanager
 def packed_linears(model: torch.nn.Module, rows: int) -> Iterator[bool]:
     """Within the context, the ``torch.nn.Linear`` layers of ``model`` multiply with packed copies of their weights
@@ -150,15 +146,16 @@ def packed_linears(model: torch.nn.Module, rows: int) -> Iterator[bool]:
             dtype = _dtype(model, linears)
             patched: list[torch.nn.Linear] = []
             if dtype is not None and packing_pays(_main_shape(linears), dtype, rows):
+                # every weight packed before any layer is patched: a failure leaves the model as it was
                 by_weight: dict[int, torch.Tensor] = {}  # tied weights (the output layer and embedding) pack once
                 for m in linears:
                     weight = m.weight.detach()
-                    key = weight.data_ptr()
-                    if key not in by_weight:
-                        by_weight[key] = pack(weight.to(dtype), rows)
+                    if weight.data_ptr() not in by_weight:
+                        by_weight[weight.data_ptr()] = pack(weight.to(dtype), rows)
+                for m in linears:
                     bias = None if m.bias is None else m.bias.detach().to(dtype)
-                    m.forward = types.MethodType(
-                        lambda self, x, p=by_weight[key], b=bias: _forward(self, x, packed=p, bias=b), m)
+                    # an instance attribute: nn.Module.__call__ (and its hooks) call it in place of Linear.forward
+                    m.forward = functools.partial(packed_linear, packed=by_weight[m.weight.data_ptr()], bias=bias)
                     patched.append(m)
             state = _ACTIVE[id(model)] = [1, patched]
     try:

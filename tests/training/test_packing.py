@@ -63,7 +63,7 @@ def test_decode_packs_and_gives_generates_greedy_tokens(lm, always_pack, monkeyp
     model, tok, enc = lm
     calls = []
     real = packing.packed_linear
-    monkeypatch.setattr(packing, "packed_linear", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(packing, "packed_linear", lambda *a, **k: calls.append(1) or real(*a, **k))
     stops = [tok.convert_tokens_to_ids("<|im_end|>")]
     want = model.generate(**enc, max_new_tokens=12, do_sample=False, pad_token_id=tok.pad_token_id,
                           eos_token_id=stops)[:, enc["input_ids"].shape[1]:]
@@ -153,3 +153,20 @@ def test_the_probe_keeps_the_best_round_of_each_way_and_needs_a_clear_win(monkey
         assert order == ["plain", "packed"] * 5  # alternated, five rounds each
         assert packing._VERDICTS[((8, 4), torch.float32, 2)] == pytest.approx(30.0 / packed_cost)
     packing._VERDICTS.clear()
+
+
+def test_a_failure_while_packing_leaves_every_layer_as_it_was(lm, always_pack, monkeypatch):
+    model, _, _ = lm
+    packed = []
+
+    def pack(weight, rows):
+        if packed:
+            raise RuntimeError("oneDNN could not reorder this weight")
+        packed.append(weight)
+        return weight
+
+    monkeypatch.setattr(packing, "pack", pack)
+    with pytest.raises(RuntimeError, match="reorder"):
+        with packing.packed_linears(model, rows=2):
+            pass
+    assert packed and patched(model) == 0 and id(model) not in packing._ACTIVE
