@@ -34,6 +34,7 @@ class LabelledLogits:
     targets: torch.Tensor  # (N,) the labelled next tokens
     rows: torch.Tensor  # (N,) which sequence of the batch each position belongs to
     batch_size: int
+    hidden: torch.Tensor | None = None  # (N, H) the decoder's last hidden states there, when asked for
 
     def per_row_sum(self, values: torch.Tensor) -> torch.Tensor:
         """(N,) per-position values summed per sequence -> (B,); 0 for a sequence with no label."""
@@ -96,11 +97,12 @@ def causal_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
 
 def labelled_logits(model: Any, input_ids: torch.Tensor, labels: torch.Tensor,
                     attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
-                    ignore_index: int = IGNORE_INDEX) -> LabelledLogits:
+                    ignore_index: int = IGNORE_INDEX, hidden: bool = False) -> LabelledLogits:
     """Next-token logits where ``labels[:, 1:]`` is not ``ignore_index``.
 
     ``model`` is called inside whatever autocast context the caller holds. ``labels`` is aligned
-    with ``input_ids`` (B, T); the logits at position t predict ``labels[:, t + 1]``.
+    with ``input_ids`` (B, T); the logits at position t predict ``labels[:, t + 1]``. ``hidden``: also
+    return the last hidden states at those positions (what a value head reads).
     """
     keep = labels[:, 1:] != ignore_index  # (B, T-1)
     rows = keep.nonzero()[:, 0]  # (N,)
@@ -115,12 +117,14 @@ def labelled_logits(model: Any, input_ids: torch.Tensor, labels: torch.Tensor,
     if parts is not None and not _shortcut_verified(model, parts, inputs, keep, targets):
         parts = None
     if parts is None:
-        logits = model(**inputs).logits[:, :-1][keep]  # (N, V)
+        out = model(**inputs, **({"output_hidden_states": True} if hidden else {}))
+        logits = out.logits[:, :-1][keep]  # (N, V)
+        states = out.hidden_states[-1][:, :-1][keep] if hidden else None  # (N, H)
     else:
         decoder, head = parts
-        hidden = decoder(**inputs).last_hidden_state  # (B, T, H)
-        logits = head(hidden[:, :-1][keep])  # (N, V)
-    return LabelledLogits(logits, targets, rows, input_ids.shape[0])
+        states = decoder(**inputs).last_hidden_state[:, :-1][keep]  # (N, H)
+        logits = head(states)  # (N, V)
+    return LabelledLogits(logits, targets, rows, input_ids.shape[0], states if hidden else None)
 
 
 SHORTCUT_TOLERANCE = 0.05  # nats: mean |difference| of the target log-probs the two paths may show (bf16 noise)

@@ -9,7 +9,7 @@ A reference is one of:
 
 What each phase reads from it stays in the phase: DPO sums (or averages) log-probs per sequence
 (``alignment.dpo.batch_logps``); PPO takes per-token log-probs at its sampling temperature
-(``alignment.ppo.response_logprobs``). The functions here take that reading as an argument.
+(``alignment.ppo.response_pass``). The functions here take that reading as an argument.
 """
 
 from __future__ import annotations
@@ -126,18 +126,13 @@ def precompute(reference: Reference, pairs: list[TokenizedPair], batch_size: int
 # --------------------------------------------------------------------------------------------------
 # PPO: per-token log-probs of sampled responses
 # --------------------------------------------------------------------------------------------------
-TokenLogps = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-"""((B, K, V) logits of the last K positions, (B, R) response tokens) -> (B, R) log-probs of those tokens."""
+def token_reference(policy: Engine, frozen: torch.nn.Module | None,
+                    adapter: Any | None) -> Callable[[Callable[[Any], torch.Tensor]], torch.Tensor]:
+    """A function ``reference(read)`` -> ``read(model)`` run on the reference model under the policy's autocast:
+    the ``frozen`` copy, or else the policy with ``adapter`` disabled (see :func:`reference_model`). PPO's
+    ``read`` returns the (B, R) log-probs of the sampled response tokens."""
 
-
-def token_reference(policy: Engine, frozen: torch.nn.Module | None, adapter: Any | None,
-                    token_logps: TokenLogps) -> Callable[[dict[str, Any], torch.Tensor], torch.Tensor]:
-    """A function (model inputs, (B, R) responses) -> (B, R) reference log-probs of the response tokens,
-    from the ``frozen`` copy or else the policy with ``adapter`` disabled (see :func:`reference_model`)."""
-
-    def reference(inputs: dict[str, Any], responses: torch.Tensor) -> torch.Tensor:
+    def reference(read: Callable[[Any], torch.Tensor]) -> torch.Tensor:
         with reference_model(policy, frozen, adapter) as model, policy.autocast():
-            out = model(**inputs)
-            logits = out[0] if isinstance(out, tuple) else out.logits  # (B, K, V); a shared critic adds values
-        return token_logps(logits, responses)
+            return read(model)
     return reference

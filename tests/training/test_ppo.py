@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from alignment.config import PPOConfig, SFTConfig, load_config
+from alignment.data.chat import IGNORE_INDEX
 from alignment.tracking import read_metrics
 from tests.conftest import write_jsonl
 
@@ -384,36 +385,49 @@ def test_rollout_log_probs_and_values_come_in_minibatch_chunks_equal_to_one_pass
     from alignment.modeling import load_tokenizer
 
     widest, checked = [], []
-    real_logprobs, real_update = ppo.response_logprobs, ppo.ppo_update
+    real_pass, real_update = ppo.response_pass, ppo.ppo_update
 
-    def logprobs(logits, tokens, temperature):
-        widest.append(logits.shape[0])
-        return real_logprobs(logits, tokens, temperature)
+    def response_pass(model, inputs, response_mask, temperature, hidden=False):
+        widest.append(inputs["input_ids"].shape[0])
+        return real_pass(model, inputs, response_mask, temperature, hidden)
 
     def update(policy, critic_engine, critic_scores, batch, cfg, kl_coef=0.0):
         if not checked:  # the first rollout: nothing has been updated yet
-            inputs = {"input_ids": batch.full, "attention_mask": batch.mask, "position_ids": batch.positions,
-                      "use_cache": False}
             m = batch.response_mask
             policy.module.eval()
             with torch.no_grad():
-                out = policy.module(**inputs, logits_to_keep=batch.responses.shape[1] + 1)
+                # one plain forward over the whole batch, left-padded prompts and a mask, as `generate` sees it
+                prompt_lens = [int(n) for n in (batch.labels == IGNORE_INDEX).logical_and(batch.mask.bool())
+                               .sum(dim=1)]
+                prompts = [row[:n].tolist() for row, n in zip(batch.full, prompt_lens)]
+                p = max(prompt_lens)
+                ids = torch.full((len(prompts), p), 0, dtype=torch.long)
+                mask = torch.zeros_like(ids)
+                for i, prompt in enumerate(prompts):
+                    ids[i, p - len(prompt):], mask[i, p - len(prompt):] = torch.tensor(prompt), 1
+                full = torch.cat([ids, batch.responses], dim=1)
+                full_mask = torch.cat([mask, m.long()], dim=1)
+                inputs = {"input_ids": full, "attention_mask": full_mask,
+                          "position_ids": (full_mask.cumsum(1) - 1).clamp(min=0), "use_cache": False}
+                model = policy.module.policy if critic == "shared" else policy.module
+                out = model(**inputs, output_hidden_states=True)
+                r = batch.responses.shape[1]
+                logits = out.logits[:, p - 1 : -1].float() / cfg.generation.temperature
+                logps = torch.log_softmax(logits, -1).gather(-1, batch.responses.unsqueeze(-1)).squeeze(-1)
                 if critic == "shared":
-                    logits, values = out
+                    values = policy.module.values(out.hidden_states[-1][:, p - 1 : -1])
                 else:
-                    logits = out.logits
                     critic_engine.module(**inputs)
-                    values = critic_scores.per_token()
-                logps, _ = real_logprobs(logits, batch.responses, cfg.generation.temperature)
+                    values = critic_scores.per_token()[:, p - 1 : -1].float()
+                assert logits.shape[1] == r
             policy.module.train()
-            values = values[:, batch.prompt_len - 1 : -1].float()
             torch.testing.assert_close(batch.old_logps * m, logps * m, rtol=1e-4, atol=1e-5)
             torch.testing.assert_close(batch.values, values * m, rtol=1e-4, atol=1e-5)
             torch.testing.assert_close(batch.ref_logps * m, batch.old_logps * m, rtol=1e-4, atol=1e-5)
             checked.append(batch.full.shape[0])
         return real_update(policy, critic_engine, critic_scores, batch, cfg, kl_coef)
 
-    monkeypatch.setattr(ppo, "response_logprobs", logprobs)
+    monkeypatch.setattr(ppo, "response_pass", response_pass)
     monkeypatch.setattr(ppo, "ppo_update", update)
     cfg = load_config(PPOConfig, None, _overrides(chatty_policy, prompts_file, tmp_path / "out", critic=critic,
                                                   **{"train.batch_size": 8, "train.max_steps": 1,
@@ -421,3 +435,20 @@ def test_rollout_log_probs_and_values_come_in_minibatch_chunks_equal_to_one_pass
     ppo.run_ppo(cfg, reward_fn=_yes_reward(load_tokenizer(chatty_policy)))
     assert checked == [8]
     assert max(widest) == 4  # no pass of the run, rollout or update, computed log-probs for more than 4 rows
+
+
+def test_rollout_rows_are_prompt_then_response_right_padded_with_labels_on_the_response():
+    """Each row is its prompt then its response, padded on the right; the labels mark the response tokens only,
+    and a minibatch is cut to its own longest row; per_row puts the response tokens' values back in (B, R) rows."""
+    from alignment.ppo import minibatch, per_row, rollout_rows
+
+    full, mask, labels = rollout_rows([[5, 6, 7], [8]], [[1, 2], [3, 4, 9]], pad=0)
+    assert full.tolist() == [[5, 6, 7, 1, 2], [8, 3, 4, 9, 0]]
+    assert mask.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]]
+    i = IGNORE_INDEX
+    assert labels.tolist() == [[i, i, i, 1, 2], [i, 3, 4, 9, i]]
+    part = minibatch(full, mask, labels, torch.tensor([1]))
+    assert part["input_ids"].tolist() == [[8, 3, 4, 9]] and part["labels"].tolist() == [[i, 3, 4, 9]]
+    response_mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    assert per_row(torch.tensor([10.0, 20.0, 30.0, 40.0, 50.0]), response_mask).tolist() == [
+        [10.0, 20.0, 0.0], [30.0, 40.0, 50.0]]
