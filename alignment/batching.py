@@ -47,6 +47,50 @@ def collate_pairs(pairs: list[TokenizedPair], pad_id: int) -> dict[str, torch.Te
     return {"input_ids": ids, "attention_mask": mask, "labels": lab, "margin": margins, "weight": weights}
 
 
+def shared_prefix(pair: TokenizedPair) -> int:
+    """Tokens at the start of a pair's two rows that are the same and trained on in neither: the prompt."""
+    n = 0
+    for a, b, la, lb in zip(pair.chosen_ids, pair.rejected_ids, pair.chosen_labels, pair.rejected_labels):
+        if a != b or la != IGNORE_INDEX or lb != IGNORE_INDEX:
+            break
+        n += 1
+    return n
+
+
+def collate_shared_pairs(pairs: list[TokenizedPair], pad_id: int) -> dict[str, torch.Tensor]:
+    """One row per pair: the prompt once, then the chosen answer, then the rejected one, right-padded to (B, W).
+
+    The (B, 1, W, W) boolean attention mask lets each token see the tokens before it, except that the rejected
+    answer does not see the chosen one; the position ids of the rejected answer start again where the prompt
+    ends. So every answer token sees exactly what it sees in its own row of :func:`collate_pairs`, and the prompt
+    is computed once per pair instead of twice. Padding positions see only themselves (a row of the mask with
+    nothing allowed would give NaN). ``chosen_last`` / ``rejected_last`` (B,) index each answer's last token
+    (the prompt's last token for an empty answer), ``prompt_lengths`` (B,) the shared part; ``sequence_lengths``
+    (2B,) are the two rows' real lengths as :func:`collate_pairs` would hold them, chosen first."""
+    splits = [(n := shared_prefix(p), len(p.chosen_ids) - n, len(p.rejected_ids) - n) for p in pairs]
+    rows = [p.chosen_ids + p.rejected_ids[n:] for p, (n, _, _) in zip(pairs, splits)]
+    ids, _ = pad_sequences(rows, pad_id)  # (B, W)
+    width = ids.shape[1]
+    prompt, chosen, rejected = (torch.tensor(v)[:, None, None] for v in zip(*splits))  # (B, 1, 1) each
+    real = prompt + chosen + rejected  # (B, 1, 1)
+    q = torch.arange(width)[None, :, None]  # (1, W, 1) query positions
+    k = torch.arange(width)[None, None, :]  # (1, 1, W) key positions
+    in_rejected = (q >= prompt + chosen) & (q < real)  # (B, W, 1)
+    on_chosen = (k >= prompt) & (k < prompt + chosen)  # (B, 1, W)
+    allowed = (k <= q) & (k < real) & (q < real) & ~(in_rejected & on_chosen)  # (B, W, W)
+    allowed |= torch.eye(width, dtype=torch.bool)[None]  # padding sees itself
+    pos = torch.arange(width)[None, :].expand(len(pairs), width).clone()  # (B, W)
+    pos = torch.where((pos >= (prompt + chosen)[:, 0]), pos - chosen[:, 0], pos)  # (B, W) the rejected restart
+    p, c, r = (t.flatten() for t in (prompt, chosen, rejected))  # (B,) each
+    return {
+        "input_ids": ids, "attention_mask": allowed[:, None], "position_ids": pos,
+        "chosen_last": p + c - 1, "rejected_last": torch.where(r > 0, p + c + r - 1, p - 1),
+        "prompt_lengths": p, "sequence_lengths": torch.cat([p + c, p + r]),
+        "margin": torch.tensor([x.margin if x.margin is not None else 0.0 for x in pairs]),
+        "weight": torch.tensor([x.weight for x in pairs], dtype=torch.float32),
+    }
+
+
 def step_weight(micro_batches: Sequence[dict[str, torch.Tensor]]) -> float:
     """The summed pair ``weight`` of one optimizer step: every micro-batch of this process, summed over processes.
 

@@ -557,6 +557,11 @@ class RMConfig:
     """Subtract each pair's margin inside the loss (Llama 2): from a `margin` column or the rank gap."""
     center_coef: float = 0.0
     """Weight of the reward-centering penalty mean((r_c + r_r)^2) (Eisenstein et al. 2023); 0 disables."""
+    share_prompt: bool = True
+    """Run each pair as one row: the prompt once, then the chosen answer, then the rejected one, which does not
+    see the chosen answer (a 4D attention mask; its positions restart after the prompt). The same scores as two
+    rows, with the prompt computed once. Checked on the first batch against the two-row forward; a model that
+    scores the shared row differently (an attention without custom masks) runs pairs as two rows."""
 
     def __post_init__(self) -> None:
         self.model_options.check_trained(self.lora, trains_a_head=True)

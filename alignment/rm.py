@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from alignment import distributed as dist
-from alignment.batching import collate_pairs, pair_lengths, step_share, step_weight
+from alignment.batching import collate_pairs, collate_shared_pairs, pair_lengths, step_share, step_weight
 from alignment.config import RMConfig
 from alignment.data.chat import IGNORE_INDEX
 from alignment.data.preferences import (
@@ -56,13 +57,44 @@ from alignment.training import (
 # --------------------------------------------------------------------------------------------------
 def pair_scores(engine: Engine, scorer: LastTokenScores, batch: dict[str, torch.Tensor]) -> tuple[
         torch.Tensor, torch.Tensor]:
-    """(B,) chosen and (B,) rejected scores from one forward over the (2B, T) batch."""
+    """(B,) chosen and (B,) rejected scores from one forward over the batch: (2B, T) rows from
+    :func:`~alignment.batching.collate_pairs`, or (B, W) rows with a shared prompt from
+    :func:`~alignment.batching.collate_shared_pairs`."""
     device = dist.device()
     ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-    engine.forward(input_ids=ids, attention_mask=causal_mask(mask), use_cache=False)
-    scores = scorer.take(mask)  # (2B,)
-    half = scores.shape[0] // 2
-    return scores[:half], scores[half:]
+    if "chosen_last" not in batch:
+        engine.forward(input_ids=ids, attention_mask=causal_mask(mask), use_cache=False)
+        scores = scorer.take(mask)  # (2B,)
+        half = scores.shape[0] // 2
+        return scores[:half], scores[half:]
+    engine.forward(input_ids=ids, attention_mask=mask, position_ids=batch["position_ids"].to(device), use_cache=False)
+    per_token = scorer.per_token().float()  # (B, W)
+    rows = torch.arange(ids.shape[0], device=device)
+    return per_token[rows, batch["chosen_last"].to(device)], per_token[rows, batch["rejected_last"].to(device)]
+
+
+SHARED_PROMPT_TOLERANCE = 0.05  # mean |score difference| the two layouts may show (bf16 noise is ~0.01)
+
+
+@torch.no_grad()
+def shared_prompt_works(engine: Engine, scorer: LastTokenScores, pairs: list[TokenizedPair], pad_id: int) -> tuple[
+        bool, float]:
+    """Whether the model scores a shared-prompt row as it scores the pair's two rows, on ``pairs`` (one batch):
+    an attention implementation that ignores a custom mask, a sliding window the mask does not carry, or positions
+    the model does not read from ``position_ids`` would score differently. Every process reaches the same verdict
+    (the gap is reduced over ranks; each runs the same two forwards, as ZeRO-3 needs). Returns (verdict, gap)."""
+    engine.eval()
+    try:
+        plain = pair_scores(engine, scorer, collate_pairs(pairs, pad_id))
+        try:
+            shared = pair_scores(engine, scorer, collate_shared_pairs(pairs, pad_id))
+            local = max(float((a - b).abs().mean()) for a, b in zip(plain, shared))
+        except (RuntimeError, ValueError, TypeError):  # an attention that refuses a 4D mask
+            local = float("inf")
+    finally:
+        engine.train()
+    gap = dist.all_reduce_max(local)
+    return gap <= SHARED_PROMPT_TOLERANCE, gap
 
 
 def train_step(engine: Engine, scorer: LastTokenScores, micro_batches: list[dict[str, torch.Tensor]],
@@ -95,15 +127,16 @@ def train_step(engine: Engine, scorer: LastTokenScores, micro_batches: list[dict
 
 @torch.no_grad()
 def score_pairs(engine: Engine, scorer: LastTokenScores, pairs: list[TokenizedPair], batch_size: int,
-                pad_id: int) -> tuple[list[float], list[float]]:
+                pad_id: int, collate: Callable[[list[TokenizedPair], int], dict[str, torch.Tensor]] = collate_pairs,
+                ) -> tuple[list[float], list[float]]:
     """Scores of every pair, computed across processes (each rank a slice; every rank runs the same
-    number of forwards so ZeRO-3's collective parameter gathers stay in step)."""
+    number of forwards so ZeRO-3's collective parameter gathers stay in step). ``collate``: the batch layout."""
     if not pairs:
         return [], []
     engine.eval()
     chosen, rejected = [0.0] * len(pairs), [0.0] * len(pairs)
     for idx in dist.even_shard(len(pairs), batch_size, pair_lengths(pairs)):
-        batch = collate_pairs([pairs[max(i, 0)] for i in idx], pad_id)
+        batch = collate([pairs[max(i, 0)] for i in idx], pad_id)
         c, r = pair_scores(engine, scorer, batch)
         for j, i in enumerate(idx):
             if i >= 0:
@@ -170,12 +203,22 @@ def run_rm(cfg: RMConfig) -> Path:
     run.log(f"model {cfg.model}: {trainable:,} trainable of {total:,} parameters; {precision}; "
         f"processes={dist.world_size()}; deepspeed={cfg.deepspeed or 'off'}; steps={schedule.total_steps}")
 
+    pad = tokenizer.pad_token_id
+    collate = collate_pairs
+    if cfg.share_prompt and train_pairs:  # decided on the starting weights, so a resumed run decides the same
+        works, gap = shared_prompt_works(engine, scorer, train_pairs[: cfg.train.batch_size], pad)
+        if works:
+            collate = collate_shared_pairs
+            run.log(f"shared prompt: each pair runs as one row, its prompt computed once (scores match the "
+                    f"two-row layout to {gap:.4f} on the first {min(len(train_pairs), cfg.train.batch_size)} pairs)")
+        else:
+            run.log(f"WARNING: shared prompt off: this model scores a shared-prompt row unlike the pair's two rows "
+                    f"(mean difference {gap:.3g}); every pair runs as two rows (slower, correct)")
     split = split_state(cfg, (json.dumps([ex.prompt, ex.chosen, ex.rejected]) for ex in test_ex))
     start_step = run.start(engine, schedule.total_steps, early_stopping=early, split=split)["step"]
-    pad = tokenizer.pad_token_id
 
     def held_out_metrics(pairs: list[TokenizedPair] = val_pairs) -> dict[str, float]:
-        c, r = score_pairs(engine, scorer, pairs, cfg.train.batch_size, pad)
+        c, r = score_pairs(engine, scorer, pairs, cfg.train.batch_size, pad, collate)
         if not c:
             return {}
         m = reward_model_metrics(torch.tensor(c), torch.tensor(r))
@@ -185,7 +228,7 @@ def run_rm(cfg: RMConfig) -> Path:
     window_start, window_pairs = time.perf_counter(), 0
     for step in run.steps(start_step):
         done = step + 1
-        batches = [collate_pairs([train_pairs[i] for i in idx], pad)
+        batches = [collate([train_pairs[i] for i in idx], pad)
                    for idx in schedule.micro_batches(step, dist.rank())]
         with run.step(done, engine, batches):
             metrics = train_step(engine, scorer, batches, cfg)
@@ -209,8 +252,9 @@ def run_rm(cfg: RMConfig) -> Path:
         end_step = early.end_step(schedule.total_steps)
 
     # --- diagnose on held-out pairs; score statistics on the training responses ----------------
-    vc, vr = score_pairs(engine, scorer, val_pairs, cfg.train.batch_size, pad)
-    tc, tr = score_pairs(engine, scorer, stats_sample(train_pairs, cfg.train.seed), cfg.train.batch_size, pad)
+    vc, vr = score_pairs(engine, scorer, val_pairs, cfg.train.batch_size, pad, collate)
+    tc, tr = score_pairs(engine, scorer, stats_sample(train_pairs, cfg.train.seed), cfg.train.batch_size, pad,
+                         collate)
     train_scores = torch.tensor(tc + tr)
     mean, std = float(train_scores.mean()), float(train_scores.std().clamp(min=1e-6))
     diagnostics = None

@@ -81,7 +81,9 @@ def batch_counts(batch: dict[str, Any]) -> dict[str, float]:
         targets = float(batch["completion_mask"][:, 1:].sum())
     else:
         targets = 0.0
-    if batch.get("attention_mask") is not None:
+    if batch.get("sequence_lengths") is not None:  # pairs with a shared prompt: the two rows they stand for
+        lengths = batch["sequence_lengths"].tolist()
+    elif batch.get("attention_mask") is not None:
         lengths = batch["attention_mask"].sum(dim=1).tolist()
     elif batch.get("position_ids") is not None:  # packed rows: one segment per example (positions restart at 0)
         lengths = []
@@ -91,7 +93,7 @@ def batch_counts(batch: dict[str, Any]) -> dict[str, float]:
     else:
         lengths = [ids.shape[1]] * ids.shape[0]
     return {"tokens": float(sum(lengths)), "tokens_sq": float(sum(t * t for t in lengths)), "targets": targets,
-            "sequences": float(ids.shape[0])}
+            "sequences": float(len(lengths) if batch.get("sequence_lengths") is not None else ids.shape[0])}
 
 
 def seq_key(ids: Any) -> str:
@@ -101,6 +103,13 @@ def seq_key(ids: Any) -> str:
 
 def batch_keys(batch: dict[str, Any], workload: str) -> list[str] | None:
     """One key per example of a right-padded batch (SFT: the sequence; RM/DPO: chosen and rejected)."""
+    if batch.get("chosen_last") is not None:  # one row per pair with a shared prompt: take the two rows apart
+        keys = []
+        for row, p, c, r in zip(batch["input_ids"].tolist(), batch["prompt_lengths"].tolist(),
+                                batch["chosen_last"].tolist(), batch["rejected_last"].tolist()):
+            rejected = row[:p] + (row[c + 1 : r + 1] if r > c else [])
+            keys.append(f"{seq_key(row[: c + 1])}:{seq_key(rejected)}")
+        return keys
     mask = batch.get("attention_mask")
     if mask is None:  # packed rows: examples are not rows
         return None

@@ -38,6 +38,7 @@ def test_rm_learns_separable_preference(tmp_path, tiny_model_dir, toy_preference
     assert diag["pairs"] >= 20
     assert diag["accuracy"] >= 0.95
     assert "[rm] verdict: accuracy" in printed
+    assert "shared prompt: each pair runs as one row" in printed
     stats = json.loads((out / "model" / "reward_stats.json").read_text())
     assert stats["count"] == 2 * (120 - diag["pairs"]) and stats["std"] > 0
     rows = read_metrics(out / "metrics.jsonl")
@@ -122,3 +123,72 @@ def test_reward_statistics_sample_is_capped_and_seeded():
     assert [p.chosen_ids[0] for p in stats_sample(pairs, seed=1)] == ids  # the same pairs on every rank
     assert [p.chosen_ids[0] for p in stats_sample(pairs, seed=2)] != ids
     assert stats_sample(pairs[:50], seed=1) == pairs[:50]  # small sets: every pair
+
+
+def _pairs(tokenizer, path: Path):
+    from alignment.data.preferences import load_preference_examples, tokenize_pairs
+
+    examples, _ = load_preference_examples(str(path))
+    pairs, _ = tokenize_pairs(tokenizer, examples[:6], 96)
+    return pairs
+
+
+class _Engine:  # what pair_scores and shared_prompt_works use of an Engine
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.forward, self.eval, self.train = model, model.eval, model.train
+
+
+def test_shared_prompt_row_scores_and_trains_like_two_rows(tiny_model_dir, toy_preferences):
+    """A pair as one row (prompt once, chosen, then rejected behind a mask) gives the scores of its two rows and
+    the same gradients, in float32; the prompt really is computed once (the row is shorter than the two rows)."""
+    from alignment.batching import collate_pairs, collate_shared_pairs
+    from alignment.modeling import load_reward_model, load_tokenizer
+    from alignment.reward import LastTokenScores
+    from alignment.rm import pair_scores, shared_prompt_works
+
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    pairs = _pairs(tokenizer, toy_preferences)
+    model = load_reward_model(tiny_model_dir)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    torch.nn.init.normal_(model.score.weight, std=0.5)  # a zero head would make every score equal
+    scorer, engine = LastTokenScores(model), _Engine(model)
+    grads = []
+    for collate in (collate_pairs, collate_shared_pairs):
+        batch = collate(pairs, tokenizer.pad_token_id)
+        chosen, rejected = pair_scores(engine, scorer, batch)
+        (chosen * 1.5 - rejected).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+        model.zero_grad(set_to_none=True)
+        if collate is collate_pairs:
+            expected = (chosen.detach(), rejected.detach())
+        else:
+            torch.testing.assert_close(chosen.detach(), expected[0], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(rejected.detach(), expected[1], rtol=1e-5, atol=1e-5)
+            assert batch["input_ids"].numel() < collate_pairs(pairs, tokenizer.pad_token_id)["input_ids"].numel()
+    assert expected[0].std() > 0
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, rtol=1e-4, atol=1e-5)  # sums in another order
+    works, gap = shared_prompt_works(engine, scorer, pairs, tokenizer.pad_token_id)
+    assert works and gap < 1e-4
+
+
+def test_shared_prompt_is_refused_for_a_model_that_scores_the_row_differently(tmp_path, tiny_model_dir,
+                                                                              toy_preferences):
+    """A sliding-window model: the custom mask does not carry the window, so the shared row would see more
+    than the two rows do; the first-batch check catches it and the pairs stay two rows."""
+    from transformers import MistralConfig, MistralForSequenceClassification
+
+    from alignment.modeling import load_tokenizer
+    from alignment.reward import LastTokenScores
+    from alignment.rm import shared_prompt_works
+
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    config = MistralConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, sliding_window=4, num_labels=1,
+                           pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    model = MistralForSequenceClassification(config)
+    torch.nn.init.normal_(model.score.weight, std=0.5)
+    works, gap = shared_prompt_works(_Engine(model), LastTokenScores(model), _pairs(tokenizer, toy_preferences),
+                                     tokenizer.pad_token_id)
+    assert not works and gap > 0.05
