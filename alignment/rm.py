@@ -73,7 +73,9 @@ def pair_scores(engine: Engine, scorer: LastTokenScores, batch: dict[str, torch.
     return per_token[rows, batch["chosen_last"].to(device)], per_token[rows, batch["rejected_last"].to(device)]
 
 
-SHARED_PROMPT_TOLERANCE = 0.05  # mean |score difference| the two layouts may show (bf16 noise is ~0.01)
+# mean |score difference| the two layouts may show, in units of the mean |score| when that is above 1: bf16
+# autocast moves a score by about 0.01 (the default model, fresh head); a mask the model does not follow, far more
+SHARED_PROMPT_TOLERANCE = 0.05
 
 
 @torch.no_grad()
@@ -88,7 +90,8 @@ def shared_prompt_works(engine: Engine, scorer: LastTokenScores, pairs: list[Tok
         plain = pair_scores(engine, scorer, collate_pairs(pairs, pad_id))
         try:
             shared = pair_scores(engine, scorer, collate_shared_pairs(pairs, pad_id))
-            local = max(float((a - b).abs().mean()) for a, b in zip(plain, shared))
+            scale = max(1.0, float(torch.cat(plain).abs().mean()))  # bf16 noise grows with the scores
+            local = max(float((a - b).abs().mean()) for a, b in zip(plain, shared)) / scale
         except (RuntimeError, ValueError, TypeError):  # an attention that refuses a 4D mask
             local = float("inf")
     finally:
@@ -209,8 +212,9 @@ def run_rm(cfg: RMConfig) -> Path:
         works, gap = shared_prompt_works(engine, scorer, train_pairs[: cfg.train.batch_size], pad)
         if works:
             collate = collate_shared_pairs
-            run.log(f"shared prompt: each pair runs as one row, its prompt computed once (scores match the "
-                    f"two-row layout to {gap:.4f} on the first {min(len(train_pairs), cfg.train.batch_size)} pairs)")
+            checked = min(len(train_pairs), cfg.train.batch_size)
+            run.log(f"shared prompt: each pair runs as one row, its prompt computed once (mean score difference "
+                    f"from the two-row layout {gap:.4f} on the first {checked} pairs)")
         else:
             run.log(f"WARNING: shared prompt off: this model scores a shared-prompt row unlike the pair's two rows "
                     f"(mean difference {gap:.3g}); every pair runs as two rows (slower, correct)")
