@@ -7,7 +7,7 @@ The layouts that only one phase uses stay in that phase (SFT's packed rows: ``al
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -47,6 +47,10 @@ def collate_pairs(pairs: list[TokenizedPair], pad_id: int) -> dict[str, torch.Te
     return {"input_ids": ids, "attention_mask": mask, "labels": lab, "margin": margins, "weight": weights}
 
 
+Collate = Callable[[list[TokenizedPair], int], dict[str, torch.Tensor]]
+"""(pairs, pad id) -> a pair batch: :func:`collate_pairs` or :func:`collate_shared_pairs`."""
+
+
 def shared_prefix(pair: TokenizedPair) -> int:
     """Tokens at the start of a pair's two rows that are the same and trained on in neither: the prompt."""
     n = 0
@@ -58,37 +62,70 @@ def shared_prefix(pair: TokenizedPair) -> int:
 
 
 def collate_shared_pairs(pairs: list[TokenizedPair], pad_id: int) -> dict[str, torch.Tensor]:
-    """One row per pair: the prompt once, then the chosen answer, then the rejected one, right-padded to (B, W).
+    """One row per pair, right-padded to (B, W): the prompt but its last token once, then the chosen segment,
+    then the rejected segment, each segment starting with the prompt's last token (so each answer's first token
+    is predicted from a position of its own, as in its own row).
 
     The (B, 1, W, W) boolean attention mask lets each token see the tokens before it, except that the rejected
-    answer does not see the chosen one; the position ids of the rejected answer start again where the prompt
-    ends. So every answer token sees exactly what it sees in its own row of :func:`collate_pairs`, and the prompt
-    is computed once per pair instead of twice. Padding positions see only themselves (a row of the mask with
-    nothing allowed would give NaN). ``chosen_last`` / ``rejected_last`` (B,) index each answer's last token
-    (the prompt's last token for an empty answer), ``prompt_lengths`` (B,) the shared part; ``sequence_lengths``
-    (2B,) are the two rows' real lengths as :func:`collate_pairs` would hold them, chosen first."""
-    splits = [(n := shared_prefix(p), len(p.chosen_ids) - n, len(p.rejected_ids) - n) for p in pairs]
-    rows = [p.chosen_ids + p.rejected_ids[n:] for p, (n, _, _) in zip(pairs, splits)]
+    segment does not see the chosen one; the rejected segment's position ids continue from the shared part. So
+    every token of a segment sees exactly what it sees in its own row of :func:`collate_pairs` and computes the
+    same hidden state, and the prompt is computed once per pair instead of twice. Padding positions see only
+    themselves (a row of the mask with nothing allowed would give NaN). ``labels`` (B, W) hold both answers'
+    labels in place; ``rejected_start`` (B,) is where the rejected segment begins; ``chosen_last`` /
+    ``rejected_last`` (B,) index each row's last token; ``prompt_lengths`` (B,) the shared part;
+    ``sequence_lengths`` (2B,) are the two rows' real lengths as :func:`collate_pairs` would hold them, chosen
+    first."""
+    shared = [max(shared_prefix(p) - 1, 0) for p in pairs]
+    rows = [p.chosen_ids + p.rejected_ids[n:] for p, n in zip(pairs, shared)]
+    # the rejected segment's first token is a prompt token (or, with nothing shared, the start of a row): never
+    # a target there, as position 0 of a row is not
+    labels = [p.chosen_labels + [IGNORE_INDEX] + p.rejected_labels[n + 1 :] for p, n in zip(pairs, shared)]
     ids, _ = pad_sequences(rows, pad_id)  # (B, W)
+    lab, _ = pad_sequences(labels, IGNORE_INDEX, width=ids.shape[1])  # (B, W)
     width = ids.shape[1]
-    prompt, chosen, rejected = (torch.tensor(v)[:, None, None] for v in zip(*splits))  # (B, 1, 1) each
-    real = prompt + chosen + rejected  # (B, 1, 1)
+    prompt = torch.tensor(shared)[:, None, None]  # (B, 1, 1)
+    split = torch.tensor([len(p.chosen_ids) for p in pairs])[:, None, None]  # (B, 1, 1) the rejected segment
+    real = torch.tensor([len(r) for r in rows])[:, None, None]  # (B, 1, 1)
     q = torch.arange(width)[None, :, None]  # (1, W, 1) query positions
     k = torch.arange(width)[None, None, :]  # (1, 1, W) key positions
-    in_rejected = (q >= prompt + chosen) & (q < real)  # (B, W, 1)
-    on_chosen = (k >= prompt) & (k < prompt + chosen)  # (B, 1, W)
+    in_rejected = (q >= split) & (q < real)  # (B, W, 1)
+    on_chosen = (k >= prompt) & (k < split)  # (B, 1, W)
     allowed = (k <= q) & (k < real) & (q < real) & ~(in_rejected & on_chosen)  # (B, W, W)
     allowed |= torch.eye(width, dtype=torch.bool)[None]  # padding sees itself
-    pos = torch.arange(width)[None, :].expand(len(pairs), width).clone()  # (B, W)
-    pos = torch.where((pos >= (prompt + chosen)[:, 0]), pos - chosen[:, 0], pos)  # (B, W) the rejected restart
-    p, c, r = (t.flatten() for t in (prompt, chosen, rejected))  # (B,) each
+    p, c, n = prompt.flatten(), split.flatten(), real.flatten()  # (B,) each
+    pos = torch.arange(width)[None, :].expand(len(pairs), width)  # (B, W)
+    pos = torch.where(pos >= c[:, None], pos - (c - p)[:, None], pos)  # (B, W) the rejected segment's positions
     return {
-        "input_ids": ids, "attention_mask": allowed[:, None], "position_ids": pos,
-        "chosen_last": p + c - 1, "rejected_last": torch.where(r > 0, p + c + r - 1, p - 1),
-        "prompt_lengths": p, "sequence_lengths": torch.cat([p + c, p + r]),
+        "input_ids": ids, "attention_mask": allowed[:, None], "position_ids": pos, "labels": lab,
+        "rejected_start": c, "chosen_last": c - 1, "rejected_last": n - 1, "prompt_lengths": p,
+        "sequence_lengths": torch.cat([c, p + n - c]),
         "margin": torch.tensor([x.margin if x.margin is not None else 0.0 for x in pairs]),
         "weight": torch.tensor([x.weight for x in pairs], dtype=torch.float32),
     }
+
+
+def pair_rows(batch: dict[str, torch.Tensor], rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Which of a pair batch's 2B sequences (chosen 0..B-1, rejected B..2B-1) the (N,) positions at ``rows`` and
+    ``cols`` of its rows belong to: the rows themselves in :func:`collate_pairs`' layout; in
+    :func:`collate_shared_pairs`', a row's chosen segment or, from ``rejected_start`` on, its rejected one."""
+    if "rejected_start" not in batch:
+        return rows
+    start = batch["rejected_start"].to(rows.device)[rows]  # (N,)
+    return rows + batch["input_ids"].shape[0] * (cols >= start).long()
+
+
+def shared_prompt_gap(measure: Callable[[dict[str, torch.Tensor]], torch.Tensor], pairs: list[TokenizedPair],
+                      pad_id: int) -> float:
+    """The mean |difference| between what ``measure`` reads from ``pairs`` collated as two rows each and as one
+    shared-prompt row each (inf when the shared batch does not run: an attention that refuses a 4D mask), the
+    largest over processes. Every process must call it alike (it runs the same two batches on each, as ZeRO-3's
+    collective forwards need)."""
+    plain = measure(collate_pairs(pairs, pad_id))
+    try:
+        local = float((measure(collate_shared_pairs(pairs, pad_id)) - plain).abs().mean())
+    except (RuntimeError, ValueError, TypeError):
+        local = float("inf")
+    return dist.all_reduce_max(local)
 
 
 def step_weight(micro_batches: Sequence[dict[str, torch.Tensor]]) -> float:

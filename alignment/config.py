@@ -610,6 +610,12 @@ class DPOConfig:
     paper uses 1.0."""
     precompute_ref: bool = False
     """Compute the reference log-probabilities once before training and free the reference model."""
+    share_prompt: bool = True
+    """Run each pair as one row: the prompt once, then the chosen answer, then the rejected one, which does not
+    see the chosen answer (a 4D attention mask; its positions continue from the prompt). The same log-probs as
+    two rows, with the prompt computed once, for the policy and the reference. Checked on the first batch against
+    the two-row forward; a model that reads the shared row differently (an attention without custom masks) runs
+    pairs as two rows."""
     negatives: Literal["auto", "pairs", "kto"] = "auto"
     """Unpaired data (label true/false): "pairs" pairs each negative example with the good answers to
     its prompt and runs DPO (negatives without a good answer are dropped and counted); "kto" trains on

@@ -13,6 +13,7 @@ from them (per sequence, summed or averaged) are :func:`batch_logps` here.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -22,7 +23,16 @@ from typing import Any
 import torch
 
 from alignment import distributed as dist
-from alignment.batching import collate_pairs, pair_lengths, step_share, step_weight
+from alignment.batching import (
+    Collate,
+    collate_pairs,
+    collate_shared_pairs,
+    pair_lengths,
+    pair_rows,
+    shared_prompt_gap,
+    step_share,
+    step_weight,
+)
 from alignment.config import DPOConfig
 from alignment.data.chat import IGNORE_INDEX
 from alignment.data.preferences import (
@@ -74,8 +84,12 @@ def batch_logps(model: Any, batch: dict[str, torch.Tensor], average: bool, autoc
     The output layer runs on response tokens only (alignment.logits)."""
     device = dist.device()
     ids, mask, labels = (batch[k].to(device) for k in ("input_ids", "attention_mask", "labels"))
+    positions = batch["position_ids"].to(device) if "position_ids" in batch else None  # shared-prompt rows
     with autocast:
-        out = labelled_logits(model, ids, labels, mask)  # (N, V) over the 2B rows
+        out = labelled_logits(model, ids, labels, mask, positions)  # (N, V) over the rows
+    if positions is not None:  # one row per pair: its chosen segment's tokens, then its rejected segment's
+        cols = (labels[:, 1:] != IGNORE_INDEX).nonzero()[:, 1]  # (N,) in labelled_logits' order
+        out = dataclasses.replace(out, rows=pair_rows(batch, out.rows, cols), batch_size=2 * ids.shape[0])
     logps, counts = out.per_row_sum(token_logps(out)), out.counts()  # (2B,), (2B,)
     if average:
         logps = logps / counts.clamp(min=1)
@@ -89,8 +103,26 @@ def batch_logps(model: Any, batch: dict[str, torch.Tensor], average: bool, autoc
 def chosen_counts(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """(B,) trained-on tokens of each chosen answer (the first half of a collated pair batch), counted the
     way :func:`alignment.logits.labelled_logits` selects them."""
-    labels = batch["labels"]
-    return (labels[: labels.shape[0] // 2, 1:] != IGNORE_INDEX).sum(dim=1).to(dist.device())
+    rows, cols = (batch["labels"][:, 1:] != IGNORE_INDEX).nonzero().unbind(dim=1)  # (N,), (N,)
+    b = batch["margin"].shape[0]
+    return torch.bincount(pair_rows(batch, rows, cols), minlength=2 * b)[:b].to(dist.device())
+
+
+SHARED_PROMPT_TOLERANCE = 0.05  # nats: mean |difference| of per-token log-probs the two layouts may show
+
+
+@torch.no_grad()
+def shared_prompt_works(engine: Engine, pairs: list[TokenizedPair], pad: int) -> tuple[bool, float]:
+    """Whether the policy gives a shared-prompt row the log-probs of the pair's two rows, on ``pairs`` (one batch),
+    per token: an attention that ignores a custom mask, a sliding window the mask does not carry, or positions not
+    read from ``position_ids`` would differ. Every process reaches the same verdict. Returns (verdict, gap)."""
+    engine.eval()
+    try:
+        gap = shared_prompt_gap(lambda batch: torch.cat(batch_logps(engine.ds or engine.module, batch, True,
+                                                                    engine.autocast())), pairs, pad)
+    finally:
+        engine.train()
+    return gap <= SHARED_PROMPT_TOLERANCE, gap
 
 
 # The step's losses: weighted means over every pair of the step (the other metrics are plain means).
@@ -134,7 +166,7 @@ def train_step(engine: Engine, reference: Reference | None, loss_fn: Any, micro_
 
 @torch.no_grad()
 def evaluate(engine: Engine, reference: Reference | None, loss_fn: Any, pairs: list[TokenizedPair],
-             keys: list[int], batch_size: int, pad: int) -> dict[str, float]:
+             keys: list[int], batch_size: int, pad: int, collate: Collate = collate_pairs) -> dict[str, float]:
     """Held-out preference metrics (same names, `eval/` prefix), over all processes. ``eval/loss`` is weighted by
     the pairs' ``weight`` as in training (0 when every held-out pair weighs 0); the rest are plain means."""
     if not pairs:
@@ -144,7 +176,7 @@ def evaluate(engine: Engine, reference: Reference | None, loss_fn: Any, pairs: l
     for shard in dist.even_shard(len(pairs), batch_size, pair_lengths(pairs)):
         idx = [max(i, 0) for i in shard]
         real = torch.tensor([float(i >= 0) for i in shard])  # (B,) 0 for padding slots
-        batch = collate_pairs([pairs[i] for i in idx], pad)
+        batch = collate([pairs[i] for i in idx], pad)
         policy_c, policy_r = batch_logps(engine.ds or engine.module, batch, loss_fn.average_logps, engine.autocast())
         ref_c = ref_r = None
         if reference is not None:
@@ -264,6 +296,18 @@ def run_dpo(cfg: DPOConfig) -> Path:
 
     resume_from = run.resume_from
     pad = tokenizer.pad_token_id
+    collate: Collate = collate_pairs
+    if cfg.share_prompt and train_pairs:  # decided on the starting weights, so a resumed run decides the same
+        works, gap = shared_prompt_works(engine, train_pairs[: cfg.train.batch_size], pad)
+        if works:
+            collate = collate_shared_pairs
+            run.log(f"shared prompt: each pair runs as one row, its prompt computed once (mean per-token log-prob "
+                    f"difference from the two-row layout {gap:.4f} nats on the first "
+                    f"{min(len(train_pairs), cfg.train.batch_size)} pairs)")
+        else:
+            run.log(f"WARNING: shared prompt off: this model reads a shared-prompt row unlike the pair's two rows "
+                    f"(mean per-token log-prob difference {gap:.3g} nats); every pair runs as two rows (slower, "
+                    "correct)")
     val_keys = [len(train_pairs) + i for i in range(len(val_pairs))]
     test_keys = [len(train_pairs) + len(val_pairs) + i for i in range(len(test_pairs))]
     if reference is not None and cfg.precompute_ref:
@@ -273,7 +317,7 @@ def run_dpo(cfg: DPOConfig) -> Path:
         # held-out ones (test too).
         pairs = train_pairs + val_pairs + test_pairs
         keys = sorted(schedule.examples_read(0, schedule.total_steps)) + val_keys + test_keys
-        digest = _cache_digest(cfg, pairs, keys, loss_fn.average_logps, bf16)
+        digest = _cache_digest(cfg, pairs, keys, loss_fn.average_logps, bf16, collate is collate_shared_pairs)
         cached, why = _read_reference_cache(cache_file, digest, keys) if resume_from is not None else (None, "")
         # every process decides alike: one computing them alone would wait forever in precompute's all-reduce
         if dist.all_reduce_sum([float(cached is None)])[0] and cached is not None:
@@ -281,7 +325,7 @@ def run_dpo(cfg: DPOConfig) -> Path:
         if cached is None:
             if why:
                 run.log(f"reference log-probs computed again: {why}")
-            cached = precompute(reference, pairs, cfg.train.batch_size, pad, keys)
+            cached = precompute(reference, pairs, cfg.train.batch_size, pad, keys, collate)
             if run.main:
                 out.mkdir(parents=True, exist_ok=True)
                 # whole or not at all: a run killed while writing it leaves the one before
@@ -293,7 +337,7 @@ def run_dpo(cfg: DPOConfig) -> Path:
     start_step = run.start(engine, schedule.total_steps, early_stopping=early, split=split)["step"]
 
     def held_out(pairs: list[TokenizedPair] = val_pairs, keys: list[int] = val_keys) -> dict[str, float]:
-        return evaluate(engine, reference, loss_fn, pairs, keys, cfg.train.batch_size, pad)
+        return evaluate(engine, reference, loss_fn, pairs, keys, cfg.train.batch_size, pad, collate)
 
     watch = LikelihoodWatch(schedule.total_steps, cfg.beta, loss_fn.needs_reference)
 
@@ -302,7 +346,7 @@ def run_dpo(cfg: DPOConfig) -> Path:
     for step in run.steps(start_step):
         done = step + 1
         idx_lists = schedule.micro_batches(step, dist.rank())
-        batches = [collate_pairs([train_pairs[i] for i in idx], pad) for idx in idx_lists]
+        batches = [collate([train_pairs[i] for i in idx], pad) for idx in idx_lists]
         with run.step(done, engine, batches):
             metrics = train_step(engine, reference, loss_fn, batches, idx_lists, cfg.rpo_alpha)
         window_pairs += sum(len(idx) for idx in idx_lists) * dist.world_size()
@@ -345,10 +389,12 @@ def run_dpo(cfg: DPOConfig) -> Path:
     return out / "model"
 
 
-def _cache_digest(cfg: DPOConfig, pairs: list[TokenizedPair], keys: list[int], average: bool, bf16: bool) -> str:
+def _cache_digest(cfg: DPOConfig, pairs: list[TokenizedPair], keys: list[int], average: bool, bf16: bool,
+                  shared: bool) -> str:
     """What the reference log-probs cache was computed from: the reference model (its name and, for a folder, its
     weight files' sizes and times, so a model trained again in the same folder counts as another), how it was
-    loaded (``model_options``) and run (``bf16`` autocast), how log-probs are pooled, and the tokens of every pair
+    loaded (``model_options``) and run (``bf16`` autocast, ``shared``-prompt rows, which round differently), how
+    log-probs are pooled, and the tokens of every pair
     at ``keys`` (a key is a position in train + validation + test: the same position holds another pair once the
     data, the split or the tokenization changes)."""
     import hashlib
@@ -357,7 +403,7 @@ def _cache_digest(cfg: DPOConfig, pairs: list[TokenizedPair], keys: list[int], a
 
     reference = str(cfg.ref_model or cfg.model)  # the frozen copy, or the policy before any update
     h = hashlib.sha256(json.dumps([reference, _weights_stamp(reference), to_dict(cfg.model_options), bool(bf16),
-                                   bool(average), cfg.data.max_length]).encode())
+                                   bool(average), cfg.data.max_length, bool(shared)]).encode())
     for k in keys:
         p = pairs[k]
         h.update(json.dumps([k, p.chosen_ids, p.chosen_labels, p.rejected_ids, p.rejected_labels]).encode())

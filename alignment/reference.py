@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from alignment import distributed as dist
-from alignment.batching import collate_pairs, pair_lengths
+from alignment.batching import Collate, collate_pairs, pair_lengths
 from alignment.config import ModelOptions
 from alignment.data.preferences import TokenizedPair
 from alignment.modeling import load_causal_lm
@@ -106,16 +106,16 @@ class Reference:
 
 
 def precompute(reference: Reference, pairs: list[TokenizedPair], batch_size: int, pad: int,
-               keys: list[int] | None = None) -> dict[int, tuple[float, float]]:
+               keys: list[int] | None = None, collate: Collate = collate_pairs) -> dict[int, tuple[float, float]]:
     """Reference log-probs of the pairs at ``keys`` (default: all), split across processes and summed
-    back (every rank runs the same number of forwards, so ZeRO-3 gathers stay in step)."""
+    back (every rank runs the same number of forwards, so ZeRO-3 gathers stay in step). ``collate``: the layout."""
     from tqdm.auto import tqdm
 
     keys = list(range(len(pairs))) if keys is None else keys
     chosen, rejected = [0.0] * len(keys), [0.0] * len(keys)
     shards = dist.even_shard(len(keys), batch_size, pair_lengths([pairs[k] for k in keys]))
     for idx in tqdm(shards, desc="reference log-probs", disable=not dist.is_main()):
-        c, r = reference.logps(collate_pairs([pairs[keys[max(i, 0)]] for i in idx], pad))
+        c, r = reference.logps(collate([pairs[keys[max(i, 0)]] for i in idx], pad))
         for j, i in enumerate(idx):
             if i >= 0:
                 chosen[i], rejected[i] = float(c[j]), float(r[j])

@@ -11,13 +11,20 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from alignment import distributed as dist
-from alignment.batching import collate_pairs, collate_shared_pairs, pair_lengths, step_share, step_weight
+from alignment.batching import (
+    Collate,
+    collate_pairs,
+    collate_shared_pairs,
+    pair_lengths,
+    shared_prompt_gap,
+    step_share,
+    step_weight,
+)
 from alignment.config import RMConfig
 from alignment.data.chat import IGNORE_INDEX
 from alignment.data.preferences import (
@@ -83,20 +90,20 @@ def shared_prompt_works(engine: Engine, scorer: LastTokenScores, pairs: list[Tok
         bool, float]:
     """Whether the model scores a shared-prompt row as it scores the pair's two rows, on ``pairs`` (one batch):
     an attention implementation that ignores a custom mask, a sliding window the mask does not carry, or positions
-    the model does not read from ``position_ids`` would score differently. Every process reaches the same verdict
-    (the gap is reduced over ranks; each runs the same two forwards, as ZeRO-3 needs). Returns (verdict, gap)."""
+    the model does not read from ``position_ids`` would score differently. Every process reaches the same verdict.
+    Returns (verdict, gap)."""
     engine.eval()
+    scale = 1.0
     try:
-        plain = pair_scores(engine, scorer, collate_pairs(pairs, pad_id))
-        try:
-            shared = pair_scores(engine, scorer, collate_shared_pairs(pairs, pad_id))
-            scale = max(1.0, float(torch.cat(plain).abs().mean()))  # bf16 noise grows with the scores
-            local = max(float((a - b).abs().mean()) for a, b in zip(plain, shared)) / scale
-        except (RuntimeError, ValueError, TypeError):  # an attention that refuses a 4D mask
-            local = float("inf")
+        def measure(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+            nonlocal scale
+            scores = torch.cat(pair_scores(engine, scorer, batch))  # (2B,)
+            if "chosen_last" not in batch:  # bf16 noise grows with the scores
+                scale = max(1.0, float(scores.abs().mean()))
+            return scores / scale
+        gap = shared_prompt_gap(measure, pairs, pad_id)
     finally:
         engine.train()
-    gap = dist.all_reduce_max(local)
     return gap <= SHARED_PROMPT_TOLERANCE, gap
 
 
@@ -130,8 +137,7 @@ def train_step(engine: Engine, scorer: LastTokenScores, micro_batches: list[dict
 
 @torch.no_grad()
 def score_pairs(engine: Engine, scorer: LastTokenScores, pairs: list[TokenizedPair], batch_size: int,
-                pad_id: int, collate: Callable[[list[TokenizedPair], int], dict[str, torch.Tensor]] = collate_pairs,
-                ) -> tuple[list[float], list[float]]:
+                pad_id: int, collate: Collate = collate_pairs) -> tuple[list[float], list[float]]:
     """Scores of every pair, computed across processes (each rank a slice; every rank runs the same
     number of forwards so ZeRO-3's collective parameter gathers stay in step). ``collate``: the batch layout."""
     if not pairs:

@@ -35,9 +35,10 @@ def _rows(out: Path) -> list[dict]:
     return read_metrics(out / "metrics.jsonl")
 
 
-def test_dpo_raises_margin(tmp_path, tiny_model_dir, toy_preferences):
+def test_dpo_raises_margin(tmp_path, tiny_model_dir, toy_preferences, capsys):
     out = tmp_path / "dpo"
     assert main(["dpo", "--config", str(_recipe(tmp_path, tiny_model_dir, toy_preferences, out))]) == 0
+    assert "shared prompt: each pair runs as one row" in capsys.readouterr().out
     train = [r for r in _rows(out) if "train/loss" in r]
     evals = [r for r in _rows(out) if "eval/rewards/margins" in r]
     assert train[0]["rewards/margins"] == pytest.approx(0.0, abs=1e-4)  # policy == reference at step 1
@@ -175,7 +176,7 @@ def test_dpo_resume_recomputes_a_stale_reference_cache(tmp_path, tiny_model_dir,
 def test_the_reference_cache_digest_names_the_reference_model_its_weights_and_settings(tmp_path, tiny_model_dir,
                                                                                       toy_preferences):
     """A cache computed by another reference is never read as this one's: another ref_model, the same folder's
-    weights written again (a pipeline's earlier phase trained anew), other model_options or bf16 autocast."""
+    weights written again (a pipeline's earlier phase trained anew), other model_options, bf16 autocast, row layout."""
     import os
 
     from alignment.config import DPOConfig, load_config
@@ -184,14 +185,15 @@ def test_the_reference_cache_digest_names_the_reference_model_its_weights_and_se
     model = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model)
 
-    def digest(bf16: bool = False, **top) -> str:
+    def digest(bf16: bool = False, shared: bool = True, **top) -> str:
         cfg = load_config(DPOConfig, _recipe(tmp_path, model, toy_preferences, tmp_path / "out", **top))
-        return _cache_digest(cfg, [], [], average=False, bf16=bf16)
+        return _cache_digest(cfg, [], [], average=False, bf16=bf16, shared=shared)
 
     first = digest()
     assert digest() == first
     assert digest(ref_model=str(tiny_model_dir)) != first
     assert digest(bf16=True) != first
+    assert digest(shared=False) != first
     assert digest(model_options={"attn_implementation": "eager"}) != first
     weights = next(model.glob("*.safetensors"))
     stat = weights.stat()
@@ -262,3 +264,35 @@ def test_rpo_keeps_the_chosen_answers_likely(tmp_path, tiny_model_dir, toy_prefe
     pairs = [TokenizedPair([1, 2, 3, 4], [-100, -100, 3, 4], [1, 2, 5], [-100, -100, 5]),
              TokenizedPair([1, 6, 7, 8, 9], [-100, 6, 7, 8, 9], [1, 2], [-100, 2])]
     assert chosen_counts(collate_pairs(pairs, 0)).tolist() == [2, 4]
+    from alignment.batching import collate_shared_pairs
+
+    assert chosen_counts(collate_shared_pairs(pairs, 0)).tolist() == [2, 4]
+
+
+@pytest.mark.parametrize("average", [False, True])
+def test_shared_prompt_rows_give_the_log_probs_and_gradients_of_two_rows(tiny_model_dir, toy_preferences, average):
+    """One row per pair (prompt once, chosen segment, rejected segment behind a mask) gives each answer's summed or
+    averaged log-probs and the same gradients as the pair's two rows, in float32."""
+    import contextlib
+
+    from alignment.batching import collate_pairs, collate_shared_pairs
+    from alignment.data.preferences import load_preference_examples, tokenize_pairs
+    from alignment.dpo import batch_logps
+    from alignment.modeling import load_causal_lm, load_tokenizer
+
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    examples, _ = load_preference_examples(str(toy_preferences))
+    pairs, _ = tokenize_pairs(tokenizer, examples[:6], 96)
+    model = load_causal_lm(str(tiny_model_dir))
+    results = []
+    for collate in (collate_pairs, collate_shared_pairs):
+        chosen, rejected = batch_logps(model, collate(pairs, tokenizer.pad_token_id), average, contextlib.nullcontext())
+        (chosen.sum() - 2 * rejected.sum()).backward()
+        results.append((chosen.detach(), rejected.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+        model.zero_grad(set_to_none=True)
+    (c0, r0, g0), (c1, r1, g1) = results
+    torch.testing.assert_close(c1, c0, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(r1, r0, rtol=1e-5, atol=1e-4)
+    assert (c0 - r0).abs().max() > 0.1  # the answers differ, so a swapped segment would show
+    for name, grad in g0.items():
+        torch.testing.assert_close(g1[name], grad, rtol=1e-4, atol=1e-5)  # sums in another order
