@@ -646,6 +646,10 @@ def how_measured(settings: Mapping[str, Any], dims: ModelDims | None) -> list[st
                      f"N_body = {dims.body_params:,}, N_head = {dims.head_params:,} (vocab {dims.vocab:,}).")
     lines.append("- Achieved FLOP/s = Σ model FLOPs of the timed steps / their wall time; MFU = achieved / peak "
                  "matmul FLOP/s, against both the fp32 and the bf16 peak. PPO has no MFU (generation dominates).")
+    lines.append("- RM and DPO count each pair as its two sequences, as TRL runs it. Ours computes a pair's shared "
+                 "prompt once (`share_prompt`, on by default), so for ours these are the model's FLOPs of the work "
+                 "done, not the FLOPs the hardware ran: the hardware ran fewer, by the prompt's share of the pair's "
+                 "tokens.")
     return lines
 
 
