@@ -8,6 +8,7 @@ The layouts that only one phase uses stay in that phase (SFT's packed rows: ``al
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -102,6 +103,17 @@ def collate_shared_pairs(pairs: list[TokenizedPair], pad_id: int) -> dict[str, t
         "margin": torch.tensor([x.margin if x.margin is not None else 0.0 for x in pairs]),
         "weight": torch.tensor([x.weight for x in pairs], dtype=torch.float32),
     }
+
+
+def mask_for(model: Any, mask: torch.Tensor) -> torch.Tensor:
+    """A (B, 1, W, W) boolean mask in the form ``model``'s attention reads a custom mask: as it is for SDPA and the
+    like; eager attention adds its mask to the scores, so it gets 0 where allowed and the float32 minimum elsewhere."""
+    inner = model.module if model.__class__.__name__ == "DeepSpeedEngine" else model
+    config = getattr(inner, "config", None)
+    if getattr(config, "_attn_implementation", None) != "eager":
+        return mask
+    return torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_fill(~mask, torch.finfo(
+        torch.float32).min)
 
 
 def pair_rows(batch: dict[str, torch.Tensor], rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:

@@ -27,6 +27,7 @@ from alignment.batching import (
     Collate,
     collate_pairs,
     collate_shared_pairs,
+    mask_for,
     pair_lengths,
     pair_rows,
     shared_prompt_gap,
@@ -86,6 +87,7 @@ def batch_logps(model: Any, batch: dict[str, torch.Tensor], average: bool, autoc
     ids, mask, labels = (batch[k].to(device) for k in ("input_ids", "attention_mask", "labels"))
     positions = batch["position_ids"].to(device) if "position_ids" in batch else None  # shared-prompt rows
     with autocast:
+        mask = mask_for(model, mask) if positions is not None else mask
         out = labelled_logits(model, ids, labels, mask, positions)  # (N, V) over the rows
     if positions is not None:  # one row per pair: its chosen segment's tokens, then its rejected segment's
         cols = (labels[:, 1:] != IGNORE_INDEX).nonzero()[:, 1]  # (N,) in labelled_logits' order

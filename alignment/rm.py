@@ -20,6 +20,7 @@ from alignment.batching import (
     Collate,
     collate_pairs,
     collate_shared_pairs,
+    mask_for,
     pair_lengths,
     shared_prompt_gap,
     step_share,
@@ -74,7 +75,8 @@ def pair_scores(engine: Engine, scorer: LastTokenScores, batch: dict[str, torch.
         scores = scorer.take(mask)  # (2B,)
         half = scores.shape[0] // 2
         return scores[:half], scores[half:]
-    engine.forward(input_ids=ids, attention_mask=mask, position_ids=batch["position_ids"].to(device), use_cache=False)
+    engine.forward(input_ids=ids, attention_mask=mask_for(engine.module, mask),
+                   position_ids=batch["position_ids"].to(device), use_cache=False)
     per_token = scorer.per_token().float()  # (B, W)
     rows = torch.arange(ids.shape[0], device=device)
     return per_token[rows, batch["chosen_last"].to(device)], per_token[rows, batch["rejected_last"].to(device)]

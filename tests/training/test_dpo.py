@@ -269,13 +269,15 @@ def test_rpo_keeps_the_chosen_answers_likely(tmp_path, tiny_model_dir, toy_prefe
     assert chosen_counts(collate_shared_pairs(pairs, 0)).tolist() == [2, 4]
 
 
-@pytest.mark.parametrize("average", [False, True])
-def test_shared_prompt_rows_give_the_log_probs_and_gradients_of_two_rows(tiny_model_dir, toy_preferences, average):
+@pytest.mark.parametrize("average, attention", [(False, "sdpa"), (True, "sdpa"), (False, "eager")])
+def test_shared_prompt_rows_give_the_log_probs_and_gradients_of_two_rows(tiny_model_dir, toy_preferences, average,
+                                                                         attention):
     """One row per pair (prompt once, chosen segment, rejected segment behind a mask) gives each answer's summed or
     averaged log-probs and the same gradients as the pair's two rows, in float32."""
     import contextlib
 
     from alignment.batching import collate_pairs, collate_shared_pairs
+    from alignment.config import ModelOptions
     from alignment.data.preferences import load_preference_examples, tokenize_pairs
     from alignment.dpo import batch_logps
     from alignment.modeling import load_causal_lm, load_tokenizer
@@ -283,7 +285,8 @@ def test_shared_prompt_rows_give_the_log_probs_and_gradients_of_two_rows(tiny_mo
     tokenizer = load_tokenizer(str(tiny_model_dir))
     examples, _ = load_preference_examples(str(toy_preferences))
     pairs, _ = tokenize_pairs(tokenizer, examples[:6], 96)
-    model = load_causal_lm(str(tiny_model_dir))
+    model = load_causal_lm(str(tiny_model_dir), options=ModelOptions(attn_implementation=attention))
+    assert model.config._attn_implementation == attention
     results = []
     for collate in (collate_pairs, collate_shared_pairs):
         chosen, rejected = batch_logps(model, collate(pairs, tokenizer.pad_token_id), average, contextlib.nullcontext())

@@ -135,20 +135,24 @@ def _pairs(tokenizer, path: Path):
 
 class _Engine:  # what pair_scores and shared_prompt_works use of an Engine
     def __init__(self, model: torch.nn.Module) -> None:
-        self.forward, self.eval, self.train = model, model.eval, model.train
+        self.module, self.forward, self.eval, self.train = model, model, model.eval, model.train
 
 
-def test_shared_prompt_row_scores_and_trains_like_two_rows(tiny_model_dir, toy_preferences):
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_shared_prompt_row_scores_and_trains_like_two_rows(tiny_model_dir, toy_preferences, attention):
     """A pair as one row (prompt once, chosen, then rejected behind a mask) gives the scores of its two rows and
-    the same gradients, in float32; the prompt really is computed once (the row is shorter than the two rows)."""
+    the same gradients, in float32, with either attention (eager adds its mask to the scores); the prompt really
+    is computed once (the row is shorter than the two rows)."""
     from alignment.batching import collate_pairs, collate_shared_pairs
+    from alignment.config import ModelOptions
     from alignment.modeling import load_reward_model, load_tokenizer
     from alignment.reward import LastTokenScores
     from alignment.rm import pair_scores, shared_prompt_works
 
     tokenizer = load_tokenizer(str(tiny_model_dir))
     pairs = _pairs(tokenizer, toy_preferences)
-    model = load_reward_model(tiny_model_dir)
+    model = load_reward_model(tiny_model_dir, options=ModelOptions(attn_implementation=attention))
+    assert model.config._attn_implementation == attention
     model.config.pad_token_id = tokenizer.pad_token_id
     torch.nn.init.normal_(model.score.weight, std=0.5)  # a zero head would make every score equal
     scorer, engine = LastTokenScores(model), _Engine(model)
