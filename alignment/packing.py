@@ -68,8 +68,10 @@ def packing_pays(shape: tuple[int, int], dtype: torch.dtype, rows: int) -> bool:
     taking the cores for a moment slows one round, not the verdict."""
     key = (shape, dtype, rows)
     if key not in _VERDICTS:
-        weight = torch.randn(shape).to(dtype)
-        x = torch.randn(rows, shape[1]).to(dtype)
+        # a generator of its own: the global one seeds the sampling that follows (generate seeds, then packs)
+        rng = torch.Generator().manual_seed(0)
+        weight = torch.randn(shape, generator=rng).to(dtype)
+        x = torch.randn(rows, shape[1], generator=rng).to(dtype)
         packed = pack(weight, rows)
         ways = {"plain": lambda: torch.nn.functional.linear(x, weight),
                 "packed": lambda: packed_linear(x, packed, None)}
@@ -104,7 +106,7 @@ def _linears(model: torch.nn.Module) -> list[torch.nn.Linear]:
     return [m for m in model.modules() if type(m) is torch.nn.Linear and "forward" not in m.__dict__]
 
 
-def _dtype(model: torch.nn.Module, linears: list[torch.nn.Linear]) -> torch.dtype | None:
+def _dtype(linears: list[torch.nn.Linear]) -> torch.dtype | None:
     """The precision the products run in (bf16 under CPU autocast, else the weights'), or None to not pack."""
     weights = [m.weight for m in linears]
     if not weights or not available():
@@ -143,7 +145,7 @@ def packed_linears(model: torch.nn.Module, rows: int) -> Iterator[bool]:
             state[0] += 1
         else:
             linears = _linears(model)
-            dtype = _dtype(model, linears)
+            dtype = _dtype(linears)
             patched: list[torch.nn.Linear] = []
             if dtype is not None and packing_pays(_main_shape(linears), dtype, rows):
                 # every weight packed before any layer is patched: a failure leaves the model as it was

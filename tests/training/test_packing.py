@@ -155,6 +155,19 @@ def test_the_probe_keeps_the_best_round_of_each_way_and_needs_a_clear_win(monkey
     packing._VERDICTS.clear()
 
 
+def test_the_probe_leaves_the_global_random_stream_alone():
+    """generate seeds the global generator and then packs: a probe drawing from it would make the first seeded
+    call in a process sample differently from every later one."""
+    packing._VERDICTS.clear()
+    torch.manual_seed(7)
+    expected = torch.rand(4)
+    torch.manual_seed(7)
+    packing.packing_pays((16, 8), torch.float32, 2)  # a first measurement in this process
+    assert ((16, 8), torch.float32, 2) in packing._VERDICTS
+    torch.testing.assert_close(torch.rand(4), expected)
+    packing._VERDICTS.clear()
+
+
 def test_a_failure_while_packing_leaves_every_layer_as_it_was(lm, always_pack, monkeypatch):
     model, _, _ = lm
     packed = []
