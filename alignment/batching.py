@@ -140,6 +140,24 @@ def shared_prompt_gap(measure: Callable[[dict[str, torch.Tensor]], torch.Tensor]
     return dist.all_reduce_max(local)
 
 
+def pair_layout(share: bool, pairs: list[TokenizedPair], check: Callable[[list[TokenizedPair]], tuple[bool, float]],
+                log: Callable[[str], None], difference: str) -> Collate:
+    """The layout a phase runs its pairs in: :func:`collate_shared_pairs` when ``share`` and ``check(pairs)`` (the
+    phase's first batch read both ways: (alike, gap)) finds them alike, else :func:`collate_pairs`; the decision is
+    logged, ``difference`` naming what the gap measures. Decide on the starting weights, so a resumed run decides
+    the same."""
+    if not share or not pairs:
+        return collate_pairs
+    alike, gap = check(pairs)
+    if alike:
+        log(f"shared prompt: each pair runs as one row, its prompt computed once (mean {difference} difference from "
+            f"the two-row layout {gap:.4f} on the first {len(pairs)} pairs)")
+        return collate_shared_pairs
+    log(f"WARNING: shared prompt off: this model reads a shared-prompt row unlike the pair's two rows (mean "
+        f"{difference} difference {gap:.3g}); every pair runs as two rows (slower, correct)")
+    return collate_pairs
+
+
 def step_weight(micro_batches: Sequence[dict[str, torch.Tensor]]) -> float:
     """The summed pair ``weight`` of one optimizer step: every micro-batch of this process, summed over processes.
 

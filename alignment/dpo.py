@@ -28,6 +28,7 @@ from alignment.batching import (
     collate_pairs,
     collate_shared_pairs,
     mask_for,
+    pair_layout,
     pair_lengths,
     pair_rows,
     shared_prompt_gap,
@@ -298,18 +299,8 @@ def run_dpo(cfg: DPOConfig) -> Path:
 
     resume_from = run.resume_from
     pad = tokenizer.pad_token_id
-    collate: Collate = collate_pairs
-    if cfg.share_prompt and train_pairs:  # decided on the starting weights, so a resumed run decides the same
-        works, gap = shared_prompt_works(engine, train_pairs[: cfg.train.batch_size], pad)
-        if works:
-            collate = collate_shared_pairs
-            run.log(f"shared prompt: each pair runs as one row, its prompt computed once (mean per-token log-prob "
-                    f"difference from the two-row layout {gap:.4f} nats on the first "
-                    f"{min(len(train_pairs), cfg.train.batch_size)} pairs)")
-        else:
-            run.log(f"WARNING: shared prompt off: this model reads a shared-prompt row unlike the pair's two rows "
-                    f"(mean per-token log-prob difference {gap:.3g} nats); every pair runs as two rows (slower, "
-                    "correct)")
+    collate = pair_layout(cfg.share_prompt, train_pairs[: cfg.train.batch_size],
+                          lambda pairs: shared_prompt_works(engine, pairs, pad), run.log, "per-token log-prob (nats)")
     val_keys = [len(train_pairs) + i for i in range(len(val_pairs))]
     test_keys = [len(train_pairs) + len(val_pairs) + i for i in range(len(test_pairs))]
     if reference is not None and cfg.precompute_ref:

@@ -19,8 +19,8 @@ from alignment import distributed as dist
 from alignment.batching import (
     Collate,
     collate_pairs,
-    collate_shared_pairs,
     mask_for,
+    pair_layout,
     pair_lengths,
     shared_prompt_gap,
     step_share,
@@ -215,17 +215,8 @@ def run_rm(cfg: RMConfig) -> Path:
         f"processes={dist.world_size()}; deepspeed={cfg.deepspeed or 'off'}; steps={schedule.total_steps}")
 
     pad = tokenizer.pad_token_id
-    collate = collate_pairs
-    if cfg.share_prompt and train_pairs:  # decided on the starting weights, so a resumed run decides the same
-        works, gap = shared_prompt_works(engine, scorer, train_pairs[: cfg.train.batch_size], pad)
-        if works:
-            collate = collate_shared_pairs
-            checked = min(len(train_pairs), cfg.train.batch_size)
-            run.log(f"shared prompt: each pair runs as one row, its prompt computed once (mean score difference "
-                    f"from the two-row layout {gap:.4f} on the first {checked} pairs)")
-        else:
-            run.log(f"WARNING: shared prompt off: this model scores a shared-prompt row unlike the pair's two rows "
-                    f"(mean difference {gap:.3g}); every pair runs as two rows (slower, correct)")
+    collate = pair_layout(cfg.share_prompt, train_pairs[: cfg.train.batch_size],
+                          lambda pairs: shared_prompt_works(engine, scorer, pairs, pad), run.log, "score")
     split = split_state(cfg, (json.dumps([ex.prompt, ex.chosen, ex.rejected]) for ex in test_ex))
     start_step = run.start(engine, schedule.total_steps, early_stopping=early, split=split)["step"]
 

@@ -107,7 +107,7 @@ def batch_keys(batch: dict[str, Any], workload: str) -> list[str] | None:
         keys = []
         for row, p, c, r in zip(batch["input_ids"].tolist(), batch["prompt_lengths"].tolist(),
                                 batch["chosen_last"].tolist(), batch["rejected_last"].tolist()):
-            rejected = row[:p] + (row[c + 1 : r + 1] if r > c else [])
+            rejected = row[:p] + row[c + 1 : r + 1]  # the rejected segment, never empty, follows the chosen one
             keys.append(f"{seq_key(row[: c + 1])}:{seq_key(rejected)}")
         return keys
     mask = batch.get("attention_mask")
