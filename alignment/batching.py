@@ -62,43 +62,73 @@ def shared_prefix(pair: TokenizedPair) -> int:
     return n
 
 
-def collate_shared_pairs(pairs: list[TokenizedPair], pad_id: int) -> dict[str, torch.Tensor]:
-    """One row per pair, right-padded to (B, W): the prompt but its last token once, then the chosen segment,
-    then the rejected segment, each segment starting with the prompt's last token (so each answer's first token
-    is predicted from a position of its own, as in its own row).
+def segment_rows(prefixes: Sequence[Sequence[int]], segments: Sequence[Sequence[Sequence[int]]],
+                 labels: Sequence[Sequence[Sequence[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Rows that each hold a shared prefix once and then several segments, every segment attending to the prefix
+    and to itself only, right-padded to (B, W).
 
-    The (B, 1, W, W) boolean attention mask lets each token see the tokens before it, except that the rejected
-    segment does not see the chosen one; the rejected segment's position ids continue from the shared part. So
-    every token of a segment sees exactly what it sees in its own row of :func:`collate_pairs` and computes the
-    same hidden state, and the prompt is computed once per pair instead of twice. Padding positions see only
-    themselves (a row of the mask with nothing allowed would give NaN). ``labels`` (B, W) hold both answers'
-    labels in place; ``rejected_start`` (B,) is where the rejected segment begins; ``chosen_last`` /
+    Row b is ``prefixes[b]`` followed by ``segments[b][0]``, ``segments[b][1]``, ...; ``labels[b][j]`` are
+    segment j's labels, aligned with its ids (the prefix is labelled ``IGNORE_INDEX``). A segment's position ids
+    continue from the prefix, so each of its tokens sees exactly what it would see in a row of its own (prefix +
+    segment) and computes the same hidden state, while the prefix is computed once. The first label of every
+    segment after the first is set to ``IGNORE_INDEX``: the token before it in the row belongs to another segment,
+    so nothing there predicts it. Padding sees only itself (a mask row with nothing allowed would give NaN).
+
+    Returns ``input_ids`` (B, W), ``attention_mask`` (B, 1, W, W) bool, ``position_ids`` (B, W), ``labels``
+    (B, W), ``segment_starts`` (B, S) and ``segment_ends`` (B, S) (one past each segment's last token; S the most
+    segments of a row, rows with fewer repeat their end), ``prompt_lengths`` (B,) the prefixes' lengths."""
+    rows, row_labels, seg_of, starts, ends = [], [], [], [], []
+    most = max(len(s) for s in segments)
+    for prefix, segs, labs in zip(prefixes, segments, labels):
+        ids, lab, which = list(prefix), [IGNORE_INDEX] * len(prefix), [0] * len(prefix)
+        row_starts, row_ends = [], []
+        for j, (seg, seg_labels) in enumerate(zip(segs, labs)):
+            row_starts.append(len(ids))
+            ids += seg
+            lab += ([IGNORE_INDEX] + list(seg_labels[1:])) if j and seg else list(seg_labels)
+            which += [j + 1] * len(seg)
+            row_ends.append(len(ids))
+        rows.append(ids)
+        row_labels.append(lab)
+        seg_of.append(which)
+        starts.append(row_starts + [len(ids)] * (most - len(segs)))
+        ends.append(row_ends + [len(ids)] * (most - len(segs)))
+    ids, _ = pad_sequences(rows, pad_id)  # (B, W)
+    width = ids.shape[1]
+    lab, _ = pad_sequences(row_labels, IGNORE_INDEX, width=width)  # (B, W)
+    which, _ = pad_sequences(seg_of, -1, width=width)  # (B, W): 0 prefix, j + 1 segment j, -1 padding
+    prefix = torch.tensor([len(p) for p in prefixes])  # (B,)
+    q, k = which[:, :, None], which[:, None, :]  # (B, W, 1), (B, 1, W)
+    causal = torch.ones(width, width, dtype=torch.bool).tril()[None]  # (1, W, W)
+    allowed = causal & (q >= 0) & ((k == 0) | (k == q))  # (B, W, W)
+    allowed |= torch.eye(width, dtype=torch.bool)[None]  # padding sees itself
+    start = torch.tensor(starts)  # (B, S)
+    pos = torch.arange(width)[None, :].expand(len(rows), width)  # (B, W)
+    own_start = start.gather(1, (which - 1).clamp(min=0))  # (B, W) where each token's segment starts
+    pos = torch.where(which > 0, prefix[:, None] + pos - own_start, pos)  # segments continue from the prefix
+    return {"input_ids": ids, "attention_mask": allowed[:, None], "position_ids": pos, "labels": lab,
+            "segment_starts": start, "segment_ends": torch.tensor(ends), "prompt_lengths": prefix}
+
+
+def collate_shared_pairs(pairs: list[TokenizedPair], pad_id: int) -> dict[str, torch.Tensor]:
+    """One row per pair (:func:`segment_rows`): the prompt but its last token once, then the chosen segment, then
+    the rejected segment, each segment starting with the prompt's last token (so each answer's first token is
+    predicted from a position of its own, as in its own row).
+
+    Every token of a segment sees exactly what it sees in its own row of :func:`collate_pairs` and computes the
+    same hidden state, and the prompt is computed once per pair instead of twice. ``labels`` (B, W) hold both
+    answers' labels in place; ``rejected_start`` (B,) is where the rejected segment begins; ``chosen_last`` /
     ``rejected_last`` (B,) index each row's last token; ``prompt_lengths`` (B,) the shared part;
     ``sequence_lengths`` (2B,) are the two rows' real lengths as :func:`collate_pairs` would hold them, chosen
     first."""
     shared = [max(shared_prefix(p) - 1, 0) for p in pairs]
-    rows = [p.chosen_ids + p.rejected_ids[n:] for p, n in zip(pairs, shared)]
-    # the rejected segment's first token is a prompt token (or, with nothing shared, the start of a row): never
-    # a target there, as position 0 of a row is not
-    labels = [p.chosen_labels + [IGNORE_INDEX] + p.rejected_labels[n + 1 :] for p, n in zip(pairs, shared)]
-    ids, _ = pad_sequences(rows, pad_id)  # (B, W)
-    lab, _ = pad_sequences(labels, IGNORE_INDEX, width=ids.shape[1])  # (B, W)
-    width = ids.shape[1]
-    prompt = torch.tensor(shared)[:, None, None]  # (B, 1, 1)
-    split = torch.tensor([len(p.chosen_ids) for p in pairs])[:, None, None]  # (B, 1, 1) the rejected segment
-    real = torch.tensor([len(r) for r in rows])[:, None, None]  # (B, 1, 1)
-    q = torch.arange(width)[None, :, None]  # (1, W, 1) query positions
-    k = torch.arange(width)[None, None, :]  # (1, 1, W) key positions
-    in_rejected = (q >= split) & (q < real)  # (B, W, 1)
-    on_chosen = (k >= prompt) & (k < split)  # (B, 1, W)
-    allowed = (k <= q) & (k < real) & (q < real) & ~(in_rejected & on_chosen)  # (B, W, W)
-    allowed |= torch.eye(width, dtype=torch.bool)[None]  # padding sees itself
-    p, c, n = prompt.flatten(), split.flatten(), real.flatten()  # (B,) each
-    pos = torch.arange(width)[None, :].expand(len(pairs), width)  # (B, W)
-    pos = torch.where(pos >= c[:, None], pos - (c - p)[:, None], pos)  # (B, W) the rejected segment's positions
+    batch = segment_rows([p.chosen_ids[:n] for p, n in zip(pairs, shared)],
+                         [[p.chosen_ids[n:], p.rejected_ids[n:]] for p, n in zip(pairs, shared)],
+                         [[p.chosen_labels[n:], p.rejected_labels[n:]] for p, n in zip(pairs, shared)], pad_id)
+    p, c, n = batch.pop("prompt_lengths"), batch["segment_starts"][:, 1], batch["segment_ends"][:, 1]  # (B,) each
+    del batch["segment_starts"], batch["segment_ends"]
     return {
-        "input_ids": ids, "attention_mask": allowed[:, None], "position_ids": pos, "labels": lab,
-        "rejected_start": c, "chosen_last": c - 1, "rejected_last": n - 1, "prompt_lengths": p,
+        **batch, "rejected_start": c, "chosen_last": c - 1, "rejected_last": n - 1, "prompt_lengths": p,
         "sequence_lengths": torch.cat([c, p + n - c]),
         "margin": torch.tensor([x.margin if x.margin is not None else 0.0 for x in pairs]),
         "weight": torch.tensor([x.weight for x in pairs], dtype=torch.float32),
@@ -140,21 +170,30 @@ def shared_prompt_gap(measure: Callable[[dict[str, torch.Tensor]], torch.Tensor]
     return dist.all_reduce_max(local)
 
 
+def prompt_sharing(share: bool, check: Callable[[], tuple[bool, float]], log: Callable[[str], None],
+                   difference: str, rows: str) -> bool:
+    """Whether a phase runs its shared-prompt layout: ``share`` and ``check()`` (a batch read both ways: (alike,
+    gap)) finds the two layouts alike. The decision is logged, ``difference`` naming what the gap measures and
+    ``rows`` what the layout runs as one row ("each pair"). Decide on the starting weights, so a resumed run
+    decides the same."""
+    if not share:
+        return False
+    alike, gap = check()
+    if alike:
+        log(f"shared prompt: {rows} runs as one row, its prompt computed once (mean {difference} difference from "
+            f"a row per answer {gap:.4f} on a first batch)")
+        return True
+    log(f"WARNING: shared prompt off: this model reads a shared-prompt row unlike a row per answer (mean "
+        f"{difference} difference {gap:.3g}); every answer runs as a row of its own (slower, correct)")
+    return False
+
+
 def pair_layout(share: bool, pairs: list[TokenizedPair], check: Callable[[list[TokenizedPair]], tuple[bool, float]],
                 log: Callable[[str], None], difference: str) -> Collate:
-    """The layout a phase runs its pairs in: :func:`collate_shared_pairs` when ``share`` and ``check(pairs)`` (the
-    phase's first batch read both ways: (alike, gap)) finds them alike, else :func:`collate_pairs`; the decision is
-    logged, ``difference`` naming what the gap measures. Decide on the starting weights, so a resumed run decides
-    the same."""
-    if not share or not pairs:
-        return collate_pairs
-    alike, gap = check(pairs)
-    if alike:
-        log(f"shared prompt: each pair runs as one row, its prompt computed once (mean {difference} difference from "
-            f"the two-row layout {gap:.4f} on the first {len(pairs)} pairs)")
+    """The layout a phase runs its pairs in: :func:`collate_shared_pairs` when :func:`prompt_sharing` finds
+    ``check(pairs)`` (the phase's first batch read both ways) alike, else :func:`collate_pairs`."""
+    if pairs and prompt_sharing(share, lambda: check(pairs), log, difference, "each pair"):
         return collate_shared_pairs
-    log(f"WARNING: shared prompt off: this model reads a shared-prompt row unlike the pair's two rows (mean "
-        f"{difference} difference {gap:.3g}); every pair runs as two rows (slower, correct)")
     return collate_pairs
 
 

@@ -703,6 +703,14 @@ class PPOConfig:
     num_generations >= 2."""
     dynamic_sampling_max_rounds: int = 3
     """Generation rounds per rollout batch at most, the first included (each costs one batch of answers)."""
+    share_prompt: bool | None = None
+    """Run the num_generations answers to a prompt as one model row: the prompt once, then each answer, which sees
+    the prompt and itself only (a 4D attention mask; positions continue from the prompt). The same log-probs as a
+    row per answer, with the prompt computed once per group. Minibatches then hold whole prompt groups
+    (train.batch_size / num_minibatches prompts each, drawn at random) where a row per answer draws answers at
+    random across groups. Checked before training against a row per answer; a model that reads the shared row
+    differently (an attention without custom masks) runs a row per answer. Unset: on with num_generations >= 2,
+    no separate critic and train.batch_size a multiple of num_minibatches."""
     critic: Literal["separate", "shared", "none"] | None = None
     """separate: a value model initialised from the reward model; shared: a value head on the policy's
     backbone, initialised from the reward model's score head (one model fewer in memory); none: no value
@@ -804,6 +812,20 @@ class PPOConfig:
                                      "dr_grpo": "seq_mean_token_sum_norm"}.get(self.advantage, "token_mean")
         if self.clip_range_high is not None and self.clip_range_high < self.clip_range:
             raise AlignError(f"must be >= clip_range ({self.clip_range})", field="clip_range_high")
+        groups_split = self.train.batch_size % self.num_minibatches == 0
+        if self.share_prompt is None:
+            self.share_prompt = self.num_generations >= 2 and self.critic != "separate" and groups_split
+        elif self.share_prompt:
+            if self.num_generations < 2:
+                raise AlignError("shares a prompt among its answers: set num_generations to 2 or more",
+                                 field="share_prompt")
+            if self.critic == "separate":
+                raise AlignError("is not available with a separate critic (a model of its own, whose attention "
+                                 "is not checked); use critic: shared or share_prompt: false", field="share_prompt")
+            if not groups_split:
+                raise AlignError(f"splits minibatches by prompt: train.batch_size ({self.train.batch_size}) must "
+                                 f"be a multiple of num_minibatches ({self.num_minibatches}), or set share_prompt: "
+                                 "false", field="share_prompt")
         answers = self.train.batch_size * self.num_generations
         if answers % self.num_minibatches:
             raise AlignError(f"train.batch_size x num_generations ({answers} answers per rollout batch) must be a "

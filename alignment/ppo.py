@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from alignment import distributed as dist
-from alignment.batching import pad_sequences
+from alignment.batching import mask_for, pad_sequences, prompt_sharing, segment_rows
 from alignment.config import PPOConfig
 from alignment.data.chat import IGNORE_INDEX
 from alignment.generation import decode
@@ -133,21 +133,48 @@ def load_prompts(cfg: PPOConfig, tokenizer: Any) -> tuple[list[list[int]], int]:
 # prompt + response, and the output layer runs on the real response tokens only. The layout it replaced (prompts
 # left-padded to the longest prompt, then responses right-padded to the longest response, with a mask) took
 # 1.2-1.4x as long for a forward and backward over 8 quickstart rows in bf16 on a 2-core CPU.
-def rollout_rows(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
-                 pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(B, W) prompt + response ids right-padded, their (B, W) attention mask, and (B, W) labels: the response
-    tokens where they stand, ``IGNORE_INDEX`` on prompt and padding."""
-    full, mask = pad_sequences([[*p, *r] for p, r in zip(prompts, responses)], pad)  # (B, W), (B, W)
-    starts = torch.tensor([len(p) for p in prompts])[:, None]  # (B, 1)
-    response = (torch.arange(full.shape[1])[None, :] >= starts) & mask.bool()  # (B, W)
-    return full, mask, torch.where(response, full, IGNORE_INDEX)
+#
+# With several answers per prompt (num_generations), a row can hold a whole group instead: the prompt once, then
+# each answer, which attends to the prompt and to itself only (segment_rows). Each answer token computes what it
+# computes in its own row, and the prompt is computed once per group instead of once per answer.
+def rollout_rows(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad: int,
+                 group: int = 1) -> dict[str, torch.Tensor]:
+    """The model inputs of a rollout's answers. ``group`` 1: a row per answer, prompt + response right-padded to
+    (B, W), with its (B, W) ``attention_mask``. ``group`` k: a row per prompt, whose k answers are consecutive in
+    ``prompts``/``responses``: the prompt but its last token, then one segment per answer that starts with the
+    prompt's last token, with a (G, 1, W, W) boolean ``attention_mask`` and ``position_ids`` (see
+    :func:`alignment.batching.segment_rows`). ``labels`` mark the response tokens where they stand,
+    ``IGNORE_INDEX`` elsewhere; ``lengths`` are the rows' real lengths. In both layouts the labelled tokens come in
+    answer order, row by row."""
+    if group == 1:
+        full, mask = pad_sequences([[*p, *r] for p, r in zip(prompts, responses)], pad)  # (B, W), (B, W)
+        starts = torch.tensor([len(p) for p in prompts])[:, None]  # (B, 1)
+        response = (torch.arange(full.shape[1])[None, :] >= starts) & mask.bool()  # (B, W)
+        return {"input_ids": full, "attention_mask": mask, "labels": torch.where(response, full, IGNORE_INDEX),
+                "lengths": mask.sum(dim=1)}
+    if len(prompts) % group or any(prompts[g + j] != prompts[g] for g in range(0, len(prompts), group)
+                                   for j in range(group)):
+        raise ValueError(f"rollout rows: every {group} consecutive answers must share one prompt")
+    firsts = range(0, len(prompts), group)
+    rows = segment_rows([prompts[g][:-1] for g in firsts],
+                        [[[prompts[g][-1], *r] for r in responses[g : g + group]] for g in firsts],
+                        [[[IGNORE_INDEX, *r] for r in responses[g : g + group]] for g in firsts], pad)
+    return {"input_ids": rows["input_ids"], "attention_mask": rows["attention_mask"],
+            "position_ids": rows["position_ids"], "labels": rows["labels"], "lengths": rows["segment_ends"][:, -1]}
 
 
-def minibatch(full: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor,
-              rows: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The model inputs of ``rows``, cut to their longest real row."""
-    width = int(mask[rows].sum(dim=1).max())
-    return {"input_ids": full[rows, :width], "attention_mask": mask[rows, :width], "labels": labels[rows, :width]}
+def minibatch(rows: dict[str, torch.Tensor], index: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The model inputs of the :func:`rollout_rows` at ``index``, cut to their longest real row."""
+    width = int(rows["lengths"][index].max())
+    out = {k: rows[k][index, :width] for k in ("input_ids", "labels", "position_ids") if k in rows}
+    mask = rows["attention_mask"][index]
+    out["attention_mask"] = mask[:, :width] if mask.dim() == 2 else mask[:, :, :width, :width]
+    return out
+
+
+def answers_of(rows: torch.Tensor, group: int) -> torch.Tensor:
+    """(n,) row indices -> (n * group,) the indices of their answers, row by row."""
+    return (rows[:, None] * group + torch.arange(group, device=rows.device)[None, :]).flatten()
 
 
 def per_row(flat: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
@@ -166,11 +193,53 @@ class ResponsePass:
 def response_pass(model: Any, inputs: dict[str, torch.Tensor], response_mask: torch.Tensor, temperature: float,
                   hidden: bool = False) -> ResponsePass:
     """One forward of ``model`` over :func:`minibatch` inputs: the response tokens' log-probs with the logits
-    divided by the sampling temperature (what the sampler drew from). ``response_mask``: (B, R) of those rows."""
-    out = labelled_logits(model, inputs["input_ids"], inputs["labels"], attention_mask=inputs["attention_mask"],
+    divided by the sampling temperature (what the sampler drew from). ``response_mask``: (B, R) of those inputs'
+    answers, in order."""
+    positions = inputs.get("position_ids")
+    mask = inputs["attention_mask"] if positions is None else mask_for(model, inputs["attention_mask"])
+    out = labelled_logits(model, inputs["input_ids"], inputs["labels"], attention_mask=mask, position_ids=positions,
                           hidden=hidden)
     scaled = dataclasses.replace(out, logits=out.logits.float() / temperature)  # (N, V)
     return ResponsePass(per_row(token_logps(scaled), response_mask), scaled.logits, out.hidden)
+
+
+SHARED_PROMPT_TOLERANCE = 0.05  # nats: mean |difference| of per-token log-probs the two layouts may show
+
+
+@torch.no_grad()
+def shared_prompt_works(policy: Engine, reference: Callable[[Callable[[Any], torch.Tensor]], torch.Tensor],
+                        prompts: list[list[int]], group: int, pad: int, temperature: float) -> tuple[bool, float]:
+    """Whether the policy and the reference give a prompt group's shared row (:func:`rollout_rows`) the log-probs
+    of the answers' own rows, per answer token: an attention that ignores a custom mask, a sliding window the
+    mask does not carry, or positions not read from ``position_ids`` would differ. The answers are made up of
+    other prompts' tokens (what they say does not matter, only that both layouts read them alike), so the
+    verdict needs no generation and a resumed run reaches the same one. Every process must call it alike (ZeRO-3
+    runs its forwards collectively) and reaches the same verdict. Returns (verdict, gap)."""
+    device = dist.device()
+    n = len(prompts)
+    rows_prompts = [p for p in prompts for _ in range(group)]
+    answers = [prompts[(g + j + 1) % n][: 4 + 3 * j] or [pad] for g in range(n) for j in range(group)]
+    mask = pad_sequences(answers, 0)[1].float().to(device)  # (B, R)
+
+    def measure(rows_per: int) -> torch.Tensor:
+        rows = {k: t.to(device) for k, t in rollout_rows(rows_prompts, answers, pad, rows_per).items()}
+        inputs = minibatch(rows, torch.arange(rows["input_ids"].shape[0], device=device))
+        with policy.autocast():
+            mine = response_pass(policy.ds or policy.module, inputs, mask, temperature).logps
+        theirs = reference(lambda model: response_pass(model, inputs, mask, temperature).logps)
+        return torch.cat([mine, theirs]).float()  # (2B, R)
+
+    policy.eval()
+    try:
+        plain = measure(1)
+        try:
+            local = float(((measure(group) - plain).abs() * mask.repeat(2, 1)).sum() / (2 * mask.sum()))
+        except (RuntimeError, ValueError, TypeError):
+            local = float("inf")
+    finally:
+        policy.train()
+    gap = dist.all_reduce_max(local)
+    return gap <= SHARED_PROMPT_TOLERANCE, gap
 
 
 def critic_values(critic: Engine, scores: LastTokenScores, inputs: dict[str, torch.Tensor],
@@ -224,12 +293,13 @@ def _join_rows(a: Any, b: Any) -> Any:
 
 @dataclasses.dataclass
 class Rollout:
-    """Everything one PPO update needs from a rollout batch: B answers, each row prompt + response right-padded
-    to W tokens (see :func:`rollout_rows`); per-token tensors are (B, R), R the longest response."""
+    """Everything one PPO update needs from a rollout batch of B answers: the model inputs (:func:`rollout_rows`, a
+    row per answer or per prompt group) and per-answer tensors, (B, R) per token, R the longest response."""
 
-    full: torch.Tensor  # (B, W) prompt + response token ids
-    mask: torch.Tensor  # (B, W) attention mask: 1 on real tokens
-    labels: torch.Tensor  # (B, W) the response tokens, IGNORE_INDEX elsewhere
+    rows: dict[str, torch.Tensor]  # the model inputs, see rollout_rows
+    group: int  # answers per row of ``rows``: 1, or num_generations with the prompt shared
+    prompts: list[list[int]]  # B prompt token ids
+    tokens: int  # prompt + response tokens of the B answers (what a row per answer computes)
     responses: torch.Tensor  # (B, R) response token ids
     response_mask: torch.Tensor  # (B, R) float: 1 on the response tokens up to and incl. the stop
     old_logps: torch.Tensor  # (B, R) the sampling policy's log-probs at the sampling temperature
@@ -319,11 +389,12 @@ def rollout(policy: Engine, critic: Engine | None, reference: Any, reward: Rewar
             critic_scores: LastTokenScores | None, prompts: list[list[int]], cfg: PPOConfig, tokenizer: Any,
             stop_ids: list[int], stats: dict[str, float] | None, kl_coef: float,
             rules: Sequence[DomainRule] | None = None,
-            more_prompts: Callable[[int], list[list[int]]] | None = None) -> Rollout:
+            more_prompts: Callable[[int], list[list[int]]] | None = None, group: int = 1) -> Rollout:
     """Generate, score and evaluate one batch of prompts; everything the PPO update needs.
 
     ``rules``: with ``cfg.rule_reward_weight`` > 0, the rule reward is added to the normalised score.
-    ``more_prompts(round)``: the prompt rows of a further generation round (``cfg.dynamic_sampling``)."""
+    ``more_prompts(round)``: the prompt rows of a further generation round (``cfg.dynamic_sampling``).
+    ``group``: answers per model row (:func:`rollout_rows`): 1, or ``cfg.num_generations`` to share prompts."""
     device = dist.device()
     timing: dict[str, float] = {}
     pad = tokenizer.pad_token_id
@@ -342,7 +413,7 @@ def rollout(policy: Engine, critic: Engine | None, reference: Any, reward: Rewar
                                               rules, timing), cfg)
         sampling["rollout/sampling_rounds"] = float(rounds)
     responses, response_mask = (t.to(device) for t in pad_sequences(samples.responses, pad))  # (B, R)
-    full, mask, labels = (t.to(device) for t in rollout_rows(samples.prompts, samples.responses, pad))  # (B, W)
+    rows = {k: t.to(device) for k, t in rollout_rows(samples.prompts, samples.responses, pad, group).items()}
     finished, scores, raw_scores = samples.finished, samples.scores, samples.raw_scores
 
     # 3. evaluate: policy and reference log-probs, values ---------------------------------------
@@ -354,8 +425,8 @@ def rollout(policy: Engine, critic: Engine | None, reference: Any, reward: Rewar
     # the update holds that many rows' activations anyway, so this pass needs no more memory than it. Over the
     # whole batch at once it held several float32 tensors of a vocabulary row per response token (the logits,
     # their softmax for the entropy): 0.3 GB each at 16 rows of 96 tokens over a 49,152-token vocabulary.
-    for rows in torch.arange(full.shape[0], device=device).tensor_split(cfg.num_minibatches):
-        part, part_mask = minibatch(full, mask, labels, rows), response_mask[rows]
+    for chunk in torch.arange(rows["input_ids"].shape[0], device=device).tensor_split(cfg.num_minibatches):
+        part, part_mask = minibatch(rows, chunk), response_mask[answers_of(chunk, group)]
         with policy.autocast():
             out = response_pass(policy.ds or policy.module, part, part_mask, temperature,
                                 hidden=cfg.critic == "shared")
@@ -385,7 +456,9 @@ def rollout(policy: Engine, critic: Engine | None, reference: Any, reward: Rewar
         rule_metrics = {"objective/rule_reward": float(rule_terms.sum(dim=1).mean()),
                         **{f"rule_reward/{rule.name}": float(rule_terms[:, j].mean()) for j, rule in enumerate(rules)}}
     return Rollout(
-        full=full, mask=mask, labels=labels, responses=responses, response_mask=m,
+        rows=rows, group=group, prompts=samples.prompts,
+        tokens=sum(len(p) + len(r) for p, r in zip(samples.prompts, samples.responses)),
+        responses=responses, response_mask=m,
         old_logps=old_logps, ref_logps=ref_logps, values=values * m, advantages=advantages, returns=returns,
         metrics={
             "objective/kl": float((kl * m).sum(dim=1).mean()),
@@ -447,16 +520,18 @@ def model_reward(reward_model: torch.nn.Module, pad_id: int, autocast: Any) -> R
 # --------------------------------------------------------------------------------------------------
 def ppo_update(policy: Engine, critic: Engine | None, critic_scores: LastTokenScores | None,
                batch: Rollout, cfg: PPOConfig, kl_coef: float = 0.0) -> dict[str, float]:
-    """ppo_epochs passes over num_minibatches minibatches; one optimizer step per minibatch."""
-    n = batch.full.shape[0]
+    """ppo_epochs passes over num_minibatches minibatches; one optimizer step per minibatch. A minibatch takes
+    model rows at random: answers, or whole prompt groups when the rows share prompts."""
+    n = batch.rows["input_ids"].shape[0]
     size = n // cfg.num_minibatches
     sums: dict[str, float] = {}
     count = 0
     for _epoch in range(cfg.ppo_epochs):
         order = torch.randperm(n)
         for k in range(cfg.num_minibatches):
-            idx = order[k * size : (k + 1) * size].to(batch.full.device)
-            inputs = minibatch(batch.full, batch.mask, batch.labels, idx)
+            rows = order[k * size : (k + 1) * size].to(batch.responses.device)
+            inputs = minibatch(batch.rows, rows)
+            idx = answers_of(rows, batch.group)
             m = batch.response_mask[idx]
             with policy.autocast():
                 out = response_pass(policy.ds or policy.module, inputs, m, cfg.generation.temperature,
@@ -594,6 +669,12 @@ def run_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> Path:
         f"{'a function' if reward_fn else cfg.reward_model}; {precision}; processes={dist.world_size()}; "
         f"deepspeed={cfg.deepspeed or 'off'}; steps={schedule.total_steps} ({updates} updates)")
 
+    k = cfg.num_generations
+    share = prompt_sharing(bool(cfg.share_prompt), lambda: shared_prompt_works(
+        policy, reference, prompts[: cfg.train.batch_size], k, tokenizer.pad_token_id, cfg.generation.temperature),
+        run.log, "per-token log-prob (nats)", f"each prompt's {k} answers")
+    group = k if share else 1
+
     others = {"critic": critic} if critic is not None else {}
     state = run.start(policy, schedule.total_steps, others)
     start_step = state["step"]
@@ -610,7 +691,8 @@ def run_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> Path:
         with run.step(done, policy) as timed:
             batch = timed.rollout = rollout(policy, critic, reference, reward, critic_scores, batch_prompts, cfg,
                                             tokenizer, stop_ids, stats, kl_ctl.value, policies,
-                                            more_prompts=lambda r, s=step: extra_prompts(prompts, cfg, s, r))
+                                            more_prompts=lambda r, s=step: extra_prompts(prompts, cfg, s, r),
+                                            group=group)
             learn_start = time.perf_counter()
             metrics = ppo_update(policy, critic, critic_scores, batch, cfg, kl_ctl.value)
         timing = {**batch.timing, "train": time.perf_counter() - learn_start}

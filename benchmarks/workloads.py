@@ -180,7 +180,7 @@ def run_ours(workload: str, variant: str, clock: StepClock, result: dict[str, An
         def end(self, step: Any) -> None:
             if step.rollout is not None:
                 batch = step.rollout
-                clock.add(items=batch.full.shape[0], tokens=float(batch.mask.sum()),
+                clock.add(items=batch.responses.shape[0], tokens=float(batch.tokens),
                           generate=batch.timing.get("generate", 0.0), score=batch.timing.get("score", 0.0))
             clock.end()
 

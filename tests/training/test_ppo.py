@@ -4,6 +4,7 @@ resume equals an uninterrupted run; 2-process ZeRO-2 and ZeRO-3 runs stay in ste
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -127,7 +128,7 @@ def test_reward_model_drives_ppo_and_resume_matches(tmp_path, chatty_policy, pro
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage, advantage", [("zero2", "gae"), ("zero3", "gae"), ("zero2", "rloo")])
+@pytest.mark.parametrize("stage, advantage", [("zero2", "gae"), ("zero3", "gae"), ("zero3", "rloo")])
 def test_ppo_deepspeed_two_processes(tmp_path, chatty_policy, prompts_file, stage, advantage):
     out = tmp_path / stage
     from alignment.modeling import resolve_model
@@ -149,6 +150,8 @@ def test_ppo_deepspeed_two_processes(tmp_path, chatty_policy, prompts_file, stag
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "processes=2" in proc.stdout
     assert f"advantage {advantage}" in proc.stdout
+    # rloo's two answers per prompt share a row (the check before training ran collectively under ZeRO-3)
+    assert ("each prompt's 2 answers runs as one row" in proc.stdout + proc.stderr) is (advantage == "rloo")
     rows = read_metrics(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2, 3]
     from transformers import AutoModelForCausalLM
@@ -397,9 +400,9 @@ def test_rollout_log_probs_and_values_come_in_minibatch_chunks_equal_to_one_pass
             policy.module.eval()
             with torch.no_grad():
                 # one plain forward over the whole batch, left-padded prompts and a mask, as `generate` sees it
-                prompt_lens = [int(n) for n in (batch.labels == IGNORE_INDEX).logical_and(batch.mask.bool())
-                               .sum(dim=1)]
-                prompts = [row[:n].tolist() for row, n in zip(batch.full, prompt_lens)]
+                assert batch.group == 1  # PPO: one answer per prompt, a row each
+                prompts = batch.prompts
+                prompt_lens = [len(x) for x in prompts]
                 p = max(prompt_lens)
                 ids = torch.full((len(prompts), p), 0, dtype=torch.long)
                 mask = torch.zeros_like(ids)
@@ -424,7 +427,7 @@ def test_rollout_log_probs_and_values_come_in_minibatch_chunks_equal_to_one_pass
             torch.testing.assert_close(batch.old_logps * m, logps * m, rtol=1e-4, atol=1e-5)
             torch.testing.assert_close(batch.values, values * m, rtol=1e-4, atol=1e-5)
             torch.testing.assert_close(batch.ref_logps * m, batch.old_logps * m, rtol=1e-4, atol=1e-5)
-            checked.append(batch.full.shape[0])
+            checked.append(batch.responses.shape[0])
         return real_update(policy, critic_engine, critic_scores, batch, cfg, kl_coef)
 
     monkeypatch.setattr(ppo, "response_pass", response_pass)
@@ -442,13 +445,148 @@ def test_rollout_rows_are_prompt_then_response_right_padded_with_labels_on_the_r
     and a minibatch is cut to its own longest row; per_row puts the response tokens' values back in (B, R) rows."""
     from alignment.ppo import minibatch, per_row, rollout_rows
 
-    full, mask, labels = rollout_rows([[5, 6, 7], [8]], [[1, 2], [3, 4, 9]], pad=0)
-    assert full.tolist() == [[5, 6, 7, 1, 2], [8, 3, 4, 9, 0]]
-    assert mask.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]]
+    rows = rollout_rows([[5, 6, 7], [8]], [[1, 2], [3, 4, 9]], pad=0)
+    assert rows["input_ids"].tolist() == [[5, 6, 7, 1, 2], [8, 3, 4, 9, 0]]
+    assert rows["attention_mask"].tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]]
     i = IGNORE_INDEX
-    assert labels.tolist() == [[i, i, i, 1, 2], [i, 3, 4, 9, i]]
-    part = minibatch(full, mask, labels, torch.tensor([1]))
+    assert rows["labels"].tolist() == [[i, i, i, 1, 2], [i, 3, 4, 9, i]]
+    part = minibatch(rows, torch.tensor([1]))
     assert part["input_ids"].tolist() == [[8, 3, 4, 9]] and part["labels"].tolist() == [[i, 3, 4, 9]]
     response_mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
     assert per_row(torch.tensor([10.0, 20.0, 30.0, 40.0, 50.0]), response_mask).tolist() == [
         [10.0, 20.0, 0.0], [30.0, 40.0, 50.0]]
+
+
+# --------------------------------------------------------------------------------------------------
+# A prompt's answers as one row (share_prompt)
+# --------------------------------------------------------------------------------------------------
+class _Policy:  # what response_pass and shared_prompt_works use of an Engine
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.module, self.ds, self.eval, self.train = model, None, model.eval, model.train
+
+    def autocast(self):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+
+def _group(tokenizer, k: int = 3) -> tuple[list[list[int]], list[list[int]]]:
+    """Two chat prompts of different lengths, k answers of different lengths to each, consecutive."""
+    prompts, answers = [], []
+    for g, text in enumerate(["Say something", "Say something else entirely, please"]):
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                            add_generation_prompt=True)
+        ids = tokenizer(ids, add_special_tokens=False)["input_ids"]
+        for j in range(k):
+            prompts.append(ids)
+            answers.append(tokenizer(" ".join(WORDS[: 1 + (g + j) % 4]) + " ok", add_special_tokens=False)[
+                "input_ids"])
+    return prompts, answers
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_a_prompt_group_as_one_row_gives_each_answer_its_own_rows_log_probs_and_gradients(chatty_policy,
+                                                                                            attention):
+    """Each answer in a shared group row gets the log-probs it gets in a row of its own, and the same gradients, in
+    float32, with either attention (eager adds its mask to the scores); the group row really is shorter."""
+    from alignment.batching import pad_sequences
+    from alignment.config import ModelOptions
+    from alignment.modeling import load_causal_lm, load_tokenizer
+    from alignment.ppo import minibatch, response_pass, rollout_rows, shared_prompt_works
+
+    tokenizer = load_tokenizer(str(chatty_policy))
+    model = load_causal_lm(str(chatty_policy), options=ModelOptions(attn_implementation=attention))
+    assert model.config._attn_implementation == attention
+    prompts, answers = _group(tokenizer)
+    mask = pad_sequences(answers, 0)[1].float()  # (6, R)
+    results = []
+    for group in (1, 3):
+        rows = rollout_rows(prompts, answers, tokenizer.pad_token_id, group)
+        model.zero_grad()
+        out = response_pass(model, minibatch(rows, torch.arange(rows["input_ids"].shape[0])), mask, 0.7)
+        (out.logps * torch.arange(1.0, 7.0)[:, None]).sum().backward()  # a different weight per answer
+        results.append((out.logps.detach(), {n: p.grad.clone() for n, p in model.named_parameters()},
+                        rows["input_ids"].numel()))
+    (plain, plain_grads, plain_size), (shared, shared_grads, shared_size) = results
+    assert (plain * mask).abs().sum() > 0 and shared_size < plain_size
+    torch.testing.assert_close(shared * mask, plain * mask, rtol=1e-5, atol=1e-5)
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(shared_grads[name], grad, rtol=1e-4, atol=1e-5)  # sums in another order
+    works, gap = shared_prompt_works(_Policy(model), lambda read: read(model), prompts[::3], 3,
+                                     tokenizer.pad_token_id, 0.7)
+    assert works and gap < 1e-4
+
+
+def test_group_rows_are_refused_for_a_model_that_reads_them_differently(tiny_model_dir):
+    """A sliding-window model: the custom mask does not carry the window, so a shared row would see more than the
+    answer's own row; the check before training catches it."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from alignment.modeling import load_tokenizer
+    from alignment.ppo import shared_prompt_works
+
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    config = MistralConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, sliding_window=4,
+                           pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    model = MistralForCausalLM(config)
+    prompts, _ = _group(tokenizer)
+    works, gap = shared_prompt_works(_Policy(model), lambda read: read(model), prompts[::3], 3,
+                                     tokenizer.pad_token_id, 1.0)
+    assert not works and gap > 0.05
+
+
+@pytest.mark.parametrize("advantage", ["rloo", "gae"])
+def test_with_one_minibatch_a_step_trains_alike_in_both_layouts(tmp_path, chatty_policy, prompts_file, caplog,
+                                                                advantage):
+    """RLOO, and PPO with a shared critic and 4 answers per prompt, with the whole rollout batch in one minibatch:
+    the shared layout and a row per answer sample the same answers, compute the same losses and values and end with
+    the same weights (the minibatch composition is the only thing sharing changes, and one minibatch has none to
+    change); the log names the layout."""
+    from safetensors.torch import load_file
+
+    from alignment.modeling import load_tokenizer
+    from alignment.ppo import run_ppo
+
+    caplog.set_level(logging.INFO)
+    rows, weights = {}, {}
+    for share in (False, True):
+        out = tmp_path / str(share)
+        cfg = load_config(PPOConfig, None, _overrides(
+            chatty_policy, prompts_file, out, advantage=advantage, num_generations=4, share_prompt=share,
+            num_minibatches=1, ppo_epochs=1, **({"critic": "shared"} if advantage == "gae" else {}),
+            **{"train.batch_size": 4, "train.max_steps": 1}))
+        assert cfg.share_prompt is share
+        run_ppo(cfg, reward_fn=_yes_reward(load_tokenizer(chatty_policy)))
+        rows[share] = read_metrics(out / "metrics.jsonl")[0]
+        weights[share] = load_file(str(out / "model" / "model.safetensors"))
+    assert "shared prompt: each prompt's 4 answers runs as one row" in caplog.text
+    keys = ["objective/scores", "objective/kl", "objective/entropy", "policy/loss", "rollout/response_length"]
+    for key in keys + (["val/vf_loss", "val/mean"] if advantage == "gae" else []):
+        assert rows[True][key] == pytest.approx(rows[False][key], rel=1e-4, abs=1e-6), key
+    changed = 0
+    for name, w in weights[False].items():
+        torch.testing.assert_close(weights[True][name], w, rtol=1e-4, atol=1e-6)
+        changed += 1
+    assert changed
+
+
+def test_share_prompt_defaults_and_refusals(prompts_file):
+    from alignment.errors import AlignError
+
+    def cfg(**o):
+        return load_config(PPOConfig, None, {"model": "x", "data.train": str(prompts_file), **o})
+
+    assert cfg(advantage="rloo", num_generations=4, **{"train.batch_size": 4}).share_prompt is True
+    assert cfg().share_prompt is False  # one answer per prompt: nothing to share
+    assert cfg(advantage="gae", num_generations=2, critic="shared").share_prompt is True
+    assert cfg(advantage="gae", num_generations=2).share_prompt is False  # a separate critic: a row per answer
+    assert cfg(advantage="rloo", num_generations=2, num_minibatches=2, **{"train.batch_size": 3}).share_prompt is False
+    for overrides in ({"share_prompt": True},
+                      {"share_prompt": True, "num_generations": 2},
+                      {"share_prompt": True, "advantage": "rloo", "num_generations": 2, "num_minibatches": 2,
+                       "train.batch_size": 3}):
+        with pytest.raises(AlignError) as err:
+            cfg(**overrides)
+        assert "share_prompt" in str(err.value)

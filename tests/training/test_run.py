@@ -157,7 +157,7 @@ class Recorder:
         self.events.append(("begin", step.phase, step.number, None if step.batches is None else len(step.batches)))
 
     def end(self, step) -> None:
-        rows = None if step.rollout is None else step.rollout.full.shape[0]
+        rows = None if step.rollout is None else step.rollout.responses.shape[0]
         self.events.append(("end", step.phase, step.number, rows))
 
 

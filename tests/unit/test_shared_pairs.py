@@ -68,3 +68,38 @@ def test_pairs_with_nothing_in_common_keep_both_rows_whole():
     assert out["input_ids"].tolist() == [[1, 2, 3, 4]] and out["labels"].tolist() == [[I, 2, I, 4]]
     assert out["position_ids"].tolist() == [[0, 1, 0, 1]]
     assert out["attention_mask"][0, 0].int().tolist() == [[1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 1, 1]]
+
+
+def test_a_prompt_group_as_one_row_by_hand():
+    """PPO's group rows: a prompt's answers share one row, the prompt (but its last token) once, then a segment per
+    answer that starts with the prompt's last token; the labels mark each answer's tokens, in answer order."""
+    from alignment.ppo import answers_of, minibatch, rollout_rows
+
+    prompts = [[5, 6, 7], [5, 6, 7], [8, 9], [8, 9]]
+    responses = [[1, 2], [3], [4, 4, 2], [2]]
+    rows = rollout_rows(prompts, responses, pad=0, group=2)
+    assert rows["input_ids"].tolist() == [[5, 6, 7, 1, 2, 7, 3], [8, 9, 4, 4, 2, 9, 2]]
+    assert rows["labels"].tolist() == [[I, I, I, 1, 2, I, 3], [I, I, 4, 4, 2, I, 2]]
+    assert rows["position_ids"].tolist() == [[0, 1, 2, 3, 4, 2, 3], [0, 1, 2, 3, 4, 1, 2]]
+    assert rows["lengths"].tolist() == [7, 7]
+    assert rows["attention_mask"][0, 0].int().tolist() == [
+        [1, 0, 0, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0, 0, 0],
+        [1, 1, 1, 0, 0, 0, 0],
+        [1, 1, 1, 1, 0, 0, 0],
+        [1, 1, 1, 1, 1, 0, 0],
+        [1, 1, 0, 0, 0, 1, 0],  # the second answer sees the prompt and itself, not the first answer
+        [1, 1, 0, 0, 0, 1, 1],
+    ]
+    assert answers_of(torch.tensor([1, 0]), 2).tolist() == [2, 3, 0, 1]
+    one = minibatch(rollout_rows(prompts[:2], [[1], [3]], pad=0, group=2), torch.tensor([0]))
+    assert one["input_ids"].tolist() == [[5, 6, 7, 1, 7, 3]] and one["attention_mask"].shape == (1, 1, 6, 6)
+
+
+def test_group_rows_need_each_groups_answers_to_share_their_prompt():
+    import pytest
+
+    from alignment.ppo import rollout_rows
+
+    with pytest.raises(ValueError, match="share one prompt"):
+        rollout_rows([[1, 2], [1, 3]], [[4], [5]], pad=0, group=2)
