@@ -355,7 +355,10 @@ def _ratio_cell(r: Ratio | None) -> str:
 
 def _short(r: Ratio | None, target: float) -> str:
     """How far the median falls short of its target, when it does."""
-    return f", {100 * (1 - r.median / target):.0f}% short" if r is not None and r.median < target else ""
+    if r is None or r.median >= target:
+        return ""
+    pct = 100 * (1 - r.median / target)
+    return f", {pct:.1f}% short" if pct < 1 else f", {pct:.0f}% short"  # 1.495x of 1.5x: "0.3%", not "0%"
 
 
 def _vs_cell(r: Ratio | None, target: float) -> str:

@@ -19,7 +19,12 @@ summary table across domains.
 
     make efficacy                                              # every domain, ours and TRL
     make efficacy EFFICACY_ARGS="--domains bank,it --only ours"
+    make efficacy EFFICACY_ARGS="--domains it --only ours --seeds 1,2"   # + RM+PPO and rules RLOO at 2 more seeds
     .venv/bin/python benchmarks/efficacy/run.py --quick --domains it   # a smoke test: a few steps per phase
+
+With ``--seeds``, the online RL phases (their sampled answers make them the phases a seed moves most) run again
+once per seed from the same SFT model and reward model (``<workdir>/<domain>/ours-seed<N>``), and the report adds
+each seed's rates, their mean and range: one run cannot tell a regression from seed noise.
 
 Finished phases, TRL phases and evaluated answers are kept under ``--workdir`` and reused by a re-run.
 """
@@ -97,7 +102,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "earlier runs, domains in the order given; where runs share a domain, a later file's rows "
                         "replace an earlier's and the rest stay (e.g. TRL's rows from an --only trl run)")
     p.add_argument("--note", action="append", default=[], help="a line for the report's notes (repeatable)")
+    p.add_argument("--seeds", default="",
+                   help="comma separated train.seed values: each runs the online RL phases (RM+PPO, rules RLOO) "
+                        "again from the same SFT model and reward model, and the report shows every seed's rates, "
+                        "their mean and range (default: none, one run per phase)")
     args = p.parse_args(argv)
+    try:
+        args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        p.error(f"--seeds: '{args.seeds}' is not a comma separated list of integers")
+    if len(set(args.seeds)) != len(args.seeds):
+        p.error(f"--seeds: a seed is given twice in '{','.join(map(str, args.seeds))}'")
     try:
         args.domains = parse_domains(args.domains)
     except ValueError as exc:
@@ -220,12 +235,102 @@ def run_ours(args: argparse.Namespace, domain: str, folder: Path) -> dict[str, A
         if marker.exists():  # seconds of the run that completed the phase (also when this run skipped it)
             result["phases"][step["name"]] = json.loads(marker.read_text())["seconds"]
             if step["kind"] in ("sft", "dpo", "ppo"):  # a row of its own when its name is one (rules)
-                row = step["name"] if step["name"] in MODELS else step["kind"]
-                result["models"][row] = str(folder / "ours" / step["name"] / "model")
+                result["models"][row_label(step)] = str(folder / "ours" / step["name"] / "model")
     if rc != 0:
         reason = "killed after the timeout" if rc in (-9, 137) else f"exit code {rc}"
         result["error"] = f"align run failed ({reason}; log: {folder / 'logs' / 'ours.log'})"
     return result
+
+
+def seed_pipeline(pipeline: Mapping[str, Any], seed: int, first: Path, output_dir: Path) -> dict[str, Any]:
+    """The online RL phases (kind ppo) of a domain pipeline once more with ``train.seed`` = ``seed``: each starts
+    from the model it started from in the first run (whose output folder is ``first``) and "@phase" references
+    point at that run's models, so only the seed differs: which answers are sampled, and the order of the
+    prompts. Sampling makes these the phases a seed moves most; the phases before them are reused."""
+    from alignment.pipeline import POLICY_PHASES
+
+    raw = json.loads(json.dumps(pipeline))
+    raw["output_dir"] = str(output_dir)
+    current = raw["model"]  # what a phase without a model override starts from, as run_pipeline tracks it
+    phases = []
+    for step in raw["phases"]:
+        if step["kind"] == "ppo":
+            overrides = {"model": current, **step.get("overrides", {}), "train.seed": seed}
+            for key in ("model", "ref_model", "reward_model"):
+                value = overrides.get(key)
+                if isinstance(value, str) and value.startswith("@"):
+                    overrides[key] = str(first / value[1:] / "model")
+            phases.append({**step, "overrides": overrides})
+        if step["kind"] in POLICY_PHASES:
+            current = str(first / step["name"] / "model")
+    raw["phases"] = phases
+    return raw
+
+
+def first_seeds(pipeline: Mapping[str, Any]) -> dict[str, int]:
+    """train.seed of each online RL phase of ``pipeline``, as its recipe and overrides set it."""
+    from alignment.config import load_config
+    from alignment.phases import PHASES
+
+    out = {}
+    for step in pipeline["phases"]:
+        if step["kind"] == "ppo":
+            overrides = {k: v for k, v in (step.get("overrides") or {}).items()
+                         if k not in ("model", "ref_model", "reward_model")}
+            out[step["name"]] = load_config(PHASES["ppo"].config, step["recipe"], overrides).train.seed
+    return out
+
+
+def row_label(step: Mapping[str, Any]) -> str:
+    """The report row of a training phase's model: its name when that is a row of its own (rules), else its kind."""
+    return step["name"] if step["name"] in MODELS else step["kind"]
+
+
+def run_seeds(args: argparse.Namespace, domain: str, folder: Path, report: Mapping[str, Any],
+              settings: Mapping[str, int]) -> dict[str, Any]:
+    """``--seeds``: every online RL phase again per seed, each model evaluated as the first run's were. Returns
+    {"rows": {row: {seed: rates}}} with the first run's seed among them, and "errors" (one line per failure)."""
+    import yaml
+
+    pipeline = domain_pipeline(args.recipes, folder / "data", folder / "ours", args.model, args.quick)
+    first = first_seeds(pipeline)
+    rows = {row_label(step): step["name"] for step in pipeline["phases"] if step["kind"] == "ppo"}
+    out: dict[str, Any] = {"rows": {}, "errors": []}
+    for row, name in rows.items():
+        first_row = report["models"].get(row) or {}
+        if first_row.get("ok"):
+            out["rows"].setdefault(row, {})[str(first[name])] = seed_rates(first_row)
+    for seed in args.seeds:
+        if seed in first.values():
+            print(f"[efficacy] {domain}: seed {seed} is the first run's, not run again", flush=True)
+            continue
+        raw = seed_pipeline(pipeline, seed, folder / "ours", folder / f"ours-seed{seed}")
+        path = folder / f"ours-seed{seed}.pipeline.yaml"
+        path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+        log = folder / "logs" / f"ours-seed{seed}.log"
+        t0 = time.perf_counter()
+        print(f"[efficacy] {domain}: online RL phases with seed {seed} ...", flush=True)
+        rc = run_child([sys.executable, "-m", "alignment.cli", "run", str(path)], log, args.timeout, child_env(),
+                       f"{domain} seed {seed}")
+        print(f"[efficacy] {domain}: seed {seed} {'done' if rc == 0 else 'FAILED'} "
+              f"({time.perf_counter() - t0:.0f} s)", flush=True)
+        if rc != 0:
+            out["errors"].append(f"seed {seed}: align run failed (exit code {rc}; log: {log})")
+            continue
+        for step in raw["phases"]:
+            row = row_label(step)
+            model = str(folder / f"ours-seed{seed}" / step["name"] / "model")
+            try:
+                result = evaluate(f"{row}-seed{seed}", model, folder, settings)
+            except Exception as exc:  # one broken model must not cost the other seeds
+                out["errors"].append(f"seed {seed} {TITLES[row]}: evaluation failed: {type(exc).__name__}: {exc}")
+                continue
+            out["rows"].setdefault(row, {})[str(seed)] = seed_rates(result)
+    return out
+
+
+def seed_rates(row: Mapping[str, Any]) -> dict[str, float]:
+    return {"all": row["adherence"]["all"], "content": row["content"]}
 
 
 def run_trl(args: argparse.Namespace, domain: str, folder: Path) -> dict[str, Any]:
@@ -274,6 +379,12 @@ def content_rates(answers: Sequence[str], content: Mapping[str, Any]) -> dict[st
     return {"content": every / len(answers), "facts": share / len(answers)}
 
 
+def title(label: str) -> str:
+    """A row's title; "<row>-seed<N>" (a --seeds model) is the row's title and the seed."""
+    row, _, seed = label.partition("-seed")
+    return f"{TITLES[row]} (seed {seed})" if seed else TITLES[label]
+
+
 def evaluate(label: str, model: str, folder: Path, settings: Mapping[str, int]) -> dict[str, Any]:
     """One model's answers to the domain's held-out prompts, checked; cached in ``eval/<label>.json``."""
     from alignment.evaluation.adherence import evaluate_model, load_prompts
@@ -287,9 +398,9 @@ def evaluate(label: str, model: str, folder: Path, settings: Mapping[str, int]) 
     if cache.exists():
         cached = json.loads(cache.read_text())
         if cached.get("key") == key:
-            print(f"[efficacy] {folder.name} eval {TITLES[label]}: cached", flush=True)
+            print(f"[efficacy] {folder.name} eval {title(label)}: cached", flush=True)
             return cached
-    print(f"[efficacy] {folder.name} eval {TITLES[label]} ({model}) ...", flush=True)
+    print(f"[efficacy] {folder.name} eval {title(label)} ({model}) ...", flush=True)
     policies = load_rules(data / "policies.yaml")
     prompts = load_prompts(data / "heldout_prompts.jsonl")
     result = evaluate_model(model, prompts, policies, label=label, **settings).to_json()
@@ -357,14 +468,42 @@ def domain_table(report: Mapping[str, Any]) -> list[str]:
             _pct(row["facts"]), f"{row['mean_length_tokens']:.0f}", str(row["unfinished"]),
             training_cell(label, report["ours"], report["trl"]), _secs(row.get("seconds"))]) + " |")
     times = []
-    for side, title in (("ours", "ours"), ("trl", "TRL")):
+    for side, name in (("ours", "ours"), ("trl", "TRL")):
         phases = report[side].get("phases") or {}
         if phases:
-            times.append(f"{title}: " + ", ".join(f"{k} {v:.0f} s" for k, v in phases.items())
+            times.append(f"{name}: " + ", ".join(f"{k} {v:.0f} s" for k, v in phases.items())
                          + f" (training {sum(phases.values()):.0f} s)")
     if times:
         lines += ["", "Wall time per phase: " + "; ".join(times) + "."]
-    return lines
+    return lines + seeds_table(report.get("seeds"))
+
+
+def spread(rates: Sequence[float]) -> tuple[float, float, float]:
+    """Mean, lowest and highest of a row's per-seed rates."""
+    return sum(rates) / len(rates), min(rates), max(rates)
+
+
+def seeds_table(seeds: Mapping[str, Any] | None) -> list[str]:
+    """--seeds: the online RL rows once per seed (all rules / content), with the mean and range of each."""
+    if not seeds:
+        return []
+    rows = {label: by_seed for label, by_seed in seeds.get("rows", {}).items() if by_seed}
+    order = list(dict.fromkeys(s for by_seed in rows.values() for s in by_seed))
+    lines = ["", "Online RL phases once per seed, from the same SFT model and reward model (all rules / content; "
+                 "the table above shows the first seed):", ""]
+    header = ["model", *(f"seed {s}" for s in order), "all rules: mean (range)", "content: mean (range)"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label in MODELS:
+        by_seed = rows.get(label)
+        if not by_seed:
+            continue
+        cells = [f"{_pct(by_seed[s]['all'])} / {_pct(by_seed[s]['content'])}" if s in by_seed else "-" for s in order]
+        stats = []
+        for key in ("all", "content"):
+            mean, lo, hi = spread([r[key] for r in by_seed.values()])
+            stats.append(f"{_pct(mean)} ({_pct(lo)}-{_pct(hi)})")
+        lines.append("| " + " | ".join([TITLES[label], *cells, *stats]) + " |")
+    return lines + [f"- {e}" for e in seeds.get("errors", [])]
 
 
 def render_markdown(report: Mapping[str, Any]) -> str:
@@ -427,6 +566,22 @@ def render_markdown(report: Mapping[str, Any]) -> str:
 
         out.append("| " + " | ".join([TITLES[label], *map(_pct, alls), _pct(mean(alls)), *map(_pct, contents),
                                       _pct(mean(contents))]) + " |")
+    seeded = [d for d in domains if (report["domains"][d].get("seeds") or {}).get("rows")]
+    if seeded:
+        out += ["", "Online RL over seeds (`--seeds`): all-rules adherence, mean (lowest-highest, number of "
+                    "seeds); each domain's section has every seed:", ""]
+        out += ["| model | " + " | ".join(seeded) + " |", "|" + "---|" * (len(seeded) + 1)]
+        for label in MODELS:
+            cells = []
+            for d in seeded:
+                by_seed = report["domains"][d]["seeds"]["rows"].get(label) or {}
+                if by_seed:
+                    mean, lo, hi = spread([r["all"] for r in by_seed.values()])
+                    cells.append(f"{_pct(mean)} ({_pct(lo)}-{_pct(hi)}, {len(by_seed)})")
+                else:
+                    cells.append("-")
+            if any(c != "-" for c in cells):
+                out.append("| " + " | ".join([TITLES[label], *cells]) + " |")
     for d in domains:
         r = report["domains"][d]
         spec = DOMAINS[d]
@@ -478,6 +633,11 @@ def run_domain(args: argparse.Namespace, domain: str, settings: Mapping[str, int
         row = report["models"][label]
         print(f"[efficacy] {domain} {TITLES[label]}: all rules {_pct(row['adherence']['all'])}, content "
               f"{_pct(row['content'])}", flush=True)
+    if args.seeds and args.only != "trl":
+        if report["ours"].get("ok"):
+            report["seeds"] = run_seeds(args, domain, folder, report, settings)
+        else:
+            report["seeds"] = {"rows": {}, "errors": ["not run: our pipeline failed"]}
     # the answers stay in eval/<label>.json; the report keeps the rates
     for row in report["models"].values():
         row.pop("answers", None)
@@ -489,6 +649,12 @@ def merge_domain(earlier: Mapping[str, Any], later: Mapping[str, Any]) -> dict[s
     rows and sides the later run did not produce (``--only trl``, or a recipe folder with fewer phases) stay."""
     out = {**earlier, "rules": later["rules"], "sizes": later["sizes"],
            "models": {**earlier.get("models", {}), **later.get("models", {})}}
+    if earlier.get("seeds") or later.get("seeds"):
+        before, after = earlier.get("seeds") or {}, later.get("seeds") or {}
+        rows = {**before.get("rows", {})}
+        for row, seeds in after.get("rows", {}).items():
+            rows[row] = {**rows.get(row, {}), **seeds}
+        out["seeds"] = {"rows": rows, "errors": after.get("errors", []) if after else before.get("errors", [])}
     for side in SIDES:
         before, after = earlier.get(side) or {}, later.get(side) or {}
         if after:
@@ -568,6 +734,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed = [f"{d}/{TITLES[m]}" for d, r in report["domains"].items() for m, row in r["models"].items()
               if not row.get("ok")]
     failed += [f"{d}/{side}" for d, r in report["domains"].items() for side in SIDES if r[side].get("error")]
+    failed += [f"{d}/{e}" for d, r in report["domains"].items() for e in (r.get("seeds") or {}).get("errors", [])]
     if failed:
         print(f"[efficacy] WARNING: failed: {', '.join(failed)}", flush=True)
         return 1

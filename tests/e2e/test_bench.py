@@ -119,6 +119,9 @@ def test_render_ratios_and_verdicts_come_from_the_numbers():
     rloo = next(line for line in targets.splitlines() if line.startswith("| RLOO"))
     assert "✓ 2.00× (target 1.5×)" in grpo and "✓ (900 vs 1,000 MiB)" in grpo
     assert "✗ 1.25× (target 1.5×, 17% short)" in rloo
+    # a miss that rounds to the target still says by how much (0.640 / 0.428 episodes/s against 1.5x)
+    near = bench.Ratio(median=0.640 / 0.428, low=0.640 / 0.428, high=0.640 / 0.428, pairs=1)
+    assert bench._vs_cell(near, 1.5) == "1.50× (0.3% short)"
 
     details = text.split("## Details per row")[1].split("###")[0]
     sft_rows = {line.split("|")[2].strip(): line for line in details.splitlines() if line.startswith("| SFT")}

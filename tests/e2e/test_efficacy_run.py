@@ -153,6 +153,19 @@ def test_quick_run_produces_every_row(tmp_path: Path, tiny_model_dir: Path, caps
     printed = capsys.readouterr().out
     assert "sft: complete, skipped" in printed and "[trl] dpo: complete, skipped" in printed
     assert "eval TRL SFT+DPO: cached" in printed
+    # --seeds: the online RL phases once more from the same SFT and RM; nothing else retrains
+    assert run.main([*argv, "--only", "ours", "--seeds", "7"]) == 0
+    printed = capsys.readouterr().out
+    assert "it: online RL phases with seed 7" in printed
+    assert "[efficacy] it seed 7 [pipeline] rules: ppo from" in printed  # trained, from the first run's SFT
+    seeds = json.loads((tmp_path / "w" / "results.json").read_text())["domains"]["it"]["seeds"]
+    assert seeds["errors"] == [] and set(seeds["rows"]) == {"ppo", "rules"}
+    assert all(set(by_seed) == {"42", "7"} for by_seed in seeds["rows"].values())
+    seeded = yaml.safe_load((tmp_path / "w" / "it" / "ours-seed7" / "pipeline.yaml").read_text())
+    assert [p["name"] for p in seeded["phases"]] == ["ppo", "rules"]
+    assert (tmp_path / "w" / "it" / "ours-seed7" / "rules" / "model").is_dir()
+    text = out.read_text()
+    assert "| model | seed 42 | seed 7 |" in text and "| it |" in text
 
 
 def test_merge_puts_a_later_runs_rows_over_an_earlier_runs(tmp_path: Path):
@@ -183,3 +196,63 @@ def test_merge_puts_a_later_runs_rows_over_an_earlier_runs(tmp_path: Path):
     assert [r["rows"] for r in merged["runs"]] == [["base", "sft", "dpo"], ["base", "trl-sft"], ["sft", "rules"]]
     table = run.render_markdown(merged)
     assert "bank (SFT, rules RLOO) on C" in table and "rules 30 s" in table
+
+
+def test_seed_pipeline_reruns_online_rl_from_the_first_runs_models(tmp_path: Path):
+    data = write_domain("it", tmp_path / "data")
+    first = tmp_path / "ours"
+    pipeline = run.domain_pipeline(RECIPES, data, first, None, quick=False)
+    assert run.first_seeds(pipeline) == {"ppo": 42, "rules": 42}
+    raw = run.seed_pipeline(pipeline, 7, first, tmp_path / "ours-seed7")
+    path = tmp_path / "seed7.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    cfg = load_pipeline(path, [])  # the framework accepts it
+    assert [(p.name, p.kind) for p in cfg.phases] == [("ppo", "ppo"), ("rules", "ppo")]
+    assert cfg.output_dir == str(tmp_path / "ours-seed7")
+    ppo, rules = (load_config(PHASES["ppo"].config, p.recipe, p.overrides) for p in cfg.phases)
+    # both start from the first run's SFT model (ppo had no model override: it started from the current model)
+    assert ppo.model == rules.model == str(first / "sft" / "model")
+    assert ppo.reward_model == str(first / "rm" / "model") and rules.reward_model == ""
+    assert ppo.train.seed == rules.train.seed == 7
+    # nothing but the seed and the resolved references differs from the first run's phases
+    for seeded, step in zip(raw["phases"], [p for p in pipeline["phases"] if p["kind"] == "ppo"]):
+        changed = {k for k in seeded["overrides"] if seeded["overrides"][k] != step["overrides"].get(k)}
+        assert changed <= {"model", "reward_model", "train.seed"}
+
+
+def test_seed_spread_in_the_report_and_merge(tmp_path: Path):
+    def domain(seeds: dict) -> dict:
+        return {"rules": ["opening_line", "no_hype_words"], "sizes": {"sft": 1, "prefs": 1, "heldout": 1},
+                "models": {m: _row(0.5) for m in run.MODELS}, "ours": {"ok": True, "phases": {}},
+                "trl": {"ok": True, "phases": {}}, "seeds": seeds}
+
+    first = domain({"rows": {"ppo": {"42": {"all": 0.9, "content": 0.3}, "1": {"all": 1.0, "content": 0.2}},
+                             "rules": {"42": {"all": 0.975, "content": 0.35}}},
+                    "errors": ["seed 2: align run failed (exit code 1; log: x)"]})
+    later = domain({"rows": {"rules": {"1": {"all": 0.9, "content": 0.25}, "2": {"all": 0.9, "content": 0.3}}},
+                    "errors": []})
+    paths = []
+    for i, d in enumerate([first, later]):
+        paths.append(tmp_path / f"{i}.json")
+        paths[-1].write_text(json.dumps({"date": str(i), "machine": {"cpu": "CPU X"}, "recipes": "r", "model": "m",
+                                         "quick": False, "eval": {"max_new_tokens": 128}, "domains": {"it": d},
+                                         "notes": []}))
+    text = run.render_markdown({**json.loads(paths[0].read_text()), "domains": {"it": first}})
+    assert "| RM+PPO | 95.0% (90.0%-100.0%, 2) |" in text  # summary: mean (range, seeds)
+    assert "| model | seed 42 | seed 1 | all rules: mean (range) | content: mean (range) |" in text
+    assert "| RM+PPO | 90.0% / 30.0% | 100.0% / 20.0% | 95.0% (90.0%-100.0%) | 25.0% (20.0%-30.0%) |" in text
+    assert "| rules RLOO | 97.5% / 35.0% | - | 97.5% (97.5%-97.5%) | 35.0% (35.0%-35.0%) |" in text
+    assert "- seed 2: align run failed" in text
+    merged = run.merge_reports(paths, [])["domains"]["it"]["seeds"]
+    assert merged["rows"]["ppo"] == first["seeds"]["rows"]["ppo"]
+    assert set(merged["rows"]["rules"]) == {"42", "1", "2"} and merged["errors"] == []
+    assert "| rules RLOO | 92.5% (90.0%-97.5%, 3) |" in run.render_markdown(run.merge_reports(paths, []))
+
+
+def test_seeds_argument_is_checked(capsys: pytest.CaptureFixture[str]):
+    assert run.parse_args(["--seeds", "1, 2"]).seeds == [1, 2]
+    assert run.parse_args([]).seeds == []
+    for bad in ("1,x", "3,3"):
+        with pytest.raises(SystemExit):
+            run.parse_args(["--seeds", bad])
+        assert "--seeds" in capsys.readouterr().err
