@@ -5,6 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from alignment import training
 
@@ -48,3 +49,15 @@ def test_the_probe_keeps_each_precisions_best_round_and_measures_once(
     assert training._BF16_SPEEDUP == pytest.approx(ratio)
     # measured once per process: a second call reads the clock no more (an empty clock would raise)
     assert training.bf16_is_fast() is fast
+
+
+def test_bf16_probe_leaves_the_global_generator_alone(monkeypatch: pytest.MonkeyPatch):
+    """A phase seeds, then asks use_bf16: the first phase of a process measures and later ones read the cached
+    verdict, so a probe drawing from the global generator gave the same seed other samples after other phases."""
+    monkeypatch.setattr(training, "_BF16_SPEEDUP", None)
+    torch.manual_seed(7)
+    training.bf16_is_fast()  # measures
+    first = torch.rand(4)
+    torch.manual_seed(7)
+    training.bf16_is_fast()  # cached
+    assert torch.equal(torch.rand(4), first)
