@@ -220,15 +220,19 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def run_ours(args: argparse.Namespace, domain: str, folder: Path) -> dict[str, Any]:
-    """Our pipeline on one domain; returns {"ok", "phases": {name: seconds}, "models": {label: path}, "error"}."""
+def align_run(pipeline: Mapping[str, Any], path: Path, log: Path, timeout: int, tag: str) -> int:
+    """Write ``pipeline`` to ``path`` and run it with `align run` in a fresh process; returns the exit code."""
     import yaml
 
+    path.write_text(yaml.safe_dump(dict(pipeline), sort_keys=False), encoding="utf-8")
+    return run_child([sys.executable, "-m", "alignment.cli", "run", str(path)], log, timeout, child_env(), tag)
+
+
+def run_ours(args: argparse.Namespace, domain: str, folder: Path) -> dict[str, Any]:
+    """Our pipeline on one domain; returns {"ok", "phases": {name: seconds}, "models": {label: path}, "error"}."""
     pipeline = domain_pipeline(args.recipes, folder / "data", folder / "ours", args.model, args.quick)
     path = folder / "ours.pipeline.yaml"
-    path.write_text(yaml.safe_dump(pipeline, sort_keys=False), encoding="utf-8")
-    rc = run_child([sys.executable, "-m", "alignment.cli", "run", str(path)], folder / "logs" / "ours.log",
-                   args.timeout, child_env(), f"{domain} ours")
+    rc = align_run(pipeline, path, folder / "logs" / "ours.log", args.timeout, f"{domain} ours")
     result: dict[str, Any] = {"ok": rc == 0, "phases": {}, "models": {}, "pipeline": str(path)}
     for step in pipeline["phases"]:
         marker = folder / "ours" / step["name"] / "complete.json"
@@ -247,22 +251,23 @@ def seed_pipeline(pipeline: Mapping[str, Any], seed: int, first: Path, output_di
     from the model it started from in the first run (whose output folder is ``first``) and "@phase" references
     point at that run's models, so only the seed differs: which answers are sampled, and the order of the
     prompts. Sampling makes these the phases a seed moves most; the phases before them are reused."""
-    from alignment.pipeline import POLICY_PHASES
+    from alignment.pipeline import POLICY_PHASES, _resolve_reference
 
     raw = json.loads(json.dumps(pipeline))
     raw["output_dir"] = str(output_dir)
     current = raw["model"]  # what a phase without a model override starts from, as run_pipeline tracks it
+    outputs: dict[str, str] = {}  # the first run's models of the phases so far, what "@phase" may name
     phases = []
     for step in raw["phases"]:
         if step["kind"] == "ppo":
             overrides = {"model": current, **step.get("overrides", {}), "train.seed": seed}
             for key in ("model", "ref_model", "reward_model"):
-                value = overrides.get(key)
-                if isinstance(value, str) and value.startswith("@"):
-                    overrides[key] = str(first / value[1:] / "model")
+                if key in overrides:
+                    overrides[key] = _resolve_reference(overrides[key], outputs)
             phases.append({**step, "overrides": overrides})
+        outputs[step["name"]] = str(first / step["name"] / "model")
         if step["kind"] in POLICY_PHASES:
-            current = str(first / step["name"] / "model")
+            current = outputs[step["name"]]
     raw["phases"] = phases
     return raw
 
@@ -290,8 +295,6 @@ def run_seeds(args: argparse.Namespace, domain: str, folder: Path, report: Mappi
               settings: Mapping[str, int]) -> dict[str, Any]:
     """``--seeds``: every online RL phase again per seed, each model evaluated as the first run's were. Returns
     {"rows": {row: {seed: rates}}} with the first run's seed among them, and "errors" (one line per failure)."""
-    import yaml
-
     pipeline = domain_pipeline(args.recipes, folder / "data", folder / "ours", args.model, args.quick)
     first = first_seeds(pipeline)
     rows = {row_label(step): step["name"] for step in pipeline["phases"] if step["kind"] == "ppo"}
@@ -305,13 +308,10 @@ def run_seeds(args: argparse.Namespace, domain: str, folder: Path, report: Mappi
             print(f"[efficacy] {domain}: seed {seed} is the first run's, not run again", flush=True)
             continue
         raw = seed_pipeline(pipeline, seed, folder / "ours", folder / f"ours-seed{seed}")
-        path = folder / f"ours-seed{seed}.pipeline.yaml"
-        path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
         log = folder / "logs" / f"ours-seed{seed}.log"
         t0 = time.perf_counter()
         print(f"[efficacy] {domain}: online RL phases with seed {seed} ...", flush=True)
-        rc = run_child([sys.executable, "-m", "alignment.cli", "run", str(path)], log, args.timeout, child_env(),
-                       f"{domain} seed {seed}")
+        rc = align_run(raw, folder / f"ours-seed{seed}.pipeline.yaml", log, args.timeout, f"{domain} seed {seed}")
         print(f"[efficacy] {domain}: seed {seed} {'done' if rc == 0 else 'FAILED'} "
               f"({time.perf_counter() - t0:.0f} s)", flush=True)
         if rc != 0:
@@ -478,9 +478,10 @@ def domain_table(report: Mapping[str, Any]) -> list[str]:
     return lines + seeds_table(report.get("seeds"))
 
 
-def spread(rates: Sequence[float]) -> tuple[float, float, float]:
-    """Mean, lowest and highest of a row's per-seed rates."""
-    return sum(rates) / len(rates), min(rates), max(rates)
+def spread_cell(rates: Sequence[float], count: bool = False) -> str:
+    """A row's per-seed rates as "mean (lowest-highest)", with ", number of seeds" in the bracket if ``count``."""
+    n = f", {len(rates)}" if count else ""
+    return f"{_pct(sum(rates) / len(rates))} ({_pct(min(rates))}-{_pct(max(rates))}{n})"
 
 
 def seeds_table(seeds: Mapping[str, Any] | None) -> list[str]:
@@ -498,10 +499,7 @@ def seeds_table(seeds: Mapping[str, Any] | None) -> list[str]:
         if not by_seed:
             continue
         cells = [f"{_pct(by_seed[s]['all'])} / {_pct(by_seed[s]['content'])}" if s in by_seed else "-" for s in order]
-        stats = []
-        for key in ("all", "content"):
-            mean, lo, hi = spread([r[key] for r in by_seed.values()])
-            stats.append(f"{_pct(mean)} ({_pct(lo)}-{_pct(hi)})")
+        stats = [spread_cell([r[key] for r in by_seed.values()]) for key in ("all", "content")]
         lines.append("| " + " | ".join([TITLES[label], *cells, *stats]) + " |")
     return lines + [f"- {e}" for e in seeds.get("errors", [])]
 
@@ -572,14 +570,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                     "seeds); each domain's section has every seed:", ""]
         out += ["| model | " + " | ".join(seeded) + " |", "|" + "---|" * (len(seeded) + 1)]
         for label in MODELS:
-            cells = []
-            for d in seeded:
-                by_seed = report["domains"][d]["seeds"]["rows"].get(label) or {}
-                if by_seed:
-                    mean, lo, hi = spread([r["all"] for r in by_seed.values()])
-                    cells.append(f"{_pct(mean)} ({_pct(lo)}-{_pct(hi)}, {len(by_seed)})")
-                else:
-                    cells.append("-")
+            by_domain = [report["domains"][d]["seeds"]["rows"].get(label) or {} for d in seeded]
+            cells = [spread_cell([r["all"] for r in by_seed.values()], count=True) if by_seed else "-"
+                     for by_seed in by_domain]
             if any(c != "-" for c in cells):
                 out.append("| " + " | ".join([TITLES[label], *cells]) + " |")
     for d in domains:
