@@ -381,7 +381,32 @@ def entry() -> None:
     except AlignError as e:
         _LOG.error(f"error: {e}")
         raise SystemExit(2) from None
-    raise SystemExit(main())
+    code = main()
+    _leave_rank(code)
+    raise SystemExit(code)
+
+
+def _leave_rank(code: int) -> None:
+    """End a rank of a multi-process run without the interpreter's teardown.
+
+    After a rank has finished (model saved, process group destroyed), the C++ objects behind torch.distributed
+    and DeepSpeed's CPU communication can still be destroyed in an order that calls ``std::terminate``
+    ("terminate called without an active exception", exit 250): the run succeeded, yet the launcher reports a
+    failed rank. So a rank runs its exit handlers (which destroy the group, remove the shared-memory file and
+    finish the tracker) and flushes its output itself, then leaves with ``os._exit``, skipping the destructors.
+    A single process, which never joined a group, exits normally."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return
+    import atexit
+    import os
+
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -146,3 +146,34 @@ def test_quiet_hides_the_pipelines_progress_and_keeps_its_warnings(tmp_path, cap
     assert not pipeline._is_complete(tmp_path / "sft", "f", {"train": "new"}, {"train": "t.jsonl"})
     assert "[pipeline] sft: its data changed since it completed (train: t.jsonl); running it again" in (
         capsys.readouterr().out)
+
+
+_RANK_SCRIPT = """
+import atexit, os, sys
+import torch.distributed as dist
+from alignment import cli
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[2])
+dist.init_process_group("gloo", rank=0, world_size=1)
+atexit.register(lambda: open(sys.argv[1], "w").write("handlers ran"))
+sys.stdout.write("buffered line without a newline")
+cli._leave_rank(3)
+print("after _leave_rank")
+"""
+
+
+def test_a_rank_leaves_with_its_code_after_its_exit_handlers_and_output(tmp_path):
+    import subprocess
+    import sys
+
+    from alignment.distributed import free_port
+
+    marker = tmp_path / "marker"
+    done = subprocess.run([sys.executable, "-c", _RANK_SCRIPT, str(marker), str(free_port())],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3, done.stderr
+    assert done.stdout == "buffered line without a newline"  # flushed, and nothing ran after the exit
+    assert marker.read_text() == "handlers ran"
+
+
+def test_a_single_process_returns_from_leave_rank():
+    cli._leave_rank(0)  # no process group: nothing to do, the interpreter exits normally
