@@ -213,6 +213,10 @@ def step_share(batch: dict[str, torch.Tensor], total: float, world: int) -> floa
     return world * float(batch["weight"].sum()) / total if total > 0 else 0.0
 
 
-def pair_lengths(pairs: list[TokenizedPair]) -> list[int]:
-    """Padded width each pair needs in a batch (its longer side): what length grouping sorts by."""
+def pair_lengths(pairs: list[TokenizedPair], collate: Collate = collate_pairs) -> list[int]:
+    """Padded width each pair needs in a batch of the layout ``collate``: its longer side in
+    :func:`collate_pairs`' rows, the prompt and both answers in :func:`collate_shared_pairs`' one row. What length
+    grouping sorts by, so that a batch's rows are of similar width in the layout that actually runs."""
+    if collate is collate_shared_pairs:
+        return [len(p.chosen_ids) + len(p.rejected_ids) - max(shared_prefix(p) - 1, 0) for p in pairs]
     return [max(len(p.chosen_ids), len(p.rejected_ids)) for p in pairs]

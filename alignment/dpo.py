@@ -176,7 +176,7 @@ def evaluate(engine: Engine, reference: Reference | None, loss_fn: Any, pairs: l
         return {}
     engine.eval()
     sums: dict[str, float] = {}
-    for shard in dist.even_shard(len(pairs), batch_size, pair_lengths(pairs)):
+    for shard in dist.even_shard(len(pairs), batch_size, pair_lengths(pairs, collate)):
         idx = [max(i, 0) for i in shard]
         real = torch.tensor([float(i >= 0) for i in shard])  # (B,) 0 for padding slots
         batch = collate([pairs[i] for i in idx], pad)
@@ -301,6 +301,7 @@ def run_dpo(cfg: DPOConfig) -> Path:
     pad = tokenizer.pad_token_id
     collate = pair_layout(cfg.share_prompt, train_pairs[: cfg.train.batch_size],
                           lambda pairs: shared_prompt_works(engine, pairs, pad), run.log, "per-token log-prob (nats)")
+    schedule = schedule.grouped_by(pair_lengths(train_pairs, collate))
     val_keys = [len(train_pairs) + i for i in range(len(val_pairs))]
     test_keys = [len(train_pairs) + len(val_pairs) + i for i in range(len(test_pairs))]
     if reference is not None and cfg.precompute_ref:

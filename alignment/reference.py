@@ -113,7 +113,7 @@ def precompute(reference: Reference, pairs: list[TokenizedPair], batch_size: int
 
     keys = list(range(len(pairs))) if keys is None else keys
     chosen, rejected = [0.0] * len(keys), [0.0] * len(keys)
-    shards = dist.even_shard(len(keys), batch_size, pair_lengths([pairs[k] for k in keys]))
+    shards = dist.even_shard(len(keys), batch_size, pair_lengths([pairs[k] for k in keys], collate))
     for idx in tqdm(shards, desc="reference log-probs", disable=not dist.is_main()):
         c, r = reference.logps(collate([pairs[keys[max(i, 0)]] for i in idx], pad))
         for j, i in enumerate(idx):

@@ -146,7 +146,7 @@ def score_pairs(engine: Engine, scorer: LastTokenScores, pairs: list[TokenizedPa
         return [], []
     engine.eval()
     chosen, rejected = [0.0] * len(pairs), [0.0] * len(pairs)
-    for idx in dist.even_shard(len(pairs), batch_size, pair_lengths(pairs)):
+    for idx in dist.even_shard(len(pairs), batch_size, pair_lengths(pairs, collate)):
         batch = collate([pairs[max(i, 0)] for i in idx], pad_id)
         c, r = pair_scores(engine, scorer, batch)
         for j, i in enumerate(idx):
@@ -217,6 +217,7 @@ def run_rm(cfg: RMConfig) -> Path:
     pad = tokenizer.pad_token_id
     collate = pair_layout(cfg.share_prompt, train_pairs[: cfg.train.batch_size],
                           lambda pairs: shared_prompt_works(engine, scorer, pairs, pad), run.log, "score")
+    schedule = schedule.grouped_by(pair_lengths(train_pairs, collate))
     split = split_state(cfg, (json.dumps([ex.prompt, ex.chosen, ex.rejected]) for ex in test_ex))
     start_step = run.start(engine, schedule.total_steps, early_stopping=early, split=split)["step"]
 

@@ -14,7 +14,7 @@ import random
 import shutil
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +161,15 @@ class Schedule:
         if grouped is not None and len(grouped) != num_examples:
             raise ValueError(f"{len(grouped)} lengths for {num_examples} examples")
         return cls(num_examples, cfg.batch_size, cfg.grad_accum, world, cfg.seed, total, steps_per_epoch, grouped)
+
+    def grouped_by(self, lengths: Sequence[int]) -> Schedule:
+        """The same schedule grouping by ``lengths`` instead (when it groups at all): for a phase that learns
+        which batch layout it runs, and so how wide each example is, only after the schedule sized the run."""
+        if self.lengths is None:
+            return self
+        if len(lengths) != self.num_examples:
+            raise ValueError(f"{len(lengths)} lengths for {self.num_examples} examples")
+        return replace(self, lengths=list(lengths))
 
     def _order(self, epoch: int) -> list[int]:
         """The epoch's example order, computed once per epoch (every step of it reads from it)."""

@@ -84,3 +84,20 @@ def test_even_shard_with_lengths_takes_longest_first_and_covers_all(world: int, 
         seen += mine
     assert sorted(seen) == list(range(len(lengths)))
     assert len(counts) == 1  # the same number of forwards on every rank
+
+
+def test_grouped_by_regroups_by_other_lengths_and_keeps_the_size() -> None:
+    rng = random.Random(1)
+    first = [rng.randint(20, 300) for _ in range(160)]
+    second = [rng.randint(20, 300) for _ in range(160)]
+    cfg = TrainConfig(batch_size=4, max_steps=30)
+    schedule = Schedule.create(160, cfg, 1, first)
+    regrouped = schedule.grouped_by(second)
+    assert regrouped.total_steps == schedule.total_steps == 30
+    assert _epoch(regrouped) == _epoch(Schedule.create(160, cfg, 1, second))  # as if created with them
+    assert _padding(regrouped, second) < 0.08 < _padding(schedule, second)
+    assert schedule.lengths == first  # the original is unchanged
+    plain = Schedule.create(160, TrainConfig(batch_size=4, group_by_length=False), 1, first)
+    assert plain.grouped_by(second) is plain  # grouping stays off
+    with pytest.raises(ValueError, match="159 lengths for 160 examples"):
+        schedule.grouped_by(second[:-1])

@@ -103,3 +103,17 @@ def test_group_rows_need_each_groups_answers_to_share_their_prompt():
 
     with pytest.raises(ValueError, match="share one prompt"):
         rollout_rows([[1, 2], [1, 3]], [[4], [5]], pad=0, group=2)
+
+
+def test_pair_lengths_are_the_widths_each_layout_pads_to():
+    from alignment.batching import collate_pairs, pair_lengths
+
+    pairs = [TokenizedPair([1, 2, 3, 4, 5], [I, I, I, 4, 5], [1, 2, 3, 7], [I, I, I, 7]),
+             TokenizedPair([9, 8, 6], [I, I, 6], [9, 8, 5, 5], [I, I, 5, 5]),
+             TokenizedPair([1, 2, 3], [I, I, 3], [1, 2], [I, I])]
+    assert pair_lengths(pairs) == pair_lengths(pairs, collate_pairs) == [5, 4, 3]
+    assert pair_lengths(pairs, collate_shared_pairs) == [7, 6, 4]
+    for pair, width in zip(pairs, pair_lengths(pairs, collate_shared_pairs)):  # a pair alone pads to nothing
+        assert collate_shared_pairs([pair], pad_id=0)["input_ids"].shape[1] == width
+    for pair, width in zip(pairs, pair_lengths(pairs)):
+        assert collate_pairs([pair], pad_id=0)["input_ids"].shape[1] == width
