@@ -62,6 +62,11 @@ def shared_prefix(pair: TokenizedPair) -> int:
     return n
 
 
+def _shared_part(pair: TokenizedPair) -> int:
+    """The tokens :func:`collate_shared_pairs` computes once for a pair: its prompt but the last token."""
+    return max(shared_prefix(pair) - 1, 0)
+
+
 def segment_rows(prefixes: Sequence[Sequence[int]], segments: Sequence[Sequence[Sequence[int]]],
                  labels: Sequence[Sequence[Sequence[int]]], pad_id: int) -> dict[str, torch.Tensor]:
     """Rows that each hold a shared prefix once and then several segments, every segment attending to the prefix
@@ -121,7 +126,7 @@ def collate_shared_pairs(pairs: list[TokenizedPair], pad_id: int) -> dict[str, t
     ``rejected_last`` (B,) index each row's last token; ``prompt_lengths`` (B,) the shared part;
     ``sequence_lengths`` (2B,) are the two rows' real lengths as :func:`collate_pairs` would hold them, chosen
     first."""
-    shared = [max(shared_prefix(p) - 1, 0) for p in pairs]
+    shared = [_shared_part(p) for p in pairs]
     batch = segment_rows([p.chosen_ids[:n] for p, n in zip(pairs, shared)],
                          [[p.chosen_ids[n:], p.rejected_ids[n:]] for p, n in zip(pairs, shared)],
                          [[p.chosen_labels[n:], p.rejected_labels[n:]] for p, n in zip(pairs, shared)], pad_id)
@@ -218,5 +223,5 @@ def pair_lengths(pairs: list[TokenizedPair], collate: Collate = collate_pairs) -
     :func:`collate_pairs`' rows, the prompt and both answers in :func:`collate_shared_pairs`' one row. What length
     grouping sorts by, so that a batch's rows are of similar width in the layout that actually runs."""
     if collate is collate_shared_pairs:
-        return [len(p.chosen_ids) + len(p.rejected_ids) - max(shared_prefix(p) - 1, 0) for p in pairs]
+        return [len(p.chosen_ids) + len(p.rejected_ids) - _shared_part(p) for p in pairs]
     return [max(len(p.chosen_ids), len(p.rejected_ids)) for p in pairs]
