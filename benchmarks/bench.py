@@ -70,6 +70,9 @@ TARGET_VS_TUNED_RL = {"ppo": 2.0, "grpo": 1.5, "rloo": 1.5}
 TARGET_MFU_AMX = 0.35
 TARGET_MFU_BEST = 0.5
 MFU_WORKLOADS = ("sft", "rm", "dpo")
+# Workloads whose run 1 profiles one step after the timed ones (online RL reports its generation / scoring /
+# training split instead).
+PROFILED_WORKLOADS = MFU_WORKLOADS
 
 CHILD_ENV = {
     "WANDB_MODE": "disabled",
@@ -159,6 +162,13 @@ def step_flops(workload: str, dims: ModelDims, tokens: float, tokens_sq: float, 
     return None
 
 
+def matmul_flops(workload: str, dims: ModelDims, row_tokens: float, targets: float, ref_inline: bool) -> float | None:
+    """The matrix products' share of a step's model FLOPs (attention scores left out), counted over the tokens
+    the rows really hold (a shared-prompt row's prompt once): FLOPs the hardware ran in matrix products, padding
+    not counted."""
+    return step_flops(workload, dims, row_tokens, 0.0, targets, ref_inline)
+
+
 # --------------------------------------------------------------------------------------------------
 # Summaries of measurements
 # --------------------------------------------------------------------------------------------------
@@ -179,6 +189,9 @@ class Summary:
     allocator: str = ""  # the row's memory allocator (alignment.allocator.describe)
     runs: list[float] | None = None  # combined rows (:func:`combine`): each run's throughput, in run order
     failed_runs: int = 0  # combined rows: runs that failed beside the ones that count
+    # One step after the timed ones under torch's profiler: its counts, "seconds", ms per kind of operator
+    # (benchmarks.profiling.TRAINING_KINDS) and "calls"; "matmul_flops": the real tokens' matrix-product FLOPs.
+    profile: dict[str, float] | None = None
 
 
 def summarize(result: Mapping[str, Any], workload: str, warmup: int, dims: ModelDims | None,
@@ -203,8 +216,14 @@ def summarize(result: Mapping[str, Any], workload: str, warmup: int, dims: Model
         gen, score = sum(s["generate"] for s in timed), sum(s["score"] for s in timed)
         split = {"generate": gen / total, "score": score / total, "train": max(0.0, total - gen - score) / total}
     perf = [float(v) for v in (result.get("metrics_throughput") or [])[warmup:] if v is not None]
+    profile = dict(result["profile"]) if result.get("profile") else None
+    if profile is not None and dims is not None:
+        mm = matmul_flops(workload, dims, profile.get("row_tokens", profile.get("tokens", 0.0)),
+                          float(profile.get("targets", 0.0)), ref_inline)
+        if mm is not None:
+            profile["matmul_flops"] = mm
     return Summary(ok=True, throughput=items / total, seconds=seconds, maxrss_mib=result.get("maxrss_mib"),
-                   flops_per_s=flops, precision=str(result.get("precision", "")),
+                   profile=profile, flops_per_s=flops, precision=str(result.get("precision", "")),
                    gradient_checkpointing=result.get("gradient_checkpointing"), split=split,
                    metrics_throughput=sum(perf) / len(perf) if perf else None,
                    allocator=_short_allocator(result.get("allocator")))
@@ -227,6 +246,7 @@ def combine(runs: Sequence[Summary]) -> Summary:
         flops_per_s=statistics.median(flops) if all(f is not None for f in flops) else None,  # type: ignore[type-var]
         metrics_throughput=statistics.median(perf) if perf else None,
         split={k: statistics.fmean(sp[k] for sp in splits) for k in splits[0]} if splits else None,
+        profile=next((s.profile for s in ok if s.profile), None),
         runs=[s.throughput for s in ok], failed_runs=len(runs) - len(ok))
 
 
@@ -386,6 +406,36 @@ def _pct(x: float | None) -> str:
     return "—" if x is None else f"{100 * x:.1f}%"
 
 
+PROFILE_KINDS = (("matmul", "matrix products"), ("attention", "attention"), ("optimizer", "optimizer"),
+                 ("casts and copies", "casts and copies"), ("other", "other"))
+
+
+def profile_table(rows: Sequence[tuple[str, str, Summary]], peak: Mapping[str, float] | None) -> list[str]:
+    """Markdown lines: for each profiled row, where its profiled step's time went."""
+    lines = ["### Where a training step's time goes\n",
+             "One step after the timed ones, run under `torch.profiler` in run 1 of each row (ours and TRL tuned "
+             "train on the same batch there): the operators' self time by kind, in milliseconds and as a share of "
+             "their sum. The profiler's own cost per operator call is inside these times, so the profiled step is "
+             "slower than a timed one and is not timed. The last column: the matrix products' FLOPs over the real "
+             "tokens the rows hold (a shared prompt once, padding not counted) per second of matrix-product time, "
+             "against the measured peak of the row's precision: how close the products themselves run to the "
+             "hardware, padding and all.\n",
+             "| workload | variant | profiled step s | " + " | ".join(t for _, t in PROFILE_KINDS)
+             + " | operator calls | matrix products: real-token FLOP/s of the peak |",
+             "|---|---|---:|" + "---:|" * len(PROFILE_KINDS) + "---:|---:|"]
+    for workload, variant, s in rows:
+        p = s.profile or {}
+        total = sum(float(p.get(k, 0.0)) for k, _ in PROFILE_KINDS) or 1.0
+        cells = [f"{_num(p.get(k, 0.0), 0)} ({100 * float(p.get(k, 0.0)) / total:.0f}%)" for k, _ in PROFILE_KINDS]
+        of_peak = "—"
+        precision = "bf16" if s.precision.startswith("bf16") else "fp32"
+        if p.get("matmul_flops") and p.get("matmul") and peak and peak.get(precision):
+            of_peak = f"{_pct(p['matmul_flops'] / (p['matmul'] / 1e3) / peak[precision])} ({precision})"
+        lines.append(f"| {WORKLOAD_TITLES[workload]} | {VARIANT_TITLES[variant]} | {_num(p.get('seconds'), 2)} | "
+                     + " | ".join(cells) + f" | {_num(p.get('calls'), 0)} | {of_peak} |")
+    return lines
+
+
 def render_markdown(report: Mapping[str, Any]) -> str:
     """RESULTS.md from a report (see :func:`main` for its shape; tests build fake ones)."""
     settings = report["settings"]
@@ -469,7 +519,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
       "checkpointing setting (ours vs TRL tuned, which both do not checkpoint; ours + grad. ckpt vs TRL defaults, "
       f"which both do), and for SFT/RM/DPO model FLOP/s {mfu_words}. Computed from the numbers above: ✓ met "
       "(median ratio), ✗ missed in every run, ≈ median short of the target but some run reached it (within "
-      "noise: not met); — where a number is missing. A miss says by how much the median falls short.\n")
+      "noise: not met); — where a number is missing. A miss says by how much the median falls short; where the "
+      "time goes is below, per training step (profiled) and per rollout batch (generation, scoring, training).\n")
     w("| workload | ours ≥1.3× TRL defaults | ours ≥ target × TRL tuned | ours + grad. ckpt ≥1.3× TRL defaults | "
       "memory: ours ≤ TRL tuned | memory: ours + grad. ckpt ≤ TRL defaults | model FLOP/s of peak |")
     w("|---|---|---|---|---|---|---|")
@@ -524,6 +575,13 @@ def render_markdown(report: Mapping[str, Any]) -> str:
               f"{each_run} | {step} | {s.precision or '—'} | {ckpt} | {gflops} | {mfu} | {_num(s.maxrss_mib, 0)} | "
               f"{s.allocator or '—'} | {own} |")
     w("")
+
+    profile_rows = [(wl, v, s) for wl in summaries for v in VARIANTS
+                    if (s := summaries[wl].get(v)) is not None and s.ok and s.profile]
+    if profile_rows:
+        for line in profile_table(profile_rows, peak):
+            w(line)
+        w("")
 
     rl = [wl for wl in RL_WORKLOADS if wl in summaries]
     if rl:
@@ -604,7 +662,8 @@ def how_measured(settings: Mapping[str, Any], dims: ModelDims | None) -> list[st
     ref_inline = settings.get("dpo_ref", "inline") == "inline"
     lines = [
         "- Each row runs in its own fresh Python process; peak RSS is `getrusage(RUSAGE_SELF).ru_maxrss` of that "
-        "process at its end (model loading, data preparation and training included).",
+        "process at its end (model loading, data preparation and training included), or, where a profiled step "
+        "follows the timed ones, just before that step (the profiler's records are not training's memory).",
         f"- Timing excludes model loading, data preparation and the first {settings.get('warmup', 1)} (warm-up) "
         f"optimizer step(s); the next {settings.get('steps')} steps are timed with `time.perf_counter()`. TRL: a "
         "`TrainerCallback` at `on_step_begin` / `on_step_end` (the data loader's collation happens before "
@@ -683,6 +742,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR,
                    help="scratch space: outputs, logs, raw results.json (default runs/bench)")
     p.add_argument("--no-peak", action="store_true", help="skip the peak matmul measurement (no MFU)")
+    p.add_argument("--no-profile", action="store_true",
+                   help="skip the profiled step after the timed ones (SFT/RM/DPO, run 1 of each row)")
     p.add_argument("--keep", action="store_true", help="keep the scratch model outputs (logs are always kept)")
     p.add_argument("--timeout", type=int, default=3600, help="seconds before a row is killed (default 3600)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
@@ -894,7 +955,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f" · run {repeat}/{args.repeats}" if args.repeats > 1 else "")
         print(f"[bench] [{i}/{len(rows)}] {title} ...", flush=True)
         t0 = time.perf_counter()
-        spec = {**base, "workload": workload, "variant": variant, "reward_model": reward_model}
+        spec = {**base, "workload": workload, "variant": variant, "reward_model": reward_model,
+                "profile": workload in PROFILED_WORKLOADS and repeat == 1 and not args.no_profile}
         ours_runs = report["rows"].get(workload, {}).get("ours") or []
         ours_result = ours_runs[-1] if ours_runs else None  # this repeat's, run just before
         if ours_result and ours_result.get("ok"):  # TRL tuned uses the precision ours picked

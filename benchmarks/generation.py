@@ -41,7 +41,9 @@ import torch  # noqa: E402
 from alignment.data.chat import generation_eos_ids  # noqa: E402
 from alignment.generation import decode, next_tokens  # noqa: E402
 from alignment.training import autocast  # noqa: E402
+from benchmarks import profiling  # noqa: E402
 from benchmarks.bench import flags_text, machine_info  # noqa: E402
+from benchmarks.profiling import Kinds  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = REPO / "recipes" / "quickstart" / "data" / "heldout_prompts.jsonl"
@@ -104,21 +106,16 @@ def weights_read_per_step(model: torch.nn.Module, bf16: bool) -> int:
                for p in model.parameters() if id(p) not in skip)
 
 
-# Profiler operator name -> the kind of work it is; an operator matching none is "other".
+# Profiler operator name -> the kind of work a decode step does; an operator matching none is "other".
 # (mkldnn::_linear_pointwise is the packed product decode uses on CPUs: alignment.packing.)
-KINDS = (("matmul", ("mm", "addmm", "bmm", "matmul", "linear", "linear_pointwise")),
-         ("attention", ("scaled_dot_product", "softmax", "efficient_attention", "flash_attention")),
-         ("KV cache growth", ("cat",)),
-         ("casts and copies", ("to", "to_copy", "copy_", "clone", "contiguous")))
+KINDS: Kinds = (("matmul", ("mm", "addmm", "bmm", "matmul", "linear", "linear_pointwise")),
+                ("attention", ("scaled_dot_product", "softmax", "efficient_attention", "flash_attention")),
+                ("KV cache growth", ("cat",)),
+                ("casts and copies", ("to", "to_copy", "copy_", "clone", "contiguous")))
 
 
 def kind_of(op: str) -> str:
-    # aten::_softmax, aten::_scaled_dot_product_flash_... too
-    name = op.removeprefix("aten::").removeprefix("mkldnn::").lstrip("_")
-    for kind, names in KINDS:
-        if name in names or any(name.startswith(n) for n in names if len(n) > 3):
-            return kind
-    return "other"
+    return profiling.kind_of(op, KINDS)
 
 
 def profile_decode(model: torch.nn.Module, enc: dict, stops: torch.Tensor, pad: int, new_tokens: int,
@@ -140,12 +137,7 @@ def profile_decode(model: torch.nn.Module, enc: dict, stops: torch.Tensor, pad: 
     def per_kind(tokens: int) -> dict[str, float]:
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             run(tokens)
-        out: dict[str, float] = {"calls": 0.0}
-        for event in prof.key_averages():
-            kind = kind_of(event.key)
-            out[kind] = out.get(kind, 0.0) + event.self_cpu_time_total / 1e3  # ms
-            out["calls"] += event.count
-        return out
+        return profiling.self_ms_by_kind(prof, KINDS)
 
     with torch.no_grad(), autocast(bf16):
         run(new_tokens)  # warm-up

@@ -35,22 +35,39 @@ class StepsDone(Exception):
 
 
 class StepClock:
-    """Per-step wall time and unit counts; ``total`` steps (warm-up included), then :class:`StepsDone`."""
+    """Per-step wall time and unit counts; ``total`` steps (warm-up included), then, with ``profile``, one more
+    step under torch's profiler (not timed: the profiler's cost per operator call would slow it), then
+    :class:`StepsDone`."""
 
-    def __init__(self, total: int, warmup: int) -> None:
+    def __init__(self, total: int, warmup: int, profile: bool = False) -> None:
         self.total, self.warmup = total, warmup
+        self.wants_profile = profile
         self.steps: list[dict[str, float]] = []
+        self.profile: dict[str, float] | None = None  # the profiled step's counts, seconds and ms per kind
+        self.maxrss_mib: float | None = None  # peak RSS before the profiled step (its records are not training's)
         self.current: dict[str, float] | None = None
         self._t0 = 0.0
+        self._profiler: Any = None
+
+    @property
+    def runs(self) -> int:
+        """Steps the run must reach: the timed ones and the profiled one."""
+        return self.total + int(self.wants_profile)
 
     @property
     def done(self) -> bool:
-        return len(self.steps) >= self.total
+        return len(self.steps) >= self.total and (not self.wants_profile or self.profile is not None)
 
     def begin(self) -> None:
         if self.done:
             raise StepsDone
         self.current = {"items": 0.0, "tokens": 0.0, "tokens_sq": 0.0}
+        if len(self.steps) >= self.total:  # the profiled step
+            from torch.profiler import ProfilerActivity, profile
+
+            self.maxrss_mib = peak_rss_mib()
+            self._profiler = profile(activities=[ProfilerActivity.CPU])
+            self._profiler.__enter__()
         self._t0 = time.perf_counter()
 
     def add(self, **counts: float) -> None:
@@ -62,11 +79,23 @@ class StepClock:
     def end(self) -> None:
         assert self.current is not None, "end() without begin()"
         self.current["seconds"] = time.perf_counter() - self._t0
+        if self._profiler is not None:
+            from benchmarks.profiling import TRAINING_KINDS, self_ms_by_kind
+
+            self._profiler.__exit__(None, None, None)
+            self.profile = {**self.current, **self_ms_by_kind(self._profiler, TRAINING_KINDS)}
+            self._profiler = self.current = None
+            print(f"[bench]   step {self.total + 1}: {self.profile['seconds']:.2f} s (profiled, not timed)", flush=True)
+            return
         self.steps.append(self.current)
         self.current = None
         n = len(self.steps)
         tag = " (warm-up, not timed)" if n <= self.warmup else ""
         print(f"[bench]   step {n}/{self.total}: {self.steps[-1]['seconds']:.2f} s{tag}", flush=True)
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def batch_counts(batch: dict[str, Any]) -> dict[str, float]:
@@ -81,8 +110,11 @@ def batch_counts(batch: dict[str, Any]) -> dict[str, float]:
         targets = float(batch["completion_mask"][:, 1:].sum())
     else:
         targets = 0.0
+    rows = None  # tokens the rows really hold, where that differs from the sequences they stand for
     if batch.get("sequence_lengths") is not None:  # pairs with a shared prompt: the two rows they stand for
         lengths = batch["sequence_lengths"].tolist()
+        if batch.get("rejected_last") is not None:  # the row ends with the rejected segment
+            rows = float((batch["rejected_last"] + 1).sum())
     elif batch.get("attention_mask") is not None:
         lengths = batch["attention_mask"].sum(dim=1).tolist()
     elif batch.get("position_ids") is not None:  # packed rows: one segment per example (positions restart at 0)
@@ -93,7 +125,8 @@ def batch_counts(batch: dict[str, Any]) -> dict[str, float]:
     else:
         lengths = [ids.shape[1]] * ids.shape[0]
     return {"tokens": float(sum(lengths)), "tokens_sq": float(sum(t * t for t in lengths)), "targets": targets,
-            "sequences": float(len(lengths) if batch.get("sequence_lengths") is not None else ids.shape[0])}
+            "sequences": float(len(lengths) if batch.get("sequence_lengths") is not None else ids.shape[0]),
+            "row_tokens": float(sum(lengths)) if rows is None else rows}
 
 
 def seq_key(ids: Any) -> str:
@@ -134,10 +167,10 @@ def ours_config(workload: str, checkpointing: bool | None = None) -> Any:
     from alignment.config import load_config
     from alignment.phases import PHASES
 
-    total = SPEC["warmup"] + SPEC["steps"]
+    total = SPEC["warmup"] + SPEC["steps"] + int(bool(SPEC.get("profile")))
     overrides: dict[str, Any] = {
         "model": SPEC["model"], "output_dir": SPEC["output_dir"], "tracking.backends": [],
-        # one step more than timed: the wrapper stops the run when that step begins
+        # one step more than timed (and profiled): the wrapper stops the run when that step begins
         "train.max_steps": total + 1, "train.eval_every": 0, "train.save_every": 0, "train.resume": "never",
         "train.log_every": 1,
     }
@@ -175,7 +208,7 @@ def run_ours(workload: str, variant: str, clock: StepClock, result: dict[str, An
             clock.begin()
             for c in counts:
                 clock.add(items=units(workload, c), tokens=c["tokens"], tokens_sq=c["tokens_sq"],
-                          targets=c["targets"])
+                          targets=c["targets"], row_tokens=c["row_tokens"])
 
         def end(self, step: Any) -> None:
             if step.rollout is not None:
@@ -310,7 +343,7 @@ def run_trl(workload: str, variant: str, clock: StepClock, result: dict[str, Any
     model_path = str(resolve_model(cfg.model))
     tokenizer = load_tokenizer(cfg.model)
     tuned = variant == "trl-tuned"
-    total = clock.total
+    total = clock.runs  # the timed steps and the profiled one: every one of them on ours' batches
     bs = cfg.train.batch_size
     # The workload itself: identical for both TRL columns.
     common: dict[str, Any] = {"per_device_train_batch_size": bs, "report_to": "none", "seed": cfg.train.seed}
@@ -400,7 +433,7 @@ def run_trl(workload: str, variant: str, clock: StepClock, result: dict[str, Any
             def training_step(self, model: Any, inputs: Any, *a: Any, **k: Any) -> Any:
                 c = batch_counts(inputs)
                 clock.add(items=units(workload, c), tokens=c["tokens"], tokens_sq=c["tokens_sq"],
-                          targets=c["targets"])
+                          targets=c["targets"], row_tokens=c["row_tokens"])
                 return super().training_step(model, inputs, *a, **k)
 
         trainer = Counting(model=model_path, args=args, train_dataset=data, processing_class=tokenizer,
@@ -470,7 +503,7 @@ def main(spec_path: str) -> int:
     SPEC.update(json.loads(Path(spec_path).read_text()))
     workload, variant = SPEC["workload"], SPEC["variant"]
     result: dict[str, Any] = {"ok": False, "workload": workload, "variant": variant, "notes": []}
-    clock = StepClock(SPEC["warmup"] + SPEC["steps"], SPEC["warmup"])
+    clock = StepClock(SPEC["warmup"] + SPEC["steps"], SPEC["warmup"], profile=bool(SPEC.get("profile")))
     try:
         if workload == "peak":
             measure_peak(result)
@@ -483,6 +516,8 @@ def main(spec_path: str) -> int:
             else:
                 run_trl(workload, variant, clock, result)
             result["steps"] = clock.steps
+            if clock.profile is not None:
+                result["profile"] = clock.profile
         result["ok"] = True
     except Exception as exc:  # reported as "failed: reason" in the table, with the traceback in the log
         traceback.print_exc()
@@ -494,7 +529,7 @@ def main(spec_path: str) -> int:
 
     result["allocator"] = describe()
     result.setdefault("threads", torch.get_num_threads())  # every row's, for the header when the peak is skipped
-    result["maxrss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    result["maxrss_mib"] = clock.maxrss_mib or peak_rss_mib()
     Path(SPEC["result"]).write_text(json.dumps(result, indent=2, default=str))
     return 0
 

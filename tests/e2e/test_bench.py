@@ -49,6 +49,60 @@ def test_step_flops_by_hand():
     assert bench.step_flops("ppo", dims, tokens, tokens_sq, targets, ref_inline=True) is None
 
 
+def test_matmul_flops_leave_out_attention_scores_and_count_the_rows_tokens():
+    dims = bench.ModelDims.from_config(TINY)
+    body, head = 73_728, 64_000
+    # a DPO step over rows holding 30 tokens (a shared prompt once), 12 labelled: training plus a reference forward
+    assert bench.matmul_flops("dpo", dims, 30, 12, ref_inline=True) == (6 + 2) * body * 30 + (6 + 2) * head * 12
+    assert bench.matmul_flops("sft", dims, 30, 12, ref_inline=True) == 6 * body * 30 + 6 * head * 12
+
+
+def test_training_profile_kinds_and_table():
+    from benchmarks.profiling import TRAINING_KINDS, kind_of
+
+    ops = {"aten::mm": "matmul", "aten::addmm": "matmul", "aten::_scaled_dot_product_flash_attention_for_cpu_backward":
+           "attention", "aten::_fused_adamw_": "optimizer", "aten::_foreach_norm": "optimizer",
+           "aten::_to_copy": "casts and copies", "aten::copy_": "casts and copies", "aten::log_softmax": "other",
+           "aten::mul": "other"}
+    assert {op: kind_of(op, TRAINING_KINDS) for op in ops} == ops
+    profile = {"seconds": 1.2, "matmul": 600.0, "attention": 200.0, "optimizer": 100.0, "casts and copies": 50.0,
+               "other": 50.0, "calls": 1000.0, "matmul_flops": 2.4e11}
+    rows = [("sft", "ours", bench.Summary(ok=True, precision="bf16 autocast", profile=profile)),
+            ("sft", "trl-tuned", bench.Summary(ok=True, precision="fp32", profile={**profile, "matmul": 1200.0}))]
+    lines = bench.profile_table(rows, {"bf16": 4e11, "fp32": 2e11})
+    ours, trl = lines[-2:]
+    # 2.4e11 FLOPs in 0.6 s of matrix products = 4e11 FLOP/s: the bf16 peak; TRL's fp32 row: 2e11 / 2e11
+    assert ours == ("| SFT | ours | 1.20 | 600 (60%) | 200 (20%) | 100 (10%) | 50 (5%) | 50 (5%) | 1,000 | "
+                    "100.0% (bf16) |")
+    assert trl.startswith("| SFT | TRL tuned | 1.20 | 1,200 (75%) | 200 (12%) |") and trl.endswith("| 100.0% (fp32) |")
+    assert bench.profile_table(rows, None)[-1].endswith("| 1,000 | — |")
+
+
+def test_step_clock_profiles_one_step_after_the_timed_ones():
+    import resource
+
+    import torch
+
+    from benchmarks.workloads import StepClock, StepsDone
+
+    clock = StepClock(total=2, warmup=1, profile=True)
+    a = torch.randn(64, 64)
+    for _ in range(3):
+        clock.begin()
+        clock.add(items=4, tokens=10)
+        a = (a @ a).tanh()
+        clock.end()
+    assert len(clock.steps) == 2 and clock.done  # the profiled step is not a timed one
+    assert clock.profile is not None and clock.profile["items"] == 4 and clock.profile["matmul"] > 0
+    assert 0 < clock.maxrss_mib <= resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    with pytest.raises(StepsDone):
+        clock.begin()
+    plain = StepClock(total=1, warmup=0)
+    plain.begin()
+    plain.end()
+    assert plain.done and plain.profile is None and plain.maxrss_mib is None
+
+
 def _row(seconds: list[float], items: float, rss: float, precision: str = "fp32", **extra) -> dict:
     steps = [{"seconds": s, "items": items, "tokens": 1000.0, "tokens_sq": 1000.0 * 125, "targets": 500.0, **extra}
              for s in seconds]
@@ -270,7 +324,17 @@ def test_smoke_run_on_the_tiny_model(tmp_path, tiny_model_dir: Path, capsys):
         expected = "system malloc" if bench.allocator.find_tcmalloc() is None else "tcmalloc ("
         assert result["allocator"].startswith(expected)
     assert raw["rows"]["rm"]["trl-tuned"][0]["precision"] == raw["rows"]["rm"]["ours"][0]["precision"]
+    # one more step ran under the profiler, untimed, on the same batch for both sides (the same pairs, so the
+    # same sequence tokens; ours' shared-prompt rows hold fewer)
+    ours_p, trl_p = (raw["rows"]["rm"][v][0]["profile"] for v in ("ours", "trl-tuned"))
+    for p in (ours_p, trl_p):
+        assert p["items"] == 8 and p["seconds"] > 0 and p["matmul"] > 0 and p["optimizer"] > 0 and p["calls"] > 0
+    assert ours_p["tokens"] == trl_p["tokens"] and ours_p["row_tokens"] < trl_p["row_tokens"] == trl_p["tokens"]
     text = out.read_text()
+    assert "### Where a training step's time goes" in text
+    prof = [line for line in text.splitlines() if line.startswith("| Reward model | ") and " ms" not in line
+            and line.count("%)") == 5]
+    assert len(prof) == 2
     # the peak was skipped (--no-peak): the header's thread count comes from the rows
     assert f"(torch threads: {raw['rows']['rm']['ours'][0]['threads']})" in text
     row = next(line for line in text.splitlines() if line.startswith("| Reward model"))
