@@ -162,11 +162,15 @@ def step_flops(workload: str, dims: ModelDims, tokens: float, tokens_sq: float, 
     return None
 
 
-def matmul_flops(workload: str, dims: ModelDims, row_tokens: float, targets: float, ref_inline: bool) -> float | None:
+def matmul_flops(workload: str, dims: ModelDims, row_tokens: float, targets: float, ref_inline: bool,
+                 recompute: bool = False) -> float | None:
     """The matrix products' share of a step's model FLOPs (attention scores left out), counted over the tokens
     the rows really hold (a shared-prompt row's prompt once): FLOPs the hardware ran in matrix products, padding
-    not counted."""
-    return step_flops(workload, dims, row_tokens, 0.0, targets, ref_inline)
+    not counted. ``recompute``: gradient checkpointing runs the decoder layers' forward a second time."""
+    flops = step_flops(workload, dims, row_tokens, 0.0, targets, ref_inline)
+    if flops is None or not recompute:
+        return flops
+    return flops + 2.0 * dims.body_params * row_tokens
 
 
 # --------------------------------------------------------------------------------------------------
@@ -219,7 +223,7 @@ def summarize(result: Mapping[str, Any], workload: str, warmup: int, dims: Model
     profile = dict(result["profile"]) if result.get("profile") else None
     if profile is not None and dims is not None:
         mm = matmul_flops(workload, dims, profile.get("row_tokens", profile.get("tokens", 0.0)),
-                          float(profile.get("targets", 0.0)), ref_inline)
+                          float(profile.get("targets", 0.0)), ref_inline, bool(result.get("gradient_checkpointing")))
         if mm is not None:
             profile["matmul_flops"] = mm
     return Summary(ok=True, throughput=items / total, seconds=seconds, maxrss_mib=result.get("maxrss_mib"),
@@ -413,11 +417,12 @@ PROFILE_KINDS = (("matmul", "matrix products"), ("attention", "attention"), ("op
 def profile_table(rows: Sequence[tuple[str, str, Summary]], peak: Mapping[str, float] | None) -> list[str]:
     """Markdown lines: for each profiled row, where its profiled step's time went."""
     lines = ["### Where a training step's time goes\n",
-             "One step after the timed ones, run under `torch.profiler` in run 1 of each row (ours and TRL tuned "
-             "train on the same batch there): the operators' self time by kind, in milliseconds and as a share of "
+             "One step after the timed ones, run under `torch.profiler` in run 1 of each row (every variant trains "
+             "on ours' batch there): the operators' CPU self time by kind, in milliseconds and as a share of "
              "their sum. The profiler's own cost per operator call is inside these times, so the profiled step is "
              "slower than a timed one and is not timed. The last column: the matrix products' FLOPs over the real "
-             "tokens the rows hold (a shared prompt once, padding not counted) per second of matrix-product time, "
+             "tokens the rows hold (a shared prompt once, padding not counted, gradient checkpointing's second "
+             "forward of the decoder layers counted) per second of matrix-product time, "
              "against the measured peak of the row's precision: how close the products themselves run to the "
              "hardware, padding and all.\n",
              "| workload | variant | profiled step s | " + " | ".join(t for _, t in PROFILE_KINDS)

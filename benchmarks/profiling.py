@@ -10,12 +10,12 @@ from typing import Any
 # characters, by prefix (aten::_scaled_dot_product_flash_attention_for_cpu_backward is "scaled_dot_product...").
 Kinds = tuple[tuple[str, tuple[str, ...]], ...]
 
-# A training step's kinds. Matrix products of the backward pass are aten::mm too; the optimizer is fused AdamW
-# plus gradient clipping's _foreach_ ops (ours and TRL alike).
+# A training step's kinds. Matrix products of the backward pass are aten::mm too; the optimizer is fused AdamW,
+# gradient clipping's _foreach_ ops and the optimizer's own Python (ours and TRL alike: "Optimizer.step#AdamW.step").
 TRAINING_KINDS: Kinds = (
     ("matmul", ("mm", "addmm", "bmm", "matmul", "linear")),
     ("attention", ("scaled_dot_product", "efficient_attention", "flash_attention", "softmax")),
-    ("optimizer", ("fused_adamw", "fused_adam", "foreach_")),
+    ("optimizer", ("fused_adamw", "fused_adam", "foreach_", "Optimizer.")),
     ("casts and copies", ("to", "to_copy", "copy_", "clone", "contiguous")),
 )
 

@@ -2,8 +2,9 @@
 
 The spec names a workload (sft, rm, dpo, ppo; or the helpers peak and make_rm) and a variant (ours,
 ours-ckpt, trl-defaults, trl-tuned). The row runs ``warmup + steps`` optimizer steps (PPO: rollout batches), timing
-each one from the outside, then stops at once (no final evaluation or save), and writes a JSON result with
-per-step seconds and unit counts, the peak RSS of this process and the settings used.
+each one from the outside, then, when the spec asks for a profile, one more step under torch's profiler, then stops
+at once (no final evaluation or save), and writes a JSON result with per-step seconds and unit counts, the profiled
+step's time per kind of operator, the peak RSS of this process and the settings used.
 
 How the steps are timed without touching the code being measured:
 - ours: a step hook (:func:`alignment.run.step_hook`) sees each step begin and end (PPO: from ``rollout`` to the
@@ -69,6 +70,14 @@ class StepClock:
             self._profiler = profile(activities=[ProfilerActivity.CPU])
             self._profiler.__enter__()
         self._t0 = time.perf_counter()
+
+    def abandon_profile(self) -> bool:
+        """After a failure: True when the timed steps were all done (only the profiled step failed), with the
+        profiler stopped; the timed steps then stand."""
+        if self._profiler is not None:
+            self._profiler.__exit__(None, None, None)
+            self._profiler = None
+        return self.wants_profile and len(self.steps) >= self.total and self.profile is None
 
     def add(self, **counts: float) -> None:
         if self.current is None:  # units counted outside a timed step (e.g. TRL's precompute): ignore
@@ -521,8 +530,13 @@ def main(spec_path: str) -> int:
         result["ok"] = True
     except Exception as exc:  # reported as "failed: reason" in the table, with the traceback in the log
         traceback.print_exc()
-        result["error"] = f"{type(exc).__name__}: {exc}".strip()
+        reason = f"{type(exc).__name__}: {exc}".strip()
         result["steps"] = clock.steps
+        if clock.abandon_profile():  # only the profiled step failed: the measurement stands without its profile
+            result["notes"].append(f"{workload} {variant}: the profiled step failed ({reason}); its timed steps stand")
+            result["ok"] = True
+        else:
+            result["error"] = reason
     import torch
 
     from alignment.allocator import describe

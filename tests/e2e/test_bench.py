@@ -55,6 +55,9 @@ def test_matmul_flops_leave_out_attention_scores_and_count_the_rows_tokens():
     # a DPO step over rows holding 30 tokens (a shared prompt once), 12 labelled: training plus a reference forward
     assert bench.matmul_flops("dpo", dims, 30, 12, ref_inline=True) == (6 + 2) * body * 30 + (6 + 2) * head * 12
     assert bench.matmul_flops("sft", dims, 30, 12, ref_inline=True) == 6 * body * 30 + 6 * head * 12
+    # gradient checkpointing: the decoder layers' forward runs twice
+    assert bench.matmul_flops("sft", dims, 30, 12, ref_inline=True, recompute=True) == (
+        8 * body * 30 + 6 * head * 12)
 
 
 def test_training_profile_kinds_and_table():
@@ -63,7 +66,7 @@ def test_training_profile_kinds_and_table():
     ops = {"aten::mm": "matmul", "aten::addmm": "matmul", "aten::_scaled_dot_product_flash_attention_for_cpu_backward":
            "attention", "aten::_fused_adamw_": "optimizer", "aten::_foreach_norm": "optimizer",
            "aten::_to_copy": "casts and copies", "aten::copy_": "casts and copies", "aten::log_softmax": "other",
-           "aten::mul": "other"}
+           "aten::mul": "other", "Optimizer.step#AdamW.step": "optimizer"}
     assert {op: kind_of(op, TRAINING_KINDS) for op in ops} == ops
     profile = {"seconds": 1.2, "matmul": 600.0, "attention": 200.0, "optimizer": 100.0, "casts and copies": 50.0,
                "other": 50.0, "calls": 1000.0, "matmul_flops": 2.4e11}
@@ -101,6 +104,13 @@ def test_step_clock_profiles_one_step_after_the_timed_ones():
     plain.begin()
     plain.end()
     assert plain.done and plain.profile is None and plain.maxrss_mib is None
+    # a failure in the profiled step leaves the timed steps standing, the profiler stopped; one before it does not
+    failed = StepClock(total=1, warmup=0, profile=True)
+    assert not failed.abandon_profile()
+    failed.begin()
+    failed.end()
+    failed.begin()  # the profiled step starts, then fails
+    assert failed.abandon_profile() and failed._profiler is None and failed.profile is None
 
 
 def _row(seconds: list[float], items: float, rss: float, precision: str = "fp32", **extra) -> dict:
