@@ -672,6 +672,10 @@ class GenerationConfig:
     temperature: float = 0.7
     """Log-probabilities are always recomputed from logits divided by this temperature."""
     top_p: float = 1.0
+    engine: str = "local"
+    """What samples the rollouts: local (the generation engine on the policy being trained) or a plug-in GPU
+    engine installed under the `alignment.samplers` entry points (it keeps its own weights, synced after every
+    update; see alignment/samplers.py)."""
 
 
 @dataclass

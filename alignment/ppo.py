@@ -33,7 +33,6 @@ from alignment import distributed as dist
 from alignment.batching import mask_for, pad_sequences, prompt_sharing, segment_rows
 from alignment.config import PPOConfig
 from alignment.data.chat import IGNORE_INDEX
-from alignment.generation import decode
 from alignment.logits import causal_mask, labelled_logits, token_logps
 from alignment.modeling import (
     apply_lora,
@@ -66,6 +65,7 @@ from alignment.ppo_math import (
 from alignment.reference import load_frozen, place_reference, token_reference
 from alignment.reward import LastTokenScores, load_reward_stats, score_module
 from alignment.run import Run
+from alignment.samplers import Sampler, make_sampler
 from alignment.training import (
     Engine,
     Schedule,
@@ -315,20 +315,28 @@ class Rollout:
 @torch.no_grad()
 def sample_answers(policy: Engine, reward: RewardFn, prompts: list[list[int]], cfg: PPOConfig, tokenizer: Any,
                    stop_ids: list[int], stats: dict[str, float] | None, rules: Sequence[DomainRule] | None,
-                   timing: dict[str, float]) -> Samples:
-    """Generate one answer per prompt row and score it; adds to ``timing`` (generate, score)."""
+                   timing: dict[str, float], sampler: Sampler) -> Samples:
+    """Generate one answer per prompt row with ``sampler`` and score it; adds to ``timing`` (generate, score)."""
     device = dist.device()
     pad = tokenizer.pad_token_id
     prompt_ids, prompt_mask = (t.to(device) for t in pad_sequences(prompts, pad, left=True))  # (B, P), (B, P)
 
     start = time.perf_counter()
-    policy.eval()
-    module = policy.module.policy if cfg.critic == "shared" else policy.module
-    with policy.gathered(), policy.autocast():
-        responses = decode(module, prompt_ids, prompt_mask, max_new_tokens=cfg.generation.max_new_tokens,
-                           stop_ids=stop_ids, pad_id=pad, temperature=cfg.generation.temperature,
-                           top_p=cfg.generation.top_p)  # (B, R)
-    policy.train()
+    settings = {"max_new_tokens": cfg.generation.max_new_tokens, "stop_ids": stop_ids, "pad_id": pad,
+                "temperature": cfg.generation.temperature, "top_p": cfg.generation.top_p}
+    if sampler.reads_policy:
+        policy.eval()
+        with policy.gathered(), policy.autocast():
+            responses = sampler.sample(policy_lm(policy, cfg), prompt_ids, prompt_mask, **settings)  # (B, R)
+        policy.train()
+    else:  # an engine with its own weights, synced after every update
+        responses = sampler.sample(None, prompt_ids, prompt_mask, **settings)
+        if responses.ndim != 2 or responses.shape[0] != prompt_ids.shape[0] or responses.shape[1] > settings[
+                "max_new_tokens"] or responses.dtype.is_floating_point:
+            raise ValueError(f"the rollout engine {cfg.generation.engine!r} returned a {tuple(responses.shape)} "
+                             f"{responses.dtype} tensor; expected ({prompt_ids.shape[0]}, at most "
+                             f"{settings['max_new_tokens']}) token ids")
+        responses = responses.to(device=device, dtype=torch.long)
     keep = response_mask_from_stop(responses, stop_ids).bool()  # (B, R), up to and incl. the stop
     finished = torch.isin(responses, torch.tensor(stop_ids, device=responses.device)).any(dim=1)  # (B,)
     kept = [responses[i][keep[i]].tolist() for i in range(len(prompts))]
@@ -384,23 +392,42 @@ def dynamic_sampling(first: Samples, sample_more: Callable[[int], Samples], cfg:
     return batch.take(range(groups * k)), rounds
 
 
+def policy_lm(policy: Engine, cfg: PPOConfig) -> Any:
+    """The causal LM being trained (without the shared critic's value head)."""
+    return policy.module.policy if cfg.critic == "shared" else policy.module
+
+
+@torch.no_grad()
+def sync_sampler(sampler: Sampler, policy: Engine, cfg: PPOConfig) -> float:
+    """Hand an engine with its own weights the policy's current ones (whole parameters, gathered under ZeRO-3;
+    with LoRA the adapter-wrapped model, unmerged). Every rank calls it (the gather is collective). Seconds taken."""
+    start = time.perf_counter()
+    with policy.gathered():
+        sampler.sync(policy_lm(policy, cfg))
+    return time.perf_counter() - start
+
+
 @torch.no_grad()
 def rollout(policy: Engine, critic: Engine | None, reference: Any, reward: RewardFn,
             critic_scores: LastTokenScores | None, prompts: list[list[int]], cfg: PPOConfig, tokenizer: Any,
             stop_ids: list[int], stats: dict[str, float] | None, kl_coef: float,
             rules: Sequence[DomainRule] | None = None,
-            more_prompts: Callable[[int], list[list[int]]] | None = None, group: int = 1) -> Rollout:
+            more_prompts: Callable[[int], list[list[int]]] | None = None, group: int = 1,
+            sampler: Sampler | None = None) -> Rollout:
     """Generate, score and evaluate one batch of prompts; everything the PPO update needs.
 
     ``rules``: with ``cfg.rule_reward_weight`` > 0, the rule reward is added to the normalised score.
     ``more_prompts(round)``: the prompt rows of a further generation round (``cfg.dynamic_sampling``).
-    ``group``: answers per model row (:func:`rollout_rows`): 1, or ``cfg.num_generations`` to share prompts."""
+    ``group``: answers per model row (:func:`rollout_rows`): 1, or ``cfg.num_generations`` to share prompts.
+    ``sampler``: what draws the answers (:mod:`alignment.samplers`); the local engine when None."""
     device = dist.device()
     timing: dict[str, float] = {}
     pad = tokenizer.pad_token_id
 
     # 1-2. generate and score (more rounds with dynamic sampling) ---------------------------------
-    samples = sample_answers(policy, reward, prompts, cfg, tokenizer, stop_ids, stats, rules, timing)
+    if sampler is None:
+        sampler = make_sampler("local", cfg)
+    samples = sample_answers(policy, reward, prompts, cfg, tokenizer, stop_ids, stats, rules, timing, sampler)
     sampling: dict[str, float] = {}
     if cfg.num_generations > 1:  # how many prompts' answers differ at all: the group estimators' signal
         sampling["rollout/informative_prompts"] = float(
@@ -410,7 +437,7 @@ def rollout(policy: Engine, critic: Engine | None, reference: Any, reward: Rewar
             raise ValueError("dynamic sampling needs more_prompts")
         samples, rounds = dynamic_sampling(
             samples, lambda r: sample_answers(policy, reward, more_prompts(r), cfg, tokenizer, stop_ids, stats,
-                                              rules, timing), cfg)
+                                              rules, timing, sampler), cfg)
         sampling["rollout/sampling_rounds"] = float(rounds)
     responses, response_mask = (t.to(device) for t in pad_sequences(samples.responses, pad))  # (B, R)
     rows = {k: t.to(device) for k, t in rollout_rows(samples.prompts, samples.responses, pad, group).items()}
@@ -580,6 +607,7 @@ def run_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> Path:
     dist.init_process_group()
     run = Run(cfg, "ppo")
     out = run.out
+    sampler = make_sampler(cfg.generation.engine, cfg)  # an unknown engine is refused before anything loads
     set_seed(cfg.train.seed)
     device = dist.device()
 
@@ -654,7 +682,7 @@ def run_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> Path:
         critic = Engine(critic_model, critic_cfg, updates, bf16, ds_config)
         critic_scores = LastTokenScores(critic.module)
     if cfg.lora.enabled and not cfg.ref_model:  # the policy with its adapter disabled
-        frozen, adapter = None, policy.module.policy if cfg.critic == "shared" else policy.module
+        frozen, adapter = None, policy_lm(policy, cfg)
     else:
         frozen, adapter = place_reference(load_frozen(cfg.ref_model or cfg.model, cfg.model_options), ds_config), None
     reference = token_reference(policy, frozen, adapter)
@@ -681,6 +709,8 @@ def run_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> Path:
     if "kl_controller" in state:
         kl_ctl.load_state_dict(state["kl_controller"])
 
+    if not sampler.reads_policy:  # the engine's own weights start as the policy's (resumed ones included)
+        sync_sampler(sampler, policy, cfg)
     policy.train()
     for step in run.steps(start_step):
         done = step + 1
@@ -692,10 +722,12 @@ def run_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> Path:
             batch = timed.rollout = rollout(policy, critic, reference, reward, critic_scores, batch_prompts, cfg,
                                             tokenizer, stop_ids, stats, kl_ctl.value, policies,
                                             more_prompts=lambda r, s=step: extra_prompts(prompts, cfg, s, r),
-                                            group=group)
+                                            group=group, sampler=sampler)
             learn_start = time.perf_counter()
             metrics = ppo_update(policy, critic, critic_scores, batch, cfg, kl_ctl.value)
-        timing = {**batch.timing, "train": time.perf_counter() - learn_start}
+            timing = {**batch.timing, "train": time.perf_counter() - learn_start}
+            if not sampler.reads_policy and done < schedule.total_steps:  # the next rollout's weights
+                timing["sync"] = sync_sampler(sampler, policy, cfg)
         kl_ctl.update(batch.metrics["objective/kl"], answers * dist.world_size())
         elapsed = time.perf_counter() - started
         if policies:
@@ -717,8 +749,7 @@ def run_ppo(cfg: PPOConfig, reward_fn: RewardFn | None = None) -> Path:
 
     with policy.gathered():
         if run.main:
-            module = policy.module.policy if cfg.critic == "shared" else policy.module
-            save_model(module, tokenizer, out / "model",
+            save_model(policy_lm(policy, cfg), tokenizer, out / "model",
                        out / "merged" if cfg.lora.enabled and cfg.lora.save_merged else None, cfg.model_options)
             run.log(f"saved {out / 'model'}")
     run.close()

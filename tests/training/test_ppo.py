@@ -590,3 +590,128 @@ def test_share_prompt_defaults_and_refusals(prompts_file):
         with pytest.raises(AlignError) as err:
             cfg(**overrides)
         assert "share_prompt" in str(err.value)
+
+
+# --------------------------------------------------------------------------------------------------
+# Rollout engines (generation.engine): the seam a GPU inference engine plugs into
+# --------------------------------------------------------------------------------------------------
+class CopySampler:
+    """An engine that holds its own copy of the weights, as a colocated inference engine does: it samples with
+    ``decode`` on that copy and sees the policy only through ``sync``."""
+
+    reads_policy = False
+
+    def __init__(self, cfg, keep_syncing: bool = True) -> None:
+        self.model = None
+        self.syncs = 0
+        self.keep_syncing = keep_syncing
+
+    def sync(self, module) -> None:
+        import copy
+
+        self.syncs += 1
+        if self.model is None:
+            self.model = copy.deepcopy(module).eval()
+        elif self.keep_syncing:
+            self.model.load_state_dict(module.state_dict())
+
+    def sample(self, module, input_ids, attention_mask, **settings):
+        from alignment.generation import decode
+
+        assert module is None  # the training module is not handed to an engine with its own weights
+        return decode(self.model, input_ids, attention_mask, **settings)
+
+
+def copy_sampler(cfg) -> CopySampler:  # an entry point's target
+    return CopySampler(cfg)
+
+
+@pytest.mark.parametrize("critic", ["shared", "none"])
+def test_an_engine_with_its_own_weights_synced_after_each_update_trains_as_the_local_one(
+        tmp_path, chatty_policy, prompts_file, critic):
+    """A plug-in engine gets the policy's weights before the first rollout and after every update, so the run
+    (rollouts, metrics, final weights) is the local engine's, step for step; an engine left with the first
+    weights samples other answers (the comparison can fail). Resumed from a checkpoint, the engine starts from
+    the resumed weights and the run goes on as the uninterrupted one."""
+    from safetensors.torch import load_file
+
+    from alignment import samplers
+    from alignment.modeling import load_tokenizer
+    from alignment.ppo import run_ppo
+
+    made: list[CopySampler] = []
+    samplers.register_sampler("copy", lambda cfg: made.append(CopySampler(cfg)) or made[-1])
+    samplers.register_sampler("stale", lambda cfg: made.append(CopySampler(cfg, keep_syncing=False)) or made[-1])
+    extra = {"train.max_steps": 4, "critic": critic, "train.save_every": 2, "train.keep_checkpoints": 2}
+    if critic == "none":
+        extra.update(advantage="rloo", num_generations=2, **{"train.batch_size": 8})
+    reward = _yes_reward(load_tokenizer(chatty_policy))
+    resumed = tmp_path / "resumed"
+    try:
+        for engine in ("local", "copy", "stale"):
+            cfg = load_config(PPOConfig, None, _overrides(chatty_policy, prompts_file, tmp_path / engine,
+                                                          **extra, **{"generation.engine": engine}))
+            run_ppo(cfg, reward_fn=reward)
+        (resumed / "checkpoints").mkdir(parents=True)
+        shutil.copytree(tmp_path / "copy" / "checkpoints" / "step-2", resumed / "checkpoints" / "step-2")
+        cfg = load_config(PPOConfig, None, _overrides(chatty_policy, prompts_file, resumed,
+                                                      **extra, **{"generation.engine": "copy"}))
+        run_ppo(cfg, reward_fn=reward)
+    finally:
+        samplers.unregister_sampler("copy")
+        samplers.unregister_sampler("stale")
+    # before the first rollout, then after every update but the last; resumed: at the start, after step 3
+    assert [s.syncs for s in made] == [4, 4, 2]
+    runs = {e: read_metrics(tmp_path / e / "metrics.jsonl") for e in ("local", "copy", "stale", "resumed")}
+    assert "time/sync" in runs["copy"][0] and "time/sync" not in runs["local"][0]
+    keys = ("objective/scores", "objective/kl", "policy/loss", "rollout/response_length")
+    assert [[r[k] for k in keys] for r in runs["copy"]] == [[r[k] for k in keys] for r in runs["local"]]
+    local, copied = (load_file(str(tmp_path / e / "model" / "model.safetensors")) for e in ("local", "copy"))
+    assert all(torch.equal(local[k], copied[k]) for k in local)
+    # the stale engine's first rollout is the same (same weights), its later ones are not
+    assert runs["stale"][0]["objective/scores"] == runs["local"][0]["objective/scores"]
+    assert [[r[k] for k in keys] for r in runs["stale"]] != [[r[k] for k in keys] for r in runs["local"]]
+    assert [r["step"] for r in runs["resumed"]] == [3, 4]
+    for a, b in zip(runs["resumed"], runs["local"][2:]):
+        for k in keys:
+            assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6), (a["step"], k)
+
+
+def test_an_unknown_engine_is_refused_before_anything_is_written_and_plug_ins_are_found(
+        tmp_path, prompts_file, monkeypatch):
+    from importlib.metadata import EntryPoint
+
+    from alignment import samplers
+    from alignment.errors import AlignError
+    from alignment.ppo import run_ppo
+
+    out = tmp_path / "out"
+    cfg = load_config(PPOConfig, None, _overrides(Path("nowhere"), prompts_file, out, **{"generation.engine": "vllm"}))
+    with pytest.raises(AlignError, match="no rollout engine named 'vllm' here \\(available: local\\)") as err:
+        run_ppo(cfg, reward_fn=lambda p, r: torch.zeros(len(r)))
+    assert err.value.field == "generation.engine" and not out.exists()
+    # an installed package's entry point under alignment.samplers is found by its name
+    group = samplers.ENTRY_POINT_GROUP
+    installed = [EntryPoint(name="copy", value=f"{__name__}:copy_sampler", group=group),
+                 EntryPoint(name="broken", value="no_such_package_here:factory", group=group),
+                 EntryPoint(name="twice", value=f"{__name__}:copy_sampler", group=group),
+                 EntryPoint(name="twice", value="another_package:factory", group=group)]
+    monkeypatch.setattr(samplers, "entry_points", lambda group: installed if group == samplers.ENTRY_POINT_GROUP
+                        else [])
+    assert samplers.sampler_names() == ["broken", "copy", "local", "twice"]
+    sampler = samplers.make_sampler("copy", cfg)
+    assert type(sampler).__name__ == "CopySampler" and not sampler.reads_policy
+    assert samplers.make_sampler("local", cfg).reads_policy
+    with pytest.raises(AlignError, match="'broken' \\(no_such_package_here:factory\\) failed to load: "
+                                         "ModuleNotFoundError"):
+        samplers.make_sampler("broken", cfg)
+    with pytest.raises(AlignError, match="2 installed packages publish a rollout engine named 'twice'"):
+        samplers.make_sampler("twice", cfg)
+    with pytest.raises(ValueError, match="built-in"):
+        samplers.register_sampler("local", copy_sampler)
+    samplers.register_sampler("mute", lambda cfg: object())
+    try:
+        with pytest.raises(AlignError, match="reads_policy"):
+            samplers.make_sampler("mute", cfg)
+    finally:
+        samplers.unregister_sampler("mute")
