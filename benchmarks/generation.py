@@ -43,7 +43,6 @@ from alignment.generation import decode, next_tokens  # noqa: E402
 from alignment.training import autocast  # noqa: E402
 from benchmarks import profiling  # noqa: E402
 from benchmarks.bench import flags_text, machine_info  # noqa: E402
-from benchmarks.profiling import Kinds  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = REPO / "recipes" / "quickstart" / "data" / "heldout_prompts.jsonl"
@@ -108,10 +107,10 @@ def weights_read_per_step(model: torch.nn.Module, bf16: bool) -> int:
 
 # Profiler operator name -> the kind of work a decode step does; an operator matching none is "other".
 # (mkldnn::_linear_pointwise is the packed product decode uses on CPUs: alignment.packing.)
-KINDS: Kinds = (("matmul", ("mm", "addmm", "bmm", "matmul", "linear", "linear_pointwise")),
-                ("attention", ("scaled_dot_product", "softmax", "efficient_attention", "flash_attention")),
-                ("KV cache growth", ("cat",)),
-                ("casts and copies", ("to", "to_copy", "copy_", "clone", "contiguous")))
+KINDS: profiling.Kinds = (("matmul", ("mm", "addmm", "bmm", "matmul", "linear", "linear_pointwise")),
+                          ("attention", ("scaled_dot_product", "softmax", "efficient_attention", "flash_attention")),
+                          ("KV cache growth", ("cat",)),
+                          ("casts and copies", ("to", "to_copy", "copy_", "clone", "contiguous")))
 
 
 def kind_of(op: str) -> str:
